@@ -1,0 +1,147 @@
+"""Crash-safe file writes: write a temp file beside the target, then rename it over.
+
+A reader (or a crash, or Ctrl-C) never sees a half-written target: either the old file
+is still there untouched, or the new one is there complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Tuple, Union
+
+from .errors import NeurvolIOError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["atomic_write", "atomic_open"]
+
+
+def atomic_write(path: PathLike, chunks: Union[bytes, bytearray, memoryview, Iterable[bytes]]
+                 ) -> None:
+    """Write *chunks* to *path* atomically.
+
+    Args:
+        path: target file; its directory must exist and be writable.
+        chunks: the content, as one bytes-like object or an iterable of them (e.g. a
+            generator, so large outputs can be streamed). An exception raised by the
+            iterable propagates unchanged.
+
+    Raises:
+        NeurvolIOError: the directory is missing or not writable, the target is a
+            directory, or the disk is full. The target is left as it was and no
+            temporary file remains, whatever exception interrupts the write.
+    """
+    with atomic_open(path) as f:
+        if isinstance(chunks, (bytes, bytearray, memoryview)):
+            chunks = (chunks,)
+        for chunk in chunks:  # errors from the caller's iterable pass through untouched
+            _io(f.write, path, chunk)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
+    """Context manager yielding a binary file whose content replaces *path* on success.
+
+    On normal exit the data is flushed and fsynced, the temp file is renamed onto *path*
+    and the directory is fsynced. On any exception (KeyboardInterrupt included) the temp
+    file is removed, *path* is left untouched, and the exception is re-raised.
+
+    Example:
+        >>> with atomic_open("out.nvol") as f:   # doctest: +SKIP
+        ...     f.write(b"...")
+    """
+    target = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(target)
+    mode = _final_mode(target)
+    fd, tmp = _mkstemp(directory, name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            _io(f.flush, target)
+            _io(os.fsync, target, f.fileno())
+            # mkstemp creates 0600; give the file the mode a plain open() would have.
+            _io(os.chmod, target, tmp, mode)
+        if os.path.isdir(target):
+            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
+                                 "name")
+        _io(os.replace, target, tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _mkstemp(directory: str, name: str) -> Tuple[int, str]:
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise NeurvolIOError(
+            f"cannot write {os.path.join(directory, name)}: the directory {directory} "
+            f"{what}; create it first (e.g. `mkdir -p {directory}`) or choose another "
+            "output path")
+    try:
+        return tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
+    except PermissionError:
+        raise NeurvolIOError(
+            f"cannot write {os.path.join(directory, name)}: no permission to create files "
+            f"in {directory}; choose a writable output directory") from None
+    except OSError as e:
+        raise NeurvolIOError(
+            f"cannot write {os.path.join(directory, name)}: {e.strerror or e}") from e
+
+
+def _io(fn: Callable[..., Any], target: str, *args: Any) -> Any:
+    """Call a filesystem function, turning OSError into NeurvolIOError with advice."""
+    try:
+        return fn(*args)
+    except NeurvolIOError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            hint = "the disk is full; free some space or write elsewhere"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            hint = "permission denied; choose a writable output path"
+        elif e.errno == errno.EISDIR:
+            hint = "the target is a directory; choose a file name"
+        else:
+            hint = e.strerror or str(e)
+        raise NeurvolIOError(f"cannot write {target}: {hint}") from e
+
+
+def _final_mode(target: str) -> int:
+    """Mode for the new file: keep an existing target's mode, else 0666 minus umask."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Reading /proc avoids the set-and-restore dance, which is racy across threads.
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable; not possible on every platform (e.g. Windows)."""
+    flags = getattr(os, "O_DIRECTORY", 0) | os.O_RDONLY
+    try:
+        dfd = os.open(directory, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -1,0 +1,281 @@
+"""The public verbs: :func:`encode` and :func:`open`."""
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import __version__
+from .compress import TensorPlan, decode_payload, default_plan, encode_constant, encode_tensors
+from .container import NvolReader, serialize_nvol
+from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
+from .fit import FitSettings, fit
+from .metrics import psnr as _psnr
+from .models import ModelConfig, VolumeModel, get_architecture
+from .neural_volume import NeuralVolume, _cast
+from .volume_checks import check_ratio, check_volume
+
+log = logging.getLogger("neurvol")
+
+DEFAULT_ARCH = "fvsrn"
+DEFAULT_BITS = 6          # feature-grid k-means bits (chosen by measurement, BENCHMARKS.md)
+DEFAULT_STEPS = 1500
+# zstd codes 6-bit grid indices at ~5.2 bits on our volumes; sizing with a slightly
+# pessimistic 0.9 keeps most files under budget on the first try (the rest shrink k).
+_ENTROPY_EFFICIENCY = 0.9
+_CODEC = {"name": "kmeans-zstd", "version": 1}
+
+
+def _resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise NeurvolInputError(f"unknown device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NeurvolInputError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    return dev
+
+
+def encode(
+    volume: Any,
+    ratio: float = 100.0,
+    *,
+    arch: str = DEFAULT_ARCH,
+    seed: int = 0,
+    device: Union[str, torch.device, None] = None,
+    steps: Optional[int] = None,
+    bits: int = DEFAULT_BITS,
+    spacing: Optional[Sequence[float]] = None,
+    origin: Optional[Sequence[float]] = None,
+    quiet: bool = False,
+    **arch_options: Any,
+) -> NeuralVolume:
+    """Compress a 3-D volume into a :class:`NeuralVolume` whose file fits the byte budget.
+
+    volume: ``(D, H, W)`` array indexed ``[z, y, x]`` (numpy array, memmap, h5py dataset,
+    or anything with ``shape``, ``dtype`` and slicing), integer or float.
+    ratio: the whole ``.nvol`` file, header included, is at most ``volume.nbytes / ratio``.
+    arch: architecture name (``neurvol.models.architectures()``); ``arch_options`` are its
+    sizing options (e.g. ``channels=4, width=32`` for fvsrn).
+    steps: optimisation steps (default 1500); bits: k-means bits for large tensors.
+    device: ``"cpu"``, ``"cuda"`` ... (default: CUDA when available).
+
+    Example::
+
+        >>> import neurvol
+        >>> nv = neurvol.encode(neurvol.sample_volume(), ratio=100, steps=50, quiet=True)
+        >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
+        True
+    """
+    t_start = time.perf_counter()
+    volume, lo, hi = check_volume(volume)
+    ratio = check_ratio(ratio)
+    if not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise NeurvolInputError(f"bits must be an int in 1..16, got {bits!r}")
+    if steps is not None and (not isinstance(steps, int) or steps < 0):
+        raise NeurvolInputError(f"steps must be a non-negative int, got {steps!r}")
+    architecture = get_architecture(arch)
+    dev = _resolve_device(device)
+    shape = tuple(int(s) for s in volume.shape)
+    dtype = np.dtype(volume.dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    budget = int(nbytes // ratio)
+    header: Dict[str, Any] = {
+        "volume": {
+            "shape": list(shape),
+            "dtype": dtype.str,
+            "min": lo,
+            "max": hi,
+            "spacing": _triple(spacing, 1.0, "spacing"),
+            "origin": _triple(origin, 0.0, "origin"),
+        },
+        "bricks": {"grid": [1, 1, 1]},
+        "budget": {"ratio": ratio, "bytes": budget},
+        "writer": f"neurvol {__version__}",
+    }
+
+    if lo == hi:  # constant volume: stored exactly, no model
+        header["codec"] = _CODEC
+        return _finish(header, [encode_constant(lo)], budget)
+
+    data = _normalized_tensor(volume, lo, hi)
+    overhead = _overhead_bytes(header, architecture.name)
+    config = _solve_config(architecture, shape, budget - overhead, bits, arch_options)
+    settings = FitSettings(steps=DEFAULT_STEPS if steps is None else steps)
+    # Seed a private copy of torch's global RNG (module init uses it) for reproducible files.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = architecture.build(config)
+        log.info("encode: %s %s, budget %d bytes, %d parameters, %d steps on %s",
+                 architecture.name, config.to_dict(), budget, _param_count(model), settings.steps, dev)
+        result = _fit_with_progress(model, data, settings, seed, dev, quiet)
+    model = model.cpu()
+    arrays = [(n, t.detach().numpy()) for n, t in model.state_dict().items()]
+    header["model"] = {"arch": architecture.name, "config": config.to_dict()}
+    header["codec"] = _CODEC
+
+    # Quantize; if the file would exceed the budget, shrink the large tensors' codebooks
+    # (fewer distinct values -> lower entropy) instead of refitting.
+    k = 2 ** bits
+    while True:
+        plans = {n: _plan(a.size, k) for n, a in arrays}
+        payload = encode_tensors(arrays, plans, seed=seed)
+        nv_probe = _finish(header, [payload], None)
+        recon = nv_probe.decode(dtype=np.float32)
+        quality = _psnr(_as_float(volume), recon)
+        header["fit"] = {
+            "steps": result.steps,
+            "psnr": round(quality, 3) if math.isfinite(quality) else None,
+            "k": k,
+        }
+        size = len(serialize_nvol(header, [payload]))
+        if size <= budget or k <= 2:
+            break
+        k = max(2, int(k * 0.85))
+        log.info("encode: %d bytes > budget %d, requantizing large tensors with k=%d", size, budget, k)
+    nv = _finish(header, [payload], budget)
+    # Timings vary run to run, so they live on the object, not in the (deterministic) file.
+    nv.encode_seconds = time.perf_counter() - t_start
+    return nv
+
+
+def _plan(size: int, k: int) -> TensorPlan:
+    plan = default_plan(size, bits=16)
+    if plan.method == "kmeans" and size >= 4096:
+        return TensorPlan("kmeans", k)
+    return plan
+
+
+def _finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) -> NeuralVolume:
+    data = serialize_nvol(header, bricks)
+    if budget is not None and len(data) > budget:
+        raise NeurvolBudgetError(
+            f"the smallest file neurvol can make is {len(data)} bytes but the budget is {budget} "
+            f"bytes; use a smaller ratio (at most {int(header['budget']['ratio'] * budget / len(data))})"
+        )
+    return NeuralVolume(NvolReader(data))
+
+
+def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None) -> NeuralVolume:
+    """Open a ``.nvol`` file lazily: reads the header and brick index only.
+
+    Bricks are decoded when a query first touches them. Use as a context manager to
+    close the file handle promptly.
+    """
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise NeurvolIOError(f"no such file: {p}")
+    if os.path.isdir(p):
+        raise NeurvolIOError(f"{p} is a directory, not a .nvol file")
+    return NeuralVolume(NvolReader(p), device=_resolve_device(device or "cpu"))
+
+
+def sample_volume() -> np.ndarray:
+    """The embedded sample: VolVis "neghip", 66x66x66 uint8 (see ``neurvol/sample/README.md``)."""
+    here = os.path.join(os.path.dirname(__file__), "sample", "neghip.npy")
+    return np.load(here, allow_pickle=False)
+
+
+# ---------------------------------------------------------------------- helpers
+def _triple(v: Optional[Sequence[float]], default: float, name: str) -> List[float]:
+    if v is None:
+        return [default] * 3
+    try:
+        t = [float(x) for x in v]
+    except (TypeError, ValueError):
+        raise NeurvolInputError(f"{name} must be 3 numbers (z, y, x)") from None
+    if len(t) != 3 or not all(math.isfinite(x) for x in t):
+        raise NeurvolInputError(f"{name} must be 3 finite numbers (z, y, x)")
+    return t
+
+
+def _normalized_tensor(volume: Any, lo: float, hi: float) -> torch.Tensor:
+    """The volume as float32 in [0, 1], converted slab by slab (no full float64 copy)."""
+    shape = tuple(volume.shape)
+    out = np.empty(shape, dtype=np.float32)
+    scale = 1.0 / (hi - lo)
+    per = max(1, (1 << 22) // (shape[1] * shape[2]))
+    for z in range(0, shape[0], per):
+        slab = np.asarray(volume[z:z + per], dtype=np.float64)
+        out[z:z + per] = (slab - lo) * scale
+    return torch.from_numpy(out)
+
+
+def _as_float(volume: Any) -> np.ndarray:
+    return np.asarray(volume)
+
+
+def _overhead_bytes(header: Dict[str, Any], arch: str) -> int:
+    """Bytes the file spends outside the weights: preamble, header JSON, index, frame."""
+    probe = dict(header, model={"arch": arch, "config": {"grid": [999, 999, 999], "channels": 99,
+                                                         "width": 999, "hidden_layers": 9}},
+                 codec=_CODEC, fit={"steps": 99999, "psnr": 99.999, "k": 9999})
+    return len(serialize_nvol(probe, [b""])) + 16
+
+
+def _param_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _estimate_payload(model: VolumeModel, bits: int) -> float:
+    """Expected payload bytes of a model under the default plan."""
+    total = 0.0
+    for _, t in model.state_dict().items():
+        n = t.numel()
+        plan = _plan(n, 2 ** bits)
+        if plan.method == "raw16":
+            total += 2 * n
+        else:
+            b = math.log2(plan.k)
+            eff = _ENTROPY_EFFICIENCY if n >= 4096 else 1.0
+            total += n * b * eff / 8 + 2 * plan.k + 8
+    return total
+
+
+def _solve_config(architecture: Any, shape: Tuple[int, int, int], payload_budget: int,
+                  bits: int, options: Dict[str, Any]) -> ModelConfig:
+    """Largest config whose estimated payload fits: binary search on the parameter count."""
+    def fits(n_params: int) -> Optional[ModelConfig]:
+        try:
+            cfg = architecture.solve(shape, n_params, options)
+        except NeurvolBudgetError:
+            return None
+        model = architecture.build(cfg)
+        return cfg if _estimate_payload(model, bits) <= payload_budget else None
+
+    lo_n, hi_n = 1, max(2, payload_budget * 8)
+    best = None
+    while lo_n < hi_n:
+        mid = (lo_n + hi_n + 1) // 2
+        cfg = fits(mid)
+        if cfg is not None:
+            best, lo_n = cfg, mid
+        else:
+            hi_n = mid - 1
+    if best is None:
+        raise NeurvolBudgetError(
+            f"a budget of {payload_budget + 0} bytes for weights is too small for any {architecture.name} "
+            "model of this volume; use a smaller ratio"
+        )
+    return best
+
+
+def _fit_with_progress(model: VolumeModel, data: torch.Tensor, settings: FitSettings,
+                       seed: int, dev: torch.device, quiet: bool):
+    from tqdm.auto import tqdm
+
+    with tqdm(total=settings.steps, desc="fitting", unit="step", disable=quiet, leave=False) as bar:
+        def progress(step: int, loss: float) -> None:
+            bar.n = step
+            bar.set_postfix(loss=f"{loss:.2e}", refresh=False)
+            bar.refresh()
+        return fit(model, data, settings, seed=seed, device=dev, progress=progress)

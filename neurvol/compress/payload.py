@@ -1,0 +1,205 @@
+"""Brick payloads: named float arrays <-> bytes (codec ``kmeans-zstd``, version 1).
+
+A payload starts with one kind byte:
+
+* ``0x00`` constant brick: one float64 (little-endian), the value of every voxel.
+* ``0x01`` tensors: one zstandard frame whose content is a record per tensor, in the order
+  the architecture lists its tensors (``spec/nvol.md`` gives the byte layout).
+
+Every method here is lossy except ``raw32``; the quantizer is chosen per tensor by a
+:class:`TensorPlan`. Decoding validates every count and index before using it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import struct
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import zstandard
+
+from ..errors import NeurvolFormatError
+from .bitpack import pack_bits, unpack_bits
+from .kmeans import kmeans_quantize, nearest_centroid
+
+KIND_CONSTANT = 0x00
+KIND_TENSORS = 0x01
+
+METHOD_RAW32 = 0
+METHOD_RAW16 = 1
+METHOD_KMEANS = 2
+
+LAYOUT_BITS = 0  # indices bit-packed, ``bits`` bits each, LSB-first
+LAYOUT_U8 = 1    # one byte per index (lets zstd's Huffman stage entropy-code them)
+LAYOUT_U16 = 2   # two bytes (little-endian) per index
+
+_CODEBOOK_F16 = 0
+_CODEBOOK_F32 = 1
+
+ZSTD_LEVEL = 19
+MAX_CENTROIDS = 65536
+
+TensorSpec = Tuple[str, Tuple[int, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorPlan:
+    """How to store one tensor: ``raw32``, ``raw16`` or ``kmeans`` with ``k`` centroids."""
+
+    method: str
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("raw32", "raw16", "kmeans"):
+            raise ValueError(f"unknown method {self.method!r}")
+        if self.method == "kmeans" and not 1 <= self.k <= MAX_CENTROIDS:
+            raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
+
+
+def default_plan(size: int, bits: int, small_bits: int = 8) -> TensorPlan:
+    """The measured default: tiny tensors as float16, small ones (MLP matrices) with 8-bit
+    k-means, large ones (feature grids) with ``bits``-bit k-means. A codebook is never more
+    than a quarter of the tensor's entries, so it cannot cost more than it saves."""
+    if size < 64:
+        return TensorPlan("raw16")
+    if size < 4096:
+        return TensorPlan("kmeans", max(2, min(2 ** small_bits, size // 4)))
+    return TensorPlan("kmeans", 2 ** bits)
+
+
+def encode_constant(value: float) -> bytes:
+    """Payload of a brick whose every voxel equals ``value`` (exact)."""
+    return struct.pack("<Bd", KIND_CONSTANT, float(value))
+
+
+def encode_tensors(
+    arrays: Sequence[Tuple[str, np.ndarray]], plans: Mapping[str, TensorPlan], seed: int = 0
+) -> bytes:
+    """Quantize and entropy-code ``arrays`` (in the given order) into a tensors payload."""
+    records = [_encode_record(np.asarray(a, dtype=np.float32), plans[name], seed) for name, a in arrays]
+    frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compress(b"".join(records))
+    return bytes([KIND_TENSORS]) + frame
+
+
+def _encode_record(arr: np.ndarray, plan: TensorPlan, seed: int) -> bytes:
+    flat = arr.reshape(-1)
+    if plan.method == "raw32":
+        return bytes([METHOD_RAW32]) + flat.astype("<f4").tobytes()
+    if plan.method == "raw16":
+        if not _fits_f16(flat):
+            return bytes([METHOD_RAW32]) + flat.astype("<f4").tobytes()
+        return bytes([METHOD_RAW16]) + flat.astype("<f2").tobytes()
+    codebook, idx = kmeans_quantize(flat, plan.k, seed)
+    book_kind = _CODEBOOK_F16 if _fits_f16(codebook) else _CODEBOOK_F32
+    book = codebook.astype("<f2" if book_kind == _CODEBOOK_F16 else "<f4")
+    # Refer the indices to the stored (possibly float16-rounded) codebook.
+    idx = nearest_centroid(flat, book.astype(np.float32))
+    k = codebook.size
+    bits = max(1, math.ceil(math.log2(k))) if k > 1 else 1
+    candidates = [(LAYOUT_BITS, pack_bits(idx, bits))]
+    if bits <= 8:
+        candidates.append((LAYOUT_U8, idx.astype(np.uint8).tobytes()))
+    else:
+        candidates.append((LAYOUT_U16, idx.astype("<u2").tobytes()))
+    # Keep whichever layout zstd codes smaller: byte-aligned indices usually win because
+    # zstd's Huffman stage then sees whole symbols, bit-packing wins for near-uniform ones.
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    layout, stream = min(candidates, key=lambda c: (len(cctx.compress(c[1])), c[0]))
+    head = struct.pack("<BBBBI", METHOD_KMEANS, book_kind, layout, bits, k)
+    return head + book.tobytes() + stream
+
+
+def _fits_f16(a: np.ndarray) -> bool:
+    return bool(np.all(np.abs(a) < 65000.0))
+
+
+Decoded = Union[float, Dict[str, np.ndarray]]
+
+
+def decode_payload(payload: bytes, specs: Sequence[TensorSpec]) -> Decoded:
+    """Decode a brick payload: a float for a constant brick, else ``{name: float32 array}``
+    with the shapes given by ``specs`` (which the architecture's config determines)."""
+    if len(payload) < 1:
+        raise NeurvolFormatError("empty brick payload")
+    kind = payload[0]
+    if kind == KIND_CONSTANT:
+        if len(payload) != 9:
+            raise NeurvolFormatError(f"constant brick payload has {len(payload)} bytes, expected 9")
+        value = struct.unpack("<d", payload[1:])[0]
+        if not math.isfinite(value):
+            raise NeurvolFormatError("constant brick holds a non-finite value")
+        return value
+    if kind != KIND_TENSORS:
+        raise NeurvolFormatError(f"unknown brick payload kind {kind}")
+    # A record can't be larger than raw float32 plus its header and a full u16 codebook.
+    cap = sum(17 + 4 * math.prod(shape) + 4 * MAX_CENTROIDS for _, shape in specs)
+    stream = _bounded_decompress(payload[1:], cap)
+    reader = _Reader(stream)
+    out: Dict[str, np.ndarray] = {}
+    for name, shape in specs:
+        out[name] = _decode_record(reader, math.prod(shape), name).reshape(shape)
+    if reader.remaining:
+        raise NeurvolFormatError(f"brick payload has {reader.remaining} unexpected trailing bytes")
+    return out
+
+
+def _bounded_decompress(frame: bytes, cap: int) -> bytes:
+    # Stream with a hard cap so a crafted frame (a "zstd bomb") can't allocate without bound.
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)) as r:
+            data = r.read(cap + 1)
+    except zstandard.ZstdError as exc:
+        raise NeurvolFormatError(f"brick payload is not a valid zstd frame: {exc}") from exc
+    if len(data) > cap:
+        raise NeurvolFormatError("brick payload decompresses to more than its tensors can hold")
+    return data
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise NeurvolFormatError(f"brick payload truncated while reading {what}")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+
+def _decode_record(r: _Reader, n: int, name: str) -> np.ndarray:
+    method = r.take(1, name)[0]
+    if method == METHOD_RAW32:
+        values = np.frombuffer(r.take(4 * n, name), dtype="<f4")
+    elif method == METHOD_RAW16:
+        values = np.frombuffer(r.take(2 * n, name), dtype="<f2")
+    elif method == METHOD_KMEANS:
+        book_kind, layout, bits, k = struct.unpack("<BBBI", r.take(7, name))
+        if book_kind not in (_CODEBOOK_F16, _CODEBOOK_F32) or not 1 <= k <= MAX_CENTROIDS \
+                or not 1 <= bits <= 16 or k > 2 ** bits:
+            raise NeurvolFormatError(f"tensor {name!r}: invalid k-means header (k={k}, bits={bits})")
+        width = 2 if book_kind == _CODEBOOK_F16 else 4
+        book = np.frombuffer(r.take(width * k, name), dtype="<f2" if width == 2 else "<f4")
+        if layout == LAYOUT_BITS:
+            idx = unpack_bits(r.take((n * bits + 7) // 8, name), bits, n)
+        elif layout == LAYOUT_U8:
+            idx = np.frombuffer(r.take(n, name), dtype=np.uint8)
+        elif layout == LAYOUT_U16:
+            idx = np.frombuffer(r.take(2 * n, name), dtype="<u2")
+        else:
+            raise NeurvolFormatError(f"tensor {name!r}: unknown index layout {layout}")
+        if idx.size and int(idx.max()) >= k:
+            raise NeurvolFormatError(f"tensor {name!r}: index out of codebook range")
+        values = book[idx]
+    else:
+        raise NeurvolFormatError(f"tensor {name!r}: unknown storage method {method}")
+    values = values.astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise NeurvolFormatError(f"tensor {name!r} holds non-finite values")
+    return values

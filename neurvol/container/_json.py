@@ -1,0 +1,127 @@
+"""Canonical JSON encoding and strict decoding of the ``.nvol`` header."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, List, Tuple
+
+from ..errors import NeurvolFormatError, NeurvolInputError
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Encode *obj* deterministically (sorted keys, no spaces, UTF-8, no NaN)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return text.encode("utf-8")
+
+
+def check_json_value(value: Any, where: str = "header") -> None:
+    """Raise NeurvolInputError unless *value* is plain JSON that round-trips exactly.
+
+    ``json.dumps`` would silently turn int keys into strings and tuples into lists, and it
+    rejects numpy scalars with a bare TypeError; checking first gives a message with the
+    path of the offending value.
+    """
+    # Iterative walk: headers come from our own code, but a deep structure must not be
+    # able to hit the recursion limit here.
+    stack: List[Tuple[Any, str]] = [(value, where)]
+    while stack:
+        v, path = stack.pop()
+        if v is None or isinstance(v, (bool, str)):
+            if isinstance(v, str):
+                _check_encodable(v, path)
+            continue
+        if type(v) is int:  # not bool, not IntEnum: those would not round-trip
+            continue
+        if type(v) is float:
+            if not math.isfinite(v):
+                raise NeurvolInputError(
+                    f"{path} is {v!r}; .nvol headers cannot hold NaN or infinity, "
+                    "store it as null or a string")
+            continue
+        if isinstance(v, (list, tuple)):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(v))
+            continue
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise NeurvolInputError(
+                        f"{path} has a non-string key {k!r}; JSON object keys must be str")
+                _check_encodable(k, path)
+                stack.append((item, f"{path}[{k!r}]"))
+            continue
+        raise NeurvolInputError(
+            f"{path} is a {type(v).__module__}.{type(v).__qualname__}; header values must "
+            "be plain JSON types (dict, list, str, int, float, bool, None) - convert numpy "
+            "scalars with int()/float() and arrays with .tolist()")
+
+
+def _check_encodable(s: str, path: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NeurvolInputError(
+            f"{path} contains an unpaired surrogate and cannot be written as UTF-8") from None
+
+
+def _reject_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    obj: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise NeurvolFormatError(
+                f"header JSON has the key {k!r} twice; duplicate keys are not allowed "
+                "(the file is corrupted or was written by a faulty tool)")
+        obj[k] = v
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise NeurvolFormatError(
+        f"header JSON contains {name}, which is not valid JSON; the file was written by a "
+        "faulty tool")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999 overflows to inf
+        raise NeurvolFormatError(
+            f"header JSON contains the number {text[:40]}, which overflows a double")
+    return value
+
+
+def parse_header(raw: bytes) -> Dict[str, Any]:
+    """Decode header bytes: UTF-8, then a strict JSON object.
+
+    Raises NeurvolFormatError on invalid UTF-8, invalid JSON, duplicate keys, NaN or
+    Infinity, overflowing numbers, unpaired surrogate escapes, excessive nesting, or a
+    top level that is not an object.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NeurvolFormatError(
+            f"header is not valid UTF-8 (byte {e.start} of the header); the file is "
+            "corrupted or was written by a faulty tool") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_reject_duplicates,
+                         parse_constant=_reject_constant, parse_float=_parse_float)
+    except NeurvolFormatError:
+        raise
+    except RecursionError:
+        raise NeurvolFormatError("header JSON is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and int() digit limits on huge numbers
+        raise NeurvolFormatError(f"header is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise NeurvolFormatError(
+            f"header JSON must be an object, found {type(obj).__name__}")
+    # "\ud800" escapes decode to lone surrogates that cannot be re-encoded; refuse them so
+    # that every header we accept can be written back unchanged.
+    try:
+        canonical_json(obj)
+    except UnicodeEncodeError:
+        raise NeurvolFormatError(
+            "header JSON contains an unpaired UTF-16 surrogate escape (e.g. \\ud800)"
+        ) from None
+    except RecursionError:
+        raise NeurvolFormatError("header JSON is nested too deeply") from None
+    return obj

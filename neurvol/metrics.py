@@ -1,0 +1,40 @@
+"""Quality metrics, computed the way BENCHMARKS.md reports them."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_CHUNK = 1 << 22
+
+
+def psnr(original: np.ndarray, reconstructed: np.ndarray) -> float:
+    """PSNR in dB over the original's data range (max - min), on every voxel.
+
+    Computed in float64 chunk by chunk, so memmapped inputs are never copied whole.
+    ``inf`` for an exact reconstruction; for a constant original the range is taken as 1.
+    """
+    a = np.asarray(original).reshape(-1)
+    b = np.asarray(reconstructed).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {np.shape(original)} vs {np.shape(reconstructed)}")
+    sq, lo, hi = 0.0, math.inf, -math.inf
+    for s in range(0, a.size, _CHUNK):
+        x = a[s:s + _CHUNK].astype(np.float64)
+        y = b[s:s + _CHUNK].astype(np.float64)
+        sq += float(np.sum((x - y) ** 2))
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    mse = sq / a.size
+    rng = (hi - lo) or 1.0
+    return math.inf if mse == 0 else 10.0 * math.log10(rng * rng / mse)
+
+
+def max_abs_error(original: np.ndarray, reconstructed: np.ndarray) -> float:
+    """Largest absolute difference, in the original's units."""
+    a = np.asarray(original).reshape(-1)
+    b = np.asarray(reconstructed).reshape(-1)
+    err = 0.0
+    for s in range(0, a.size, _CHUNK):
+        d = np.abs(a[s:s + _CHUNK].astype(np.float64) - b[s:s + _CHUNK].astype(np.float64))
+        err = max(err, float(d.max()))
+    return err

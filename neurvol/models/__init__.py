@@ -1,0 +1,8 @@
+"""Scene-representation architectures (torch only; no I/O).
+
+Each architecture registers itself by name; :func:`get_architecture` finds it.
+"""
+from .base import Architecture, ModelConfig, VolumeModel, architectures, get_architecture, register
+from . import fvsrn  # noqa: F401  (registers "fvsrn")
+
+__all__ = ["Architecture", "ModelConfig", "VolumeModel", "architectures", "get_architecture", "register"]

@@ -1,0 +1,107 @@
+"""The contract every scene-representation architecture follows.
+
+An architecture is one ``torch.nn.Module`` plus one frozen config dataclass, registered by
+name. The config is everything needed to rebuild the module (it is stored in the ``.nvol``
+header as JSON); the module maps normalized coordinates to normalized values.
+Models never do I/O and never see the byte format.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Dict, Mapping, Sequence, Tuple, Type
+
+import torch
+
+from ..errors import NeurvolFormatError, NeurvolInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Base class of architecture configs: JSON-able, frozen, rebuilt with ``from_dict``."""
+
+    arch: ClassVar[str] = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = names - set(d)
+        if missing:
+            raise NeurvolFormatError(
+                f"model config for {cls.arch!r} lacks {sorted(missing)}; the file is damaged or "
+                "was written by an incompatible neurvol"
+            )
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        try:
+            cfg = cls(**kwargs)
+            cfg.validate()
+        except (TypeError, ValueError) as exc:
+            raise NeurvolFormatError(f"invalid {cls.arch} model config {dict(d)}: {exc}") from exc
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError if the dimensions are not sane (checked when read from a file)."""
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+class VolumeModel(torch.nn.Module):
+    """A scene-representation network: normalized coords -> normalized values.
+
+    ``forward(coords)`` takes ``coords: (N, 3)`` float32 in [-1, 1]^3 ordered (z, y, x)
+    and returns ``(N,)`` values, nominally in [0, 1] (the volume's min..max).
+    """
+
+    config: ModelConfig
+
+    def param_groups(self, base_lr: float) -> Sequence[Dict[str, Any]]:
+        """Optimizer parameter groups; architectures override to give grids their own lr."""
+        return [{"params": list(self.parameters()), "lr": base_lr}]
+
+    def init_from_volume(self, volume: torch.Tensor) -> None:
+        """Optionally initialise from the normalized target volume ``(D, H, W)``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A registry entry: how to build, size and rebuild one architecture."""
+
+    name: str
+    config_cls: Type[ModelConfig]
+    model_cls: Type[VolumeModel]
+    # (volume_shape, parameter budget in "value slots", options) -> config
+    solve: Callable[[Tuple[int, int, int], int, Mapping[str, Any]], ModelConfig]
+    description: str = ""
+
+    def build(self, config: ModelConfig) -> VolumeModel:
+        return self.model_cls(config)
+
+
+_REGISTRY: Dict[str, Architecture] = {}
+
+
+def register(arch: Architecture) -> Architecture:
+    """Add an architecture to the registry (names are unique)."""
+    if arch.name in _REGISTRY:
+        raise ValueError(f"architecture {arch.name!r} registered twice")
+    _REGISTRY[arch.name] = arch
+    return arch
+
+
+def get_architecture(name: str) -> Architecture:
+    """Look up a registered architecture by name."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise NeurvolInputError(
+            f"unknown architecture {name!r}; choose one of {sorted(_REGISTRY)}"
+        ) from None
+
+
+def architectures() -> Tuple[str, ...]:
+    """Names of all registered architectures."""
+    return tuple(sorted(_REGISTRY))

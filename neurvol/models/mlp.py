@@ -1,0 +1,30 @@
+"""Small decoder MLPs shared by the grid-based architectures."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def make_mlp(n_in: int, width: int, hidden_layers: int, n_out: int = 1) -> nn.Sequential:
+    """``n_in -> width (ReLU) x hidden_layers -> n_out``; biases everywhere."""
+    layers: list[nn.Module] = []
+    prev = n_in
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(prev, width), nn.ReLU()]
+        prev = width
+    layers.append(nn.Linear(prev, n_out))
+    return nn.Sequential(*layers)
+
+
+def mlp_param_count(n_in: int, width: int, hidden_layers: int, n_out: int = 1) -> int:
+    """Number of parameters of :func:`make_mlp` with the same arguments."""
+    count, prev = 0, n_in
+    for _ in range(hidden_layers):
+        count += (prev + 1) * width
+        prev = width
+    return count + (prev + 1) * n_out
+
+
+def to_grid_sample_coords(coords: torch.Tensor) -> torch.Tensor:
+    """(N, 3) z,y,x coords -> (1, N, 1, 1, 3) x,y,z as ``F.grid_sample`` wants for 5-D input."""
+    return coords.flip(-1).reshape(1, -1, 1, 1, 3)
