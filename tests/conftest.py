@@ -13,4 +13,4 @@ def small_volume() -> np.ndarray:
 @pytest.fixture(scope="session")
 def small_nv(small_volume):
     """One fitted model shared by read-only tests (fits are the slow part)."""
-    return neurvol.encode(small_volume, ratio=20, steps=60, quiet=True)
+    return neurvol.encode(small_volume, ratio=5, steps=60, quiet=True)
