@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compress import TensorPlan, decode_payload, default_plan, encode_constant, encode_tensors
+from .compress import default_plan, encode_constant, encode_tensors
 from .container import NvolReader, serialize_nvol
 from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
 from .fit import FitSettings, fit
@@ -27,10 +27,12 @@ log = logging.getLogger("neurvol")
 DEFAULT_ARCH = "fvsrn"
 DEFAULT_BITS = 6          # feature-grid k-means bits (chosen by measurement, BENCHMARKS.md)
 DEFAULT_STEPS = 1500
-# zstd codes 6-bit grid indices at ~5.2 bits on our volumes; sizing with a slightly
-# pessimistic 0.9 keeps most files under budget on the first try (the rest shrink k).
-_ENTROPY_EFFICIENCY = 0.9
+# zstd codes 6-bit grid indices at 5.2-6 bits on our volumes; sizing at the full bit
+# width keeps most files under budget on the first try (the rest shrink k a little).
+_ENTROPY_EFFICIENCY = 1.0
 _CODEC = {"name": "kmeans-zstd", "version": 1}
+# Widest values the "fit" header entry can take; sizing uses it so the real entry fits.
+_FIT_PLACEHOLDER = {"steps": 0, "k": 65536, "psnr": -999.999}
 
 
 def _resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -124,35 +126,39 @@ def encode(
     header["codec"] = _CODEC
 
     # Quantize; if the file would exceed the budget, shrink the large tensors' codebooks
-    # (fewer distinct values -> lower entropy) instead of refitting.
+    # (fewer distinct values -> lower entropy) instead of refitting: binary search on k.
+    header["fit"] = dict(_FIT_PLACEHOLDER, steps=result.steps)
+
+    def quantized(k: int) -> Tuple[bytes, int]:
+        payload = encode_tensors(arrays, {n: default_plan(a.size, k) for n, a in arrays}, seed=seed)
+        return payload, len(serialize_nvol(header, [payload]))
+
     k = 2 ** bits
-    while True:
-        plans = {n: _plan(a.size, k) for n, a in arrays}
-        payload = encode_tensors(arrays, plans, seed=seed)
-        nv_probe = _finish(header, [payload], None)
-        recon = nv_probe.decode(dtype=np.float32)
-        quality = _psnr(_as_float(volume), recon)
-        header["fit"] = {
-            "steps": result.steps,
-            "psnr": round(quality, 3) if math.isfinite(quality) else None,
-            "k": k,
-        }
-        size = len(serialize_nvol(header, [payload]))
-        if size <= budget or k <= 2:
-            break
-        k = max(2, int(k * 0.85))
-        log.info("encode: %d bytes > budget %d, requantizing large tensors with k=%d", size, budget, k)
+    payload, size = quantized(k)
+    if size > budget:
+        lo_k, hi_k, best = 2, k - 1, None
+        while lo_k <= hi_k:
+            mid = (lo_k + hi_k) // 2
+            trial = quantized(mid)
+            if trial[1] <= budget:
+                best, k, lo_k = trial, mid, mid + 1
+            else:
+                hi_k = mid - 1
+        if best is None:
+            raise NeurvolBudgetError(
+                f"the model does not fit the budget of {budget} bytes even with 2 levels per tensor; "
+                "use a smaller ratio")
+        payload, size = best
+        log.info("encode: large tensors requantized with k=%d to fit %d bytes", k, budget)
+    recon = _finish(header, [payload], None).decode(dtype=np.float32)
+    quality = _psnr(volume, recon)
+    # The placeholder reserved the widest values, so the real ones cannot push it over budget.
+    header["fit"] = {"steps": result.steps, "k": k,
+                     "psnr": round(quality, 3) if math.isfinite(quality) else None}
     nv = _finish(header, [payload], budget)
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
-
-
-def _plan(size: int, k: int) -> TensorPlan:
-    plan = default_plan(size, bits=16)
-    if plan.method == "kmeans" and size >= 4096:
-        return TensorPlan("kmeans", k)
-    return plan
 
 
 def _finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) -> NeuralVolume:
@@ -210,15 +216,11 @@ def _normalized_tensor(volume: Any, lo: float, hi: float) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _as_float(volume: Any) -> np.ndarray:
-    return np.asarray(volume)
-
-
 def _overhead_bytes(header: Dict[str, Any], arch: str) -> int:
     """Bytes the file spends outside the weights: preamble, header JSON, index, frame."""
     probe = dict(header, model={"arch": arch, "config": {"grid": [999, 999, 999], "channels": 99,
                                                          "width": 999, "hidden_layers": 9}},
-                 codec=_CODEC, fit={"steps": 99999, "psnr": 99.999, "k": 9999})
+                 codec=_CODEC, fit=dict(_FIT_PLACEHOLDER, steps=10 ** 9))
     return len(serialize_nvol(probe, [b""])) + 16
 
 
@@ -231,13 +233,11 @@ def _estimate_payload(model: VolumeModel, bits: int) -> float:
     total = 0.0
     for _, t in model.state_dict().items():
         n = t.numel()
-        plan = _plan(n, 2 ** bits)
+        plan = default_plan(n, 2 ** bits)
         if plan.method == "raw16":
             total += 2 * n
         else:
-            b = math.log2(plan.k)
-            eff = _ENTROPY_EFFICIENCY if n >= 4096 else 1.0
-            total += n * b * eff / 8 + 2 * plan.k + 8
+            total += n * math.log2(plan.k) * _ENTROPY_EFFICIENCY / 8 + 2 * plan.k + 8
     return total
 
 

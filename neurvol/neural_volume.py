@@ -160,7 +160,7 @@ class NeuralVolume:
                 row = int(np.argmax(outside.any(axis=1)))
                 raise NeurvolInputError(
                     f"{int(outside.any(axis=1).sum())} points lie outside the volume (first: {p[row].tolist()} "
-                    f"in {space} space, shape {self._shape}); pass clamp=True to clamp them to the boundary"
+                    f"in {space} space, shape {self._shape}); pass clamp=True (CLI: --clamp) to clamp them to the boundary"
                 )
         norm = np.clip(norm, -1.0, 1.0)
         return self._evaluate(norm)

@@ -45,7 +45,7 @@ def _arrays(rng):
 def test_tensor_payload_round_trip_and_error_bounds():
     rng = np.random.default_rng(1)
     arrays = _arrays(rng)
-    plans = {n: default_plan(a.size, bits=6) for n, a in arrays}
+    plans = {n: default_plan(a.size, 64) for n, a in arrays}
     assert plans["b"].method == "raw16" and plans["grid"].k == 64
     payload = encode_tensors(arrays, plans)
     out = decode_payload(payload, [(n, a.shape) for n, a in arrays])
@@ -74,7 +74,7 @@ def test_constant_payload_exact():
 def test_corrupt_payloads_raise_format_error():
     rng = np.random.default_rng(3)
     arrays = _arrays(rng)
-    plans = {n: default_plan(a.size, bits=5) for n, a in arrays}
+    plans = {n: default_plan(a.size, 32) for n, a in arrays}
     payload = encode_tensors(arrays, plans)
     specs = [(n, a.shape) for n, a in arrays]
     bad_inputs = [b"", b"\x07abc", b"\x00\x01", b"\x01notzstd", payload[:-5]]

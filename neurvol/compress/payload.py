@@ -58,15 +58,13 @@ class TensorPlan:
             raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
 
 
-def default_plan(size: int, bits: int, small_bits: int = 8) -> TensorPlan:
-    """The measured default: tiny tensors as float16, small ones (MLP matrices) with 8-bit
-    k-means, large ones (feature grids) with ``bits``-bit k-means. A codebook is never more
-    than a quarter of the tensor's entries, so it cannot cost more than it saves."""
+def default_plan(size: int, k: int) -> TensorPlan:
+    """The measured default: tensors under 64 values (biases) as float16, every other one
+    with k-means to ``k`` levels, but never more than a quarter of its size so a codebook
+    cannot cost more than it saves."""
     if size < 64:
         return TensorPlan("raw16")
-    if size < 4096:
-        return TensorPlan("kmeans", max(2, min(2 ** small_bits, size // 4)))
-    return TensorPlan("kmeans", 2 ** bits)
+    return TensorPlan("kmeans", max(2, min(k, size // 4)))
 
 
 def encode_constant(value: float) -> bytes:

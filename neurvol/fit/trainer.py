@@ -1,4 +1,4 @@
-"""Fit a volume model to a normalized volume: Adam, one-cycle schedule, MSE on voxels."""
+"""Fit a volume model to a normalized volume: Adam, warm-up + cosine schedule, MSE on voxels."""
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +33,19 @@ class FitResult:
     final_loss: float
 
 
+def warmup_cosine(steps: int, warmup: float, floor: float = 0.01) -> Callable[[int], float]:
+    """lr factor: linear warm-up over ``warmup * steps`` steps, then cosine decay to ``floor``."""
+    warm = max(1, int(round(warmup * steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, steps - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
 def fit(
     model: VolumeModel,
     volume: torch.Tensor,
@@ -52,10 +65,7 @@ def fit(
     sampler = VoxelSampler(volume, gen)
     groups = model.param_groups(settings.lr)
     opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in groups], total_steps=max(settings.steps, 2),
-        pct_start=settings.warmup,
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(settings.steps, settings.warmup))
     batch = min(settings.batch, volume.numel())
     t0 = time.perf_counter()
     loss_value = math.nan

@@ -1,0 +1,513 @@
+"""The ``neurvol`` command line: a thin layer over :mod:`neurvol` and :mod:`neurvol.io`.
+
+Exit codes: 0 success, 1 a neurvol error (message on stderr, no traceback), 2 bad usage,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+
+This is the only module of the package that prints.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import io as nvio
+from .errors import NeurvolError, NeurvolInputError, NeurvolIOError
+
+log = logging.getLogger("neurvol")
+
+PROG = "neurvol"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM.
+
+    A KeyboardInterrupt subclass so that every ``except BaseException``/``finally`` cleanup
+    (atomic writes remove their temp files) runs exactly as it does for Ctrl-C.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# ---------------------------------------------------------------------------------------
+# argument types: raise ArgumentTypeError so mistakes are usage errors (exit 2)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
+def _shape(text: str) -> tuple:
+    try:
+        shape = nvio.parse_shape(text)
+    except NeurvolInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    assert shape is not None
+    return shape
+
+
+def _dtype(text: str) -> str:
+    try:
+        return nvio.parse_dtype(text).name
+    except NeurvolInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# output helpers
+
+
+def _out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def _human_bytes(n: int) -> str:
+    """``1234`` -> ``"1,234 bytes"``; from 1 MiB on the binary unit is added."""
+    if n < 1 << 20:
+        return f"{n:,} bytes"
+    size, unit = float(n) / (1 << 20), "MiB"
+    for bigger in ("GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n:,} bytes ({size:.1f} {unit})"
+
+
+def _check_output(path: str, force: bool) -> Path:
+    """Fail before any work if ``path`` exists (without ``--force``) or its folder is missing."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise NeurvolIOError(f"output {path!r} already exists; pass --force to overwrite it")
+    if p.is_dir():
+        raise NeurvolIOError(f"output {path!r} is a directory; give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise NeurvolIOError(f"cannot write {path!r}: directory {str(parent)!r} does not exist; "
+                             "create it first")
+    return p
+
+
+def _find(info: Mapping[str, Any], *keys: str) -> Any:
+    """First value under any of ``keys`` in ``info`` or a nested dict (breadth-first)."""
+    queue: List[Mapping[str, Any]] = [info]
+    while queue:
+        d = queue.pop(0)
+        for k in keys:
+            if k in d and d[k] is not None:
+                return d[k]
+        queue.extend(v for v in d.values() if isinstance(v, Mapping))
+    return None
+
+
+def _format_info(value: Any, indent: int = 0) -> Iterator[str]:
+    """Lines of a nested dict/list as indented ``key: value`` text."""
+    pad = "  " * indent
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(v, Mapping) and v:
+                yield f"{pad}{k}:"
+                yield from _format_info(v, indent + 1)
+            elif isinstance(v, (list, tuple)) and any(isinstance(x, (Mapping, list, tuple)) for x in v):
+                yield f"{pad}{k}:"
+                for i, item in enumerate(v):
+                    if isinstance(item, Mapping):
+                        yield f"{pad}  [{i}]"
+                        yield from _format_info(item, indent + 2)
+                    else:
+                        yield f"{pad}  - {_scalar(item)}"
+            else:
+                yield f"{pad}{k}: {_scalar(v)}"
+    else:
+        yield f"{pad}{_scalar(value)}"
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_scalar(x) for x in v) + "]"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, Mapping):  # only empty mappings reach here
+        return "{}"
+    return str(v)
+
+
+def _json_default(o: Any) -> Any:
+    # info() is meant to be JSON-able already; tolerate numpy scalars/arrays anyway.
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _api() -> Any:
+    """Import the top-level package lazily: it pulls in torch, which ``--help`` should not."""
+    import neurvol
+
+    return neurvol
+
+
+# ---------------------------------------------------------------------------------------
+# subcommands
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Fit a network to a volume and save it as ``.nvol``."""
+    out = _check_output(args.output, args.force)
+    volume = nvio.read_volume(args.input, shape=args.shape, dtype=args.dtype,
+                              byte_order=args.byte_order, format=args.format)
+    nv_mod = _api()
+    t0 = time.perf_counter()
+    nv = nv_mod.encode(volume, ratio=args.ratio, arch=args.arch, seed=args.seed,
+                       device=args.device, steps=args.steps, quiet=args.quiet)
+    nv.save(out)
+    seconds = time.perf_counter() - t0
+    if not args.quiet:
+        size = out.stat().st_size
+        nbytes = int(volume.nbytes)
+        info = nv.info()
+        fit = info.get("fit")
+        psnr = _find(fit, "psnr") if isinstance(fit, Mapping) else None
+        if psnr is None:
+            psnr = _find(info, "fit_psnr", "psnr")
+        _out(f"wrote {out}: {_human_bytes(size)}, ratio {nbytes / size:.1f}:1 "
+             f"(asked {args.ratio:g}, budget {_human_bytes(int(nbytes // args.ratio))})")
+        _out(f"fit PSNR {_fmt_db(psnr)}, {seconds:.1f} s")
+    return 0
+
+
+def _fmt_db(psnr: Any) -> str:
+    if psnr is None:
+        return "n/a"
+    psnr = float(psnr)
+    return "inf dB (exact)" if math.isinf(psnr) else f"{psnr:.2f} dB"
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    """Decode an ``.nvol`` file to a volume file."""
+    out = _check_output(args.output, args.force)
+    nvio.resolve_format(out, args.format, mode="write")  # fail on a bad extension before decoding
+    t0 = time.perf_counter()
+    nv = _api().open(args.input)
+    volume = nv.decode(shape=args.shape, dtype=args.dtype)
+    nvio.write_volume(out, volume, format=args.format)
+    if not args.quiet:
+        shape = "x".join(map(str, volume.shape))
+        _out(f"wrote {out}: {shape} {volume.dtype}, {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print what an ``.nvol`` file holds."""
+    info = _api().open(args.input).info()
+    if args.json:
+        _out(json.dumps(info, indent=2, default=_json_default))
+    else:
+        for line in _format_info(info):
+            _out(line)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Evaluate an ``.nvol`` file at points."""
+    out = _check_output(args.output, args.force) if args.output else None
+    if out is not None and out.suffix.lower() not in nvio.POINT_EXTENSIONS:
+        raise NeurvolIOError(f"cannot write values to {args.output!r}: use .npy, .csv or .txt")
+    points = nvio.read_points(args.points)
+    nv = _api().open(args.input)
+    values = np.asarray(nv.query(points, space=args.space, clamp=args.clamp)).reshape(-1)
+    if out is not None:
+        nvio.write_values(out, values)
+        if not args.quiet:
+            print(f"wrote {len(values)} values to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write("".join(nvio.format_value(v) + "\n" for v in values))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Pack and unpack the embedded sample volume and report the numbers."""
+    nv_mod = _api()
+    from .metrics import psnr as psnr_fn
+
+    original = nv_mod.sample_volume()
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            workdir = Path(args.workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="neurvol-demo-")))
+        packed = workdir / "neghip.nvol"
+        unpacked = workdir / "neghip_decoded.npy"
+
+        t0 = time.perf_counter()
+        nv = nv_mod.encode(original, ratio=args.ratio, arch=args.arch, seed=args.seed,
+                           device=args.device, steps=args.steps, quiet=args.quiet)
+        nv.save(packed)
+        t_enc = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        decoded = nv_mod.open(packed).decode()
+        nvio.write_volume(unpacked, decoded)
+        t_dec = time.perf_counter() - t0
+
+        size = packed.stat().st_size
+        quality = psnr_fn(original, decoded)
+        shape = "x".join(map(str, original.shape))
+        _out(f"neurvol demo: neghip {shape} {original.dtype} ({_human_bytes(int(original.nbytes))})")
+        _out(f"  ratio    {original.nbytes / size:.1f}:1 achieved ({args.ratio:g}:1 asked)")
+        _out(f"  file     {_human_bytes(size)} (budget {_human_bytes(int(original.nbytes // args.ratio))})")
+        _out(f"  PSNR     {_fmt_db(quality)}")
+        _out(f"  encode   {t_enc:.1f} s")
+        _out(f"  decode   {t_dec:.1f} s")
+        if args.workdir:
+            _out(f"  files    {packed}, {unpacked}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# parser
+
+
+def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0) -> None:
+    p.add_argument("--ratio", type=_positive_float, default=ratio_default,
+                   help="compression ratio: the whole file is at most input bytes / RATIO "
+                        "(default: %(default)g)")
+    p.add_argument("--arch", default="fvsrn",
+                   help="network architecture: fvsrn, neurcomp, amgsrn, hashgrid (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training steps (default: chosen by the fitter)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("neurvol")
+    except Exception:  # not installed (running from a source tree)
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    # Global options live on a parent parser so they work before *and* after the subcommand;
+    # SUPPRESS keeps a subparser from resetting a value given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars, only essential output")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging on stderr")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compress 3D scalar volumes into small neural networks (.nvol files) "
+                    "and query them.",
+        epilog="Run 'neurvol COMMAND --help' for a command's options. Try 'neurvol demo'.",
+    )
+    # Own copies, not parents=[common]: argparse shares parent actions by reference, and
+    # these need default False where the subcommands' need SUPPRESS.
+    parser.add_argument("-q", "--quiet", action="store_true", default=False,
+                        help="no progress bars, only essential output")
+    parser.add_argument("-v", "--verbose", action="store_true", default=False,
+                        help="debug logging on stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    fmt_help = "volume format name overriding the extension: " + ", ".join(
+        f.name for f in nvio.volume_formats())
+
+    p = sub.add_parser("pack", parents=[common], help="fit a volume and write an .nvol file",
+                       description="Fit a small network to a volume and write it as .nvol.")
+    p.add_argument("input", metavar="INPUT", help="volume file: .npy, or .raw/.bin with --shape and --dtype")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.nvol", help="output file")
+    _add_fit_options(p)
+    p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X", help="raw input shape")
+    p.add_argument("--dtype", type=_dtype, default=None, help="raw input dtype, e.g. uint8, uint16, float32")
+    p.add_argument("--byte-order", choices=("little", "big"), default="little",
+                   help="raw input byte order (default: %(default)s)")
+    p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("unpack", parents=[common], help="decode an .nvol file to a volume",
+                       description="Decode an .nvol file to a volume file (.npy, .raw).")
+    p.add_argument("input", metavar="IN.nvol")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output volume: .npy or .raw/.bin")
+    p.add_argument("--dtype", type=_dtype, default=None, help="output dtype (default: the input's)")
+    p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X",
+                   help="decode on another grid (default: the input's shape)")
+    p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("info", parents=[common], help="show what an .nvol file holds",
+                       description="Show header, architecture, sizes, ratio and fit quality.")
+    p.add_argument("input", metavar="IN.nvol")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("query", parents=[common], help="evaluate an .nvol file at points",
+                       description="Evaluate an .nvol file at (N, 3) z,y,x points; print one "
+                                   "value per line or write them to a file.")
+    p.add_argument("input", metavar="IN.nvol")
+    p.add_argument("--points", required=True, metavar="PTS",
+                   help="points file: .npy (N, 3) or .csv/.txt (z,y,x per line)")
+    p.add_argument("--space", choices=("index", "normalized"), default="index",
+                   help="index: voxel coordinates; normalized: [-1, 1]^3 (default: %(default)s)")
+    p.add_argument("--clamp", action="store_true",
+                   help="clamp points outside the volume to its boundary instead of failing")
+    p.add_argument("-o", "--output", default=None, metavar="VALUES",
+                   help="write values to .npy or .csv/.txt instead of printing them")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite VALUES if it exists")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("demo", parents=[common], help="pack and unpack the embedded sample",
+                       description="Pack the embedded 66^3 sample volume, unpack it and report "
+                                   "ratio, size, PSNR and timings.")
+    _add_fit_options(p)
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="keep neghip.nvol and neghip_decoded.npy in DIR, overwriting them "
+                        "(default: a temporary directory)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# entry point
+
+
+@contextlib.contextmanager
+def _logging(verbose: bool) -> Iterator[None]:
+    """Route the package's log records to the current stderr for the duration of a command."""
+
+    class _StderrHandler(logging.StreamHandler):
+        # Look sys.stderr up at emit time so redirection (tests, callers) is honoured.
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value: Any) -> None:
+            pass
+
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(
+        "neurvol: %(levelname)s: %(name)s: %(message)s" if verbose else "neurvol: %(levelname)s: %(message)s"))
+    old_level, old_propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    log.propagate = False  # we are the handler; avoid duplicates via the root logger
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+        log.propagate = old_propagate
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``neurvol`` command line; returns the exit code.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help/--version (0) or a usage error (2)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+    func: Callable[[argparse.Namespace], int] = args.func
+    with _logging(args.verbose), _sigterm_raises():
+        try:
+            return func(args)
+        except NeurvolError as e:
+            log.debug("details", exc_info=True)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:
+            # stdout closed early (`neurvol query ... | head`): not an error worth a trace.
+            _silence_stdout()
+            return 141
+        except OSError as e:
+            # Not wrapped by the library (e.g. a full disk mid-write): still the user's
+            # environment, not a bug, so no traceback unless --verbose.
+            log.debug("details", exc_info=True)
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+            return 1
+        except Terminated as e:
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return 128 + e.signum
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m neurvol` goes through __main__.py
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Registry of volume file formats, keyed by name and by file extension.
+
+Each format lives in its own module and registers a :class:`VolumeFormat` at import time,
+so adding one (``.h5``, ``.vti`` ...) touches no other format and no caller.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+
+from ..errors import NeurvolInputError, NeurvolIOError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: ``reader(path, *, shape, dtype, byte_order) -> array``; readers ignore the options
+#: their format carries in its own header.
+Reader = Callable[..., np.ndarray]
+#: ``writer(path, array) -> None``; must write atomically.
+Writer = Callable[[Path, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class VolumeFormat:
+    """One volume file format.
+
+    Attributes:
+        name: short name used by ``format=`` / ``--format`` (e.g. ``"npy"``).
+        extensions: lower-case suffixes with the dot (e.g. ``(".raw", ".bin")``).
+        description: one line for help texts.
+        read: reader, or ``None`` if the format is write-only.
+        write: writer, or ``None`` if the format is read-only.
+    """
+
+    name: str
+    extensions: Tuple[str, ...]
+    description: str
+    read: Optional[Reader] = None
+    write: Optional[Writer] = None
+
+
+_BY_NAME: Dict[str, VolumeFormat] = {}
+_BY_EXT: Dict[str, VolumeFormat] = {}
+
+
+def register_format(fmt: VolumeFormat) -> None:
+    """Register ``fmt`` under its name and extensions (later registrations win)."""
+    _BY_NAME[fmt.name.lower()] = fmt
+    for ext in fmt.extensions:
+        _BY_EXT[ext.lower()] = fmt
+    log.debug("registered volume format %s %s", fmt.name, fmt.extensions)
+
+
+def volume_formats() -> Tuple[VolumeFormat, ...]:
+    """All registered formats, in registration order."""
+    return tuple(_BY_NAME.values())
+
+
+def _supported(mode: str) -> str:
+    exts = sorted(e for e, f in _BY_EXT.items() if getattr(f, mode) is not None)
+    names = sorted(n for n, f in _BY_NAME.items() if getattr(f, mode) is not None)
+    return f"supported extensions: {', '.join(exts)} (format names: {', '.join(names)})"
+
+
+def resolve_format(path: PathLike, format: Optional[str] = None, *, mode: str = "read") -> VolumeFormat:
+    """Pick the format for ``path``: the explicit ``format`` name if given, else the suffix.
+
+    Args:
+        path: file path; only its suffix is used.
+        format: a format name (``"npy"``) or extension with or without dot (``"bin"``).
+        mode: ``"read"`` or ``"write"``; the format must support it.
+
+    Raises:
+        NeurvolIOError: no format matches, or it cannot ``mode``.
+    """
+    if mode not in ("read", "write"):
+        raise ValueError(f"mode must be 'read' or 'write', not {mode!r}")
+    if format is not None:
+        key = str(format).lower().lstrip(".")
+        fmt = _BY_NAME.get(key) or _BY_EXT.get("." + key)
+        if fmt is None:
+            raise NeurvolIOError(f"unknown format {format!r}; {_supported(mode)}")
+    else:
+        suffix = Path(os.fspath(path)).suffix.lower()
+        fmt = _BY_EXT.get(suffix)
+        if fmt is None:
+            what = f"extension {suffix!r}" if suffix else "no extension"
+            raise NeurvolIOError(
+                f"cannot tell the format of {os.fspath(path)!r} ({what}); {_supported(mode)}; "
+                "pass format= (--format on the command line) to choose one"
+            )
+    if getattr(fmt, mode) is None:
+        raise NeurvolIOError(f"format {fmt.name!r} cannot be {'read' if mode == 'read' else 'written'}; "
+                             f"{_supported(mode)}")
+    return fmt
+
+
+def parse_shape(shape: Union[str, Tuple[int, ...], list, None]) -> Optional[Tuple[int, ...]]:
+    """Turn ``"Z,Y,X"`` (or ``"ZxYxX"``, or a sequence of ints) into a tuple of positive ints.
+
+    Raises:
+        NeurvolInputError: not three positive integers.
+    """
+    if shape is None:
+        return None
+    if isinstance(shape, str):
+        parts = [p.strip() for p in shape.lower().replace("x", ",").split(",")]
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise NeurvolInputError(f"shape {shape!r} is not Z,Y,X (three integers, e.g. 64,64,64)") from None
+    else:
+        try:
+            dims = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise NeurvolInputError(f"shape {shape!r} is not a sequence of three integers (z, y, x)") from None
+    if len(dims) != 3 or any(d <= 0 for d in dims):
+        raise NeurvolInputError(f"shape {shape!r} must be three positive integers Z,Y,X")
+    return dims
+
+
+def parse_dtype(dtype: object) -> np.dtype:
+    """``np.dtype(dtype)`` restricted to plain numbers (bool, int, uint, float, complex).
+
+    Raises:
+        NeurvolInputError: not a dtype numpy knows, or not numeric.
+    """
+    try:
+        dt = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError:
+        raise NeurvolInputError(f"unknown dtype {dtype!r}; use e.g. uint8, uint16, int16, float32") from None
+    if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
+        raise NeurvolInputError(f"dtype {dtype!r} is not a plain numeric type; use e.g. uint8, float32")
+    return dt
+
+
+_BYTE_ORDERS = {"little": "<", "<": "<", "big": ">", ">": ">", "native": "=", "=": "="}
+
+
+def byte_order_char(byte_order: str) -> str:
+    """``"little"|"big"|"native"`` (or ``<``, ``>``, ``=``) to the numpy byte-order char."""
+    try:
+        return _BYTE_ORDERS[str(byte_order).lower()]
+    except KeyError:
+        raise NeurvolInputError(f"byte order {byte_order!r} must be 'little' or 'big'") from None
