@@ -31,6 +31,7 @@ DEFAULT_STEPS = 1500
 # width keeps most files under budget on the first try (the rest shrink k a little).
 _ENTROPY_EFFICIENCY = 1.0
 _CODEC = {"name": "kmeans-zstd", "version": 1}
+MAX_LEVELS = 1024         # most k-means levels tried when the budget leaves room
 # Widest values the "fit" header entry can take; sizing uses it so the real entry fits.
 _FIT_PLACEHOLDER = {"steps": 0, "k": 65536, "psnr": -999.999}
 
@@ -125,31 +126,19 @@ def encode(
     header["model"] = {"arch": architecture.name, "config": config.to_dict()}
     header["codec"] = _CODEC
 
-    # Quantize; if the file would exceed the budget, shrink the large tensors' codebooks
-    # (fewer distinct values -> lower entropy) instead of refitting: binary search on k.
+    # Quantize with the most k-means levels that fit the budget: shrink k when the file
+    # would be too big, grow it when the entropy coder left room (no refit either way).
     header["fit"] = dict(_FIT_PLACEHOLDER, steps=result.steps)
 
     def quantized(k: int) -> Tuple[bytes, int]:
         payload = encode_tensors(arrays, {n: default_plan(a.size, k) for n, a in arrays}, seed=seed)
         return payload, len(serialize_nvol(header, [payload]))
 
-    k = 2 ** bits
-    payload, size = quantized(k)
+    k, (payload, size) = _largest_fitting_k(quantized, 2 ** bits, budget)
     if size > budget:
-        lo_k, hi_k, best = 2, k - 1, None
-        while lo_k <= hi_k:
-            mid = (lo_k + hi_k) // 2
-            trial = quantized(mid)
-            if trial[1] <= budget:
-                best, k, lo_k = trial, mid, mid + 1
-            else:
-                hi_k = mid - 1
-        if best is None:
-            raise NeurvolBudgetError(
-                f"the model does not fit the budget of {budget} bytes even with 2 levels per tensor; "
-                "use a smaller ratio")
-        payload, size = best
-        log.info("encode: large tensors requantized with k=%d to fit %d bytes", k, budget)
+        raise NeurvolBudgetError(
+            f"the model does not fit the budget of {budget} bytes even with 2 levels per tensor; "
+            "use a smaller ratio")
     recon = _finish(header, [payload], None).decode(dtype=np.float32)
     quality = _psnr(volume, recon)
     # The placeholder reserved the widest values, so the real ones cannot push it over budget.
@@ -159,6 +148,26 @@ def encode(
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
+
+
+def _largest_fitting_k(quantized, k0: int, budget: int):
+    """Binary search for the largest k in [2, MAX_LEVELS] whose file fits ``budget``,
+    starting at ``k0`` (file size grows with k, up to small entropy-coder wiggles)."""
+    first = quantized(k0)
+    if first[1] <= budget:
+        best_k, best, lo_k, hi_k = k0, first, k0 + 1, max(k0, MAX_LEVELS)
+    else:
+        best_k, best, lo_k, hi_k = 2, None, 2, k0 - 1
+    while lo_k <= hi_k:
+        mid = (lo_k + hi_k) // 2
+        trial = quantized(mid)
+        if trial[1] <= budget:
+            best_k, best, lo_k = mid, trial, mid + 1
+        else:
+            hi_k = mid - 1
+    if best is None:
+        return 2, quantized(2)
+    return best_k, best
 
 
 def _finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) -> NeuralVolume:

@@ -310,8 +310,10 @@ def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0
     p.add_argument("--ratio", type=_positive_float, default=ratio_default,
                    help="compression ratio: the whole file is at most input bytes / RATIO "
                         "(default: %(default)g)")
-    p.add_argument("--arch", default="fvsrn",
-                   help="network architecture: fvsrn, neurcomp, amgsrn, hashgrid (default: %(default)s)")
+    from .models import architectures
+
+    p.add_argument("--arch", default="fvsrn", choices=architectures(),
+                   help="network architecture (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: chosen by the fitter)")

@@ -1,0 +1,21 @@
+"""Writes the golden files of the current format version. Run once per released format
+version / codec configuration, commit the output, and never regenerate existing files:
+they pin what old files decode to.
+
+    python tests/golden/make_golden.py 1.0
+"""
+import os
+import sys
+
+import numpy as np
+
+import neurvol
+
+here = os.path.dirname(os.path.abspath(__file__))
+version = sys.argv[1]
+vol = np.ascontiguousarray(neurvol.sample_volume()[26:38, 24:38, 22:38]).astype(np.float32)
+nv = neurvol.encode(vol, ratio=2, steps=40, seed=0, quiet=True)
+nv.save(os.path.join(here, f"fvsrn_v{version}.nvol"))
+np.save(os.path.join(here, f"fvsrn_v{version}.expected.npy"), nv.decode(dtype=np.float32))
+const = neurvol.encode(np.full((10, 12, 14), 77, dtype=np.uint16), ratio=2, quiet=True)
+const.save(os.path.join(here, f"constant_v{version}.nvol"))

@@ -1,0 +1,34 @@
+"""Golden files of every released format version: read in every CI run, forever."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+import neurvol
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+MODEL_FILES = sorted(glob.glob(os.path.join(GOLDEN, "fvsrn_v*.nvol")))
+CONSTANT_FILES = sorted(glob.glob(os.path.join(GOLDEN, "constant_v*.nvol")))
+
+
+def test_golden_files_exist():
+    assert MODEL_FILES and CONSTANT_FILES, "golden files are missing"
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
+def test_model_golden_decodes_as_recorded(path):
+    expected = np.load(path.replace(".nvol", ".expected.npy"))
+    with neurvol.open(path) as nv:
+        assert nv.shape == expected.shape
+        got = nv.decode(dtype=np.float32)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+        # re-writing an old file keeps its bytes
+        with open(path, "rb") as f:
+            assert nv.to_bytes() == f.read()
+
+
+@pytest.mark.parametrize("path", CONSTANT_FILES, ids=os.path.basename)
+def test_constant_golden(path):
+    with neurvol.open(path) as nv:
+        np.testing.assert_array_equal(nv.decode(), np.full((10, 12, 14), 77, dtype=np.uint16))

@@ -1,0 +1,118 @@
+"""An independent numpy decoder written from spec/nvol.md + spec/payload.md only.
+
+If the reference implementation and this reading of the spec disagree, one of them is
+wrong: the spec is normative, so fix whichever departs from it.
+"""
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import zstandard
+
+import neurvol
+
+
+def _parse_container(data: bytes):
+    assert data[:8] == b"\x89NVL\r\n\x1a\n"
+    major, minor, n = struct.unpack_from("<HHI", data, 8)
+    assert (major, minor) == (1, 0)
+    header = json.loads(data[16:16 + n])
+    assert struct.unpack_from("<I", data, 16 + n)[0] == zlib.crc32(data[:16 + n])
+    sections = {s["name"]: s for s in header["sections"]}
+    idx = sections["brick_index"]
+    bricks = sections["bricks"]
+    k, j, i = header["bricks"]["grid"]
+    payloads = []
+    for b in range(k * j * i):
+        off, length, crc = struct.unpack_from("<QII", data, idx["offset"] + 16 * b)
+        p = data[bricks["offset"] + off: bricks["offset"] + off + length]
+        assert zlib.crc32(p) == crc
+        payloads.append(p)
+    return header, payloads
+
+
+def _records(payload: bytes, sizes):
+    assert payload[0] == 1
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload[1:])).read()
+    pos, out = 0, []
+    for n in sizes:
+        method = raw[pos]; pos += 1
+        if method == 0:
+            out.append(np.frombuffer(raw, "<f4", n, pos).astype(np.float32)); pos += 4 * n
+        elif method == 1:
+            out.append(np.frombuffer(raw, "<f2", n, pos).astype(np.float32)); pos += 2 * n
+        else:
+            book_kind, layout, bits, k = struct.unpack_from("<BBBI", raw, pos); pos += 7
+            dt = "<f2" if book_kind == 0 else "<f4"
+            book = np.frombuffer(raw, dt, k, pos).astype(np.float32); pos += k * np.dtype(dt).itemsize
+            if layout == 0:
+                nbytes = (n * bits + 7) // 8
+                allbits = np.unpackbits(np.frombuffer(raw, np.uint8, nbytes, pos), bitorder="little")
+                idx = (allbits[: n * bits].reshape(n, bits).astype(np.int64) << np.arange(bits)).sum(1)
+                pos += nbytes
+            elif layout == 1:
+                idx = np.frombuffer(raw, np.uint8, n, pos); pos += n
+            else:
+                idx = np.frombuffer(raw, "<u2", n, pos); pos += 2 * n
+            out.append(book[idx])
+    assert pos == len(raw)
+    return out
+
+
+def _fvsrn_eval(cfg, tensors, pts):
+    """pts: (N, 3) normalized z, y, x."""
+    c = cfg["channels"]
+    d, h, w = cfg["grid"]
+    grid = tensors[0].reshape(c, d, h, w)
+    pos = [(pts[:, a] + 1) / 2 * (n - 1) for a, n in enumerate((d, h, w))]
+    pos = [np.clip(p, 0, n - 1) for p, n in zip(pos, (d, h, w))]
+    lo = [np.minimum(np.floor(p).astype(int), n - 2) for p, n in zip(pos, (d, h, w))]
+    fr = [p - l for p, l in zip(pos, lo)]
+    feat = np.zeros((pts.shape[0], c))
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                wgt = ((fr[0] if dz else 1 - fr[0]) * (fr[1] if dy else 1 - fr[1])
+                       * (fr[2] if dx else 1 - fr[2]))
+                feat += grid[:, lo[0] + dz, lo[1] + dy, lo[2] + dx].T * wgt[:, None]
+    hcur = feat
+    rest = tensors[1:]
+    for layer in range(cfg["hidden_layers"]):
+        wmat = rest[2 * layer].reshape(cfg["width"], -1)
+        hcur = np.maximum(hcur @ wmat.T + rest[2 * layer + 1], 0)
+    wout, bout = rest[-2].reshape(1, -1), rest[-1]
+    return (hcur @ wout.T + bout)[:, 0] + feat[:, 0]
+
+
+def _fvsrn_sizes(cfg):
+    c, wd, hl = cfg["channels"], cfg["width"], cfg["hidden_layers"]
+    sizes = [c * int(np.prod(cfg["grid"]))]
+    prev = c
+    for _ in range(hl):
+        sizes += [wd * prev, wd]
+        prev = wd
+    return sizes + [prev, 1]
+
+
+def test_independent_decoder_matches_reference(small_volume, small_nv):
+    header, payloads = _parse_container(small_nv.to_bytes())
+    cfg = header["model"]["config"]
+    assert header["model"]["arch"] == "fvsrn"
+    tensors = _records(payloads[0], _fvsrn_sizes(cfg))
+    vol = header["volume"]
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, size=(2000, 3))
+    pts[:8] = [[-1, -1, -1], [1, 1, 1], [1, -1, 1], [0, 0, 0], [-1, 1, 0.5], [1, 1, -1], [0.3, 1, 1], [-1, -1, 1]]
+    mine = vol["min"] + _fvsrn_eval(cfg, tensors, pts) * (vol["max"] - vol["min"])
+    ref = small_nv.query(pts, space="normalized")
+    np.testing.assert_allclose(ref, mine, rtol=1e-4, atol=1e-3 * (vol["max"] - vol["min"]))
+
+
+def test_constant_payload_per_spec():
+    vol = np.full((4, 5, 6), 42.5, dtype=np.float32)
+    header, payloads = _parse_container(neurvol.encode(vol, ratio=1.01, quiet=True).to_bytes())
+    assert payloads[0][0] == 0 and len(payloads[0]) == 9
+    assert struct.unpack("<d", payloads[0][1:])[0] == 42.5
+    assert "model" not in header
