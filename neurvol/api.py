@@ -87,6 +87,10 @@ def encode(
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise NeurvolInputError(f"steps must be a non-negative int, got {steps!r}")
     architecture = get_architecture(arch)
+    unknown = sorted(set(arch_options) - set(architecture.options))
+    if unknown:
+        raise NeurvolInputError(
+            f"unknown option(s) {unknown} for arch={arch!r}; it accepts {list(architecture.options)}")
     dev = _resolve_device(device)
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
@@ -113,7 +117,9 @@ def encode(
     data = _normalized_tensor(volume, lo, hi)
     overhead = _overhead_bytes(header, architecture.name)
     config = _solve_config(architecture, shape, budget - overhead, bits, arch_options)
-    settings = FitSettings(steps=DEFAULT_STEPS if steps is None else steps)
+    settings = dataclasses.replace(FitSettings(steps=DEFAULT_STEPS), **architecture.fit_defaults)
+    if steps is not None:
+        settings = dataclasses.replace(settings, steps=steps)
     # Seed a private copy of torch's global RNG (module init uses it) for reproducible files.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

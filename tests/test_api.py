@@ -146,6 +146,8 @@ def test_unknown_arch_and_bad_options(small_volume):
         neurvol.encode(small_volume, arch="nope", quiet=True)
     with pytest.raises(NeurvolInputError):
         neurvol.encode(small_volume, steps=-1, quiet=True)
+    with pytest.raises(NeurvolInputError, match="unknown option"):
+        neurvol.encode(small_volume, chanels=3, quiet=True)
     with pytest.raises(NeurvolInputError):
         neurvol.encode(small_volume, device="cuda" if not _has_cuda() else "nonsense", quiet=True)
 

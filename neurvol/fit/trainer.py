@@ -71,8 +71,13 @@ def fit(
     loss_value = math.nan
     for step in range(settings.steps):
         coords, target = sampler.sample(batch)
-        pred = model(coords.to(device))
-        loss = F.mse_loss(pred, target.to(device))
+        model.on_step(step, settings.steps)
+        coords, target = coords.to(device), target.to(device)
+        pred = model(coords)
+        loss = F.mse_loss(pred, target)
+        extra = model.extra_loss(coords, pred, target)
+        if extra is not None:
+            loss = loss + extra
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

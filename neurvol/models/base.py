@@ -8,7 +8,7 @@ Models never do I/O and never see the byte format.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, Mapping, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 
@@ -65,6 +65,14 @@ class VolumeModel(torch.nn.Module):
     def init_from_volume(self, volume: torch.Tensor) -> None:
         """Optionally initialise from the normalized target volume ``(D, H, W)``."""
 
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Called before every optimisation step (e.g. to start/stop training a part)."""
+
+    def extra_loss(self, coords: torch.Tensor, pred: torch.Tensor,
+                   target: torch.Tensor) -> Optional[torch.Tensor]:
+        """An architecture's own regulariser added to the MSE (e.g. a density loss)."""
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
@@ -76,6 +84,10 @@ class Architecture:
     # (volume_shape, parameter budget in "value slots", options) -> config
     solve: Callable[[Tuple[int, int, int], int, Mapping[str, Any]], ModelConfig]
     description: str = ""
+    # Names of the sizing options ``solve`` accepts (``encode(..., **options)``).
+    options: Tuple[str, ...] = ()
+    # Overrides of FitSettings fields (lr, batch, steps, ...) this architecture trains best with.
+    fit_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def build(self, config: ModelConfig) -> VolumeModel:
         return self.model_cls(config)

@@ -147,4 +147,5 @@ register(Architecture(
     model_cls=FVSRN,
     solve=solve_fvsrn,
     description="dense trilinear feature grid + small MLP (fV-SRN)",
+    options=("channels", "width", "hidden_layers"),
 ))
