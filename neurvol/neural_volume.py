@@ -189,7 +189,8 @@ class NeuralVolume:
             for s in range(0, norm.shape[0], QUERY_CHUNK):
                 c = torch.from_numpy(norm[s:s + QUERY_CHUNK].astype(np.float32)).to(self.device)
                 res[s:s + QUERY_CHUNK] = model(c).float().cpu().numpy()
-        return res * scale + np.float32(self._lo)
+        # The original's values lie in [min, max]: clamping there can only reduce error.
+        return np.clip(res * scale + np.float32(self._lo), np.float32(self._lo), np.float32(self._hi))
 
     def _brick_model(self, b: int) -> Union[float, VolumeModel]:
         with self._lock:

@@ -1,33 +1,45 @@
-"""Scalar k-means quantization of one tensor (neurcomp-style: one codebook per tensor)."""
+"""Scalar k-means quantization of one tensor (neurcomp-style: one codebook per tensor).
+
+1-D k-means is solved with Lloyd's algorithm on the sorted values: the clusters are
+contiguous runs, so each iteration is a ``searchsorted`` plus prefix sums, O(n log k).
+This is the same fixed point scikit-learn's ``KMeans`` reaches on 1-D data, 20-100x faster
+(sklearn pays for generality: ~1-2.5 s per call at k=64..1024 on 60k values), and the
+encoder runs it a dozen times while searching for the k that fits the budget.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-# k-means on a subsample is as good as on all values for 1-D data and much faster.
-_FIT_SAMPLE = 65536
+_MAX_ITER = 100
 
 
 def kmeans_quantize(values: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize ``values`` to ``k`` centroids.
+    """Quantize ``values`` to at most ``k`` centroids minimising the squared error.
 
-    Returns ``(codebook (k',) float32 sorted ascending, indices (n,) into codebook)`` with
-    ``k' <= k`` (fewer when there are fewer distinct values). Lossy.
+    Returns ``(codebook (k',) float32 sorted ascending, indices (n,) int64 into codebook)``
+    with ``k' <= k`` (fewer when there are fewer distinct values). Lossy. Deterministic
+    (``seed`` is accepted for interface stability; the quantile start needs no randomness).
     """
-    from sklearn.cluster import KMeans
-
     flat = np.asarray(values, dtype=np.float32).reshape(-1)
     distinct = np.unique(flat)
     if distinct.size <= k:
-        idx = np.searchsorted(distinct, flat)
-        return distinct.astype(np.float32), idx.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    sample = flat if flat.size <= _FIT_SAMPLE else rng.choice(flat, _FIT_SAMPLE, replace=False)
-    # Start from quantiles: deterministic and close to the 1-D optimum, so few iterations do.
-    init = np.quantile(sample, (np.arange(k) + 0.5) / k).reshape(-1, 1)
-    init = np.unique(init).reshape(-1, 1)
-    km = KMeans(n_clusters=init.shape[0], init=init, n_init=1, max_iter=60, tol=1e-7, random_state=seed)
-    km.fit(sample.reshape(-1, 1).astype(np.float64))
-    codebook = np.sort(km.cluster_centers_.reshape(-1)).astype(np.float32)
+        return distinct.astype(np.float32), np.searchsorted(distinct, flat).astype(np.int64)
+    xs = np.sort(flat.astype(np.float64))
+    csum = np.concatenate([[0.0], np.cumsum(xs)])
+    # Start from quantiles: close to the 1-D optimum, so Lloyd converges in few iterations.
+    centers = np.unique(np.quantile(xs, (np.arange(k) + 0.5) / k))
+    for _ in range(_MAX_ITER):
+        bounds = np.searchsorted(xs, (centers[1:] + centers[:-1]) * 0.5)
+        starts = np.concatenate([[0], bounds])
+        ends = np.concatenate([bounds, [xs.size]])
+        counts = ends - starts
+        keep = counts > 0  # an empty cluster is dropped: it would code nothing
+        new = (csum[ends[keep]] - csum[starts[keep]]) / counts[keep]
+        if new.size == centers.size and np.allclose(new, centers, rtol=0, atol=1e-9 * (xs[-1] - xs[0])):
+            centers = new
+            break
+        centers = new
+    codebook = np.unique(centers.astype(np.float32))
     return codebook, nearest_centroid(flat, codebook)
 
 
