@@ -290,7 +290,6 @@ def _fit_with_progress(model: VolumeModel, data: torch.Tensor, settings: FitSett
 
     with tqdm(total=settings.steps, desc="fitting", unit="step", disable=quiet, leave=False) as bar:
         def progress(step: int, loss: float) -> None:
-            bar.n = step
             bar.set_postfix(loss=f"{loss:.2e}", refresh=False)
-            bar.refresh()
+            bar.update(step - bar.n)  # tqdm throttles redraws itself
         return fit(model, data, settings, seed=seed, device=dev, progress=progress)
