@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Tuple, Union
 
-from .errors import NeurvolIOError
+from .errors import NeurvolInputError, NeurvolIOError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -52,7 +52,11 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
         >>> with atomic_open("out.nvol") as f:   # doctest: +SKIP
         ...     f.write(b"...")
     """
-    target = os.path.abspath(os.fspath(path))
+    try:
+        target = os.path.abspath(os.fspath(path))
+    except TypeError:
+        raise NeurvolInputError(
+            f"output path must be a str or os.PathLike, got {type(path).__name__}") from None
     directory, name = os.path.split(target)
     mode = _final_mode(target)
     fd, tmp = _mkstemp(directory, name)

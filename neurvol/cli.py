@@ -68,6 +68,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer in [0, 2^63)")
+    return value
+
+
 def _shape(text: str) -> tuple:
     try:
         shape = nvio.parse_shape(text)
@@ -136,9 +146,18 @@ def _find(info: Mapping[str, Any], *keys: str) -> Any:
     return None
 
 
+# Deeper levels of `neurvol info` output (opaque header keys can nest) are shown as
+# compact JSON on one line, cut at _MAX_INFO_TEXT characters.
+_MAX_INFO_DEPTH = 6
+_MAX_INFO_TEXT = 2000
+
+
 def _format_info(value: Any, indent: int = 0) -> Iterator[str]:
     """Lines of a nested dict/list as indented ``key: value`` text."""
     pad = "  " * indent
+    if indent >= _MAX_INFO_DEPTH:
+        yield f"{pad}{_compact(value)}"
+        return
     if isinstance(value, Mapping):
         for k, v in value.items():
             if isinstance(v, Mapping) and v:
@@ -158,14 +177,26 @@ def _format_info(value: Any, indent: int = 0) -> Iterator[str]:
         yield f"{pad}{_scalar(value)}"
 
 
-def _scalar(v: Any) -> str:
+def _compact(v: Any) -> str:
+    """One-line JSON of *v*, truncated (never recursing in Python: headers can nest)."""
+    try:
+        text = json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(v)
+    return text if len(text) <= _MAX_INFO_TEXT else text[:_MAX_INFO_TEXT] + "..."
+
+
+def _scalar(v: Any, depth: int = 0) -> str:
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_scalar(x) for x in v) + "]"
+        if depth >= _MAX_INFO_DEPTH:
+            return _compact(v)
+        return "[" + ", ".join(_scalar(x, depth + 1) for x in v) + "]"
     if isinstance(v, float):
         return f"{v:.6g}"
-    if isinstance(v, Mapping):  # only empty mappings reach here
-        return "{}"
-    return str(v)
+    if isinstance(v, Mapping):  # empty ones, or ones inside a list of scalars
+        return _compact(v)
+    text = str(v)
+    return text if len(text) <= _MAX_INFO_TEXT else text[:_MAX_INFO_TEXT] + "..."
 
 
 def _json_default(o: Any) -> Any:
@@ -225,8 +256,8 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     out = _check_output(args.output, args.force)
     nvio.resolve_format(out, args.format, mode="write")  # fail on a bad extension before decoding
     t0 = time.perf_counter()
-    nv = _api().open(args.input)
-    volume = nv.decode(shape=args.shape, dtype=args.dtype)
+    with _api().open(args.input) as nv:
+        volume = nv.decode(shape=args.shape, dtype=args.dtype)
     nvio.write_volume(out, volume, format=args.format)
     if not args.quiet:
         shape = "x".join(map(str, volume.shape))
@@ -236,7 +267,8 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print what an ``.nvol`` file holds."""
-    info = _api().open(args.input).info()
+    with _api().open(args.input) as nv:
+        info = nv.info()
     if args.json:
         _out(json.dumps(info, indent=2, default=_json_default))
     else:
@@ -251,8 +283,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     if out is not None and out.suffix.lower() not in nvio.POINT_EXTENSIONS:
         raise NeurvolIOError(f"cannot write values to {args.output!r}: use .npy, .csv or .txt")
     points = nvio.read_points(args.points)
-    nv = _api().open(args.input)
-    values = np.asarray(nv.query(points, space=args.space, clamp=args.clamp)).reshape(-1)
+    with _api().open(args.input) as nv:
+        values = np.asarray(nv.query(points, space=args.space, clamp=args.clamp)).reshape(-1)
     if out is not None:
         nvio.write_values(out, values)
         if not args.quiet:
@@ -284,7 +316,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t_enc = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        decoded = nv_mod.open(packed).decode()
+        with nv_mod.open(packed) as reopened:
+            decoded = reopened.decode()
         nvio.write_volume(unpacked, decoded)
         t_dec = time.perf_counter() - t0
 
@@ -314,7 +347,7 @@ def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0
 
     p.add_argument("--arch", default="fvsrn", choices=architectures(),
                    help="network architecture (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: chosen by the fitter)")
     p.add_argument("--device", type=_device, default=None,

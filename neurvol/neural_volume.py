@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import os
 import threading
 from collections import OrderedDict
@@ -14,12 +15,18 @@ from .compress import decode_payload
 from .container import NvolReader, brick_ids, serialize_nvol, write_nvol
 from .errors import NeurvolFormatError, NeurvolInputError
 from .models import VolumeModel, get_architecture
-from .volume_checks import check_points
+from .models.base import MAX_MODEL_PARAMS
+from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, check_decode_dtype,
+                            check_finite_points, check_points, check_shape)
 
 # Points evaluated per forward pass: bounds memory (~100 bytes/point) and stays cache-friendly.
 QUERY_CHUNK = 1 << 17
 _BRICK_CACHE = 8
 _SPACE_TOL = 1e-6
+# Points per block of a grid decode (decode, region reads): coordinates ~24 bytes/point.
+_DECODE_BLOCK = QUERY_CHUNK * 4
+#: Codecs this reader decodes (header key "codec": {"name", "version"}).
+SUPPORTED_CODECS = {("kmeans-zstd", 1)}
 
 
 class NeuralVolume:
@@ -39,9 +46,20 @@ class NeuralVolume:
     """
 
     def __init__(self, reader: NvolReader, *, device: Union[str, torch.device, None] = None):
+        if not isinstance(reader, NvolReader):
+            raise NeurvolInputError(
+                f"NeuralVolume needs an NvolReader, got {type(reader).__name__}; use "
+                "neurvol.open(path) to open a file")
+        try:
+            dev = torch.device(device or "cpu")
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise NeurvolInputError(f"unknown device {device!r}: {exc}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise NeurvolInputError("device='cuda' was asked for but torch sees no CUDA device; "
+                                    "use device='cpu'")
         self._reader = reader
         self.header: Dict[str, Any] = reader.header
-        self.device = torch.device(device or "cpu")
+        self.device = dev
         vol = self.header.get("volume")
         if not isinstance(vol, dict):
             raise NeurvolFormatError("header has no 'volume' object")
@@ -51,17 +69,53 @@ class NeuralVolume:
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
 
     def _parse_volume(self, vol: Dict[str, Any]) -> None:
+        """Validate the header's "volume" object (spec/payload.md §1.1) with JSON types
+        checked exactly: a string "234" is not a shape, null is not a dtype."""
+        shape = vol.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3
+                and all(type(n) is int for n in shape)):
+            raise NeurvolFormatError(
+                f"header 'volume.shape' must be 3 integers [D, H, W], got {_short(shape)}")
+        if min(shape) < 2 or max(shape) > MAX_AXIS or math.prod(shape) > MAX_VOXELS:
+            raise NeurvolFormatError(
+                f"header 'volume.shape' {shape} is impossible: every axis must be in "
+                f"[2, {MAX_AXIS}] and the volume at most {MAX_VOXELS} voxels")
+        dtype = vol.get("dtype")
+        if not isinstance(dtype, str) or len(dtype) > 32:
+            raise NeurvolFormatError(
+                f"header 'volume.dtype' must be a numpy dtype string, got {_short(dtype)}")
         try:
-            shape = tuple(int(s) for s in vol["shape"])
-            self._dtype = np.dtype(vol["dtype"])
-            self._lo, self._hi = float(vol["min"]), float(vol["max"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NeurvolFormatError(f"header 'volume' is malformed: {exc}") from exc
-        if len(shape) != 3 or min(shape) < 2 or max(shape) > 2**31 or self._dtype.kind not in "iuf":
-            raise NeurvolFormatError(f"header 'volume' declares an impossible shape/dtype {shape} {self._dtype}")
-        if not (math.isfinite(self._lo) and math.isfinite(self._hi) and self._lo <= self._hi):
-            raise NeurvolFormatError("header 'volume' value range is invalid")
-        self._shape = shape
+            dt = np.dtype(dtype)
+        except Exception:  # noqa: BLE001 - numpy raises TypeError/ValueError/... for junk
+            raise NeurvolFormatError(f"header 'volume.dtype' {dtype!r} is not a dtype") from None
+        if dt.kind not in "iuf" or dt.fields is not None or dt.subdtype is not None:
+            raise NeurvolFormatError(
+                f"header 'volume.dtype' {dtype!r} is not an integer or float dtype")
+        lo, hi = vol.get("min"), vol.get("max")
+        if not all(type(v) in (int, float) for v in (lo, hi)):
+            raise NeurvolFormatError(
+                f"header 'volume.min'/'max' must be numbers, got {_short(lo)}, {_short(hi)}")
+        try:
+            lo, hi = float(lo), float(hi)
+        except OverflowError:
+            raise NeurvolFormatError("header 'volume.min'/'max' overflow a double") from None
+        if not (lo <= hi and max(abs(lo), abs(hi), hi - lo) <= FLOAT32_MAX):
+            raise NeurvolFormatError(
+                f"header 'volume' value range [{lo!r}, {hi!r}] is invalid: decoding computes "
+                "in float32, so min <= max and both (and max - min) must be finite in float32")
+        codec = self.header.get("codec")
+        name = codec.get("name") if isinstance(codec, dict) else None
+        version = codec.get("version") if isinstance(codec, dict) else None
+        if not (isinstance(name, str) and type(version) is int):
+            raise NeurvolFormatError(
+                f'header \'codec\' must be {{"name": str, "version": int}}, got {_short(codec)}')
+        if (name, version) not in SUPPORTED_CODECS:
+            raise NeurvolFormatError(
+                f"codec {name!r} version {version} is not supported by this neurvol "
+                f"(it reads {sorted(SUPPORTED_CODECS)}); upgrade neurvol")
+        self._shape: Tuple[int, int, int] = (shape[0], shape[1], shape[2])
+        self._dtype = dt
+        self._lo, self._hi = lo, hi
 
     # ------------------------------------------------------------------ properties
     @property
@@ -111,24 +165,41 @@ class NeuralVolume:
         return out
 
     def __repr__(self) -> str:
-        arch = (self.header.get("model") or {}).get("arch", "constant")
+        model = self.header.get("model")
+        arch = model.get("arch", "?") if isinstance(model, dict) else "constant"
+        arch = arch if isinstance(arch, str) else "?"
         return (f"NeuralVolume(shape={self._shape}, dtype={self._dtype.name}, arch={arch}, "
                 f"file_bytes={self.nbytes_file}, ratio={self.ratio:.1f})")
 
     # ------------------------------------------------------------------ file
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`: queries and decodes then raise NeurvolInputError."""
+        return self._reader.closed
+
+    def _check_open(self) -> None:
+        if self._reader.closed:
+            raise NeurvolInputError(
+                f"this NeuralVolume ({self._reader.name}) is closed; open the file again")
+
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the ``.nvol`` file atomically (temp file + rename; never a partial file)."""
+        self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
         write_nvol(path, _without_sections(self.header), bricks)
 
     def to_bytes(self) -> bytes:
         """The ``.nvol`` file's bytes."""
+        self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
         return serialize_nvol(_without_sections(self.header), bricks)
 
     def close(self) -> None:
-        """Release the file handle (also done by ``with``)."""
+        """Release the file handle (also done by ``with``). Idempotent; afterwards data
+        access raises NeurvolInputError (metadata such as ``shape`` and ``info()`` still works)."""
         self._reader.close()
+        with self._lock:
+            self._models.clear()
 
     def __enter__(self) -> "NeuralVolume":
         return self
@@ -147,23 +218,37 @@ class NeuralVolume:
         Returns ``(N,)`` float32 in the original's units (trilinear-consistent: at voxel
         centres it equals ``decode()``).
         """
-        p = check_points(points)
-        if space == "index":
-            norm = p * (2.0 / (np.asarray(self._shape, dtype=np.float64) - 1.0)) - 1.0
-        elif space == "normalized":
-            norm = p
-        else:
+        self._check_open()
+        if not isinstance(space, str) or space not in ("index", "normalized"):
             raise NeurvolInputError(f"space must be 'index' or 'normalized', got {space!r}")
-        outside = np.abs(norm) > 1.0 + _SPACE_TOL
-        if outside.any():
-            if not clamp:
-                row = int(np.argmax(outside.any(axis=1)))
-                raise NeurvolInputError(
-                    f"{int(outside.any(axis=1).sum())} points lie outside the volume (first: {p[row].tolist()} "
-                    f"in {space} space, shape {self._shape}); pass clamp=True (CLI: --clamp) to clamp them to the boundary"
-                )
-        norm = np.clip(norm, -1.0, 1.0)
-        return self._evaluate(norm)
+        if not isinstance(clamp, (bool, np.bool_)):
+            raise NeurvolInputError(f"clamp must be True or False, got {clamp!r}")
+        p = check_points(points, finite=False)
+        n = p.shape[0]
+        scale = 2.0 / (np.asarray(self._shape, dtype=np.float64) - 1.0)
+        out = np.empty(n, dtype=np.float32)
+        # One chunk at a time: memory beyond ``out`` stays O(QUERY_CHUNK) whatever N is.
+        n_outside, first_outside = 0, None
+        for s in range(0, n, QUERY_CHUNK):
+            chunk = p[s:s + QUERY_CHUNK]
+            check_finite_points(chunk)
+            c = chunk.astype(np.float64)
+            norm = c * scale - 1.0 if space == "index" else c
+            outside = (np.abs(norm) > 1.0 + _SPACE_TOL).any(axis=1)
+            if outside.any():
+                if first_outside is None:
+                    first_outside = c[int(np.argmax(outside))].tolist()
+                n_outside += int(outside.sum())
+            if n_outside and not clamp:
+                continue  # will raise; keep counting
+            np.clip(norm, -1.0, 1.0, out=norm)
+            out[s:s + QUERY_CHUNK] = self._evaluate(norm)
+        if n_outside and not clamp:
+            raise NeurvolInputError(
+                f"{n_outside} points lie outside the volume (first: {first_outside} "
+                f"in {space} space, shape {self._shape}); pass clamp=True (CLI: --clamp) to clamp them to the boundary"
+            )
+        return out
 
     def _evaluate(self, norm: np.ndarray) -> np.ndarray:
         out = np.empty(norm.shape[0], dtype=np.float32)
@@ -189,6 +274,10 @@ class NeuralVolume:
             for s in range(0, norm.shape[0], QUERY_CHUNK):
                 c = torch.from_numpy(norm[s:s + QUERY_CHUNK].astype(np.float32)).to(self.device)
                 res[s:s + QUERY_CHUNK] = model(c).float().cpu().numpy()
+        if not np.isfinite(res).all():
+            # Only a damaged (or hostile) set of weights overflows float32.
+            raise NeurvolFormatError(
+                f"the model of brick {b} produces non-finite values; the file is corrupted")
         # The original's values lie in [min, max]: clamping there can only reduce error.
         return np.clip(res * scale + np.float32(self._lo), np.float32(self._lo), np.float32(self._hi))
 
@@ -207,19 +296,26 @@ class NeuralVolume:
         payload = self._reader.read_brick(b)
         spec = self.header.get("model")
         if payload[:1] == b"\x00":
-            return float(decode_payload(payload, []))  # constant brick
+            value = float(decode_payload(payload, []))  # constant brick
+            if not self._lo <= value <= self._hi:
+                raise NeurvolFormatError(
+                    f"constant brick {b} holds {value!r}, outside the volume's range "
+                    f"[{self._lo!r}, {self._hi!r}]; the file is corrupted")
+            return value
         if not isinstance(spec, dict):
             raise NeurvolFormatError("a brick holds weights but the header has no 'model'")
         if self._reader.brick_count != 1:
             # Format 1.0 defines per-brick models for a single brick only; bricked
             # ensembles (local coordinates, ghost cells) arrive in a later minor version.
             raise NeurvolFormatError("this file stores several brick models, which this neurvol cannot decode; upgrade neurvol")
-        model = build_model(spec)
-        names = list(model.state_dict().keys())
-        specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
+        arch, config = _config_of(spec)
+        # Validate the payload against the tensor shapes before allocating the model: a
+        # damaged payload then costs nothing, and the shapes are known to be within caps.
+        specs = tensor_specs(arch, config)
         arrays = decode_payload(payload, specs)
         assert isinstance(arrays, dict)
-        model.load_state_dict({n: torch.from_numpy(arrays[n]) for n in names})
+        model = arch.build(config)
+        model.load_state_dict({n: torch.from_numpy(arrays[n]) for n, _ in specs})
         return model.to(self.device).eval()
 
     def decode(
@@ -236,58 +332,224 @@ class NeuralVolume:
         rounded and clipped); ``np.float32`` gives the raw reconstruction. out: an array
         (e.g. a ``np.memmap``) of that shape to fill, for outputs larger than memory.
         """
-        target = self._shape if shape is None else tuple(int(s) for s in shape)
-        if len(target) != 3 or min(target) < 1:
-            raise NeurvolInputError(f"shape must be 3 positive ints, got {shape!r}")
-        dt = self._dtype if dtype is None else np.dtype(dtype)
+        self._check_open()
+        target = self._shape if shape is None else check_shape(shape)
+        if out is not None:
+            if not isinstance(out, np.ndarray):
+                raise NeurvolInputError(
+                    f"out must be a numpy array (e.g. np.memmap), got {type(out).__name__}")
+            if tuple(out.shape) != target:
+                raise NeurvolInputError(f"out has shape {out.shape}, expected {target}")
+            if not out.flags.writeable:
+                raise NeurvolInputError("out is read-only")
+            check_decode_dtype(out.dtype)
+        if dtype is not None:
+            dt = check_decode_dtype(dtype)
+            if out is not None and out.dtype != dt:
+                raise NeurvolInputError(f"out has dtype {out.dtype}, but dtype={dt} was asked for")
+        else:
+            dt = out.dtype if out is not None else self._dtype
         if out is None:
-            out = np.empty(target, dtype=dt)
-        elif tuple(out.shape) != target:
-            raise NeurvolInputError(f"out has shape {out.shape}, expected {target}")
-        axes = [np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in target]
-        rows = max(1, QUERY_CHUNK * 4 // (target[1] * target[2]))
-        yx = np.stack(np.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
-        for z0 in range(0, target[0], rows):
-            zs = axes[0][z0:z0 + rows]
-            coords = np.empty((len(zs), yx.shape[0], 3))
-            coords[..., 0] = zs[:, None]
-            coords[..., 1:] = yx[None]
-            vals = self._evaluate(coords.reshape(-1, 3))
-            out[z0:z0 + len(zs)] = _cast(vals, dt).reshape(len(zs), target[1], target[2])
+            try:
+                out = np.empty(target, dtype=dt)
+            except (MemoryError, ValueError) as exc:
+                nbytes = math.prod(target) * dt.itemsize
+                raise NeurvolInputError(
+                    f"cannot allocate the decoded volume {target} {dt} ({nbytes:,} bytes): "
+                    f"{exc}; decode into a disk-backed array with out=np.memmap(...), or "
+                    "read regions with nv[z0:z1, ...]") from None
+        self._fill_grid([_LinspaceAxis(n) for n in target], out, dt)
         return out
+
+    def _fill_grid(self, axes: Sequence["_Axis"], out: np.ndarray, dt: np.dtype) -> None:
+        """Evaluate the outer product of three axes' normalized coordinates into *out*,
+        block by block (at most ``_DECODE_BLOCK`` points), so the memory beyond *out* stays
+        bounded for any shape, however long one axis is."""
+        d, h, w = (len(a) for a in axes)
+        if d * h * w == 0:
+            return
+        if h * w <= _DECODE_BLOCK:
+            step = (max(1, _DECODE_BLOCK // (h * w)), h, w)
+        elif w <= _DECODE_BLOCK:
+            step = (1, max(1, _DECODE_BLOCK // w), w)
+        else:
+            step = (1, 1, _DECODE_BLOCK)
+        for z0 in range(0, d, step[0]):
+            z1 = min(d, z0 + step[0])
+            cz = axes[0].coords(z0, z1)
+            for y0 in range(0, h, step[1]):
+                y1 = min(h, y0 + step[1])
+                cy = axes[1].coords(y0, y1)
+                for x0 in range(0, w, step[2]):
+                    x1 = min(w, x0 + step[2])
+                    cx = axes[2].coords(x0, x1)
+                    coords = np.empty((z1 - z0, y1 - y0, x1 - x0, 3))
+                    coords[..., 0] = cz[:, None, None]
+                    coords[..., 1] = cy[None, :, None]
+                    coords[..., 2] = cx[None, None, :]
+                    vals = self._evaluate(coords.reshape(-1, 3))
+                    out[z0:z1, y0:y1, x0:x1] = _cast(vals, dt).reshape(coords.shape[:3])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Numpy-style region decode with outer indexing: ints drop an axis, slices and
         1-D integer arrays keep it (each axis indexed independently, as zarr's ``oindex``)."""
+        self._check_open()
         per_axis = _expand_key(key)
         idx: List[np.ndarray] = []
         keep: List[bool] = []
         for n, k in zip(self._shape, per_axis):
-            try:
-                sel = np.arange(n)[k]
-            except IndexError as exc:
-                raise NeurvolInputError(f"index {k!r} out of range for axis of length {n}") from exc
-            except (TypeError, ValueError) as exc:
-                raise NeurvolInputError(f"unsupported index {k!r}: {exc}") from exc
-            if np.ndim(sel) > 1:
-                raise NeurvolInputError("only 1-D index arrays are supported per axis")
-            keep.append(np.ndim(sel) == 1)
-            idx.append(np.atleast_1d(sel))
-        mesh = np.meshgrid(*idx, indexing="ij")
-        pts = np.stack([m.reshape(-1) for m in mesh], 1).astype(np.float64)
-        vals = self.query(pts) if pts.shape[0] else np.empty(0, np.float32)
-        full = _cast(vals, self._dtype).reshape([len(i) for i in idx])
+            sel, kept = _axis_selection(k, n)
+            idx.append(sel)
+            keep.append(kept)
+        full = np.empty([len(i) for i in idx], dtype=self._dtype)
+        # Normalized coordinates exactly as query() computes them for index space.
+        axes = [_IndexAxis(i, n) for i, n in zip(idx, self._shape)]
+        self._fill_grid(axes, full, self._dtype)
         return full.reshape([len(i) for i, k in zip(idx, keep) if k])
 
 
 def build_model(spec: Dict[str, Any]) -> VolumeModel:
-    """Rebuild an untrained model from the header's ``model`` object."""
-    try:
-        arch = get_architecture(spec["arch"])
-    except (KeyError, TypeError, NeurvolInputError) as exc:
-        raise NeurvolFormatError(f"header 'model' names no known architecture: {exc}") from exc
-    config = arch.config_cls.from_dict(spec.get("config") or {})
+    """Rebuild an untrained model from the header's ``model`` object.
+
+    The config is validated, and its parameter count checked against
+    :data:`~neurvol.models.base.MAX_MODEL_PARAMS`, before anything is allocated.
+    """
+    arch, config = _config_of(spec)
+    tensor_specs(arch, config)
     return arch.build(config)
+
+
+def _config_of(spec: Any) -> Tuple[Any, Any]:
+    """(architecture, validated config) of the header's ``model`` object."""
+    if not isinstance(spec, dict):
+        raise NeurvolFormatError(f"header 'model' must be an object, got {_short(spec)}")
+    name = spec.get("arch")
+    if not isinstance(name, str):
+        raise NeurvolFormatError(f"header 'model.arch' must be a string, got {_short(name)}")
+    try:
+        arch = get_architecture(name)
+    except NeurvolInputError as exc:
+        raise NeurvolFormatError(f"header 'model' names no known architecture: {exc}") from exc
+    config = spec.get("config")
+    if not isinstance(config, dict):
+        raise NeurvolFormatError(
+            f"header 'model.config' must be an object, got {_short(config)}")
+    return arch, arch.config_cls.from_dict(config)
+
+
+def tensor_specs(arch: Any, config: Any) -> List[Tuple[str, Tuple[int, ...]]]:
+    """``[(name, shape)]`` of the model's state dict, in order, without allocating it.
+
+    The model is built on torch's "meta" device (shapes only, no memory); the total size is
+    checked against MAX_MODEL_PARAMS. An architecture whose constructor cannot run on meta
+    tensors is built for real, which its config's ``param_count`` cap (checked in
+    ``ModelConfig.from_dict``) keeps bounded.
+    """
+    try:
+        with torch.device("meta"):
+            model = arch.build(config)
+    except NeurvolFormatError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor in a constructor
+        try:
+            model = arch.build(config)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            # validate() accepted a config the constructor cannot use.
+            raise NeurvolFormatError(
+                f"cannot build the {arch.name} model of this file's config: {exc}") from exc
+    specs = [(n, tuple(int(d) for d in t.shape)) for n, t in model.state_dict().items()]
+    total = sum(math.prod(shape) for _, shape in specs)
+    if total > MAX_MODEL_PARAMS:
+        raise NeurvolFormatError(
+            f"{arch.name} model config declares {total:,} parameters, more than the limit of "
+            f"{MAX_MODEL_PARAMS:,}; the file is corrupted or not meant for this reader")
+    return specs
+
+
+class _Axis:
+    """Normalized coordinates of one output axis, computed a block at a time."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def coords(self, a: int, b: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _LinspaceAxis(_Axis):
+    """``np.linspace(-1, 1, n)[a:b]`` (``0`` for n = 1), bit for bit, without building the
+    whole axis (numpy computes ``arange * step + start`` and pins the last value)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def coords(self, a: int, b: int) -> np.ndarray:
+        if self.n == 1:
+            return np.zeros(b - a)
+        c = np.arange(a, b, dtype=np.float64) * (2.0 / (self.n - 1)) + -1.0
+        if b == self.n:
+            c[-1] = 1.0
+        return c
+
+
+class _IndexAxis(_Axis):
+    """Voxel indices of an axis of length n, normalized as ``query`` does."""
+
+    def __init__(self, idx: np.ndarray, n: int) -> None:
+        self.idx, self.scale = idx, 2.0 / (np.float64(n) - 1.0)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def coords(self, a: int, b: int) -> np.ndarray:
+        return np.clip(self.idx[a:b].astype(np.float64) * self.scale - 1.0, -1.0, 1.0)
+
+
+def _axis_selection(k: Any, n: int) -> Tuple[np.ndarray, bool]:
+    """(selected indices, axis kept) for one axis key; memory is O(selection), not O(n)."""
+    if isinstance(k, slice):
+        try:
+            r = range(n)[k]
+        except (TypeError, ValueError) as exc:
+            raise NeurvolInputError(f"unsupported index {k!r}: {exc}") from exc
+        return np.arange(r.start, r.stop, r.step, dtype=np.int64), True
+    if isinstance(k, (bool, np.bool_)):
+        raise NeurvolInputError(f"unsupported index {k!r}: use ints, slices or 1-D int arrays")
+    if not isinstance(k, np.ndarray) or k.ndim == 0:
+        try:
+            i = operator.index(k)
+        except TypeError:
+            i = None
+        if i is not None:
+            if not -n <= i < n:
+                raise NeurvolInputError(f"index {i} out of range for axis of length {n}")
+            return np.array([i % n], dtype=np.int64), False
+    try:
+        arr = np.asarray(k)
+    except Exception as exc:  # noqa: BLE001 - ragged lists and other junk
+        raise NeurvolInputError(f"unsupported index {k!r}: {exc}") from exc
+    if arr.size == 0 and arr.ndim == 1:
+        return np.empty(0, dtype=np.int64), True
+    if arr.ndim != 1:
+        raise NeurvolInputError("only 1-D index arrays are supported per axis")
+    if arr.dtype.kind == "b":
+        if arr.shape[0] != n:
+            raise NeurvolInputError(
+                f"boolean index of length {arr.shape[0]} for an axis of length {n}")
+        return np.flatnonzero(arr).astype(np.int64), True
+    if arr.dtype.kind not in "iu":
+        raise NeurvolInputError(f"unsupported index {_short(k)}: use ints, slices or 1-D int arrays")
+    if arr.size and (arr.min() < -n or arr.max() >= n):
+        raise NeurvolInputError(f"index {_short(k)} out of range for axis of length {n}")
+    return np.where(arr < 0, arr + n, arr).astype(np.int64), True
+
+
+def _short(v: Any, limit: int = 120) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _expand_key(key: Any) -> Tuple[Any, Any, Any]:

@@ -10,6 +10,52 @@ from .errors import NeurvolBudgetError, NeurvolInputError
 
 _CHUNK_VOXELS = 1 << 22
 
+#: Largest length of one volume axis, in a file header or as a decode/encode shape.
+MAX_AXIS = 2 ** 31
+#: Largest voxel count of a volume (2^40: 1 TiB of uint8), in a header or as a shape.
+MAX_VOXELS = 2 ** 40
+#: Decoding computes in float32 (spec/payload.md §1.2): values, and the value range, must
+#: be finite there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_shape(shape: Any, what: str = "shape") -> Tuple[int, int, int]:
+    """A 3-D output shape: three ints in [1, MAX_AXIS] with product <= MAX_VOXELS.
+
+    Accepts any sequence of Python/numpy integers; floats, bools and strings are refused
+    (``2.7`` would otherwise silently become 2).
+    """
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__"):
+        raise NeurvolInputError(f"{what} must be 3 ints (z, y, x), got {shape!r}")
+    dims = []
+    for d in shape:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise NeurvolInputError(f"{what} must be 3 ints (z, y, x), got {shape!r}")
+        dims.append(int(d))
+    if len(dims) != 3 or min(dims) < 1:
+        raise NeurvolInputError(f"{what} must be 3 positive ints (z, y, x), got {shape!r}")
+    if max(dims) > MAX_AXIS or math.prod(dims) > MAX_VOXELS:
+        raise NeurvolInputError(
+            f"{what} {tuple(dims)} is too large: at most {MAX_AXIS} per axis and "
+            f"{MAX_VOXELS} voxels in all")
+    return dims[0], dims[1], dims[2]
+
+
+def check_decode_dtype(dtype: Any) -> np.dtype:
+    """A dtype to decode into: plain integer or float (not bool, complex, str, object)."""
+    if dtype is None:
+        raise NeurvolInputError("dtype must be a numpy dtype such as np.float32, got None")
+    try:
+        dt = np.dtype(dtype)
+    except Exception:  # noqa: BLE001 - TypeError, ValueError, SyntaxError ... all mean "not a dtype"
+        raise NeurvolInputError(
+            f"unknown dtype {dtype!r}; use e.g. np.float32, np.uint8, np.int16") from None
+    if dt.kind not in "iuf" or dt.fields is not None or dt.subdtype is not None:
+        raise NeurvolInputError(
+            f"cannot decode to dtype {dt}: use an integer or float dtype such as np.float32 "
+            "(complex, bool, string, datetime and object dtypes are not supported)")
+    return dt
+
 
 def check_volume(volume: Any) -> Tuple[Any, float, float]:
     """Validate a volume (ndarray, memmap, h5py dataset, array-like with shape/dtype/slicing).
@@ -29,6 +75,10 @@ def check_volume(volume: Any) -> Tuple[Any, float, float]:
         )
     if min(shape) < 2:
         raise NeurvolInputError(f"every axis needs at least 2 voxels, got shape {shape}")
+    if max(shape) > MAX_AXIS or math.prod(shape) > MAX_VOXELS:
+        raise NeurvolInputError(
+            f"shape {shape} is too large: .nvol volumes have at most {MAX_AXIS} voxels per "
+            f"axis and {MAX_VOXELS} in all")
     dtype = np.dtype(volume.dtype)
     if dtype.kind == "b":
         raise NeurvolInputError("boolean volumes are not supported; convert with .astype(np.uint8)")
@@ -49,6 +99,10 @@ def check_volume(volume: Any) -> Tuple[Any, float, float]:
         lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
     if not math.isfinite(hi - lo):
         raise NeurvolInputError("the volume's value range overflows float64; rescale it first")
+    if max(abs(lo), abs(hi), hi - lo) > FLOAT32_MAX:
+        raise NeurvolInputError(
+            f"the volume's values [{lo:g}, {hi:g}] exceed the float32 range that decoding "
+            f"computes in (|value| and max - min <= {FLOAT32_MAX:g}); rescale it first")
     return volume, lo, hi
 
 
@@ -63,16 +117,35 @@ def check_ratio(ratio: Any) -> float:
     return r
 
 
-def check_points(points: Any) -> np.ndarray:
-    """``(N, 3)`` finite float coordinates as float64."""
-    try:
-        p = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NeurvolInputError("points must be numeric, shaped (N, 3) as z, y, x") from None
+def check_points(points: Any, *, finite: bool = True) -> np.ndarray:
+    """``(N, 3)`` real coordinates (a single point ``(3,)`` becomes ``(1, 3)``).
+
+    An integer or float array is returned as it is (no float64 copy, so callers can
+    convert it a chunk at a time); anything else is converted to float64. With
+    ``finite=True`` NaN/infinite coordinates are refused here (a full pass over the data);
+    callers that convert in chunks pass False and check each chunk with
+    :func:`check_finite_points`.
+    """
+    if isinstance(points, np.ndarray) and points.dtype.kind in "iuf":
+        p = points
+    elif isinstance(points, np.ndarray) and points.dtype.kind in "bcmMSUV":
+        raise NeurvolInputError(
+            f"points must be real numbers, shaped (N, 3) as z, y, x; got dtype {points.dtype}")
+    else:
+        try:
+            p = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise NeurvolInputError("points must be numeric, shaped (N, 3) as z, y, x") from None
     if p.ndim == 1 and p.shape[0] == 3:
         p = p[None, :]
     if p.ndim != 2 or p.shape[1] != 3:
         raise NeurvolInputError(f"points must be shaped (N, 3) as z, y, x; got {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise NeurvolInputError("points contain NaN or infinite coordinates")
+    if finite:
+        check_finite_points(p)
     return p
+
+
+def check_finite_points(p: np.ndarray) -> None:
+    """Raise NeurvolInputError if *p* holds NaN or infinity."""
+    if p.dtype.kind == "f" and not np.isfinite(p).all():
+        raise NeurvolInputError("points contain NaN or infinite coordinates")

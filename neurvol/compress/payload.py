@@ -131,28 +131,70 @@ def decode_payload(payload: bytes, specs: Sequence[TensorSpec]) -> Decoded:
         return value
     if kind != KIND_TENSORS:
         raise NeurvolFormatError(f"unknown brick payload kind {kind}")
+    sizes = [_spec_size(name, shape) for name, shape in specs]
     # A record can't be larger than raw float32 plus its header and a full u16 codebook.
-    cap = sum(17 + 4 * math.prod(shape) + 4 * MAX_CENTROIDS for _, shape in specs)
+    cap = sum(17 + 4 * n + 4 * MAX_CENTROIDS for n in sizes)
     stream = _bounded_decompress(payload[1:], cap)
     reader = _Reader(stream)
     out: Dict[str, np.ndarray] = {}
-    for name, shape in specs:
-        out[name] = _decode_record(reader, math.prod(shape), name).reshape(shape)
+    for (name, shape), n in zip(specs, sizes):
+        out[name] = _decode_record(reader, n, name).reshape(shape)
     if reader.remaining:
         raise NeurvolFormatError(f"brick payload has {reader.remaining} unexpected trailing bytes")
     return out
 
 
+def _spec_size(name: str, shape: Sequence[int]) -> int:
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise NeurvolFormatError(f"tensor {name!r} has an invalid shape {tuple(shape)!r}")
+    return math.prod(shape)
+
+
+# Decompress in pieces of this size: ``stream_reader.read(n)`` allocates ``n`` bytes up
+# front, so one read of the whole cap would reserve the cap even for a tiny frame.
+_READ_CHUNK = 1 << 20
+# Indices are unpacked this many at a time (a multiple of 8, so every piece starts on a
+# byte boundary); unpack_bits needs ~9 bytes per index and bit of temporary memory.
+_UNPACK_CHUNK = 1 << 16
+
+
 def _bounded_decompress(frame: bytes, cap: int) -> bytes:
-    # Stream with a hard cap so a crafted frame (a "zstd bomb") can't allocate without bound.
+    """Decompress *frame*, refusing output beyond *cap* bytes without ever holding more
+    than ``cap + _READ_CHUNK`` bytes (a crafted frame, a "zstd bomb", cannot exhaust
+    memory, whatever content size its header declares)."""
+    parts = []
+    total = 0
     try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)) as r:
-            data = r.read(cap + 1)
+        # read_across_frames: bytes after the frame must decode too (junk is an error,
+        # another frame's content ends up as trailing bytes, which the caller refuses).
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame),
+                                                        read_across_frames=True) as r:
+            while total <= cap:
+                chunk = r.read(min(_READ_CHUNK, cap + 1 - total))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
     except zstandard.ZstdError as exc:
         raise NeurvolFormatError(f"brick payload is not a valid zstd frame: {exc}") from exc
-    if len(data) > cap:
+    if total > cap:
         raise NeurvolFormatError("brick payload decompresses to more than its tensors can hold")
-    return data
+    return b"".join(parts)
+
+
+def _unpack_indices(data: bytes, bits: int, n: int, name: str) -> np.ndarray:
+    """Bit-packed indices (layout 0) as uint16 (``bits <= 16``), unpacked in pieces so the
+    temporary memory stays small for tensors of any size; non-zero padding is refused."""
+    idx = np.empty(n, dtype=np.uint16)
+    for s in range(0, n, _UNPACK_CHUNK):
+        m = min(_UNPACK_CHUNK, n - s)
+        first = s * bits // 8  # exact: s is a multiple of 8
+        piece = data[first:first + (m * bits + 7) // 8]
+        idx[s:s + m] = unpack_bits(piece, bits, m)
+    pad = len(data) * 8 - n * bits
+    if pad and data[-1] >> (8 - pad):
+        raise NeurvolFormatError(f"tensor {name!r}: non-zero padding bits after the indices")
+    return idx
 
 
 class _Reader:
@@ -185,7 +227,7 @@ def _decode_record(r: _Reader, n: int, name: str) -> np.ndarray:
         width = 2 if book_kind == _CODEBOOK_F16 else 4
         book = np.frombuffer(r.take(width * k, name), dtype="<f2" if width == 2 else "<f4")
         if layout == LAYOUT_BITS:
-            idx = unpack_bits(r.take((n * bits + 7) // 8, name), bits, n)
+            idx = _unpack_indices(r.take((n * bits + 7) // 8, name), bits, n, name)
         elif layout == LAYOUT_U8:
             idx = np.frombuffer(r.take(n, name), dtype=np.uint8)
         elif layout == LAYOUT_U16:

@@ -8,6 +8,13 @@ from typing import Any, Dict, List, Tuple
 from ..errors import NeurvolFormatError, NeurvolInputError
 
 
+#: Deepest nesting of arrays/objects a reader accepts in a header (spec/nvol.md §3.1 lets
+#: readers refuse deeper headers). A fixed limit, rather than whatever depth the JSON
+#: parser reaches before Python's recursion limit, makes acceptance independent of the
+#: caller's stack depth, and every consumer of the header can safely recurse into it.
+MAX_HEADER_DEPTH = 64
+
+
 def canonical_json(obj: Any) -> bytes:
     """Encode *obj* deterministically (sorted keys, no spaces, UTF-8, no NaN)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -24,9 +31,13 @@ def check_json_value(value: Any, where: str = "header") -> None:
     """
     # Iterative walk: headers come from our own code, but a deep structure must not be
     # able to hit the recursion limit here.
-    stack: List[Tuple[Any, str]] = [(value, where)]
+    stack: List[Tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
-        v, path = stack.pop()
+        v, path, depth = stack.pop()  # depth: containers around v
+        if isinstance(v, (list, tuple, dict)) and depth >= MAX_HEADER_DEPTH:
+            raise NeurvolInputError(
+                f"{path} is nested more than {MAX_HEADER_DEPTH} levels deep; readers refuse "
+                "such headers - flatten it")
         if v is None or isinstance(v, (bool, str)):
             if isinstance(v, str):
                 _check_encodable(v, path)
@@ -40,7 +51,7 @@ def check_json_value(value: Any, where: str = "header") -> None:
                     "store it as null or a string")
             continue
         if isinstance(v, (list, tuple)):
-            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(v))
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
             continue
         if isinstance(v, dict):
             for k, item in v.items():
@@ -48,7 +59,7 @@ def check_json_value(value: Any, where: str = "header") -> None:
                     raise NeurvolInputError(
                         f"{path} has a non-string key {k!r}; JSON object keys must be str")
                 _check_encodable(k, path)
-                stack.append((item, f"{path}[{k!r}]"))
+                stack.append((item, f"{path}[{k!r}]", depth + 1))
             continue
         raise NeurvolInputError(
             f"{path} is a {type(v).__module__}.{type(v).__qualname__}; header values must "
@@ -114,6 +125,7 @@ def parse_header(raw: bytes) -> Dict[str, Any]:
     if not isinstance(obj, dict):
         raise NeurvolFormatError(
             f"header JSON must be an object, found {type(obj).__name__}")
+    _check_depth(obj)
     # "\ud800" escapes decode to lone surrogates that cannot be re-encoded; refuse them so
     # that every header we accept can be written back unchanged.
     try:
@@ -125,3 +137,17 @@ def parse_header(raw: bytes) -> Dict[str, Any]:
     except RecursionError:
         raise NeurvolFormatError("header JSON is nested too deeply") from None
     return obj
+
+
+def _check_depth(obj: Any) -> None:
+    """Raise NeurvolFormatError if *obj* nests deeper than MAX_HEADER_DEPTH (iterative)."""
+    stack: List[Tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_HEADER_DEPTH:
+            raise NeurvolFormatError(
+                f"header JSON is nested too deeply (more than {MAX_HEADER_DEPTH} levels)")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, (dict, list)))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v if isinstance(x, (dict, list)))

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import NeurvolFormatError, NeurvolIOError, NeurvolVersionError
+from ..errors import (NeurvolFormatError, NeurvolInputError, NeurvolIOError,
+                      NeurvolVersionError)
 from ._json import parse_header
 from .format import (FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, INDEX_RECORD_SIZE,
                      KEY_BRICKS, KEY_GRID, KEY_SECTIONS, MAGIC, MAX_BRICKS,
@@ -71,8 +72,13 @@ class NvolReader:
             self._src: _Source = _BytesSource(bytes(source))
             self.name = "<bytes>"
         else:
+            try:
+                self.name = os.fspath(source)
+            except TypeError:
+                raise NeurvolInputError(
+                    "NvolReader needs a path (str or os.PathLike) or bytes, got "
+                    f"{type(source).__name__}") from None
             self._src = _FileSource(source)
-            self.name = os.fspath(source)
         try:
             self._open()
         except BaseException:
@@ -263,6 +269,7 @@ class NvolReader:
             IndexError: *b* is not in ``range(brick_count)``.
             NeurvolFormatError: the payload is corrupted or the file shrank since open.
         """
+        self._check_open()
         b = self._brick(b)
         rec = self._index[b]
         length = int(rec["length"])
@@ -291,6 +298,7 @@ class NvolReader:
         except KeyError:
             raise KeyError(f"no section {name!r} in {self.name}; it has "
                            f"{list(self._sections)}") from None
+        self._check_open()
         if name == SECTION_BRICKS:
             data = b"".join(self.read_brick(b) for b in range(self.brick_count))
             return data
@@ -298,6 +306,12 @@ class NvolReader:
         with self._lock:
             self.bytes_read += len(data)
         return data
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`; reads then raise NeurvolInputError (a ValueError,
+        like reading a closed Python file)."""
+        return self._closed
 
     def close(self) -> None:
         """Close the underlying file. Idempotent."""
@@ -321,6 +335,10 @@ class NvolReader:
                 f"grid={list(self.grid)}, {self.file_size} bytes)")
 
     # -- helpers -----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NeurvolInputError(f"{self.name} is closed; open it again to read from it")
+
     def _brick(self, b: int) -> int:
         b = operator.index(b)
         if not 0 <= b < self.brick_count:
@@ -379,7 +397,10 @@ class _FileSource(_Source):
     def __init__(self, path: Any) -> None:
         p = os.fspath(path)
         try:
-            self._fd: Optional[int] = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            # O_NONBLOCK: opening a FIFO (or a device) must not block waiting for a writer;
+            # it is refused just below. It changes nothing for regular files.
+            self._fd: Optional[int] = os.open(
+                p, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise NeurvolIOError(f"{p}: no such file") from None
         except IsADirectoryError:
@@ -401,7 +422,7 @@ class _FileSource(_Source):
     def pread(self, offset: int, length: int) -> bytes:
         fd = self._fd
         if fd is None:
-            raise ValueError("read from a closed NvolReader")
+            raise NeurvolInputError(f"{self._path} is closed; open it again to read from it")
         chunks: List[bytes] = []
         try:
             while length > 0:  # pread may return less than asked (large reads, signals)

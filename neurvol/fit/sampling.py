@@ -27,6 +27,29 @@ class VoxelSampler:
         lin = torch.randint(0, self.flat.numel(), (batch,), generator=self.generator)
         return self.coords_of(lin), self.flat[lin]
 
+    def sample_with_gradient(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(coords (batch, 3), values (batch,), gradients (batch, 3))``: as :meth:`sample`
+        (same random stream) plus the target's gradient at those voxels (:meth:`gradient_of`)."""
+        lin = torch.randint(0, self.flat.numel(), (batch,), generator=self.generator)
+        return self.coords_of(lin), self.flat[lin], self.gradient_of(lin)
+
+    def gradient_of(self, lin: torch.Tensor) -> torch.Tensor:
+        """Finite-difference gradient ``(d/dz, d/dy, d/dx)`` of the volume at flat voxel
+        indices, per unit of *normalized* coordinate: central differences inside, one-sided
+        at the faces (as neurcomp's clamped differences), 0 along an axis of length 1."""
+        strides = (self.shape[1] * self.shape[2], self.shape[2], 1)
+        out = torch.zeros(lin.shape[0], 3, dtype=self.flat.dtype)
+        for a, (n, st) in enumerate(zip(self.shape, strides)):
+            if n < 2:
+                continue
+            i = (lin // st) % n
+            lo = torch.clamp(i - 1, min=0)
+            hi = torch.clamp(i + 1, max=n - 1)
+            diff = self.flat[lin + (hi - i) * st] - self.flat[lin + (lo - i) * st]
+            # normalized spacing between voxel centres is 2 / (n - 1)
+            out[:, a] = diff * ((n - 1) / 2.0) / (hi - lo).to(diff.dtype)
+        return out
+
     def coords_of(self, lin: torch.Tensor) -> torch.Tensor:
         """Normalized (z, y, x) coordinates of flat voxel indices."""
         _, h, w = self.shape

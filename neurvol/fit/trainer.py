@@ -24,6 +24,10 @@ class FitSettings:
     batch: int = 65536
     lr: float = 3e-3
     warmup: float = 0.05
+    # Weight of the gradient loss: MSE between the model's autograd gradient and the
+    # target's finite-difference gradient, both per unit of normalized coordinate
+    # (neurcomp's ``grad_lambda``). 0 turns it off (and costs nothing).
+    grad_lambda: float = 0.0
 
 
 @dataclasses.dataclass
@@ -59,6 +63,10 @@ def fit(
 
     ``progress(step, loss)`` is called every few steps (for a progress bar).
     """
+    # A model built with training options (e.g. neurcomp's grad_lambda) carries them here.
+    overrides = getattr(model, "fit_overrides", None)
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
     gen = torch.Generator().manual_seed(seed)
     model.init_from_volume(volume)
     model.to(device).train()
@@ -70,11 +78,22 @@ def fit(
     t0 = time.perf_counter()
     loss_value = math.nan
     for step in range(settings.steps):
-        coords, target = sampler.sample(batch)
+        grad_target = None
+        if settings.grad_lambda > 0:
+            coords, target, grad_target = sampler.sample_with_gradient(batch)
+            grad_target = grad_target.to(device)
+        else:
+            coords, target = sampler.sample(batch)
         model.on_step(step, settings.steps)
         coords, target = coords.to(device), target.to(device)
+        if grad_target is not None:
+            coords.requires_grad_(True)
         pred = model(coords)
         loss = F.mse_loss(pred, target)
+        if grad_target is not None:
+            (grad,) = torch.autograd.grad(pred.sum(), coords, create_graph=True)
+            loss = loss + settings.grad_lambda * F.mse_loss(grad, grad_target)
+            coords = coords.detach()
         extra = model.extra_loss(coords, pred, target)
         if extra is not None:
             loss = loss + extra

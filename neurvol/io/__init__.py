@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import NeurvolIOError
 from ._registry import (
     VolumeFormat,
+    as_path,
     parse_dtype,
     parse_shape,
     register_format,
@@ -65,7 +66,7 @@ def read_volume(path: PathLike, *, shape: Optional[Union[Tuple[int, int, int], s
         NeurvolIOError: missing file, unknown extension/format, unreadable file.
         NeurvolInputError: raw shape/dtype missing or inconsistent with the file size.
     """
-    p = Path(os.fspath(path))
+    p = as_path(path)
     if not p.exists():
         raise NeurvolIOError(f"input file {str(p)!r} not found")
     if not p.is_file():
@@ -89,7 +90,7 @@ def write_volume(path: PathLike, array: np.ndarray, *, format: Optional[str] = N
     Raises:
         NeurvolIOError: unknown extension/format, or the file cannot be written.
     """
-    p = Path(os.fspath(path))
+    p = as_path(path)
     fmt = resolve_format(p, format, mode="write")
     assert fmt.write is not None
     try:

@@ -6,6 +6,7 @@ so adding one (``.h5``, ``.vti`` ...) touches no other format and no caller.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import NeurvolInputError, NeurvolIOError
+from ..volume_checks import MAX_AXIS, MAX_VOXELS
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,15 @@ def _supported(mode: str) -> str:
     return f"supported extensions: {', '.join(exts)} (format names: {', '.join(names)})"
 
 
+def as_path(path: object, what: str = "path") -> Path:
+    """``Path(os.fspath(path))``, with a NeurvolInputError instead of a bare TypeError."""
+    try:
+        return Path(os.fspath(path))  # type: ignore[arg-type]
+    except TypeError:
+        raise NeurvolInputError(
+            f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
 def resolve_format(path: PathLike, format: Optional[str] = None, *, mode: str = "read") -> VolumeFormat:
     """Pick the format for ``path``: the explicit ``format`` name if given, else the suffix.
 
@@ -87,7 +98,7 @@ def resolve_format(path: PathLike, format: Optional[str] = None, *, mode: str = 
         if fmt is None:
             raise NeurvolIOError(f"unknown format {format!r}; {_supported(mode)}")
     else:
-        suffix = Path(os.fspath(path)).suffix.lower()
+        suffix = as_path(path).suffix.lower()
         fmt = _BY_EXT.get(suffix)
         if fmt is None:
             what = f"extension {suffix!r}" if suffix else "no extension"
@@ -117,11 +128,17 @@ def parse_shape(shape: Union[str, Tuple[int, ...], list, None]) -> Optional[Tupl
             raise NeurvolInputError(f"shape {shape!r} is not Z,Y,X (three integers, e.g. 64,64,64)") from None
     else:
         try:
+            if any(isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer))
+                   for d in shape):
+                raise TypeError
             dims = tuple(int(d) for d in shape)
         except (TypeError, ValueError):
             raise NeurvolInputError(f"shape {shape!r} is not a sequence of three integers (z, y, x)") from None
     if len(dims) != 3 or any(d <= 0 for d in dims):
         raise NeurvolInputError(f"shape {shape!r} must be three positive integers Z,Y,X")
+    if max(dims) > MAX_AXIS or math.prod(dims) > MAX_VOXELS:
+        raise NeurvolInputError(f"shape {shape!r} is too large: at most {MAX_AXIS} per axis and "
+                                f"{MAX_VOXELS} voxels in all")
     return dims
 
 
@@ -131,9 +148,11 @@ def parse_dtype(dtype: object) -> np.dtype:
     Raises:
         NeurvolInputError: not a dtype numpy knows, or not numeric.
     """
+    if dtype is None:
+        raise NeurvolInputError("dtype is missing; use e.g. uint8, uint16, int16, float32")
     try:
         dt = np.dtype(dtype)  # type: ignore[call-overload]
-    except TypeError:
+    except Exception:  # noqa: BLE001 - TypeError, ValueError ("(1e99,)f4"), SyntaxError ...
         raise NeurvolInputError(f"unknown dtype {dtype!r}; use e.g. uint8, uint16, int16, float32") from None
     if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
         raise NeurvolInputError(f"dtype {dtype!r} is not a plain numeric type; use e.g. uint8, float32")

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._atomic import atomic_open, atomic_write
 from ..errors import NeurvolInputError, NeurvolIOError
+from ._registry import as_path
 from .npy import load_npy
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def read_points(path: PathLike) -> np.ndarray:
         NeurvolIOError: missing file or unknown extension.
         NeurvolInputError: not ``(N, 3)``, not numeric, or not finite.
     """
-    p = Path(os.fspath(path))
+    p = as_path(path)
     ext = p.suffix.lower()
     if not p.is_file():
         raise NeurvolIOError(f"points file {str(p)!r} not found" if not p.exists()
@@ -105,7 +106,7 @@ def write_values(path: PathLike, values: np.ndarray) -> None:
     Raises:
         NeurvolIOError: unknown extension.
     """
-    p = Path(os.fspath(path))
+    p = as_path(path)
     ext = p.suffix.lower()
     vals = np.asarray(values).reshape(-1)
     if ext == ".npy":

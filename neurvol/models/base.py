@@ -14,6 +14,11 @@ import torch
 
 from ..errors import NeurvolFormatError, NeurvolInputError
 
+#: Most parameters (weights + persistent buffers) a model read from a file may have:
+#: 2^28 = 268,435,456 values (1 GiB as float32). Checked before anything is allocated, so
+#: a corrupted or hostile config (e.g. a 4096^3 x 4096 feature grid) cannot exhaust memory.
+MAX_MODEL_PARAMS = 2 ** 28
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -26,6 +31,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        if not isinstance(d, Mapping):
+            raise NeurvolFormatError(
+                f"model config for {cls.arch!r} must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = names - set(d)
         if missing:
@@ -34,15 +42,51 @@ class ModelConfig:
                 "was written by an incompatible neurvol"
             )
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        _reject_bools(cls, kwargs)
         try:
             cfg = cls(**kwargs)
             cfg.validate()
-        except (TypeError, ValueError) as exc:
-            raise NeurvolFormatError(f"invalid {cls.arch} model config {dict(d)}: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise NeurvolFormatError(
+                f"invalid {cls.arch} model config {_short(dict(d))}: {exc}") from exc
+        check_param_cap(cfg)
         return cfg
 
     def validate(self) -> None:
         """Raise ValueError if the dimensions are not sane (checked when read from a file)."""
+
+
+def _reject_bools(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """JSON true/false where a field is not a bool (``isinstance(True, int)`` would let
+    them through ``validate`` as 1/0, and torch then fails on them)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs or isinstance(f.default, bool):
+            continue
+        v = kwargs[f.name]
+        if isinstance(v, bool) or (isinstance(v, tuple) and any(isinstance(x, bool) for x in v)):
+            raise NeurvolFormatError(
+                f"invalid {cls.arch} model config: {f.name} is {v!r}, not a number")
+
+
+def check_param_cap(cfg: "ModelConfig") -> None:
+    """Raise NeurvolFormatError if ``cfg.param_count()`` (when defined) exceeds
+    :data:`MAX_MODEL_PARAMS`. Pure arithmetic on the config: nothing is allocated."""
+    count = getattr(cfg, "param_count", None)
+    if not callable(count):
+        return
+    try:
+        n = int(count())
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise NeurvolFormatError(f"invalid {cfg.arch} model config: {exc}") from exc
+    if n > MAX_MODEL_PARAMS:
+        raise NeurvolFormatError(
+            f"{cfg.arch} model config declares {n:,} parameters, more than the limit of "
+            f"{MAX_MODEL_PARAMS:,}; the file is corrupted or not meant for this reader")
+
+
+def _short(v: Any, limit: int = 200) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _jsonable(v: Any) -> Any:

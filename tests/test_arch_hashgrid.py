@@ -1,0 +1,177 @@
+"""The hashgrid architecture: file round trips, budget, config checks, and an independent
+numpy evaluation of spec/arch/hashgrid.md."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import neurvol
+from neurvol import NeurvolFormatError, NeurvolInputError
+from neurvol.container import serialize_nvol
+from neurvol.models import get_architecture
+from neurvol.models.hashgrid import HashGrid, HashGridConfig, level_resolutions
+
+
+@pytest.fixture(scope="module")
+def hg_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, arch="hashgrid", steps=8, quiet=True)
+
+
+def test_save_open_query_matches_memory_and_decode(tmp_path, small_volume, hg_nv):
+    assert hg_nv.info()["model"]["arch"] == "hashgrid"
+    path = tmp_path / "h.nvol"
+    hg_nv.save(path)
+    rng = np.random.default_rng(1)
+    idx = np.stack([rng.integers(0, n, 400) for n in small_volume.shape], 1)
+    pts = np.concatenate([idx + 0.0, rng.uniform(0, 1, (400, 3)) * (np.array(small_volume.shape) - 1)])
+    with neurvol.open(path) as nv:
+        assert nv.info()["model"] == hg_nv.info()["model"]
+        vals = nv.query(pts)
+        np.testing.assert_allclose(vals, hg_nv.query(pts), rtol=1e-6, atol=1e-5)
+        full = nv.decode(dtype=np.float32)
+        np.testing.assert_allclose(vals[:400], full[idx[:, 0], idx[:, 1], idx[:, 2]], rtol=1e-5, atol=1e-4)
+
+
+def test_config_round_trips_through_header(hg_nv):
+    spec = hg_nv.header["model"]
+    cfg = HashGridConfig.from_dict(spec["config"])
+    assert cfg.to_dict() == spec["config"]
+    assert set(spec["config"]) == {"resolutions", "features", "log2_table", "width", "hidden_layers"}
+    model = HashGrid(cfg)
+    assert sum(p.numel() for p in model.parameters()) == cfg.param_count()
+    levels = len(cfg.resolutions)
+    names = list(model.state_dict())
+    assert names[:levels] == [f"tables.{l}" for l in range(levels)]
+    assert all(n.startswith("mlp.") for n in names[levels:])
+    for l, n in enumerate(cfg.resolutions):
+        assert model.tables[l].shape == (min((n + 1) ** 3, 2 ** cfg.log2_table), cfg.features)
+    assert any((n + 1) ** 3 > 2 ** cfg.log2_table for n in cfg.resolutions)  # some level hashed
+
+
+@pytest.mark.parametrize("ratio", [2, 3.5, 6])
+def test_file_within_budget(small_volume, ratio):
+    nv = neurvol.encode(small_volume, ratio=ratio, arch="hashgrid", steps=0, quiet=True, width=16)
+    assert nv.nbytes_file <= small_volume.nbytes / ratio
+
+
+def test_solver_sizes_for_budget():
+    arch = get_architecture("hashgrid")
+    for n in (3000, 27000, 200000):
+        cfg = arch.solve((128, 128, 100), n, {})
+        assert cfg.param_count() <= n
+        bigger = HashGridConfig(**{**cfg.to_dict(), "resolutions": cfg.resolutions,
+                                   "log2_table": cfg.log2_table + 1})
+        assert bigger.param_count() > n or all((r + 1) ** 3 <= 2 ** cfg.log2_table for r in cfg.resolutions)
+        assert cfg.resolutions[0] == 4 and cfg.resolutions[-1] == 127 and len(cfg.resolutions) == 8
+    cfg = arch.solve((64, 64, 64), 27000, {"levels": 4, "features": 4, "log2_table": 10})
+    assert (len(cfg.resolutions), cfg.features, cfg.log2_table) == (4, 4, 10)
+    assert level_resolutions(3, 4, 16) == (4, 8, 16)
+    with pytest.raises(neurvol.NeurvolBudgetError):
+        arch.solve((64, 64, 64), 300, {})
+    with pytest.raises(NeurvolInputError):
+        arch.solve((64, 64, 64), 9000, {"levels": 0})
+
+
+@pytest.mark.parametrize("bad", [
+    {"resolutions": []}, {"resolutions": [0, 4]}, {"resolutions": [4, 2 ** 21]}, {"resolutions": 8},
+    {"features": 0}, {"log2_table": 0}, {"log2_table": 40}, {"width": "32"}, {"hidden_layers": -1},
+    {"features": 64, "log2_table": 26},
+])
+def test_bad_config_in_file_is_a_format_error(tmp_path, hg_nv, bad):
+    header = json.loads(json.dumps({k: v for k, v in hg_nv.header.items() if k != "sections"}))
+    header["model"]["config"].update(bad)
+    data = serialize_nvol(header, [hg_nv._reader.read_brick(0)])
+    path = tmp_path / "bad.nvol"
+    path.write_bytes(data)
+    with pytest.raises(NeurvolFormatError):
+        with neurvol.open(path) as nv:
+            nv.query([[1.0, 1.0, 1.0]])
+
+
+def test_missing_config_field_is_a_format_error():
+    d = HashGridConfig().to_dict()
+    del d["log2_table"]
+    with pytest.raises(NeurvolFormatError):
+        HashGridConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------- spec, independently
+def _spec_eval(cfg, t, pts):
+    """spec/arch/hashgrid.md §3 in numpy (float64 values, uint32 hash). t: name -> array."""
+    tsize = 2 ** cfg["log2_table"]
+    pts = np.clip(pts, -1, 1)
+    feats = []
+    for l, n in enumerate(cfg["resolutions"]):
+        table = t[f"tables.{l}"].astype(np.float64)
+        p = (pts + 1) / 2 * n
+        i = np.minimum(np.floor(p).astype(np.int64), n - 1)
+        r = p - i
+        g = np.zeros((pts.shape[0], cfg["features"]))
+        for dz in (0, 1):
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    vz, vy, vx = i[:, 0] + dz, i[:, 1] + dy, i[:, 2] + dx
+                    w = ((r[:, 0] if dz else 1 - r[:, 0]) * (r[:, 1] if dy else 1 - r[:, 1])
+                         * (r[:, 2] if dx else 1 - r[:, 2]))
+                    if (n + 1) ** 3 <= tsize:
+                        row = vx + (n + 1) * (vy + (n + 1) * vz)
+                    else:  # NGP: uint32 wrap-around, then modulo T
+                        u32 = [v.astype(np.uint32) for v in (vx, vy, vz)]
+                        h = (u32[0] * np.uint32(1)) ^ (u32[1] * np.uint32(2654435761)) ^ (u32[2] * np.uint32(805459861))
+                        row = (h % np.uint32(tsize)).astype(np.int64)
+                    g += table[row] * w[:, None]
+        feats.append(g)
+    h = np.concatenate(feats, 1)
+    for layer in range(cfg["hidden_layers"]):
+        h = np.maximum(h @ t[f"mlp.{2 * layer}.weight"].T + t[f"mlp.{2 * layer}.bias"], 0)
+    last = 2 * cfg["hidden_layers"]
+    return (h @ t[f"mlp.{last}.weight"].T + t[f"mlp.{last}.bias"])[:, 0]
+
+
+@pytest.mark.parametrize("hidden", [0, 2])
+def test_spec_evaluation_matches_model(hidden):
+    torch.manual_seed(hidden)
+    # level 0 dense (3^3 = 27 <= 64), the others hashed; vy * 2654435761 exceeds 32 bits
+    # from vy = 2 on, so the spec's uint32 wrap-around is exercised
+    cfg = HashGridConfig(resolutions=(2, 5, 9, 40), features=3, log2_table=6, width=8, hidden_layers=hidden)
+    model = HashGrid(cfg).eval()
+    with torch.no_grad():
+        for p in model.tables:
+            p.normal_()
+        for p in model.mlp.parameters():
+            p.normal_(0, 0.5)
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, (3000, 3)).astype(np.float32)
+    pts[:6] = [[-1, -1, -1], [1, 1, 1], [0, 0, 0], [1, -1, 0.5], [0.5, 0.25, -0.75], [1.2, -3, 0]]
+    tensors = {n: v.detach().numpy() for n, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(torch.from_numpy(pts)).numpy()
+    assert ref.std() > 0.1
+    np.testing.assert_allclose(_spec_eval(cfg.to_dict(), tensors, pts.astype(np.float64)), ref,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_spec_evaluation_matches_file(hg_nv):
+    """Decode the stored tensors (the reference codec) and evaluate them with the spec."""
+    from neurvol.compress import decode_payload
+    from neurvol.neural_volume import build_model
+
+    spec = hg_nv.header["model"]
+    model = build_model(spec)
+    specs = [(n, tuple(v.shape)) for n, v in model.state_dict().items()]
+    tensors = decode_payload(hg_nv._reader.read_brick(0), specs)
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(-1, 1, (1000, 3))
+    vol = hg_nv.header["volume"]
+    mine = np.clip(vol["min"] + _spec_eval(spec["config"], tensors, pts) * (vol["max"] - vol["min"]),
+                   vol["min"], vol["max"])
+    np.testing.assert_allclose(hg_nv.query(pts, space="normalized"), mine,
+                               rtol=1e-4, atol=1e-3 * (vol["max"] - vol["min"]))
+
+
+def test_tables_train_faster_than_the_mlp():
+    model = HashGrid(HashGridConfig())
+    groups = model.param_groups(1e-3)
+    assert groups[0]["lr"] > groups[1]["lr"]
+    assert sum(p.numel() for g in groups for p in g["params"]) == model.config.param_count()

@@ -1,0 +1,181 @@
+"""The neurcomp architecture: file round trips, budget, config checks, the gradient loss,
+and an independent numpy evaluation of spec/arch/neurcomp.md."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import neurvol
+from neurvol import NeurvolFormatError, NeurvolInputError
+from neurvol.container import serialize_nvol
+from neurvol.fit import FitSettings, VoxelSampler, fit
+from neurvol.models import get_architecture
+from neurvol.models.neurcomp import NeurcompConfig, NeurcompModel, aspect_scale
+
+
+@pytest.fixture(scope="module")
+def nc_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, arch="neurcomp", steps=8, quiet=True)
+
+
+def test_save_open_query_matches_memory_and_decode(tmp_path, small_volume, nc_nv):
+    assert nc_nv.info()["model"]["arch"] == "neurcomp"
+    path = tmp_path / "n.nvol"
+    nc_nv.save(path)
+    rng = np.random.default_rng(1)
+    idx = np.stack([rng.integers(0, n, 400) for n in small_volume.shape], 1)
+    pts = np.concatenate([idx + 0.0, rng.uniform(0, 1, (400, 3)) * (np.array(small_volume.shape) - 1)])
+    with neurvol.open(path) as nv:
+        assert nv.info()["model"] == nc_nv.info()["model"]
+        vals = nv.query(pts)
+        np.testing.assert_allclose(vals, nc_nv.query(pts), rtol=1e-6, atol=1e-5)
+        full = nv.decode(dtype=np.float32)
+        np.testing.assert_allclose(vals[:400], full[idx[:, 0], idx[:, 1], idx[:, 2]], rtol=1e-5, atol=1e-4)
+
+
+def test_config_round_trips_through_header(nc_nv, small_volume):
+    spec = nc_nv.header["model"]
+    cfg = NeurcompConfig.from_dict(spec["config"])
+    assert cfg.to_dict() == spec["config"]
+    assert set(spec["config"]) == {"width", "residual_blocks", "omega0", "scale"}
+    assert cfg.residual_blocks == 7 and cfg.omega0 == 30.0
+    assert cfg.scale == aspect_scale(small_volume.shape) and max(cfg.scale) == 1.0
+    again = NeurcompConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    model = NeurcompModel(cfg)
+    assert sum(p.numel() for p in model.parameters()) == cfg.param_count()
+    names = list(model.state_dict())
+    assert names[:2] == ["first.weight", "first.bias"] and names[-2:] == ["last.weight", "last.bias"]
+    assert names[2:6] == [f"blocks.0.linear_{i}.{k}" for i in (1, 2) for k in ("weight", "bias")]
+
+
+@pytest.mark.parametrize("ratio", [2, 3.5, 6])
+def test_file_within_budget(small_volume, ratio):
+    nv = neurvol.encode(small_volume, ratio=ratio, arch="neurcomp", steps=0, quiet=True, layers=4)
+    assert nv.nbytes_file <= small_volume.nbytes / ratio
+    assert nv.header["model"]["config"]["residual_blocks"] == 3
+
+
+def test_solver_sizes_for_budget():
+    arch = get_architecture("neurcomp")
+    for n in (500, 9000, 27000, 200000):
+        cfg = arch.solve((128, 64, 100), n, {})
+        assert cfg.param_count() <= n < NeurcompConfig(width=cfg.width + 1, residual_blocks=7).param_count()
+        assert cfg.scale == (1.0, 63 / 127, 99 / 127)
+    assert arch.solve((64, 64, 64), 9000, {"layers": 1}).residual_blocks == 0
+    with pytest.raises(neurvol.NeurvolBudgetError):
+        arch.solve((64, 64, 64), 40, {})
+    with pytest.raises(NeurvolInputError):
+        arch.solve((64, 64, 64), 9000, {"layers": 0})
+
+
+@pytest.mark.parametrize("bad", [
+    {"width": 0}, {"width": "32"}, {"residual_blocks": -1}, {"residual_blocks": 1000},
+    {"omega0": 0}, {"scale": [1, 1]}, {"scale": [1, 0, 1]}, {"scale": [1, 1, 2]}, {"width": True},
+])
+def test_bad_config_in_file_is_a_format_error(tmp_path, nc_nv, bad):
+    header = json.loads(json.dumps({k: v for k, v in nc_nv.header.items() if k != "sections"}))
+    header["model"]["config"].update(bad)
+    data = serialize_nvol(header, [nc_nv._reader.read_brick(0)])
+    path = tmp_path / "bad.nvol"
+    path.write_bytes(data)
+    with pytest.raises(NeurvolFormatError):
+        with neurvol.open(path) as nv:
+            nv.query([[1.0, 1.0, 1.0]])
+
+
+def test_missing_config_field_is_a_format_error():
+    d = NeurcompConfig().to_dict()
+    del d["scale"]
+    with pytest.raises(NeurvolFormatError):
+        NeurcompConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------- spec, independently
+def _spec_eval(cfg, t, pts):
+    """spec/arch/neurcomp.md §3 in numpy float64. t: name -> array; pts (N, 3) z,y,x."""
+    w0, nb = cfg["omega0"], cfg["residual_blocks"]
+    t = {k: v.astype(np.float64) for k, v in t.items()}
+    p = pts * np.asarray(cfg["scale"])
+    h = np.sin(w0 * (p @ t["first.weight"].T + t["first.bias"]))
+    for i in range(nb):
+        a = 1.0 if i == 0 else 0.5
+        c = 0.5 if i == nb - 1 else 1.0
+        b = f"blocks.{i}."
+        s = np.sin(w0 * ((a * h) @ t[b + "linear_1.weight"].T + t[b + "linear_1.bias"]))
+        h = c * (h + np.sin(w0 * (s @ t[b + "linear_2.weight"].T + t[b + "linear_2.bias"])))
+    return (h @ t["last.weight"].T + t["last.bias"])[:, 0]
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 3])
+def test_spec_evaluation_matches_model(blocks):
+    torch.manual_seed(blocks)
+    cfg = NeurcompConfig(width=12, residual_blocks=blocks, omega0=30.0, scale=(0.5, 1.0, 0.75))
+    model = NeurcompModel(cfg).eval()
+    with torch.no_grad():
+        model.last.weight.normal_()
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, (3000, 3)).astype(np.float32)
+    pts[:4] = [[-1, -1, -1], [1, 1, 1], [0, 0, 0], [1, -1, 0.5]]
+    tensors = {n: v.detach().numpy() for n, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(torch.from_numpy(pts)).numpy()
+    assert ref.std() > 0.1
+    np.testing.assert_allclose(_spec_eval(cfg.to_dict(), tensors, pts.astype(np.float64)), ref,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_spec_evaluation_matches_file(nc_nv):
+    """Decode the stored tensors (the reference codec) and evaluate them with the spec."""
+    from neurvol.compress import decode_payload
+    from neurvol.neural_volume import build_model
+
+    spec = nc_nv.header["model"]
+    model = build_model(spec)
+    specs = [(n, tuple(v.shape)) for n, v in model.state_dict().items()]
+    tensors = decode_payload(nc_nv._reader.read_brick(0), specs)
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(-1, 1, (1000, 3))
+    vol = nc_nv.header["volume"]
+    mine = np.clip(vol["min"] + _spec_eval(spec["config"], tensors, pts) * (vol["max"] - vol["min"]),
+                   vol["min"], vol["max"])
+    np.testing.assert_allclose(nc_nv.query(pts, space="normalized"), mine,
+                               rtol=1e-4, atol=1e-3 * (vol["max"] - vol["min"]))
+
+
+# ---------------------------------------------------------------- gradient loss
+def test_finite_difference_gradient():
+    z, y, x = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 6), np.linspace(-1, 1, 7), indexing="ij")
+    vol = torch.from_numpy((0.3 * z - 0.2 * y + 0.1 * x + 0.5).astype(np.float32))
+    s = VoxelSampler(vol, torch.Generator().manual_seed(0))
+    lin = torch.arange(vol.numel())
+    np.testing.assert_allclose(s.gradient_of(lin).numpy(), np.tile([0.3, -0.2, 0.1], (vol.numel(), 1)),
+                               atol=1e-5)  # linear field: exact, faces (one-sided) included
+    coords, values, grads = s.sample_with_gradient(50)
+    assert coords.shape == (50, 3) and values.shape == (50,) and grads.shape == (50, 3)
+
+
+def test_grad_lambda_option_reaches_the_trainer_and_not_the_file(small_volume):
+    crop = small_volume[:10, :10, :10]
+    nv = neurvol.encode(small_volume, ratio=3, arch="neurcomp", steps=2, quiet=True, grad_lambda=0.5, layers=2)
+    assert "grad_lambda" not in nv.header["model"]["config"]
+    cfg = get_architecture("neurcomp").solve(crop.shape, 2000, {"grad_lambda": 0.5})
+    model = NeurcompModel(cfg)
+    assert model.fit_overrides == {"grad_lambda": 0.5}
+    seen = []
+    orig = VoxelSampler.sample_with_gradient
+
+    def spy(self, batch):
+        seen.append(batch)
+        return orig(self, batch)
+
+    VoxelSampler.sample_with_gradient = spy
+    try:
+        vol = torch.from_numpy(crop.astype(np.float32) / 255)
+        res = fit(model, vol, FitSettings(steps=3, batch=256, lr=1e-3))
+    finally:
+        VoxelSampler.sample_with_gradient = orig
+    assert seen == [256] * 3 and np.isfinite(res.final_loss)
+    with pytest.raises(NeurvolInputError):
+        neurvol.encode(small_volume, ratio=3, arch="neurcomp", steps=1, quiet=True, grad_lambda=-1)
