@@ -82,6 +82,12 @@ def encode(
     t_start = time.perf_counter()
     volume, lo, hi = check_volume(volume)
     ratio = check_ratio(ratio)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise NeurvolInputError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(arch, str):
+        raise NeurvolInputError(f"arch must be an architecture name (str), got {arch!r}")
+    if isinstance(bits, bool) or isinstance(steps, bool):
+        raise NeurvolInputError("bits and steps must be ints, not booleans")
     if not isinstance(bits, int) or not 1 <= bits <= 16:
         raise NeurvolInputError(f"bits must be an int in 1..16, got {bits!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 0):
@@ -192,7 +198,10 @@ def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None
     Bricks are decoded when a query first touches them. Use as a context manager to
     close the file handle promptly.
     """
-    p = os.fspath(path)
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise NeurvolInputError(f"path must be a str or os.PathLike, got {path!r}") from None
     if not os.path.exists(p):
         raise NeurvolIOError(f"no such file: {p}")
     if os.path.isdir(p):
