@@ -18,7 +18,7 @@ from .container import NvolReader, serialize_nvol
 from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
 from .fit import FitSettings, fit
 from .metrics import psnr as _psnr
-from .models import ModelConfig, VolumeModel, get_architecture
+from .models import Architecture, ModelConfig, VolumeModel, get_architecture
 from .neural_volume import NeuralVolume, _cast
 from .volume_checks import check_ratio, check_volume
 
@@ -121,7 +121,7 @@ def encode(
         return _finish(header, [encode_constant(lo)], budget)
 
     data = _normalized_tensor(volume, lo, hi)
-    overhead = _overhead_bytes(header, architecture.name)
+    overhead = _overhead_bytes(header, architecture)
     config = _solve_config(architecture, shape, budget - overhead, bits, arch_options)
     settings = dataclasses.replace(FitSettings(steps=DEFAULT_STEPS), **architecture.fit_defaults)
     if steps is not None:
@@ -240,10 +240,24 @@ def _normalized_tensor(volume: Any, lo: float, hi: float) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _overhead_bytes(header: Dict[str, Any], arch: str) -> int:
-    """Bytes the file spends outside the weights: preamble, header JSON, index, frame."""
-    probe = dict(header, model={"arch": arch, "config": {"grid": [999, 999, 999], "channels": 99,
-                                                         "width": 999, "hidden_layers": 9}},
+def _overhead_bytes(header: Dict[str, Any], architecture: Architecture) -> int:
+    """Bytes the file spends outside the weights: preamble, header JSON, index, frame.
+
+    Sized with every config field at a wider value than any solver produces, so the
+    real header is never longer than the probe, whatever the architecture.
+    """
+    def widest(v: Any) -> Any:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, int):
+            return 999999
+        if isinstance(v, float):
+            return -1.2345678901234567e-300   # the longest repr a float has
+        if isinstance(v, (tuple, list)):
+            return [widest(x) for x in v]
+        return v
+    config = {f.name: widest(f.default) for f in dataclasses.fields(architecture.config_cls)}
+    probe = dict(header, model={"arch": architecture.name, "config": config},
                  codec=_CODEC, fit=dict(_FIT_PLACEHOLDER, steps=10 ** 9))
     return len(serialize_nvol(probe, [b""])) + 16
 

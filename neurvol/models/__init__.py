@@ -6,5 +6,6 @@ from .base import Architecture, ModelConfig, VolumeModel, architectures, get_arc
 from . import fvsrn  # noqa: F401  (registers "fvsrn")
 from . import neurcomp  # noqa: F401  (registers "neurcomp")
 from . import hashgrid  # noqa: F401  (registers "hashgrid")
+from . import amgsrn  # noqa: F401  (registers "amgsrn")
 
 __all__ = ["Architecture", "ModelConfig", "VolumeModel", "architectures", "get_architecture", "register"]

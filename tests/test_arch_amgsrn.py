@@ -1,0 +1,243 @@
+"""The amgsrn architecture: file round trips, budget, config checks, and an independent
+numpy evaluation of spec/arch/amgsrn.md."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import neurvol
+from neurvol import NeurvolFormatError
+from neurvol.container import serialize_nvol
+from neurvol.models import get_architecture
+from neurvol.models.amgsrn import AMGSRN, AMGSRNConfig, TRANSFORM_START, TRANSFORM_STOP
+
+
+@pytest.fixture(scope="module")
+def amg_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, arch="amgsrn", steps=40, quiet=True)
+
+
+def test_save_open_query_matches_memory_and_decode(tmp_path, small_volume, amg_nv):
+    assert amg_nv.header["model"]["arch"] == "amgsrn"
+    path = tmp_path / "a.nvol"
+    amg_nv.save(path)
+    rng = np.random.default_rng(1)
+    idx = np.stack([rng.integers(0, n, 400) for n in small_volume.shape], 1)
+    pts = np.concatenate([idx + 0.0, rng.uniform(0, 1, (400, 3)) * (np.array(small_volume.shape) - 1)])
+    with neurvol.open(path) as nv:
+        vals = nv.query(pts)
+        np.testing.assert_allclose(vals, amg_nv.query(pts), rtol=1e-6, atol=1e-5)
+        full = nv.decode(dtype=np.float32)
+        np.testing.assert_allclose(vals[:400], full[idx[:, 0], idx[:, 1], idx[:, 2]], rtol=1e-5, atol=1e-4)
+    mean_psnr = neurvol.metrics.psnr(small_volume, np.full_like(small_volume, small_volume.mean()))
+    assert neurvol.metrics.psnr(small_volume, amg_nv.decode()) > mean_psnr + 5
+
+
+def test_config_round_trip():
+    cfg = AMGSRNConfig(grids=5, grid=(4, 6, 7), channels=2, width=16, hidden_layers=3)
+    again = AMGSRNConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    model = AMGSRN(cfg)
+    assert sum(p.numel() for p in model.parameters()) == cfg.param_count()
+    names = list(model.state_dict())
+    assert names[:6] == ["grids"] + [f"transforms.{g}" for g in range(5)]
+    assert all(not n.startswith("transforms") for n in names[6:])
+
+
+@pytest.mark.parametrize("ratio", [2, 4, 8])
+def test_file_within_budget(small_volume, ratio):
+    nv = neurvol.encode(small_volume, ratio=ratio, arch="amgsrn", steps=3, quiet=True)
+    assert nv.nbytes_file <= small_volume.nbytes / ratio
+    assert nv.header["model"]["arch"] == "amgsrn"
+
+
+@pytest.mark.parametrize("bad", [
+    {"grids": 0}, {"grids": 1000}, {"grid": [1, 4, 4]}, {"grid": [4, 4]}, {"channels": 0},
+    {"width": "32"}, {"hidden_layers": 0}, {"grids": 200, "channels": 100},
+])
+def test_bad_config_in_file_is_a_format_error(tmp_path, amg_nv, bad):
+    header = {k: v for k, v in amg_nv.header.items() if k != "sections"}
+    header = json.loads(json.dumps(header))
+    header["model"]["config"].update(bad)
+    path = tmp_path / "bad.nvol"
+    path.write_bytes(serialize_nvol(header, [amg_nv._reader.read_brick(0)]))
+    with pytest.raises(NeurvolFormatError):
+        with neurvol.open(path) as nv:
+            nv.query([[1.0, 1.0, 1.0]])
+
+
+def test_missing_config_field_is_a_format_error():
+    d = AMGSRNConfig().to_dict()
+    del d["grids"]
+    with pytest.raises(NeurvolFormatError):
+        AMGSRNConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------- spec, independently
+def _spec_eval(cfg, tensors, pts):
+    """spec/arch/amgsrn.md §3 in numpy float64. tensors: name -> array; pts (N, 3) z,y,x."""
+    m, c = cfg["grids"], cfg["channels"]
+    dims = cfg["grid"]
+    grids = tensors["grids"].astype(np.float64)
+    feats = np.zeros((pts.shape[0], m * c))
+    for g in range(m):
+        t = tensors[f"transforms.{g}"].astype(np.float64)
+        local = pts @ t[:, :3].T + t[:, 3]
+        u = [(local[:, r] + 1) / 2 * (dims[r] - 1) for r in range(3)]
+        lo = [np.floor(x).astype(np.int64) for x in u]
+        fr = [x - l for x, l in zip(u, lo)]
+        for dk in (0, 1):
+            for dj in (0, 1):
+                for di in (0, 1):
+                    k, j, i = lo[0] + dk, lo[1] + dj, lo[2] + di
+                    w = ((fr[0] if dk else 1 - fr[0]) * (fr[1] if dj else 1 - fr[1])
+                         * (fr[2] if di else 1 - fr[2]))
+                    inside = ((k >= 0) & (k < dims[0]) & (j >= 0) & (j < dims[1])
+                              & (i >= 0) & (i < dims[2]))
+                    kk, jj, ii = (np.clip(k, 0, dims[0] - 1), np.clip(j, 0, dims[1] - 1),
+                                  np.clip(i, 0, dims[2] - 1))
+                    val = grids[g][:, kk, jj, ii].T * inside[:, None]
+                    feats[:, g * c:(g + 1) * c] += val * w[:, None]
+    h = feats
+    for layer in range(cfg["hidden_layers"]):
+        h = np.maximum(h @ tensors[f"mlp.{2 * layer}.weight"].T + tensors[f"mlp.{2 * layer}.bias"], 0)
+    last = 2 * cfg["hidden_layers"]
+    out = h @ tensors[f"mlp.{last}.weight"].T + tensors[f"mlp.{last}.bias"]
+    # coverage: summed trilinear weight of each grid's in-range vertices
+    cover = np.zeros(pts.shape[0])
+    for g in range(m):
+        t = tensors[f"transforms.{g}"].astype(np.float64)
+        local = pts @ t[:, :3].T + t[:, 3]
+        w = np.ones(pts.shape[0])
+        for r in range(3):
+            u = (local[:, r] + 1) / 2 * (dims[r] - 1)
+            w *= np.clip(1 - np.maximum(0, np.maximum(-u, u - (dims[r] - 1))), 0, 1)
+        cover += w
+    return out[:, 0] + feats[:, ::c].sum(1) / np.maximum(cover, 1e-3)
+
+
+def test_spec_evaluation_matches_model():
+    torch.manual_seed(3)
+    cfg = AMGSRNConfig(grids=4, grid=(5, 6, 7), channels=2, width=8, hidden_layers=2)
+    model = AMGSRN(cfg).eval()
+    with torch.no_grad():
+        model.grids.normal_()
+        for p in model.mlp.parameters():
+            p.normal_(0, 0.5)
+        # shrink, shift and shear some grids so many points fall outside them
+        model.transforms[1].copy_(torch.tensor([[2.0, 0.3, 0, 0.5], [0, 1.7, 0, -0.4], [0.2, 0, 2.5, 0.1]]))
+        model.transforms[2].copy_(torch.tensor([[3.0, 0, 0, -1.5], [0, 3.0, 0, 0], [0, 0, 3.0, 1.0]]))
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, (3000, 3)).astype(np.float32)
+    pts[:4] = [[-1, -1, -1], [1, 1, 1], [0, 0, 0], [1, -1, 0.5]]
+    tensors = {n: t.detach().numpy() for n, t in model.state_dict().items()}
+    local = model.local_coords(torch.from_numpy(pts)).detach().numpy()
+    outside = np.abs(local).max(-1) > 1
+    assert outside[1].mean() > 0.3 and outside[2].mean() > 0.5 and outside[1:].all(0).any()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(pts)).numpy()
+    np.testing.assert_allclose(_spec_eval(cfg.to_dict(), tensors, pts.astype(np.float64)), ref,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_spec_evaluation_matches_file(small_volume, amg_nv):
+    """Decode the stored tensors (the reference codec) and evaluate them with the spec."""
+    from neurvol.compress import decode_payload
+    from neurvol.neural_volume import build_model
+
+    spec = amg_nv.header["model"]
+    model = build_model(spec)
+    specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
+    tensors = decode_payload(amg_nv._reader.read_brick(0), specs)
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(-1, 1, (1000, 3))
+    vol = amg_nv.header["volume"]
+    mine = np.clip(vol["min"] + _spec_eval(spec["config"], tensors, pts) * (vol["max"] - vol["min"]),
+                   vol["min"], vol["max"])
+    np.testing.assert_allclose(amg_nv.query(pts, space="normalized"), mine,
+                               rtol=1e-4, atol=1e-3 * (vol["max"] - vol["min"]))
+
+
+# ---------------------------------------------------------------- training hooks
+def test_density_loss_is_finite_and_moves_transforms():
+    torch.manual_seed(0)
+    model = AMGSRN(AMGSRNConfig(grids=3, grid=(4, 4, 4), channels=1, width=8, hidden_layers=1))
+    model.init_from_volume(torch.rand(6, 7, 8))
+    model.train()
+    model.on_step(50, 100)
+    coords = torch.rand(500, 3) * 2 - 1
+    coords[:20] *= 40  # far outside every grid: the density is 0 there, still no NaN
+    target = torch.rand(500)
+    pred = model(coords)
+    extra = model.extra_loss(coords, pred, target)
+    assert extra is not None and torch.isfinite(extra)
+    (torch.nn.functional.mse_loss(pred, target) + extra).backward()
+    for p in model.transforms:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    assert torch.isfinite(model.grids.grad).all()
+
+
+def test_transforms_frozen_outside_their_window():
+    torch.manual_seed(0)
+    total = 100
+    model = AMGSRN(AMGSRNConfig(grids=2, grid=(4, 4, 4), channels=1, width=8, hidden_layers=1))
+    opt = torch.optim.Adam(model.param_groups(1e-2))
+    before = [p.detach().clone() for p in model.transforms]
+    moved_during = None
+    for step in range(total):
+        model.train()
+        model.on_step(step, total)
+        if step == int(TRANSFORM_STOP * total):
+            moved_during = [p.detach().clone() for p in model.transforms]
+        coords = torch.rand(64, 3) * 2 - 1
+        target = torch.rand(64)
+        pred = model(coords)
+        loss = torch.nn.functional.mse_loss(pred, target)
+        extra = model.extra_loss(coords, pred, target)
+        if step < int(TRANSFORM_START * total) or step >= int(TRANSFORM_STOP * total):
+            assert extra is None and not any(p.requires_grad for p in model.transforms)
+            if step < int(TRANSFORM_START * total):
+                assert all(torch.equal(p, b) for p, b in zip(model.transforms, before))
+        else:
+            loss = loss + extra
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, moved_during))
+    assert all(torch.equal(p, b) for p, b in zip(model.transforms, moved_during))
+
+
+def test_solver_sizes_for_budget():
+    arch = get_architecture("amgsrn")
+    cfg = arch.solve((128, 128, 128), 27000, {})
+    assert cfg.param_count() <= 27000
+    assert cfg.param_count() > 0.8 * 27000
+    assert arch.solve((128, 128, 128), 27000, {"grids": 4, "channels": 2}).grids == 4
+
+
+def test_transforms_frozen_in_the_real_trainer(small_volume):
+    from neurvol.fit import FitSettings, fit
+
+    class Recording(AMGSRN):
+        def on_step(self, step, total_steps):
+            super().on_step(step, total_steps)
+            self.snapshots.append(torch.cat([p.detach().reshape(-1) for p in self.transforms]))
+
+    torch.manual_seed(0)
+    model = Recording(AMGSRNConfig(grids=3, grid=(5, 5, 5), channels=1, width=8, hidden_layers=1))
+    model.snapshots = []
+    data = torch.from_numpy(small_volume.astype(np.float32) / small_volume.max())
+    total = 30
+    fit(model, data, FitSettings(steps=total, batch=512))
+    start, stop = int(TRANSFORM_START * total), int(TRANSFORM_STOP * total)
+    snaps = model.snapshots + [torch.cat([p.detach().reshape(-1) for p in model.transforms])]
+    assert all(torch.equal(snaps[0], s) for s in snaps[:start + 1])
+    assert not torch.equal(snaps[start], snaps[stop])
+    assert all(torch.equal(snaps[stop], s) for s in snaps[stop:])
+
+
+@pytest.mark.parametrize("opts", [{"grids": 0}, {"channels": 0}, {"grids": 300}])
+def test_bad_options_are_input_errors(small_volume, opts):
+    with pytest.raises(neurvol.NeurvolInputError):
+        neurvol.encode(small_volume, ratio=2, arch="amgsrn", steps=1, quiet=True, **opts)
