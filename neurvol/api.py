@@ -13,18 +13,23 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compress import default_plan, encode_constant, encode_tensors
+from .compress import TensorPlan, default_plan, encode_constant, encode_tensors
 from .container import NvolReader, serialize_nvol
 from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
 from .fit import FitSettings, fit
 from .metrics import psnr as _psnr
-from .models import Architecture, ModelConfig, VolumeModel, get_architecture
+from .models import Architecture, ModelConfig, VolumeModel, architectures, get_architecture
 from .neural_volume import NeuralVolume, _cast
 from .volume_checks import check_ratio, check_volume
 
 log = logging.getLogger("neurvol")
 
-DEFAULT_ARCH = "fvsrn"
+AUTO_ARCH = "auto"
+# arch="auto" takes the first of these whose model fits the budget: amgsrn was best at
+# ratios 100 and 400 on all four benchmark volumes (BENCHMARKS.md, architectures table);
+# fvsrn needs fewer parameters (no per-grid transforms), so it covers tiny budgets.
+AUTO_ORDER = ("amgsrn", "fvsrn")
+DEFAULT_ARCH = AUTO_ARCH
 DEFAULT_BITS = 6          # feature-grid k-means bits (chosen by measurement, BENCHMARKS.md)
 DEFAULT_STEPS = 1500
 # zstd codes 6-bit grid indices at 5.2-6 bits on our volumes; sizing at the full bit
@@ -59,6 +64,7 @@ def encode(
     bits: int = DEFAULT_BITS,
     spacing: Optional[Sequence[float]] = None,
     origin: Optional[Sequence[float]] = None,
+    fit_settings: Optional[Dict[str, Any]] = None,
     quiet: bool = False,
     **arch_options: Any,
 ) -> NeuralVolume:
@@ -67,10 +73,15 @@ def encode(
     volume: ``(D, H, W)`` array indexed ``[z, y, x]`` (numpy array, memmap, h5py dataset,
     or anything with ``shape``, ``dtype`` and slicing), integer or float.
     ratio: the whole ``.nvol`` file, header included, is at most ``volume.nbytes / ratio``.
-    arch: architecture name (``neurvol.models.architectures()``); ``arch_options`` are its
-    sizing options (e.g. ``channels=4, width=32`` for fvsrn).
+    arch: architecture name (``neurvol.models.architectures()``), or ``"auto"`` (default:
+    the best measured one that fits the budget, see ``AUTO_ORDER``); ``arch_options`` are
+    the named architecture's sizing options (e.g. ``grids=4`` for amgsrn,
+    ``grad_lambda=0.1`` for neurcomp).
     steps: optimisation steps (default 1500); bits: k-means bits for large tensors.
     device: ``"cpu"``, ``"cuda"`` ... (default: CUDA when available).
+    fit_settings: :class:`neurvol.fit.FitSettings` fields overriding the architecture's
+    training defaults, e.g. neurcomp's published recipe:
+    ``fit_settings=neurvol.models.neurcomp.published_fit_settings(volume.shape)``.
 
     Example::
 
@@ -92,11 +103,19 @@ def encode(
         raise NeurvolInputError(f"bits must be an int in 1..16, got {bits!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise NeurvolInputError(f"steps must be a non-negative int, got {steps!r}")
-    architecture = get_architecture(arch)
-    unknown = sorted(set(arch_options) - set(architecture.options))
-    if unknown:
-        raise NeurvolInputError(
-            f"unknown option(s) {unknown} for arch={arch!r}; it accepts {list(architecture.options)}")
+    if arch == AUTO_ARCH:
+        if arch_options:
+            raise NeurvolInputError(
+                f"architecture options {sorted(arch_options)} need an explicit arch= "
+                f"(one of {list(architectures())}), not arch='auto'")
+        candidates = [get_architecture(a) for a in AUTO_ORDER]
+    else:
+        candidates = [get_architecture(arch)]
+        unknown = sorted(set(arch_options) - set(candidates[0].options))
+        if unknown:
+            raise NeurvolInputError(
+                f"unknown option(s) {unknown} for arch={arch!r}; it accepts "
+                f"{list(candidates[0].options)}")
     dev = _resolve_device(device)
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
@@ -121,9 +140,10 @@ def encode(
         return _finish(header, [encode_constant(lo)], budget)
 
     data = _normalized_tensor(volume, lo, hi)
-    overhead = _overhead_bytes(header, architecture)
-    config = _solve_config(architecture, shape, budget - overhead, bits, arch_options)
+    architecture, config = _first_solvable(candidates, header, shape, budget, bits, arch_options)
     settings = dataclasses.replace(FitSettings(steps=DEFAULT_STEPS), **architecture.fit_defaults)
+    if fit_settings:
+        settings = _with_fit_settings(settings, fit_settings)
     if steps is not None:
         settings = dataclasses.replace(settings, steps=steps)
     # Seed a private copy of torch's global RNG (module init uses it) for reproducible files.
@@ -143,7 +163,7 @@ def encode(
     header["fit"] = dict(_FIT_PLACEHOLDER, steps=result.steps)
 
     def quantized(k: int) -> Tuple[bytes, int]:
-        payload = encode_tensors(arrays, {n: default_plan(a.size, k) for n, a in arrays}, seed=seed)
+        payload = encode_tensors(arrays, _plans(model, k), seed=seed)
         return payload, len(serialize_nvol(header, [payload]))
 
     k, (payload, size) = _largest_fitting_k(quantized, 2 ** bits, budget)
@@ -240,11 +260,47 @@ def _normalized_tensor(volume: Any, lo: float, hi: float) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _overhead_bytes(header: Dict[str, Any], architecture: Architecture) -> int:
+def _with_fit_settings(settings: FitSettings, overrides: Dict[str, Any]) -> FitSettings:
+    if not isinstance(overrides, dict):
+        raise NeurvolInputError(f"fit_settings must be a dict of FitSettings fields, got {overrides!r}")
+    names = {f.name for f in dataclasses.fields(FitSettings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise NeurvolInputError(f"unknown fit setting(s) {unknown}; known: {sorted(names)}")
+    try:
+        return dataclasses.replace(settings, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise NeurvolInputError(f"invalid fit settings {overrides}: {exc}") from exc
+
+
+def _first_solvable(candidates: Sequence[Architecture], header: Dict[str, Any],
+                    shape: Tuple[int, int, int], budget: int, bits: int,
+                    options: Dict[str, Any]) -> Tuple[Architecture, ModelConfig]:
+    """The first architecture whose model fits the budget, with its solved config."""
+    for i, architecture in enumerate(candidates):
+        try:
+            # Size the header from the widest config, then from the solved one (a config
+            # can be longer than the defaults, e.g. hashgrid with more levels).
+            overhead = _overhead_bytes(header, architecture, None)
+            config = _solve_config(architecture, shape, budget - overhead, bits, options)
+            exact = _overhead_bytes(header, architecture, config.to_dict())
+            if exact > overhead:
+                config = _solve_config(architecture, shape, budget - exact, bits, options)
+            return architecture, config
+        except NeurvolBudgetError:
+            if i == len(candidates) - 1:
+                raise
+            log.info("encode: %s does not fit %d bytes, trying %s", architecture.name, budget,
+                     candidates[i + 1].name)
+    raise AssertionError("no candidates")
+
+
+def _overhead_bytes(header: Dict[str, Any], architecture: Architecture,
+                    config: Optional[Dict[str, Any]]) -> int:
     """Bytes the file spends outside the weights: preamble, header JSON, index, frame.
 
-    Sized with every config field at a wider value than any solver produces, so the
-    real header is never longer than the probe, whatever the architecture.
+    Every number of ``config`` (default: the architecture's default config) is widened
+    past anything a solver produces, so the real header is never longer than the probe.
     """
     def widest(v: Any) -> Any:
         if isinstance(v, bool):
@@ -256,8 +312,9 @@ def _overhead_bytes(header: Dict[str, Any], architecture: Architecture) -> int:
         if isinstance(v, (tuple, list)):
             return [widest(x) for x in v]
         return v
-    config = {f.name: widest(f.default) for f in dataclasses.fields(architecture.config_cls)}
-    probe = dict(header, model={"arch": architecture.name, "config": config},
+    if config is None:
+        config = {f.name: f.default for f in dataclasses.fields(architecture.config_cls)}
+    probe = dict(header, model={"arch": architecture.name, "config": {k: widest(v) for k, v in config.items()}},
                  codec=_CODEC, fit=dict(_FIT_PLACEHOLDER, steps=10 ** 9))
     return len(serialize_nvol(probe, [b""])) + 16
 
@@ -266,12 +323,18 @@ def _param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _plans(model: VolumeModel, k: int) -> Dict[str, TensorPlan]:
+    """The default quantization plan of every tensor of ``model`` at ``k`` levels."""
+    return {name: default_plan(t.numel(), k, precise=name in model.precise_tensors)
+            for name, t in model.state_dict().items()}
+
+
 def _estimate_payload(model: VolumeModel, bits: int) -> float:
     """Expected payload bytes of a model under the default plan."""
     total = 0.0
-    for _, t in model.state_dict().items():
-        n = t.numel()
-        plan = default_plan(n, 2 ** bits)
+    sizes = {name: t.numel() for name, t in model.state_dict().items()}
+    for name, plan in _plans(model, 2 ** bits).items():
+        n = sizes[name]
         if plan.method == "raw16":
             total += 2 * n
         else:

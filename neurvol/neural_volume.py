@@ -156,13 +156,22 @@ class NeuralVolume:
             "file_bytes": self.nbytes_file,
             "original_bytes": math.prod(self._shape) * self._dtype.itemsize,
             "ratio": round(self.ratio, 3),
-            "model": h.get("model"),
+            "model": self._model_info(),
             "codec": h.get("codec"),
             "bricks": h.get("bricks"),
             "fit": h.get("fit"),
             "budget": h.get("budget"),
         }
         return out
+
+    def _model_info(self) -> Optional[Dict[str, Any]]:
+        """The header's model entry plus its description and parameter count."""
+        spec = self.header.get("model")
+        if spec is None:
+            return None
+        arch, config = _config_of(spec)
+        count = sum(math.prod(shape) for _, shape in tensor_specs(arch, config))
+        return dict(spec, description=arch.description, parameters=count)
 
     def __repr__(self) -> str:
         model = self.header.get("model")

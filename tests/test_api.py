@@ -84,7 +84,7 @@ def test_info_is_complete(small_nv):
     info = small_nv.info()
     for key in ("shape", "dtype", "file_bytes", "ratio", "model", "codec", "fit", "format_version"):
         assert key in info
-    assert info["model"]["arch"] == "fvsrn"
+    assert info["model"]["arch"] == neurvol.api.AUTO_ORDER[0]  # the default, arch="auto"
     assert info["fit"]["psnr"] > 15
 
 
@@ -147,7 +147,7 @@ def test_unknown_arch_and_bad_options(small_volume):
     with pytest.raises(NeurvolInputError):
         neurvol.encode(small_volume, steps=-1, quiet=True)
     with pytest.raises(NeurvolInputError, match="unknown option"):
-        neurvol.encode(small_volume, chanels=3, quiet=True)
+        neurvol.encode(small_volume, arch="fvsrn", chanels=3, quiet=True)
     with pytest.raises(NeurvolInputError):
         neurvol.encode(small_volume, device="cuda" if not _has_cuda() else "nonsense", quiet=True)
 
@@ -220,3 +220,23 @@ def test_memmap_input(tmp_path, small_volume):
     mm = np.load(tmp_path / "v.npy", mmap_mode="r")
     nv = neurvol.encode(mm, ratio=2, steps=10, quiet=True)
     assert nv.shape == (12, 12, 12)
+
+
+def test_auto_takes_the_first_architecture_that_fits(small_volume, monkeypatch):
+    # hashgrid's smallest model does not fit 1/10 of this crop; fvsrn's does.
+    monkeypatch.setattr(neurvol.api, "AUTO_ORDER", ("hashgrid", "fvsrn"))
+    nv = neurvol.encode(small_volume, ratio=10, steps=5, quiet=True)
+    assert nv.info()["model"]["arch"] == "fvsrn"
+    assert nv.nbytes_file <= small_volume.nbytes / 10
+    with pytest.raises(NeurvolBudgetError):
+        neurvol.encode(small_volume, ratio=10, steps=5, quiet=True, arch="hashgrid")
+
+
+def test_auto_rejects_architecture_options(small_volume):
+    with pytest.raises(neurvol.NeurvolInputError, match="explicit arch"):
+        neurvol.encode(small_volume, ratio=5, steps=5, quiet=True, grids=2)
+
+
+def test_options_of_another_architecture_are_rejected(small_volume):
+    with pytest.raises(neurvol.NeurvolInputError, match="grids"):
+        neurvol.encode(small_volume, ratio=5, arch="fvsrn", steps=5, quiet=True, grids=2)

@@ -179,3 +179,45 @@ def test_grad_lambda_option_reaches_the_trainer_and_not_the_file(small_volume):
     assert seen == [256] * 3 and np.isfinite(res.final_loss)
     with pytest.raises(NeurvolInputError):
         neurvol.encode(small_volume, ratio=3, arch="neurcomp", steps=1, quiet=True, grad_lambda=-1)
+
+
+def test_published_recipe_is_reproducible_through_encode(small_volume):
+    from neurvol.models.neurcomp import published_fit_settings
+
+    full = published_fit_settings((128, 128, 128))
+    # 75 passes of 16,384 points; lr x0.2 every 20 passes.
+    assert full["steps"] == 75 * 128 ** 3 // 16384 and full["decay_every"] == 20 * 128 ** 3 // 16384
+    assert (full["lr"], full["batch"], full["schedule"], full["decay"]) == (5e-5, 16384, "step", 0.2)
+    recipe = dict(published_fit_settings(small_volume.shape), steps=12, decay_every=4)
+    nv = neurvol.encode(small_volume, ratio=5, arch="neurcomp", fit_settings=recipe, quiet=True)
+    assert nv.info()["fit"]["steps"] == 12
+
+
+def test_step_schedule_decays_the_learning_rate():
+    import torch
+    from neurvol.fit import FitSettings, fit
+    from neurvol.models import get_architecture
+
+    arch = get_architecture("neurcomp")
+    model = arch.build(arch.solve((8, 8, 8), 400, {}))
+    seen = []
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        fit(model, torch.rand(8, 8, 8), FitSettings(steps=6, batch=64, lr=1.0, schedule="step",
+                                                    decay=0.5, decay_every=2))
+    finally:
+        torch.optim.Adam.step = orig
+    assert seen == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_bad_fit_settings_are_input_errors(small_volume):
+    with pytest.raises(neurvol.NeurvolInputError, match="unknown fit setting"):
+        neurvol.encode(small_volume, ratio=5, fit_settings={"lrr": 1.0}, quiet=True)
+    with pytest.raises(neurvol.NeurvolInputError, match="schedule"):
+        neurvol.encode(small_volume, ratio=5, fit_settings={"schedule": "nope"}, quiet=True)

@@ -9,6 +9,7 @@ import struct
 import zlib
 
 import numpy as np
+import pytest
 import zstandard
 
 import neurvol
@@ -96,7 +97,13 @@ def _fvsrn_sizes(cfg):
     return sizes + [prev, 1]
 
 
-def test_independent_decoder_matches_reference(small_volume, small_nv):
+@pytest.fixture(scope="module")
+def fvsrn_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, steps=60, arch="fvsrn", quiet=True)
+
+
+def test_independent_decoder_matches_reference(small_volume, fvsrn_nv):
+    small_nv = fvsrn_nv
     header, payloads = _parse_container(small_nv.to_bytes())
     cfg = header["model"]["config"]
     assert header["model"]["arch"] == "fvsrn"

@@ -58,11 +58,12 @@ class TensorPlan:
             raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
 
 
-def default_plan(size: int, k: int) -> TensorPlan:
-    """The measured default: tensors under 64 values (biases) as float16, every other one
-    with k-means to ``k`` levels, but never more than a quarter of its size so a codebook
-    cannot cost more than it saves."""
-    if size < 64:
+def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
+    """The measured default: tensors under 64 values (biases) and ``precise`` ones (whose
+    errors the network amplifies) as float16, every other one with k-means to ``k``
+    levels, but never more than a quarter of its size so a codebook cannot cost more than
+    it saves."""
+    if size < 64 or precise:
         return TensorPlan("raw16")
     return TensorPlan("kmeans", max(2, min(k, size // 4)))
 

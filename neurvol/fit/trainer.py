@@ -28,6 +28,15 @@ class FitSettings:
     # target's finite-difference gradient, both per unit of normalized coordinate
     # (neurcomp's ``grad_lambda``). 0 turns it off (and costs nothing).
     grad_lambda: float = 0.0
+    # "warmup_cosine" (default), or "step": lr x ``decay`` every ``decay_every`` steps
+    # (neurcomp's published schedule: x0.2 every 20 passes over the volume).
+    schedule: str = "warmup_cosine"
+    decay: float = 0.2
+    decay_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("warmup_cosine", "step"):
+            raise ValueError(f"schedule must be 'warmup_cosine' or 'step', got {self.schedule!r}")
 
 
 @dataclasses.dataclass
@@ -73,7 +82,12 @@ def fit(
     sampler = VoxelSampler(volume, gen)
     groups = model.param_groups(settings.lr)
     opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(settings.steps, settings.warmup))
+    if settings.schedule == "step":
+        every = settings.decay_every or settings.steps
+        factor = lambda step: settings.decay ** (step // every)  # noqa: E731
+    else:
+        factor = warmup_cosine(settings.steps, settings.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     batch = min(settings.batch, volume.numel())
     t0 = time.perf_counter()
     loss_value = math.nan

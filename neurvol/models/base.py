@@ -8,7 +8,7 @@ Models never do I/O and never see the byte format.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 
@@ -101,6 +101,9 @@ class VolumeModel(torch.nn.Module):
     """
 
     config: ModelConfig
+    #: Names of tensors to store at float16 instead of k-means: those whose quantization
+    #: error the network amplifies (e.g. a SIREN's first layer, multiplied by omega0).
+    precise_tensors: ClassVar[FrozenSet[str]] = frozenset()
 
     def param_groups(self, base_lr: float) -> Sequence[Dict[str, Any]]:
         """Optimizer parameter groups; architectures override to give grids their own lr."""
@@ -135,6 +138,14 @@ class Architecture:
 
     def build(self, config: ModelConfig) -> VolumeModel:
         return self.model_cls(config)
+
+    def option_type(self, name: str) -> type:
+        """``int`` or ``float``: the type of sizing option ``name`` (that of the config
+        field of the same name, else ``int``: counts such as layers or levels)."""
+        for f in dataclasses.fields(self.config_cls):
+            if f.name == name and isinstance(f.default, float):
+                return float
+        return int
 
 
 _REGISTRY: Dict[str, Architecture] = {}

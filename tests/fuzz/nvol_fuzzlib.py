@@ -54,10 +54,10 @@ GOLDEN_DIR = os.path.join(os.path.dirname(HERE), "golden")
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model_file() -> bytes:
-    """A real fvsrn model file of ~2 KB (10x12x14 float32 crop of the sample, ratio 3)."""
+def tiny_model_file(arch: str = "fvsrn") -> bytes:
+    """A real model file of ~2 KB (10x12x14 float32 crop of the sample, ratio 3)."""
     vol = np.ascontiguousarray(neurvol.sample_volume()[26:36, 24:36, 22:36]).astype(np.float32)
-    return neurvol.encode(vol, ratio=3, steps=10, seed=0, quiet=True).to_bytes()
+    return neurvol.encode(vol, ratio=3, steps=10, seed=0, arch=arch, quiet=True).to_bytes()
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,7 +73,8 @@ def golden_files() -> List[str]:
 
 def seed_files() -> List[Tuple[str, bytes]]:
     """(name, bytes) of every seed."""
-    seeds = [("tiny_fvsrn", tiny_model_file()), ("constant", constant_file())]
+    seeds = [("tiny_fvsrn", tiny_model_file()), ("tiny_amgsrn", tiny_model_file("amgsrn")),
+             ("constant", constant_file())]
     for path in golden_files():
         with open(path, "rb") as f:
             seeds.append((os.path.basename(path), f.read()))
