@@ -15,7 +15,7 @@ from .errors import NeurvolInputError, NeurvolIOError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_write", "atomic_open"]
+__all__ = ["atomic_write", "atomic_open", "atomic_path"]
 
 
 def atomic_write(path: PathLike, chunks: Union[bytes, bytearray, memoryview, Iterable[bytes]]
@@ -78,7 +78,43 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     _fsync_dir(directory)
 
 
-def _mkstemp(directory: str, name: str) -> Tuple[int, str]:
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
+    """Like :func:`atomic_open`, for libraries that write by file name (h5py, nibabel).
+
+    Yields the name of an empty temp file beside *path* (ending in *suffix*, so a library
+    that picks compression from the extension sees the right one); on normal exit it is
+    fsynced and renamed onto *path*; on any exception it is removed and *path* is untouched.
+    """
+    try:
+        target = os.path.abspath(os.fspath(path))
+    except TypeError:
+        raise NeurvolInputError(
+            f"output path must be a str or os.PathLike, got {type(path).__name__}") from None
+    directory, name = os.path.split(target)
+    mode = _final_mode(target)
+    fd, tmp = _mkstemp(directory, name, suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        fd = _io(os.open, target, tmp, os.O_RDONLY)
+        try:
+            _io(os.fsync, target, fd)
+        finally:
+            os.close(fd)
+        _io(os.chmod, target, tmp, mode)
+        if os.path.isdir(target):
+            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
+                                 "name")
+        _io(os.replace, target, tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _mkstemp(directory: str, name: str, suffix: str = "") -> Tuple[int, str]:
     if not os.path.isdir(directory):
         what = "is not a directory" if os.path.exists(directory) else "does not exist"
         raise NeurvolIOError(
@@ -86,7 +122,7 @@ def _mkstemp(directory: str, name: str) -> Tuple[int, str]:
             f"{what}; create it first (e.g. `mkdir -p {directory}`) or choose another "
             "output path")
     try:
-        return tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
+        return tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory, suffix=suffix)
     except PermissionError:
         raise NeurvolIOError(
             f"cannot write {os.path.join(directory, name)}: no permission to create files "

@@ -19,9 +19,10 @@ from .baselines import (
     zstd_lossless,
 )
 from .runner import COLUMNS, format_markdown, run_benchmark
+from .report import format_table
 
 __all__ = [
     "BASELINES", "BaselineResult", "BaselineUnavailable", "COLUMNS", "available_baselines",
-    "budget_for", "downsample_baseline", "format_markdown", "get_baseline", "register",
+    "budget_for", "downsample_baseline", "format_markdown", "format_table", "get_baseline", "register",
     "run_benchmark", "zstd_lossless",
 ]

@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -24,8 +24,25 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: ``reader(path, *, shape, dtype, byte_order) -> array``; readers ignore the options
 #: their format carries in its own header.
 Reader = Callable[..., np.ndarray]
-#: ``writer(path, array) -> None``; must write atomically.
-Writer = Callable[[Path, np.ndarray], None]
+#: ``writer(path, array) -> None``; must write atomically. Formats with
+#: ``writes_meta=True`` also get ``spacing=`` and ``origin=`` keywords (z, y, x order).
+Writer = Callable[..., None]
+
+
+@dataclass
+class VolumeData:
+    """What a reader may return instead of a bare array: the data plus grid geometry.
+
+    Attributes:
+        data: the volume indexed ``[z, y, x]`` (an ndarray, memmap, or a lazy array-like
+            such as an ``h5py.Dataset`` with ``shape``, ``dtype`` and slicing).
+        spacing: voxel size along z, y, x, or ``None`` if the file does not say.
+        origin: world position of voxel ``(0, 0, 0)`` as z, y, x, or ``None``.
+    """
+
+    data: Any
+    spacing: Optional[Tuple[float, float, float]] = None
+    origin: Optional[Tuple[float, float, float]] = None
 
 
 @dataclass(frozen=True)
@@ -36,8 +53,12 @@ class VolumeFormat:
         name: short name used by ``format=`` / ``--format`` (e.g. ``"npy"``).
         extensions: lower-case suffixes with the dot (e.g. ``(".raw", ".bin")``).
         description: one line for help texts.
-        read: reader, or ``None`` if the format is write-only.
+        read: reader, or ``None`` if the format is write-only. It may return an array or a
+            :class:`VolumeData` (array plus spacing/origin).
         write: writer, or ``None`` if the format is read-only.
+        variables: the file holds named variables, addressed as ``file.h5:/group/var``;
+            the reader then also gets ``variable=`` (``None`` when not named).
+        writes_meta: the writer takes ``spacing=`` and ``origin=`` keywords.
     """
 
     name: str
@@ -45,6 +66,8 @@ class VolumeFormat:
     description: str
     read: Optional[Reader] = None
     write: Optional[Writer] = None
+    variables: bool = False
+    writes_meta: bool = False
 
 
 _BY_NAME: Dict[str, VolumeFormat] = {}
@@ -62,6 +85,38 @@ def register_format(fmt: VolumeFormat) -> None:
 def volume_formats() -> Tuple[VolumeFormat, ...]:
     """All registered formats, in registration order."""
     return tuple(_BY_NAME.values())
+
+
+def _suffix(p: Path) -> str:
+    """The registered extension of ``p``: a double one (``.nii.gz``) wins over the last."""
+    double = "".join(p.suffixes[-2:]).lower()
+    if len(p.suffixes) >= 2 and double in _BY_EXT:
+        return double
+    return p.suffix.lower()
+
+
+def split_variable(path: PathLike) -> Tuple[Path, Optional[str]]:
+    """Split ``"file.h5:/group/var"`` into ``(Path("file.h5"), "/group/var")``.
+
+    Only splits when the part before the last ``:`` has the extension of a format with
+    named variables (HDF5, NetCDF) and the whole string is not itself an existing file;
+    otherwise returns ``(path, None)``.
+    """
+    text = os.fspath(path)  # type: ignore[arg-type]
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if ":" not in text or os.path.exists(text):
+        return Path(text), None
+    start = 0
+    while True:
+        i = text.find(":", start)
+        if i < 0:
+            return Path(text), None
+        base, var = text[:i], text[i + 1:]
+        fmt = _BY_EXT.get(_suffix(Path(base))) if base else None
+        if fmt is not None and fmt.variables:
+            return Path(base), (var or None)
+        start = i + 1
 
 
 def _supported(mode: str) -> str:
@@ -98,7 +153,7 @@ def resolve_format(path: PathLike, format: Optional[str] = None, *, mode: str = 
         if fmt is None:
             raise NeurvolIOError(f"unknown format {format!r}; {_supported(mode)}")
     else:
-        suffix = as_path(path).suffix.lower()
+        suffix = _suffix(as_path(path))
         fmt = _BY_EXT.get(suffix)
         if fmt is None:
             what = f"extension {suffix!r}" if suffix else "no extension"
