@@ -3,10 +3,12 @@
 
     python benchmarks/run_codec.py VOLUME.npy [VOLUME2.npy ...] --ratios 100,400 \
         [--subsample 2] [--archs fvsrn] [--baselines downsample,sz3] [--steps N] \
-        [--out results.md] [--json results.json]
+        [--out results.md] [--json results.json] [--plot rd.png]
     python benchmarks/run_codec.py --preset foundation [--out ...]
 
 Prints the machine, then one markdown table for all volumes. See benchmarks/README.md.
+Runs the same code as ``neurvol bench`` (``neurvol.bench.runner.run_benchmark``; the plot is
+``neurvol.viz.figures.save_rd_plot``).
 """
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ PRESETS: Dict[str, Tuple[List[Tuple[str, int]], List[float]]] = {
     "foundation": (
         [("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_richtmyer_meshkov_t20", 2)],
         [100.0],
+    ),
+    # Issue 3: every architecture on four volumes (run with --archs amgsrn,fvsrn,hashgrid,neurcomp).
+    "architectures": (
+        [("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_richtmyer_meshkov_t20", 2),
+         ("bio_embryo", 2)],
+        [100.0, 400.0],
     ),
 }
 
@@ -142,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-points", type=int, default=10 ** 6, help="points for the throughput column")
     p.add_argument("--out", help="write the markdown (machine + table) here")
     p.add_argument("--json", help="write machine info and rows as JSON here")
+    p.add_argument("--plot", help="write a rate-distortion plot PNG here (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no per-row progress on stderr")
     return p
 
@@ -182,6 +191,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _write(args, info, rows, cmd)   # after every volume, so a long run leaves partial results
     print("## Results\n")
     print(format_markdown(rows))
+    if args.plot:
+        from neurvol.viz.figures import save_rd_plot
+
+        save_rd_plot(rows, args.plot, title=", ".join(sorted({r["volume"] for r in rows})))
     return 0
 
 

@@ -37,6 +37,13 @@ DEFAULT_STEPS = 1500
 _ENTROPY_EFFICIENCY = 1.0
 _CODEC = {"name": "kmeans-zstd", "version": 1}
 MAX_LEVELS = 1024         # most k-means levels tried when the budget leaves room
+# Volumes with more voxels than this are bricked automatically (bricks of AUTO_BRICK
+# voxels a side): a single model would hold the whole volume in memory while fitting.
+AUTO_BRICK_VOXELS = 1 << 25
+AUTO_BRICK = 128
+# A brick whose values deviate from their mean by at most this PSNR's error (RMS over the
+# data range) is stored as that constant: near-empty space costs 9 bytes.
+CONSTANT_BRICK_PSNR = 50.0
 # Widest values the "fit" header entry can take; sizing uses it so the real entry fits.
 _FIT_PLACEHOLDER = {"steps": 0, "k": 65536, "psnr": -999.999}
 
@@ -66,6 +73,14 @@ def encode(
     origin: Optional[Sequence[float]] = None,
     fit_settings: Optional[Dict[str, Any]] = None,
     quiet: bool = False,
+    brick: Optional[int] = None,
+    ghost: int = 2,
+    bricks: Optional[Sequence[int]] = None,
+    blend: bool = True,
+    workers: Optional[int] = None,
+    devices: Optional[Sequence[str]] = None,
+    executor: Any = None,
+    retries: int = 2,
     **arch_options: Any,
 ) -> NeuralVolume:
     """Compress a 3-D volume into a :class:`NeuralVolume` whose file fits the byte budget.
@@ -83,6 +98,16 @@ def encode(
     training defaults, e.g. neurcomp's published recipe:
     ``fit_settings=neurvol.models.neurcomp.published_fit_settings(volume.shape)``.
 
+    Bricked ensembles (``spec/bricks.md``; automatic with ``brick=128`` for volumes over
+    ``AUTO_BRICK_VOXELS``): ``brick=N`` cuts the volume into bricks of about N voxels a
+    side, ``bricks=(K, J, I)`` gives the brick counts along z, y, x (``(1, 1, 1)``: one
+    model). Each brick's model covers its extent plus ``ghost`` voxels per side; with
+    ``blend`` queries within ``ghost`` voxels of a face mix both bricks (no seams). The
+    input is read one brick at a time. ``workers``: local processes fitting bricks
+    (default 1, or one per entry of ``devices=["cuda:0", ...]``); ``executor``: a
+    ``distributed.Client`` (or any ``concurrent.futures.Executor``); a failing brick is
+    retried ``retries`` times. The same seed gives the same bytes with any executor.
+
     Example::
 
         >>> import neurvol
@@ -91,7 +116,9 @@ def encode(
         True
     """
     t_start = time.perf_counter()
-    volume, lo, hi = check_volume(volume)
+    grid = _brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
+    if grid is None:
+        volume, lo, hi = check_volume(volume)
     ratio = check_ratio(ratio)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise NeurvolInputError(f"seed must be a non-negative int, got {seed!r}")
@@ -117,6 +144,25 @@ def encode(
                 f"unknown option(s) {unknown} for arch={arch!r}; it accepts "
                 f"{list(candidates[0].options)}")
     dev = _resolve_device(device)
+    if grid is not None:
+        from .ensemble.encode import encode_bricked
+
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise NeurvolInputError(f"retries must be a non-negative int, got {retries!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 1):
+            raise NeurvolInputError(f"workers must be a positive int, got {workers!r}")
+        if devices is not None:
+            devices = [str(_resolve_device(d)) for d in devices]
+            if not devices:
+                raise NeurvolInputError("devices must list at least one device, e.g. ['cuda:0']")
+        return encode_bricked(
+            volume, ratio=ratio, grid=grid, ghost=ghost, blend=bool(blend),
+            candidates=candidates, arch_options=arch_options, seed=seed, device=str(dev),
+            devices=devices, steps=steps, bits=bits,
+            spacing=_triple(spacing, 1.0, "spacing"), origin=_triple(origin, 0.0, "origin"),
+            fit_settings=fit_settings, quiet=quiet, workers=workers, executor=executor,
+            retries=retries, const_psnr=CONSTANT_BRICK_PSNR)
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
     nbytes = math.prod(shape) * dtype.itemsize
@@ -180,6 +226,29 @@ def encode(
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
+
+
+def _brick_grid(volume: Any, brick: Optional[int],
+                bricks: Optional[Sequence[int]]) -> Optional[Tuple[int, int, int]]:
+    """The brick grid an encode asks for, or None for a single model."""
+    from .ensemble.geometry import grid_for, optional_grid
+
+    if brick is not None and bricks is not None:
+        raise NeurvolInputError("give brick= (voxels per brick) or bricks= (brick counts), not both")
+    grid = optional_grid(bricks)
+    if grid is None:
+        shape = getattr(volume, "shape", None)
+        if shape is None or len(shape) != 3 or min(int(n) for n in shape) < 2:
+            if brick is not None:
+                check_volume(volume)   # raises the usual shape error
+            return None
+        shape = tuple(int(n) for n in shape)
+        if brick is None:
+            if math.prod(shape) <= AUTO_BRICK_VOXELS:
+                return None
+            brick = AUTO_BRICK
+        grid = grid_for(shape, brick)
+    return None if grid == (1, 1, 1) else grid
 
 
 def _largest_fitting_k(quantized, k0: int, budget: int):

@@ -68,6 +68,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def _arch_options() -> dict:
+    """Every architecture's sizing options: name -> (int or float, [architectures])."""
+    from .models import architectures, get_architecture
+
+    found: dict = {}
+    for arch in architectures():
+        a = get_architecture(arch)
+        for name in a.options:
+            found.setdefault(name, (a.option_type(name), []))[1].append(arch)
+    return found
+
+
+def _given_arch_options(args: argparse.Namespace) -> dict:
+    """The architecture options given on the command line (``--grids 4`` -> grids=4)."""
+    return {k[len("opt_"):]: v for k, v in vars(args).items() if k.startswith("opt_")}
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -222,12 +249,26 @@ def _api() -> Any:
 def cmd_pack(args: argparse.Namespace) -> int:
     """Fit a network to a volume and save it as ``.nvol``."""
     out = _check_output(args.output, args.force)
-    volume = nvio.read_volume(args.input, shape=args.shape, dtype=args.dtype,
+    loaded = nvio.load_volume(args.input, shape=args.shape, dtype=args.dtype,
                               byte_order=args.byte_order, format=args.format)
+    volume = loaded.data
     nv_mod = _api()
     t0 = time.perf_counter()
-    nv = nv_mod.encode(volume, ratio=args.ratio, arch=args.arch, seed=args.seed,
-                       device=args.device, steps=args.steps, quiet=args.quiet)
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if args.scheduler:
+            try:
+                from distributed import Client
+            except ImportError:
+                raise NeurvolInputError(
+                    "--scheduler needs Dask distributed: pip install 'neurvol[dask]'") from None
+            executor = stack.enter_context(Client(args.scheduler))
+        nv = nv_mod.encode(volume, ratio=args.ratio, arch=args.arch, seed=args.seed,
+                           device=args.device, steps=args.steps, quiet=args.quiet,
+                           spacing=loaded.spacing, origin=loaded.origin,
+                           brick=args.brick, bricks=args.bricks, ghost=args.ghost,
+                           workers=args.workers, executor=executor,
+                           **_given_arch_options(args))
     nv.save(out)
     seconds = time.perf_counter() - t0
     if not args.quiet:
@@ -258,11 +299,23 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with _api().open(args.input) as nv:
         volume = nv.decode(shape=args.shape, dtype=args.dtype)
-    nvio.write_volume(out, volume, format=args.format)
+        spacing, origin = _output_geometry(nv, volume.shape)
+    nvio.write_volume(out, volume, format=args.format, spacing=spacing, origin=origin)
     if not args.quiet:
         shape = "x".join(map(str, volume.shape))
         _out(f"wrote {out}: {shape} {volume.dtype}, {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _output_geometry(nv: Any, shape: Sequence[int]) -> tuple:
+    """Spacing and origin (z, y, x) for a decode of ``nv`` on ``shape``: the header's, with
+    the spacing rescaled when the grid changed (corner voxel centres stay where they were)."""
+    info = nv.info()
+    spacing = info.get("spacing") or [1.0, 1.0, 1.0]
+    origin = info.get("origin") or [0.0, 0.0, 0.0]
+    spacing = [float(s) * (n - 1) / (m - 1) if m > 1 else float(s)
+               for s, n, m in zip(spacing, nv.shape, shape)]
+    return spacing, [float(o) for o in origin]
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -311,7 +364,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         nv = nv_mod.encode(original, ratio=args.ratio, arch=args.arch, seed=args.seed,
-                           device=args.device, steps=args.steps, quiet=args.quiet)
+                           device=args.device, steps=args.steps, quiet=args.quiet,
+                           **_given_arch_options(args))
         nv.save(packed)
         t_enc = time.perf_counter() - t0
 
@@ -336,6 +390,178 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# pictures and benchmarks (matplotlib is imported only inside neurvol.viz.figures)
+
+
+def _image_size(text: str) -> tuple:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m or not all(1 <= int(g) <= 8192 for g in m.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT (e.g. 512x512, each 1..8192)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _float_pair(text: str) -> tuple:
+    try:
+        a, b = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not two numbers LO,HI (e.g. 0.1,1)") from None
+    if not (math.isfinite(a) and math.isfinite(b) and a < b):
+        raise argparse.ArgumentTypeError(f"{text!r}: need LO < HI")
+    return a, b
+
+
+def _ratios(text: str) -> List[float]:
+    out = []
+    for t in text.split(","):
+        if t.strip():
+            out.append(_positive_float(t.strip()))
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one ratio, e.g. 100,400")
+    return out
+
+
+def _csv_list(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _figures() -> Any:
+    from .viz import figures
+
+    return figures
+
+
+def _open_source(path: str, args: argparse.Namespace, stack: contextlib.ExitStack) -> Any:
+    """An .nvol file as an open NeuralVolume, anything else as a volume array."""
+    if Path(path).suffix.lower() == ".nvol":
+        return stack.enter_context(_api().open(path))
+    return nvio.read_volume(path, shape=getattr(args, "shape", None), dtype=getattr(args, "dtype", None),
+                            format=getattr(args, "format", None))
+
+
+def _render_options(args: argparse.Namespace) -> dict:
+    return {"azimuth": args.azimuth, "elevation": args.elevation, "distance": args.distance,
+            "size": args.size, "samples": args.samples, "opacity": args.opacity,
+            "density": args.density}
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Ray-march a picture of an .nvol file (or slices) into a PNG."""
+    out = _check_output(args.output, args.force)
+    figures = _figures()
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        src = _open_source(args.input, args, stack)
+        if args.slices:
+            figures.save_slices(src, out, cmap=args.cmap if args.cmap != "viridis" else "gray",
+                                title=Path(args.input).name)
+        else:
+            bar = None
+            if not args.quiet:
+                from tqdm import tqdm
+
+                bar = stack.enter_context(tqdm(total=args.size[0] * args.size[1], unit="ray",
+                                               desc="render", leave=False, file=sys.stderr))
+
+            def progress(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.update(done - bar.n)
+
+            figures.save_rendering(src, out, cmap=args.cmap, progress=progress, **_render_options(args))
+    if not args.quiet:
+        what = "slices" if args.slices else f"{args.size[0]}x{args.size[1]} rendering"
+        _out(f"wrote {out}: {what}, {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Original, decoded and error side by side in a PNG, PSNR in the title."""
+    out = _check_output(args.output, args.force)
+    figures = _figures()
+    original = nvio.read_volume(args.original, shape=args.shape, dtype=args.dtype, format=args.format)
+    with _api().open(args.input) as nv:
+        if tuple(int(n) for n in original.shape) != tuple(nv.shape):
+            raise NeurvolInputError(f"{args.original} has shape {tuple(original.shape)} but "
+                                    f"{args.input} holds {tuple(nv.shape)}; compare a file with "
+                                    "the volume it was packed from")
+        opts = _render_options(args)
+        opts.pop("size")
+        quality = figures.save_comparison(
+            np.asarray(original), nv, out, render_options={"size": args.size, **opts},
+            title=f"{Path(args.original).name} vs {Path(args.input).name} (ratio {nv.ratio:.1f}:1)")
+    if not args.quiet:
+        _out(f"wrote {out}: PSNR {_fmt_db(quality)}")
+    return 0
+
+
+BENCH_METHODS = ("neurvol", "downsample", "zfp", "sz3", "zstd")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run neurvol and the classical baselines at several ratios; table + R-D plot."""
+    from .bench.baselines import BASELINES, available_baselines
+    from .bench.report import format_table
+    from .bench.runner import run_benchmark
+    from .models import architectures
+
+    plot = _check_output(args.plot, args.force) if args.plot else None
+    unknown = [m for m in args.methods if m != "neurvol" and m not in BASELINES]
+    if unknown:
+        raise NeurvolInputError(f"unknown method(s) {unknown}; choose from neurvol, "
+                                f"{', '.join(sorted(BASELINES))}")
+    archs = args.arch if "neurvol" in args.methods else []
+    from .api import AUTO_ARCH
+
+    known = (AUTO_ARCH,) + tuple(architectures())
+    bad = [a for a in archs if a not in known]
+    if bad:
+        raise NeurvolInputError(f"unknown architecture(s) {bad}; choose from {', '.join(known)}")
+    if plot is not None:
+        _figures()._mpl()  # fail now, not after the runs, if matplotlib is missing
+    reasons = available_baselines()
+    baselines = []
+    for m in args.methods:
+        if m == "neurvol":
+            continue
+        if reasons.get(m):
+            print(f"note: skipping baseline {m}: {reasons[m]}", file=sys.stderr)
+        else:
+            baselines.append(m)
+    volume = np.ascontiguousarray(nvio.read_volume(args.input, shape=args.shape, dtype=args.dtype,
+                                                   format=args.format))
+    name = Path(args.input).name
+    total = len(args.ratios) * (len(archs) + sum(BASELINES[b].budgeted for b in baselines)) \
+        + sum(not BASELINES[b].budgeted for b in baselines)
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=f"bench {name}", unit="run", disable=args.quiet, leave=False,
+              file=sys.stderr) as bar:
+        def progress(row: dict) -> None:
+            bar.set_postfix_str(f"{row['method']} @{row.get('ratio_requested') or '-'}")
+            bar.update(1)
+            log.info("%s @%s: PSNR %s", row["method"], row.get("ratio_requested"), row.get("psnr_db"))
+
+        rows = run_benchmark(volume, name, args.ratios, archs=archs, baselines=baselines,
+                             steps=args.steps, seed=args.seed, device=args.device,
+                             query_points=args.query_points, progress=progress)
+    shape = "x".join(map(str, volume.shape))
+    _out(f"{name}: {shape} {volume.dtype} ({_human_bytes(int(volume.nbytes))})")
+    _out(format_table(rows))
+    if args.json:
+        from .bench.runner import rows_to_json
+
+        jout = _check_output(args.json, args.force)
+        from ._atomic import atomic_write
+
+        atomic_write(jout, (json.dumps({"volume": name, "shape": list(volume.shape),
+                                        "rows": rows_to_json(rows)}, indent=1, default=str) + "\n").encode())
+    if plot is not None:
+        _figures().save_rd_plot(rows, plot, title=f"{name} ({shape} {volume.dtype})")
+        if not args.quiet:
+            _out(f"wrote {plot}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # parser
 
 
@@ -343,10 +569,17 @@ def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0
     p.add_argument("--ratio", type=_positive_float, default=ratio_default,
                    help="compression ratio: the whole file is at most input bytes / RATIO "
                         "(default: %(default)g)")
+    from .api import AUTO_ARCH, DEFAULT_ARCH
     from .models import architectures
 
-    p.add_argument("--arch", default="fvsrn", choices=architectures(),
+    p.add_argument("--arch", default=DEFAULT_ARCH, choices=(AUTO_ARCH,) + architectures(),
                    help="network architecture (default: %(default)s)")
+    # Every architecture's sizing options, e.g. --grids, --grad-lambda; only the ones
+    # given reach encode(), which rejects those the chosen --arch does not take.
+    for name, (kind, archs) in sorted(_arch_options().items()):
+        p.add_argument("--" + name.replace("_", "-"), dest="opt_" + name, type=_positive_int if kind is int else _nonnegative_float,
+                       default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
+                       help=f"{name.replace('_', ' ')} (--arch {', '.join(archs)})")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: chosen by the fitter)")
@@ -393,9 +626,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pack", parents=[common], help="fit a volume and write an .nvol file",
                        description="Fit a small network to a volume and write it as .nvol.")
-    p.add_argument("input", metavar="INPUT", help="volume file: .npy, or .raw/.bin with --shape and --dtype")
+    p.add_argument("input", metavar="INPUT",
+                   help="volume file: .npy; .raw/.bin with --shape and --dtype; .h5/.nc "
+                        "(FILE.h5:/group/var names the variable); .vti; .nii/.nii.gz. Spacing "
+                        "and origin in the file are stored in the .nvol header")
     p.add_argument("-o", "--output", required=True, metavar="OUT.nvol", help="output file")
     _add_fit_options(p)
+    g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
+    g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
+                   help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "
+                        "else one model)")
+    g.add_argument("--bricks", type=_shape, default=None, metavar="K,J,I",
+                   help="brick counts along z, y, x (1,1,1: one model)")
+    g.add_argument("--ghost", type=int, default=2, metavar="G",
+                   help="ghost voxels per brick side, blended across faces (default: %(default)s)")
+    g.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="local processes fitting bricks (default: 1)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="fit bricks on a Dask cluster (e.g. tcp://host:8786); workers read "
+                        "the input from the same path (pip install 'neurvol[dask]')")
     p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X", help="raw input shape")
     p.add_argument("--dtype", type=_dtype, default=None, help="raw input dtype, e.g. uint8, uint16, float32")
     p.add_argument("--byte-order", choices=("little", "big"), default="little",
@@ -405,9 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("unpack", parents=[common], help="decode an .nvol file to a volume",
-                       description="Decode an .nvol file to a volume file (.npy, .raw).")
+                       description="Decode an .nvol file to a volume file (.npy, .raw, .h5, .nc, "
+                                   ".vti for ParaView, .nii/.nii.gz), with the spacing and origin "
+                                   "from the .nvol header where the format records them.")
     p.add_argument("input", metavar="IN.nvol")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output volume: .npy or .raw/.bin")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output volume: .npy, .raw/.bin, .h5, .nc, .vti or .nii/.nii.gz")
     p.add_argument("--dtype", type=_dtype, default=None, help="output dtype (default: the input's)")
     p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X",
                    help="decode on another grid (default: the input's shape)")
@@ -444,6 +696,85 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep neghip.nvol and neghip_decoded.npy in DIR, overwriting them "
                         "(default: a temporary directory)")
     p.set_defaults(func=cmd_demo)
+
+    def add_camera(p: argparse.ArgumentParser, size: str) -> None:
+        g = p.add_argument_group("rendering")
+        g.add_argument("--azimuth", type=float, default=30.0,
+                       help="camera angle about the z (up) axis, degrees from +x (default: %(default)g)")
+        g.add_argument("--elevation", type=float, default=20.0,
+                       help="camera angle above the xy plane, degrees (default: %(default)g)")
+        g.add_argument("--distance", type=_positive_float, default=3.5,
+                       help="camera distance in bounding-sphere radii, > 1 (default: %(default)g)")
+        g.add_argument("--size", type=_image_size, default=_image_size(size), metavar="WxH",
+                       help=f"image size in pixels (default: {size})")
+        g.add_argument("--samples", type=_positive_int, default=128,
+                       help="samples per ray across the volume (default: %(default)s)")
+        g.add_argument("--opacity", type=_float_pair, default=(0.1, 1.0), metavar="LO,HI",
+                       help="opacity ramps from 0 at normalised value LO to 1 at HI "
+                            "(default: 0.1,1)")
+        g.add_argument("--density", type=_positive_float, default=8.0,
+                       help="opacity scale: higher is more opaque (default: %(default)g)")
+
+    p = sub.add_parser("render", parents=[common], help="ray-marched picture of an .nvol file",
+                       description="Volume-render an .nvol file straight from its network (points "
+                                   "queried along camera rays, colormap + opacity ramp, "
+                                   "front-to-back compositing) into a PNG; --slices draws three "
+                                   "orthogonal mid slices instead. Needs matplotlib "
+                                   "(pip install 'neurvol[viz]').")
+    p.add_argument("input", metavar="IN", help=".nvol file (or a volume file, rendered the same way)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="output PNG")
+    p.add_argument("--slices", action="store_true", help="three orthogonal mid slices instead of a rendering")
+    p.add_argument("--cmap", default="viridis", help="matplotlib colormap (default: %(default)s; "
+                                                     "gray for --slices)")
+    add_camera(p, "512x512")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("compare", parents=[common], help="original vs decoded vs error, as a PNG",
+                       description="Put the original volume, the decoded .nvol and their absolute "
+                                   "error side by side (three mid slices and a rendering each), "
+                                   "PSNR in the title. Needs matplotlib.")
+    p.add_argument("original", metavar="ORIGINAL", help="the volume the .nvol was packed from "
+                                                        "(any input format of 'pack')")
+    p.add_argument("input", metavar="IN.nvol")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="output PNG")
+    p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X", help="raw ORIGINAL shape")
+    p.add_argument("--dtype", type=_dtype, default=None, help="raw ORIGINAL dtype")
+    p.add_argument("--format", default=None, help=fmt_help)
+    add_camera(p, "200x200")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_compare)
+
+    from .models import architectures
+
+    p = sub.add_parser("bench", parents=[common], help="neurvol vs classical codecs: table + R-D plot",
+                       description="Compress VOLUME with neurvol and the baselines (downsample at "
+                                   "equal bytes, ZFP via zfpy, SZ3 via pysz, lossless zstd) at each "
+                                   "ratio; print ratio, PSNR, max error, encode/decode seconds and "
+                                   "optionally write a rate-distortion plot. Baselines whose "
+                                   "package is missing are skipped with a note.")
+    p.add_argument("input", metavar="VOLUME", help="volume file (any input format of 'pack')")
+    p.add_argument("--ratios", type=_ratios, default=[100.0], metavar="R1,R2,...",
+                   help="compression ratios (default: 100)")
+    p.add_argument("--methods", type=_csv_list, default=list(BENCH_METHODS), metavar="M1,M2,...",
+                   help=f"methods to run (default: {','.join(BENCH_METHODS)}; also downsample_ref)")
+    from .api import AUTO_ARCH as _auto, DEFAULT_ARCH as _default
+
+    p.add_argument("--arch", type=_csv_list, default=[_default], metavar="A1,A2,...",
+                   help=f"neurvol architectures, from {', '.join((_auto,) + tuple(architectures()))} "
+                        f"(default: {_default})")
+    p.add_argument("--steps", type=_positive_int, default=None, help="neurvol training steps")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", type=_device, default=None, help="neurvol device (default: cuda if available)")
+    p.add_argument("--query-points", type=_positive_int, default=100_000,
+                   help="points for neurvol's query throughput (default: %(default)s)")
+    p.add_argument("--plot", default=None, metavar="RD.png", help="write a rate-distortion plot")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write all rows as JSON")
+    p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X", help="raw VOLUME shape")
+    p.add_argument("--dtype", type=_dtype, default=None, help="raw VOLUME dtype")
+    p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite outputs if they exist")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .compress import decode_payload
-from .container import NvolReader, brick_ids, serialize_nvol, write_nvol
+from .container import NvolReader, serialize_nvol, write_nvol
+from .ensemble.geometry import BrickLayout, parse_layout
 from .errors import NeurvolFormatError, NeurvolInputError
 from .models import VolumeModel, get_architecture
 from .models.base import MAX_MODEL_PARAMS
@@ -22,6 +23,11 @@ from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, check_decode_dtyp
 # Points evaluated per forward pass: bounds memory (~100 bytes/point) and stays cache-friendly.
 QUERY_CHUNK = 1 << 17
 _BRICK_CACHE = 8
+# Bricked files: the LRU holds up to this many decoded brick models, so a slab decode that
+# crosses a row of bricks does not decode each of them again for every block.
+_BRICK_CACHE_BRICKED = 64
+#: Most distinct model configs a bricked header may list (bricks.models).
+MAX_BRICK_CONFIGS = 4096
 _SPACE_TOL = 1e-6
 # Points per block of a grid decode (decode, region reads): coordinates ~24 bytes/point.
 _DECODE_BLOCK = QUERY_CHUNK * 4
@@ -64,6 +70,13 @@ class NeuralVolume:
         if not isinstance(vol, dict):
             raise NeurvolFormatError("header has no 'volume' object")
         self._parse_volume(vol)
+        # Bricked files (spec/bricks.md): layout, per-brick model configs. None: one brick.
+        self._layout: Optional[BrickLayout] = None
+        self._brick_specs: Optional[List[Any]] = None
+        self._model_ids: Optional[List[int]] = None
+        self._cache_size = _BRICK_CACHE
+        if reader.brick_count > 1:
+            self._parse_bricks(self.header.get("bricks"))
         self._models: "OrderedDict[int, Union[float, VolumeModel]]" = OrderedDict()
         self._lock = threading.Lock()
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
@@ -117,6 +130,44 @@ class NeuralVolume:
         self._dtype = dt
         self._lo, self._hi = lo, hi
 
+    def _parse_bricks(self, bricks: Any) -> None:
+        """Validate the ensemble keys of a multi-brick header (spec/bricks.md §3): the
+        layout (ghost, blend) and, when present, the config table and per-brick ids."""
+        if not isinstance(bricks, dict):
+            raise NeurvolFormatError("header 'bricks' must be an object")
+        self._layout = parse_layout(self._shape, self._reader.grid, bricks)
+        count = self._reader.brick_count
+        self._cache_size = max(_BRICK_CACHE, min(count, _BRICK_CACHE_BRICKED))
+        models, ids = bricks.get("models"), bricks.get("model_ids")
+        if models is None and ids is None:
+            if "model" in self.header:
+                raise NeurvolFormatError(
+                    "header has a 'model' but 'bricks' lists no 'models'/'model_ids' "
+                    "(spec/bricks.md §3); the file is corrupted")
+            return  # constant bricks only (checked when a brick is read)
+        if not (isinstance(models, list) and 1 <= len(models) <= min(count, MAX_BRICK_CONFIGS)):
+            raise NeurvolFormatError(
+                f"header 'bricks.models' must be a list of 1 to {min(count, MAX_BRICK_CONFIGS)} "
+                f"model objects, got {_short(models)}")
+        if not (isinstance(ids, list) and len(ids) == count
+                and all(type(i) is int and 0 <= i < len(models) for i in ids)):
+            raise NeurvolFormatError(
+                f"header 'bricks.model_ids' must list {count} integers in [0, {len(models) - 1}] "
+                f"(one per brick), got {_short(ids)}")
+        for m in models:
+            if not isinstance(m, dict):
+                raise NeurvolFormatError(
+                    f"header 'bricks.models' entries must be objects, got {_short(m)}")
+        used = sorted(set(ids))
+        for i in used:   # configs and parameter caps, checked before any brick is read
+            arch, config = _config_of(models[i])
+            tensor_specs(arch, config)
+        if self.header.get("model", models[0]) != models[0]:
+            raise NeurvolFormatError(
+                "header 'model' must equal 'bricks.models[0]' in a bricked file; the file is "
+                "corrupted")
+        self._brick_specs, self._model_ids = models, ids
+
     # ------------------------------------------------------------------ properties
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -169,8 +220,12 @@ class NeuralVolume:
         spec = self.header.get("model")
         if spec is None:
             return None
-        arch, config = _config_of(spec)
-        count = sum(math.prod(shape) for _, shape in tensor_specs(arch, config))
+        try:
+            arch, config = _config_of(spec)
+            count = sum(math.prod(shape) for _, shape in tensor_specs(arch, config))
+        except NeurvolFormatError as exc:
+            # info() describes damaged files too; decoding a model brick raises instead.
+            return {"invalid": str(exc)}
         return dict(spec, description=arch.description, parameters=count)
 
     def __repr__(self) -> str:
@@ -195,13 +250,13 @@ class NeuralVolume:
         """Write the ``.nvol`` file atomically (temp file + rename; never a partial file)."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        write_nvol(path, _without_sections(self.header), bricks)
+        write_nvol(path, _without_sections(self.header), bricks, minor=self._reader.version[1])
 
     def to_bytes(self) -> bytes:
         """The ``.nvol`` file's bytes."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        return serialize_nvol(_without_sections(self.header), bricks)
+        return serialize_nvol(_without_sections(self.header), bricks, minor=self._reader.version[1])
 
     def close(self) -> None:
         """Release the file handle (also done by ``with``). Idempotent; afterwards data
@@ -263,14 +318,32 @@ class NeuralVolume:
         out = np.empty(norm.shape[0], dtype=np.float32)
         if norm.shape[0] == 0:
             return out
-        grid = self._reader.grid
-        if math.prod(grid) == 1:
+        layout = self._layout
+        if layout is None:
             out[:] = self._evaluate_brick(0, norm)
             return out
-        ids = brick_ids(norm, grid)
-        for b in np.unique(ids):
-            sel = np.nonzero(ids == b)[0]
-            out[sel] = self._evaluate_brick(int(b), norm[sel])
+        # Route (spatial hash + blend bands), then evaluate each touched brick once on all
+        # of its points, in its local coordinates, and sum the weighted values.
+        pts, bids, weights = layout.route(norm)
+        order = np.argsort(bids, kind="stable")
+        sorted_ids = bids[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+        ends = np.r_[starts[1:], sorted_ids.size]
+        if starts.size == sorted_ids.size and np.all(weights == 1.0):
+            acc = None
+        else:
+            acc = np.zeros(norm.shape[0], dtype=np.float64)
+        for a, e in zip(starts, ends):
+            sel = order[a:e]
+            b = int(sorted_ids[a])
+            p = pts[sel]
+            vals = self._evaluate_brick(b, layout.local(b, norm[p]))
+            if acc is None:
+                out[p] = vals
+            else:
+                acc[p] += weights[sel] * vals
+        if acc is not None:
+            out[:] = acc
         return out
 
     def _evaluate_brick(self, b: int, norm: np.ndarray) -> np.ndarray:
@@ -297,7 +370,7 @@ class NeuralVolume:
                 return self._models[b]
             model = self._load_brick(b)
             self._models[b] = model
-            if len(self._models) > _BRICK_CACHE:
+            if len(self._models) > self._cache_size:
                 self._models.popitem(last=False)
             return model
 
@@ -311,9 +384,15 @@ class NeuralVolume:
                     f"constant brick {b} holds {value!r}, outside the volume's range "
                     f"[{self._lo!r}, {self._hi!r}]; the file is corrupted")
             return value
+        if self._layout is not None:
+            if self._brick_specs is None or self._model_ids is None:
+                raise NeurvolFormatError(
+                    f"brick {b} holds weights but the header's 'bricks' has no 'models' and "
+                    "'model_ids' (spec/bricks.md); the file is corrupted")
+            spec = self._brick_specs[self._model_ids[b]]
         if not isinstance(spec, dict):
             raise NeurvolFormatError("a brick holds weights but the header has no 'model'")
-        if self._reader.brick_count != 1:
+        if self._layout is None and self._reader.brick_count != 1:
             # Format 1.0 defines per-brick models for a single brick only; bricked
             # ensembles (local coordinates, ghost cells) arrive in a later minor version.
             raise NeurvolFormatError("this file stores several brick models, which this neurvol cannot decode; upgrade neurvol")

@@ -308,3 +308,33 @@ def test_python_dash_m_help():
     assert "usage: neurvol" in proc.stdout
     for command in ("pack", "unpack", "info", "query", "demo"):
         assert command in proc.stdout
+
+
+# ------------------------------------------------------------------ architecture options
+
+
+def test_pack_passes_architecture_options(crop, tmp_path, capsys):
+    out = tmp_path / "amg.nvol"
+    assert main(["pack", str(crop[0]), "-o", str(out), "--arch", "amgsrn", "--grids", "2",
+                 "--width", "8", *FAST]) == 0
+    config = neurvol.open(out).info()["model"]["config"]
+    assert config["grids"] == 2 and config["width"] == 8
+    out = tmp_path / "nc.nvol"
+    assert main(["pack", str(crop[0]), "-o", str(out), "--arch", "neurcomp", "--layers", "3",
+                 "--grad-lambda", "0.1", *FAST]) == 0
+    assert neurvol.open(out).info()["model"]["config"]["residual_blocks"] == 2
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--arch", "fvsrn", "--grids", "2"], "grids", 1),         # option of another architecture
+    (["--grids", "2"], "explicit arch", 1),                    # options need a named arch
+    (["--arch", "neurcomp", "--grad-lambda", "-1"], "--grad-lambda", 2),
+    (["--arch", "amgsrn", "--grids", "0"], "--grids", 2),
+    (["--arch", "amgsrn", "--grids", "9999"], "grids", 1),
+])
+def test_impossible_architecture_options_are_clear_errors(crop, tmp_path, capsys, args,
+                                                          message, code):
+    out = tmp_path / "x.nvol"
+    assert main(["pack", str(crop[0]), "-o", str(out), *FAST, *args]) == code
+    assert message in capsys.readouterr().err
+    assert not out.exists()

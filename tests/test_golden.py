@@ -32,3 +32,21 @@ def test_model_golden_decodes_as_recorded(path):
 def test_constant_golden(path):
     with neurvol.open(path) as nv:
         np.testing.assert_array_equal(nv.decode(), np.full((10, 12, 14), 77, dtype=np.uint16))
+
+
+BRICKED_FILES = sorted(glob.glob(os.path.join(GOLDEN, "bricked_v*.nvol")))
+
+
+def test_bricked_golden_files_exist():
+    assert BRICKED_FILES, "bricked golden files (format 1.1) are missing"
+
+
+@pytest.mark.parametrize("path", BRICKED_FILES, ids=os.path.basename)
+def test_bricked_golden_decodes_as_recorded(path):
+    expected = np.load(path.replace(".nvol", ".expected.npy"))
+    with neurvol.open(path) as nv:
+        assert nv.info()["bricks"]["grid"] == [2, 2, 2]
+        got = nv.decode(dtype=np.float32)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+        with open(path, "rb") as f:
+            assert nv.to_bytes() == f.read()

@@ -294,9 +294,12 @@ def test_region_read_rejects_bad_keys(nv, key):
 def test_region_read_keys_that_work(nv):
     full = nv.decode()
     d, h, w = nv.shape
-    np.testing.assert_array_equal(nv[np.int64(1), -1, ::-2], full[1, -1, ::-2])
-    np.testing.assert_array_equal(nv[[0, -1], np.arange(h) < 3], full[[0, -1]][:, :3])
-    np.testing.assert_array_equal(nv[np.array(2), [], 0], full[2, [], 0])
+    # The keys are what is tested; values may differ by float32 rounding because a
+    # region is evaluated in other batch sizes than the full decode (BLAS blocking).
+    same = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # noqa: E731
+    same(nv[np.int64(1), -1, ::-2], full[1, -1, ::-2])
+    same(nv[[0, -1], np.arange(h) < 3], full[[0, -1]][:, :3])
+    assert nv[np.array(2), [], 0].shape == full[2, [], 0].shape
     assert nv[0, 0, 5:5].shape == (0,)
 
 

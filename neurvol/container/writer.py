@@ -22,7 +22,8 @@ __all__ = ["serialize_nvol", "write_nvol"]
 
 
 def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
-                   extra_sections: Optional[Mapping[str, BytesLike]] = None) -> bytes:
+                   extra_sections: Optional[Mapping[str, BytesLike]] = None, *,
+                   minor: Optional[int] = None) -> bytes:
     """Build a complete ``.nvol`` file in memory.
 
     Args:
@@ -34,6 +35,8 @@ def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
         extra_sections: optional named blobs stored after the bricks, in sorted name
             order (so equal mappings give equal bytes). Names must be non-empty and may
             not be ``"brick_index"`` or ``"bricks"``.
+        minor: the minor format version to write (default ``FORMAT_VERSION[1]``, 0); a
+            layer that uses keys of a later minor (e.g. bricked ensembles, 1.1) says so.
 
     Returns:
         The file content. Deterministic: equal arguments give identical bytes.
@@ -47,6 +50,10 @@ def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
     hdr: Dict[str, Any] = {k: v for k, v in header.items() if k != KEY_SECTIONS}
     grid = _grid_of(hdr)
     check_json_value(hdr)
+    if minor is None:
+        minor = FORMAT_VERSION[1]
+    if isinstance(minor, bool) or not isinstance(minor, int) or not 0 <= minor <= 0xFFFF:
+        raise NeurvolInputError(f"minor version must be an int in [0, 65535], got {minor!r}")
 
     payloads = [_as_bytes(b, f"brick {n}") for n, b in enumerate(bricks)]
     count = grid[0] * grid[1] * grid[2]
@@ -63,7 +70,7 @@ def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
     lengths = [len(index), bricks_len] + [len(d) for _, d in extras]
 
     header_bytes = _header_with_sections(hdr, blobs, lengths)
-    head = PREAMBLE.pack(MAGIC, FORMAT_VERSION[0], FORMAT_VERSION[1], len(header_bytes))
+    head = PREAMBLE.pack(MAGIC, FORMAT_VERSION[0], minor, len(header_bytes))
     head += header_bytes
     out = bytearray(head)
     out += HEADER_CRC.pack(zlib.crc32(head))
@@ -77,7 +84,8 @@ def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
 
 def write_nvol(path: Union[str, "os.PathLike[str]"], header: Mapping[str, Any],
                bricks: Sequence[BytesLike],
-               extra_sections: Optional[Mapping[str, BytesLike]] = None) -> int:
+               extra_sections: Optional[Mapping[str, BytesLike]] = None, *,
+               minor: Optional[int] = None) -> int:
     """Serialize (see :func:`serialize_nvol`) and write atomically to *path*.
 
     Returns:
@@ -87,7 +95,7 @@ def write_nvol(path: Union[str, "os.PathLike[str]"], header: Mapping[str, Any],
         NeurvolInputError: invalid arguments (nothing is written).
         NeurvolIOError: the file cannot be written; an existing file is left intact.
     """
-    data = serialize_nvol(header, bricks, extra_sections)
+    data = serialize_nvol(header, bricks, extra_sections, minor=minor)
     atomic_write(path, data)
     return len(data)
 

@@ -67,10 +67,13 @@ def fit(
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
     progress: Optional[Callable[[int, float], None]] = None,
+    stop: Optional[Callable[[int, float], bool]] = None,
 ) -> FitResult:
     """Train ``model`` on ``volume`` ((D, H, W) float32 in [0, 1]) in place.
 
-    ``progress(step, loss)`` is called every few steps (for a progress bar).
+    ``progress(step, loss)`` is called every few steps (for a progress bar). ``stop(step,
+    loss)``, called at the same steps, ends training early when it returns True (e.g. on a
+    loss plateau); the result's ``steps`` counts the steps actually run.
     """
     # A model built with training options (e.g. neurcomp's grad_lambda) carries them here.
     overrides = getattr(model, "fit_overrides", None)
@@ -91,6 +94,7 @@ def fit(
     batch = min(settings.batch, volume.numel())
     t0 = time.perf_counter()
     loss_value = math.nan
+    steps_run = settings.steps
     for step in range(settings.steps):
         grad_target = None
         if settings.grad_lambda > 0:
@@ -115,11 +119,15 @@ def fit(
         loss.backward()
         opt.step()
         sched.step()
-        if progress is not None and (step % 10 == 0 or step == settings.steps - 1):
+        if (progress is not None or stop is not None) and (step % 10 == 0 or step == settings.steps - 1):
             loss_value = float(loss.detach())
-            progress(step + 1, loss_value)
+            if progress is not None:
+                progress(step + 1, loss_value)
+            if stop is not None and stop(step + 1, loss_value):
+                steps_run = step + 1
+                break
     loss_value = float(loss.detach()) if settings.steps else math.nan
     seconds = time.perf_counter() - t0
-    log.debug("fit: %d steps in %.1fs, final loss %.3g", settings.steps, seconds, loss_value)
+    log.debug("fit: %d steps in %.1fs, final loss %.3g", steps_run, seconds, loss_value)
     model.eval()
-    return FitResult(steps=settings.steps, seconds=seconds, final_loss=loss_value)
+    return FitResult(steps=steps_run, seconds=seconds, final_loss=loss_value)

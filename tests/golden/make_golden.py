@@ -3,6 +3,7 @@ version / codec configuration, commit the output, and never regenerate existing 
 they pin what old files decode to.
 
     python tests/golden/make_golden.py 1.0
+    python tests/golden/make_golden.py 1.1     # bricked ensemble (format 1.1)
 """
 import os
 import sys
@@ -13,9 +14,18 @@ import neurvol
 
 here = os.path.dirname(os.path.abspath(__file__))
 version = sys.argv[1]
+if version == "1.1":
+    # Format 1.1 adds bricked ensembles (spec/bricks.md): 2x2x2 bricks, ghost 2, blended.
+    crop = np.ascontiguousarray(neurvol.sample_volume()[20:44, 20:44, 20:44])
+    nv = neurvol.encode(crop, ratio=2, bricks=(2, 2, 2), ghost=2, arch="fvsrn", steps=20,
+                        seed=0, quiet=True)
+    nv.save(os.path.join(here, "bricked_v1.1.nvol"))
+    np.save(os.path.join(here, "bricked_v1.1.expected.npy"), nv.decode(dtype=np.float32))
+    sys.exit(0)
 vol = np.ascontiguousarray(neurvol.sample_volume()[26:38, 24:38, 22:38]).astype(np.float32)
 nv = neurvol.encode(vol, ratio=2, steps=40, seed=0, quiet=True)
 nv.save(os.path.join(here, f"fvsrn_v{version}.nvol"))
 np.save(os.path.join(here, f"fvsrn_v{version}.expected.npy"), nv.decode(dtype=np.float32))
 const = neurvol.encode(np.full((10, 12, 14), 77, dtype=np.uint16), ratio=2, quiet=True)
 const.save(os.path.join(here, f"constant_v{version}.nvol"))
+

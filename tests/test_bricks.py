@@ -1,0 +1,304 @@
+"""Bricked ensembles (issue 5, spec/bricks.md): geometry, routing, lazy reads, blending,
+out-of-core input, executors and determinism. Tiny fits (fvsrn, few steps) keep it fast."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import neurvol
+from neurvol import NeurvolFormatError, NeurvolInputError
+from neurvol.container import NvolReader, brick_ids, serialize_nvol
+from neurvol.ensemble import BrickLayout, NeurvolEncodeError, run_jobs
+from neurvol.ensemble.job import BrickResult
+
+OPTS = dict(ratio=8, arch="fvsrn", steps=20, seed=3, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return neurvol.sample_volume()
+
+
+@pytest.fixture(scope="module")
+def bricked(sample):
+    return neurvol.encode(sample, bricks=(2, 2, 2), ghost=2, **OPTS)
+
+
+def _spec_hash(p, grid):
+    """spec/nvol.md §5 written out literally, one point at a time."""
+    k_n, j_n, i_n = grid
+    z, y, x = (float(c) for c in p)
+    i = min(max(math.floor(i_n * (x + 1.0) / 2.0), 0), i_n - 1)
+    j = min(max(math.floor(j_n * (y + 1.0) / 2.0), 0), j_n - 1)
+    k = min(max(math.floor(k_n * (z + 1.0) / 2.0), 0), k_n - 1)
+    return i + i_n * j + i_n * j_n * k
+
+
+def test_round_trip_budget_and_version(tmp_path, sample, bricked):
+    assert bricked.nbytes_file <= sample.nbytes // 8
+    hdr = bricked.header["bricks"]
+    assert hdr["grid"] == [2, 2, 2] and hdr["ghost"] == 2 and hdr["blend"] == "linear"
+    assert len(hdr["model_ids"]) == 8
+    path = tmp_path / "b.nvol"
+    bricked.save(path)
+    with neurvol.open(path) as nv:
+        assert nv.info()["format_version"] == "1.1"
+        full = nv.decode(dtype=np.float32)
+        np.testing.assert_array_equal(full, bricked.decode(dtype=np.float32))
+        assert nv.to_bytes() == path.read_bytes()
+    assert neurvol.metrics.psnr(sample, full) > 20.0
+    assert bricked.header["fit"]["psnr"] == pytest.approx(neurvol.metrics.psnr(sample, full), abs=1e-2)
+
+
+def test_single_brick_request_is_the_single_model_file(sample):
+    a = neurvol.encode(sample[:20, :20, :20], bricks=(1, 1, 1), **OPTS).to_bytes()
+    b = neurvol.encode(sample[:20, :20, :20], **OPTS).to_bytes()
+    assert a == b and NvolReader(a).version == (1, 0)
+
+
+def test_hash_matches_spec_on_faces_corners_and_random_points():
+    rng = np.random.default_rng(0)
+    grid = (2, 3, 4)
+    faces = [-1.0, -0.5, 0.0, 0.5, 1.0, -1 / 3, 1 / 3, np.nextafter(0.0, 1), -1e-17, 2.0, -2.0]
+    pts = np.concatenate([rng.uniform(-1, 1, (500, 3)),
+                          np.array(np.meshgrid(faces, faces, faces)).reshape(3, -1).T])
+    ids = brick_ids(pts, grid)
+    assert ids.tolist() == [_spec_hash(p, grid) for p in pts]
+    layout = BrickLayout.checked((66, 66, 66), grid, 0, False)
+    pts_c = np.clip(pts, -1, 1)
+    p, b, w = layout.route(pts_c)
+    assert p.tolist() == list(range(len(pts))) and b.tolist() == ids.tolist() and (w == 1).all()
+    assert brick_ids(np.array([[1.0, 1.0, 1.0]]), grid).tolist() == [23]
+    assert brick_ids(np.array([[0.0, 0.0, 0.0]]), (2, 2, 2)).tolist() == [7]
+
+
+def test_blend_weights_partition_of_unity_and_extents_cover_bands():
+    layout = BrickLayout.checked((66, 40, 33), (2, 3, 2), 2, True)
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(-1, 1, (4000, 3))
+    pts[:50, 2] = 0.0            # on the x face
+    pts[50:60] = 1.0             # the +1 corner
+    p, b, w = layout.route(pts)
+    sums = np.bincount(p, weights=w, minlength=len(pts))
+    np.testing.assert_allclose(sums, 1.0, rtol=0, atol=1e-12)
+    assert (w > 0).all()
+    # every (point, brick) pair lies inside the brick's extent
+    for bid in np.unique(b):
+        sel = p[b == bid]
+        for axis, (lo, hi) in enumerate(layout.extent(int(bid))):
+            n = layout.shape[axis]
+            idx = (pts[sel, axis] + 1.0) * (n - 1) / 2.0
+            assert idx.min() >= lo - 1e-9 and idx.max() <= hi + 1e-9
+    # exactly on an interior face: half and half; at +1: only the last brick
+    assert sorted(w[p == 0].round(12).tolist()) in ([0.5, 0.5], [0.25, 0.25, 0.25, 0.25]) or len(w[p == 0]) >= 2
+    assert set(b[p == 55].tolist()) == {layout.count - 1}
+
+
+def test_geometry_extents():
+    layout = BrickLayout.checked((66, 66, 66), (2, 2, 2), 2, True)
+    assert layout.extent(0) == ((0, 35), (0, 35), (0, 35))   # faces at 32.5
+    assert layout.extent(7) == ((30, 65), (30, 65), (30, 65))
+    cores = [layout.core_slices(b) for b in range(8)]
+    owned = np.zeros((66, 66, 66), int)
+    for c in cores:
+        owned[c] += 1
+    assert (owned == 1).all()
+    with pytest.raises(NeurvolInputError, match="ghost"):
+        BrickLayout.checked((66, 66, 66), (4, 4, 4), 9, True)
+    with pytest.raises(NeurvolInputError, match="at most"):
+        BrickLayout.checked((5, 66, 66), (5, 1, 1), 0, False)
+
+
+def test_lazy_reader_decodes_only_touched_bricks(tmp_path, bricked):
+    path = tmp_path / "b.nvol"
+    bricked.save(path)
+    with neurvol.open(path) as nv:
+        assert nv.stats == {"bricks_read": 0, "bytes_read": 0}
+        nv.query([[5.0, 5.0, 5.0]])                       # deep inside brick 0
+        assert nv.stats["bricks_read"] == 1
+        nv.query([[1.0, 1.0, 1.0]], space="normalized")     # the +1 corner: brick 7 only
+        assert nv.stats["bricks_read"] == 2
+        nv.query([[5.0, 5.0, 32.5]])                      # on the x face: bricks 0 and 1
+        assert nv.stats["bricks_read"] == 3
+        nv.query([[32.5, 32.5, 32.5]])                    # the centre: all 8
+        assert nv.stats["bricks_read"] == 8
+        nv.query(np.random.default_rng(0).uniform(0, 65, (1000, 3)))
+        assert nv.stats["bricks_read"] == 8               # cached
+
+
+def test_face_queries_equal_decode(bricked, sample):
+    full = bricked.decode(dtype=np.float32)
+    zz, yy, xx = np.meshgrid([0, 32, 33, 65], [0, 32, 33, 65], [0, 32, 33, 65], indexing="ij")
+    pts = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1).astype(float)
+    np.testing.assert_allclose(bricked.query(pts), full[zz, yy, xx].ravel(), rtol=1e-6, atol=1e-4)
+
+
+def _seam_error(vol, axis_faces=(32, 33)):
+    """Mean |jump| across the brick faces (between voxels 32 and 33 along each axis)
+    divided by the mean |jump| between neighbours elsewhere."""
+    v = vol.astype(np.float64)
+    at, inside = [], []
+    for axis in range(3):
+        d = np.abs(np.diff(v, axis=axis))
+        d = np.moveaxis(d, axis, 0)
+        at.append(d[axis_faces[0]].mean())
+        inside.append(np.delete(d, axis_faces[0], axis=0).mean())
+    return float(np.mean(at) / np.mean(inside))
+
+
+def test_blending_removes_seams(sample, bricked):
+    hdr = json.loads(json.dumps({k: v for k, v in bricked.header.items() if k != "sections"}))
+    hdr["bricks"]["blend"] = "none"
+    reader = bricked._reader
+    payloads = [reader.read_brick(b) for b in range(reader.brick_count)]
+    hard = neurvol.NeuralVolume(NvolReader(serialize_nvol(hdr, payloads, minor=1)))
+    err = lambda nv: np.abs(nv.decode(dtype=np.float32) - sample.astype(np.float32))
+    seam_blend = _seam_error(bricked.decode(dtype=np.float32))
+    seam_hard = _seam_error(hard.decode(dtype=np.float32))
+    assert seam_blend < seam_hard
+    assert err(bricked).mean() <= err(hard).mean() * 1.05
+
+
+class CountingVolume:
+    """An array-like that records every slice read (out-of-core input)."""
+
+    def __init__(self, data):
+        self._data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, []
+
+    def __getitem__(self, key):
+        out = np.asarray(self._data[key])
+        self.reads.append(out.size)
+        return out
+
+
+def test_input_is_read_brick_by_brick(sample):
+    vol = CountingVolume(sample)
+    nv = neurvol.encode(vol, bricks=(2, 2, 2), ghost=2, **OPTS)
+    largest_extent = 36 ** 3
+    assert max(vol.reads) <= largest_extent < sample.size
+    # one scan + one read per fitted brick + the PSNR pass in slabs
+    assert len(vol.reads) >= 16
+    assert nv.to_bytes() == neurvol.encode(sample, bricks=(2, 2, 2), ghost=2, **OPTS).to_bytes()
+
+
+def test_memmap_input_workers_read_from_the_path(tmp_path, sample, bricked):
+    path = tmp_path / "v.npy"
+    np.save(path, sample)
+    mm = np.load(path, mmap_mode="r")
+    from neurvol.ensemble import source_spec
+    spec = source_spec(mm)
+    assert spec["kind"] == "memmap" and spec["path"] == str(path)
+    assert source_spec(mm[1:]) is None and source_spec(sample) is None
+    assert neurvol.encode(mm, bricks=(2, 2, 2), ghost=2, **OPTS).to_bytes() == bricked.to_bytes()
+
+
+def test_constant_bricks_are_constants():
+    vol = np.zeros((40, 40, 40), np.float32)
+    vol[:16, :16, :16] = np.random.default_rng(0).random((16, 16, 16))  # ghosts of the others start at 17
+    nv = neurvol.encode(vol, bricks=(2, 2, 2), ghost=2, **dict(OPTS, ratio=4))
+    payloads = [nv._reader.read_brick(b) for b in range(8)]
+    assert [p[:1] for p in payloads].count(b"\x00") == 7
+    dec = nv.decode()
+    assert (dec[25:, 25:, 25:] == 0).all()
+
+
+def test_local_pool_gives_the_same_bytes(sample, bricked):
+    nv = neurvol.encode(sample, bricks=(2, 2, 2), ghost=2, workers=2, **OPTS)
+    assert nv.to_bytes() == bricked.to_bytes()
+
+
+def test_dask_local_cluster_gives_the_same_bytes(tmp_path, sample, bricked):
+    distributed = pytest.importorskip("distributed")
+    path = tmp_path / "v.npy"
+    np.save(path, sample)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        nv = neurvol.encode(np.load(path, mmap_mode="r"), bricks=(2, 2, 2), ghost=2,
+                            executor=client, **OPTS)
+    assert nv.to_bytes() == bricked.to_bytes()
+
+
+def test_failed_brick_is_retried_then_named():
+    from neurvol.ensemble.job import BrickJob
+
+    jobs = [BrickJob(brick=b, arch="fvsrn", config={}, fit={}, seed=0, budget=1, k0=2, lo=0.0,
+                     hi=1.0, extent=((0, 2),) * 3, core=((0, 2),) * 3) for b in (3, 5)]
+    calls = {}
+
+    def flaky(job):
+        calls[job.brick] = calls.get(job.brick, 0) + 1
+        if job.brick == 5 and calls[5] < 3:
+            raise RuntimeError("worker died")
+        return BrickResult(job.brick, b"x", 2, 1, 0.0, 1, 0.0)
+
+    out = run_jobs(jobs, lambda j: j, workers=1, retries=2, fn=flaky)
+    assert sorted(out) == [3, 5] and calls[5] == 3
+
+    def broken(job):
+        if job.brick == 5:
+            raise RuntimeError("out of memory")
+        return BrickResult(job.brick, b"x", 2, 1, 0.0, 1, 0.0)
+
+    with pytest.raises(NeurvolEncodeError, match="brick 5 failed 3 times"):
+        run_jobs(jobs, lambda j: j, workers=1, retries=2, fn=broken)
+
+
+def test_failed_encode_leaves_no_file(tmp_path, sample, monkeypatch):
+    import neurvol.ensemble.encode as enc
+
+    def boom(*a, **k):
+        raise NeurvolEncodeError("brick 4 failed 3 times (last error: boom); nothing was written")
+
+    monkeypatch.setattr(enc, "run_jobs", boom)
+    with pytest.raises(NeurvolEncodeError, match="brick 4"):
+        neurvol.encode(sample, bricks=(2, 2, 2), **OPTS)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda h: h["bricks"].__setitem__("model_ids", [0] * 7), "model_ids"),
+    (lambda h: h["bricks"].__setitem__("model_ids", [0] * 7 + [9]), "model_ids"),
+    (lambda h: h["bricks"].__setitem__("model_ids", [0] * 7 + [True]), "model_ids"),
+    (lambda h: h["bricks"].__setitem__("models", []), "models"),
+    (lambda h: h["bricks"].__setitem__("models", "x"), "models"),
+    (lambda h: h["bricks"].__setitem__("ghost", -1), "ghost"),
+    (lambda h: h["bricks"].__setitem__("ghost", 2.0), "ghost"),
+    (lambda h: h["bricks"].__setitem__("ghost", 40), "ghost"),
+    (lambda h: h["bricks"].__setitem__("blend", "cubic"), "blend"),
+    (lambda h: h["bricks"].pop("models"), "models"),
+])
+def test_bad_brick_headers_are_format_errors(bricked, edit, match):
+    hdr = json.loads(json.dumps({k: v for k, v in bricked.header.items() if k != "sections"}))
+    edit(hdr)
+    reader = bricked._reader
+    data = serialize_nvol(hdr, [reader.read_brick(b) for b in range(reader.brick_count)], minor=1)
+    with pytest.raises(NeurvolFormatError, match=match):
+        with neurvol.NeuralVolume(NvolReader(data)) as nv:
+            nv.decode()
+
+
+def test_argument_errors(sample):
+    with pytest.raises(NeurvolInputError, match="not both"):
+        neurvol.encode(sample, brick=32, bricks=(2, 2, 2))
+    with pytest.raises(NeurvolInputError, match="bricks"):
+        neurvol.encode(sample, bricks=(2, 0, 2))
+    with pytest.raises(NeurvolInputError, match="ghost"):
+        neurvol.encode(sample, bricks=(2, 2, 2), ghost=20, **OPTS)
+    with pytest.raises(NeurvolInputError, match="workers"):
+        neurvol.encode(sample, bricks=(2, 2, 2), workers=0, **OPTS)
+
+
+def test_cli_pack_bricks(tmp_path, sample, bricked):
+    from neurvol.cli import main
+
+    src = tmp_path / "v.npy"
+    np.save(src, sample)
+    out = tmp_path / "v.nvol"
+    rc = main(["pack", str(src), "-o", str(out), "--ratio", "8", "--arch", "fvsrn", "--steps",
+               "20", "--seed", "3", "--bricks", "2,2,2", "--ghost", "2", "-q"])
+    assert rc == 0 and out.read_bytes() == bricked.to_bytes()
