@@ -41,6 +41,41 @@ PRESETS: Dict[str, Tuple[List[Tuple[str, int]], List[float]]] = {
          ("bio_embryo", 2)],
         [100.0, 400.0],
     ),
+    # Issue 4: the weight-compression stages, one at a time (variants below).
+    "ablation": (
+        [("ct_walnut", 1), ("sim_richtmyer_meshkov_t20", 2)],
+        [100.0, 400.0],
+    ),
+    # Issue 4: the full pipeline vs plain k-means + zstd (same architecture), every volume.
+    "pipeline": (
+        [("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
+         ("sim_richtmyer_meshkov_t20", 2), ("bio_embryo", 2), ("ct_chest_lidc2", 2),
+         ("sim_isabel_windspeed_t30", 2)],
+        [100.0],
+    ),
+    # Issue 4: rate-distortion of the default pipeline on every volume (256^3 ones at 2x).
+    "rd": (
+        [("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
+         ("sim_richtmyer_meshkov_t20", 2), ("bio_embryo", 2), ("ct_chest_lidc2", 2),
+         ("sim_isabel_windspeed_t30", 2)],
+        [50.0, 100.0, 200.0, 400.0, 800.0],
+    ),
+}
+
+# The foundation's codec: k-means for every tensor, zstd only, no fine-tuning.
+PLAIN = {"codec": {"grids": "kmeans", "finetune": 0, "coders": ["raw", "zstd"]}}
+# Extra neurvol rows per preset, as (label, encode kwargs); run with --archs '' to get only these.
+PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
+    "ablation": [
+        ("plain", PLAIN),
+        ("kmeans+rans", {"codec": {"grids": "kmeans", "finetune": 0}}),
+        ("lorenzo", {"codec": {"finetune": 0}}),
+        ("lorenzo+finetune", {}),
+        ("+prune30", {"codec": {"prune": 0.3}}),
+        ("bits4", {"bits": 4}),
+        ("bits9", {"bits": 9}),
+    ],
+    "pipeline": [("plain", PLAIN), ("full", {})],
 }
 
 
@@ -142,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=_ratios, default=None, help="comma-separated, e.g. 100,400 (default 100)")
     p.add_argument("--subsample", type=int, default=1, help="take [::k, ::k, ::k] of every volume given")
     p.add_argument("--archs", type=_csv, default=["fvsrn"], help="comma-separated neurvol architectures ('' for none)")
+    p.add_argument("--variant", action="append", default=[], type=_variant, metavar="LABEL=JSON",
+                   help='a further neurvol row: LABEL and encode() keyword arguments as JSON, '
+                        'e.g. plain=\'{"codec": {"grids": "kmeans", "finetune": 0}}\' (repeatable)')
     p.add_argument("--baselines", type=_csv, default=_csv(DEFAULT_BASELINES),
                    help=f"comma-separated, from {', '.join(BASELINES)} (default {DEFAULT_BASELINES})")
     p.add_argument("--steps", type=int, default=None, help="neurvol fit steps (default: encode's default)")
@@ -153,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a rate-distortion plot PNG here (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no per-row progress on stderr")
     return p
+
+
+def _variant(text: str) -> Tuple[str, Dict[str, Any]]:
+    label, sep, spec = text.partition("=")
+    try:
+        kw = json.loads(spec) if sep else None
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"bad JSON in {text!r}: {exc}") from None
+    if not label or not isinstance(kw, dict):
+        raise argparse.ArgumentTypeError(f"expected LABEL=JSON-object, got {text!r}")
+    return label, kw
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -173,6 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if b in args.baselines and reason:
             print(f"note: baseline {b} will be skipped: {reason}", file=sys.stderr)
 
+    variants = list(args.variant)
+    if args.preset in PRESET_VARIANTS:
+        variants += PRESET_VARIANTS[args.preset]
     info = machine_info()
     print("## Machine\n")
     print(format_machine(info))
@@ -186,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{name}: {vol.shape} {vol.dtype}", file=sys.stderr, flush=True)
         rows += run_benchmark(vol, name, ratios, archs=args.archs, baselines=args.baselines,
                               steps=args.steps, seed=args.seed, device=args.device,
-                              query_points=args.query_points,
+                              query_points=args.query_points, variants=variants,
                               progress=None if args.quiet else _eprint)
         _write(args, info, rows, cmd)   # after every volume, so a long run leaves partial results
     print("## Results\n")

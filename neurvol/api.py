@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,9 +18,12 @@ from .compress import TensorPlan, default_plan, encode_constant, encode_tensors
 from .container import NvolReader, serialize_nvol
 from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
 from .fit import FitSettings, fit
+from .fit import finetune as _finetune
 from .metrics import psnr as _psnr
 from .models import Architecture, ModelConfig, VolumeModel, architectures, get_architecture
 from .neural_volume import NeuralVolume, _cast
+from .pipeline import MAX_LEVELS, CodecSettings, compress_model, estimate_payload
+from .pipeline import _largest_fitting_k  # noqa: F401  (used by the ensemble jobs)
 from .volume_checks import check_ratio, check_volume
 
 log = logging.getLogger("neurvol")
@@ -32,11 +36,7 @@ AUTO_ORDER = ("amgsrn", "fvsrn")
 DEFAULT_ARCH = AUTO_ARCH
 DEFAULT_BITS = 6          # feature-grid k-means bits (chosen by measurement, BENCHMARKS.md)
 DEFAULT_STEPS = 1500
-# zstd codes 6-bit grid indices at 5.2-6 bits on our volumes; sizing at the full bit
-# width keeps most files under budget on the first try (the rest shrink k a little).
-_ENTROPY_EFFICIENCY = 1.0
-_CODEC = {"name": "kmeans-zstd", "version": 1}
-MAX_LEVELS = 1024         # most k-means levels tried when the budget leaves room
+_CODEC = {"name": "neurvol", "version": 2}
 # Volumes with more voxels than this are bricked automatically (bricks of AUTO_BRICK
 # voxels a side): a single model would hold the whole volume in memory while fitting.
 AUTO_BRICK_VOXELS = 1 << 25
@@ -46,6 +46,10 @@ AUTO_BRICK = 128
 CONSTANT_BRICK_PSNR = 50.0
 # Widest values the "fit" header entry can take; sizing uses it so the real entry fits.
 _FIT_PLACEHOLDER = {"steps": 0, "k": 65536, "psnr": -999.999}
+# Every stage a codec.pipeline can list, so sizing never underestimates the header.
+_WIDEST_PIPELINE = ["prune", "kmeans", "lorenzo", "finetune", "rans", "zstd"]
+# Fine-tuning lr as a fraction of the fit's lr.
+FINETUNE_LR = 0.1
 
 
 def _resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -64,6 +68,7 @@ def encode(
     volume: Any,
     ratio: float = 100.0,
     *,
+    psnr: Optional[float] = None,
     arch: str = DEFAULT_ARCH,
     seed: int = 0,
     device: Union[str, torch.device, None] = None,
@@ -72,6 +77,7 @@ def encode(
     spacing: Optional[Sequence[float]] = None,
     origin: Optional[Sequence[float]] = None,
     fit_settings: Optional[Dict[str, Any]] = None,
+    codec: Optional[Dict[str, Any]] = None,
     quiet: bool = False,
     brick: Optional[int] = None,
     ghost: int = 2,
@@ -88,6 +94,9 @@ def encode(
     volume: ``(D, H, W)`` array indexed ``[z, y, x]`` (numpy array, memmap, h5py dataset,
     or anything with ``shape``, ``dtype`` and slicing), integer or float.
     ratio: the whole ``.nvol`` file, header included, is at most ``volume.nbytes / ratio``.
+    psnr: instead of a ratio, a quality target in dB: the smallest file found (by a search
+    over ratios, a few encodes, starting at ``ratio``) whose PSNR reaches it; when none
+    does, the best one found, with a warning.
     arch: architecture name (``neurvol.models.architectures()``), or ``"auto"`` (default:
     the best measured one that fits the budget, see ``AUTO_ORDER``); ``arch_options`` are
     the named architecture's sizing options (e.g. ``grids=4`` for amgsrn,
@@ -97,6 +106,9 @@ def encode(
     fit_settings: :class:`neurvol.fit.FitSettings` fields overriding the architecture's
     training defaults, e.g. neurcomp's published recipe:
     ``fit_settings=neurvol.models.neurcomp.published_fit_settings(volume.shape)``.
+    codec: :class:`neurvol.pipeline.CodecSettings` fields: how weights become bytes, e.g.
+    ``codec={"prune": 0.3}`` or ``codec={"grids": "kmeans", "finetune": 0}`` (the
+    foundation's plain k-means + zstd).
 
     Bricked ensembles (``spec/bricks.md``; automatic with ``brick=128`` for volumes over
     ``AUTO_BRICK_VOXELS``): ``brick=N`` cuts the volume into bricks of about N voxels a
@@ -115,6 +127,12 @@ def encode(
         >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
         True
     """
+    if psnr is not None:
+        return _encode_to_psnr(volume, psnr, ratio, dict(
+            arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
+            origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, brick=brick,
+            ghost=ghost, bricks=bricks, blend=blend, workers=workers, devices=devices,
+            executor=executor, retries=retries, **arch_options))
     t_start = time.perf_counter()
     grid = _brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
     if grid is None:
@@ -186,7 +204,9 @@ def encode(
         return _finish(header, [encode_constant(lo)], budget)
 
     data = _normalized_tensor(volume, lo, hi)
-    architecture, config = _first_solvable(candidates, header, shape, budget, bits, arch_options)
+    codec_settings = _codec_settings(codec)
+    architecture, config = _first_solvable(candidates, header, shape, budget, bits, arch_options,
+                                           codec_settings)
     settings = dataclasses.replace(FitSettings(steps=DEFAULT_STEPS), **architecture.fit_defaults)
     if fit_settings:
         settings = _with_fit_settings(settings, fit_settings)
@@ -199,33 +219,113 @@ def encode(
         log.info("encode: %s %s, budget %d bytes, %d parameters, %d steps on %s",
                  architecture.name, config.to_dict(), budget, _param_count(model), settings.steps, dev)
         result = _fit_with_progress(model, data, settings, seed, dev, quiet)
-    model = model.cpu()
-    arrays = [(n, t.detach().numpy()) for n, t in model.state_dict().items()]
     header["model"] = {"arch": architecture.name, "config": config.to_dict()}
-    header["codec"] = _CODEC
-
-    # Quantize with the most k-means levels that fit the budget: shrink k when the file
-    # would be too big, grow it when the entropy coder left room (no refit either way).
+    header["codec"] = dict(_CODEC, pipeline=codec_settings.pipeline(model))
+    # The placeholder reserves the widest "fit" values, so the real ones cannot push the
+    # file over budget.
     header["fit"] = dict(_FIT_PLACEHOLDER, steps=result.steps)
+    tune_steps = int(round(codec_settings.finetune * settings.steps))
 
-    def quantized(k: int) -> Tuple[bytes, int]:
-        payload = encode_tensors(arrays, _plans(model, k), seed=seed)
-        return payload, len(serialize_nvol(header, [payload]))
+    def finetune(trainable) -> None:
+        if tune_steps > 0:
+            with torch.random.fork_rng(devices=[]):
+                _finetune(model, data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
+                          trainable=trainable, batch=settings.batch, seed=seed, device=dev)
+            model.cpu()
 
-    k, (payload, size) = _largest_fitting_k(quantized, 2 ** bits, budget)
-    if size > budget:
+    model = model.cpu()
+    packed = compress_model(model, lambda payload: len(serialize_nvol(header, [payload])),
+                            budget, 2 ** bits, codec_settings, finetune=finetune)
+    if packed.size > budget:
         raise NeurvolBudgetError(
-            f"the model does not fit the budget of {budget} bytes even with 2 levels per tensor; "
-            "use a smaller ratio")
-    recon = _finish(header, [payload], None).decode(dtype=np.float32)
+            f"the model does not fit the budget of {budget} bytes even at the coarsest "
+            "quantization; use a smaller ratio")
+    recon = _finish(header, [packed.payload], None).decode(dtype=np.float32)
     quality = _psnr(volume, recon)
-    # The placeholder reserved the widest values, so the real ones cannot push it over budget.
-    header["fit"] = {"steps": result.steps, "k": k,
+    header["fit"] = {"steps": result.steps, "k": packed.k,
                      "psnr": round(quality, 3) if math.isfinite(quality) else None}
-    nv = _finish(header, [payload], budget)
+    nv = _finish(header, [packed.payload], budget)
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
+
+
+#: Encodes a psnr= search may run, and the ratios it stays within.
+PSNR_SEARCH_TRIALS = 6
+PSNR_TOLERANCE_DB = 0.5
+_PSNR_RATIOS = (1.5, 100000.0)
+# Starting slope of PSNR against log2(ratio), dB per doubling (neural codecs: ~3-6).
+_PSNR_SLOPE = -4.0
+
+
+def _encode_to_psnr(volume: Any, target: float, ratio: float, kwargs: Dict[str, Any]) -> NeuralVolume:
+    """The smallest file whose PSNR reaches ``target``: a secant search on log2(ratio)."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+        raise NeurvolInputError(f"psnr must be a finite number of dB, got {target!r}")
+    ratio = check_ratio(ratio)
+    t_start = time.perf_counter()
+    tried: List[Tuple[float, float, NeuralVolume]] = []   # (log2 ratio, psnr, volume)
+    x = math.log2(min(max(ratio, _PSNR_RATIOS[0]), _PSNR_RATIOS[1]))
+    lo_x, hi_x = math.log2(_PSNR_RATIOS[0]), math.log2(_PSNR_RATIOS[1])
+    for _ in range(PSNR_SEARCH_TRIALS):
+        try:
+            nv = encode(volume, 2.0 ** x, **kwargs)
+            got = nv.fit_psnr
+        except NeurvolBudgetError:
+            hi_x = min(hi_x, x)          # too small a budget for any model: go bigger
+            x = (x + lo_x) / 2 if not tried else min(t[0] for t in tried) - 1
+            continue
+        log.info("encode(psnr=%.2f): ratio %.1f gives %.2f dB", target, 2.0 ** x, got)
+        tried.append((x, got, nv))
+        if target <= got <= target + PSNR_TOLERANCE_DB or got == math.inf:
+            break
+        if got >= target:
+            lo_x = max(lo_x, x)
+        else:
+            hi_x = min(hi_x, x)
+        if len(tried) >= 2 and tried[-1][1] != tried[-2][1]:
+            (x1, p1, _), (x2, p2, _) = tried[-2], tried[-1]
+            slope = min((p2 - p1) / (x2 - x1), -0.5) if x2 != x1 else _PSNR_SLOPE
+        else:
+            slope = _PSNR_SLOPE
+        # Aim a little above the target so the step lands inside the tolerance band.
+        nxt = x + (target + PSNR_TOLERANCE_DB / 2 - got) / slope
+        if not lo_x < nxt < hi_x:          # keep inside the bracket found so far
+            nxt = (lo_x + hi_x) / 2
+        if any(abs(nxt - t[0]) < 1e-3 for t in tried):
+            break
+        x = nxt
+    if not tried:
+        raise NeurvolBudgetError("no ratio tried could hold a model of this volume; give ratio= instead")
+    ok = [t for t in tried if t[1] >= target]
+    if ok:
+        best = max(ok, key=lambda t: t[0])[2]
+    else:
+        best = max(tried, key=lambda t: t[1])[2]
+        warnings.warn(f"encode(psnr={target}): the best PSNR found is {best.fit_psnr:.2f} dB "
+                      f"(ratio {best.ratio:.1f}); more steps or another arch may reach the target",
+                      stacklevel=3)
+    best.encode_seconds = time.perf_counter() - t_start
+    return best
+
+
+def _codec_settings(codec: Optional[Dict[str, Any]]) -> CodecSettings:
+    if codec is None:
+        return CodecSettings()
+    if not isinstance(codec, dict):
+        raise NeurvolInputError(f"codec must be a dict of CodecSettings fields, got {codec!r}")
+    names = {f.name for f in dataclasses.fields(CodecSettings)}
+    unknown = sorted(set(codec) - names)
+    if unknown:
+        raise NeurvolInputError(f"unknown codec setting(s) {unknown}; known: {sorted(names)}")
+    values = dict(codec)
+    if "coders" in values and isinstance(values["coders"], (list, str)):
+        values["coders"] = tuple([values["coders"]] if isinstance(values["coders"], str)
+                                 else values["coders"])
+    try:
+        return CodecSettings(**values)
+    except (TypeError, ValueError) as exc:
+        raise NeurvolInputError(f"invalid codec settings {codec}: {exc}") from exc
 
 
 def _brick_grid(volume: Any, brick: Optional[int],
@@ -249,26 +349,6 @@ def _brick_grid(volume: Any, brick: Optional[int],
             brick = AUTO_BRICK
         grid = grid_for(shape, brick)
     return None if grid == (1, 1, 1) else grid
-
-
-def _largest_fitting_k(quantized, k0: int, budget: int):
-    """Binary search for the largest k in [2, MAX_LEVELS] whose file fits ``budget``,
-    starting at ``k0`` (file size grows with k, up to small entropy-coder wiggles)."""
-    first = quantized(k0)
-    if first[1] <= budget:
-        best_k, best, lo_k, hi_k = k0, first, k0 + 1, max(k0, MAX_LEVELS)
-    else:
-        best_k, best, lo_k, hi_k = 2, None, 2, k0 - 1
-    while lo_k <= hi_k:
-        mid = (lo_k + hi_k) // 2
-        trial = quantized(mid)
-        if trial[1] <= budget:
-            best_k, best, lo_k = mid, trial, mid + 1
-        else:
-            hi_k = mid - 1
-    if best is None:
-        return 2, quantized(2)
-    return best_k, best
 
 
 def _finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) -> NeuralVolume:
@@ -344,17 +424,18 @@ def _with_fit_settings(settings: FitSettings, overrides: Dict[str, Any]) -> FitS
 
 def _first_solvable(candidates: Sequence[Architecture], header: Dict[str, Any],
                     shape: Tuple[int, int, int], budget: int, bits: int,
-                    options: Dict[str, Any]) -> Tuple[Architecture, ModelConfig]:
+                    options: Dict[str, Any], codec: Optional[CodecSettings] = None
+                    ) -> Tuple[Architecture, ModelConfig]:
     """The first architecture whose model fits the budget, with its solved config."""
     for i, architecture in enumerate(candidates):
         try:
             # Size the header from the widest config, then from the solved one (a config
             # can be longer than the defaults, e.g. hashgrid with more levels).
             overhead = _overhead_bytes(header, architecture, None)
-            config = _solve_config(architecture, shape, budget - overhead, bits, options)
+            config = _solve_config(architecture, shape, budget - overhead, bits, options, codec)
             exact = _overhead_bytes(header, architecture, config.to_dict())
             if exact > overhead:
-                config = _solve_config(architecture, shape, budget - exact, bits, options)
+                config = _solve_config(architecture, shape, budget - exact, bits, options, codec)
             return architecture, config
         except NeurvolBudgetError:
             if i == len(candidates) - 1:
@@ -384,7 +465,7 @@ def _overhead_bytes(header: Dict[str, Any], architecture: Architecture,
     if config is None:
         config = {f.name: f.default for f in dataclasses.fields(architecture.config_cls)}
     probe = dict(header, model={"arch": architecture.name, "config": {k: widest(v) for k, v in config.items()}},
-                 codec=_CODEC, fit=dict(_FIT_PLACEHOLDER, steps=10 ** 9))
+                 codec=dict(_CODEC, pipeline=_WIDEST_PIPELINE), fit=dict(_FIT_PLACEHOLDER, steps=10 ** 9))
     return len(serialize_nvol(probe, [b""])) + 16
 
 
@@ -398,29 +479,22 @@ def _plans(model: VolumeModel, k: int) -> Dict[str, TensorPlan]:
             for name, t in model.state_dict().items()}
 
 
-def _estimate_payload(model: VolumeModel, bits: int) -> float:
-    """Expected payload bytes of a model under the default plan."""
-    total = 0.0
-    sizes = {name: t.numel() for name, t in model.state_dict().items()}
-    for name, plan in _plans(model, 2 ** bits).items():
-        n = sizes[name]
-        if plan.method == "raw16":
-            total += 2 * n
-        else:
-            total += n * math.log2(plan.k) * _ENTROPY_EFFICIENCY / 8 + 2 * plan.k + 8
-    return total
+# Without codec settings the solver sizes for plain k-means (bricked ensembles, v1 payloads).
+_KMEANS_ONLY = CodecSettings(grids="kmeans", finetune=0.0)
 
 
 def _solve_config(architecture: Any, shape: Tuple[int, int, int], payload_budget: int,
-                  bits: int, options: Dict[str, Any]) -> ModelConfig:
+                  bits: int, options: Dict[str, Any],
+                  codec: Optional[CodecSettings] = None) -> ModelConfig:
     """Largest config whose estimated payload fits: binary search on the parameter count."""
+    codec = codec or _KMEANS_ONLY
     def fits(n_params: int) -> Optional[ModelConfig]:
         try:
             cfg = architecture.solve(shape, n_params, options)
         except NeurvolBudgetError:
             return None
         model = architecture.build(cfg)
-        return cfg if _estimate_payload(model, bits) <= payload_budget else None
+        return cfg if estimate_payload(model, bits, codec) <= payload_budget else None
 
     lo_n, hi_n = 1, max(2, payload_budget * 8)
     best = None

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from .errors import NeurvolError, NeurvolInputError, NeurvolIOError
 log = logging.getLogger("neurvol")
 
 PROG = "neurvol"
+# `neurvol info` shows where the bytes go (reading every brick) up to this many bricks.
+INFO_BYTES_MAX_BRICKS = 64
 
 
 class Terminated(KeyboardInterrupt):
@@ -75,6 +77,23 @@ def _nonnegative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in [0, 1)")
     return value
 
 
@@ -267,8 +286,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
                            device=args.device, steps=args.steps, quiet=args.quiet,
                            spacing=loaded.spacing, origin=loaded.origin,
                            brick=args.brick, bricks=args.bricks, ghost=args.ghost,
-                           workers=args.workers, executor=executor,
-                           **_given_arch_options(args))
+                           workers=args.workers, executor=executor, psnr=args.psnr,
+                           codec=_codec_options(args), **_given_arch_options(args))
     nv.save(out)
     seconds = time.perf_counter() - t0
     if not args.quiet:
@@ -283,6 +302,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
              f"(asked {args.ratio:g}, budget {_human_bytes(int(nbytes // args.ratio))})")
         _out(f"fit PSNR {_fmt_db(psnr)}, {seconds:.1f} s")
     return 0
+
+
+def _codec_options(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The CodecSettings fields given on the command line (None: all defaults)."""
+    given = {"prune": args.prune, "grids": args.grid_coding, "finetune": args.finetune}
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
 
 
 def _fmt_db(psnr: Any) -> str:
@@ -322,6 +348,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print what an ``.nvol`` file holds."""
     with _api().open(args.input) as nv:
         info = nv.info()
+        # Where the bytes go needs every brick read: by default only for small ensembles.
+        if args.bytes or nv.brick_count <= INFO_BYTES_MAX_BRICKS:
+            info["bytes"] = nv.byte_breakdown()
     if args.json:
         _out(json.dumps(info, indent=2, default=_json_default))
     else:
@@ -632,6 +661,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "and origin in the file are stored in the .nvol header")
     p.add_argument("-o", "--output", required=True, metavar="OUT.nvol", help="output file")
     _add_fit_options(p)
+    g = p.add_argument_group("weight compression (neurvol.pipeline.CodecSettings)")
+    g.add_argument("--psnr", type=_finite_float, default=None, metavar="DB",
+                   help="quality target instead of a ratio: the smallest file found whose "
+                        "PSNR reaches DB (a search of a few encodes, starting at --ratio)")
+    g.add_argument("--prune", type=_fraction, default=None, metavar="F",
+                   help="prune this fraction of the network weights (stored as bit masks)")
+    g.add_argument("--grid-coding", choices=("lorenzo", "kmeans"), default=None,
+                   help="feature grid coding (default: lorenzo)")
+    g.add_argument("--finetune", type=_fraction, default=None, metavar="F",
+                   help="quantization-aware fine-tuning steps as a fraction of --steps "
+                        "(0 turns it off)")
     g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
     g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
                    help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "
@@ -671,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show header, architecture, sizes, ratio and fit quality.")
     p.add_argument("input", metavar="IN.nvol")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--bytes", action="store_true",
+                   help=f"show where the bytes go even for files of more than "
+                        f"{INFO_BYTES_MAX_BRICKS} bricks (reads every brick)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("query", parents=[common], help="evaluate an .nvol file at points",

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .compress import decode_payload
+from .compress import decode_payload, payload_stats
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
 from .errors import NeurvolFormatError, NeurvolInputError
@@ -32,7 +32,7 @@ _SPACE_TOL = 1e-6
 # Points per block of a grid decode (decode, region reads): coordinates ~24 bytes/point.
 _DECODE_BLOCK = QUERY_CHUNK * 4
 #: Codecs this reader decodes (header key "codec": {"name", "version"}).
-SUPPORTED_CODECS = {("kmeans-zstd", 1)}
+SUPPORTED_CODECS = {("kmeans-zstd", 1), ("neurvol", 2)}
 
 
 class NeuralVolume:
@@ -188,6 +188,24 @@ class NeuralVolume:
     def ratio(self) -> float:
         """Achieved compression ratio: original native bytes / file bytes."""
         return math.prod(self._shape) * self._dtype.itemsize / self.nbytes_file
+
+    @property
+    def brick_count(self) -> int:
+        """Number of bricks (1 for a single model)."""
+        return self._reader.brick_count
+
+    @property
+    def fit_psnr(self) -> float:
+        """PSNR in dB of the stored model against the original, measured at encode time
+        (header ``fit.psnr``): ``inf`` for a file without a model (exact), ``nan`` when the
+        writer did not record it."""
+        if self.header.get("model") is None and not self.header.get("bricks", {}).get("models"):
+            return math.inf
+        fit = self.header.get("fit")
+        value = fit.get("psnr") if isinstance(fit, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return math.nan
+        return float(value)
 
     @property
     def stats(self) -> Dict[str, int]:
@@ -376,7 +394,6 @@ class NeuralVolume:
 
     def _load_brick(self, b: int) -> Union[float, VolumeModel]:
         payload = self._reader.read_brick(b)
-        spec = self.header.get("model")
         if payload[:1] == b"\x00":
             value = float(decode_payload(payload, []))  # constant brick
             if not self._lo <= value <= self._hi:
@@ -384,6 +401,51 @@ class NeuralVolume:
                     f"constant brick {b} holds {value!r}, outside the volume's range "
                     f"[{self._lo!r}, {self._hi!r}]; the file is corrupted")
             return value
+        arch, config = _config_of(self._brick_spec(b))
+        # Validate the payload against the tensor shapes before allocating the model: a
+        # damaged payload then costs nothing, and the shapes are known to be within caps.
+        specs = tensor_specs(arch, config)
+        arrays = decode_payload(payload, specs)
+        assert isinstance(arrays, dict)
+        model = arch.build(config)
+        model.load_state_dict({n: torch.from_numpy(arrays[n]) for n, _ in specs})
+        return model.to(self.device).eval()
+
+    def byte_breakdown(self) -> Dict[str, Any]:
+        """Where the file's bytes go (reads every brick): ``header`` (preamble, JSON,
+        index, checksums), ``weights`` / ``codebooks`` / ``masks`` summed over the model
+        bricks, ``constants`` (constant bricks), and per tensor name its method, value
+        coder and bytes. Files of codec version 1 code all tensors in one frame, so their
+        bytes are all ``weights`` and the per-tensor entries are absent."""
+        self._check_open()
+        out: Dict[str, Any] = {"header": self.nbytes_file, "weights": 0, "codebooks": 0,
+                               "masks": 0, "constants": 0, "tensors": {}}
+        for b in range(self._reader.brick_count):
+            payload = self._reader.read_brick(b)
+            out["header"] -= len(payload)
+            if not payload:
+                continue
+            if payload[:1] == b"\x00":
+                out["constants"] += len(payload)
+                continue
+            arch, config = _config_of(self._brick_spec(b))
+            stats = payload_stats(payload, tensor_specs(arch, config))
+            if stats is None:
+                out["weights"] += len(payload)
+                continue
+            out["weights"] += 1   # the kind byte
+            for st in stats:
+                out["weights"] += st.values
+                out["codebooks"] += st.codebook
+                out["masks"] += st.mask
+                t = out["tensors"].setdefault(st.name, {"method": st.method, "coder": st.coder,
+                                                        "bytes": 0})
+                t["bytes"] += st.total
+        return out
+
+    def _brick_spec(self, b: int) -> Dict[str, Any]:
+        """The header's model entry for model brick ``b``."""
+        spec = self.header.get("model")
         if self._layout is not None:
             if self._brick_specs is None or self._model_ids is None:
                 raise NeurvolFormatError(
@@ -396,15 +458,7 @@ class NeuralVolume:
             # Format 1.0 defines per-brick models for a single brick only; bricked
             # ensembles (local coordinates, ghost cells) arrive in a later minor version.
             raise NeurvolFormatError("this file stores several brick models, which this neurvol cannot decode; upgrade neurvol")
-        arch, config = _config_of(spec)
-        # Validate the payload against the tensor shapes before allocating the model: a
-        # damaged payload then costs nothing, and the shapes are known to be within caps.
-        specs = tensor_specs(arch, config)
-        arrays = decode_payload(payload, specs)
-        assert isinstance(arrays, dict)
-        model = arch.build(config)
-        model.load_state_dict({n: torch.from_numpy(arrays[n]) for n, _ in specs})
-        return model.to(self.device).eval()
+        return spec
 
     def decode(
         self,

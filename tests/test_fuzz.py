@@ -145,7 +145,7 @@ HOSTILE_HEADERS = [
     ("volume.shape", [2.0, 3, 4]), ("volume.shape", [2 ** 31 + 1, 2, 2]),
     ("volume.dtype", None), ("volume.dtype", "(100000000000000,)f4"),
     ("volume.dtype", "U3"), ("volume.dtype", "f4,f4"), ("volume.dtype", ["f4"]),
-    ("codec", {"name": "other", "version": 1}), ("codec", None), ("codec.version", 2),
+    ("codec", {"name": "other", "version": 1}), ("codec", None), ("codec.version", 3),
     ("deep", F._nested(70)),
 ]
 

@@ -8,12 +8,25 @@ import pytest
 import neurvol
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-MODEL_FILES = sorted(glob.glob(os.path.join(GOLDEN, "fvsrn_v*.nvol")))
+MODEL_FILES = sorted(glob.glob(os.path.join(GOLDEN, "fvsrn_v*.nvol"))
+                     + glob.glob(os.path.join(GOLDEN, "codec2_*.nvol")))
 CONSTANT_FILES = sorted(glob.glob(os.path.join(GOLDEN, "constant_v*.nvol")))
 
 
 def test_golden_files_exist():
     assert MODEL_FILES and CONSTANT_FILES, "golden files are missing"
+    names = {os.path.basename(p) for p in MODEL_FILES}
+    assert {"codec2_amgsrn.nvol", "codec2_pruned.nvol", "codec2_rans.nvol"} <= names
+
+
+def test_codec2_golden_files_use_what_they_pin():
+    def methods(name):
+        with neurvol.open(os.path.join(GOLDEN, name)) as nv:
+            assert nv.info()["codec"]["name"] == "neurvol"
+            return nv.byte_breakdown()
+    assert methods("codec2_amgsrn.nvol")["tensors"]["grids"]["method"] == "lorenzo"
+    assert methods("codec2_pruned.nvol")["masks"] > 0
+    assert "rans" in {t["coder"] for t in methods("codec2_rans.nvol")["tensors"].values()}
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)

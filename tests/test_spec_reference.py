@@ -34,7 +34,72 @@ def _parse_container(data: bytes):
     return header, payloads
 
 
-def _records(payload: bytes, sizes):
+def _stream(buf: bytes, pos: int, m: int):
+    """spec/payload.md §2.2 stream -> (m unsigned ints, new position)."""
+    coder, width, length = struct.unpack_from("<BBI", buf, pos)
+    pos += 6
+    data = buf[pos:pos + length]
+    dt = {1: "<u1", 2: "<u2", 4: "<u4"}[width]
+    if coder == 0:
+        sym = np.frombuffer(data, dt, m)
+    elif coder == 1:
+        sym = np.frombuffer(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(), dt)
+    else:
+        constriction = pytest.importorskip("constriction")
+        alphabet, tlen = struct.unpack_from("<II", data)
+        counts = np.frombuffer(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data[8:8 + tlen])).read(), "<u4")
+        assert counts.size == alphabet
+        model = constriction.stream.model.Categorical(counts / counts.astype(np.float64).sum(), perfect=False)
+        words = np.frombuffer(data[8 + tlen:], "<u4").astype(np.uint32)
+        sym = constriction.stream.stack.AnsCoder(words).decode(model, m)
+    assert len(sym) == m
+    return np.asarray(sym, dtype=np.int64), pos + length
+
+
+def _records_v2(payload: bytes, shapes):
+    pos, out = 1, []
+    for shape in shapes:
+        n = int(np.prod(shape))
+        method, flags = payload[pos], payload[pos + 1]
+        pos += 2
+        keep = None
+        if flags & 1:
+            packed, pos = _stream(payload, pos, (n + 7) // 8)
+            keep = np.unpackbits(packed.astype(np.uint8), bitorder="little")[:n].astype(bool)
+        m = int(keep.sum()) if keep is not None else n
+        if method == 0:
+            sym, pos = _stream(payload, pos, m)
+            vals = sym.astype("<u4").view("<f4").astype(np.float32)
+        elif method == 1:
+            sym, pos = _stream(payload, pos, m)
+            vals = sym.astype("<u2").view("<f2").astype(np.float32)
+        elif method == 2:
+            kind, k = struct.unpack_from("<BI", payload, pos)
+            pos += 5
+            dt = "<f2" if kind == 0 else "<f4"
+            book = np.frombuffer(payload, dt, k, pos).astype(np.float32)
+            pos += k * np.dtype(dt).itemsize
+            idx, pos = _stream(payload, pos, m)
+            vals = book[idx]
+        else:
+            (step,) = struct.unpack_from("<f", payload, pos)
+            pos += 4
+            z, pos = _stream(payload, pos, n)
+            r = ((z >> 1) ^ -(z & 1)).reshape(shape)
+            q = np.cumsum(np.cumsum(np.cumsum(r, axis=-1), axis=-2), axis=-3)
+            vals = (q.astype(np.float64) * step).astype(np.float32).reshape(-1)
+        if keep is not None:
+            full = np.zeros(n, np.float32)
+            full[keep] = vals
+            vals = full
+        out.append(vals)
+    assert pos == len(payload)
+    return out
+
+
+def _records(payload: bytes, sizes, shapes=None):
+    if payload[0] == 2:
+        return _records_v2(payload, shapes)
     assert payload[0] == 1
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload[1:])).read()
     pos, out = 0, []
@@ -87,14 +152,18 @@ def _fvsrn_eval(cfg, tensors, pts):
     return (hcur @ wout.T + bout)[:, 0] + feat[:, 0]
 
 
-def _fvsrn_sizes(cfg):
+def _fvsrn_shapes(cfg):
     c, wd, hl = cfg["channels"], cfg["width"], cfg["hidden_layers"]
-    sizes = [c * int(np.prod(cfg["grid"]))]
+    shapes = [(1, c, *cfg["grid"])]
     prev = c
     for _ in range(hl):
-        sizes += [wd * prev, wd]
+        shapes += [(wd, prev), (wd,)]
         prev = wd
-    return sizes + [prev, 1]
+    return shapes + [(1, prev), (1,)]
+
+
+def _fvsrn_sizes(cfg):
+    return [int(np.prod(s)) for s in _fvsrn_shapes(cfg)]
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +171,27 @@ def fvsrn_nv(small_volume):
     return neurvol.encode(small_volume, ratio=5, steps=60, arch="fvsrn", quiet=True)
 
 
-def test_independent_decoder_matches_reference(small_volume, fvsrn_nv):
-    small_nv = fvsrn_nv
+@pytest.fixture(scope="module")
+def fvsrn_pruned_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, steps=60, arch="fvsrn", quiet=True,
+                          codec={"prune": 0.3})
+
+
+def _golden_fvsrn():
+    import os
+    return neurvol.open(os.path.join(os.path.dirname(__file__), "golden", "fvsrn_v1.0.nvol"))
+
+
+@pytest.mark.parametrize("which", ["default", "pruned", "golden_v1"])
+def test_independent_decoder_matches_reference(which, request):
+    small_nv = {"default": lambda: request.getfixturevalue("fvsrn_nv"),
+                "pruned": lambda: request.getfixturevalue("fvsrn_pruned_nv"),
+                "golden_v1": _golden_fvsrn}[which]()
     header, payloads = _parse_container(small_nv.to_bytes())
     cfg = header["model"]["config"]
     assert header["model"]["arch"] == "fvsrn"
-    tensors = _records(payloads[0], _fvsrn_sizes(cfg))
+    assert payloads[0][0] == (1 if which == "golden_v1" else 2)
+    tensors = _records(payloads[0], _fvsrn_sizes(cfg), _fvsrn_shapes(cfg))
     vol = header["volume"]
     rng = np.random.default_rng(0)
     pts = rng.uniform(-1, 1, size=(2000, 3))

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,12 +55,17 @@ def random_points(shape: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
 
 def run_neurvol(volume: np.ndarray, name: str, ratio: float, arch: str = "fvsrn", *,
                 steps: Optional[int] = None, seed: int = 0, device: Any = None,
-                query_points: int = QUERY_POINTS, cold_points: int = COLD_POINTS) -> Dict[str, Any]:
-    """One neurvol row: encode, full decode, PSNR, query throughput, cold open + query."""
+                query_points: int = QUERY_POINTS, cold_points: int = COLD_POINTS,
+                label: Optional[str] = None, encode_kwargs: Optional[Dict[str, Any]] = None
+                ) -> Dict[str, Any]:
+    """One neurvol row: encode, full decode, PSNR, query throughput, cold open + query.
+    ``encode_kwargs`` (e.g. ``{"codec": {"prune": 0.3}}``) go to ``neurvol.encode``;
+    ``label`` names the row (default: the architecture)."""
     import neurvol
 
-    row = _row(name, volume, f"neurvol-{arch}", ratio)
+    row = _row(name, volume, f"neurvol-{label or arch}", ratio)
     kwargs: Dict[str, Any] = {"arch": arch, "seed": seed, "steps": steps, "quiet": True}
+    kwargs.update(encode_kwargs or {})
     if device is not None:
         kwargs["device"] = device
     t0 = time.perf_counter()
@@ -75,7 +80,8 @@ def run_neurvol(volume: np.ndarray, name: str, ratio: float, arch: str = "fvsrn"
         return row
     row["encode_s"] = nv.encode_seconds if nv.encode_seconds is not None else time.perf_counter() - t0
     info = nv.info()
-    row["params"] = {"model": info.get("model"), "fit": info.get("fit")}
+    row["params"] = {"model": info.get("model"), "fit": info.get("fit"),
+                     "codec": info.get("codec"), "bytes": nv.byte_breakdown()}
 
     t0 = time.perf_counter()
     recon = nv.decode()
@@ -139,8 +145,12 @@ def run_benchmark(
     query_points: int = QUERY_POINTS,
     cold_points: int = COLD_POINTS,
     progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+    variants: Sequence[Tuple[str, Dict[str, Any]]] = (),
 ) -> List[Dict[str, Any]]:
     """Measure every arch and baseline at every ratio on ``volume``; returns one dict per run.
+
+    ``variants``: further neurvol rows as ``(label, encode kwargs)``, e.g. ablations
+    ``("plain", {"codec": {"grids": "kmeans", "finetune": 0}})``.
 
     Baselines that cannot run (library missing, budget below their floor) give a row whose
     ``note`` says why. Budget-free baselines (``zstd``) run once, with ``ratio_requested=None``.
@@ -164,6 +174,12 @@ def run_benchmark(
         for arch in archs:
             done(run_neurvol(vol, name, float(ratio), arch, steps=steps, seed=seed, device=device,
                              query_points=query_points, cold_points=cold_points))
+        for label, kw in variants:
+            kw = dict(kw)
+            arch = kw.pop("arch", "auto")
+            done(run_neurvol(vol, name, float(ratio), arch, steps=steps, seed=seed, device=device,
+                             query_points=query_points, cold_points=cold_points, label=label,
+                             encode_kwargs=kw))
     for b in baselines:
         if not BASELINES[b].budgeted:
             done(run_baseline(vol, name, b, None))

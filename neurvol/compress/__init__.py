@@ -4,7 +4,11 @@ from .payload import (
     decode_payload,
     default_plan,
     encode_constant,
+    encode_records,
     encode_tensors,
+    payload_stats,
 )
+from .records import RecordStats
 
-__all__ = ["TensorPlan", "decode_payload", "default_plan", "encode_constant", "encode_tensors"]
+__all__ = ["RecordStats", "TensorPlan", "decode_payload", "default_plan", "encode_constant",
+           "encode_records", "encode_tensors", "payload_stats"]

@@ -1,13 +1,16 @@
-"""Brick payloads: named float arrays <-> bytes (codec ``kmeans-zstd``, version 1).
+"""Brick payloads: named float arrays <-> bytes.
 
 A payload starts with one kind byte:
 
 * ``0x00`` constant brick: one float64 (little-endian), the value of every voxel.
-* ``0x01`` tensors: one zstandard frame whose content is a record per tensor, in the order
-  the architecture lists its tensors (``spec/nvol.md`` gives the byte layout).
+* ``0x01`` tensors (codec ``kmeans-zstd`` version 1, read-only now): one zstandard frame
+  whose content is a record per tensor, in the order the architecture lists its tensors.
+* ``0x02`` tensors (codec ``neurvol`` version 2, written now): one record per tensor, each
+  with its own quantizer and entropy-coded streams (:mod:`.records`).
 
-Every method here is lossy except ``raw32``; the quantizer is chosen per tensor by a
-:class:`TensorPlan`. Decoding validates every count and index before using it.
+``spec/payload.md`` gives the byte layouts. Every method is lossy except ``raw32``; the
+quantizer is chosen per tensor by a :class:`TensorPlan`. Decoding validates every count
+and index before using it.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import dataclasses
 import io
 import math
 import struct
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import zstandard
@@ -23,9 +26,11 @@ import zstandard
 from ..errors import NeurvolFormatError
 from .bitpack import pack_bits, unpack_bits
 from .kmeans import kmeans_quantize, nearest_centroid
+from .records import RecordStats, decode_record, encode_record
 
 KIND_CONSTANT = 0x00
 KIND_TENSORS = 0x01
+KIND_RECORDS = 0x02
 
 METHOD_RAW32 = 0
 METHOD_RAW16 = 1
@@ -46,16 +51,22 @@ TensorSpec = Tuple[str, Tuple[int, ...]]
 
 @dataclasses.dataclass(frozen=True)
 class TensorPlan:
-    """How to store one tensor: ``raw32``, ``raw16`` or ``kmeans`` with ``k`` centroids."""
+    """How to store one tensor: ``raw32``, ``raw16``, ``kmeans`` with ``k`` centroids, or
+    ``lorenzo`` (uniform quantization with ``step`` + 3-D Lorenzo prediction, for feature
+    grids). ``masked``: zeros (pruned weights) are stored as an entropy-coded bit mask."""
 
     method: str
     k: int = 0
+    step: float = 0.0
+    masked: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in ("raw32", "raw16", "kmeans"):
+        if self.method not in ("raw32", "raw16", "kmeans", "lorenzo"):
             raise ValueError(f"unknown method {self.method!r}")
         if self.method == "kmeans" and not 1 <= self.k <= MAX_CENTROIDS:
             raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
+        if self.method == "lorenzo" and not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError("lorenzo needs a finite step > 0")
 
 
 def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
@@ -73,10 +84,22 @@ def encode_constant(value: float) -> bytes:
     return struct.pack("<Bd", KIND_CONSTANT, float(value))
 
 
+def encode_records(arrays: Sequence[Tuple[str, np.ndarray]], plans: Mapping[str, TensorPlan]) -> bytes:
+    """Quantize and entropy-code ``arrays`` (in the given order) into a kind-2 payload."""
+    out = [bytes([KIND_RECORDS])]
+    for name, a in arrays:
+        p = plans[name]
+        out.append(encode_record(a, p.method, k=p.k, step=p.step, masked=p.masked))
+    return b"".join(out)
+
+
 def encode_tensors(
     arrays: Sequence[Tuple[str, np.ndarray]], plans: Mapping[str, TensorPlan], seed: int = 0
 ) -> bytes:
-    """Quantize and entropy-code ``arrays`` (in the given order) into a tensors payload."""
+    """Version-1 (kind 1) payload: every record in one zstd frame. Kept to write golden
+    files and to compare against; new files use :func:`encode_records`."""
+    if any(p.method == "lorenzo" or p.masked for p in plans.values()):
+        raise ValueError("codec version 1 has no lorenzo or masked records")
     records = [_encode_record(np.asarray(a, dtype=np.float32), plans[name], seed) for name, a in arrays]
     frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compress(b"".join(records))
     return bytes([KIND_TENSORS]) + frame
@@ -130,6 +153,8 @@ def decode_payload(payload: bytes, specs: Sequence[TensorSpec]) -> Decoded:
         if not math.isfinite(value):
             raise NeurvolFormatError("constant brick holds a non-finite value")
         return value
+    if kind == KIND_RECORDS:
+        return _decode_records(payload, specs)[0]
     if kind != KIND_TENSORS:
         raise NeurvolFormatError(f"unknown brick payload kind {kind}")
     sizes = [_spec_size(name, shape) for name, shape in specs]
@@ -143,6 +168,28 @@ def decode_payload(payload: bytes, specs: Sequence[TensorSpec]) -> Decoded:
     if reader.remaining:
         raise NeurvolFormatError(f"brick payload has {reader.remaining} unexpected trailing bytes")
     return out
+
+
+def payload_stats(payload: bytes, specs: Sequence[TensorSpec]) -> Optional[List[RecordStats]]:
+    """Where a kind-2 payload's bytes went, record by record (None for other kinds)."""
+    if len(payload) < 1 or payload[0] != KIND_RECORDS:
+        return None
+    return _decode_records(payload, specs)[1]
+
+
+def _decode_records(payload: bytes, specs: Sequence[TensorSpec]
+                    ) -> Tuple[Dict[str, np.ndarray], List[RecordStats]]:
+    reader = _Reader(payload)
+    reader.take(1, "payload kind")
+    out: Dict[str, np.ndarray] = {}
+    stats: List[RecordStats] = []
+    for name, shape in specs:
+        _spec_size(name, shape)
+        out[name], st = decode_record(reader.take, tuple(shape), name)
+        stats.append(st)
+    if reader.remaining:
+        raise NeurvolFormatError(f"brick payload has {reader.remaining} unexpected trailing bytes")
+    return out, stats
 
 
 def _spec_size(name: str, shape: Sequence[int]) -> int:

@@ -131,3 +131,53 @@ def fit(
     log.debug("fit: %d steps in %.1fs, final loss %.3g", steps_run, seconds, loss_value)
     model.eval()
     return FitResult(steps=steps_run, seconds=seconds, final_loss=loss_value)
+
+
+def finetune(
+    model: VolumeModel,
+    volume: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    trainable: Callable[[str], bool],
+    batch: int = 65536,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+) -> FitResult:
+    """Continue training the parameters whose names ``trainable`` accepts, the others held
+    fixed (e.g. a feature grid already quantized to what the file will store, so the rest
+    of the network learns to work with the stored grid: quantization-aware fine-tuning).
+
+    No re-initialisation, no architecture schedule or extra loss: plain MSE, Adam, cosine
+    decay from ``lr``. The model is left in eval mode.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.to(device).train()
+    params = [p for n, p in model.named_parameters() if trainable(n)]
+    frozen = [(p, p.requires_grad) for n, p in model.named_parameters() if not trainable(n)]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    t0 = time.perf_counter()
+    loss_value = math.nan
+    try:
+        if params and steps > 0:
+            sampler = VoxelSampler(volume, gen)
+            opt = torch.optim.Adam(params, lr=lr)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0.0))
+            n = min(batch, volume.numel())
+            for _ in range(steps):
+                coords, target = sampler.sample(n)
+                loss = F.mse_loss(model(coords.to(device)), target.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            loss_value = float(loss.detach())
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+        model.eval()
+    return FitResult(steps=steps if params else 0, seconds=time.perf_counter() - t0,
+                     final_loss=loss_value)

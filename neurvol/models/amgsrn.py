@@ -109,6 +109,8 @@ class AMGSRN(VolumeModel):
     ``mlp.*`` as in fvsrn.
     """
 
+    grid_tensors = frozenset({"grids"})
+
     def __init__(self, config: AMGSRNConfig):
         super().__init__()
         self.config = config

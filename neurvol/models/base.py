@@ -104,6 +104,9 @@ class VolumeModel(torch.nn.Module):
     #: Names of tensors to store at float16 instead of k-means: those whose quantization
     #: error the network amplifies (e.g. a SIREN's first layer, multiplied by omega0).
     precise_tensors: ClassVar[FrozenSet[str]] = frozenset()
+    #: Names of dense feature grids ``(..., D, H, W)``: smooth in their last three axes, so
+    #: the codec stores them with Lorenzo prediction instead of k-means.
+    grid_tensors: ClassVar[FrozenSet[str]] = frozenset()
 
     def param_groups(self, base_lr: float) -> Sequence[Dict[str, Any]]:
         """Optimizer parameter groups; architectures override to give grids their own lr."""

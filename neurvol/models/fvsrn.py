@@ -57,6 +57,8 @@ class FVSRNConfig(ModelConfig):
 class FVSRN(VolumeModel):
     """Dense feature grid ``(1, C, D, H, W)`` + MLP, with the data-initialised residual."""
 
+    grid_tensors = frozenset({"grid"})
+
     def __init__(self, config: FVSRNConfig):
         super().__init__()
         self.config = config

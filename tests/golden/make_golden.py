@@ -4,6 +4,7 @@ they pin what old files decode to.
 
     python tests/golden/make_golden.py 1.0
     python tests/golden/make_golden.py 1.1     # bricked ensemble (format 1.1)
+    python tests/golden/make_golden.py codec2  # codec "neurvol" version 2 (payload kind 2)
 """
 import os
 import sys
@@ -21,6 +22,19 @@ if version == "1.1":
                         seed=0, quiet=True)
     nv.save(os.path.join(here, "bricked_v1.1.nvol"))
     np.save(os.path.join(here, "bricked_v1.1.expected.npy"), nv.decode(dtype=np.float32))
+    sys.exit(0)
+if version == "codec2":
+    # Payload kind 2: Lorenzo grids + fine-tuning (amgsrn), masked k-means (pruned fvsrn),
+    # and every stream forced through rANS (or raw where rANS cannot code it).
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48])
+    cases = {"amgsrn": dict(arch="amgsrn", ratio=8),
+             "pruned": dict(arch="fvsrn", codec={"prune": 0.3}, ratio=8),
+             "rans": dict(arch="fvsrn", codec={"coders": ["raw", "rans"]}, ratio=3)}
+    for name, kw in cases.items():
+        nv = neurvol.encode(crop, steps=30, seed=0, quiet=True, **kw)
+        path = os.path.join(here, f"codec2_{name}.nvol")
+        nv.save(path)
+        np.save(path.replace(".nvol", ".expected.npy"), nv.decode(dtype=np.float32))
     sys.exit(0)
 vol = np.ascontiguousarray(neurvol.sample_volume()[26:38, 24:38, 22:38]).astype(np.float32)
 nv = neurvol.encode(vol, ratio=2, steps=40, seed=0, quiet=True)

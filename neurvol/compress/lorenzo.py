@@ -1,0 +1,46 @@
+"""3-D Lorenzo prediction of quantized feature grids (the predictor of SZ, Tao et al. 2017).
+
+A smooth grid quantized to integers ``q = round(g / step)`` is stored as the residual of
+the Lorenzo predictor, which is the third mixed finite difference
+``r = Δz Δy Δx q`` (with zeros before the first sample of each axis). Because prediction
+runs on the quantized values, the transform is exact in integers, and inverting it is
+three cumulative sums, so a decoder is three lines of numpy and cannot drift.
+
+This is what SZ's Lorenzo mode stores for an absolute error bound of ``step / 2``: SZ
+predicts from reconstructed neighbours, which lie on the same ``step`` lattice, so its
+quantization codes equal these residuals.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Trailing axes the predictor runs along: (z, y, x) of a ``(..., D, H, W)`` grid.
+AXES = (-3, -2, -1)
+
+
+def lorenzo_residuals(q: np.ndarray) -> np.ndarray:
+    """Residuals (int64, same shape) of integer grid ``q`` of shape ``(..., D, H, W)``."""
+    r = np.asarray(q, dtype=np.int64)
+    for ax in AXES:
+        r = np.diff(r, axis=ax, prepend=0)
+    return r
+
+
+def lorenzo_reconstruct(r: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`lorenzo_residuals` (int64)."""
+    q = np.asarray(r, dtype=np.int64)
+    for ax in AXES:
+        q = np.cumsum(q, axis=ax)
+    return q
+
+
+def zigzag(r: np.ndarray) -> np.ndarray:
+    """Signed -> unsigned: 0, -1, 1, -2, 2 ... -> 0, 1, 2, 3, 4 ... (uint64)."""
+    r = np.asarray(r, dtype=np.int64)
+    return ((r << 1) ^ (r >> 63)).astype(np.uint64)
+
+
+def unzigzag(z: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`zigzag` (int64)."""
+    z = np.asarray(z, dtype=np.uint64)
+    return ((z >> np.uint64(1)).astype(np.int64)) ^ -((z & np.uint64(1)).astype(np.int64))

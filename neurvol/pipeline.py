@@ -1,0 +1,338 @@
+"""Trained weights -> payload within a byte budget: the weight-compression pipeline.
+
+Stages, each optional and recorded in the header's ``codec.pipeline``:
+
+* ``kmeans``: scalar k-means per tensor (neurcomp), ``k`` searched so the file fits;
+* ``lorenzo``: feature grids quantized uniformly and coded by 3-D Lorenzo prediction (the
+  predictor of SZ), the step searched so the file fits; models are sized for it, so at the
+  same bytes they get more parameters than under k-means;
+* ``finetune``: quantization-aware fine-tuning: with the grids fixed to the values the file
+  stores, the rest of the network trains to work with them, then is quantized;
+* ``prune``: magnitude pruning of the k-means tensors to a sparsity, fine-tuned with the
+  mask held, zeros stored as an entropy-coded bit mask;
+* every stream goes through the smallest of raw / zstd / rANS (:mod:`.compress.streams`).
+
+The search needs only ``file_size(payload)``, so the same code serves one model and the
+bricks of an ensemble.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .compress import TensorPlan, default_plan
+from .compress.lorenzo import lorenzo_residuals, zigzag
+from .compress.payload import KIND_RECORDS
+from .compress.records import encode_record
+from .models import VolumeModel
+
+#: Most k-means levels tried when the budget leaves room.
+MAX_LEVELS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecSettings:
+    """How weights become bytes (``encode(codec={...})`` overrides fields).
+
+    grids: ``"lorenzo"`` (default) or ``"kmeans"`` for dense feature grids.
+    grid_bits: bits per grid value the size solver plans for under ``lorenzo`` (fewer bits
+    per value: a larger model for the same bytes); measured in BENCHMARKS.md.
+    finetune: quantization-aware fine-tuning steps as a fraction of the fit's steps.
+    prune: fraction of each k-means tensor's weights set to zero (0: no pruning).
+    coders: entropy coders tried per stream (the smallest wins).
+    """
+
+    grids: str = "lorenzo"
+    grid_bits: float = 2.5
+    finetune: float = 0.1
+    prune: float = 0.0
+    coders: Tuple[str, ...] = ("raw", "zstd", "rans")
+
+    def __post_init__(self) -> None:
+        if self.grids not in ("lorenzo", "kmeans"):
+            raise ValueError(f"grids must be 'lorenzo' or 'kmeans', got {self.grids!r}")
+        if not (isinstance(self.grid_bits, (int, float)) and 0.25 <= self.grid_bits <= 16):
+            raise ValueError("grid_bits must be a number in [0.25, 16]")
+        if not (isinstance(self.finetune, (int, float)) and 0 <= self.finetune <= 1):
+            raise ValueError("finetune must be a fraction in [0, 1]")
+        if not (isinstance(self.prune, (int, float)) and 0 <= self.prune < 1):
+            raise ValueError("prune must be a fraction in [0, 1)")
+        bad = set(self.coders) - {"raw", "zstd", "rans"}
+        if not self.coders or bad:
+            raise ValueError(f"coders must be a non-empty subset of raw, zstd, rans, got {self.coders!r}")
+
+    def pipeline(self, model: VolumeModel) -> List[str]:
+        """The stages this codec applies to ``model`` (the header's ``codec.pipeline``)."""
+        grids = self.grid_names(model)
+        stages = []
+        if self.prune > 0:
+            stages.append("prune")
+        stages.append("kmeans")
+        if grids:
+            stages.append("lorenzo")
+        if self.finetune > 0 and (grids or self.prune > 0):
+            stages.append("finetune")
+        stages.extend(sorted(set(self.coders) - {"raw"}))
+        return stages
+
+    def grid_names(self, model: VolumeModel) -> Tuple[str, ...]:
+        if self.grids != "lorenzo":
+            return ()
+        sd = model.state_dict()
+        return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= 3)
+
+
+def plans_for(model: VolumeModel, k: int, codec: CodecSettings,
+              step: float = 0.0) -> Dict[str, TensorPlan]:
+    """Every tensor's plan: Lorenzo grids at ``step``, the rest k-means / float16."""
+    grids = set(codec.grid_names(model))
+    out = {}
+    for name, t in model.state_dict().items():
+        if name in grids:
+            out[name] = TensorPlan("lorenzo", step=step or 1.0)
+        else:
+            p = default_plan(t.numel(), k, precise=name in model.precise_tensors)
+            out[name] = dataclasses.replace(p, masked=codec.prune > 0 and p.method == "kmeans")
+    return out
+
+
+def estimate_payload(model: VolumeModel, bits: int, codec: CodecSettings) -> float:
+    """Expected payload bytes of ``model`` (the size solver's cost model)."""
+    grids = set(codec.grid_names(model))
+    total = 0.0
+    for name, plan in plans_for(model, 2 ** bits, codec, step=1.0).items():
+        n = model.state_dict()[name].numel()
+        if name in grids:
+            total += n * codec.grid_bits / 8 + 16
+        elif plan.method == "raw16":
+            total += 2 * n
+        else:
+            kept = n * (1 - codec.prune)
+            mask = n * _binary_entropy(codec.prune) / 8 if codec.prune > 0 else 0
+            total += kept * math.log2(plan.k) / 8 + 2 * plan.k + 16 + mask
+    return total
+
+
+def _binary_entropy(p: float) -> float:
+    return 0.0 if p <= 0 or p >= 1 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+class _RecordCache:
+    """Records of one model's tensors, memoised by plan (a search re-uses most of them)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], order: List[str], coders: Tuple[str, ...]):
+        self.arrays, self.order, self.coders = arrays, order, coders
+        self.cache: Dict[Tuple[str, TensorPlan], bytes] = {}
+
+    def payload(self, plans: Mapping[str, TensorPlan]) -> bytes:
+        parts = [bytes([KIND_RECORDS])]
+        for name in self.order:
+            key = (name, plans[name])
+            if key not in self.cache:
+                p = plans[name]
+                self.cache[key] = encode_record(self.arrays[name], p.method, k=p.k, step=p.step,
+                                                masked=p.masked, coders=self.coders)
+            parts.append(self.cache[key])
+        return b"".join(parts)
+
+
+@dataclasses.dataclass
+class Compressed:
+    payload: bytes
+    k: int
+    step: Optional[float]     # Lorenzo step of the grids (None: no Lorenzo grids)
+    size: int                 # file bytes with this payload
+
+
+def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget: int,
+                   k0: int, codec: CodecSettings,
+                   finetune: Optional[Callable[[Callable[[str], bool]], None]] = None
+                   ) -> Compressed:
+    """The payload of ``model`` with the finest quantization whose file fits ``budget``.
+
+    Without Lorenzo grids: the largest k in [2, MAX_LEVELS] that fits (from ``k0``). With
+    them: k-means at ``k0`` levels for the other tensors (fewer if they alone overflow),
+    then the smallest grid step that fits. ``finetune(trainable)``, when given, trains the
+    parameters ``trainable`` accepts with the grids replaced by their stored values; the
+    search then runs again on the fine-tuned weights. The model's grid parameters are left
+    at their stored (dequantized) values.
+    """
+    coders = codec.coders
+    grids = codec.grid_names(model)
+    if codec.prune > 0:
+        masks = _prune_in_place(model, codec, k0)
+        if finetune is not None:
+            # Adam keeps a weight whose gradient is always 0 where it is: the zeros stay.
+            params = dict(model.named_parameters())
+            hooks = [params[n].register_hook(lambda g, m=m: g * m) for n, m in masks.items()
+                     if n in params]
+            try:
+                finetune(lambda name: name not in grids)
+            finally:
+                for h in hooks:
+                    h.remove()
+    arrays = _arrays(model)
+    order = list(arrays)
+    cache = _RecordCache(arrays, order, coders)
+    if not grids:
+        def trial(k: int) -> Tuple[bytes, int]:
+            payload = cache.payload(plans_for(model, k, codec))
+            return payload, file_size(payload)
+        k, (payload, size) = _largest_fitting_k(trial, k0, budget)
+        return Compressed(payload, k, None, size)
+
+    k = k0
+    while True:  # the other tensors must leave room for the grids
+        base = _rest_size(cache, model, codec, k, grids, file_size)
+        if base < budget * 0.9 or k <= 2:
+            break
+        k = max(2, k // 2)
+    step = _grid_step(cache, model, codec, k, grids, file_size, budget)
+    if finetune is not None and step is not None:
+        _set_grids(model, cache, grids, step)
+        finetune(lambda name: name not in grids)
+        arrays = _arrays(model)
+        # Keep the stored grid records: the grids did not move.
+        kept = {key: v for key, v in cache.cache.items() if key[0] in grids}
+        cache = _RecordCache(arrays, order, coders)
+        cache.cache.update(kept)
+        step = _grid_step(cache, model, codec, k, grids, file_size, budget, start=step)
+    if step is None:
+        payload = cache.payload(plans_for(model, 2, codec, step=_max_step(arrays, grids)))
+        return Compressed(payload, 2, None, file_size(payload))
+    payload = cache.payload(plans_for(model, k, codec, step=step))
+    _set_grids(model, cache, grids, step)
+    return Compressed(payload, k, step, file_size(payload))
+
+
+def _arrays(model: VolumeModel) -> Dict[str, np.ndarray]:
+    return {n: t.detach().cpu().numpy().astype(np.float32, copy=True)
+            for n, t in model.state_dict().items()}
+
+
+def _rest_size(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k: int,
+               grids: Tuple[str, ...], file_size: Callable[[bytes], int]) -> int:
+    """File size with the grids at the coarsest step (about their smallest cost)."""
+    step = _max_step(cache.arrays, grids)
+    return file_size(cache.payload(plans_for(model, k, codec, step=step)))
+
+
+def _max_step(arrays: Mapping[str, np.ndarray], grids: Tuple[str, ...]) -> float:
+    peak = max(float(np.abs(arrays[g]).max()) for g in grids)
+    return float(np.float32(max(peak, 1e-30) * 4))
+
+
+def _grid_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k: int,
+               grids: Tuple[str, ...], file_size: Callable[[bytes], int], budget: int,
+               start: Optional[float] = None) -> Optional[float]:
+    """Smallest grid step (to 1%) whose file fits, or None if even the coarsest does not."""
+    def size(step: float) -> int:
+        return file_size(cache.payload(plans_for(model, k, codec, step=float(np.float32(step)))))
+
+    hi = _max_step(cache.arrays, grids)
+    # Bracket with the order-0 entropy of the residuals (cheap), then refine with real sizes.
+    if start is None:
+        start = _entropy_step(cache, model, codec, k, grids, file_size, budget, hi)
+    if size(hi) > budget and size(min(start, hi)) > budget:
+        return None
+    lo_fail, hi_ok = None, None
+    s = min(start, hi)
+    for _ in range(60):
+        if size(s) <= budget:
+            hi_ok = s
+            if lo_fail is not None:
+                break
+            s /= 1.25
+        else:
+            lo_fail = s
+            if hi_ok is not None:
+                break
+            s = min(s * 1.25, hi)
+    if hi_ok is None:
+        hi_ok = hi
+    if lo_fail is None:
+        return float(np.float32(hi_ok))
+    while hi_ok / lo_fail > 1.01:
+        mid = math.sqrt(hi_ok * lo_fail)
+        if size(mid) <= budget:
+            hi_ok = mid
+        else:
+            lo_fail = mid
+    return float(np.float32(hi_ok))
+
+
+def _entropy_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k: int,
+                  grids: Tuple[str, ...], file_size: Callable[[bytes], int], budget: int,
+                  hi: float) -> float:
+    base = file_size(cache.payload(plans_for(model, k, codec, step=hi)))
+    avail = max(1.0, budget - base)
+
+    def est(step: float) -> float:
+        total = 0.0
+        for g in grids:
+            q = np.round(cache.arrays[g].astype(np.float64) / step).astype(np.int64)
+            counts = np.bincount(zigzag(lorenzo_residuals(q)).astype(np.int64).reshape(-1))
+            p = counts[counts > 0] / q.size
+            total += -(counts[counts > 0] * np.log2(p)).sum() / 8
+        return total
+    lo_s, hi_s = hi * 1e-7, hi
+    for _ in range(40):
+        mid = math.sqrt(lo_s * hi_s)
+        if est(mid) <= avail:
+            hi_s = mid
+        else:
+            lo_s = mid
+    return hi_s
+
+
+def _set_grids(model: VolumeModel, cache: _RecordCache, grids: Tuple[str, ...], step: float) -> None:
+    """Replace the grid parameters by the values the file stores at ``step``."""
+    sd = model.state_dict()
+    with torch.no_grad():
+        for g in grids:
+            q = np.round(cache.arrays[g].astype(np.float64) / np.float32(step))
+            sd[g].copy_(torch.from_numpy((q * np.float32(step)).astype(np.float32)))
+
+
+def _prune_in_place(model: VolumeModel, codec: CodecSettings, k0: int) -> Dict[str, torch.Tensor]:
+    """Zero the smallest-magnitude ``codec.prune`` fraction of each k-means tensor; returns
+    the masks (1: kept)."""
+    plans = plans_for(model, k0, codec, step=1.0)
+    sd = model.state_dict()
+    masks: Dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, plan in plans.items():
+            if plan.method != "kmeans":
+                continue
+            t = sd[name]
+            n = int(codec.prune * t.numel())
+            if n < 1:
+                continue
+            thresh = t.abs().reshape(-1).kthvalue(n).values
+            t[t.abs() <= thresh] = 0.0
+            masks[name] = (t != 0).to(t.dtype)
+    return masks
+
+
+def _largest_fitting_k(quantized: Callable[[int], Tuple[bytes, int]], k0: int, budget: int):
+    """Binary search for the largest k in [2, MAX_LEVELS] whose file fits ``budget``,
+    starting at ``k0`` (file size grows with k, up to small entropy-coder wiggles)."""
+    first = quantized(k0)
+    if first[1] <= budget:
+        best_k, best, lo_k, hi_k = k0, first, k0 + 1, max(k0, MAX_LEVELS)
+    else:
+        best_k, best, lo_k, hi_k = 2, None, 2, k0 - 1
+    while lo_k <= hi_k:
+        mid = (lo_k + hi_k) // 2
+        trial = quantized(mid)
+        if trial[1] <= budget:
+            best_k, best, lo_k = mid, trial, mid + 1
+        else:
+            hi_k = mid - 1
+    if best is None:
+        return 2, quantized(2)
+    return best_k, best

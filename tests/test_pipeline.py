@@ -1,0 +1,111 @@
+"""The weight-compression pipeline through encode(): budgets, stages, psnr= targets."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import neurvol
+from neurvol import NeuralVolume, NeurvolInputError, cli
+from neurvol.container import NvolReader
+from neurvol.pipeline import CodecSettings
+
+
+def _tensor_methods(nv):
+    return {n: t["method"] for n, t in nv.byte_breakdown()["tensors"].items()}
+
+
+@pytest.mark.parametrize("arch", ["amgsrn", "fvsrn", "hashgrid", "neurcomp"])
+def test_default_pipeline_meets_budget_and_accounts_every_byte(small_volume, arch):
+    nv = neurvol.encode(small_volume, ratio=6, steps=20, arch=arch, quiet=True)
+    assert nv.nbytes_file <= small_volume.nbytes // 6
+    codec = nv.info()["codec"]
+    assert (codec["name"], codec["version"]) == ("neurvol", 2)
+    bd = nv.byte_breakdown()
+    assert bd["header"] + bd["weights"] + bd["codebooks"] + bd["masks"] + bd["constants"] \
+        == nv.nbytes_file
+    methods = _tensor_methods(nv)
+    if arch in ("amgsrn", "fvsrn"):     # dense feature grids: Lorenzo-coded
+        assert "lorenzo" in codec["pipeline"] and "lorenzo" in methods.values()
+    else:
+        assert "lorenzo" not in methods.values()
+    # What is stored is what answers: a reopened file gives the same values.
+    back = NeuralVolume(NvolReader(nv.to_bytes()))
+    pts = np.random.default_rng(0).uniform(0, np.array(small_volume.shape) - 1, size=(500, 3))
+    np.testing.assert_array_equal(back.query(pts), nv.query(pts))
+
+
+def test_plain_codec_is_kmeans_only(small_volume):
+    nv = neurvol.encode(small_volume, ratio=6, steps=20, arch="amgsrn", quiet=True,
+                        codec={"grids": "kmeans", "finetune": 0, "coders": ["raw", "zstd"]})
+    assert set(_tensor_methods(nv).values()) <= {"kmeans", "raw16", "raw32"}
+    coders = {t["coder"] for t in nv.byte_breakdown()["tensors"].values()}
+    assert coders <= {"raw", "zstd"}
+
+
+def test_pruning_stores_masks_and_zeros(small_volume):
+    nv = neurvol.encode(small_volume, ratio=4, steps=20, arch="fvsrn", quiet=True,
+                        codec={"prune": 0.4})
+    assert "prune" in nv.info()["codec"]["pipeline"]
+    assert nv.byte_breakdown()["masks"] > 0
+    assert nv.nbytes_file <= small_volume.nbytes // 4
+
+
+def test_finer_grid_bits_plan_gives_bigger_models(small_volume):
+    small = neurvol.encode(small_volume, ratio=4, steps=5, arch="fvsrn", quiet=True,
+                           codec={"grid_bits": 6})
+    big = neurvol.encode(small_volume, ratio=4, steps=5, arch="fvsrn", quiet=True,
+                         codec={"grid_bits": 1.5})
+    assert big.info()["model"]["parameters"] > small.info()["model"]["parameters"]
+    assert big.nbytes_file <= small_volume.nbytes // 4
+
+
+@pytest.mark.parametrize("codec", [{"grids": "nope"}, {"prune": 1.0}, {"finetune": -1},
+                                   {"coders": []}, {"coders": ["lzma"]}, {"unknown": 1}, "x"])
+def test_bad_codec_settings_are_input_errors(small_volume, codec):
+    with pytest.raises(NeurvolInputError):
+        neurvol.encode(small_volume, ratio=4, steps=2, quiet=True, codec=codec)
+
+
+def test_psnr_target_is_reached_or_warned(small_volume):
+    target = 24.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nv = neurvol.encode(small_volume, psnr=target, steps=40, arch="fvsrn", quiet=True)
+    if not caught:
+        assert nv.fit_psnr >= target
+    assert nv.nbytes_file <= small_volume.nbytes / 1.5
+
+
+def test_unreachable_psnr_warns_and_returns_the_best(small_volume):
+    with pytest.warns(UserWarning, match="best PSNR found"):
+        nv = neurvol.encode(small_volume, psnr=300.0, steps=5, arch="fvsrn", quiet=True)
+    assert math.isfinite(nv.fit_psnr) and nv.fit_psnr < 300
+
+
+@pytest.mark.parametrize("psnr", [float("nan"), "30", True])
+def test_bad_psnr_targets_are_input_errors(small_volume, psnr):
+    with pytest.raises(NeurvolInputError):
+        neurvol.encode(small_volume, psnr=psnr, steps=2, quiet=True)
+
+
+def test_cli_pack_codec_options_and_info_bytes(tmp_path, small_volume, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save("v.npy", small_volume)
+    assert cli.main(["-q", "pack", "v.npy", "-o", "p.nvol", "--ratio", "4", "--steps", "10",
+                     "--arch", "fvsrn", "--prune", "0.3", "--finetune", "0.2"]) == 0
+    assert cli.main(["info", "p.nvol", "--json"]) == 0
+    import json
+    info = json.loads(capsys.readouterr().out)
+    assert info["bytes"]["masks"] > 0 and "prune" in info["codec"]["pipeline"]
+    assert cli.main(["-q", "pack", "v.npy", "-o", "q.nvol", "--prune", "1.5"]) == 2
+
+
+def test_codec_settings_pipeline_names_stages():
+    from neurvol.models import get_architecture
+    a = get_architecture("amgsrn")
+    model = a.build(a.config_cls())
+    assert CodecSettings().pipeline(model) == ["kmeans", "lorenzo", "finetune", "rans", "zstd"]
+    assert CodecSettings(grids="kmeans", finetune=0, coders=("raw", "zstd")).pipeline(model) \
+        == ["kmeans", "zstd"]
+    assert CodecSettings(prune=0.2).pipeline(model)[:2] == ["prune", "kmeans"]

@@ -1,0 +1,129 @@
+"""Codec version 2: Lorenzo grids, per-record streams (raw / zstd / rANS), masks, stats."""
+import struct
+
+import numpy as np
+import pytest
+
+from neurvol.compress import TensorPlan, decode_payload, encode_records, payload_stats
+from neurvol.compress.lorenzo import lorenzo_reconstruct, lorenzo_residuals, unzigzag, zigzag
+from neurvol.compress.records import decode_record, encode_record
+from neurvol.compress.streams import (CODER_RANS, CODER_RAW, CODER_ZSTD, decode_stream,
+                                      encode_stream)
+from neurvol.errors import NeurvolFormatError
+
+
+def _take(data: bytes):
+    pos = [0]
+
+    def take(n, what):
+        if pos[0] + n > len(data):
+            raise NeurvolFormatError(f"truncated {what}")
+        out = data[pos[0]:pos[0] + n]
+        pos[0] += n
+        return out
+    return take
+
+
+def _smooth_grid(rng, shape=(2, 3, 9, 10, 11)):
+    g = rng.normal(size=shape)
+    for ax in (-3, -2, -1):
+        g = np.cumsum(g, axis=ax) / 3
+    return g.astype(np.float32)
+
+
+def test_lorenzo_is_exact_and_invertible():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-1000, 1000, size=(2, 5, 6, 7))
+    r = lorenzo_residuals(q)
+    np.testing.assert_array_equal(lorenzo_reconstruct(r), q)
+    np.testing.assert_array_equal(unzigzag(zigzag(r)), r)
+    np.testing.assert_array_equal(zigzag(np.array([0, -1, 1, -2, 2])), [0, 1, 2, 3, 4])
+    # A linear ramp has all-zero residuals away from the first samples.
+    ramp = np.add.outer(np.add.outer(np.arange(6), 2 * np.arange(7)), 3 * np.arange(8))
+    assert np.count_nonzero(lorenzo_residuals(ramp)[1:, 1:, 1:]) == 0
+
+
+@pytest.mark.parametrize("step", [1e-3, 0.05, 0.7])
+def test_lorenzo_record_error_is_bounded_by_half_a_step(step):
+    g = _smooth_grid(np.random.default_rng(1))
+    rec = encode_record(g, "lorenzo", step=step)
+    out, st = decode_record(_take(rec), g.shape, "g")
+    step32 = float(np.float32(step))
+    assert np.abs(out - g).max() <= step32 / 2 * (1 + 1e-5) + 1e-6
+    assert st.method == "lorenzo" and st.total == len(rec)
+
+
+def test_coarser_steps_cost_fewer_bytes():
+    g = _smooth_grid(np.random.default_rng(2))
+    sizes = [len(encode_record(g, "lorenzo", step=s)) for s in (0.001, 0.01, 0.1, 1.0)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > 2 * sizes[-1]
+
+
+@pytest.mark.parametrize("coder", [CODER_RAW, CODER_ZSTD, CODER_RANS])
+def test_every_coder_round_trips(coder):
+    pytest.importorskip("constriction") if coder == CODER_RANS else None
+    rng = np.random.default_rng(3)
+    sym = np.abs(np.round(rng.laplace(0, 4, size=5000))).astype(np.int64)
+    data = encode_stream(sym, (coder,))
+    assert data[0] == coder
+    out, name = decode_stream(_take(data), sym.size, "s", max_symbol=int(sym.max()))
+    np.testing.assert_array_equal(out, sym)
+
+
+def test_rans_beats_zstd_on_iid_skewed_symbols():
+    pytest.importorskip("constriction")
+    rng = np.random.default_rng(4)
+    sym = np.abs(np.round(rng.laplace(0, 3, size=100000))).astype(np.int64)
+    assert len(encode_stream(sym, (CODER_RANS,))) < len(encode_stream(sym, (CODER_ZSTD,)))
+    # ... and the automatic choice takes the smallest.
+    assert len(encode_stream(sym)) == min(len(encode_stream(sym, (c,)))
+                                          for c in (CODER_RAW, CODER_ZSTD, CODER_RANS))
+
+
+def test_masked_kmeans_keeps_zeros_exact_and_counts_mask_bytes():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(40, 30)).astype(np.float32)
+    w[np.abs(w) < 0.7] = 0.0
+    rec = encode_record(w, "kmeans", k=32, masked=True)
+    out, st = decode_record(_take(rec), w.shape, "w")
+    np.testing.assert_array_equal(out == 0, w == 0)
+    assert np.mean((out - w) ** 2) < 0.01 * np.mean(w ** 2)
+    assert st.mask > 0 and st.codebook > 0 and st.values > 0
+    assert st.total == len(rec)
+
+
+def test_payload_round_trip_and_stats_cover_every_byte():
+    rng = np.random.default_rng(6)
+    arrays = [("grid", _smooth_grid(rng)), ("w", rng.normal(size=(16, 16)).astype(np.float32)),
+              ("b", rng.normal(size=16).astype(np.float32))]
+    plans = {"grid": TensorPlan("lorenzo", step=0.01), "w": TensorPlan("kmeans", k=16),
+             "b": TensorPlan("raw16")}
+    payload = encode_records(arrays, plans)
+    specs = [(n, a.shape) for n, a in arrays]
+    out = decode_payload(payload, specs)
+    for n, a in arrays:
+        assert out[n].shape == a.shape and out[n].dtype == np.float32
+    stats = payload_stats(payload, specs)
+    assert 1 + sum(s.total for s in stats) == len(payload)
+    assert [s.method for s in stats] == ["lorenzo", "kmeans", "raw16"]
+
+
+def test_damaged_records_are_format_errors():
+    rng = np.random.default_rng(7)
+    arrays = [("grid", _smooth_grid(rng)), ("w", rng.normal(size=(16, 16)).astype(np.float32))]
+    plans = {"grid": TensorPlan("lorenzo", step=0.01), "w": TensorPlan("kmeans", k=16)}
+    payload = encode_records(arrays, plans)
+    specs = [(n, a.shape) for n, a in arrays]
+    bad = [
+        payload[:-1],                                   # truncated
+        payload + b"\x00",                              # trailing byte
+        payload[:1] + b"\x09" + payload[2:],            # unknown method
+        payload[:1] + b"\x03\x01" + payload[3:],        # masked lorenzo
+        payload[:1] + b"\x03\x00" + struct.pack("<f", float("nan")) + payload[7:],  # bad step
+    ]
+    for b in bad:
+        with pytest.raises(NeurvolFormatError):
+            decode_payload(b, specs)
+    with pytest.raises(NeurvolFormatError):               # lorenzo needs 3 axes
+        decode_payload(encode_records([("g", np.zeros((4, 4, 4), np.float32))],
+                                      {"g": TensorPlan("lorenzo", step=1.0)}), [("g", (64,))])
