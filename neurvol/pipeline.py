@@ -47,7 +47,7 @@ class CodecSettings:
     """
 
     grids: str = "lorenzo"
-    grid_bits: float = 2.5
+    grid_bits: float = 4.0
     finetune: float = 0.1
     prune: float = 0.0
     coders: Tuple[str, ...] = ("raw", "zstd", "rans")
