@@ -1,16 +1,32 @@
-"""Benchmark of bricked ensembles (issue 5). Prints a markdown table for BENCHMARKS.md.
+"""Benchmark of bricked ensembles (issue 5): every number the acceptance asks for, in one
+run, printed (and with --out written) as markdown for BENCHMARKS.md.
 
-Part 1: each volume at one ratio as one model vs 2x2x2 and 4x4x4 bricks: PSNR, seam
-error (mean |jump| across brick faces / mean |jump| elsewhere, on the decoded volume),
-encode wall time with 1 and 2 workers (speed-up; same bytes checked), query throughput.
-Part 2: a float32 volume built by 2x trilinear upsampling of bio_embryo, saved as .npy
-and encoded from a memmap in a child process (peak RSS reported), then a cold open and
-a 1,000-random-point query (bricks decoded, bytes read, seconds).
+Part 1: each volume at one ratio as one model vs 2x2x2 and 4x4x4 bricks: achieved ratio
+and bytes, PSNR, seam error (mean |jump| across brick faces / mean |jump| elsewhere, on
+the decoded volume; the original's value at the same faces in parentheses), fit steps
+run (all bricks together), encode wall time with 1 and 2 workers (speed-up; the two
+files are checked to be byte-identical), query throughput (random points, after a
+warm-up that decodes every brick).
+Part 2: a float32 volume built by 2x trilinear upsampling of bio_embryo (512^3 by
+default), saved as .npy and encoded from a memmap (brick=128, so 4x4x4 bricks) in a child
+process whose peak RSS is measured (the encoding process itself, its largest brick
+worker, and the sampled sum over the process tree), then a cold open of the file and a
+query of 1,000 random points (bricks decoded, payload bytes read, seconds).
 
-Full run (takes long; do not run on a shared machine):
-    python benchmarks/run_bricks.py
-Quick check:
-    python benchmarks/run_bricks.py --crop 64 --steps 20 --big-size 96 --volumes bio_embryo
+Wall time, estimated from single encodes on the 2-core development machine while other
+jobs used it (load 3): one 256^3 model ~150 s; 2x2x2 bricks ~200 s with 1 worker; 4x4x4
+~250-320 s (64 small fits, each with a fixed cost: amgsrn's grid placement, the
+quantization search, the error pass); 2 workers should take ~0.6x on two free cores (not
+measured at full size: the cores were busy). Part 1 is then ~16 min
+per volume; part 2 ~9 min (about 50 fitted 132^3 bricks at ~15 s each with 500 steps, on
+2 workers). The default run takes ~40-45 min on such a machine, ~30 min on an idle one.
+``--steps`` caps part 1 (``--steps 1000`` saves ~20 %, with some PSNR loss in every row),
+``--big-steps`` part 2 (it measures memory and random access; its PSNR is only reported).
+
+Full run (the acceptance table; do not run it next to other CPU-heavy jobs):
+    python benchmarks/run_bricks.py --out bricks.md --json bricks.json
+Quick check (a few minutes; tiny crops and fits, numbers meaningless):
+    python benchmarks/run_bricks.py --quick
 """
 from __future__ import annotations
 
@@ -18,9 +34,11 @@ import argparse
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -28,14 +46,19 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import neurvol  # noqa: E402
+from neurvol._atomic import atomic_write  # noqa: E402
+from neurvol.container import NvolReader  # noqa: E402
 from neurvol.metrics import psnr  # noqa: E402
 
-DATA = "/work/shared/data"
+DATA = os.environ.get("NEURVOL_DATA", "/work/shared/data")
+GRIDS = [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
+QUICK = dict(crop=64, steps=20, big_steps=20, ratio=10.0, big_size=96, brick=48,
+             query_points=20_000)
 
 
 def seam_error(vol: np.ndarray, grid) -> float:
     """Mean |difference| between the voxels on both sides of every brick face, divided by
-    the mean |difference| of neighbours elsewhere (1.0: no visible seam)."""
+    the mean |difference| of neighbours elsewhere (about 1.0: no visible seam)."""
     v = vol.astype(np.float64)
     at, inside = [], []
     for axis, nb in enumerate(grid):
@@ -57,136 +80,252 @@ def load(name: str, crop: int) -> np.ndarray:
     return np.ascontiguousarray(v)
 
 
-def part1(args) -> list:
+# ----------------------------------------------------------------------------- part 1
+def part1(args, report) -> list:
     rows = []
     for name in args.volumes:
         vol = load(name, args.crop)
-        for grid in [(1, 1, 1), (2, 2, 2), (4, 4, 4)]:
+        for grid in GRIDS:
             row = {"volume": name, "shape": list(vol.shape), "bricks": "x".join(map(str, grid))}
             try:
-                row.update(_measure(vol, grid, args))
-            except neurvol.NeurvolError as exc:   # e.g. 4x4x4 of a tiny crop: budget too small
+                row.update(measure(vol, grid, args))
+            except neurvol.NeurvolError as exc:   # e.g. 4x4x4 of a small crop: budget too small
                 row["error"] = str(exc)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            report(rows, None)
     return rows
 
 
-def _measure(vol: np.ndarray, grid, args) -> dict:
-    row: dict = {}
-    if True:
-        if True:
-            times, blobs = {}, {}
-            for workers in (1, 2):
-                if grid == (1, 1, 1) and workers == 2:
-                    continue
-                t = time.perf_counter()
-                nv = neurvol.encode(vol, ratio=args.ratio, bricks=grid, ghost=args.ghost,
-                                    steps=args.steps, seed=0, workers=workers, quiet=True,
-                                    arch=args.arch)
-                times[workers] = time.perf_counter() - t
-                blobs[workers] = nv.to_bytes()
-            rec = nv.decode(dtype=np.float32)
-            row.update(ratio=round(nv.ratio, 1), psnr=round(psnr(vol, rec), 2),
-                       seam=round(seam_error(rec, grid), 3) if grid != (1, 1, 1) else None,
-                       seam_original=round(seam_error(vol, (2, 2, 2) if grid == (1, 1, 1) else grid), 3),
-                       encode_s_1w=round(times[1], 1), encode_s_2w=round(times.get(2, float("nan")), 1),
-                       speedup=round(times[1] / times[2], 2) if 2 in times else None,
-                       same_bytes=(blobs[1] == blobs[2]) if 2 in blobs else None)
-            pts = np.random.default_rng(0).uniform(0, np.array(vol.shape) - 1, (200_000, 3))
-            with neurvol.NeuralVolume(neurvol.container.NvolReader(blobs[1])) as cold:
-                t = time.perf_counter()
-                cold.query(pts)
-                row["query_Mpts_s"] = round(len(pts) / (time.perf_counter() - t) / 1e6, 3)
+def measure(vol: np.ndarray, grid, args) -> dict:
+    times, blobs = {}, {}
+    for workers in ((1,) if grid == (1, 1, 1) else (1, 2)):
+        t = time.perf_counter()
+        nv = neurvol.encode(vol, ratio=args.ratio, bricks=grid, ghost=args.ghost,
+                            steps=args.steps, seed=0, workers=workers, quiet=True,
+                            arch=args.arch)
+        times[workers] = time.perf_counter() - t
+        blobs[workers] = nv.to_bytes()
+    rec = nv.decode(dtype=np.float32)
+    row = dict(ratio=round(nv.ratio, 1), bytes=nv.nbytes_file, psnr=round(psnr(vol, rec), 2),
+               seam=round(seam_error(rec, grid), 3) if grid != (1, 1, 1) else None,
+               seam_original=round(seam_error(vol, (2, 2, 2) if grid == (1, 1, 1) else grid), 3),
+               steps=nv.header["fit"]["steps"],
+               encode_s_1w=round(times[1], 1), encode_s_2w=round(times[2], 1) if 2 in times else None,
+               speedup=round(times[1] / times[2], 2) if 2 in times else None,
+               same_bytes=(blobs[1] == blobs[2]) if 2 in blobs else None)
+    del rec
+    rng = np.random.default_rng(0)
+    hi = np.array(vol.shape) - 1
+    with neurvol.NeuralVolume(NvolReader(blobs[1])) as cold:
+        cold.query(rng.uniform(0, hi, (20_000, 3)))          # warm-up: decodes the bricks
+        pts = rng.uniform(0, hi, (args.query_points, 3))
+        t = time.perf_counter()
+        cold.query(pts)
+        row["query_Mpts_s"] = round(len(pts) / (time.perf_counter() - t) / 1e6, 3)
     return row
 
 
-def _child_encode(src: str, out: str, ratio: float, steps, brick: int, workers: int, arch: str) -> None:
+# ----------------------------------------------------------------------------- part 2
+class TreeRSS:
+    """Samples the summed RSS of this process and its descendants (psutil) every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        try:
+            import psutil
+        except ImportError:
+            self._proc = None
+            return
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for p in [self._proc] + self._proc.children(recursive=True):
+                try:
+                    total += p.memory_info().rss
+                except Exception:  # noqa: BLE001 - a worker that just exited
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.2)
+
+    def stop(self) -> int | None:
+        if self._proc is None:
+            return None
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def child_encode(src: str, out: str, ratio: float, steps, brick: int, workers: int,
+                 arch: str) -> None:
+    """Runs in a fresh process: encode the memmapped .npy, report time and peak RSS."""
     import resource
 
+    tree = TreeRSS()
     vol = np.load(src, mmap_mode="r")
     t = time.perf_counter()
     nv = neurvol.encode(vol, ratio=ratio, brick=brick, steps=steps, workers=workers,
                         quiet=True, arch=arch)
     nv.save(out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(json.dumps({"encode_s": round(time.perf_counter() - t, 1), "peak_rss_bytes": peak,
-                      "peak_rss_worker_bytes": kids, "psnr": nv.header["fit"]["psnr"],
-                      "file_bytes": nv.nbytes_file, "bricks": nv.header["bricks"]["grid"]}))
+    seconds = time.perf_counter() - t
+    tree_peak = tree.stop()
+    kib = 1024 if sys.platform != "darwin" else 1
+    print(json.dumps({
+        "encode_s": round(seconds, 1),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+        "peak_rss_worker_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
+        "peak_rss_tree_bytes": tree_peak, "psnr_estimate": nv.header["fit"]["psnr"],
+        "steps": nv.header["fit"]["steps"], "file_bytes": nv.nbytes_file,
+        "ratio": round(nv.ratio, 1), "bricks": nv.header["bricks"]["grid"]}))
+
+
+def upsample_to(path: str, n: int) -> None:
+    """bio_embryo upsampled trilinearly to n^3 float32, written slab by slab to a .npy."""
+    import torch
+
+    src = torch.from_numpy(load("bio_embryo", 0).astype(np.float32))[None, None]
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n, n))
+    axis = torch.linspace(-1, 1, n)
+    step = max(1, n // 32)
+    for z0 in range(0, n, step):
+        gz, gy, gx = torch.meshgrid(axis[z0:z0 + step], axis, axis, indexing="ij")
+        grid = torch.stack([gx, gy, gz], -1)[None]
+        out[z0:z0 + step] = torch.nn.functional.grid_sample(
+            src, grid, mode="bilinear", align_corners=True)[0, 0].numpy()
+    out.flush()
+    del out
 
 
 def part2(args) -> dict:
-    import torch
-
-    src = load("bio_embryo", 0)
     n = args.big_size
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         path = os.path.join(tmp, "embryo_up.npy")
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n, n))
-        t = torch.from_numpy(src.astype(np.float32))[None, None]
-        step = max(1, n // 16)
-        for z0 in range(0, n, step):  # trilinear upsampling, slab by slab
-            zs = torch.linspace(-1, 1, n)[z0:z0 + step]
-            ys = torch.linspace(-1, 1, n)
-            xs = torch.linspace(-1, 1, n)
-            gz, gy, gx = torch.meshgrid(zs, ys, xs, indexing="ij")
-            grid = torch.stack([gx, gy, gz], -1)[None]
-            out[z0:z0 + step] = torch.nn.functional.grid_sample(
-                t, grid, mode="bilinear", align_corners=True)[0, 0].numpy()
-        out.flush()
-        del out
+        t = time.perf_counter()
+        upsample_to(path, n)
+        build_s = time.perf_counter() - t
         nvol = os.path.join(tmp, "big.nvol")
-        code = ("import sys; sys.path.insert(0, %r); from run_bricks import _child_encode; "
-                "_child_encode(%r, %r, %r, %r, %r, %r, %r)"
-                % (HERE, path, nvol, args.ratio, args.steps, args.brick, args.workers, args.arch))
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        code = ("import sys; sys.path.insert(0, %r); from run_bricks import child_encode; "
+                "child_encode(%r, %r, %r, %r, %r, %r, %r)"
+                % (HERE, path, nvol, args.ratio, args.big_steps, args.brick, args.workers,
+                   args.arch))
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env)
+        if res.returncode != 0:
+            raise RuntimeError(f"the encoding child failed:\n{res.stderr[-4000:]}")
         row = json.loads(res.stdout.strip().splitlines()[-1])
+        row.update(shape=[n, n, n], volume_bytes=n ** 3 * 4, build_s=round(build_s, 1))
         pts = np.random.default_rng(1).uniform(0, n - 1, (1000, 3))
         t = time.perf_counter()
         with neurvol.open(nvol) as nv:
             nv.query(pts)
             row.update(query_1000_cold_s=round(time.perf_counter() - t, 3),
                        bricks_decoded=nv.stats["bricks_read"], bricks_total=nv._reader.brick_count,
-                       bytes_read=nv.stats["bytes_read"], shape=[n, n, n])
-    print(json.dumps(row), flush=True)
+                       bytes_read=nv.stats["bytes_read"])
+    print(json.dumps(row), file=sys.stderr, flush=True)
     return row
+
+
+# ----------------------------------------------------------------------------- report
+def _gib(v) -> str:
+    return "n/a" if v is None else f"{v / 2**30:.2f} GiB"
+
+
+def markdown(args, rows: list, big: dict | None, elapsed: float | None) -> str:
+    import torch
+
+    out = [f"Bricked ensembles (issue 5): ratio {args.ratio:g}, arch {args.arch}, ghost "
+           f"{args.ghost}, steps {args.steps or 'default (1500)'}, seed 0; "
+           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+           f"{torch.__version__} ({args.threads} thread(s) for one model; bricks use one "
+           "thread per worker)." + (f" Whole run {elapsed / 60:.1f} min." if elapsed else ""),
+           ""]
+    if rows:
+        out += ["| volume | bricks | ratio | bytes | PSNR dB | seam (original) | steps | "
+                "encode 1 worker s | 2 workers s | speed-up | same bytes | query Mpts/s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            vol = f"{r['volume']} {'x'.join(map(str, r['shape']))}"
+            if "error" in r:
+                out.append(f"| {vol} | {r['bricks']} | {r['error']} |" + " |" * 9)
+                continue
+            seam = "–" if r["seam"] is None else f"{r['seam']} ({r['seam_original']})"
+            dash = lambda v: "–" if v is None else v  # noqa: E731
+            out.append(f"| {vol} | {r['bricks']} | {r['ratio']} | {r['bytes']} | {r['psnr']} | "
+                       f"{seam} | {r['steps']} | {r['encode_s_1w']} | {dash(r['encode_s_2w'])} | "
+                       f"{dash(r['speedup'])} | {dash(r['same_bytes'])} | {r['query_Mpts_s']} |")
+        out.append("")
+    if big:
+        ok = big["peak_rss_tree_bytes"] or big["peak_rss_bytes"] + big["peak_rss_worker_bytes"] * args.workers
+        out += [f"{'x'.join(map(str, big['shape']))} float32 ({big['volume_bytes'] / 2**30:.2f} GiB, "
+                f"bio_embryo upsampled 2x trilinearly), encoded from a memmapped .npy with "
+                f"brick={args.brick} ({'x'.join(map(str, big['bricks']))} bricks), "
+                f"{args.workers} worker(s), {args.big_steps or 1500} steps per brick:",
+                "",
+                "| encode s | peak RSS: encoding process | largest worker | process tree (sampled) "
+                "| < 2 GiB | file bytes | ratio | PSNR dB (bricks' estimate) | cold open + 1,000 "
+                "random points s | bricks decoded | payload bytes read |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+                f"| {big['encode_s']} | {_gib(big['peak_rss_bytes'])} | "
+                f"{_gib(big['peak_rss_worker_bytes'])} | {_gib(big['peak_rss_tree_bytes'])} | "
+                f"{'yes' if ok < 2 * 2**30 else 'NO'} | {big['file_bytes']} | {big['ratio']} | "
+                f"{big['psnr_estimate']} | {big['query_1000_cold_s']} | "
+                f"{big['bricks_decoded']}/{big['bricks_total']} | {big['bytes_read']} |", ""]
+    return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--volumes", nargs="+", default=["sim_richtmyer_meshkov_t20", "bio_embryo"])
     ap.add_argument("--ratio", type=float, default=100.0)
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="fit steps in part 1 (default: encode's, 1500)")
+    ap.add_argument("--big-steps", type=int, default=500,
+                    help="fit steps per brick in part 2 (default: %(default)s; caps its time)")
     ap.add_argument("--arch", default="auto")
     ap.add_argument("--ghost", type=int, default=2)
-    ap.add_argument("--crop", type=int, default=0, help="centre crop (quick checks)")
+    ap.add_argument("--crop", type=int, default=0, help="centre crop of part 1's volumes")
+    ap.add_argument("--query-points", type=int, default=200_000)
     ap.add_argument("--big-size", type=int, default=512)
-    ap.add_argument("--brick", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--brick", type=int, default=128, help="part 2's brick size")
+    ap.add_argument("--workers", type=int, default=2, help="part 2's workers")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of this process (the one-model encodes); default 1, so "
+                         "times compare with one brick worker")
     ap.add_argument("--tmp", default=None, help="directory for the upsampled volume")
+    ap.add_argument("--skip-part1", action="store_true")
     ap.add_argument("--skip-part2", action="store_true")
-    ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test of the whole script on tiny crops and fits: " + ", ".join(
+                        f"{k}={v}" for k, v in QUICK.items()))
+    ap.add_argument("--out", default=None, help="write the markdown here (after every row)")
+    ap.add_argument("--json", default=None, help="write the rows here (after every row)")
     args = ap.parse_args()
-    rows = part1(args)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+
+    def report(rows, big, elapsed=None) -> None:
+        if args.json:
+            atomic_write(args.json, json.dumps({"rows": rows, "big": big, "args": vars(args)},
+                                               indent=1).encode())
+        if args.out:
+            atomic_write(args.out, (markdown(args, rows, big, elapsed) + "\n").encode())
+
+    rows = [] if args.skip_part1 else part1(args, report)
     big = None if args.skip_part2 else part2(args)
-    print("\n| volume | bricks | ratio | PSNR dB | seam (orig) | encode 1w s | 2w s | speed-up | same bytes | query Mpts/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['volume']} | {r['bricks']} | {r['error']} |")
-            continue
-        print(f"| {r['volume']} | {r['bricks']} | {r['ratio']} | {r['psnr']} | {r['seam']} ({r['seam_original']}) | "
-              f"{r['encode_s_1w']} | {r['encode_s_2w']} | {r['speedup']} | {r['same_bytes']} | {r['query_Mpts_s']} |")
-    if big:
-        print(f"\n{big['shape']} float32 memmap, bricks {big['bricks']}: encode {big['encode_s']} s, "
-              f"peak RSS {big['peak_rss_bytes'] / 2**30:.2f} GiB (workers {big['peak_rss_worker_bytes'] / 2**30:.2f} GiB), "
-              f"PSNR {big['psnr']} dB, {big['file_bytes']} bytes; 1,000 random points from a cold open: "
-              f"{big['query_1000_cold_s']} s, {big['bricks_decoded']}/{big['bricks_total']} bricks decoded, "
-              f"{big['bytes_read']} bytes read")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "big": big}, f, indent=1)
+    elapsed = time.perf_counter() - t0
+    report(rows, big, elapsed)
+    print(markdown(args, rows, big, elapsed))
 
 
 if __name__ == "__main__":

@@ -179,8 +179,9 @@ def encode(
             candidates=candidates, arch_options=arch_options, seed=seed, device=str(dev),
             devices=devices, steps=steps, bits=bits,
             spacing=_triple(spacing, 1.0, "spacing"), origin=_triple(origin, 0.0, "origin"),
-            fit_settings=fit_settings, quiet=quiet, workers=workers, executor=executor,
-            retries=retries, const_psnr=CONSTANT_BRICK_PSNR)
+            fit_settings=fit_settings, codec=codec, quiet=quiet,
+            workers=workers, executor=executor, retries=retries,
+            const_psnr=CONSTANT_BRICK_PSNR)
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
     nbytes = math.prod(shape) * dtype.itemsize

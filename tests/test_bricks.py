@@ -302,3 +302,101 @@ def test_cli_pack_bricks(tmp_path, sample, bricked):
     rc = main(["pack", str(src), "-o", str(out), "--ratio", "8", "--arch", "fvsrn", "--steps",
                "20", "--seed", "3", "--bricks", "2,2,2", "--ghost", "2", "-q"])
     assert rc == 0 and out.read_bytes() == bricked.to_bytes()
+
+
+# ---------------------------------------------------------------- encoder policy (§5)
+def test_split_budget_uses_the_bytes_tier_rounding_frees():
+    from neurvol.ensemble.encode import _PAYLOAD_OVERHEAD, _tier_bytes, split_budget
+
+    rng = np.random.default_rng(4)
+    share = rng.uniform(0.2, 3.0, 12)
+    share /= share.sum()
+    rest = 50_000
+    budgets, tiers = split_budget(list(range(12)), share, rest)
+    assert sum(budgets.values()) <= rest
+    size = {b: _tier_bytes(t) + _PAYLOAD_OVERHEAD for b, t in tiers.items()}
+    assert all(budgets[b] >= size[b] for b in budgets)
+    # what is left could not raise any brick's tier by one step
+    left = rest - sum(size.values())
+    assert all(_tier_bytes(t + 1) - _tier_bytes(t) > left for t in tiers.values())
+    # rounding down alone would have left more unused than the raised tiers do
+    floor_tiers = [int(math.floor(math.log2(s * rest - _PAYLOAD_OVERHEAD) * 4)) for s in share]
+    assert sum(tiers.values()) >= sum(floor_tiers)
+    assert rest - sum(budgets.values()) < 12
+    with pytest.raises(neurvol.NeurvolBudgetError, match="too small"):
+        split_budget([0, 1], np.array([0.999, 0.001]), 10_000)
+
+
+def test_rd_shares_follow_predicted_error():
+    from neurvol.ensemble import BrickLayout
+    from neurvol.ensemble.encode import _rd_shares, scan_bricks
+
+    rng = np.random.default_rng(5)
+    vol = np.full((40, 40, 80), 10.0, np.float32)
+    vol[:, :, 40:] += rng.normal(0, 30, (40, 40, 40))          # busy right half
+    vol[:, :, :40] += np.linspace(0, 1, 40)[None, None, :]      # nearly flat left half
+    layout = BrickLayout.checked(vol.shape, (1, 1, 2), 2, True)
+    stats = scan_bricks(vol, layout, probe=2000)
+    share = _rd_shares(stats, floor=0.2)
+    assert share.sum() == pytest.approx(1.0)
+    assert share[1] > share[0]
+    assert share[0] * 2 == pytest.approx(0.2)          # at the floor (mean share: 1)
+    twin = _rd_shares([stats[1], stats[1]], floor=0.2)
+    np.testing.assert_allclose(twin, [0.5, 0.5])
+
+
+def test_plateau_stops_only_in_the_tail():
+    from neurvol.ensemble.job import Plateau
+
+    def run(curve, steps=1000):
+        stop = Plateau(steps)
+        for step in range(1, steps + 1, 10):
+            if stop(step, curve(step)):
+                return step
+        return None
+
+    # flat from the start (e.g. amgsrn's density loss): not before 75 % of the steps
+    flat = run(lambda s: 1e-3)
+    assert flat is not None and flat >= 750
+    # still improving by several % per window: runs to the end
+    assert run(lambda s: 1e-3 * math.exp(-s / 1000)) is None
+    # fitted beyond 50 dB: stops right after the warm-up
+    assert run(lambda s: 1e-7) <= 100
+
+
+def test_failed_fit_is_redone_with_the_fallback(sample):
+    from neurvol.ensemble.job import BrickJob, run_brick_job
+    from neurvol.fit import FitSettings
+    import dataclasses as dc
+
+    vol = sample[:34, :34, :34]
+    cfg = {"grid": [6, 6, 6], "channels": 4, "width": 16, "hidden_layers": 2}
+    fit0 = dc.asdict(FitSettings(steps=0, batch=4096))
+    fit1 = dc.asdict(FitSettings(steps=150, batch=4096))
+    job = BrickJob(brick=0, arch="fvsrn", config=cfg, fit=fit0, seed=1, budget=2000, k0=64,
+                   lo=0.0, hi=255.0, extent=((0, 34),) * 3, core=((0, 34),) * 3, data=vol)
+    alone = run_brick_job(job)
+    assert alone.tried == 1 and alone.steps == 0
+    job.fallbacks = [("fvsrn", cfg, fit1)]
+    redone = run_brick_job(job)
+    # the 0-step fit is the data-initialised grid: not clearly better than resampling
+    assert redone.tried == 2 and redone.steps == 150
+    assert redone.sse < alone.sse
+    assert len(redone.payload) <= 2000
+
+
+def test_auto_arch_bricks_fit_the_budget_with_refits(sample, monkeypatch):
+    import neurvol.models.amgsrn as amgsrn
+
+    import neurvol.ensemble.encode as enc
+
+    monkeypatch.setattr(amgsrn, "PLACE_STEPS", 20)       # speed only
+    monkeypatch.setattr(enc, "_MIN_JUDGED_STEPS", 5)      # judge these short fits
+    vol = sample[16:50, 16:50, 16:50]
+    nv = neurvol.encode(vol, ratio=8, bricks=(2, 1, 1), steps=5, seed=0, quiet=True)
+    hdr = nv.header["bricks"]
+    assert nv.nbytes_file <= vol.nbytes // 8
+    assert {m["arch"] for m in hdr["models"]} <= {"amgsrn", "fvsrn"}
+    assert sorted(set(hdr["model_ids"])) == list(range(len(hdr["models"])))
+    assert nv.header["model"] == hdr["models"][0]
+    assert nv.header["fit"]["steps"] > 2 * 5            # 5-step fits failed: refits ran
