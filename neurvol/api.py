@@ -234,9 +234,14 @@ def encode(
                           trainable=trainable, batch=settings.batch, seed=seed, device=dev)
             model.cpu()
 
+    def stored_error(payload: bytes) -> float:
+        """Minus the PSNR of the file a payload makes (the whole volume decoded)."""
+        return -_psnr(volume, _finish(header, [payload], None).decode(dtype=np.float32))
+
     model = model.cpu()
     packed = compress_model(model, lambda payload: len(serialize_nvol(header, [payload])),
-                            budget, 2 ** bits, codec_settings, finetune=finetune)
+                            budget, 2 ** bits, codec_settings, finetune=finetune,
+                            score=stored_error)
     if packed.size > budget:
         raise NeurvolBudgetError(
             f"the model does not fit the budget of {budget} bytes even at the coarsest "
@@ -311,22 +316,30 @@ def _encode_to_psnr(volume: Any, target: float, ratio: float, kwargs: Dict[str, 
 
 
 def _codec_settings(codec: Optional[Dict[str, Any]]) -> CodecSettings:
-    if codec is None:
-        return CodecSettings()
-    if not isinstance(codec, dict):
-        raise NeurvolInputError(f"codec must be a dict of CodecSettings fields, got {codec!r}")
-    names = {f.name for f in dataclasses.fields(CodecSettings)}
-    unknown = sorted(set(codec) - names)
+    values = dict(codec) if isinstance(codec, dict) else codec
+    if isinstance(values, dict) and isinstance(values.get("coders"), (list, str)):
+        c = values["coders"]
+        values["coders"] = (c,) if isinstance(c, str) else tuple(c)
+    return _replace_fields(CodecSettings(), values, "codec", "codec")
+
+
+def _replace_fields(base: Any, overrides: Any, arg: str, what: str) -> Any:
+    """``base`` (a dataclass) with the fields in the dict ``overrides`` replaced; bad
+    names or values are input errors naming the encode() argument ``arg`` and ``what``
+    its fields set."""
+    if overrides is None:
+        return base
+    kind = type(base).__name__
+    if not isinstance(overrides, dict):
+        raise NeurvolInputError(f"{arg} must be a dict of {kind} fields, got {overrides!r}")
+    names = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - names)
     if unknown:
-        raise NeurvolInputError(f"unknown codec setting(s) {unknown}; known: {sorted(names)}")
-    values = dict(codec)
-    if "coders" in values and isinstance(values["coders"], (list, str)):
-        values["coders"] = tuple([values["coders"]] if isinstance(values["coders"], str)
-                                 else values["coders"])
+        raise NeurvolInputError(f"unknown {what} setting(s) {unknown}; known: {sorted(names)}")
     try:
-        return CodecSettings(**values)
+        return dataclasses.replace(base, **overrides)
     except (TypeError, ValueError) as exc:
-        raise NeurvolInputError(f"invalid codec settings {codec}: {exc}") from exc
+        raise NeurvolInputError(f"invalid {what} settings {overrides}: {exc}") from exc
 
 
 def _brick_grid(volume: Any, brick: Optional[int],
@@ -411,16 +424,7 @@ def _normalized_tensor(volume: Any, lo: float, hi: float) -> torch.Tensor:
 
 
 def _with_fit_settings(settings: FitSettings, overrides: Dict[str, Any]) -> FitSettings:
-    if not isinstance(overrides, dict):
-        raise NeurvolInputError(f"fit_settings must be a dict of FitSettings fields, got {overrides!r}")
-    names = {f.name for f in dataclasses.fields(FitSettings)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise NeurvolInputError(f"unknown fit setting(s) {unknown}; known: {sorted(names)}")
-    try:
-        return dataclasses.replace(settings, **overrides)
-    except (TypeError, ValueError) as exc:
-        raise NeurvolInputError(f"invalid fit settings {overrides}: {exc}") from exc
+    return _replace_fields(settings, overrides, "fit_settings", "fit")
 
 
 def _first_solvable(candidates: Sequence[Architecture], header: Dict[str, Any],

@@ -667,8 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "PSNR reaches DB (a search of a few encodes, starting at --ratio)")
     g.add_argument("--prune", type=_fraction, default=None, metavar="F",
                    help="prune this fraction of the network weights (stored as bit masks)")
-    g.add_argument("--grid-coding", choices=("lorenzo", "kmeans"), default=None,
-                   help="feature grid coding (default: lorenzo)")
+    g.add_argument("--grid-coding", choices=("interp", "lorenzo", "kmeans"), default=None,
+                   help="feature grid coding (default: interp)")
     g.add_argument("--finetune", type=_fraction, default=None, metavar="F",
                    help="quantization-aware fine-tuning steps as a fraction of --steps "
                         "(0 turns it off)")

@@ -5,6 +5,7 @@ import math
 import operator
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -98,7 +99,9 @@ class NeuralVolume:
             raise NeurvolFormatError(
                 f"header 'volume.dtype' must be a numpy dtype string, got {_short(dtype)}")
         try:
-            dt = np.dtype(dtype)
+            with warnings.catch_warnings():     # deprecated aliases ('a') are refused below
+                warnings.simplefilter("ignore", DeprecationWarning)
+                dt = np.dtype(dtype)
         except Exception:  # noqa: BLE001 - numpy raises TypeError/ValueError/... for junk
             raise NeurvolFormatError(f"header 'volume.dtype' {dtype!r} is not a dtype") from None
         if dt.kind not in "iuf" or dt.fields is not None or dt.subdtype is not None:

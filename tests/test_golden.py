@@ -16,7 +16,8 @@ CONSTANT_FILES = sorted(glob.glob(os.path.join(GOLDEN, "constant_v*.nvol")))
 def test_golden_files_exist():
     assert MODEL_FILES and CONSTANT_FILES, "golden files are missing"
     names = {os.path.basename(p) for p in MODEL_FILES}
-    assert {"codec2_amgsrn.nvol", "codec2_pruned.nvol", "codec2_rans.nvol"} <= names
+    assert {"codec2_amgsrn.nvol", "codec2_pruned.nvol", "codec2_rans.nvol",
+            "codec2_interp.nvol"} <= names
 
 
 def test_codec2_golden_files_use_what_they_pin():
@@ -25,6 +26,7 @@ def test_codec2_golden_files_use_what_they_pin():
             assert nv.info()["codec"]["name"] == "neurvol"
             return nv.byte_breakdown()
     assert methods("codec2_amgsrn.nvol")["tensors"]["grids"]["method"] == "lorenzo"
+    assert methods("codec2_interp.nvol")["tensors"]["grids"]["method"] == "interp"
     assert methods("codec2_pruned.nvol")["masks"] > 0
     assert "rans" in {t["coder"] for t in methods("codec2_rans.nvol")["tensors"].values()}
 

@@ -25,10 +25,10 @@ def test_default_pipeline_meets_budget_and_accounts_every_byte(small_volume, arc
     assert bd["header"] + bd["weights"] + bd["codebooks"] + bd["masks"] + bd["constants"] \
         == nv.nbytes_file
     methods = _tensor_methods(nv)
-    if arch in ("amgsrn", "fvsrn"):     # dense feature grids: Lorenzo-coded
-        assert "lorenzo" in codec["pipeline"] and "lorenzo" in methods.values()
+    if arch in ("amgsrn", "fvsrn"):     # dense feature grids: interpolation-coded
+        assert "interp" in codec["pipeline"] and "interp" in methods.values()
     else:
-        assert "lorenzo" not in methods.values()
+        assert not {"interp", "lorenzo"} & set(methods.values())
     # What is stored is what answers: a reopened file gives the same values.
     back = NeuralVolume(NvolReader(nv.to_bytes()))
     pts = np.random.default_rng(0).uniform(0, np.array(small_volume.shape) - 1, size=(500, 3))
@@ -105,7 +105,43 @@ def test_codec_settings_pipeline_names_stages():
     from neurvol.models import get_architecture
     a = get_architecture("amgsrn")
     model = a.build(a.config_cls())
-    assert CodecSettings().pipeline(model) == ["kmeans", "lorenzo", "finetune", "rans", "zstd"]
+    assert CodecSettings().pipeline(model) == ["kmeans", "interp", "finetune", "rans", "zstd"]
+    assert CodecSettings(grids="lorenzo").pipeline(model)[1] == "lorenzo"
     assert CodecSettings(grids="kmeans", finetune=0, coders=("raw", "zstd")).pipeline(model) \
         == ["kmeans", "zstd"]
     assert CodecSettings(prune=0.2).pipeline(model)[:2] == ["prune", "kmeans"]
+
+
+def test_finetune_is_kept_only_when_it_lowers_the_stored_error():
+    """A fine-tuning stage that makes the stored model worse is undone (``score``)."""
+    import torch
+
+    from neurvol.models import get_architecture
+    from neurvol.pipeline import compress_model
+
+    a = get_architecture("fvsrn")
+    torch.manual_seed(0)
+    model = a.build(a.config_cls(grid=(6, 6, 6), channels=4, width=16, hidden_layers=2))
+    ref = {n: t.clone() for n, t in model.state_dict().items()}
+
+    def damage(trainable):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if trainable(n):
+                    p.add_(1.0)
+
+    def distance(payload):          # error of what a payload stores: far from ``ref`` is bad
+        from neurvol.compress import decode_payload
+        out = decode_payload(payload, [(n, tuple(t.shape)) for n, t in ref.items()])
+        return float(sum(((torch.from_numpy(out[n]) - ref[n]) ** 2).sum() for n in ref))
+
+    codec = CodecSettings()
+    kept = compress_model(model, len, 4000, 64, codec, finetune=damage, score=distance)
+    assert distance(kept.payload) < 1.0
+    for n, t in model.state_dict().items():
+        if n != "grid":             # restored, not damaged
+            assert torch.equal(t, ref[n])
+    # without a score the damaging stage is kept: the guard is what undid it
+    model.load_state_dict(ref)
+    blind = compress_model(model, len, 4000, 64, codec, finetune=damage)
+    assert distance(blind.payload) > 10 * distance(kept.payload)

@@ -1,4 +1,4 @@
-"""Codec version 2: Lorenzo grids, per-record streams (raw / zstd / rANS), masks, stats."""
+"""Codec version 2: Lorenzo and interpolation-coded grids, per-record streams (raw / zstd / rANS), masks, stats."""
 import struct
 
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 
 from neurvol.compress import TensorPlan, decode_payload, encode_records, payload_stats
 from neurvol.compress.lorenzo import lorenzo_reconstruct, lorenzo_residuals, unzigzag, zigzag
-from neurvol.compress.records import decode_record, encode_record
+from neurvol.compress.interp import interp_decode, interp_encode
+from neurvol.compress.records import decode_record, encode_record, grid_codes
 from neurvol.compress.streams import (CODER_RANS, CODER_RAW, CODER_ZSTD, decode_stream,
                                       encode_stream)
 from neurvol.errors import NeurvolFormatError
@@ -43,20 +44,34 @@ def test_lorenzo_is_exact_and_invertible():
     assert np.count_nonzero(lorenzo_residuals(ramp)[1:, 1:, 1:]) == 0
 
 
+@pytest.mark.parametrize("method", ["lorenzo", "interp"])
 @pytest.mark.parametrize("step", [1e-3, 0.05, 0.7])
-def test_lorenzo_record_error_is_bounded_by_half_a_step(step):
+def test_grid_record_error_is_bounded_by_half_a_step(step, method):
     g = _smooth_grid(np.random.default_rng(1))
-    rec = encode_record(g, "lorenzo", step=step)
+    rec = encode_record(g, method, step=step)
     out, st = decode_record(_take(rec), g.shape, "g")
     step32 = float(np.float32(step))
     assert np.abs(out - g).max() <= step32 / 2 * (1 + 1e-5) + 1e-6
-    assert st.method == "lorenzo" and st.total == len(rec)
+    assert st.method == method and st.total == len(rec)
+    np.testing.assert_array_equal(out, grid_codes(g, method, step32)[1])
 
 
-def test_coarser_steps_cost_fewer_bytes():
+@pytest.mark.parametrize("method", ["lorenzo", "interp"])
+def test_coarser_steps_cost_fewer_bytes(method):
     g = _smooth_grid(np.random.default_rng(2))
-    sizes = [len(encode_record(g, "lorenzo", step=s)) for s in (0.001, 0.01, 0.1, 1.0)]
+    sizes = [len(encode_record(g, method, step=s)) for s in (0.001, 0.01, 0.1, 1.0)]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > 2 * sizes[-1]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 1), (3, 5, 7), (2, 2, 17, 9, 33), (16, 16, 16)])
+def test_interp_covers_every_point_once_and_decodes_exactly(shape):
+    x = np.random.default_rng(3).normal(size=shape)
+    codes, rec = interp_encode(x, 0.1)
+    assert codes.size == x.size
+    assert np.abs(rec - x).max() <= 0.05 + 1e-12
+    np.testing.assert_array_equal(interp_decode(codes, shape, 0.1), rec)
+    with pytest.raises(ValueError):
+        interp_decode(codes[1:], shape, 0.1)
 
 
 @pytest.mark.parametrize("coder", [CODER_RAW, CODER_ZSTD, CODER_RANS])
@@ -122,6 +137,12 @@ def test_damaged_records_are_format_errors():
         payload[:1] + b"\x03\x00" + struct.pack("<f", float("nan")) + payload[7:],  # bad step
     ]
     for b in bad:
+        with pytest.raises(NeurvolFormatError):
+            decode_payload(b, specs)
+    # interp: masked, or a step so large that values overflow float32
+    ipay = encode_records(arrays, {"grid": TensorPlan("interp", step=0.01), "w": plans["w"]})
+    for b in (ipay[:1] + b"\x04\x01" + ipay[3:],
+              ipay[:1] + b"\x04\x00" + struct.pack("<f", 3e38) + ipay[7:]):
         with pytest.raises(NeurvolFormatError):
             decode_payload(b, specs)
     with pytest.raises(NeurvolFormatError):               # lorenzo needs 3 axes

@@ -81,13 +81,20 @@ def _records_v2(payload: bytes, shapes):
             pos += k * np.dtype(dt).itemsize
             idx, pos = _stream(payload, pos, m)
             vals = book[idx]
-        else:
+        elif method == 3:
             (step,) = struct.unpack_from("<f", payload, pos)
             pos += 4
             z, pos = _stream(payload, pos, n)
             r = ((z >> 1) ^ -(z & 1)).reshape(shape)
             q = np.cumsum(np.cumsum(np.cumsum(r, axis=-1), axis=-2), axis=-3)
             vals = (q.astype(np.float64) * step).astype(np.float32).reshape(-1)
+        else:
+            assert method == 4
+            (step,) = struct.unpack_from("<f", payload, pos)
+            pos += 4
+            z, pos = _stream(payload, pos, n)
+            r = (z >> 1) ^ -(z & 1)
+            vals = _interp_per_spec(r, tuple(shape), float(step)).astype(np.float32).reshape(-1)
         if keep is not None:
             full = np.zeros(n, np.float32)
             full[keep] = vals
@@ -95,6 +102,52 @@ def _records_v2(payload: bytes, shapes):
         out.append(vals)
     assert pos == len(payload)
     return out
+
+
+def _interp_per_spec(r, shape, step):
+    """spec/payload.md §2.2 interp, point by point (slow, independent of neurvol)."""
+    x = np.zeros(shape, np.float64)
+    lead, dims = shape[:-3], shape[-3:]
+    it = iter(r.tolist())
+    passes = [[(0, 0, 0)]]
+    preds = [None]
+    S = 1
+    while S < max(dims):
+        S *= 2
+    h = S // 2
+    while h >= 1:
+        for a in range(3):
+            if h >= dims[a]:
+                continue
+            pts = [idx for idx in np.ndindex(*dims)
+                   if idx[a] % (2 * h) == h
+                   and all(idx[b] % h == 0 for b in range(a))
+                   and all(idx[b] % (2 * h) == 0 for b in range(a + 1, 3))]
+            passes.append(pts)
+            preds.append((a, h))
+        h //= 2
+    for pts, how in zip(passes, preds):
+        for head in np.ndindex(*lead):
+            for idx in pts:
+                if how is None:
+                    pred = 0.0
+                else:
+                    a, h = how
+                    p, n_a = idx[a], dims[a]
+
+                    def v(i):
+                        j = list(idx)
+                        j[a] = i
+                        return x[head + tuple(j)]
+                    if p - 3 * h >= 0 and p + 3 * h < n_a:
+                        pred = (9.0 * (v(p - h) + v(p + h)) - (v(p - 3 * h) + v(p + 3 * h))) / 16.0
+                    elif p + h < n_a:
+                        pred = (v(p - h) + v(p + h)) / 2.0
+                    else:
+                        pred = v(p - h)
+                x[head + idx] = pred + float(next(it)) * step
+    assert next(it, None) is None
+    return x
 
 
 def _records(payload: bytes, sizes, shapes=None):
@@ -177,21 +230,40 @@ def fvsrn_pruned_nv(small_volume):
                           codec={"prune": 0.3})
 
 
+@pytest.fixture(scope="module")
+def fvsrn_lorenzo_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, steps=60, arch="fvsrn", quiet=True,
+                          codec={"grids": "lorenzo"})
+
+
+@pytest.fixture(scope="module")
+def fvsrn_interp_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, steps=60, arch="fvsrn", quiet=True,
+                          codec={"grids": "interp"})
+
+
 def _golden_fvsrn():
     import os
     return neurvol.open(os.path.join(os.path.dirname(__file__), "golden", "fvsrn_v1.0.nvol"))
 
 
-@pytest.mark.parametrize("which", ["default", "pruned", "golden_v1"])
+@pytest.mark.parametrize("which", ["default", "pruned", "lorenzo", "interp", "golden_v1"])
 def test_independent_decoder_matches_reference(which, request):
     small_nv = {"default": lambda: request.getfixturevalue("fvsrn_nv"),
                 "pruned": lambda: request.getfixturevalue("fvsrn_pruned_nv"),
+                "lorenzo": lambda: request.getfixturevalue("fvsrn_lorenzo_nv"),
+                "interp": lambda: request.getfixturevalue("fvsrn_interp_nv"),
                 "golden_v1": _golden_fvsrn}[which]()
     header, payloads = _parse_container(small_nv.to_bytes())
     cfg = header["model"]["config"]
     assert header["model"]["arch"] == "fvsrn"
     assert payloads[0][0] == (1 if which == "golden_v1" else 2)
     tensors = _records(payloads[0], _fvsrn_sizes(cfg), _fvsrn_shapes(cfg))
+    if which in ("lorenzo", "interp"):
+        assert header["codec"]["pipeline"].count(which) == 1
+        # the grid decodes bit for bit as the reference decodes it
+        grid = small_nv._brick_model(0).state_dict()["grid"].numpy().reshape(-1)
+        np.testing.assert_array_equal(tensors[0], grid)
     vol = header["volume"]
     rng = np.random.default_rng(0)
     pts = rng.uniform(-1, 1, size=(2000, 3))

@@ -26,7 +26,7 @@ import zstandard
 from ..errors import NeurvolFormatError
 from .bitpack import pack_bits, unpack_bits
 from .kmeans import kmeans_quantize, nearest_centroid
-from .records import RecordStats, decode_record, encode_record
+from .records import GRID_METHODS, RecordStats, decode_record, encode_record
 
 KIND_CONSTANT = 0x00
 KIND_TENSORS = 0x01
@@ -52,8 +52,8 @@ TensorSpec = Tuple[str, Tuple[int, ...]]
 @dataclasses.dataclass(frozen=True)
 class TensorPlan:
     """How to store one tensor: ``raw32``, ``raw16``, ``kmeans`` with ``k`` centroids, or
-    ``lorenzo`` (uniform quantization with ``step`` + 3-D Lorenzo prediction, for feature
-    grids). ``masked``: zeros (pruned weights) are stored as an entropy-coded bit mask."""
+    for feature grids ``lorenzo`` (uniform quantization with ``step`` + 3-D Lorenzo
+    prediction) or ``interp`` (multilevel interpolation prediction, error <= ``step / 2``). ``masked``: zeros (pruned weights) are stored as an entropy-coded bit mask."""
 
     method: str
     k: int = 0
@@ -61,12 +61,12 @@ class TensorPlan:
     masked: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in ("raw32", "raw16", "kmeans", "lorenzo"):
+        if self.method not in ("raw32", "raw16", "kmeans") + GRID_METHODS:
             raise ValueError(f"unknown method {self.method!r}")
         if self.method == "kmeans" and not 1 <= self.k <= MAX_CENTROIDS:
             raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
-        if self.method == "lorenzo" and not (math.isfinite(self.step) and self.step > 0):
-            raise ValueError("lorenzo needs a finite step > 0")
+        if self.method in GRID_METHODS and not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"{self.method} needs a finite step > 0")
 
 
 def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
@@ -98,8 +98,8 @@ def encode_tensors(
 ) -> bytes:
     """Version-1 (kind 1) payload: every record in one zstd frame. Kept to write golden
     files and to compare against; new files use :func:`encode_records`."""
-    if any(p.method == "lorenzo" or p.masked for p in plans.values()):
-        raise ValueError("codec version 1 has no lorenzo or masked records")
+    if any(p.method in GRID_METHODS or p.masked for p in plans.values()):
+        raise ValueError("codec version 1 has no grid or masked records")
     records = [_encode_record(np.asarray(a, dtype=np.float32), plans[name], seed) for name, a in arrays]
     frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compress(b"".join(records))
     return bytes([KIND_TENSORS]) + frame

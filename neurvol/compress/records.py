@@ -12,6 +12,9 @@ values cover only the kept elements, in C order (the others are 0); then the bod
 * ``3`` lorenzo: ``f32 step``, one stream of zigzagged 3-D Lorenzo residuals of
   ``q = round(value / step)`` over the tensor's last three axes (:mod:`.lorenzo`); the
   value is ``q * step``. Never masked.
+* ``4`` interp: ``f32 step``, one stream of zigzagged codes of the multilevel
+  interpolation predictor over the tensor's last three axes (:mod:`.interp`); every value
+  is within ``step / 2``. Never masked.
 
 Streams are :mod:`.streams`. ``spec/payload.md`` §2.2 is the normative text.
 """
@@ -26,6 +29,7 @@ import numpy as np
 
 from ..errors import NeurvolFormatError
 from .bitpack import pack_bits, unpack_bits
+from .interp import MAX_CODE, interp_decode, interp_encode
 from .kmeans import kmeans_quantize, nearest_centroid
 from .lorenzo import lorenzo_reconstruct, lorenzo_residuals, unzigzag, zigzag
 from .streams import CODER_NAMES, decode_stream
@@ -33,7 +37,9 @@ from .streams import encode_stream as _encode_stream
 
 CODER_IDS = {v: k for k, v in CODER_NAMES.items()}
 
-METHODS = {"raw32": 0, "raw16": 1, "kmeans": 2, "lorenzo": 3}
+METHODS = {"raw32": 0, "raw16": 1, "kmeans": 2, "lorenzo": 3, "interp": 4}
+#: Methods for dense grids: a step and one stream of zigzagged codes.
+GRID_METHODS = ("lorenzo", "interp")
 METHOD_NAMES = {v: k for k, v in METHODS.items()}
 FLAG_MASK = 1
 MAX_CENTROIDS = 65536
@@ -74,15 +80,14 @@ def encode_record(arr: np.ndarray, method: str, *, k: int = 0, step: float = 0.0
 
     arr = np.asarray(arr, dtype=np.float32)
     flat = arr.reshape(-1)
-    if method == "lorenzo":
+    if method in GRID_METHODS:
         if masked:
-            raise ValueError("lorenzo records cannot be masked")
+            raise ValueError(f"{method} records cannot be masked")
         if not (math.isfinite(step) and step > 0) or arr.ndim < 3:
-            raise ValueError("lorenzo needs a finite step > 0 and a tensor with >= 3 axes")
+            raise ValueError(f"{method} needs a finite step > 0 and a tensor with >= 3 axes")
         step = float(np.float32(step))
-        q = np.round(arr.astype(np.float64) / step).astype(np.int64)
-        return (bytes([METHODS["lorenzo"], 0]) + struct.pack("<f", step)
-                + encode_stream(zigzag(lorenzo_residuals(q))))
+        return (bytes([METHODS[method], 0]) + struct.pack("<f", step)
+                + encode_stream(zigzag(grid_codes(arr, method, step)[0])))
     flags = 0
     mask = b""
     if masked:
@@ -121,8 +126,8 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
     keep = None
     mask_bytes = 0
     if flags & FLAG_MASK:
-        if mname == "lorenzo":
-            raise NeurvolFormatError(f"tensor {name!r}: a lorenzo record cannot be masked")
+        if mname in GRID_METHODS:
+            raise NeurvolFormatError(f"tensor {name!r}: a {mname} record cannot be masked")
         packed, _ = decode_stream(counter, (n + 7) // 8, f"{name} mask", max_symbol=255)
         keep = unpack_bits(packed.astype(np.uint8).tobytes(), 1, n).astype(bool)
         mask_bytes = counter.count - 2
@@ -145,14 +150,19 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         values = book[idx.astype(np.int64)].astype(np.float32)
     else:
         if len(shape) < 3:
-            raise NeurvolFormatError(f"tensor {name!r}: lorenzo needs >= 3 axes, shape {tuple(shape)}")
+            raise NeurvolFormatError(f"tensor {name!r}: {mname} needs >= 3 axes, shape {tuple(shape)}")
         (step,) = struct.unpack("<f", counter(4, name))
         if not (math.isfinite(step) and step > 0):
-            raise NeurvolFormatError(f"tensor {name!r}: invalid lorenzo step {step}")
+            raise NeurvolFormatError(f"tensor {name!r}: invalid {mname} step {step}")
         z, coder = decode_stream(counter, n, name, max_symbol=(1 << 32) - 1)
-        # |residual| < 2^31 and n <= 2^28, so the cumulative sums stay far inside int64.
-        q = lorenzo_reconstruct(unzigzag(z).reshape(tuple(shape)))
-        values = (q.astype(np.float64) * step).astype(np.float32).reshape(-1)
+        codes = unzigzag(z)
+        if mname == "lorenzo":
+            # |residual| < 2^31 and n <= 2^28, so the cumulative sums stay far inside int64.
+            rec = lorenzo_reconstruct(codes.reshape(tuple(shape))).astype(np.float64) * step
+        else:
+            rec = interp_decode(codes, tuple(shape), step)
+        with np.errstate(over="ignore", invalid="ignore"):  # rejected below as non-finite
+            values = rec.astype(np.float32).reshape(-1)
     if keep is not None:
         full = np.zeros(n, np.float32)
         full[keep] = values
@@ -161,6 +171,22 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         raise NeurvolFormatError(f"tensor {name!r} holds non-finite values")
     stats = RecordStats(name, mname, coder, counter.count, book_bytes, mask_bytes)
     return values.reshape(tuple(shape)), stats
+
+
+def grid_codes(arr: np.ndarray, method: str, step: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(codes, stored values as float32) of a grid record of ``arr`` at ``step`` (a float32
+    value): what the record's stream holds before zigzag, and what a decoder returns."""
+    x = np.asarray(arr, dtype=np.float64)
+    if method == "lorenzo":
+        q = np.round(x / step)
+        if q.size and float(np.abs(q).max()) > MAX_CODE // 8:
+            raise ValueError(f"step {step:g} is too small for values of this range")
+        q = q.astype(np.int64)
+        return lorenzo_residuals(q).reshape(-1), (q.astype(np.float64) * step).astype(np.float32)
+    if method == "interp":
+        codes, rec = interp_encode(x, step)
+        return codes, rec.astype(np.float32)
+    raise ValueError(f"{method!r} is not a grid method")
 
 
 class _Counter:

@@ -9,6 +9,7 @@ fixed for the job's duration, and model initialisation uses a private RNG state.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import math
@@ -240,13 +241,22 @@ def _fit_quantized(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
                      trainable=trainable, batch=settings.batch, seed=seed, device=device)
             model.cpu()
 
-    packed = compress_model(model, len, job.budget, job.k0, codec, finetune=tune)
+    specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
+
+    def stored_sse(payload: bytes) -> float:
+        """Core squared error of the model a payload stores."""
+        stored = copy.deepcopy(model)
+        decoded = decode_payload(payload, specs)
+        stored.load_state_dict({n: torch.from_numpy(decoded[n]) for n, _ in specs})
+        return _core_error(stored, target, job.core)[0]
+
+    packed = compress_model(model, len, job.budget, job.k0, codec, finetune=tune,
+                            score=stored_sse)
     if packed.size > job.budget:
         raise NeurvolBudgetError(
             f"brick {job.brick}: its {arch_name} model needs {packed.size} bytes even at the "
             f"coarsest quantization, but its share of the budget is {job.budget}; use a "
             "smaller ratio or fewer, larger bricks")
-    specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
     decoded = decode_payload(packed.payload, specs)
     model.load_state_dict({n: torch.from_numpy(decoded[n]) for n, _ in specs})
     sse, voxels = _core_error(model, target, job.core)

@@ -5,6 +5,9 @@ they pin what old files decode to.
     python tests/golden/make_golden.py 1.0
     python tests/golden/make_golden.py 1.1     # bricked ensemble (format 1.1)
     python tests/golden/make_golden.py codec2  # codec "neurvol" version 2 (payload kind 2)
+    python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
+
+Never re-run a mode whose files exist: golden files pin what old writers wrote.
 """
 import os
 import sys
@@ -23,11 +26,19 @@ if version == "1.1":
     nv.save(os.path.join(here, "bricked_v1.1.nvol"))
     np.save(os.path.join(here, "bricked_v1.1.expected.npy"), nv.decode(dtype=np.float32))
     sys.exit(0)
+if version == "codec2-interp":
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48])
+    nv = neurvol.encode(crop, steps=30, seed=0, quiet=True, arch="amgsrn", ratio=8,
+                        codec={"grids": "interp"})
+    path = os.path.join(here, "codec2_interp.nvol")
+    nv.save(path)
+    np.save(path.replace(".nvol", ".expected.npy"), nv.decode(dtype=np.float32))
+    sys.exit(0)
 if version == "codec2":
     # Payload kind 2: Lorenzo grids + fine-tuning (amgsrn), masked k-means (pruned fvsrn),
     # and every stream forced through rANS (or raw where rANS cannot code it).
     crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48])
-    cases = {"amgsrn": dict(arch="amgsrn", ratio=8),
+    cases = {"amgsrn": dict(arch="amgsrn", codec={"grids": "lorenzo"}, ratio=8),
              "pruned": dict(arch="fvsrn", codec={"prune": 0.3}, ratio=8),
              "rans": dict(arch="fvsrn", codec={"coders": ["raw", "rans"]}, ratio=3)}
     for name, kw in cases.items():
