@@ -69,8 +69,10 @@ PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "ablation": [
         ("plain", PLAIN),
         ("kmeans+rans", {"codec": {"grids": "kmeans", "finetune": 0}}),
-        ("lorenzo", {"codec": {"finetune": 0}}),
-        ("lorenzo+finetune", {}),
+        ("lorenzo", {"codec": {"grids": "lorenzo", "finetune": 0}}),
+        ("lorenzo+finetune", {"codec": {"grids": "lorenzo"}}),
+        ("interp", {"codec": {"finetune": 0}}),
+        ("interp+finetune", {}),
         ("+prune30", {"codec": {"prune": 0.3}}),
         ("bits4", {"bits": 4}),
         ("bits9", {"bits": 9}),
