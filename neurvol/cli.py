@@ -667,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "PSNR reaches DB (a search of a few encodes, starting at --ratio)")
     g.add_argument("--prune", type=_fraction, default=None, metavar="F",
                    help="prune this fraction of the network weights (stored as bit masks)")
-    g.add_argument("--grid-coding", choices=("interp", "lorenzo", "kmeans"), default=None,
+    g.add_argument("--grid-coding", choices=("interp", "lorenzo", "vq", "kmeans"), default=None,
                    help="feature grid coding (default: interp)")
     g.add_argument("--finetune", type=_fraction, default=None, metavar="F",
                    help="quantization-aware fine-tuning steps as a fraction of --steps "

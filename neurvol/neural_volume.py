@@ -442,8 +442,9 @@ class NeuralVolume:
                 out["codebooks"] += st.codebook
                 out["masks"] += st.mask
                 t = out["tensors"].setdefault(st.name, {"method": st.method, "coder": st.coder,
-                                                        "bytes": 0})
+                                                        "bytes": 0, "codebook": 0})
                 t["bytes"] += st.total
+                t["codebook"] += st.codebook
         return out
 
     def _brick_spec(self, b: int) -> Dict[str, Any]:

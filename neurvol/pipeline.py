@@ -18,6 +18,7 @@ bricks of an ensemble.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -26,38 +27,45 @@ import numpy as np
 import torch
 
 from .compress import TensorPlan, default_plan
+from .compress.kmeans import kmeans_quantize
 from .compress.payload import KIND_RECORDS
-from .compress.records import GRID_METHODS, encode_record, grid_codes
+from .compress.records import GRID_METHODS, MAX_CENTROIDS, encode_record, grid_codes, vq_values
 from .models import VolumeModel
 
 #: Most k-means levels tried when the budget leaves room.
 MAX_LEVELS = 1024
+#: Ways to code dense feature grids (CodecSettings.grids).
+GRID_CODINGS = GRID_METHODS + ("vq", "kmeans")
 
 
 @dataclasses.dataclass(frozen=True)
 class CodecSettings:
     """How weights become bytes (``encode(codec={...})`` overrides fields).
 
-    grids: how dense feature grids are coded: ``"interp"`` (default), ``"lorenzo"`` or
+    grids: how dense feature grids are coded: ``"interp"`` (default), ``"lorenzo"``,
+    ``"vq"`` (vector quantization of each vertex's channel vector, VQRF-style) or
     ``"kmeans"``.
-    grid_bits: bits per grid value the size solver plans for under interp/lorenzo (fewer bits
-    per value: a larger model for the same bytes); measured in BENCHMARKS.md.
+    grid_bits: bits per grid value the size solver plans for under interp/lorenzo/vq (fewer
+    bits per value: a larger model for the same bytes); default (None) 4 for
+    interp/lorenzo (measured in BENCHMARKS.md) and 2 for vq (``log2(K) / channels``: a
+    codebook of 256 for fvsrn's 4 channels).
     finetune: quantization-aware fine-tuning steps as a fraction of the fit's steps.
     prune: fraction of each k-means tensor's weights set to zero (0: no pruning).
     coders: entropy coders tried per stream (the smallest wins).
     """
 
     grids: str = "interp"
-    grid_bits: float = 4.0
+    grid_bits: Optional[float] = None
     finetune: float = 0.1
     prune: float = 0.0
     coders: Tuple[str, ...] = ("raw", "zstd", "rans")
 
     def __post_init__(self) -> None:
-        if self.grids not in GRID_METHODS + ("kmeans",):
-            raise ValueError(f"grids must be one of {', '.join(GRID_METHODS + ('kmeans',))}, "
+        if self.grids not in GRID_CODINGS:
+            raise ValueError(f"grids must be one of {', '.join(GRID_CODINGS)}, "
                              f"got {self.grids!r}")
-        if not (isinstance(self.grid_bits, (int, float)) and 0.25 <= self.grid_bits <= 16):
+        if self.grid_bits is not None and not (
+                isinstance(self.grid_bits, (int, float)) and 0.25 <= self.grid_bits <= 16):
             raise ValueError("grid_bits must be a number in [0.25, 16]")
         if not (isinstance(self.finetune, (int, float)) and 0 <= self.finetune <= 1):
             raise ValueError("finetune must be a fraction in [0, 1]")
@@ -66,6 +74,13 @@ class CodecSettings:
         bad = set(self.coders) - {"raw", "zstd", "rans"}
         if not self.coders or bad:
             raise ValueError(f"coders must be a non-empty subset of raw, zstd, rans, got {self.coders!r}")
+
+    @property
+    def bits_per_grid_value(self) -> float:
+        """``grid_bits``, or its default for the grid coding."""
+        if self.grid_bits is not None:
+            return float(self.grid_bits)
+        return 2.0 if self.grids == "vq" else 4.0
 
     def pipeline(self, model: VolumeModel) -> List[str]:
         """The stages this codec applies to ``model`` (the header's ``codec.pipeline``)."""
@@ -82,25 +97,41 @@ class CodecSettings:
         return stages
 
     def grid_names(self, model: VolumeModel) -> Tuple[str, ...]:
-        if self.grids not in GRID_METHODS:
+        if self.grids == "kmeans":
             return ()
         sd = model.state_dict()
-        return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= 3)
+        rank = 4 if self.grids == "vq" else 3
+        return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= rank)
 
 
 def plans_for(model: VolumeModel, k: int, codec: CodecSettings,
               step: float = 0.0) -> Dict[str, TensorPlan]:
-    """Every tensor's plan: grids coded by ``codec.grids`` at ``step``, the rest k-means /
-    float16."""
+    """Every tensor's plan: grids coded by ``codec.grids`` at ``step`` (for vq: ``1 / K``,
+    see :func:`_grid_plan`), the rest k-means / float16."""
     grids = set(codec.grid_names(model))
     out = {}
     for name, t in model.state_dict().items():
         if name in grids:
-            out[name] = TensorPlan(codec.grids, step=step or 1.0)
+            out[name] = _grid_plan(codec, step or 1.0)
         else:
             p = default_plan(t.numel(), k, precise=name in model.precise_tensors)
             out[name] = dataclasses.replace(p, masked=codec.prune > 0 and p.method == "kmeans")
     return out
+
+
+def _grid_plan(codec: CodecSettings, step: float) -> TensorPlan:
+    """The grids' plan at ``step``. The step search serves vq too: there ``step`` stands
+    for ``1 / K`` (a smaller step, a larger codebook: finer and more bytes either way)."""
+    if codec.grids == "vq":
+        return TensorPlan("vq", k=int(min(MAX_CENTROIDS, max(2, round(1.0 / step)))))
+    return TensorPlan(codec.grids, step=step)
+
+
+def _stored_grid(codec: CodecSettings, arr: np.ndarray, step: float) -> np.ndarray:
+    """The float32 values a grid record of ``arr`` at ``step`` decodes to."""
+    if codec.grids == "vq":
+        return vq_values(arr, _grid_plan(codec, step).k)
+    return grid_codes(arr, codec.grids, step)[1]
 
 
 def estimate_payload(model: VolumeModel, bits: int, codec: CodecSettings) -> float:
@@ -110,7 +141,7 @@ def estimate_payload(model: VolumeModel, bits: int, codec: CodecSettings) -> flo
     for name, plan in plans_for(model, 2 ** bits, codec, step=1.0).items():
         n = model.state_dict()[name].numel()
         if name in grids:
-            total += n * codec.grid_bits / 8 + 16
+            total += n * codec.bits_per_grid_value / 8 + 16
         elif plan.method == "raw16":
             total += 2 * n
         else:
@@ -201,7 +232,8 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
     if finetune is not None and step is not None:
         plain = (cache, step, {n: t.detach().clone() for n, t in model.state_dict().items()})
         _set_grids(model, cache, codec, grids, step)
-        finetune(lambda name: name not in grids)
+        with _fake_quantized(model, plans_for(model, k, codec, step=step), cache.arrays):
+            finetune(lambda name: name not in grids)
         # Keep the stored grid records: the grids did not move.
         kept = {key: v for key, v in cache.cache.items() if key[0] in grids}
         cache = _RecordCache(_arrays(model), order, coders)
@@ -214,7 +246,7 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
             model.load_state_dict(plain[2])
         arrays = cache.arrays
     if step is None:
-        payload = cache.payload(plans_for(model, 2, codec, step=_max_step(arrays, grids)))
+        payload = cache.payload(plans_for(model, 2, codec, step=_max_step(arrays, grids, codec)))
         return Compressed(payload, 2, None, file_size(payload))
     payload = cache.payload(plans_for(model, k, codec, step=step))
     _set_grids(model, cache, codec, grids, step)
@@ -229,11 +261,15 @@ def _arrays(model: VolumeModel) -> Dict[str, np.ndarray]:
 def _rest_size(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k: int,
                grids: Tuple[str, ...], file_size: Callable[[bytes], int]) -> int:
     """File size with the grids at the coarsest step (about their smallest cost)."""
-    step = _max_step(cache.arrays, grids)
+    step = _max_step(cache.arrays, grids, codec)
     return file_size(cache.payload(plans_for(model, k, codec, step=step)))
 
 
-def _max_step(arrays: Mapping[str, np.ndarray], grids: Tuple[str, ...]) -> float:
+def _max_step(arrays: Mapping[str, np.ndarray], grids: Tuple[str, ...],
+              codec: CodecSettings) -> float:
+    """The coarsest step: every value 0 (interp, lorenzo), or 2 vectors (vq)."""
+    if codec.grids == "vq":
+        return 0.5
     peak = max(float(np.abs(arrays[g]).max()) for g in grids)
     return float(np.float32(max(peak, 1e-20) * 4))
 
@@ -245,7 +281,7 @@ def _grid_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k:
     def size(step: float) -> int:
         return file_size(cache.payload(plans_for(model, k, codec, step=float(np.float32(step)))))
 
-    hi = _max_step(cache.arrays, grids)
+    hi = _max_step(cache.arrays, grids, codec)
     # Bracket with the order-0 entropy of the residuals (cheap), then refine with real sizes.
     if start is None:
         start = _entropy_step(cache, model, codec, k, grids, file_size, budget, hi)
@@ -268,7 +304,8 @@ def _grid_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k:
         hi_ok = hi
     if lo_fail is None:
         return float(np.float32(hi_ok))
-    while hi_ok / lo_fail > 1.01:
+    # vq: codebook sizes 10 % apart are as good as equal, and each probe runs k-means.
+    while hi_ok / lo_fail > (1.1 if codec.grids == "vq" else 1.01):
         mid = math.sqrt(hi_ok * lo_fail)
         if size(mid) <= budget:
             hi_ok = mid
@@ -286,6 +323,11 @@ def _entropy_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings,
     def est(step: float) -> float:
         total = 0.0
         for g in grids:
+            if codec.grids == "vq":     # indices of log2(K) bits + a float16 codebook
+                shape = cache.arrays[g].shape
+                kk = _grid_plan(codec, step).k
+                total += math.prod(shape) / shape[-4] * math.log2(kk) / 8 + 2 * kk * shape[-4]
+                continue
             codes = grid_codes(cache.arrays[g], codec.grids, step)[0]
             counts = np.unique(codes, return_counts=True)[1]
             p = counts / codes.size
@@ -307,8 +349,52 @@ def _set_grids(model: VolumeModel, cache: _RecordCache, codec: CodecSettings,
     sd = model.state_dict()
     with torch.no_grad():
         for g in grids:
-            stored = grid_codes(cache.arrays[g], codec.grids, float(np.float32(step)))[1]
-            sd[g].copy_(torch.from_numpy(stored))
+            stored = _stored_grid(codec, cache.arrays[g], float(np.float32(step)))
+            sd[g].copy_(torch.from_numpy(np.ascontiguousarray(stored)))
+
+
+class _FakeQuant(torch.nn.Module):
+    """Parametrization: a weight as its nearest codebook value in the forward pass, the
+    gradient passed straight through to the float weight (straight-through estimator)."""
+
+    def __init__(self, codebook: np.ndarray):
+        super().__init__()
+        book = torch.from_numpy(np.sort(codebook).astype(np.float32))
+        self.register_buffer("book", book)
+        self.register_buffer("mids", (book[1:] + book[:-1]) * 0.5)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        q = self.book[torch.bucketize(w.detach(), self.mids)]
+        return w + (q - w).detach()
+
+
+@contextlib.contextmanager
+def _fake_quantized(model: VolumeModel, plans: Mapping[str, TensorPlan],
+                    arrays: Mapping[str, np.ndarray]):
+    """Within the block, every k-means tensor of ``model`` acts as its k-means-quantized
+    self (codebooks from ``arrays`` at the plan's k, held fixed), so fine-tuning optimises
+    the network as it will be stored; the float weights it trains are k-means-coded after."""
+    from torch.nn.utils import parametrize
+
+    done = []
+    for name, plan in plans.items():
+        if plan.method != "kmeans" or plan.masked or name not in dict(model.named_parameters()):
+            continue
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        names = list(module._parameters)
+        parametrize.register_parametrization(
+            module, attr, _FakeQuant(kmeans_quantize(arrays[name], plan.k)[0]))
+        done.append((module, attr, names))
+    try:
+        yield
+    finally:
+        for module, attr, names in reversed(done):
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            # Re-registering appends the parameter: restore the order, which is the order
+            # of the model's tensors in files.
+            params = module._parameters
+            module._parameters = type(params)((n, params[n]) for n in names)
 
 
 def _prune_in_place(model: VolumeModel, codec: CodecSettings, k0: int) -> Dict[str, torch.Tensor]:

@@ -138,6 +138,7 @@ def test_finetune_is_kept_only_when_it_lowers_the_stored_error():
     codec = CodecSettings()
     kept = compress_model(model, len, 4000, 64, codec, finetune=damage, score=distance)
     assert distance(kept.payload) < 1.0
+    assert list(model.state_dict()) == list(ref)      # tensor order (= file order) kept
     for n, t in model.state_dict().items():
         if n != "grid":             # restored, not damaged
             assert torch.equal(t, ref[n])
@@ -145,3 +146,45 @@ def test_finetune_is_kept_only_when_it_lowers_the_stored_error():
     model.load_state_dict(ref)
     blind = compress_model(model, len, 4000, 64, codec, finetune=damage)
     assert distance(blind.payload) > 10 * distance(kept.payload)
+
+
+@pytest.mark.parametrize("arch", ["amgsrn", "fvsrn"])
+def test_vq_grids_meet_budget_and_round_trip(small_volume, arch):
+    nv = neurvol.encode(small_volume, ratio=6, steps=20, arch=arch, quiet=True,
+                        codec={"grids": "vq"})
+    assert nv.nbytes_file <= small_volume.nbytes // 6
+    assert "vq" in nv.info()["codec"]["pipeline"]
+    grid = {"amgsrn": "grids", "fvsrn": "grid"}[arch]
+    t = nv.byte_breakdown()["tensors"][grid]
+    assert t["method"] == "vq" and t["codebook"] > 0
+    back = NeuralVolume(NvolReader(nv.to_bytes()))
+    pts = np.random.default_rng(1).uniform(0, np.array(small_volume.shape) - 1, size=(300, 3))
+    np.testing.assert_array_equal(back.query(pts), nv.query(pts))
+
+
+def test_finetune_sees_the_k_means_quantized_network():
+    """Quantization-aware fine-tuning: inside the stage, k-means tensors take at most k
+    values in the forward pass while gradients reach the float weights."""
+    import torch
+
+    from neurvol.models import get_architecture
+    from neurvol.pipeline import compress_model
+
+    a = get_architecture("fvsrn")
+    torch.manual_seed(0)
+    model = a.build(a.config_cls(grid=(6, 6, 6), channels=4, width=16, hidden_layers=2))
+    with torch.no_grad():
+        model.grid.normal_()
+    seen = {}
+
+    def look(trainable):
+        w = model.mlp[2].weight            # 16 x 16 hidden layer: a k-means tensor
+        # w + (q - w) is q up to float rounding
+        seen["levels"] = int(torch.unique(torch.round(w.detach(), decimals=5)).numel())
+        out = model(torch.rand(64, 3) * 2 - 1).sum()
+        out.backward()
+        p = dict(model.named_parameters())
+        seen["grad"] = [n for n, q in p.items() if "mlp.2" in n and q.grad is not None]
+
+    compress_model(model, len, 6000, 8, CodecSettings(), finetune=look)
+    assert 2 <= seen["levels"] <= 8 and seen["grad"]

@@ -7,7 +7,8 @@ import pytest
 from neurvol.compress import TensorPlan, decode_payload, encode_records, payload_stats
 from neurvol.compress.lorenzo import lorenzo_reconstruct, lorenzo_residuals, unzigzag, zigzag
 from neurvol.compress.interp import interp_decode, interp_encode
-from neurvol.compress.records import decode_record, encode_record, grid_codes
+from neurvol.compress.records import decode_record, encode_record, grid_codes, vq_values
+from neurvol.compress.vq import from_vectors, grid_vectors, vector_kmeans
 from neurvol.compress.streams import (CODER_RANS, CODER_RAW, CODER_ZSTD, decode_stream,
                                       encode_stream)
 from neurvol.errors import NeurvolFormatError
@@ -148,3 +149,49 @@ def test_damaged_records_are_format_errors():
     with pytest.raises(NeurvolFormatError):               # lorenzo needs 3 axes
         decode_payload(encode_records([("g", np.zeros((4, 4, 4), np.float32))],
                                       {"g": TensorPlan("lorenzo", step=1.0)}), [("g", (64,))])
+
+
+def test_vq_record_stores_codebook_rows_per_vertex():
+    rng = np.random.default_rng(8)
+    # 5 distinct channel vectors: a codebook of 8 holds them exactly
+    rows = rng.normal(size=(5, 3)).astype(np.float16).astype(np.float32)
+    g = from_vectors(rows[rng.integers(0, 5, 2 * 4 * 5 * 6)], (2, 3, 4, 5, 6))
+    assert g.shape == (2, 3, 4, 5, 6)
+    np.testing.assert_array_equal(from_vectors(grid_vectors(g), g.shape), g)
+    rec = encode_record(g, "vq", k=8)
+    out, st = decode_record(_take(rec), g.shape, "g")
+    np.testing.assert_array_equal(out, g)
+    assert st.method == "vq" and st.codebook == 5 + 2 * 5 * 3 and st.total == len(rec)
+    # lossy case: the decoder returns exactly what the encoder planned, and more vectors
+    # mean a smaller error
+    h = _smooth_grid(rng, (1, 4, 8, 9, 10))
+    errs = []
+    for k in (4, 32, 256):
+        out, _ = decode_record(_take(encode_record(h, "vq", k=k)), h.shape, "h")
+        np.testing.assert_array_equal(out, vq_values(h, k))
+        errs.append(float(np.mean((out - h) ** 2)))
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_vector_kmeans_is_deterministic_and_no_worse_than_its_start():
+    x = np.random.default_rng(9).normal(size=(3000, 4))
+    b1, i1 = vector_kmeans(x, 64, seed=1)
+    b2, i2 = vector_kmeans(x, 64, seed=1)
+    np.testing.assert_array_equal(b1, b2)
+    err = np.mean(((b1[i1] - x) ** 2).sum(1))
+    rand = np.mean(((x[:64][np.argmin(((x[:, None] - x[None, :64]) ** 2).sum(-1), 1)] - x) ** 2).sum(1))
+    assert err < 0.8 * rand
+
+
+def test_damaged_vq_records_are_format_errors():
+    g = _smooth_grid(np.random.default_rng(10), (1, 4, 5, 6, 7))
+    rec = encode_record(g, "vq", k=16)
+    bad = [rec[:-1], rec[:1] + b"\x01" + rec[2:],                  # truncated, masked
+           rec[:2] + b"\x07" + rec[3:],                             # unknown book kind
+           rec[:2] + struct.pack("<BI", 0, 0) + rec[7:]]            # k = 0
+    for b in bad:
+        with pytest.raises(NeurvolFormatError):
+            out, _ = decode_record(_take(b), g.shape, "g")
+            assert len(b) == len(rec)       # a shorter record must not decode
+    with pytest.raises(NeurvolFormatError):                     # vq needs 4 axes
+        decode_record(_take(rec), (4, 5, 42), "g")

@@ -88,6 +88,21 @@ def _records_v2(payload: bytes, shapes):
             r = ((z >> 1) ^ -(z & 1)).reshape(shape)
             q = np.cumsum(np.cumsum(np.cumsum(r, axis=-1), axis=-2), axis=-3)
             vals = (q.astype(np.float64) * step).astype(np.float32).reshape(-1)
+        elif method == 5:
+            kind, k = struct.unpack_from("<BI", payload, pos)
+            pos += 5
+            dt = "<f2" if kind == 0 else "<f4"
+            c = shape[-4]
+            book = np.frombuffer(payload, dt, k * c, pos).astype(np.float32).reshape(k, c)
+            pos += k * c * np.dtype(dt).itemsize
+            idx, pos = _stream(payload, pos, n // c)
+            vertex = tuple(shape[:-4]) + tuple(shape[-3:])
+            vals = np.empty(shape, np.float32)
+            for flat, i in enumerate(idx.tolist()):
+                at = np.unravel_index(flat, vertex)
+                for ch in range(c):
+                    vals[tuple(at[:-3]) + (ch,) + tuple(at[-3:])] = book[i, ch]
+            vals = vals.reshape(-1)
         else:
             assert method == 4
             (step,) = struct.unpack_from("<f", payload, pos)
@@ -242,24 +257,31 @@ def fvsrn_interp_nv(small_volume):
                           codec={"grids": "interp"})
 
 
+@pytest.fixture(scope="module")
+def fvsrn_vq_nv(small_volume):
+    return neurvol.encode(small_volume, ratio=5, steps=60, arch="fvsrn", quiet=True,
+                          codec={"grids": "vq"})
+
+
 def _golden_fvsrn():
     import os
     return neurvol.open(os.path.join(os.path.dirname(__file__), "golden", "fvsrn_v1.0.nvol"))
 
 
-@pytest.mark.parametrize("which", ["default", "pruned", "lorenzo", "interp", "golden_v1"])
+@pytest.mark.parametrize("which", ["default", "pruned", "lorenzo", "interp", "vq", "golden_v1"])
 def test_independent_decoder_matches_reference(which, request):
     small_nv = {"default": lambda: request.getfixturevalue("fvsrn_nv"),
                 "pruned": lambda: request.getfixturevalue("fvsrn_pruned_nv"),
                 "lorenzo": lambda: request.getfixturevalue("fvsrn_lorenzo_nv"),
                 "interp": lambda: request.getfixturevalue("fvsrn_interp_nv"),
+                "vq": lambda: request.getfixturevalue("fvsrn_vq_nv"),
                 "golden_v1": _golden_fvsrn}[which]()
     header, payloads = _parse_container(small_nv.to_bytes())
     cfg = header["model"]["config"]
     assert header["model"]["arch"] == "fvsrn"
     assert payloads[0][0] == (1 if which == "golden_v1" else 2)
     tensors = _records(payloads[0], _fvsrn_sizes(cfg), _fvsrn_shapes(cfg))
-    if which in ("lorenzo", "interp"):
+    if which in ("lorenzo", "interp", "vq"):
         assert header["codec"]["pipeline"].count(which) == 1
         # the grid decodes bit for bit as the reference decodes it
         grid = small_nv._brick_model(0).state_dict()["grid"].numpy().reshape(-1)

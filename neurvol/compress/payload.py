@@ -53,7 +53,8 @@ TensorSpec = Tuple[str, Tuple[int, ...]]
 class TensorPlan:
     """How to store one tensor: ``raw32``, ``raw16``, ``kmeans`` with ``k`` centroids, or
     for feature grids ``lorenzo`` (uniform quantization with ``step`` + 3-D Lorenzo
-    prediction) or ``interp`` (multilevel interpolation prediction, error <= ``step / 2``). ``masked``: zeros (pruned weights) are stored as an entropy-coded bit mask."""
+    prediction), ``interp`` (multilevel interpolation prediction, error <= ``step / 2``) or
+    ``vq`` (each vertex's channel vector -> one of ``k`` codebook vectors). ``masked``: zeros (pruned weights) are stored as an entropy-coded bit mask."""
 
     method: str
     k: int = 0
@@ -61,9 +62,9 @@ class TensorPlan:
     masked: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in ("raw32", "raw16", "kmeans") + GRID_METHODS:
+        if self.method not in ("raw32", "raw16", "kmeans", "vq") + GRID_METHODS:
             raise ValueError(f"unknown method {self.method!r}")
-        if self.method == "kmeans" and not 1 <= self.k <= MAX_CENTROIDS:
+        if self.method in ("kmeans", "vq") and not 1 <= self.k <= MAX_CENTROIDS:
             raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
         if self.method in GRID_METHODS and not (math.isfinite(self.step) and self.step > 0):
             raise ValueError(f"{self.method} needs a finite step > 0")
@@ -98,7 +99,7 @@ def encode_tensors(
 ) -> bytes:
     """Version-1 (kind 1) payload: every record in one zstd frame. Kept to write golden
     files and to compare against; new files use :func:`encode_records`."""
-    if any(p.method in GRID_METHODS or p.masked for p in plans.values()):
+    if any(p.method in GRID_METHODS + ("vq",) or p.masked for p in plans.values()):
         raise ValueError("codec version 1 has no grid or masked records")
     records = [_encode_record(np.asarray(a, dtype=np.float32), plans[name], seed) for name, a in arrays]
     frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compress(b"".join(records))

@@ -15,12 +15,17 @@ values cover only the kept elements, in C order (the others are 0); then the bod
 * ``4`` interp: ``f32 step``, one stream of zigzagged codes of the multilevel
   interpolation predictor over the tensor's last three axes (:mod:`.interp`); every value
   is within ``step / 2``. Never masked.
+* ``5`` vq: the tensor is ``(..., C, D, H, W)``; ``u8 book_kind`` (0 binary16, 1 float32),
+  ``u32 k``, the ``k x C`` codebook (row-major), one stream of ``n / C`` indices ``< k``,
+  one per vertex in C order of the positions without the channel axis; a vertex's ``C``
+  values are its codebook row (:mod:`.vq`). Never masked.
 
 Streams are :mod:`.streams`. ``spec/payload.md`` §2.2 is the normative text.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import struct
 from typing import Callable, Sequence, Tuple
@@ -32,12 +37,13 @@ from .bitpack import pack_bits, unpack_bits
 from .interp import MAX_CODE, interp_decode, interp_encode
 from .kmeans import kmeans_quantize, nearest_centroid
 from .lorenzo import lorenzo_reconstruct, lorenzo_residuals, unzigzag, zigzag
+from .vq import from_vectors, grid_vectors, nearest_vector, vector_kmeans
 from .streams import CODER_NAMES, decode_stream
 from .streams import encode_stream as _encode_stream
 
 CODER_IDS = {v: k for k, v in CODER_NAMES.items()}
 
-METHODS = {"raw32": 0, "raw16": 1, "kmeans": 2, "lorenzo": 3, "interp": 4}
+METHODS = {"raw32": 0, "raw16": 1, "kmeans": 2, "lorenzo": 3, "interp": 4, "vq": 5}
 #: Methods for dense grids: a step and one stream of zigzagged codes.
 GRID_METHODS = ("lorenzo", "interp")
 METHOD_NAMES = {v: k for k, v in METHODS.items()}
@@ -88,6 +94,14 @@ def encode_record(arr: np.ndarray, method: str, *, k: int = 0, step: float = 0.0
         step = float(np.float32(step))
         return (bytes([METHODS[method], 0]) + struct.pack("<f", step)
                 + encode_stream(zigzag(grid_codes(arr, method, step)[0])))
+    if method == "vq":
+        if masked:
+            raise ValueError("vq records cannot be masked")
+        if not 1 <= k <= MAX_CENTROIDS:
+            raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
+        kind, book, idx = _vq_parts(arr, k)
+        return (bytes([METHODS["vq"], 0]) + struct.pack("<BI", kind, book.shape[0])
+                + book.tobytes() + encode_stream(idx))
     flags = 0
     mask = b""
     if masked:
@@ -126,7 +140,7 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
     keep = None
     mask_bytes = 0
     if flags & FLAG_MASK:
-        if mname in GRID_METHODS:
+        if mname in GRID_METHODS + ("vq",):
             raise NeurvolFormatError(f"tensor {name!r}: a {mname} record cannot be masked")
         packed, _ = decode_stream(counter, (n + 7) // 8, f"{name} mask", max_symbol=255)
         keep = unpack_bits(packed.astype(np.uint8).tobytes(), 1, n).astype(bool)
@@ -148,6 +162,20 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         book_bytes = 5 + width * k
         idx, coder = decode_stream(counter, m, name, max_symbol=k - 1)
         values = book[idx.astype(np.int64)].astype(np.float32)
+    elif mname == "vq":
+        if len(shape) < 4 or shape[-4] < 1:
+            raise NeurvolFormatError(f"tensor {name!r}: vq needs >= 4 axes, shape {tuple(shape)}")
+        c = int(shape[-4])
+        kind, k = struct.unpack("<BI", counter(5, name))
+        if kind not in (_BOOK_F16, _BOOK_F32) or not 1 <= k <= MAX_CENTROIDS:
+            raise NeurvolFormatError(f"tensor {name!r}: invalid vq header (kind {kind}, k {k})")
+        width = 2 if kind == _BOOK_F16 else 4
+        book = np.frombuffer(counter(width * k * c, name),
+                             dtype="<f2" if width == 2 else "<f4").reshape(k, c)
+        book_bytes = 5 + width * k * c
+        idx, coder = decode_stream(counter, n // c, name, max_symbol=k - 1)
+        values = from_vectors(book[idx.astype(np.int64)].astype(np.float32),
+                              tuple(shape)).reshape(-1)
     else:
         if len(shape) < 3:
             raise NeurvolFormatError(f"tensor {name!r}: {mname} needs >= 3 axes, shape {tuple(shape)}")
@@ -171,6 +199,35 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         raise NeurvolFormatError(f"tensor {name!r} holds non-finite values")
     stats = RecordStats(name, mname, coder, counter.count, book_bytes, mask_bytes)
     return values.reshape(tuple(shape)), stats
+
+
+_VQ_MEMO: "dict[tuple, Tuple[int, np.ndarray, np.ndarray]]" = {}
+
+
+def _vq_parts(arr: np.ndarray, k: int) -> Tuple[int, np.ndarray, np.ndarray]:
+    """(book kind, stored codebook, indices) of a vq record of ``arr`` with ``k`` vectors.
+    Memoised (a few entries): the encoder's search asks for the same record repeatedly."""
+    a = np.ascontiguousarray(arr, dtype=np.float32)
+    key = (hashlib.sha1(a.tobytes()).hexdigest(), a.shape, int(k))
+    if key not in _VQ_MEMO:
+        if len(_VQ_MEMO) >= 16:
+            _VQ_MEMO.pop(next(iter(_VQ_MEMO)))
+        _VQ_MEMO[key] = _vq_compute(a, k)
+    return _VQ_MEMO[key]
+
+
+def _vq_compute(arr: np.ndarray, k: int) -> Tuple[int, np.ndarray, np.ndarray]:
+    vectors = grid_vectors(arr)
+    codebook = vector_kmeans(vectors, k)[0]
+    kind = _BOOK_F16 if fits_f16(codebook) else _BOOK_F32
+    book = codebook.astype("<f2" if kind == _BOOK_F16 else "<f4")
+    return kind, book, nearest_vector(vectors, book.astype(np.float32))  # the stored book
+
+
+def vq_values(arr: np.ndarray, k: int) -> np.ndarray:
+    """The float32 values a vq record of ``arr`` with ``k`` vectors decodes to."""
+    _, book, idx = _vq_parts(arr, k)
+    return from_vectors(book[idx].astype(np.float32), tuple(np.shape(arr)))
 
 
 def grid_codes(arr: np.ndarray, method: str, step: float) -> Tuple[np.ndarray, np.ndarray]:
