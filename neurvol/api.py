@@ -101,7 +101,8 @@ def encode(
     the best measured one that fits the budget, see ``AUTO_ORDER``); ``arch_options`` are
     the named architecture's sizing options (e.g. ``grids=4`` for amgsrn,
     ``grad_lambda=0.1`` for neurcomp).
-    steps: optimisation steps (default 1500); bits: k-means bits for large tensors.
+    steps: optimisation steps (default: the architecture's, 2000 for amgsrn, 1500 for
+    the others); bits: k-means bits for large tensors.
     device: ``"cpu"``, ``"cuda"`` ... (default: CUDA when available).
     fit_settings: :class:`neurvol.fit.FitSettings` fields overriding the architecture's
     training defaults, e.g. neurcomp's published recipe:

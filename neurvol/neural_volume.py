@@ -23,6 +23,9 @@ from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, check_decode_dtyp
 
 # Points evaluated per forward pass: bounds memory (~100 bytes/point) and stays cache-friendly.
 QUERY_CHUNK = 1 << 17
+# Points per model call on the CPU: the per-point intermediates (e.g. amgsrn's M x N local
+# coordinates) then stay in the L2 cache; 2^15 was fastest of 2^13..2^17 (BENCHMARKS.md).
+MODEL_CHUNK = 1 << 15
 _BRICK_CACHE = 8
 # Bricked files: the LRU holds up to this many decoded brick models, so a slab decode that
 # crosses a row of bricks does not decode each of them again for every block.
@@ -316,14 +319,19 @@ class NeuralVolume:
         n_outside, first_outside = 0, None
         for s in range(0, n, QUERY_CHUNK):
             chunk = p[s:s + QUERY_CHUNK]
-            check_finite_points(chunk)
-            c = chunk.astype(np.float64)
-            norm = c * scale - 1.0 if space == "index" else c
-            outside = (np.abs(norm) > 1.0 + _SPACE_TOL).any(axis=1)
-            if outside.any():
-                if first_outside is None:
-                    first_outside = c[int(np.argmax(outside))].tolist()
-                n_outside += int(outside.sum())
+            norm = chunk.astype(np.float64)
+            if space == "index":
+                np.multiply(norm, scale, out=norm)
+                norm -= 1.0
+            # Fast path: two reductions prove every point finite and inside (NaN fails
+            # the comparison); only otherwise are the points checked one by one.
+            if not (chunk.size == 0 or max(norm.max(), -norm.min()) <= 1.0 + _SPACE_TOL):
+                check_finite_points(chunk)
+                outside = (np.abs(norm) > 1.0 + _SPACE_TOL).any(axis=1)
+                if outside.any():
+                    if first_outside is None:
+                        first_outside = chunk[int(np.argmax(outside))].astype(np.float64).tolist()
+                    n_outside += int(outside.sum())
             if n_outside and not clamp:
                 continue  # will raise; keep counting
             np.clip(norm, -1.0, 1.0, out=norm)
@@ -373,16 +381,20 @@ class NeuralVolume:
             return np.full(norm.shape[0], model, dtype=np.float32)
         scale = np.float32(self._hi - self._lo)
         res = np.empty(norm.shape[0], dtype=np.float32)
+        step = MODEL_CHUNK if self.device.type == "cpu" else QUERY_CHUNK
         with torch.inference_mode():
             for s in range(0, norm.shape[0], QUERY_CHUNK):
                 c = torch.from_numpy(norm[s:s + QUERY_CHUNK].astype(np.float32)).to(self.device)
-                res[s:s + QUERY_CHUNK] = model(c).float().cpu().numpy()
+                for a in range(0, c.shape[0], step):
+                    res[s + a:s + a + step] = model(c[a:a + step]).float().cpu().numpy()
         if not np.isfinite(res).all():
             # Only a damaged (or hostile) set of weights overflows float32.
             raise NeurvolFormatError(
                 f"the model of brick {b} produces non-finite values; the file is corrupted")
         # The original's values lie in [min, max]: clamping there can only reduce error.
-        return np.clip(res * scale + np.float32(self._lo), np.float32(self._lo), np.float32(self._hi))
+        res *= scale
+        res += np.float32(self._lo)
+        return np.clip(res, np.float32(self._lo), np.float32(self._hi), out=res)
 
     def _brick_model(self, b: int) -> Union[float, VolumeModel]:
         with self._lock:

@@ -37,7 +37,11 @@ def test_model_golden_decodes_as_recorded(path):
     with neurvol.open(path) as nv:
         assert nv.shape == expected.shape
         got = nv.decode(dtype=np.float32)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+        # The spec allows any float32-or-wider evaluation, so decoders may differ in
+        # rounding (e.g. amgsrn's atlas lookup, ~1e-5 of the range): 2e-5 of the data
+        # range is an error PSNR of ~94 dB; a real format change moves values by far more.
+        span = float(expected.max() - expected.min()) or 1.0
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * span)
         # re-writing an old file keeps its bytes
         with open(path, "rb") as f:
             assert nv.to_bytes() == f.read()

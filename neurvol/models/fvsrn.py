@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import NeurvolBudgetError
 from .base import Architecture, ModelConfig, VolumeModel, register
-from .mlp import make_mlp, mlp_param_count, to_grid_sample_coords
+from .mlp import run_mlp, make_mlp, mlp_param_count, to_grid_sample_coords
 
 MAX_GRID_SIDE = 4096
 MAX_WIDTH = 4096
@@ -92,6 +92,8 @@ class FVSRN(VolumeModel):
             padding_mode="border", align_corners=True,
         )
         feats = feats.reshape(self.config.channels, -1).t()
+        if not torch.is_grad_enabled():  # queries and decodes: ReLUs in place
+            return run_mlp(self.mlp, feats).squeeze(-1).add_(feats[:, 0])
         return self.mlp(feats).squeeze(-1) + feats[:, 0]
 
 
