@@ -38,8 +38,8 @@ from torch import nn
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from .base import Architecture, ModelConfig, VolumeModel, register
 from .fvsrn import proportional_grid
-from .mlp import make_mlp, mlp_param_count, run_mlp
-from .trilinear import sample_atlas, slice_atlas, trilinear_zeros
+from .mlp import make_mlp, mlp_param_count, run_mlp_columns
+from .trilinear import atlas_axes, sample_atlas, slice_atlas, trilinear_zeros
 
 MAX_GRIDS = 256
 MAX_GRID_SIDE = 4096
@@ -280,26 +280,30 @@ class AMGSRN(VolumeModel):
 
     def _evaluate(self, coords: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` without autograd (queries, decodes): the same math in fewer passes
-        over memory. One ``(N, 3) x (3, 3M)`` product gives every grid's local x and its
-        y, z in vertex units (the z,y,x -> x,y,z flip and the unit change folded into the
-        transforms), and the coverage is the trilinear sample of an all-ones channel with
-        zero padding, which is :meth:`coverage` by construction (the summed weight of the
-        in-range vertices), taken in the same lookup as the features."""
+        over memory. One ``(3M, 3) x (3, N)`` product gives every grid's lookup coordinates
+        (the z,y,x -> x,y,z flip and :func:`atlas_axes`'s maps folded into the transforms);
+        the coverage is the trilinear sample of an all-ones channel with zero padding, which
+        is :meth:`coverage` by construction (the summed weight of the in-range vertices),
+        taken in the same lookup as the features; and the MLP runs feature-major on the
+        lookup's output (the ones channels meet zero columns of the first weight)."""
         cfg = self.config
         m, c, n = cfg.grids, cfg.channels, coords.shape[0]
-        d, h, _ = cfg.grid
+        shape = (m, c + 1, *cfg.grid)
+        (ys, yo), (zs, zo) = atlas_axes(shape)
         t = self.transform_matrix().flip(1)                                # rows x, y, z
-        # y, z rows: u = (l + 1) (n - 1) / 2 in vertex units.
-        half = t.new_tensor([1.0, 0.5 * (h - 1), 0.5 * (d - 1)])[None, :, None]
-        t = t * half
-        t[:, 1:, 3] += half[0, 1:, 0]
-        xyz = torch.addmm(t[:, :, 3].reshape(-1), coords, t[:, :, :3].reshape(-1, 3).t())
-        xyz = xyz.view(n, m, 3).permute(2, 1, 0)                           # (3, M, N) views
-        out = sample_atlas(self._atlas(), (m, c + 1, d, h, cfg.grid[2]), xyz[0], xyz[1], xyz[2])
+        t = t * t.new_tensor([1.0, ys, zs])[None, :, None]
+        t[:, 1, 3] += yo
+        t[:, 2, 3] += zo
+        t = t.reshape(3 * m, 4)
+        xyz = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(m, 3, n)   # x, ya, uz rows
+        out = sample_atlas(self._atlas(), shape, xyz[:, 0], xyz[:, 1], xyz[:, 2])
         cover = out[:, c].sum(0).clamp_(min=COVERAGE_FLOOR)
         base = out[:, 0].sum(0).div_(cover)
-        feats = out[:, :c].reshape(m * c, n).t()
-        return run_mlp(self.mlp, feats).squeeze(-1).add_(base)
+        first = self.mlp[0].weight
+        wide = first.new_zeros(first.shape[0], m, c + 1)
+        wide[:, :, :c] = first.view(first.shape[0], m, c)
+        y = run_mlp_columns(self.mlp, out.view(m * (c + 1), n), wide.view(first.shape[0], -1))
+        return y[0].add_(base)
 
     def _atlas(self) -> torch.Tensor:
         """The grids plus an all-ones channel as a :func:`slice_atlas`, cached until the

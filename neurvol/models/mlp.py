@@ -1,6 +1,8 @@
 """Small decoder MLPs shared by the grid-based architectures."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -21,6 +23,24 @@ def run_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     layer): the evaluation path of queries and decodes. Same values as ``mlp(x)``."""
     for layer in mlp:
         x = x.relu_() if isinstance(layer, nn.ReLU) else layer(x)
+    return x
+
+
+def run_mlp_columns(mlp: nn.Sequential, x: torch.Tensor,
+                    first_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`run_mlp` on ``x (features, N)``, points along columns, -> ``(n_out, N)``.
+
+    Feature-major input is what a grid lookup produces, so no transpose copy is needed;
+    ``first_weight`` replaces the first layer's weight (e.g. widened with zero columns for
+    extra rows of ``x`` the MLP must ignore)."""
+    first = True
+    for layer in mlp:
+        if isinstance(layer, nn.ReLU):
+            x = x.relu_()
+            continue
+        weight = first_weight if first and first_weight is not None else layer.weight
+        x = torch.addmm(layer.bias[:, None], weight, x)
+        first = False
     return x
 
 

@@ -13,7 +13,7 @@ coordinates, like ``grid_sample``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,26 +36,41 @@ def trilinear_zeros(grids: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     align_corners=True).view(M, C, N)``.
     """
     _, _, d, h, _ = grids.shape
-    uy = (local[..., 1] + 1.0) * (0.5 * (h - 1))
-    uz = (local[..., 2] + 1.0) * (0.5 * (d - 1))
-    return sample_atlas(slice_atlas(grids), grids.shape, local[..., 0], uy, uz)
+    (ys, yo), (zs, zo) = atlas_axes(grids.shape)
+    ya = local[..., 1] * ys + yo
+    uz = local[..., 2] * zs + zo
+    return sample_atlas(slice_atlas(grids), grids.shape, local[..., 0], ya, uz)
+
+
+def atlas_axes(shape: Sequence[int]) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """``((ys, yo), (zs, zo))`` for grids of ``shape (M, C, D, H, W)``: a local y, z in
+    ``[-1, 1]`` maps to the atlas row coordinate of its point in slice 0, ``ya = y * ys +
+    yo`` (normalized over the atlas height), and to the z vertex index ``uz = z * zs +
+    zo``: the coordinates :func:`sample_atlas` takes (affine, so callers that compute
+    local coordinates by an affine map can fold these in)."""
+    _, _, d, h, _ = shape
+    rows = h + 1
+    scale = 2.0 / ((d + 1) * rows - 1)                 # atlas rows -> normalized y
+    # Slice 0 sits at atlas slot 1 (slot 0 is the zero slice before the grid).
+    half_h, half_d = 0.5 * (h - 1), 0.5 * (d - 1)
+    return (half_h * scale, (half_h + rows) * scale - 1.0), (half_d, half_d)
 
 
 def sample_atlas(atlas: torch.Tensor, shape: Sequence[int], x: torch.Tensor,
-                 uy: torch.Tensor, uz: torch.Tensor) -> torch.Tensor:
+                 ya: torch.Tensor, uz: torch.Tensor) -> torch.Tensor:
     """:func:`trilinear_zeros` on a prebuilt :func:`slice_atlas` of grids of ``shape``
-    ``(M, C, D, H, W)``, with x normalized and y, z in vertex-index units, each ``(M, N)``
-    (callers that compute coordinates by an affine map fold the unit change into it)."""
+    ``(M, C, D, H, W)``, at points given as ``(M, N)`` tensors: x normalized, ``ya`` and
+    ``uz`` as :func:`atlas_axes` defines them."""
     m, c, d, h, _ = shape
     n = x.shape[1]
     rows = h + 1
-    scale = 2.0 / ((d + 1) * rows - 1)                 # atlas rows -> normalized y
+    scale = 2.0 / ((d + 1) * rows - 1)
+    top = rows * scale - 1.0                           # ya of vertex row 0 of slice 0
     # Beyond one cell outside the grid a sample is 0; clamping y and z there keeps it 0
     # (the taps land on zero rows / slices) instead of reaching a neighbouring slice.
     uz = uz.clamp(-1.0, float(d))
     z0 = uz.detach().floor()
-    # Slice z0 sits at atlas slot z0 + 1 (slot 0 is the zero slice before the grid).
-    y = (uy.clamp(-1.0, float(h)) + (z0 + 1.0) * rows) * scale - 1.0
+    y = ya.clamp(top - scale, top + h * scale).add_(z0, alpha=rows * scale)
     pts = torch.stack([x, y], -1).unsqueeze(1)                  # (M, 1, N, 2)
     both = F.grid_sample(atlas, pts, mode="bilinear", padding_mode="zeros",
                          align_corners=True).view(m, 2 * c, n)
