@@ -73,6 +73,7 @@ PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
         ("lorenzo+finetune", {"codec": {"grids": "lorenzo"}}),
         ("interp", {"codec": {"finetune": 0}}),
         ("interp+finetune", {}),
+        ("vq", {"codec": {"grids": "vq"}}),
         ("+prune30", {"codec": {"prune": 0.3}}),
         ("bits4", {"bits": 4}),
         ("bits9", {"bits": 9}),
