@@ -47,7 +47,7 @@ CONSTANT_BRICK_PSNR = 50.0
 # Widest values the "fit" header entry can take; sizing uses it so the real entry fits.
 _FIT_PLACEHOLDER = {"steps": 0, "k": 65536, "psnr": -999.999}
 # Every stage a codec.pipeline can list, so sizing never underestimates the header.
-_WIDEST_PIPELINE = ["prune", "kmeans", "lorenzo", "finetune", "rans", "zstd"]
+_WIDEST_PIPELINE = ["prune", "kmeans", "lorenzo", "ema", "finetune", "rans", "zstd"]
 # Fine-tuning lr as a fraction of the fit's lr.
 FINETUNE_LR = 0.1
 

@@ -306,7 +306,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def _codec_options(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """The CodecSettings fields given on the command line (None: all defaults)."""
-    given = {"prune": args.prune, "grids": args.grid_coding, "finetune": args.finetune}
+    given = {"prune": args.prune, "grids": args.grid_coding, "finetune": args.finetune,
+             "vq_ema": args.vq_ema}
     given = {k: v for k, v in given.items() if v is not None}
     return given or None
 
@@ -669,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune this fraction of the network weights (stored as bit masks)")
     g.add_argument("--grid-coding", choices=("interp", "lorenzo", "vq", "kmeans"), default=None,
                    help="feature grid coding (default: interp)")
+    g.add_argument("--vq-ema", type=_fraction, default=None, metavar="DECAY",
+                   help="with --grid-coding vq: the codebook learns during fine-tuning "
+                        "(EMA with this decay, e.g. 0.9; needs neurvol[vq])")
     g.add_argument("--finetune", type=_fraction, default=None, metavar="F",
                    help="quantization-aware fine-tuning steps as a fraction of --steps "
                         "(0 turns it off)")

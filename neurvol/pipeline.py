@@ -29,7 +29,9 @@ import torch
 from .compress import TensorPlan, default_plan
 from .compress.kmeans import kmeans_quantize
 from .compress.payload import KIND_RECORDS
+from .errors import NeurvolInputError
 from .compress.records import GRID_METHODS, MAX_CENTROIDS, encode_record, grid_codes, vq_values
+from .compress.vq import grid_vectors, vector_kmeans
 from .models import VolumeModel
 
 #: Most k-means levels tried when the budget leaves room.
@@ -52,6 +54,10 @@ class CodecSettings:
     finetune: quantization-aware fine-tuning steps as a fraction of the fit's steps.
     prune: fraction of each k-means tensor's weights set to zero (0: no pruning).
     coders: entropy coders tried per stream (the smallest wins).
+    vq_ema: with ``grids="vq"`` and fine-tuning, the codebook learns during the fine-tune
+    (``vector-quantize-pytorch``, exponential moving averages with this decay, from the
+    k-means codebook) while the grid vectors train too; 0 (default) keeps the k-means
+    codebook and trains only the rest of the network against it.
     """
 
     grids: str = "interp"
@@ -59,6 +65,7 @@ class CodecSettings:
     finetune: float = 0.1
     prune: float = 0.0
     coders: Tuple[str, ...] = ("raw", "zstd", "rans")
+    vq_ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.grids not in GRID_CODINGS:
@@ -71,6 +78,8 @@ class CodecSettings:
             raise ValueError("finetune must be a fraction in [0, 1]")
         if not (isinstance(self.prune, (int, float)) and 0 <= self.prune < 1):
             raise ValueError("prune must be a fraction in [0, 1)")
+        if not (isinstance(self.vq_ema, (int, float)) and 0 <= self.vq_ema < 1):
+            raise ValueError("vq_ema must be a decay in [0, 1) (0: no learned codebook)")
         bad = set(self.coders) - {"raw", "zstd", "rans"}
         if not self.coders or bad:
             raise ValueError(f"coders must be a non-empty subset of raw, zstd, rans, got {self.coders!r}")
@@ -91,6 +100,8 @@ class CodecSettings:
         stages.append("kmeans")
         if grids:
             stages.append(self.grids)
+            if self.grids == "vq" and self.vq_ema > 0 and self.finetune > 0:
+                stages.append("ema")
         if self.finetune > 0 and (grids or self.prune > 0):
             stages.append("finetune")
         stages.extend(sorted(set(self.coders) - {"raw"}))
@@ -232,10 +243,16 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
     if finetune is not None and step is not None:
         plain = (cache, step, {n: t.detach().clone() for n, t in model.state_dict().items()})
         _set_grids(model, cache, codec, grids, step)
-        with _fake_quantized(model, plans_for(model, k, codec, step=step), cache.arrays):
+        learned = codec.grids == "vq" and codec.vq_ema > 0
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(
+                _fake_quantized(model, plans_for(model, k, codec, step=step), cache.arrays))
+            if learned:
+                stack.enter_context(_learned_codebooks(model, grids, _grid_plan(codec, step).k,
+                                                       codec.vq_ema))
             finetune(lambda name: name not in grids)
-        # Keep the stored grid records: the grids did not move.
-        kept = {key: v for key, v in cache.cache.items() if key[0] in grids}
+        # Keep the stored grid records unless the grids moved (a learned codebook).
+        kept = {key: v for key, v in cache.cache.items() if key[0] in grids and not learned}
         cache = _RecordCache(_arrays(model), order, coders)
         cache.cache.update(kept)
         step = _grid_step(cache, model, codec, k, grids, file_size, budget, start=step)
@@ -366,6 +383,65 @@ class _FakeQuant(torch.nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         q = self.book[torch.bucketize(w.detach(), self.mids)]
         return w + (q - w).detach()
+
+
+class _LearnedVQ(torch.nn.Module):
+    """Parametrization: a ``(..., C, D, H, W)`` grid as its vertices' nearest codebook
+    vectors, through a ``vector_quantize_pytorch.VectorQuantize`` whose codebook follows
+    exponential moving averages of the vectors assigned to it (VQ-VAE / VQRF); the gradient
+    passes straight through to the continuous grid."""
+
+    def __init__(self, vq: torch.nn.Module):
+        super().__init__()
+        self.vq = vq
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        moved = w.movedim(-4, -1)
+        q, _, _ = self.vq(moved.reshape(1, -1, moved.shape[-1]))
+        return q.reshape(moved.shape).movedim(-1, -4)
+
+
+@contextlib.contextmanager
+def _learned_codebooks(model: VolumeModel, grids: Tuple[str, ...], k: int, decay: float):
+    """Within the block the vq grids are quantized by codebooks that learn (EMA, decay
+    ``decay``), starting from the k-means codebook of the grids' current values, while the
+    grids' continuous vectors train too. On exit each grid holds its quantized values, one
+    of at most ``k`` vectors per vertex, which the vq record then stores exactly (k-means on
+    at most ``k`` distinct vectors returns them)."""
+    try:
+        from vector_quantize_pytorch import VectorQuantize
+    except ImportError as exc:  # pragma: no cover - exercised where the extra is missing
+        raise NeurvolInputError(
+            "codec={'vq_ema': ...} needs vector-quantize-pytorch: pip install 'neurvol[vq]' "
+            "(or vq_ema=0: the codebook stays the k-means one)") from exc
+    from torch.nn.utils import parametrize
+
+    done = []
+    for name in grids:
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        arr = getattr(module, attr).detach().cpu().numpy()
+        book, idx = vector_kmeans(grid_vectors(arr), k)
+        vq = VectorQuantize(dim=book.shape[1], codebook_size=book.shape[0], decay=decay,
+                            commitment_weight=0.0, kmeans_init=False)
+        counts = np.bincount(idx, minlength=book.shape[0]).astype(np.float32)
+        with torch.no_grad():
+            cb = vq._codebook
+            cb.embed.copy_(torch.from_numpy(book)[None])
+            cb.cluster_size.copy_(torch.from_numpy(counts)[None])
+            cb.embed_avg.copy_(torch.from_numpy(book * counts[:, None])[None])
+        names = list(module._parameters)
+        parametrize.register_parametrization(module, attr, _LearnedVQ(vq))
+        done.append((module, attr, names, vq))
+    try:
+        yield
+    finally:
+        for module, attr, names, vq in reversed(done):
+            vq.eval()     # the last evaluation assigns without another EMA update
+            with torch.no_grad():
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            params = module._parameters
+            module._parameters = type(params)((n, params[n]) for n in names)
 
 
 @contextlib.contextmanager

@@ -188,3 +188,52 @@ def test_finetune_sees_the_k_means_quantized_network():
 
     compress_model(model, len, 6000, 8, CodecSettings(), finetune=look)
     assert 2 <= seen["levels"] <= 8 and seen["grad"]
+
+
+def test_vq_learned_codebook_meets_budget_and_round_trips(small_volume):
+    pytest.importorskip("vector_quantize_pytorch")
+    nv = neurvol.encode(small_volume, ratio=6, steps=20, arch="fvsrn", quiet=True,
+                        codec={"grids": "vq", "vq_ema": 0.8})
+    assert nv.nbytes_file <= small_volume.nbytes // 6
+    assert nv.info()["codec"]["pipeline"][:4] == ["kmeans", "vq", "ema", "finetune"]
+    back = NeuralVolume(NvolReader(nv.to_bytes()))
+    pts = np.random.default_rng(2).uniform(0, np.array(small_volume.shape) - 1, size=(300, 3))
+    np.testing.assert_array_equal(back.query(pts), nv.query(pts))
+
+
+def test_learned_codebook_moves_and_leaves_at_most_k_vectors():
+    """Inside the stage the grid trains through an EMA codebook that starts at k-means and
+    follows the vectors; on exit the grid is quantized: at most k distinct vectors, which
+    the vq record stores (to its binary16 codebook's rounding)."""
+    pytest.importorskip("vector_quantize_pytorch")
+    import torch
+
+    from neurvol.compress.records import vq_values
+    from neurvol.compress.vq import grid_vectors, vector_kmeans
+    from neurvol.models import get_architecture
+    from neurvol.pipeline import _learned_codebooks
+
+    a = get_architecture("fvsrn")
+    torch.manual_seed(0)
+    model = a.build(a.config_cls(grid=(6, 6, 6), channels=4, width=16, hidden_layers=2))
+    with torch.no_grad():
+        model.grid.normal_()
+    k = 8
+    start_book = vector_kmeans(grid_vectors(model.grid.detach().numpy()), k)[0]
+    x = torch.rand(512, 3) * 2 - 1
+    with _learned_codebooks(model, ("grid",), k, decay=0.5):
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(5):      # pull every value up: the codebook must follow
+            loss = -model(x).mean() - model.grid.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert list(dict(model.named_parameters())) == ["grid"] + [
+        n for n in dict(model.named_parameters()) if n != "grid"]
+    vectors = grid_vectors(model.grid.detach().numpy())
+    distinct = np.unique(vectors, axis=0)
+    assert distinct.shape[0] <= k
+    assert not np.allclose(np.sort(distinct, axis=0), np.sort(start_book, axis=0))
+    grid = model.grid.detach().numpy()
+    # the record keeps those vectors (its codebook is binary16, hence the rounding)
+    np.testing.assert_array_equal(vq_values(grid, k), grid.astype(np.float16).astype(np.float32))
