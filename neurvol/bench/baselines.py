@@ -316,7 +316,8 @@ def run_zfp(volume: Any, budget_bytes: int) -> BaselineResult:
     min_bits = _ZFP_MIN_BLOCK_BITS[cdt.itemsize]
     if bits < min_bits:
         raise BaselineUnavailable(
-            f"zfp: budget allows {nominal:.3f} bits/value, below ZFP's fixed-rate floor of "
+            f"zfp: budget allows {nominal:.3f} bits/value ({max(bits, 0)}/64 per 4^3 block once "
+            f"the header and partial edge blocks are paid), below ZFP's fixed-rate floor of "
             f"{min_bits}/64 = {min_bits / 64:.3f} (lower bit counts crash zfpy)")
     t0 = time.perf_counter()
     while True:
