@@ -440,8 +440,7 @@ def _learned_codebooks(model: VolumeModel, grids: Tuple[str, ...], k: int, decay
             vq.eval()     # the last evaluation assigns without another EMA update
             with torch.no_grad():
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-            params = module._parameters
-            module._parameters = type(params)((n, params[n]) for n in names)
+            _restore_order(module, names)
 
 
 @contextlib.contextmanager
@@ -467,10 +466,14 @@ def _fake_quantized(model: VolumeModel, plans: Mapping[str, TensorPlan],
     finally:
         for module, attr, names in reversed(done):
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-            # Re-registering appends the parameter: restore the order, which is the order
-            # of the model's tensors in files.
-            params = module._parameters
-            module._parameters = type(params)((n, params[n]) for n in names)
+            _restore_order(module, names)
+
+
+def _restore_order(module: torch.nn.Module, names: List[str]) -> None:
+    """Removing a parametrization re-registers the parameter at the end: put the module's
+    parameters back in ``names`` order, which is the order of the model's tensors in files."""
+    params = module._parameters
+    module._parameters = type(params)((n, params[n]) for n in names)
 
 
 def _prune_in_place(model: VolumeModel, codec: CodecSettings, k0: int) -> Dict[str, torch.Tensor]:

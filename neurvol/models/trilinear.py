@@ -35,7 +35,6 @@ def trilinear_zeros(grids: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     Equals ``F.grid_sample(grids, local.view(M, 1, 1, N, 3), padding_mode="zeros",
     align_corners=True).view(M, C, N)``.
     """
-    _, _, d, h, _ = grids.shape
     (ys, yo), (zs, zo) = atlas_axes(grids.shape)
     ya = local[..., 1] * ys + yo
     uz = local[..., 2] * zs + zo
