@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import VolumeModel
-from .sampling import VoxelSampler
+from .sampling import ErrorSampler, VoxelSampler
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,16 @@ class FitSettings:
     schedule: str = "warmup_cosine"
     decay: float = 0.2
     decay_every: int = 0
+    # "uniform": every voxel equally likely; "error": half of each batch drawn where the
+    # running error is high, importance-weighted so the loss is still the volume's MSE
+    # (:class:`~neurvol.fit.sampling.ErrorSampler`).
+    sampling: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("warmup_cosine", "step"):
             raise ValueError(f"schedule must be 'warmup_cosine' or 'step', got {self.schedule!r}")
+        if self.sampling not in ("uniform", "error"):
+            raise ValueError(f"sampling must be 'uniform' or 'error', got {self.sampling!r}")
 
 
 @dataclasses.dataclass
@@ -82,7 +88,8 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     model.init_from_volume(volume)
     model.to(device).train()
-    sampler = VoxelSampler(volume, gen)
+    weighted = settings.sampling == "error"
+    sampler = ErrorSampler(volume, gen) if weighted else VoxelSampler(volume, gen)
     groups = model.param_groups(settings.lr)
     opt = torch.optim.Adam(groups)
     if settings.schedule == "step":
@@ -96,10 +103,13 @@ def fit(
     loss_value = math.nan
     steps_run = settings.steps
     for step in range(settings.steps):
-        grad_target = None
+        grad_target = weights = None
         if settings.grad_lambda > 0:
             coords, target, grad_target = sampler.sample_with_gradient(batch)
             grad_target = grad_target.to(device)
+        elif weighted:
+            coords, target, weights, blocks = sampler.sample_weighted(batch)
+            weights = weights.to(device)
         else:
             coords, target = sampler.sample(batch)
         model.on_step(step, settings.steps)
@@ -107,7 +117,12 @@ def fit(
         if grad_target is not None:
             coords.requires_grad_(True)
         pred = model(coords)
-        loss = F.mse_loss(pred, target)
+        if weights is None:
+            loss = F.mse_loss(pred, target)
+        else:
+            sq_err = (pred - target).square()
+            loss = (weights * sq_err).mean()
+            sampler.record_error(blocks, sq_err.detach().cpu())
         if grad_target is not None:
             (grad,) = torch.autograd.grad(pred.sum(), coords, create_graph=True)
             loss = loss + settings.grad_lambda * F.mse_loss(grad, grad_target)

@@ -1,0 +1,96 @@
+"""Training samplers: error-driven importance sampling keeps the loss an unbiased MSE."""
+import numpy as np
+import pytest
+import torch
+
+from neurvol.fit import FitSettings, fit
+from neurvol.fit.sampling import ErrorSampler, VoxelSampler
+from neurvol.models import get_architecture
+
+
+def _volume(shape=(13, 10, 19), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g)
+
+
+def test_blocks_and_voxels_agree_on_uneven_shapes():
+    vol = _volume()
+    s = ErrorSampler(vol, torch.Generator().manual_seed(1), block=4)
+    assert s.nblocks == (4, 3, 5)
+    assert float(s.count.sum()) == vol.numel()
+    blocks = torch.arange(s.count.numel()).repeat(50)
+    lin = s._voxel_in_block(blocks)
+    assert int(lin.min()) >= 0 and int(lin.max()) < vol.numel()
+    assert torch.equal(s._block_of(lin), blocks)
+    # the edge blocks are drawn only inside the volume, and fully
+    seen = torch.zeros(vol.numel(), dtype=torch.bool)
+    seen[s._voxel_in_block(torch.arange(s.count.numel()).repeat(4000))] = True
+    assert bool(seen.all())
+
+
+def test_weighted_mean_is_unbiased_under_a_skewed_error_map():
+    vol = _volume((16, 16, 16))
+    s = ErrorSampler(vol, torch.Generator().manual_seed(2), block=4, uniform=0.25)
+    # Pretend one corner block errs a lot: sampling concentrates there.
+    s.err_sum.fill_(1e-4)
+    s.err_sum[0] = 10.0
+    f = vol.reshape(-1) ** 2
+    est = []
+    for _ in range(200):
+        coords, values, weights, blocks = s.sample_weighted(4096)
+        assert torch.equal(values, vol.reshape(-1)[_lin(coords, vol.shape)])
+        est.append(float((weights * values ** 2).mean()))
+    frac0 = float((blocks == 0).float().mean())
+    assert frac0 > 0.3                      # the hot block gets far more than 1/64
+    assert np.mean(est) == pytest.approx(float(f.mean()), rel=0.01)
+
+
+def test_head_of_the_batch_is_uniform():
+    vol = _volume((16, 16, 16))
+    s = ErrorSampler(vol, torch.Generator().manual_seed(3), block=4, uniform=0.5)
+    s.err_sum.fill_(1e-6)
+    s.err_sum[0] = 1.0
+    _, _, _, blocks = s.sample_weighted(8192)
+    head, tail = blocks[:4096], blocks[4096:]
+    assert float((head == 0).float().mean()) < 0.05
+    assert float((tail == 0).float().mean()) > 0.5
+
+
+def test_record_error_moves_the_running_mean():
+    vol = _volume((8, 8, 8))
+    s = ErrorSampler(vol, torch.Generator().manual_seed(4), block=4, decay=0.5)
+    before = s._block_probabilities().clone()
+    for _ in range(20):
+        s.record_error(torch.tensor([3, 3, 3]), torch.tensor([5.0, 5.0, 5.0]))
+    after = s._block_probabilities()
+    assert float(after[3]) > float(before[3])
+    assert float(after.sum()) == pytest.approx(1.0)
+
+
+def test_fit_with_error_sampling_learns():
+    torch.manual_seed(0)
+    z, y, x = torch.meshgrid(*[torch.linspace(0, 1, 16)] * 3, indexing="ij")
+    vol = (torch.sin(6 * x) * torch.cos(4 * y) * z + 1) / 2
+    arch = get_architecture("fvsrn")
+    losses = {}
+    for sampling in ("uniform", "error"):
+        model = arch.build(arch.solve((16, 16, 16), 3000, {}))
+        res = fit(model, vol, FitSettings(steps=150, batch=2048, sampling=sampling), seed=0)
+        with torch.no_grad():
+            coords = VoxelSampler(vol, torch.Generator()).coords_of(torch.arange(vol.numel()))
+            losses[sampling] = float(((model(coords) - vol.reshape(-1)) ** 2).mean())
+        assert res.steps == 150
+    assert losses["error"] < 0.01
+    assert losses["error"] < 2 * losses["uniform"]
+
+
+def test_sampling_setting_is_validated():
+    with pytest.raises(ValueError, match="sampling"):
+        FitSettings(sampling="importance")
+
+
+def _lin(coords, shape):
+    d, h, w = shape
+    scale = (torch.tensor(shape, dtype=torch.float32) - 1) / 2
+    zyx = torch.round((coords + 1) * scale).long()
+    return (zyx[:, 0] * h + zyx[:, 1]) * w + zyx[:, 2]
