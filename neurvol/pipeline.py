@@ -241,20 +241,30 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
     0.4 dB with Lorenzo grids and 2.2 dB with interp grids, while it gains 0.4 dB at ratio
     100). The model's grid parameters are left at their stored (dequantized) values.
     """
-    coders = codec.coders
     grids = codec.grid_names(model)
+    hooks = []
     if codec.prune > 0:
         masks = _prune_in_place(model, codec, k0, finetune)
-        if finetune is not None:
-            # Adam keeps a weight whose gradient is always 0 where it is: the zeros stay.
-            params = dict(model.named_parameters())
-            hooks = [params[n].register_hook(lambda g, m=m: g * m) for n, m in masks.items()
-                     if n in params]
-            try:
-                finetune(lambda name: name not in grids)
-            finally:
-                for h in hooks:
-                    h.remove()
+        # Adam keeps a weight whose gradient is always 0 where it is: the zeros stay, in
+        # this fine-tune and in the quantization-aware one that follows with grids.
+        params = dict(model.named_parameters())
+        hooks = [params[n].register_hook(lambda g, m=m: g * m.to(g.device))
+                 for n, m in masks.items() if n in params]
+    try:
+        if codec.prune > 0 and finetune is not None:
+            finetune(lambda name: name not in grids)
+        return _compress(model, file_size, budget, k0, codec, finetune, score)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _compress(model: VolumeModel, file_size: Callable[[bytes], int], budget: int, k0: int,
+              codec: CodecSettings, finetune: Optional[Callable[..., None]],
+              score: Optional[Callable[[bytes], float]]) -> Compressed:
+    """:func:`compress_model` after pruning."""
+    coders = codec.coders
+    grids = codec.grid_names(model)
     arrays = _arrays(model)
     order = list(arrays)
     cache = _RecordCache(arrays, order, coders)
