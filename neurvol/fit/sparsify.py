@@ -249,8 +249,8 @@ class VariationalDropout(_Context, Regularizer):
     """A ``log sigma^2`` per element of each tensor of ``names`` (start: ``log alpha =``
     :data:`VD_INIT_LOG_ALPHA`). Linear layers get the local reparameterization trick: a
     forward hook adds ``sqrt(x^2 sigma_W^2^T + sigma_b^2) * eps`` to the output ``x W^T + b``;
-    other tensors get ``w + sigma * eps`` (:class:`_WeightNoise`). Noise only in training
-    mode, from a private generator (``seed``), so runs repeat and no global RNG moves.
+    other tensors get ``w + sigma * eps`` (:class:`_WeightNoise`). Noise only while the
+    model is in training mode, from a private generator (``seed``), so runs repeat and no global RNG moves.
 
     Penalty ``kl_weight * sum KL(log alpha)`` (:func:`vd_kl`). The variational objective
     per voxel is ``MSE / (2 s^2) + KL / N`` (N voxels, ``s^2`` the likelihood's noise
@@ -301,7 +301,7 @@ class VariationalDropout(_Context, Regularizer):
 
     def _local_noise(self, attrs: Mapping[str, str]):
         def hook(module: nn.Module, args: Tuple[torch.Tensor, ...], out: torch.Tensor):
-            if not self.training:
+            if not module.training:         # the model's mode: noise only while it trains
                 return out
             var = out.new_zeros(())
             if "weight" in attrs:
