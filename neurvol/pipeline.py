@@ -235,8 +235,9 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
     parameters ``trainable`` accepts with the grids replaced by their stored values; the
     search then runs again on the fine-tuned weights. The pruning methods that learn
     (``codec.prune_method``) call ``finetune(trainable, regularizer=...)`` first (a
-    :class:`neurvol.fit.Regularizer` to add to the loss and train along). ``score(payload)``, when given, is the
-    error of the model a payload stores (lower is better): fine-tuning is kept only if it
+    :class:`neurvol.fit.Regularizer` to add to the loss and train along). ``score(payload)``,
+    when given, is the error of the model a payload stores (lower is better): fine-tuning
+    is kept only if it
     lowers it (measured: on sim_richtmyer_meshkov_t20[::2] at ratio 400, fvsrn, it cost
     0.4 dB with Lorenzo grids and 2.2 dB with interp grids, while it gains 0.4 dB at ratio
     100). The model's grid parameters are left at their stored (dequantized) values.

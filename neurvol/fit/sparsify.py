@@ -18,6 +18,7 @@ the masks the pipeline holds during its masked fine-tune.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -27,6 +28,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .trainer import Regularizer
+
+log = logging.getLogger(__name__)
 
 #: Constants of the KL approximation of Molchanov et al. 2017 (eq. 14).
 VD_K1, VD_K2, VD_K3 = 0.63576, 1.87320, 1.48695
@@ -213,12 +216,23 @@ def smallify_prune(model: nn.Module, switches: Smallify, counted: Set[str],
         zeros += gain
         alive[i] -= 1
         removed.append((i, j))
+    if zeros < target - max((g for g in _largest_neuron(switches.pairs, sd, counted)), default=0):
+        log.warning("smallify: removing neurons zeroed %d of %d weights, short of the %.3g "
+                    "asked (every layer keeps a neuron)", zeros, total, fraction)
     for i, (prod, cons) in enumerate(switches.pairs):
         w = sd[f"{cons}.weight"]
         w.mul_(switches.betas[i].detach().to(w)[None, :])
     for name, m in keep.items():
         sd[name].masked_fill_(~m.to(sd[name].device), 0.0)
     return {name: m.to(sd[name].dtype) for name, m in keep.items()}
+
+
+def _largest_neuron(pairs: Sequence[Tuple[str, str]], sd: Mapping[str, torch.Tensor],
+                    counted: Set[str]) -> Iterable[int]:
+    """Counted elements one neuron of each pair owns."""
+    for prod, cons in pairs:
+        yield sum(sd[n].numel() // sd[n].shape[axis] for n, axis, _ in _neuron_parts(prod, cons)
+                  if n in counted)
 
 
 def _neuron_parts(prod: str, cons: str) -> List[Tuple[str, int, str]]:
