@@ -47,7 +47,8 @@ CONSTANT_BRICK_PSNR = 50.0
 # Widest values the "fit" header entry can take; sizing uses it so the real entry fits.
 _FIT_PLACEHOLDER = {"steps": 0, "k": 65536, "psnr": -999.999}
 # Every stage a codec.pipeline can list, so sizing never underestimates the header.
-_WIDEST_PIPELINE = ["prune", "kmeans", "lorenzo", "ema", "finetune", "rans", "zstd"]
+# (The pruning stage is "prune", "smallify" or "vd": the longest is listed.)
+_WIDEST_PIPELINE = ["smallify", "kmeans", "lorenzo", "ema", "finetune", "rans", "zstd"]
 # Fine-tuning lr as a fraction of the fit's lr.
 FINETUNE_LR = 0.1
 
@@ -108,8 +109,9 @@ def encode(
     training defaults, e.g. neurcomp's published recipe:
     ``fit_settings=neurvol.models.neurcomp.published_fit_settings(volume.shape)``.
     codec: :class:`neurvol.pipeline.CodecSettings` fields: how weights become bytes, e.g.
-    ``codec={"prune": 0.3}`` or ``codec={"grids": "kmeans", "finetune": 0}`` (the
-    foundation's plain k-means + zstd).
+    ``codec={"prune": 0.3}`` (``"prune_method": "smallify"`` or ``"vd"`` to learn what to
+    prune) or ``codec={"grids": "kmeans", "finetune": 0}`` (the foundation's plain
+    k-means + zstd).
 
     Bricked ensembles (``spec/bricks.md``; automatic with ``brick=128`` for volumes over
     ``AUTO_BRICK_VOXELS``): ``brick=N`` cuts the volume into bricks of about N voxels a
@@ -228,11 +230,12 @@ def encode(
     header["fit"] = dict(_FIT_PLACEHOLDER, steps=result.steps)
     tune_steps = int(round(codec_settings.finetune * settings.steps))
 
-    def finetune(trainable) -> None:
+    def finetune(trainable, regularizer=None) -> None:
         if tune_steps > 0:
             with torch.random.fork_rng(devices=[]):
                 _finetune(model, data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
-                          trainable=trainable, batch=settings.batch, seed=seed, device=dev)
+                          trainable=trainable, batch=settings.batch, seed=seed, device=dev,
+                          regularizer=regularizer)
             model.cpu()
 
     def stored_error(payload: bytes) -> float:

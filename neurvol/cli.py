@@ -306,8 +306,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def _codec_options(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """The CodecSettings fields given on the command line (None: all defaults)."""
-    given = {"prune": args.prune, "grids": args.grid_coding, "finetune": args.finetune,
-             "vq_ema": args.vq_ema}
+    given = {"prune": args.prune, "prune_method": args.prune_method, "grids": args.grid_coding,
+             "finetune": args.finetune, "vq_ema": args.vq_ema}
     given = {k: v for k, v in given.items() if v is not None}
     return given or None
 
@@ -668,6 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "PSNR reaches DB (a search of a few encodes, starting at --ratio)")
     g.add_argument("--prune", type=_fraction, default=None, metavar="F",
                    help="prune this fraction of the network weights (stored as bit masks)")
+    g.add_argument("--prune-method", choices=("magnitude", "smallify", "vd"), default=None,
+                   help="how --prune chooses the weights: smallest magnitude (default), "
+                        "whole neurons by learned Smallify switches, or by sparse variational "
+                        "dropout (these two train during the --finetune budget)")
     g.add_argument("--grid-coding", choices=("interp", "lorenzo", "vq", "kmeans"), default=None,
                    help="feature grid coding (default: interp)")
     g.add_argument("--vq-ema", type=_fraction, default=None, metavar="DECAY",

@@ -9,8 +9,10 @@ Stages, each optional and recorded in the header's ``codec.pipeline``:
   bytes they get more parameters than under k-means;
 * ``finetune``: quantization-aware fine-tuning: with the grids fixed to the values the file
   stores, the rest of the network trains to work with them, then is quantized;
-* ``prune``: magnitude pruning of the k-means tensors to a sparsity, fine-tuned with the
-  mask held, zeros stored as an entropy-coded bit mask;
+* ``prune`` / ``smallify`` / ``vd``: pruning of the k-means tensors to a sparsity (by
+  magnitude, by Smallify's learned neuron switches, or by sparse variational dropout's
+  learned noise: ``CodecSettings.prune_method``), fine-tuned with the mask held, zeros
+  stored as an entropy-coded bit mask;
 * every stream goes through the smallest of raw / zstd / rANS (:mod:`.compress.streams`).
 
 The search needs only ``file_size(payload)``, so the same code serves one model and the
@@ -32,12 +34,19 @@ from .compress.payload import KIND_RECORDS
 from .errors import NeurvolInputError
 from .compress.records import GRID_METHODS, MAX_CENTROIDS, encode_record, grid_codes, vq_values
 from .compress.vq import grid_vectors, vector_kmeans
+from .fit.sparsify import (Smallify, VariationalDropout, linear_tensors, smallify_prune,
+                           vd_prune)
+from .fit.sparsify import restore_order as _restore_order
 from .models import VolumeModel
 
 #: Most k-means levels tried when the budget leaves room.
 MAX_LEVELS = 1024
 #: Ways to code dense feature grids (CodecSettings.grids).
 GRID_CODINGS = GRID_METHODS + ("vq", "kmeans")
+#: How pruning chooses the weights (CodecSettings.prune_method).
+PRUNE_METHODS = ("magnitude", "smallify", "vd")
+#: The header's codec.pipeline stage of each pruning method.
+PRUNE_STAGES = {"magnitude": "prune", "smallify": "smallify", "vd": "vd"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +61,17 @@ class CodecSettings:
     interp/lorenzo (measured in BENCHMARKS.md) and 2 for vq (``log2(K) / channels``: a
     codebook of 256 for fvsrn's 4 channels).
     finetune: quantization-aware fine-tuning steps as a fraction of the fit's steps.
-    prune: fraction of each k-means tensor's weights set to zero (0: no pruning).
+    prune: fraction of the k-means tensors' weights set to zero (0: no pruning).
+    prune_method: how the pruned weights are chosen. ``"magnitude"`` (default): the
+    smallest ``prune`` fraction of each k-means tensor. ``"smallify"``: a training phase
+    with a learned switch per hidden neuron (Leclerc et al. 2018), then whole neurons
+    removed (a row of their layer, a column of the next) until ``prune`` of the layers'
+    k-means weights are zero (to within one neuron); k-means tensors outside Linear layers
+    (hash tables, k-means-coded grids) are pruned by magnitude. ``"vd"``: a training phase
+    with sparse variational dropout (Molchanov et al. 2017), then the ``prune`` fraction
+    of each k-means tensor with the largest learned dropout rate. The phases train for the
+    ``finetune`` budget (so it must be > 0) before the masked fine-tune, and are recorded
+    in the header as the stage ``smallify`` / ``vd`` (magnitude: ``prune``).
     coders: entropy coders tried per stream (the smallest wins).
     vq_ema: with ``grids="vq"`` and fine-tuning, the codebook learns during the fine-tune
     (``vector-quantize-pytorch``, exponential moving averages with this decay, from the
@@ -64,6 +83,7 @@ class CodecSettings:
     grid_bits: Optional[float] = None
     finetune: float = 0.1
     prune: float = 0.0
+    prune_method: str = "magnitude"
     coders: Tuple[str, ...] = ("raw", "zstd", "rans")
     vq_ema: float = 0.0
 
@@ -78,6 +98,16 @@ class CodecSettings:
             raise ValueError("finetune must be a fraction in [0, 1]")
         if not (isinstance(self.prune, (int, float)) and 0 <= self.prune < 1):
             raise ValueError("prune must be a fraction in [0, 1)")
+        if self.prune_method not in PRUNE_METHODS:
+            raise ValueError(f"prune_method must be one of {', '.join(PRUNE_METHODS)}, "
+                             f"got {self.prune_method!r}")
+        if self.prune_method != "magnitude":
+            if not self.prune > 0:
+                raise ValueError(f"prune_method={self.prune_method!r} needs prune > 0 (the "
+                                 "fraction of weights to prune)")
+            if not self.finetune > 0:
+                raise ValueError(f"prune_method={self.prune_method!r} learns what to prune "
+                                 "during the fine-tuning steps: it needs finetune > 0")
         if not (isinstance(self.vq_ema, (int, float)) and 0 <= self.vq_ema < 1):
             raise ValueError("vq_ema must be a decay in [0, 1) (0: no learned codebook)")
         bad = set(self.coders) - {"raw", "zstd", "rans"}
@@ -96,7 +126,7 @@ class CodecSettings:
         grids = self.grid_names(model)
         stages = []
         if self.prune > 0:
-            stages.append("prune")
+            stages.append(PRUNE_STAGES[self.prune_method])
         stages.append("kmeans")
         if grids:
             stages.append(self.grids)
@@ -195,7 +225,7 @@ class Compressed:
 
 def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget: int,
                    k0: int, codec: CodecSettings,
-                   finetune: Optional[Callable[[Callable[[str], bool]], None]] = None,
+                   finetune: Optional[Callable[..., None]] = None,
                    score: Optional[Callable[[bytes], float]] = None) -> Compressed:
     """The payload of ``model`` with the finest quantization whose file fits ``budget``.
 
@@ -203,26 +233,39 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
     them: k-means at ``k0`` levels for the other tensors (fewer if they alone overflow),
     then the smallest grid step that fits. ``finetune(trainable)``, when given, trains the
     parameters ``trainable`` accepts with the grids replaced by their stored values; the
-    search then runs again on the fine-tuned weights. ``score(payload)``, when given, is the
-    error of the model a payload stores (lower is better): fine-tuning is kept only if it
+    search then runs again on the fine-tuned weights. The pruning methods that learn
+    (``codec.prune_method``) call ``finetune(trainable, regularizer=...)`` first (a
+    :class:`neurvol.fit.Regularizer` to add to the loss and train along). ``score(payload)``,
+    when given, is the error of the model a payload stores (lower is better): fine-tuning
+    is kept only if it
     lowers it (measured: on sim_richtmyer_meshkov_t20[::2] at ratio 400, fvsrn, it cost
     0.4 dB with Lorenzo grids and 2.2 dB with interp grids, while it gains 0.4 dB at ratio
     100). The model's grid parameters are left at their stored (dequantized) values.
     """
+    grids = codec.grid_names(model)
+    hooks = []
+    if codec.prune > 0:
+        masks = _prune_in_place(model, codec, k0, finetune)
+        # Adam keeps a weight whose gradient is always 0 where it is: the zeros stay, in
+        # this fine-tune and in the quantization-aware one that follows with grids.
+        params = dict(model.named_parameters())
+        hooks = [params[n].register_hook(lambda g, m=m: g * m.to(g.device))
+                 for n, m in masks.items() if n in params]
+    try:
+        if codec.prune > 0 and finetune is not None:
+            finetune(lambda name: name not in grids)
+        return _compress(model, file_size, budget, k0, codec, finetune, score)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _compress(model: VolumeModel, file_size: Callable[[bytes], int], budget: int, k0: int,
+              codec: CodecSettings, finetune: Optional[Callable[..., None]],
+              score: Optional[Callable[[bytes], float]]) -> Compressed:
+    """:func:`compress_model` after pruning."""
     coders = codec.coders
     grids = codec.grid_names(model)
-    if codec.prune > 0:
-        masks = _prune_in_place(model, codec, k0)
-        if finetune is not None:
-            # Adam keeps a weight whose gradient is always 0 where it is: the zeros stay.
-            params = dict(model.named_parameters())
-            hooks = [params[n].register_hook(lambda g, m=m: g * m) for n, m in masks.items()
-                     if n in params]
-            try:
-                finetune(lambda name: name not in grids)
-            finally:
-                for h in hooks:
-                    h.remove()
     arrays = _arrays(model)
     order = list(arrays)
     cache = _RecordCache(arrays, order, coders)
@@ -469,25 +512,45 @@ def _fake_quantized(model: VolumeModel, plans: Mapping[str, TensorPlan],
             _restore_order(module, names)
 
 
-def _restore_order(module: torch.nn.Module, names: List[str]) -> None:
-    """Removing a parametrization re-registers the parameter at the end: put the module's
-    parameters back in ``names`` order, which is the order of the model's tensors in files."""
-    params = module._parameters
-    module._parameters = type(params)((n, params[n]) for n in names)
-
-
-def _prune_in_place(model: VolumeModel, codec: CodecSettings, k0: int) -> Dict[str, torch.Tensor]:
-    """Zero the smallest-magnitude ``codec.prune`` fraction of each k-means tensor; returns
-    the masks (1: kept)."""
+def _prune_in_place(model: VolumeModel, codec: CodecSettings, k0: int,
+                    finetune: Optional[Callable[..., None]] = None) -> Dict[str, torch.Tensor]:
+    """Zero ``codec.prune`` of the k-means tensors' weights, chosen by
+    ``codec.prune_method`` (smallify, vd: after a training phase through ``finetune``);
+    returns keep-masks (1: kept) of the tensors whose zeros fine-tuning must hold."""
     plans = plans_for(model, k0, codec, step=1.0)
+    names = [n for n, p in plans.items() if p.method == "kmeans"]
+    if codec.prune_method == "magnitude" or not names:
+        return _magnitude_prune(model, names, codec.prune)
+    grids = codec.grid_names(model)
+
+    def train(reg) -> None:
+        if finetune is not None:
+            finetune(lambda name: name not in grids, regularizer=reg)
+            model.cpu()
+    if codec.prune_method == "smallify":
+        layers = set(linear_tensors(model, names))
+        pairs = [(p, c) for p, c in model.hidden_neurons()
+                 if {f"{p}.weight", f"{p}.bias", f"{c}.weight"} & layers]
+        with Smallify(model, pairs) as reg:
+            train(reg)
+        masks = smallify_prune(model, reg, layers, codec.prune)
+        # Hash tables, k-means-coded grids: no neurons there; pruned by magnitude.
+        masks.update(_magnitude_prune(model, [n for n in names if n not in layers], codec.prune))
+        return masks
+    with VariationalDropout(model, names) as reg:
+        train(reg)
+    return vd_prune(model, reg, codec.prune)
+
+
+def _magnitude_prune(model: VolumeModel, names: List[str], fraction: float) -> Dict[str, torch.Tensor]:
+    """Zero the smallest-magnitude ``fraction`` of each tensor of ``names``; returns the
+    masks (1: kept)."""
     sd = model.state_dict()
     masks: Dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for name, plan in plans.items():
-            if plan.method != "kmeans":
-                continue
+        for name in names:
             t = sd[name]
-            n = int(codec.prune * t.numel())
+            n = int(fraction * t.numel())
             if n < 1:
                 continue
             thresh = t.abs().reshape(-1).kthvalue(n).values

@@ -235,10 +235,11 @@ def _fit_quantized(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
              if job.codec is not None else CodecSettings(grids="kmeans", finetune=0.0))
     tune_steps = int(round(codec.finetune * settings.steps))
 
-    def tune(trainable: Any) -> None:
+    def tune(trainable: Any, regularizer: Any = None) -> None:
         if tune_steps > 0:      # its sampler has a private generator: no global RNG state
             finetune(model, data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
-                     trainable=trainable, batch=settings.batch, seed=seed, device=device)
+                     trainable=trainable, batch=settings.batch, seed=seed, device=device,
+                     regularizer=regularizer)
             model.cpu()
 
     specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]

@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +148,30 @@ def fit(
     return FitResult(steps=steps_run, seconds=seconds, final_loss=loss_value)
 
 
+class Regularizer(torch.nn.Module):
+    """A term :func:`finetune` adds to the MSE, with parameters of its own that live
+    outside the model (e.g. Smallify's neuron switches, variational dropout's variances):
+    it acts on the model through hooks it installs itself, so the model's tensors (and
+    its files) stay as they are. Subclasses override :meth:`penalty` and may override
+    :meth:`param_groups` and :meth:`after_step`."""
+
+    def param_groups(self, lr: float) -> List[Dict[str, Any]]:
+        """Optimizer groups of the regularizer's own parameters (``lr``: the model's)."""
+        return []
+
+    def begin(self, voxels: int) -> None:
+        """Called once before training, with the number of voxels trained on (the data
+        set's size, e.g. to weigh a KL term per voxel)."""
+
+    def penalty(self, mse: torch.Tensor) -> torch.Tensor:
+        """The term added to the loss; ``mse``: this batch's data loss (detached), e.g.
+        to scale the term to the data."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (e.g. to track parameter statistics)."""
+
+
 def finetune(
     model: VolumeModel,
     volume: torch.Tensor,
@@ -158,16 +182,21 @@ def finetune(
     batch: int = 65536,
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
+    regularizer: Optional[Regularizer] = None,
 ) -> FitResult:
     """Continue training the parameters whose names ``trainable`` accepts, the others held
     fixed (e.g. a feature grid already quantized to what the file will store, so the rest
     of the network learns to work with the stored grid: quantization-aware fine-tuning).
 
     No re-initialisation, no architecture schedule or extra loss: plain MSE, Adam, cosine
-    decay from ``lr``. The model is left in eval mode.
+    decay from ``lr``; ``regularizer``, when given, adds its penalty to the MSE and trains
+    its own parameters along (moved to ``device``; it stays there). The model is left in
+    eval mode.
     """
     gen = torch.Generator().manual_seed(seed + 1)
     model.to(device).train()
+    if regularizer is not None:
+        regularizer.to(device).train()
     params = [p for n, p in model.named_parameters() if trainable(n)]
     frozen = [(p, p.requires_grad) for n, p in model.named_parameters() if not trainable(n)]
     for p, _ in frozen:
@@ -179,20 +208,30 @@ def finetune(
     try:
         if params and steps > 0:
             sampler = VoxelSampler(volume, gen)
-            opt = torch.optim.Adam(params, lr=lr)
+            groups = [{"params": params, "lr": lr}]
+            if regularizer is not None:
+                regularizer.begin(volume.numel())
+                groups += regularizer.param_groups(lr)
+            opt = torch.optim.Adam(groups)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0.0))
             n = min(batch, volume.numel())
             for _ in range(steps):
                 coords, target = sampler.sample(n)
                 loss = F.mse_loss(model(coords.to(device)), target.to(device))
+                if regularizer is not None:
+                    loss = loss + regularizer.penalty(loss.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+                if regularizer is not None:
+                    regularizer.after_step()
             loss_value = float(loss.detach())
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
         model.eval()
+        if regularizer is not None:
+            regularizer.eval()
     return FitResult(steps=steps if params else 0, seconds=time.perf_counter() - t0,
                      final_loss=loss_value)

@@ -19,6 +19,10 @@ from ..errors import NeurvolFormatError, NeurvolInputError
 #: a corrupted or hostile config (e.g. a 4096^3 x 4096 feature grid) cannot exhaust memory.
 MAX_MODEL_PARAMS = 2 ** 28
 
+#: Activations that act on each element alone (see :meth:`VolumeModel.hidden_neurons`).
+_ELEMENTWISE = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Tanh,
+                torch.nn.Sigmoid, torch.nn.Softplus, torch.nn.ELU)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -122,6 +126,29 @@ class VolumeModel(torch.nn.Module):
                    target: torch.Tensor) -> Optional[torch.Tensor]:
         """An architecture's own regulariser added to the MSE (e.g. a density loss)."""
         return None
+
+    def hidden_neurons(self) -> Sequence[Tuple[str, str]]:
+        """``(producer, consumer)`` names of ``nn.Linear`` submodules such that output ``j``
+        of ``producer`` reaches the rest of the network only through an elementwise
+        activation into input ``j`` of ``consumer``: the hidden neurons structured pruning
+        (Smallify) may remove, by zeroing row ``j`` of the producer (weight and bias) and
+        column ``j`` of the consumer.
+
+        Default: consecutive ``Linear -> elementwise activation -> Linear`` layers of every
+        ``nn.Sequential`` submodule (the MLPs of :func:`.mlp.make_mlp`). Architectures with
+        other wiring (residual blocks) override this."""
+        pairs = []
+        for prefix, seq in self.named_modules():
+            if not isinstance(seq, torch.nn.Sequential):
+                continue
+            layers = list(seq.named_children())
+            for i in range(len(layers) - 2):
+                (pn, p), (_, act), (cn, c) = layers[i], layers[i + 1], layers[i + 2]
+                if (isinstance(p, torch.nn.Linear) and isinstance(c, torch.nn.Linear)
+                        and isinstance(act, _ELEMENTWISE)):
+                    dot = f"{prefix}." if prefix else ""
+                    pairs.append((dot + pn, dot + cn))
+        return pairs
 
 
 @dataclasses.dataclass(frozen=True)

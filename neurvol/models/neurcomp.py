@@ -151,6 +151,12 @@ class NeurcompModel(VolumeModel):
         with torch.no_grad():
             self.last.bias.fill_(float(volume.mean()))
 
+    def hidden_neurons(self):
+        # Only a block's inner neurons: sin(w0 * linear_1(.)) feeds linear_2 alone. The
+        # outputs of first and of every linear_2 are the residual stream, which the skip
+        # connections carry past the next layer, so no single consumer column removes them.
+        return [(f"blocks.{i}.linear_1", f"blocks.{i}.linear_2") for i in range(len(self.blocks))]
+
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         h = torch.sin(self.omega0 * self.first(coords * self._scale))
         for block in self.blocks:
