@@ -46,6 +46,12 @@ PRESETS: Dict[str, Tuple[List[Tuple[str, int]], List[float]]] = {
         [("ct_walnut", 1), ("sim_richtmyer_meshkov_t20", 2)],
         [100.0, 400.0],
     ),
+    # Issue 4: pruning methods (magnitude, Smallify, variational dropout) on the default
+    # architecture and on neurcomp, whose weights are all k-means coded (variants below).
+    "pruning": (
+        [("ct_walnut", 1), ("sim_richtmyer_meshkov_t20", 2)],
+        [100.0, 400.0],
+    ),
     # Issue 4: the full pipeline vs plain k-means + zstd (same architecture), every volume.
     "pipeline": (
         [("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
@@ -79,6 +85,13 @@ PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
         ("bits9", {"bits": 9}),
     ],
     "pipeline": [("plain", PLAIN), ("full", {})],
+    "pruning": [
+        (f"{arch}{label}", dict({"arch": arch} if arch != "default" else {},
+                                **({"codec": {"prune": 0.3, "prune_method": m}} if m else {})))
+        for arch in ("default", "neurcomp")
+        for label, m in (("", None), ("+magnitude30", "magnitude"),
+                         ("+smallify30", "smallify"), ("+vd30", "vd"))
+    ],
 }
 
 

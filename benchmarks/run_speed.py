@@ -46,12 +46,13 @@ QUERY_POINTS = 1_000_000
 QUERY_REPEATS = 5
 COLD_POINTS = 1000
 
-# (label, file name suffix or None for builtins, function name or substring)
+# (label, file name suffix or None for builtins, function name (or a tuple of names), or a
+# substring of a builtin's name)
 ENCODE_STAGES = [
     ("encode (total)", "api.py", "encode"),
     ("fit loop (incl. placement)", "trainer.py", "fit"),
     ("  grid placement (amgsrn)", "amgsrn.py", "place_grids"),
-    ("  sampling", "sampling.py", "sample"),
+    ("  sampling", "sampling.py", ("sample", "sample_weighted", "record_error")),
     ("  model forward", "amgsrn.py", "forward"),
     ("  density loss (amgsrn)", "amgsrn.py", "extra_loss"),
     ("  backward", None, "'run_backward'"),
@@ -101,7 +102,7 @@ def stage_seconds(stats: pstats.Stats, stages) -> List[Tuple[str, float]]:
             if suffix is None:
                 if func in name:
                     total += ct
-            elif name == func and path.endswith(suffix):
+            elif (name in func if isinstance(func, tuple) else name == func) and path.endswith(suffix):
                 total += ct
         out.append((label, total))
     return out

@@ -24,8 +24,9 @@ from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, check_decode_dtyp
 # Points evaluated per forward pass: bounds memory (~100 bytes/point) and stays cache-friendly.
 QUERY_CHUNK = 1 << 17
 # Points per model call on the CPU: the per-point intermediates (e.g. amgsrn's M x N local
-# coordinates) then stay in the L2 cache; 2^15 was fastest of 2^13..2^17 (BENCHMARKS.md).
-MODEL_CHUNK = 1 << 15
+# coordinates) then stay in the L2 cache; 2^14 was fastest of 2^13..2^15 for amgsrn's
+# evaluation path (median of 5 interleaved 10^6-point queries, BENCHMARKS.md).
+MODEL_CHUNK = 1 << 14
 _BRICK_CACHE = 8
 # Bricked files: the LRU holds up to this many decoded brick models, so a slab decode that
 # crosses a row of bricks does not decode each of them again for every block.
