@@ -19,12 +19,13 @@ def test_blocks_and_voxels_agree_on_uneven_shapes():
     assert s.nblocks == (4, 3, 5)
     assert float(s.count.sum()) == vol.numel()
     blocks = torch.arange(s.count.numel()).repeat(50)
-    lin = s._voxel_in_block(blocks)
-    assert int(lin.min()) >= 0 and int(lin.max()) < vol.numel()
-    assert torch.equal(s._block_of(lin), blocks)
+    zyx = s._voxel_in_block(blocks)
+    assert bool((zyx >= 0).all()) and bool((zyx < torch.tensor(vol.shape)).all())
+    assert torch.equal(s._block_of(zyx), blocks)
     # the edge blocks are drawn only inside the volume, and fully
-    seen = torch.zeros(vol.numel(), dtype=torch.bool)
-    seen[s._voxel_in_block(torch.arange(s.count.numel()).repeat(4000))] = True
+    seen = torch.zeros(vol.shape, dtype=torch.bool)
+    zyx = s._voxel_in_block(torch.arange(s.count.numel()).repeat(4000))
+    seen[zyx[:, 0], zyx[:, 1], zyx[:, 2]] = True
     assert bool(seen.all())
 
 

@@ -25,7 +25,7 @@ class VoxelSampler:
     def sample(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(coords (batch, 3), values (batch,))``, uniformly over all voxels."""
         lin = torch.randint(0, self.flat.numel(), (batch,), generator=self.generator)
-        return self.coords_of(lin), self.flat[lin]
+        return self.coords_of(lin), self.flat.index_select(0, lin)
 
     def sample_with_gradient(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(coords (batch, 3), values (batch,), gradients (batch, 3))``: as :meth:`sample`
@@ -100,7 +100,7 @@ class ErrorSampler(VoxelSampler):
         ys = torch.arange(by) * block
         xs = torch.arange(bx) * block
         z0, y0, x0 = (t.reshape(-1) for t in torch.meshgrid(zs, ys, xs, indexing="ij"))
-        self._origin = (z0 * h + y0) * w + x0
+        self._origin = torch.stack([z0, y0, x0], 1)
         self._extent = torch.stack([(d - z0).clamp(max=block), (h - y0).clamp(max=block),
                                     (w - x0).clamp(max=block)], 1).float()
         self._strides = torch.tensor([h * w, w, 1])
@@ -113,21 +113,26 @@ class ErrorSampler(VoxelSampler):
         ``u / p`` (mean about 1) and block indices (for :meth:`record_error`)."""
         n_uniform = max(1, int(round(self.uniform * batch)))
         lin_u = torch.randint(0, self.flat.numel(), (n_uniform,), generator=self.generator)
+        _, h, w = self.shape
+        zyx_u = torch.stack([lin_u // (h * w), (lin_u // w) % h, lin_u % w], 1)
         q = self._block_probabilities()
         blocks_e = self._systematic(q, batch - n_uniform)
-        lin_e = self._voxel_in_block(blocks_e)
-        lin = torch.cat([lin_u, lin_e])
-        blocks = torch.cat([self._block_of(lin_u), blocks_e])
+        zyx = torch.cat([zyx_u, self._voxel_in_block(blocks_e)])
+        blocks = torch.cat([self._block_of(zyx_u), blocks_e])
+        lin = (zyx * self._strides).sum(1)
         alpha = n_uniform / batch
         u = 1.0 / self._n
         # Mixture density per voxel of each block: alpha u + (1 - alpha) q_b / n_b.
         p_voxel = (q / self.count).mul_(1.0 - alpha).add_(alpha * u)
-        return self.coords_of(lin), self.flat[lin], u / p_voxel[blocks], blocks
+        # index_select: 2-3x faster than advanced indexing for these 1-D gathers.
+        return (zyx.float().mul_(self._scale).sub_(1.0), self.flat.index_select(0, lin),
+                u / p_voxel.index_select(0, blocks), blocks)
 
     def record_error(self, blocks: torch.Tensor, sq_err: torch.Tensor) -> None:
         """Fold one batch's squared errors into the blocks' running means."""
         self.err_sum.mul_(self.decay).index_add_(0, blocks, sq_err.detach().to(self.err_sum))
-        self.err_weight.mul_(self.decay).index_add_(0, blocks, torch.ones_like(self.err_sum[blocks]))
+        self.err_weight.mul_(self.decay).index_add_(
+            0, blocks, torch.ones(blocks.shape[0], dtype=self.err_weight.dtype))
 
     def _block_probabilities(self) -> torch.Tensor:
         mse = self.err_sum / self.err_weight.clamp(min=1e-12)
@@ -147,13 +152,13 @@ class ErrorSampler(VoxelSampler):
         counts = torch.diff(edges, prepend=edges.new_zeros(1))
         return torch.repeat_interleave(torch.arange(q.numel()), counts, output_size=n)
 
-    def _block_of(self, lin: torch.Tensor) -> torch.Tensor:
-        _, h, w = self.shape
+    def _block_of(self, zyx: torch.Tensor) -> torch.Tensor:
+        """Block index of voxels given as ``(n, 3)`` integer z, y, x."""
         _, by, bx = self.nblocks
-        b = self.block
-        return ((lin // (h * w)) // b * by + ((lin // w) % h) // b) * bx + (lin % w) // b
+        zb, yb, xb = (zyx // self.block).unbind(1)
+        return (zb * by + yb) * bx + xb
 
     def _voxel_in_block(self, blocks: torch.Tensor) -> torch.Tensor:
+        """A uniformly random voxel ``(n, 3)`` z, y, x inside each of ``blocks``."""
         r = torch.rand(blocks.shape[0], 3, generator=self.generator)
-        offset = (r.mul_(self._extent[blocks]).long() * self._strides).sum(1)
-        return self._origin[blocks] + offset
+        return self._origin.index_select(0, blocks) + r.mul_(self._extent.index_select(0, blocks)).long()
