@@ -88,6 +88,8 @@ def test_fit_with_error_sampling_learns():
 def test_sampling_setting_is_validated():
     with pytest.raises(ValueError, match="sampling"):
         FitSettings(sampling="importance")
+    with pytest.raises(ValueError, match="grad_lambda"):
+        FitSettings(sampling="error", grad_lambda=0.1)
 
 
 def _lin(coords, shape):

@@ -33,9 +33,9 @@ class FitSettings:
     schedule: str = "warmup_cosine"
     decay: float = 0.2
     decay_every: int = 0
-    # "uniform": every voxel equally likely; "error": half of each batch drawn where the
-    # running error is high, importance-weighted so the loss is still the volume's MSE
-    # (:class:`~neurvol.fit.sampling.ErrorSampler`).
+    # "uniform": every voxel equally likely; "error": three quarters of each batch drawn
+    # where the running error is high, importance-weighted so the loss is still the
+    # volume's MSE (:class:`~neurvol.fit.sampling.ErrorSampler`).
     sampling: str = "uniform"
 
     def __post_init__(self) -> None:
@@ -43,6 +43,9 @@ class FitSettings:
             raise ValueError(f"schedule must be 'warmup_cosine' or 'step', got {self.schedule!r}")
         if self.sampling not in ("uniform", "error"):
             raise ValueError(f"sampling must be 'uniform' or 'error', got {self.sampling!r}")
+        if self.sampling == "error" and self.grad_lambda > 0:
+            raise ValueError("sampling='error' does not combine with grad_lambda > 0 (the "
+                             "gradient loss samples uniformly); use sampling='uniform'")
 
 
 @dataclasses.dataclass
