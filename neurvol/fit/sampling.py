@@ -83,19 +83,7 @@ class ErrorSampler(VoxelSampler):
         d, h, w = self.shape
         self.nblocks = tuple(-(-n // block) for n in self.shape)
         bz, by, bx = self.nblocks
-        # Voxels per block (edge blocks are smaller) and each block's variance.
-        pad = torch.zeros(bz * block, by * block, bx * block, dtype=self.volume.dtype)
-        inside = torch.zeros_like(pad)
-        pad[:d, :h, :w] = self.volume
-        inside[:d, :h, :w] = 1.0
-
-        def per_block(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(bz, block, by, block, bx, block).sum((1, 3, 5)).reshape(-1)
-
-        self.count = per_block(inside)
-        mean = per_block(pad) / self.count
-        var = (per_block(pad * pad) / self.count - mean * mean).clamp(min=0)
-        # Each block's first voxel (flat index) and extent (edge blocks are cut by the volume).
+        # Each block's first voxel and extent (edge blocks are cut by the volume).
         zs = torch.arange(bz) * block
         ys = torch.arange(by) * block
         xs = torch.arange(bx) * block
@@ -104,6 +92,20 @@ class ErrorSampler(VoxelSampler):
         self._extent = torch.stack([(d - z0).clamp(max=block), (h - y0).clamp(max=block),
                                     (w - x0).clamp(max=block)], 1).float()
         self._strides = torch.tensor([h * w, w, 1])
+        self.count = self._extent.prod(1)
+        # Each block's variance; the volume is padded (one copy) only when the blocks do
+        # not tile it.
+        if (bz * block, by * block, bx * block) == self.shape:
+            vol = self.volume
+        else:
+            vol = torch.zeros(bz * block, by * block, bx * block, dtype=self.volume.dtype)
+            vol[:d, :h, :w] = self.volume
+
+        def per_block(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(bz, block, by, block, bx, block).sum((1, 3, 5)).reshape(-1)
+
+        mean = per_block(vol) / self.count
+        var = (per_block(vol.square()) / self.count - mean * mean).clamp(min=0)
         self.err_sum = var + 1e-12
         self.err_weight = torch.ones_like(var)
         self._n = float(self.flat.numel())
