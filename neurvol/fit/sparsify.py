@@ -182,7 +182,7 @@ def smallify_prune(model: nn.Module, switches: Smallify, counted: Set[str],
     ranked = []
     for i, (prod, cons) in enumerate(switches.pairs):
         parts = _neuron_parts(prod, cons)
-        if not any(n in counted for n, _, _ in parts):
+        if not any(n in counted for n, _ in parts):
             continue
         beta = switches.betas[i].detach().cpu()
         var = switches.sign_stats(i)[1].detach().cpu()
@@ -200,13 +200,13 @@ def smallify_prune(model: nn.Module, switches: Smallify, counted: Set[str],
             continue
         prod, cons = switches.pairs[i]
         gain = 0
-        for name, axis, _ in _neuron_parts(prod, cons):
+        for name, axis in _neuron_parts(prod, cons):
             if name in counted and name in sd:
                 gain += int(kept(name).select(axis, j).sum()) if sd[name].dim() > 1 \
                     else int(kept(name)[j])
         if zeros + gain > target and (zeros + gain - target) > (target - zeros):
             break
-        for name, axis, _ in _neuron_parts(prod, cons):
+        for name, axis in _neuron_parts(prod, cons):
             if name in sd:
                 m = kept(name)
                 if m.dim() > 1:
@@ -231,13 +231,14 @@ def _largest_neuron(pairs: Sequence[Tuple[str, str]], sd: Mapping[str, torch.Ten
                     counted: Set[str]) -> Iterable[int]:
     """Counted elements one neuron of each pair owns."""
     for prod, cons in pairs:
-        yield sum(sd[n].numel() // sd[n].shape[axis] for n, axis, _ in _neuron_parts(prod, cons)
+        yield sum(sd[n].numel() // sd[n].shape[axis] for n, axis in _neuron_parts(prod, cons)
                   if n in counted)
 
 
-def _neuron_parts(prod: str, cons: str) -> List[Tuple[str, int, str]]:
-    """(tensor, axis, role) that neuron ``j`` of a pair owns: index ``j`` along ``axis``."""
-    return [(f"{prod}.weight", 0, "row"), (f"{prod}.bias", 0, "bias"), (f"{cons}.weight", 1, "column")]
+def _neuron_parts(prod: str, cons: str) -> List[Tuple[str, int]]:
+    """(tensor, axis) that neuron ``j`` of a pair owns: index ``j`` along ``axis`` (the
+    producer's weight row and bias, the consumer's weight column)."""
+    return [(f"{prod}.weight", 0), (f"{prod}.bias", 0), (f"{cons}.weight", 1)]
 
 
 # ------------------------------------------------------------------ variational dropout
