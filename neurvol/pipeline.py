@@ -233,7 +233,8 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
     them: k-means at ``k0`` levels for the other tensors (fewer if they alone overflow),
     then the smallest grid step that fits. ``finetune(trainable)``, when given, trains the
     parameters ``trainable`` accepts with the grids replaced by their stored values; the
-    search then runs again on the fine-tuned weights. The pruning methods that learn
+    other tensors are then quantized again, and the grid step kept unless the file no longer
+    fits (re-coding the stored grids at a finer step would quantize them twice). The pruning methods that learn
     (``codec.prune_method``) call ``finetune(trainable, regularizer=...)`` first (a
     :class:`neurvol.fit.Regularizer` to add to the loss and train along). ``score(payload)``,
     when given, is the error of the model a payload stores (lower is better): fine-tuning
@@ -298,7 +299,11 @@ def _compress(model: VolumeModel, file_size: Callable[[bytes], int], budget: int
         kept = {key: v for key, v in cache.cache.items() if key[0] in grids and not learned}
         cache = _RecordCache(_arrays(model), order, coders)
         cache.cache.update(kept)
-        step = _grid_step(cache, model, codec, k, grids, file_size, budget, start=step)
+        # The grids were trained for (or set to) their values at this step: a finer step
+        # would quantize them twice, a coarser one undo what was learned. Re-search only
+        # if the fine-tuned rest no longer fits beside them.
+        if file_size(cache.payload(plans_for(model, k, codec, step=step))) > budget:
+            step = _grid_step(cache, model, codec, k, grids, file_size, budget, start=step)
         if score is not None and (step is None or score(
                 cache.payload(plans_for(model, k, codec, step=step))) > score(
                 plain[0].payload(plans_for(model, k, codec, step=plain[1])))):

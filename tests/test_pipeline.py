@@ -237,3 +237,31 @@ def test_learned_codebook_moves_and_leaves_at_most_k_vectors():
     grid = model.grid.detach().numpy()
     # the record keeps those vectors (its codebook is binary16, hence the rounding)
     np.testing.assert_array_equal(vq_values(grid, k), grid.astype(np.float16).astype(np.float32))
+
+
+def test_finetune_keeps_the_grid_step_it_trained_at():
+    """After fine-tuning, grids already set to their stored values are not re-quantized at
+    a finer step when the rest of the model shrinks (that would quantize them twice)."""
+    import copy
+
+    import torch
+
+    from neurvol.models import get_architecture
+    from neurvol.pipeline import compress_model
+
+    a = get_architecture("fvsrn")
+    torch.manual_seed(0)
+    model = a.build(a.config_cls(grid=(8, 8, 8), channels=4, width=16, hidden_layers=2))
+    with torch.no_grad():
+        model.grid.normal_()
+    before = compress_model(copy.deepcopy(model), len, 3000, 64, CodecSettings())
+
+    def shrink(trainable):            # the rest becomes almost free: room for a finer step
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if trainable(n) and p.dim() > 1:
+                    p.zero_()
+
+    after = compress_model(model, len, 3000, 64, CodecSettings(), finetune=shrink)
+    assert after.step == pytest.approx(before.step, rel=1e-6)
+    assert after.size <= 3000
