@@ -84,7 +84,9 @@ PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
         ("bits4", {"bits": 4}),
         ("bits9", {"bits": 9}),
     ],
-    "pipeline": [("plain", PLAIN), ("full", {})],
+    # Also on fvsrn, the foundation's architecture, whose bytes are mostly one dense grid.
+    "pipeline": [("plain", PLAIN), ("full", {}),
+                 ("fvsrn-plain", dict(PLAIN, arch="fvsrn")), ("fvsrn-full", {"arch": "fvsrn"})],
     "pruning": [
         (f"{arch}{label}", dict({"arch": arch} if arch != "default" else {},
                                 **({"codec": {"prune": 0.3, "prune_method": m}} if m else {})))
