@@ -59,6 +59,13 @@ PRESETS: Dict[str, Tuple[List[Tuple[str, int]], List[float]]] = {
          ("sim_isabel_windspeed_t30", 2)],
         [100.0],
     ),
+    # Issue 4: rate-aware fitting of the grids (codec rate=) against the default, every volume.
+    "rate": (
+        [("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
+         ("sim_richtmyer_meshkov_t20", 2), ("bio_embryo", 2), ("ct_chest_lidc2", 2),
+         ("sim_isabel_windspeed_t30", 2)],
+        [100.0],
+    ),
     # Issue 4: rate-distortion of the default pipeline on every volume (256^3 ones at 2x).
     "rd": (
         [("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
@@ -87,6 +94,7 @@ PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     # Also on fvsrn, the foundation's architecture, whose bytes are mostly one dense grid.
     "pipeline": [("plain", PLAIN), ("full", {}),
                  ("fvsrn-plain", dict(PLAIN, arch="fvsrn")), ("fvsrn-full", {"arch": "fvsrn"})],
+    "rate": [("default", {}), ("rate12-bits2", {"codec": {"grid_bits": 2, "rate": 12}})],
     "pruning": [
         (f"{arch}{label}", dict({"arch": arch} if arch != "default" else {},
                                 **({"codec": {"prune": 0.3, "prune_method": m}} if m else {})))

@@ -22,7 +22,7 @@ from .fit import finetune as _finetune
 from .metrics import psnr as _psnr
 from .models import Architecture, ModelConfig, VolumeModel, architectures, get_architecture
 from .neural_volume import NeuralVolume, _cast
-from .pipeline import MAX_LEVELS, CodecSettings, compress_model, estimate_payload
+from .pipeline import MAX_LEVELS, CodecSettings, compress_model, estimate_payload, fit_regularizer
 from .pipeline import _largest_fitting_k  # noqa: F401  (used by the ensemble jobs)
 from .volume_checks import check_ratio, check_volume
 
@@ -222,7 +222,8 @@ def encode(
         model = architecture.build(config)
         log.info("encode: %s %s, budget %d bytes, %d parameters, %d steps on %s",
                  architecture.name, config.to_dict(), budget, _param_count(model), settings.steps, dev)
-        result = _fit_with_progress(model, data, settings, seed, dev, quiet)
+        result = _fit_with_progress(model, data, settings, seed, dev, quiet,
+                                    fit_regularizer(model, codec_settings, settings.steps))
     header["model"] = {"arch": architecture.name, "config": config.to_dict()}
     header["codec"] = dict(_CODEC, pipeline=codec_settings.pipeline(model))
     # The placeholder reserves the widest "fit" values, so the real ones cannot push the
@@ -523,11 +524,12 @@ def _solve_config(architecture: Any, shape: Tuple[int, int, int], payload_budget
 
 
 def _fit_with_progress(model: VolumeModel, data: torch.Tensor, settings: FitSettings,
-                       seed: int, dev: torch.device, quiet: bool):
+                       seed: int, dev: torch.device, quiet: bool, regularizer=None):
     from tqdm.auto import tqdm
 
     with tqdm(total=settings.steps, desc="fitting", unit="step", disable=quiet, leave=False) as bar:
         def progress(step: int, loss: float) -> None:
             bar.set_postfix(loss=f"{loss:.2e}", refresh=False)
             bar.update(step - bar.n)  # tqdm throttles redraws itself
-        return fit(model, data, settings, seed=seed, device=dev, progress=progress)
+        return fit(model, data, settings, seed=seed, device=dev, progress=progress,
+                   regularizer=regularizer)

@@ -307,7 +307,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def _codec_options(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """The CodecSettings fields given on the command line (None: all defaults)."""
     given = {"prune": args.prune, "prune_method": args.prune_method, "grids": args.grid_coding,
-             "finetune": args.finetune, "vq_ema": args.vq_ema}
+             "finetune": args.finetune, "vq_ema": args.vq_ema, "grid_bits": args.grid_bits,
+             "rate": args.rate}
     given = {k: v for k, v in given.items() if v is not None}
     return given or None
 
@@ -680,6 +681,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune", type=_fraction, default=None, metavar="F",
                    help="quantization-aware fine-tuning steps as a fraction of --steps "
                         "(0 turns it off)")
+    g.add_argument("--grid-bits", type=_finite_float, default=None, metavar="B",
+                   help="bits per grid value the model is sized for (default 4 for interp; "
+                        "fewer: a larger model in the same bytes)")
+    g.add_argument("--rate", type=_finite_float, default=None, metavar="W",
+                   help="rate-aware fitting of interp grids with this weight (e.g. 12, with "
+                        "--grid-bits 2): better on rough volumes such as CT and turbulence, "
+                        "worse on smooth fields (BENCHMARKS.md)")
     g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
     g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
                    help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "

@@ -7,6 +7,8 @@ Stages, each optional and recorded in the header's ``codec.pipeline``:
   multilevel interpolation prediction (the predictor of SZ3) or 3-D Lorenzo prediction
   (SZ's), the step searched so the file fits; models are sized for it, so at the same
   bytes they get more parameters than under k-means;
+* ``rate``: rate-aware fitting: the fit penalises the interp coder's residuals of the
+  grids, so they code in fewer bytes (``CodecSettings.rate``; off by default);
 * ``finetune``: quantization-aware fine-tuning: with the grids fixed to the values the file
   stores, the rest of the network trains to work with them, then is quantized;
 * ``prune`` / ``smallify`` / ``vd``: pruning of the k-means tensors to a sparsity (by
@@ -34,6 +36,7 @@ from .compress.payload import KIND_RECORDS
 from .errors import NeurvolInputError
 from .compress.records import GRID_METHODS, MAX_CENTROIDS, encode_record, grid_codes, vq_values
 from .compress.vq import grid_vectors, vector_kmeans
+from .fit.rate import GridRate
 from .fit.sparsify import (Smallify, VariationalDropout, linear_tensors, smallify_prune,
                            vd_prune)
 from .fit.sparsify import restore_order as _restore_order
@@ -77,6 +80,13 @@ class CodecSettings:
     (``vector-quantize-pytorch``, exponential moving averages with this decay, from the
     k-means codebook) while the grid vectors train too; 0 (default) keeps the k-means
     codebook and trains only the rest of the network against it.
+    rate: rate-aware fitting of interp-coded grids (:class:`neurvol.fit.rate.GridRate`):
+    the fit adds ``rate x running MSE x mean |interp residual|`` to its loss from 30 % of
+    its steps, so the grids come out cheap to code and the step search can keep them
+    fine. 0 (default) turns it off. Measured in BENCHMARKS.md (session 7): with
+    ``grid_bits=2`` (a model sized twice as large) it gains 0.3-2.5 dB on rough volumes
+    (CT, turbulence) and loses 1.5-3 dB on smooth simulation fields, so it is not the
+    default; recorded in the header as the stage ``rate``.
     """
 
     grids: str = "interp"
@@ -86,6 +96,7 @@ class CodecSettings:
     prune_method: str = "magnitude"
     coders: Tuple[str, ...] = ("raw", "zstd", "rans")
     vq_ema: float = 0.0
+    rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.grids not in GRID_CODINGS:
@@ -110,6 +121,12 @@ class CodecSettings:
                                  "during the fine-tuning steps: it needs finetune > 0")
         if not (isinstance(self.vq_ema, (int, float)) and 0 <= self.vq_ema < 1):
             raise ValueError("vq_ema must be a decay in [0, 1) (0: no learned codebook)")
+        if not (isinstance(self.rate, (int, float)) and not isinstance(self.rate, bool)
+                and math.isfinite(self.rate) and self.rate >= 0):
+            raise ValueError("rate must be a finite number >= 0 (0: no rate-aware fitting)")
+        if self.rate > 0 and self.grids != "interp":
+            raise ValueError("rate penalises the interp coder's residuals: it needs "
+                             "grids='interp'")
         bad = set(self.coders) - {"raw", "zstd", "rans"}
         if not self.coders or bad:
             raise ValueError(f"coders must be a non-empty subset of raw, zstd, rans, got {self.coders!r}")
@@ -125,6 +142,8 @@ class CodecSettings:
         """The stages this codec applies to ``model`` (the header's ``codec.pipeline``)."""
         grids = self.grid_names(model)
         stages = []
+        if self.rate > 0 and grids:
+            stages.append("rate")
         if self.prune > 0:
             stages.append(PRUNE_STAGES[self.prune_method])
         stages.append("kmeans")
@@ -143,6 +162,19 @@ class CodecSettings:
         sd = model.state_dict()
         rank = 4 if self.grids == "vq" else 3
         return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= rank)
+
+
+def fit_regularizer(model: VolumeModel, codec: CodecSettings, steps: int) -> Optional[GridRate]:
+    """The penalty the fit of ``model`` adds for ``codec`` (``codec.rate``), or None."""
+    if codec.rate <= 0:
+        return None
+    grids = codec.grid_names(model)
+    if not grids:
+        raise NeurvolInputError(
+            "codec rate= shapes feature grids, and this architecture has none; use an "
+            "architecture with grids (amgsrn, fvsrn) or leave rate at 0")
+    params = dict(model.named_parameters())
+    return GridRate([params[g] for g in grids], codec.rate, steps)
 
 
 def plans_for(model: VolumeModel, k: int, codec: CodecSettings,

@@ -33,7 +33,7 @@ MAX_CODE = (1 << 31) - 1
 Pass = Tuple[int, int, Tuple[slice, ...]]      # (axis, h, slices of the other axes)
 
 
-def _passes(shape: Tuple[int, ...]) -> Iterator[Pass]:
+def prediction_passes(shape: Tuple[int, ...]) -> Iterator[Pass]:
     """(axis, h, selection) of every prediction pass of a grid of ``shape`` (>= 3 axes);
     the selection has ``slice(None)`` on ``axis``."""
     dims = shape[-3:]
@@ -99,7 +99,7 @@ def interp_encode(values: np.ndarray, step: float) -> Tuple[np.ndarray, np.ndarr
 
     anchor = _anchor(x.shape)
     rec[anchor] = code(x[anchor], np.zeros_like(x[anchor]))
-    for axis, h, sel in _passes(x.shape):
+    for axis, h, sel in prediction_passes(x.shape):
         view = rec[sel]                  # basic slicing: a view, writes go to ``rec``
         pred, psel = _predict(view, axis, h)
         view[psel] = code(x[sel][psel], pred)
@@ -123,7 +123,7 @@ def interp_decode(codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.
 
     anchor = _anchor(rec.shape)
     rec[anchor] = take(np.zeros_like(rec[anchor]))
-    for axis, h, sel in _passes(rec.shape):
+    for axis, h, sel in prediction_passes(rec.shape):
         view = rec[sel]
         pred, psel = _predict(view, axis, h)
         view[psel] = take(pred)

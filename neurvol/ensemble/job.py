@@ -218,7 +218,7 @@ def _fit_quantized(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
     from ..compress import decode_payload
     from ..fit import FitSettings, finetune, fit
     from ..models import get_architecture
-    from ..pipeline import CodecSettings, compress_model
+    from ..pipeline import CodecSettings, compress_model, fit_regularizer
 
     arch = get_architecture(arch_name)
     config = arch.config_cls.from_dict(config_dict)
@@ -229,10 +229,11 @@ def _fit_quantized(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
     stop = Plateau(settings.steps) if job.plateau else None
     data = torch.from_numpy(target)
     device = torch.device(job.device)
-    result = fit(model, data, settings, seed=seed, device=device, stop=stop)
-    model = model.cpu()
     codec = (CodecSettings(**{k: tuple(v) if k == "coders" else v for k, v in job.codec.items()})
              if job.codec is not None else CodecSettings(grids="kmeans", finetune=0.0))
+    result = fit(model, data, settings, seed=seed, device=device, stop=stop,
+                 regularizer=fit_regularizer(model, codec, settings.steps))
+    model = model.cpu()
     tune_steps = int(round(codec.finetune * settings.steps))
 
     def tune(trainable: Any, regularizer: Any = None) -> None:

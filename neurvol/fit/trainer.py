@@ -77,12 +77,15 @@ def fit(
     device: torch.device = torch.device("cpu"),
     progress: Optional[Callable[[int, float], None]] = None,
     stop: Optional[Callable[[int, float], bool]] = None,
+    regularizer: Optional["Regularizer"] = None,
 ) -> FitResult:
     """Train ``model`` on ``volume`` ((D, H, W) float32 in [0, 1]) in place.
 
     ``progress(step, loss)`` is called every few steps (for a progress bar). ``stop(step,
     loss)``, called at the same steps, ends training early when it returns True (e.g. on a
-    loss plateau); the result's ``steps`` counts the steps actually run.
+    loss plateau); the result's ``steps`` counts the steps actually run. ``regularizer``,
+    when given, adds its penalty to the data loss (e.g. :class:`~neurvol.fit.rate.GridRate`)
+    and trains its own parameters along.
     """
     # A model built with training options (e.g. neurcomp's grad_lambda) carries them here.
     overrides = getattr(model, "fit_overrides", None)
@@ -93,7 +96,11 @@ def fit(
     model.to(device).train()
     weighted = settings.sampling == "error"
     sampler = ErrorSampler(volume, gen) if weighted else VoxelSampler(volume, gen)
-    groups = model.param_groups(settings.lr)
+    groups = list(model.param_groups(settings.lr))
+    if regularizer is not None:
+        regularizer.to(device).train()
+        regularizer.begin(volume.numel())
+        groups += regularizer.param_groups(settings.lr)
     opt = torch.optim.Adam(groups)
     if settings.schedule == "step":
         every = settings.decay_every or settings.steps
@@ -126,6 +133,8 @@ def fit(
             sq_err = (pred - target).square()
             loss = (weights * sq_err).mean()
             sampler.record_error(blocks, sq_err.detach().cpu())
+        if regularizer is not None:
+            loss = loss + regularizer.penalty(loss.detach())
         if grad_target is not None:
             (grad,) = torch.autograd.grad(pred.sum(), coords, create_graph=True)
             loss = loss + settings.grad_lambda * F.mse_loss(grad, grad_target)
@@ -137,6 +146,8 @@ def fit(
         loss.backward()
         opt.step()
         sched.step()
+        if regularizer is not None:
+            regularizer.after_step()
         if (progress is not None or stop is not None) and (step % 10 == 0 or step == settings.steps - 1):
             loss_value = float(loss.detach())
             if progress is not None:
@@ -148,6 +159,8 @@ def fit(
     seconds = time.perf_counter() - t0
     log.debug("fit: %d steps in %.1fs, final loss %.3g", steps_run, seconds, loss_value)
     model.eval()
+    if regularizer is not None:
+        regularizer.eval()
     return FitResult(steps=steps_run, seconds=seconds, final_loss=loss_value)
 
 
