@@ -684,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid-bits", type=_finite_float, default=None, metavar="B",
                    help="bits per grid value the model is sized for (default 4 for interp; "
                         "fewer: a larger model in the same bytes)")
-    g.add_argument("--rate", type=_finite_float, default=None, metavar="W",
+    g.add_argument("--rate", type=_nonnegative_float, default=None, metavar="W",
                    help="rate-aware fitting of interp grids with this weight (e.g. 12, with "
                         "--grid-bits 2): better on rough volumes such as CT and turbulence, "
                         "worse on smooth fields (BENCHMARKS.md)")

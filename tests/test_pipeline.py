@@ -99,6 +99,11 @@ def test_cli_pack_codec_options_and_info_bytes(tmp_path, small_volume, monkeypat
     info = json.loads(capsys.readouterr().out)
     assert info["bytes"]["masks"] > 0 and "prune" in info["codec"]["pipeline"]
     assert cli.main(["-q", "pack", "v.npy", "-o", "q.nvol", "--prune", "1.5"]) == 2
+    assert cli.main(["-q", "pack", "v.npy", "-o", "r.nvol", "--ratio", "4", "--steps", "10",
+                     "--arch", "fvsrn", "--grid-bits", "2", "--rate", "12"]) == 0
+    assert cli.main(["info", "r.nvol", "--json"]) == 0
+    assert "rate" in json.loads(capsys.readouterr().out)["codec"]["pipeline"]
+    assert cli.main(["-q", "pack", "v.npy", "-o", "s.nvol", "--rate", "-1"]) == 2
 
 
 def test_codec_settings_pipeline_names_stages():
