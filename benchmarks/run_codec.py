@@ -94,7 +94,9 @@ PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     # Also on fvsrn, the foundation's architecture, whose bytes are mostly one dense grid.
     "pipeline": [("plain", PLAIN), ("full", {}),
                  ("fvsrn-plain", dict(PLAIN, arch="fvsrn")), ("fvsrn-full", {"arch": "fvsrn"})],
-    "rate": [("default", {}), ("rate12-bits2", {"codec": {"grid_bits": 2, "rate": 12}})],
+    "rate": [("default", {}), ("rate12-bits2", {"codec": {"grid_bits": 2, "rate": 12}}),
+             ("fvsrn-plain", dict(PLAIN, arch="fvsrn")),
+             ("fvsrn-rate12-bits2", {"arch": "fvsrn", "codec": {"grid_bits": 2, "rate": 12}})],
     "pruning": [
         (f"{arch}{label}", dict({"arch": arch} if arch != "default" else {},
                                 **({"codec": {"prune": 0.3, "prune_method": m}} if m else {})))
