@@ -65,8 +65,9 @@ class GridRate(Regularizer):
         self.loss = None
 
     def penalty(self, mse: torch.Tensor) -> torch.Tensor:
-        value = float(mse)
-        self.loss = value if self.loss is None else LOSS_DECAY * self.loss + (1 - LOSS_DECAY) * value
+        # A tensor, not a float: no device sync per step on a GPU.
+        mse = mse.detach()
+        self.loss = mse if self.loss is None else LOSS_DECAY * self.loss + (1 - LOSS_DECAY) * mse
         if self.step < self.start or not self.grids:
             return mse.new_zeros(())
         l1 = torch.cat([interp_residuals(g).abs() for g in self.grids]).mean()
