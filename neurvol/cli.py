@@ -90,6 +90,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> Any:
+    return "auto" if text == "auto" else _nonnegative_float(text)
+
+
 def _fraction(text: str) -> float:
     value = _nonnegative_float(text)
     if value >= 1:
@@ -684,10 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid-bits", type=_finite_float, default=None, metavar="B",
                    help="bits per grid value the model is sized for (default 4 for interp; "
                         "fewer: a larger model in the same bytes)")
-    g.add_argument("--rate", type=_nonnegative_float, default=None, metavar="W",
+    g.add_argument("--rate", type=_rate, default=None, metavar="W",
                    help="rate-aware fitting of interp grids with this weight (e.g. 12, with "
                         "--grid-bits 2): better on rough volumes such as CT and turbulence, "
-                        "worse on smooth fields (BENCHMARKS.md)")
+                        "worse on smooth fields (BENCHMARKS.md); 'auto': encode with and "
+                        "without it and keep the better file (twice the time)")
     g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
     g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
                    help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "

@@ -104,6 +104,7 @@ def test_cli_pack_codec_options_and_info_bytes(tmp_path, small_volume, monkeypat
     assert cli.main(["info", "r.nvol", "--json"]) == 0
     assert "rate" in json.loads(capsys.readouterr().out)["codec"]["pipeline"]
     assert cli.main(["-q", "pack", "v.npy", "-o", "s.nvol", "--rate", "-1"]) == 2
+    assert cli.main(["-q", "pack", "v.npy", "-o", "t.nvol", "--rate", "most"]) == 2
 
 
 def test_codec_settings_pipeline_names_stages():
@@ -323,3 +324,23 @@ def test_rate_needs_a_model_with_grids(small_volume):
     with pytest.raises(NeurvolInputError, match="grids"):
         neurvol.encode(small_volume, ratio=8, steps=5, arch="neurcomp", quiet=True,
                        codec={"rate": 1.0})
+
+
+def test_rate_auto_keeps_the_better_of_the_two_encodes(small_volume):
+    from neurvol.api import AUTO_RATE
+
+    kw = dict(ratio=8, steps=60, arch="amgsrn", quiet=True, seed=0)
+    plain = neurvol.encode(small_volume, **kw)
+    rated = neurvol.encode(small_volume, codec=AUTO_RATE, **kw)
+    auto = neurvol.encode(small_volume, codec={"rate": "auto"}, **kw)
+    assert auto.fit_psnr == max(plain.fit_psnr, rated.fit_psnr)
+    expect = rated if rated.fit_psnr > plain.fit_psnr else plain
+    assert auto.to_bytes() == expect.to_bytes()
+    # no grids to fit rate-aware: the default encode
+    nc = neurvol.encode(small_volume, ratio=8, steps=5, arch="neurcomp", quiet=True,
+                        codec={"rate": "auto"})
+    assert "rate" not in nc.info()["codec"]["pipeline"]
+    with pytest.raises(NeurvolInputError):
+        neurvol.encode(small_volume, codec={"rate": "most"}, **kw)
+    with pytest.raises(NeurvolInputError):
+        neurvol.encode(small_volume, codec={"rate": "auto", "grids": "vq"}, **kw)
