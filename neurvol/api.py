@@ -132,18 +132,16 @@ def encode(
         >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
         True
     """
-    if psnr is not None:
-        return _encode_to_psnr(volume, psnr, ratio, dict(
+    auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
+    if psnr is not None or auto_rate:     # searches: several encodes with these arguments
+        kwargs = dict(
             arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
             origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, brick=brick,
             ghost=ghost, bricks=bricks, blend=blend, workers=workers, devices=devices,
-            executor=executor, retries=retries, **arch_options))
-    if isinstance(codec, dict) and isinstance(codec.get("rate"), str):
-        return _encode_best_rate(volume, ratio, dict(
-            arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
-            origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, brick=brick,
-            ghost=ghost, bricks=bricks, blend=blend, workers=workers, devices=devices,
-            executor=executor, retries=retries, **arch_options))
+            executor=executor, retries=retries, **arch_options)
+        if psnr is not None:
+            return _encode_to_psnr(volume, psnr, ratio, kwargs)
+        return _encode_best_rate(volume, ratio, kwargs)
     t_start = time.perf_counter()
     grid = _brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
     if grid is None:
