@@ -94,9 +94,12 @@ PRESET_VARIANTS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     # Also on fvsrn, the foundation's architecture, whose bytes are mostly one dense grid.
     "pipeline": [("plain", PLAIN), ("full", {}),
                  ("fvsrn-plain", dict(PLAIN, arch="fvsrn")), ("fvsrn-full", {"arch": "fvsrn"})],
-    "rate": [("default", {}), ("rate12-bits2", {"codec": {"grid_bits": 2, "rate": 12}}),
+    # rate-auto: the pilot's choice between the two columns before it.
+    "rate": [("plain", PLAIN), ("default", {}),
+             ("rate12-bits2", {"codec": {"grid_bits": 2, "rate": 12}}),
+             ("rate-auto", {"codec": {"rate": "auto"}}),
              ("fvsrn-plain", dict(PLAIN, arch="fvsrn")),
-             ("fvsrn-rate12-bits2", {"arch": "fvsrn", "codec": {"grid_bits": 2, "rate": 12}})],
+             ("fvsrn-rate-auto", {"arch": "fvsrn", "codec": {"rate": "auto"}})],
     "pruning": [
         (f"{arch}{label}", dict({"arch": arch} if arch != "default" else {},
                                 **({"codec": {"prune": 0.3, "prune_method": m}} if m else {})))

@@ -326,16 +326,20 @@ def test_rate_needs_a_model_with_grids(small_volume):
                        codec={"rate": 1.0})
 
 
-def test_rate_auto_keeps_the_better_of_the_two_encodes(small_volume):
-    from neurvol.api import AUTO_RATE
+def test_rate_auto_finishes_the_candidate_its_pilot_chooses(small_volume, monkeypatch):
+    from neurvol import api
 
     kw = dict(ratio=8, steps=60, arch="amgsrn", quiet=True, seed=0)
-    plain = neurvol.encode(small_volume, **kw)
-    rated = neurvol.encode(small_volume, codec=AUTO_RATE, **kw)
-    auto = neurvol.encode(small_volume, codec={"rate": "auto"}, **kw)
-    assert auto.fit_psnr == max(plain.fit_psnr, rated.fit_psnr)
-    expect = rated if rated.fit_psnr > plain.fit_psnr else plain
-    assert auto.to_bytes() == expect.to_bytes()
+    plain = neurvol.encode(small_volume, **kw).to_bytes()
+    rated = neurvol.encode(small_volume, codec=api.AUTO_RATE, **kw).to_bytes()
+    assert plain != rated
+    # The pilot pauses both fits and finishes one: the file is that encode's, byte for byte.
+    auto = neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes()
+    assert auto in (plain, rated)
+    monkeypatch.setattr(api, "RATE_PILOT_MARGIN_DB", 1000.0)    # rate-aware always wins
+    assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == rated
+    monkeypatch.setattr(api, "RATE_PILOT_MARGIN_DB", -1000.0)   # the default always wins
+    assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == plain
     # no grids to fit rate-aware: the default encode
     nc = neurvol.encode(small_volume, ratio=8, steps=5, arch="neurcomp", quiet=True,
                         codec={"rate": "auto"})

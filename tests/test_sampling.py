@@ -97,3 +97,37 @@ def _lin(coords, shape):
     scale = (torch.tensor(shape, dtype=torch.float32) - 1) / 2
     zyx = torch.round((coords + 1) * scale).long()
     return (zyx[:, 0] * h + zyx[:, 1]) * w + zyx[:, 2]
+
+
+def test_a_fit_run_in_stages_equals_one_run():
+    """encode(codec={"rate": "auto"}) pauses fits part way; the model must not notice."""
+    from neurvol.fit import Fitting
+    from neurvol.fit.rate import GridRate
+
+    vol = _volume((12, 12, 12))
+    settings = FitSettings(steps=30, batch=256, sampling="error")
+    arch = get_architecture("amgsrn")
+
+    def model_and_rate():
+        torch.manual_seed(0)
+        m = arch.build(arch.solve(tuple(vol.shape), 3000, {}))
+        grids = [p for n, p in m.named_parameters() if n in m.grid_tensors]
+        return m, GridRate(grids, 12.0, settings.steps)
+
+    one, reg = model_and_rate()
+    whole = fit(one, vol, settings, seed=3, regularizer=reg)
+    two, reg = model_and_rate()
+    staged = Fitting(two, vol, settings, seed=3, regularizer=reg)
+    for until in (7, 7, 20, None):
+        staged.run(until)
+    result = staged.finish()
+    assert result.steps == whole.steps == 30 and staged.done
+    assert result.final_loss == whole.final_loss
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items()):
+        assert torch.equal(a, b), name
+    # a stop callback ends it for good
+    three, _ = model_and_rate()
+    stopped = Fitting(three, vol, settings, seed=3)
+    stopped.run(stop=lambda step, loss: step >= 11)
+    stopped.run()
+    assert stopped.finish().steps == 11

@@ -1,5 +1,5 @@
 """Training of volume models (sampling, loss, schedule)."""
 from .sampling import VoxelSampler
-from .trainer import FitResult, FitSettings, Regularizer, finetune, fit
+from .trainer import FitResult, FitSettings, Fitting, Regularizer, finetune, fit
 
-__all__ = ["FitResult", "FitSettings", "Regularizer", "VoxelSampler", "finetune", "fit"]
+__all__ = ["FitResult", "FitSettings", "Fitting", "Regularizer", "VoxelSampler", "finetune", "fit"]

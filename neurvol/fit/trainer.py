@@ -87,81 +87,122 @@ def fit(
     when given, adds its penalty to the data loss (e.g. :class:`~neurvol.fit.rate.GridRate`)
     and trains its own parameters along.
     """
-    # A model built with training options (e.g. neurcomp's grad_lambda) carries them here.
-    overrides = getattr(model, "fit_overrides", None)
-    if overrides:
-        settings = dataclasses.replace(settings, **overrides)
-    gen = torch.Generator().manual_seed(seed)
-    model.init_from_volume(volume)
-    model.to(device).train()
-    weighted = settings.sampling == "error"
-    sampler = ErrorSampler(volume, gen) if weighted else VoxelSampler(volume, gen)
-    groups = list(model.param_groups(settings.lr))
-    if regularizer is not None:
-        regularizer.to(device).train()
-        regularizer.begin(volume.numel())
-        groups += regularizer.param_groups(settings.lr)
-    opt = torch.optim.Adam(groups)
-    if settings.schedule == "step":
-        every = settings.decay_every or settings.steps
-        factor = lambda step: settings.decay ** (step // every)  # noqa: E731
-    else:
-        factor = warmup_cosine(settings.steps, settings.warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    batch = min(settings.batch, volume.numel())
-    t0 = time.perf_counter()
-    loss_value = math.nan
-    steps_run = settings.steps
-    for step in range(settings.steps):
-        grad_target = weights = None
-        if settings.grad_lambda > 0:
-            coords, target, grad_target = sampler.sample_with_gradient(batch)
-            grad_target = grad_target.to(device)
-        elif weighted:
-            coords, target, weights, blocks = sampler.sample_weighted(batch)
-            weights = weights.to(device)
-        else:
-            coords, target = sampler.sample(batch)
-        model.on_step(step, settings.steps)
-        coords, target = coords.to(device), target.to(device)
-        if grad_target is not None:
-            coords.requires_grad_(True)
-        pred = model(coords)
-        if weights is None:
-            loss = F.mse_loss(pred, target)
-        else:
-            sq_err = (pred - target).square()
-            loss = (weights * sq_err).mean()
-            sampler.record_error(blocks, sq_err.detach().cpu())
+    fitting = Fitting(model, volume, settings, seed=seed, device=device, regularizer=regularizer)
+    fitting.run(progress=progress, stop=stop)
+    return fitting.finish()
+
+
+class Fitting:
+    """A fit in progress, run in stages: :meth:`run` up to a step, look at the model (a
+    copy of it: it is still training), :meth:`run` on, :meth:`finish`. The steps, their
+    order and their random draws are those of one :func:`fit` call, so a fit stopped part
+    way and resumed gives the same model. ``encode(codec={"rate": "auto"})`` uses it to fit
+    two candidate models part way, compare them and finish only the better one."""
+
+    def __init__(self, model: VolumeModel, volume: torch.Tensor, settings: FitSettings, *,
+                 seed: int = 0, device: torch.device = torch.device("cpu"),
+                 regularizer: Optional["Regularizer"] = None):
+        # A model built with training options (e.g. neurcomp's grad_lambda) carries them here.
+        overrides = getattr(model, "fit_overrides", None)
+        if overrides:
+            settings = dataclasses.replace(settings, **overrides)
+        self.model, self.settings, self.device = model, settings, device
+        self.regularizer = regularizer
+        gen = torch.Generator().manual_seed(seed)
+        model.init_from_volume(volume)
+        model.to(device).train()
+        self.weighted = settings.sampling == "error"
+        self.sampler = ErrorSampler(volume, gen) if self.weighted else VoxelSampler(volume, gen)
+        groups = list(model.param_groups(settings.lr))
         if regularizer is not None:
-            loss = loss + regularizer.penalty(loss.detach())
-        if grad_target is not None:
-            (grad,) = torch.autograd.grad(pred.sum(), coords, create_graph=True)
-            loss = loss + settings.grad_lambda * F.mse_loss(grad, grad_target)
-            coords = coords.detach()
-        extra = model.extra_loss(coords, pred, target)
-        if extra is not None:
-            loss = loss + extra
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if regularizer is not None:
-            regularizer.after_step()
-        if (progress is not None or stop is not None) and (step % 10 == 0 or step == settings.steps - 1):
-            loss_value = float(loss.detach())
-            if progress is not None:
-                progress(step + 1, loss_value)
-            if stop is not None and stop(step + 1, loss_value):
-                steps_run = step + 1
-                break
-    loss_value = float(loss.detach()) if settings.steps else math.nan
-    seconds = time.perf_counter() - t0
-    log.debug("fit: %d steps in %.1fs, final loss %.3g", steps_run, seconds, loss_value)
-    model.eval()
-    if regularizer is not None:
-        regularizer.eval()
-    return FitResult(steps=steps_run, seconds=seconds, final_loss=loss_value)
+            regularizer.to(device).train()
+            regularizer.begin(volume.numel())
+            groups += regularizer.param_groups(settings.lr)
+        self.opt = torch.optim.Adam(groups)
+        if settings.schedule == "step":
+            every = settings.decay_every or settings.steps
+            factor = lambda step: settings.decay ** (step // every)  # noqa: E731
+        else:
+            factor = warmup_cosine(settings.steps, settings.warmup)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
+        self.batch = min(settings.batch, volume.numel())
+        #: Steps run so far.
+        self.step = 0
+        self.stopped = False
+        self.seconds = 0.0
+        self.loss = math.nan
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.step >= self.settings.steps
+
+    def run(self, until: Optional[int] = None,
+            progress: Optional[Callable[[int, float], None]] = None,
+            stop: Optional[Callable[[int, float], bool]] = None) -> None:
+        """Run steps up to ``until`` (default: the last). ``progress`` / ``stop``: as for
+        :func:`fit`; a ``stop`` that returns True ends the fit for good."""
+        settings, model, sampler = self.settings, self.model, self.sampler
+        device, regularizer = self.device, self.regularizer
+        last = settings.steps if until is None else min(int(until), settings.steps)
+        t0 = time.perf_counter()
+        model.train()
+        loss = None
+        while not self.stopped and self.step < last:
+            step = self.step
+            grad_target = weights = None
+            if settings.grad_lambda > 0:
+                coords, target, grad_target = sampler.sample_with_gradient(self.batch)
+                grad_target = grad_target.to(device)
+            elif self.weighted:
+                coords, target, weights, blocks = sampler.sample_weighted(self.batch)
+                weights = weights.to(device)
+            else:
+                coords, target = sampler.sample(self.batch)
+            model.on_step(step, settings.steps)
+            coords, target = coords.to(device), target.to(device)
+            if grad_target is not None:
+                coords.requires_grad_(True)
+            pred = model(coords)
+            if weights is None:
+                loss = F.mse_loss(pred, target)
+            else:
+                sq_err = (pred - target).square()
+                loss = (weights * sq_err).mean()
+                sampler.record_error(blocks, sq_err.detach().cpu())
+            if regularizer is not None:
+                loss = loss + regularizer.penalty(loss.detach())
+            if grad_target is not None:
+                (grad,) = torch.autograd.grad(pred.sum(), coords, create_graph=True)
+                loss = loss + settings.grad_lambda * F.mse_loss(grad, grad_target)
+                coords = coords.detach()
+            extra = model.extra_loss(coords, pred, target)
+            if extra is not None:
+                loss = loss + extra
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            if regularizer is not None:
+                regularizer.after_step()
+            self.step += 1
+            if (progress is not None or stop is not None) and (
+                    step % 10 == 0 or step == settings.steps - 1):
+                loss_value = float(loss.detach())
+                if progress is not None:
+                    progress(step + 1, loss_value)
+                if stop is not None and stop(step + 1, loss_value):
+                    self.stopped = True
+        if loss is not None:
+            self.loss = float(loss.detach())
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> FitResult:
+        """The fit's result; the model (and regularizer) left in eval mode."""
+        log.debug("fit: %d steps in %.1fs, final loss %.3g", self.step, self.seconds, self.loss)
+        self.model.eval()
+        if self.regularizer is not None:
+            self.regularizer.eval()
+        return FitResult(steps=self.step, seconds=self.seconds, final_loss=self.loss)
 
 
 class Regularizer(torch.nn.Module):
