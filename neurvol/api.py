@@ -217,12 +217,9 @@ def encode(
         return _finish(header, [encode_constant(lo)], budget)
 
     data = _normalized_tensor(volume, lo, hi)
-    if auto_rate:
-        codecs = _rate_candidates(codec)
-    else:
-        codecs = [_codec_settings(codec)]
+    codecs = _rate_candidates(codec) if auto_rate else [codec]
     runs = []
-    for i, codec_settings in enumerate(codecs):
+    for i, codec_settings in enumerate(map(_codec_settings, codecs)):
         try:
             runs.append(_start_fit(data, header, budget, bits, candidates, arch_options,
                                    codec_settings, fit_settings, steps, seed, dev))
@@ -309,17 +306,17 @@ RATE_PILOT = 0.4
 RATE_PILOT_MARGIN_DB = 0.15
 
 
-def _rate_candidates(codec: Dict[str, Any]) -> List[CodecSettings]:
-    """The default codec and rate-aware fitting (:data:`AUTO_RATE`), with ``codec``'s
-    other fields, for ``codec={"rate": "auto"}``."""
+def _rate_candidates(codec: Dict[str, Any]) -> List[Optional[Dict[str, Any]]]:
+    """The ``codec`` settings of the two candidates ``codec={"rate": "auto"}`` chooses
+    from: the default codec and rate-aware fitting (:data:`AUTO_RATE`), each with
+    ``codec``'s other fields."""
     rest = dict(codec)
     if rest.pop("rate") != "auto":
         raise NeurvolInputError("codec rate= must be a number >= 0 or 'auto'")
     if rest.get("grids", "interp") != "interp":
         raise NeurvolInputError("codec rate='auto' tries rate-aware fitting, which needs "
                                 "grids='interp'")
-    return [_codec_settings(rest or None),
-            _codec_settings({**AUTO_RATE, **rest, "rate": AUTO_RATE["rate"]})]
+    return [rest or None, {**AUTO_RATE, **rest, "rate": AUTO_RATE["rate"]}]
 
 
 def _pilot_choice(runs: List[_Run], volume: np.ndarray, data: torch.Tensor, budget: int,
@@ -453,17 +450,11 @@ def _encode_best_rate(volume: Any, ratio: float, kwargs: Dict[str, Any]) -> Neur
     whole encodes, with the default codec and with rate-aware fitting; ties keep the
     default. Architectures without grids get the default only. (A single model chooses
     from a pilot instead, :func:`_pilot_choice`.)"""
-    codec = dict(kwargs.pop("codec"))
-    if codec.pop("rate") != "auto":
-        raise NeurvolInputError("codec rate= must be a number >= 0 or 'auto'")
-    if codec.get("grids", "interp") != "interp":
-        raise NeurvolInputError("codec rate='auto' tries rate-aware fitting, which needs "
-                                "grids='interp'")
+    plain, rate_aware = _rate_candidates(kwargs.pop("codec"))
     t_start = time.perf_counter()
-    best = encode(volume, ratio, codec=codec or None, **kwargs)
+    best = encode(volume, ratio, codec=plain, **kwargs)
     try:
-        rated = encode(volume, ratio, codec={**AUTO_RATE, **codec, "rate": AUTO_RATE["rate"]},
-                       **kwargs)
+        rated = encode(volume, ratio, codec=rate_aware, **kwargs)
     except NeurvolInputError:
         # The same inputs just encoded, so only the rate-aware fit can be refused: a
         # model without feature grids. The default it is.
