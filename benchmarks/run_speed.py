@@ -50,7 +50,7 @@ COLD_POINTS = 1000
 # substring of a builtin's name)
 ENCODE_STAGES = [
     ("encode (total)", "api.py", "encode"),
-    ("fit loop (incl. placement)", "trainer.py", "fit"),
+    ("fit loop (incl. placement)", "trainer.py", ("__init__", "run")),   # Fitting
     ("  grid placement (amgsrn)", "amgsrn.py", "place_grids"),
     ("  sampling", "sampling.py", ("sample", "sample_weighted", "record_error")),
     ("  model forward", "amgsrn.py", "forward"),
