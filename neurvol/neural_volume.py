@@ -7,6 +7,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -27,6 +28,11 @@ QUERY_CHUNK = 1 << 17
 # coordinates) then stay in the L2 cache; 2^14 was fastest of 2^13..2^15 for amgsrn's
 # evaluation path (median of 5 interleaved 10^6-point queries, BENCHMARKS.md).
 MODEL_CHUNK = 1 << 14
+#: Threads that evaluate a query's chunks side by side on the CPU: 10^6-point queries ran
+#: 1.4x faster with two than with one on 2 cores, as torch's own threads and numpy leave
+#: much of one chunk's time single-threaded (BENCHMARKS.md, session 8). Each chunk is the
+#: same computation, so results do not change.
+QUERY_THREADS = max(1, min(4, os.cpu_count() or 1))
 _BRICK_CACHE = 8
 # Bricked files: the LRU holds up to this many decoded brick models, so a slab decode that
 # crosses a row of bricks does not decode each of them again for every block.
@@ -316,9 +322,10 @@ class NeuralVolume:
         n = p.shape[0]
         scale = 2.0 / (np.asarray(self._shape, dtype=np.float64) - 1.0)
         out = np.empty(n, dtype=np.float32)
-        # One chunk at a time: memory beyond ``out`` stays O(QUERY_CHUNK) whatever N is.
-        n_outside, first_outside = 0, None
-        for s in range(0, n, QUERY_CHUNK):
+
+        def evaluate_chunk(s: int) -> Tuple[int, Optional[List[float]]]:
+            """Points ``[s, s + QUERY_CHUNK)`` into ``out``; the count of those outside the
+            volume and the first of them (then, without ``clamp``, nothing is evaluated)."""
             chunk = p[s:s + QUERY_CHUNK]
             norm = chunk.astype(np.float64)
             if space == "index":
@@ -330,13 +337,21 @@ class NeuralVolume:
                 check_finite_points(chunk)
                 outside = (np.abs(norm) > 1.0 + _SPACE_TOL).any(axis=1)
                 if outside.any():
-                    if first_outside is None:
-                        first_outside = chunk[int(np.argmax(outside))].astype(np.float64).tolist()
-                    n_outside += int(outside.sum())
-            if n_outside and not clamp:
-                continue  # will raise; keep counting
+                    first = chunk[int(np.argmax(outside))].astype(np.float64).tolist()
+                    if not clamp:
+                        return int(outside.sum()), first   # will raise
             np.clip(norm, -1.0, 1.0, out=norm)
             out[s:s + QUERY_CHUNK] = self._evaluate(norm)
+            return 0, None
+
+        # Memory beyond ``out`` stays O(QUERY_CHUNK) per thread whatever N is.
+        starts = range(0, n, QUERY_CHUNK)
+        pool = _query_pool() if self.device.type == "cpu" and len(starts) > 1 else None
+        n_outside, first_outside = 0, None
+        for count, first in (pool.map if pool else map)(evaluate_chunk, starts):
+            n_outside += count
+            if first_outside is None:
+                first_outside = first
         if n_outside and not clamp:
             raise NeurvolInputError(
                 f"{n_outside} points lie outside the volume (first: {first_outside} "
@@ -736,3 +751,28 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _without_sections(header: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in header.items() if k != "sections"}
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_LOCK = threading.Lock()
+
+
+def _query_pool() -> Optional[ThreadPoolExecutor]:
+    """The shared pool of :data:`QUERY_THREADS` threads (None when 1), made on first use."""
+    global _POOL
+    if QUERY_THREADS < 2:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query")
+        return _POOL
+
+
+def _forget_pool() -> None:
+    # A forked child inherits the pool object but not its threads: it makes its own.
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)

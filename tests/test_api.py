@@ -240,3 +240,29 @@ def test_auto_rejects_architecture_options(small_volume):
 def test_options_of_another_architecture_are_rejected(small_volume):
     with pytest.raises(neurvol.NeurvolInputError, match="grids"):
         neurvol.encode(small_volume, ratio=5, arch="fvsrn", steps=5, quiet=True, grids=2)
+
+
+def test_a_query_in_threads_equals_one_in_sequence(small_nv, monkeypatch):
+    """Chunks of a query run side by side (QUERY_THREADS); results and errors must not
+    depend on it."""
+    from neurvol import neural_volume
+
+    monkeypatch.setattr(neural_volume, "QUERY_CHUNK", 1000)
+    rng = np.random.default_rng(5)
+    pts = rng.random((10_500, 3)) * (np.asarray(small_nv.shape) - 1)
+    far = pts.copy()
+    far[[3, 4_200, 9_999], 2] += small_nv.shape[2]       # outside, in three chunks
+    far[7_000, 0] = np.nan
+    results = {}
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(neural_volume, "QUERY_THREADS", threads)
+        monkeypatch.setattr(neural_volume, "_POOL", None)
+        results[threads] = small_nv.query(pts)
+        with pytest.raises(NeurvolInputError, match="3 points lie outside") as exc:
+            small_nv.query(np.delete(far, 7_000, axis=0))
+        assert f"first: {far[3].tolist()}" in str(exc.value)
+        with pytest.raises(NeurvolInputError, match="finite"):
+            small_nv.query(far)
+        clamped = small_nv.query(far[:7_000], clamp=True)
+        assert np.isfinite(clamped).all()
+    assert np.array_equal(results[1], results[2]) and np.array_equal(results[1], results[3])
