@@ -1,6 +1,8 @@
 """``NeuralVolume``: a compressed volume you query like an array, backed by ``.nvol`` bytes."""
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 import operator
 import os
@@ -8,7 +10,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -345,10 +347,8 @@ class NeuralVolume:
             return 0, None
 
         # Memory beyond ``out`` stays O(QUERY_CHUNK) per thread whatever N is.
-        starts = range(0, n, QUERY_CHUNK)
-        pool = _query_pool() if self.device.type == "cpu" and len(starts) > 1 else None
         n_outside, first_outside = 0, None
-        for count, first in (pool.map if pool else map)(evaluate_chunk, starts):
+        for count, first in self._map_chunks(evaluate_chunk, range(0, n, QUERY_CHUNK)):
             n_outside += count
             if first_outside is None:
                 first_outside = first
@@ -548,21 +548,38 @@ class NeuralVolume:
             step = (1, max(1, _DECODE_BLOCK // w), w)
         else:
             step = (1, 1, _DECODE_BLOCK)
-        for z0 in range(0, d, step[0]):
-            z1 = min(d, z0 + step[0])
-            cz = axes[0].coords(z0, z1)
-            for y0 in range(0, h, step[1]):
-                y1 = min(h, y0 + step[1])
-                cy = axes[1].coords(y0, y1)
-                for x0 in range(0, w, step[2]):
-                    x1 = min(w, x0 + step[2])
-                    cx = axes[2].coords(x0, x1)
-                    coords = np.empty((z1 - z0, y1 - y0, x1 - x0, 3))
-                    coords[..., 0] = cz[:, None, None]
-                    coords[..., 1] = cy[None, :, None]
-                    coords[..., 2] = cx[None, None, :]
-                    vals = self._evaluate(coords.reshape(-1, 3))
-                    out[z0:z1, y0:y1, x0:x1] = _cast(vals, dt).reshape(coords.shape[:3])
+
+        def fill(block: Tuple[int, int, int]) -> None:
+            (z0, y0, x0), (sz, sy, sx) = block, step
+            z1, y1, x1 = min(d, z0 + sz), min(h, y0 + sy), min(w, x0 + sx)
+            coords = np.empty((z1 - z0, y1 - y0, x1 - x0, 3))
+            coords[..., 0] = axes[0].coords(z0, z1)[:, None, None]
+            coords[..., 1] = axes[1].coords(y0, y1)[None, :, None]
+            coords[..., 2] = axes[2].coords(x0, x1)[None, None, :]
+            vals = self._evaluate(coords.reshape(-1, 3))
+            out[z0:z1, y0:y1, x0:x1] = _cast(vals, dt).reshape(coords.shape[:3])
+
+        blocks = itertools.product(range(0, d, step[0]), range(0, h, step[1]),
+                                   range(0, w, step[2]))
+        for _ in self._map_chunks(fill, blocks):
+            pass
+
+    def _map_chunks(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """``map(fn, items)``, in order; on the CPU the items run on the query pool
+        (:data:`QUERY_THREADS`), at most a few per thread in flight, so a huge decode does
+        not queue all of its blocks at once. ``fn`` must write only its own part."""
+        pool = _query_pool() if self.device.type == "cpu" else None
+        if pool is None:
+            yield from map(fn, items)
+            return
+        window = 2 * QUERY_THREADS
+        pending: "collections.deque[Any]" = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Numpy-style region decode with outer indexing: ints drop an axis, slices and

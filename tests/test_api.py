@@ -266,3 +266,15 @@ def test_a_query_in_threads_equals_one_in_sequence(small_nv, monkeypatch):
         clamped = small_nv.query(far[:7_000], clamp=True)
         assert np.isfinite(clamped).all()
     assert np.array_equal(results[1], results[2]) and np.array_equal(results[1], results[3])
+
+
+def test_a_decode_in_threads_equals_one_in_sequence(small_nv, monkeypatch):
+    from neurvol import neural_volume
+
+    monkeypatch.setattr(neural_volume, "_DECODE_BLOCK", 50)    # many blocks of every shape
+    out = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(neural_volume, "QUERY_THREADS", threads)
+        monkeypatch.setattr(neural_volume, "_POOL", None)
+        out[threads] = (small_nv.decode(dtype=np.float32), small_nv[3:17, ::2, 5])
+    assert np.array_equal(out[1][0], out[2][0]) and np.array_equal(out[1][1], out[2][1])
