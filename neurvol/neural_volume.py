@@ -568,10 +568,13 @@ class NeuralVolume:
         """``map(fn, items)``, in order; on the CPU the items run on the query pool
         (:data:`QUERY_THREADS`), at most a few per thread in flight, so a huge decode does
         not queue all of its blocks at once. ``fn`` must write only its own part."""
-        pool = _query_pool() if self.device.type == "cpu" else None
-        if pool is None:
-            yield from map(fn, items)
+        items = iter(items)
+        head = list(itertools.islice(items, 2))
+        pool = _query_pool() if self.device.type == "cpu" and len(head) > 1 else None
+        if pool is None:      # one item (most small queries): no thread hop
+            yield from map(fn, itertools.chain(head, items))
             return
+        items = itertools.chain(head, items)
         window = 2 * QUERY_THREADS
         pending: "collections.deque[Any]" = collections.deque()
         for item in items:
