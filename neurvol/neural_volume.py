@@ -565,24 +565,27 @@ class NeuralVolume:
             pass
 
     def _map_chunks(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        """``map(fn, items)``, in order; on the CPU the items run on the query pool
-        (:data:`QUERY_THREADS`), at most a few per thread in flight, so a huge decode does
-        not queue all of its blocks at once. ``fn`` must write only its own part."""
+        """``map(fn, items)``, in order; on the CPU the items run on :data:`QUERY_THREADS`
+        threads, at most a few per thread in flight, so a huge decode does not queue all
+        of its blocks at once. ``fn`` must write only its own part.
+
+        The threads live for one call: an idle thread that has run torch ops keeps an
+        OpenMP team that halved the speed of later training in the same process
+        (BENCHMARKS.md, session 8)."""
         items = iter(items)
         head = list(itertools.islice(items, 2))
-        pool = _query_pool() if self.device.type == "cpu" and len(head) > 1 else None
-        if pool is None:      # one item (most small queries): no thread hop
-            yield from map(fn, itertools.chain(head, items))
+        if self.device.type != "cpu" or QUERY_THREADS < 2 or len(head) < 2:
+            yield from map(fn, itertools.chain(head, items))   # one item: no thread hop
             return
-        items = itertools.chain(head, items)
         window = 2 * QUERY_THREADS
-        pending: "collections.deque[Any]" = collections.deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
+        with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query") as pool:
+            pending: "collections.deque[Any]" = collections.deque()
+            for item in itertools.chain(head, items):
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Numpy-style region decode with outer indexing: ints drop an axis, slices and
@@ -771,28 +774,3 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _without_sections(header: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in header.items() if k != "sections"}
-
-
-_POOL: Optional[ThreadPoolExecutor] = None
-_POOL_LOCK = threading.Lock()
-
-
-def _query_pool() -> Optional[ThreadPoolExecutor]:
-    """The shared pool of :data:`QUERY_THREADS` threads (None when 1), made on first use."""
-    global _POOL
-    if QUERY_THREADS < 2:
-        return None
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query")
-        return _POOL
-
-
-def _forget_pool() -> None:
-    # A forked child inherits the pool object but not its threads: it makes its own.
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)

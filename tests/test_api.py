@@ -256,7 +256,6 @@ def test_a_query_in_threads_equals_one_in_sequence(small_nv, monkeypatch):
     results = {}
     for threads in (1, 2, 3):
         monkeypatch.setattr(neural_volume, "QUERY_THREADS", threads)
-        monkeypatch.setattr(neural_volume, "_POOL", None)
         results[threads] = small_nv.query(pts)
         with pytest.raises(NeurvolInputError, match="3 points lie outside") as exc:
             small_nv.query(np.delete(far, 7_000, axis=0))
@@ -275,6 +274,5 @@ def test_a_decode_in_threads_equals_one_in_sequence(small_nv, monkeypatch):
     out = {}
     for threads in (1, 2):
         monkeypatch.setattr(neural_volume, "QUERY_THREADS", threads)
-        monkeypatch.setattr(neural_volume, "_POOL", None)
         out[threads] = (small_nv.decode(dtype=np.float32), small_nv[3:17, ::2, 5])
     assert np.array_equal(out[1][0], out[2][0]) and np.array_equal(out[1][1], out[2][1])
