@@ -189,13 +189,19 @@ def profile(tmp: str) -> Dict[str, List[Tuple[str, float]]]:
     enc = stage_seconds(pstats.Stats(prof), ENCODE_STAGES)
     path = os.path.join(tmp, "profile.nvol")
     nv.save(path)
-    with neurvol.open(path) as opened:
-        pts = np.random.default_rng(0).random((QUERY_POINTS, 3)) * (np.asarray(vol.shape) - 1)
-        opened.query(pts[:1000])
-        prof = cProfile.Profile()
-        prof.enable()
-        opened.query(pts)
-        prof.disable()
+    # cProfile sees only this thread: the profiled query runs its chunks here, one by one.
+    from neurvol import neural_volume
+    threads, neural_volume.QUERY_THREADS = neural_volume.QUERY_THREADS, 1
+    try:
+        with neurvol.open(path) as opened:
+            pts = np.random.default_rng(0).random((QUERY_POINTS, 3)) * (np.asarray(vol.shape) - 1)
+            opened.query(pts[:1000])
+            prof = cProfile.Profile()
+            prof.enable()
+            opened.query(pts)
+            prof.disable()
+    finally:
+        neural_volume.QUERY_THREADS = threads
     return {"encode": enc, "query": stage_seconds(pstats.Stats(prof), QUERY_STAGES)}
 
 

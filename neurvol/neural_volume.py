@@ -30,10 +30,11 @@ QUERY_CHUNK = 1 << 17
 # coordinates) then stay in the L2 cache; 2^14 was fastest of 2^13..2^15 for amgsrn's
 # evaluation path (median of 5 interleaved 10^6-point queries, BENCHMARKS.md).
 MODEL_CHUNK = 1 << 14
-#: Threads that evaluate a query's chunks side by side on the CPU: 10^6-point queries ran
-#: 1.4x faster with two than with one on 2 cores, as torch's own threads and numpy leave
-#: much of one chunk's time single-threaded (BENCHMARKS.md, session 8). Each chunk is the
-#: same computation, so results do not change.
+#: Threads that evaluate a query's chunks (and a decode's blocks) side by side on the CPU.
+#: torch's own threads and numpy leave much of one chunk's time single-threaded on 2
+#: cores; two chunks at once gave 1.0-1.6x the median throughput of 10^6-point queries and
+#: 256^3 decodes, and the same best-of-5 (BENCHMARKS.md, session 8). Each chunk is the same
+#: computation, so results do not change.
 QUERY_THREADS = max(1, min(4, os.cpu_count() or 1))
 _BRICK_CACHE = 8
 # Bricked files: the LRU holds up to this many decoded brick models, so a slab decode that
