@@ -1,14 +1,13 @@
 """``NeuralVolume``: a compressed volume you query like an array, backed by ``.nvol`` bytes."""
 from __future__ import annotations
 
-import collections
 import itertools
 import math
 import operator
 import os
 import threading
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -580,7 +579,7 @@ class NeuralVolume:
             return
         window = 2 * QUERY_THREADS
         with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query") as pool:
-            pending: "collections.deque[Any]" = collections.deque()
+            pending: "deque[Any]" = deque()
             for item in itertools.chain(head, items):
                 pending.append(pool.submit(fn, item))
                 if len(pending) >= window:
