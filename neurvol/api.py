@@ -9,7 +9,7 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -114,9 +114,12 @@ def encode(
     prune) or ``codec={"grids": "kmeans", "finetune": 0}`` (the foundation's plain
     k-means + zstd). ``codec={"rate": "auto"}`` chooses per volume between the default
     codec and rate-aware fitting (:data:`AUTO_RATE`; it wins on rough volumes and loses
-    on smooth ones): both models are fitted to :data:`RATE_PILOT` of their steps and
-    coded, and the better one (:data:`RATE_PILOT_MARGIN_DB`) is finished; about 1.6x the
-    time of one encode. Bricked encodes run both whole and keep the better file.
+    on smooth ones): the rate-aware model is fitted to :data:`RATE_PILOT` of its steps
+    and coded; it is finished unless coding cost it more than
+    :data:`RATE_CODING_LOSS_DB` against its float values, and the default is fitted
+    instead. Time: one rate-aware encode plus a coding of the pilot when it is kept
+    (measured 1.1-1.5x a default encode), about 0.4 fit more when not.
+    Bricked encodes run both whole and keep the better file.
 
     Bricked ensembles (``spec/bricks.md``; automatic with ``brick=128`` for volumes over
     ``AUTO_BRICK_VOXELS``): ``brick=N`` cuts the volume into bricks of about N voxels a
@@ -217,19 +220,24 @@ def encode(
         return _finish(header, [encode_constant(lo)], budget)
 
     data = _normalized_tensor(volume, lo, hi)
-    codecs = _rate_candidates(codec) if auto_rate else [codec]
-    runs = []
-    for i, codec_settings in enumerate(map(_codec_settings, codecs)):
+
+    def start(codec_fields: Optional[Dict[str, Any]]) -> _Run:
+        return _start_fit(data, header, budget, bits, candidates, arch_options,
+                          _codec_settings(codec_fields), fit_settings, steps, seed, dev)
+
+    if auto_rate:
+        default_codec, rate_codec = _rate_candidates(codec)
+        # The default's refusals (budget, options) come first, as without auto.
+        _first_solvable(candidates, header, tuple(data.shape), budget, bits, arch_options,
+                        _codec_settings(default_codec))
         try:
-            runs.append(_start_fit(data, header, budget, bits, candidates, arch_options,
-                                   codec_settings, fit_settings, steps, seed, dev))
+            rated: Optional[_Run] = start(rate_codec)
         except (NeurvolInputError, NeurvolBudgetError):
-            if i == 0:
-                raise
-            # Only the rate-aware candidate can be refused once the default was not:
-            # an architecture without feature grids. The default it is.
-    run = runs[0] if len(runs) == 1 else _pilot_choice(runs, volume, data, budget, bits,
-                                                       seed, dev, quiet)
+            rated = None     # an architecture without feature grids: the default it is
+        run = start(default_codec) if rated is None else _rate_pilot(
+            rated, lambda: start(default_codec), volume, data, budget, bits, seed, dev, quiet)
+    else:
+        run = start(codec)
     _advance(run, None, quiet, "fitting")
     nv = _pack(run, run.fitting.finish(), volume, data, budget, bits, seed, dev)
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
@@ -294,16 +302,15 @@ def _advance(run: _Run, until: Optional[int], quiet: bool, desc: str) -> None:
             run.rng_state = torch.get_rng_state()
 
 
-#: ``codec={"rate": "auto"}``: the candidates' fits run to this fraction of their steps
-#: (rate-aware fitting has then penalised the grids for a tenth of the steps) before the
-#: better one is chosen and finished.
+#: ``codec={"rate": "auto"}``: the rate-aware fit runs to this fraction of its steps
+#: (its penalty has then acted for a tenth of them) before it is judged.
 RATE_PILOT = 0.4
-#: The rate-aware candidate is finished unless its pilot PSNR is more than this below the
-#: default's, dB. Its penalty has only begun at the pilot, and from there to the end of
-#: the fit it gained -1.0 to +1.0 dB on the default (BENCHMARKS.md, session 8: 18
-#: volume / ratio cases). Pilot differences of -0.12 dB and above ended in gains (+0.2
-#: to +2.4), those of -0.20 and below in losses (-0.4 to -3.5): this margin splits them.
-RATE_PILOT_MARGIN_DB = 0.15
+#: ... and it is finished unless coding it at that point costs more than this, dB (PSNR
+#: of the float model minus that of the file it makes). A model sized for 2 bits per grid
+#: value loses that much only where the volume needs finer values than that sizing
+#: affords, smooth fields at high PSNR; the default is fitted instead (BENCHMARKS.md,
+#: session 9: 18 volume / ratio cases).
+RATE_CODING_LOSS_DB = 2.4
 
 
 def _rate_candidates(codec: Dict[str, Any]) -> List[Optional[Dict[str, Any]]]:
@@ -319,26 +326,43 @@ def _rate_candidates(codec: Dict[str, Any]) -> List[Optional[Dict[str, Any]]]:
     return [rest or None, {**AUTO_RATE, **rest, "rate": AUTO_RATE["rate"]}]
 
 
-def _pilot_choice(runs: List[_Run], volume: np.ndarray, data: torch.Tensor, budget: int,
-                  bits: int, seed: int, dev: torch.device, quiet: bool) -> _Run:
-    """Fit the default (``runs[0]``) and the rate-aware candidate (``runs[1]``) to
-    :data:`RATE_PILOT` of their steps, code a copy of each as the file would store it
-    (no fine-tune) and keep the rate-aware one if its PSNR is within
-    :data:`RATE_PILOT_MARGIN_DB` of the default's."""
-    scores = []
-    for run, name in zip(runs, ("default", "rate")):
-        _advance(run, int(RATE_PILOT * run.settings.steps), quiet, f"fitting ({name}, pilot)")
-        probe = dataclasses.replace(
-            run, model=copy.deepcopy(run.model), header=dict(run.header),
-            codec=dataclasses.replace(run.codec, finetune=0.0))
-        probe.model.eval()
-        result = FitResult(steps=run.fitting.step, seconds=0.0, final_loss=run.fitting.loss)
-        scores.append(_pack(probe, result, volume, data, budget, bits, seed, dev).fit_psnr)
-    chosen = runs[1] if scores[1] > scores[0] - RATE_PILOT_MARGIN_DB else runs[0]
-    log.info("encode: rate='auto' pilot at %d%% of the steps: default %.2f dB, rate-aware "
-             "%.2f dB; finishing the %s fit", round(100 * RATE_PILOT), scores[0], scores[1],
-             "rate-aware" if chosen is runs[1] else "default")
-    return chosen
+def _rate_pilot(rated: _Run, start_default: Callable[[], _Run], volume: np.ndarray,
+                data: torch.Tensor, budget: int, bits: int, seed: int, dev: torch.device,
+                quiet: bool) -> _Run:
+    """Fit the rate-aware candidate to :data:`RATE_PILOT` of its steps and code a copy as
+    the file would store it (no fine-tune): go on with it if coding cost at most
+    :data:`RATE_CODING_LOSS_DB`, else start and return the default candidate."""
+    _advance(rated, int(RATE_PILOT * rated.settings.steps), quiet, "fitting (rate-aware, pilot)")
+    probe = dataclasses.replace(
+        rated, model=copy.deepcopy(rated.model), header=dict(rated.header),
+        codec=dataclasses.replace(rated.codec, finetune=0.0))
+    probe.model.eval()
+    float_psnr = _model_psnr(probe.model, data)
+    result = FitResult(steps=rated.fitting.step, seconds=0.0, final_loss=rated.fitting.loss)
+    coded_psnr = _pack(probe, result, volume, data, budget, bits, seed, dev).fit_psnr
+    keep = float_psnr - coded_psnr <= RATE_CODING_LOSS_DB
+    log.info("encode: rate='auto' pilot at %d%% of the steps: the rate-aware model codes "
+             "at %.2f dB from %.2f dB in float; %s", round(100 * RATE_PILOT), coded_psnr,
+             float_psnr, "finishing it" if keep else "fitting the default instead")
+    return rated if keep else start_default()
+
+
+def _model_psnr(model: VolumeModel, data: torch.Tensor) -> float:
+    """PSNR of ``model``'s float values on every voxel of ``data`` (the normalized volume:
+    range 1), clamped to the range as a decode clamps them; one z slice at a time."""
+    d, h, w = data.shape
+    dev = next(model.parameters()).device
+    axes = [torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1) for n in (h, w)]
+    yx = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    sq = 0.0
+    with torch.inference_mode():
+        for z in range(d):
+            zc = -1.0 + 2.0 * z / (d - 1) if d > 1 else 0.0
+            coords = torch.cat([torch.full((yx.shape[0], 1), zc), yx], 1).to(dev)
+            err = model(coords).clamp_(0.0, 1.0).sub_(data[z].reshape(-1).to(dev))
+            sq += float(err.double().square().sum())
+    mse = sq / data.numel()
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 def _pack(run: _Run, result: FitResult, volume: np.ndarray, data: torch.Tensor,
@@ -449,7 +473,7 @@ def _encode_best_rate(volume: Any, ratio: float, kwargs: Dict[str, Any]) -> Neur
     """``codec={"rate": "auto"}`` for bricked encodes: the better (higher PSNR) of two
     whole encodes, with the default codec and with rate-aware fitting; ties keep the
     default. Architectures without grids get the default only. (A single model chooses
-    from a pilot instead, :func:`_pilot_choice`.)"""
+    from a pilot instead, :func:`_rate_pilot`.)"""
     plain, rate_aware = _rate_candidates(kwargs.pop("codec"))
     t_start = time.perf_counter()
     best = encode(volume, ratio, codec=plain, **kwargs)

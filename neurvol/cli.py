@@ -691,9 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rate", type=_rate, default=None, metavar="W",
                    help="rate-aware fitting of interp grids with this weight (e.g. 12, with "
                         "--grid-bits 2): better on rough volumes such as CT and turbulence, "
-                        "worse on smooth fields (BENCHMARKS.md); 'auto': fit with and "
-                        "without it to 40%% of the steps and finish the better "
-                        "(about 1.6x the time)")
+                        "worse on smooth fields (BENCHMARKS.md); 'auto': fit with it to "
+                        "40%% of the steps, finish it unless coding costs it over 2.4 dB, "
+                        "else fit the default")
     g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
     g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
                    help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "

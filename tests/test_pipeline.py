@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import neurvol
 from neurvol import NeuralVolume, NeurvolInputError, cli
@@ -326,19 +327,20 @@ def test_rate_needs_a_model_with_grids(small_volume):
                        codec={"rate": 1.0})
 
 
-def test_rate_auto_finishes_the_candidate_its_pilot_chooses(small_volume, monkeypatch):
+def test_rate_auto_finishes_the_rate_aware_fit_or_fits_the_default(small_volume, monkeypatch):
     from neurvol import api
 
     kw = dict(ratio=8, steps=60, arch="amgsrn", quiet=True, seed=0)
     plain = neurvol.encode(small_volume, **kw).to_bytes()
     rated = neurvol.encode(small_volume, codec=api.AUTO_RATE, **kw).to_bytes()
     assert plain != rated
-    # The pilot pauses both fits and finishes one: the file is that encode's, byte for byte.
+    # The pilot pauses the rate-aware fit, then finishes it or fits the default: the file is
+    # that encode's, byte for byte.
     auto = neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes()
     assert auto in (plain, rated)
-    monkeypatch.setattr(api, "RATE_PILOT_MARGIN_DB", 1000.0)    # rate-aware always wins
+    monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", 1000.0)    # rate-aware always kept
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == rated
-    monkeypatch.setattr(api, "RATE_PILOT_MARGIN_DB", -1000.0)   # the default always wins
+    monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", -1000.0)   # the default always fitted
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == plain
     # no grids to fit rate-aware: the default encode
     nc = neurvol.encode(small_volume, ratio=8, steps=5, arch="neurcomp", quiet=True,
@@ -348,3 +350,26 @@ def test_rate_auto_finishes_the_candidate_its_pilot_chooses(small_volume, monkey
         neurvol.encode(small_volume, codec={"rate": "most"}, **kw)
     with pytest.raises(NeurvolInputError):
         neurvol.encode(small_volume, codec={"rate": "auto", "grids": "vq"}, **kw)
+
+
+def test_model_psnr_is_the_psnr_of_the_float_model_on_every_voxel():
+    from neurvol import api
+    from neurvol.metrics import psnr
+    from neurvol.models import get_architecture
+
+    rng = np.random.default_rng(3)
+    shape = (5, 7, 6)
+    data = torch.from_numpy(rng.random(shape, dtype=np.float32))
+    data[0, 0, 0], data[-1, -1, -1] = 0.0, 1.0          # normalized: range exactly 1
+    arch = get_architecture("amgsrn")
+    torch.manual_seed(0)
+    model = arch.build(arch.solve(shape, 2000, {})).eval()
+    with torch.no_grad():
+        model.mlp[-1].weight.mul_(30.0)          # values reach beyond [0, 1]: clamped
+        model.mlp[-1].bias.fill_(0.5)
+    # Voxel centres in normalized (z, y, x), -1 / +1 at the first / last one.
+    zyx = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
+    with torch.no_grad():
+        values = model(torch.from_numpy(zyx.reshape(-1, 3).astype(np.float32)))
+    expected = psnr(data.numpy(), values.clamp(0, 1).numpy().reshape(shape))
+    assert api._model_psnr(model, data) == pytest.approx(expected, abs=1e-4)
