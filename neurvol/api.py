@@ -20,6 +20,7 @@ from .container import NvolReader, serialize_nvol
 from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
 from .fit import FitResult, FitSettings, Fitting
 from .fit import finetune as _finetune
+from .fit.evaluate import model_sse
 from .metrics import psnr as _psnr
 from .models import Architecture, ModelConfig, VolumeModel, architectures, get_architecture
 from .neural_volume import NeuralVolume, _cast
@@ -336,8 +337,9 @@ def _rate_pilot(rated: _Run, start_default: Callable[[], _Run], volume: np.ndarr
     probe = dataclasses.replace(
         rated, model=copy.deepcopy(rated.model), header=dict(rated.header),
         codec=dataclasses.replace(rated.codec, finetune=0.0))
-    probe.model.eval()
-    float_psnr = _model_psnr(probe.model, data)
+    probe.model.cpu().eval()
+    sse, voxels = model_sse(probe.model, data.numpy())
+    float_psnr = math.inf if sse == 0 else -10.0 * math.log10(sse / voxels)
     result = FitResult(steps=rated.fitting.step, seconds=0.0, final_loss=rated.fitting.loss)
     coded_psnr = _pack(probe, result, volume, data, budget, bits, seed, dev).fit_psnr
     keep = float_psnr - coded_psnr <= RATE_CODING_LOSS_DB
@@ -345,24 +347,6 @@ def _rate_pilot(rated: _Run, start_default: Callable[[], _Run], volume: np.ndarr
              "at %.2f dB from %.2f dB in float; %s", round(100 * RATE_PILOT), coded_psnr,
              float_psnr, "finishing it" if keep else "fitting the default instead")
     return rated if keep else start_default()
-
-
-def _model_psnr(model: VolumeModel, data: torch.Tensor) -> float:
-    """PSNR of ``model``'s float values on every voxel of ``data`` (the normalized volume:
-    range 1), clamped to the range as a decode clamps them; one z slice at a time."""
-    d, h, w = data.shape
-    dev = next(model.parameters()).device
-    axes = [torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1) for n in (h, w)]
-    yx = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
-    sq = 0.0
-    with torch.inference_mode():
-        for z in range(d):
-            zc = -1.0 + 2.0 * z / (d - 1) if d > 1 else 0.0
-            coords = torch.cat([torch.full((yx.shape[0], 1), zc), yx], 1).to(dev)
-            err = model(coords).clamp_(0.0, 1.0).sub_(data[z].reshape(-1).to(dev))
-            sq += float(err.double().square().sum())
-    mse = sq / data.numel()
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 def _pack(run: _Run, result: FitResult, volume: np.ndarray, data: torch.Tensor,

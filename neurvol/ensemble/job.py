@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NeurvolBudgetError
+from ..fit.evaluate import model_sse
 from .source import SourceSpec, read_spec
 
 Slices3 = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
@@ -250,7 +251,7 @@ def _fit_quantized(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
         stored = copy.deepcopy(model)
         decoded = decode_payload(payload, specs)
         stored.load_state_dict({n: torch.from_numpy(decoded[n]) for n, _ in specs})
-        return _core_error(stored, target, job.core)[0]
+        return model_sse(stored, target, job.core)[0]
 
     packed = compress_model(model, len, job.budget, job.k0, codec, finetune=tune,
                             score=stored_sse)
@@ -261,25 +262,7 @@ def _fit_quantized(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
             "smaller ratio or fewer, larger bricks")
     decoded = decode_payload(packed.payload, specs)
     model.load_state_dict({n: torch.from_numpy(decoded[n]) for n, _ in specs})
-    sse, voxels = _core_error(model, target, job.core)
+    sse, voxels = model_sse(model, target, job.core)
     return BrickResult(job.brick, packed.payload, packed.k, result.steps, sse,
                        voxels, 0.0, arch=arch_name, config=dict(config_dict),
                        params=sum(int(t.numel()) for t in model.state_dict().values()))
-
-
-def _core_error(model: torch.nn.Module, target: np.ndarray, core: Slices3) -> Tuple[float, int]:
-    """Sum of squared errors of the (quantized) model over the core voxels, as the reader
-    evaluates them (values clamped to [0, 1])."""
-    shape = target.shape
-    axes = [np.arange(a, b, dtype=np.float64) * (2.0 / (n - 1)) - 1.0
-            for (a, b), n in zip(core, shape)]
-    sub = target[tuple(slice(a, b) for a, b in core)]
-    sse = 0.0
-    with torch.inference_mode():
-        for z in range(sub.shape[0]):
-            yy, xx = np.meshgrid(axes[1], axes[2], indexing="ij")
-            pts = np.stack([np.full(yy.size, axes[0][z]), yy.ravel(), xx.ravel()], axis=1)
-            pred = model(torch.from_numpy(pts.astype(np.float32))).float().numpy()
-            err = np.clip(pred, 0.0, 1.0) - sub[z].ravel()
-            sse += float(np.dot(err.astype(np.float64), err.astype(np.float64)))
-    return sse, int(sub.size)
