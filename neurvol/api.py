@@ -119,7 +119,7 @@ def encode(
     and coded; it is finished unless coding cost it more than
     :data:`RATE_CODING_LOSS_DB` against its float values, and the default is fitted
     instead. Time: one rate-aware encode plus a coding of the pilot when it is kept
-    (measured 1.1-1.5x a default encode), about 0.4 fit more when not.
+    (measured 1.06-1.21x a default encode), about 0.4 fit more when not.
     Bricked encodes run both whole and keep the better file.
 
     Bricked ensembles (``spec/bricks.md``; automatic with ``brick=128`` for volumes over
