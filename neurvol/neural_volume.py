@@ -571,14 +571,17 @@ class NeuralVolume:
 
         The threads live for one call: an idle thread that has run torch ops keeps an
         OpenMP team that halved the speed of later training in the same process
-        (BENCHMARKS.md, session 8)."""
+        (BENCHMARKS.md, session 8). Each runs torch on one thread of its own: two chunks
+        side by side already fill the cores, and each chunk's own OpenMP team only added
+        threads spinning against them (1.2-1.3x the throughput, BENCHMARKS.md, session 10)."""
         items = iter(items)
         head = list(itertools.islice(items, 2))
         if self.device.type != "cpu" or QUERY_THREADS < 2 or len(head) < 2:
             yield from map(fn, itertools.chain(head, items))   # one item: no thread hop
             return
         window = 2 * QUERY_THREADS
-        with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query") as pool:
+        with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
+                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
             pending: "deque[Any]" = deque()
             for item in itertools.chain(head, items):
                 pending.append(pool.submit(fn, item))
