@@ -375,3 +375,10 @@ def test_model_sse_is_the_error_of_the_float_model_on_every_voxel():
     sse, voxels = model_sse(model, data.numpy())
     assert voxels == data.numel()
     assert -10 * math.log10(sse / voxels) == pytest.approx(expected, abs=1e-4)
+    # A core region: the error of those voxels only (the brick jobs' use).
+    core = ((1, 4), (2, 7), (0, 3))
+    region = tuple(slice(a, b) for a, b in core)
+    err = values.clamp(0, 1).numpy().reshape(shape)[region] - data.numpy()[region]
+    sse_core, voxels_core = model_sse(model, data.numpy(), core)
+    assert voxels_core == err.size
+    assert sse_core == pytest.approx(float((err.astype(np.float64) ** 2).sum()), rel=1e-5)
