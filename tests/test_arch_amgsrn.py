@@ -132,13 +132,16 @@ def test_spec_evaluation_matches_model():
     pts = rng.uniform(-1, 1, (3000, 3)).astype(np.float32)
     pts[:4] = [[-1, -1, -1], [1, 1, 1], [0, 0, 0], [1, -1, 0.5]]
     tensors = {n: t.detach().numpy() for n, t in model.state_dict().items()}
-    local = model.local_coords(torch.from_numpy(pts)).detach().numpy()
-    outside = np.abs(local).max(-1) > 1
+    local = model.local_coords(torch.from_numpy(pts)).detach().numpy()     # (M, 3, N)
+    outside = np.abs(local).max(1) > 1
     assert outside[1].mean() > 0.3 and outside[2].mean() > 0.5 and outside[1:].all(0).any()
     with torch.no_grad():
         ref = model(torch.from_numpy(pts)).numpy()
     np.testing.assert_allclose(_spec_eval(cfg.to_dict(), tensors, pts.astype(np.float64)), ref,
                                rtol=1e-4, atol=1e-4)
+    # The training path (autograd: coverage computed, not sampled) is the same function.
+    train = model(torch.from_numpy(pts)).detach().numpy()
+    np.testing.assert_allclose(train, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_spec_evaluation_matches_file(small_volume, amg_nv):

@@ -39,7 +39,7 @@ from ..errors import NeurvolBudgetError, NeurvolInputError
 from .base import Architecture, ModelConfig, VolumeModel, register
 from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
-from .trilinear import atlas_axes, sample_atlas, slice_atlas, trilinear_zeros
+from .trilinear import atlas_axes, sample_atlas, slice_atlas
 
 MAX_GRIDS = 256
 MAX_GRID_SIDE = 4096
@@ -133,13 +133,16 @@ class AMGSRN(VolumeModel):
         return torch.stack(list(self.transforms))
 
     def local_coords(self, coords: torch.Tensor) -> torch.Tensor:
-        """``coords (N, 3)`` global z,y,x -> ``(M, N, 3)`` each grid's local z,y,x."""
+        """``coords (N, 3)`` global z,y,x -> ``(M, 3, N)``: each grid's local z, y, x as
+        rows, one ``(3M, 3) x (3, N)`` product (rows are what the lookup takes)."""
         t = self.transform_matrix()
-        return torch.einsum("mij,nj->mni", t[:, :, :3], coords) + t[:, None, :, 3]
+        m = t.shape[0]
+        return torch.addmm(t[:, :, 3].reshape(3 * m, 1), t[:, :, :3].reshape(3 * m, 3),
+                           coords.t()).view(m, 3, -1)
 
     def feature_density(self, local: torch.Tensor) -> torch.Tensor:
         """Summed flat-top Gaussian density of the grids at points given in local coords
-        ``(M, N, 3)`` -> ``(N,)``: ``sum_g det(A_g) / (2 pi)^{3/2} exp(-sum_k l_k^20 / 2)``."""
+        ``(M, 3, N)`` -> ``(N,)``: ``sum_g det(A_g) / (2 pi)^{3/2} exp(-sum_k l_k^20 / 2)``."""
         a = self.transform_matrix()[:, :, :3]
         coeff = torch.linalg.det(a) / (2.0 * math.pi) ** 1.5
         # Beyond |l| = 3 the exponential is exactly 0 in float32; clamping keeps l^20 finite
@@ -148,7 +151,7 @@ class AMGSRN(VolumeModel):
         # l^20 by squaring (5 multiplies): torch's pow is several times slower on CPU.
         l4 = (lc * lc).square()
         l20 = l4.square().square() * l4
-        return (coeff[:, None] * torch.exp(-0.5 * l20.sum(-1))).sum(0)
+        return (coeff[:, None] * torch.exp(-0.5 * l20.sum(1))).sum(0)
 
     # ------------------------------------------------------------------ training hooks
     def param_groups(self, base_lr: float):
@@ -255,28 +258,32 @@ class AMGSRN(VolumeModel):
 
     # ------------------------------------------------------------------ evaluation
     def features(self, local: torch.Tensor) -> torch.Tensor:
-        """``(M, N, 3)`` local coords -> ``(N, M * C)`` features, grid-major (grid g channel
-        c at g*C + c); trilinear, zero outside each grid (``align_corners=True``)."""
-        cfg = self.config
-        feats = trilinear_zeros(self.grids, local.flip(-1))          # (M, C, N)
-        return feats.reshape(cfg.grids * cfg.channels, local.shape[1]).t()
+        """``(M, 3, N)`` local z,y,x -> ``(M * C, N)`` features, grid-major (grid g channel
+        c in row g*C + c); trilinear, zero outside each grid (``align_corners=True``)."""
+        shape = self.grids.shape
+        (ys, yo), (zs, zo) = atlas_axes(shape)
+        feats = sample_atlas(slice_atlas(self.grids), shape, local[:, 2],
+                             local[:, 1] * ys + yo, local[:, 0] * zs + zo)     # (M, C, N)
+        return feats.view(shape[0] * shape[1], local.shape[2])
 
     def coverage(self, local: torch.Tensor) -> torch.Tensor:
-        """``(M, N, 3)`` local coords -> ``(M, N)``: the summed trilinear weight of each
-        grid's in-range vertices (1 inside the grid, fading to 0 one cell outside it)."""
-        n = torch.tensor(self.config.grid, dtype=local.dtype, device=local.device)
-        u = (local + 1) / 2 * (n - 1)
-        beyond = torch.maximum(-u, u - (n - 1)).clamp(min=0)
-        return (1 - beyond).clamp(min=0).prod(-1)
+        """``(M, 3, N)`` local coords -> ``(M, N)``: the summed trilinear weight of each
+        grid's in-range vertices (1 inside the grid, fading to 0 one cell outside it): per
+        axis ``1 - h (|l| - 1)`` clamped to [0, 1], ``h = (n - 1) / 2`` vertices per unit."""
+        half = (torch.tensor(self.config.grid, dtype=local.dtype, device=local.device) - 1) / 2
+        beyond = (local.abs() - 1).clamp_(min=0).mul_(half[:, None])
+        return beyond.neg_().add_(1).clamp_(min=0).prod(1)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self._evaluate(coords)
+        m, c = self.config.grids, self.config.channels
         local = self.local_coords(coords)
         feats = self.features(local)
-        cover = self.coverage(local.detach()).sum(0)
-        base = feats[:, :: self.config.channels].sum(1) / cover.clamp(min=COVERAGE_FLOOR)
-        return self.mlp(feats).squeeze(-1) + base
+        with torch.no_grad():
+            cover = self.coverage(local).sum(0).clamp_(min=COVERAGE_FLOOR)
+        base = feats.view(m, c, -1)[:, 0].sum(0) / cover
+        return self.mlp(feats.t()).squeeze(-1) + base
 
     def _evaluate(self, coords: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` without autograd (queries, decodes): the same math in fewer passes
