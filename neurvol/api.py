@@ -1,7 +1,6 @@
 """The public verbs: :func:`encode` and :func:`open`."""
 from __future__ import annotations
 
-import builtins
 import copy
 import dataclasses
 import logging
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compress import TensorPlan, default_plan, encode_constant, encode_tensors
+from .compress import TensorPlan, default_plan, encode_constant
 from .container import NvolReader, serialize_nvol
 from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
 from .fit import FitResult, FitSettings, Fitting
@@ -23,9 +22,8 @@ from .fit import finetune as _finetune
 from .fit.evaluate import model_sse
 from .metrics import psnr as _psnr
 from .models import Architecture, ModelConfig, VolumeModel, architectures, get_architecture
-from .neural_volume import NeuralVolume, _cast
-from .pipeline import MAX_LEVELS, CodecSettings, compress_model, estimate_payload, fit_regularizer
-from .pipeline import _largest_fitting_k  # noqa: F401  (used by the ensemble jobs)
+from .neural_volume import NeuralVolume
+from .pipeline import CodecSettings, compress_model, estimate_payload, fit_regularizer
 from .volume_checks import check_ratio, check_volume
 
 log = logging.getLogger("neurvol")
@@ -113,14 +111,16 @@ def encode(
     codec: :class:`neurvol.pipeline.CodecSettings` fields: how weights become bytes, e.g.
     ``codec={"prune": 0.3}`` (``"prune_method": "smallify"`` or ``"vd"`` to learn what to
     prune) or ``codec={"grids": "kmeans", "finetune": 0}`` (the foundation's plain
-    k-means + zstd). ``codec={"rate": "auto"}`` chooses per volume between the default
-    codec and rate-aware fitting (:data:`AUTO_RATE`; it wins on rough volumes and loses
-    on smooth ones): the rate-aware model is fitted to :data:`RATE_PILOT` of its steps
-    and coded; it is finished unless coding cost it more than
-    :data:`RATE_CODING_LOSS_DB` against its float values, and the default is fitted
+    k-means + zstd). ``codec={"rate": "auto"}`` chooses per volume between the
+    ``CodecSettings`` defaults and rate-aware fitting (:data:`AUTO_RATE`; it wins on
+    rough volumes and loses on smooth ones): the rate-aware model is fitted to
+    :data:`RATE_PILOT` of its steps and coded; it is finished unless coding cost it more
+    than :data:`RATE_CODING_LOSS_DB` against its float values, and the default is fitted
     instead. Time: one rate-aware encode plus a coding of the pilot when it is kept
-    (measured 1.06-1.21x a default encode), about 0.4 fit more when not.
-    Bricked encodes run both whole and keep the better file.
+    (measured 1.06-1.21x a default encode), about 0.4 fit more when not. It is the
+    default for one model when ``codec`` sets neither ``rate`` nor ``grid_bits`` and
+    keeps the interp grid coder (``codec={"rate": 0}`` turns it off). Bricked encodes
+    default to rate 0; an explicit ``"auto"`` runs both whole and keeps the better file.
 
     Bricked ensembles (``spec/bricks.md``; automatic with ``brick=128`` for volumes over
     ``AUTO_BRICK_VOXELS``): ``brick=N`` cuts the volume into bricks of about N voxels a
@@ -139,7 +139,7 @@ def encode(
         >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
         True
     """
-    auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
+    explicit_auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
     kwargs = dict(
         arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
         origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, brick=brick,
@@ -151,8 +151,10 @@ def encode(
     grid = _brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
     if grid is None:
         volume, lo, hi = check_volume(volume)
-    elif auto_rate:          # bricks: the better of two whole encodes
+    elif explicit_auto_rate:     # bricks: the better of two whole encodes
         return _encode_best_rate(volume, ratio, kwargs)
+    # One model chooses its rate by default (a pilot, not a second encode).
+    auto_rate = explicit_auto_rate or (grid is None and _rate_is_default(codec))
     ratio = check_ratio(ratio)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise NeurvolInputError(f"seed must be a non-negative int, got {seed!r}")
@@ -227,7 +229,7 @@ def encode(
                           _codec_settings(codec_fields), fit_settings, steps, seed, dev)
 
     if auto_rate:
-        default_codec, rate_codec = _rate_candidates(codec)
+        default_codec, rate_codec = _rate_candidates({"rate": "auto", **(codec or {})})
         # The default's refusals (budget, options) come first, as without auto.
         _first_solvable(candidates, header, tuple(data.shape), budget, bits, arch_options,
                         _codec_settings(default_codec))
@@ -314,6 +316,16 @@ RATE_PILOT = 0.4
 RATE_CODING_LOSS_DB = 2.4
 
 
+def _rate_is_default(codec: Any) -> bool:
+    """Whether ``codec`` leaves the model's sizing to ``encode``: no ``rate`` or
+    ``grid_bits`` of its own and the default (interp) grid coder, so ``rate="auto"``
+    applies."""
+    if codec is None:
+        return True
+    return (isinstance(codec, dict) and "rate" not in codec and "grid_bits" not in codec
+            and codec.get("grids", "interp") == "interp")
+
+
 def _rate_candidates(codec: Dict[str, Any]) -> List[Optional[Dict[str, Any]]]:
     """The ``codec`` settings of the two candidates ``codec={"rate": "auto"}`` chooses
     from: the default codec and rate-aware fitting (:data:`AUTO_RATE`), each with
@@ -336,7 +348,9 @@ def _rate_pilot(rated: _Run, start_default: Callable[[], _Run], volume: np.ndarr
     _advance(rated, int(RATE_PILOT * rated.settings.steps), quiet, "fitting (rate-aware, pilot)")
     probe = dataclasses.replace(
         rated, model=copy.deepcopy(rated.model), header=dict(rated.header),
-        codec=dataclasses.replace(rated.codec, finetune=0.0))
+        # Learned pruning (smallify, vd) trains in the fine-tune; magnitude pruning to the
+        # same fraction stands in for it here.
+        codec=dataclasses.replace(rated.codec, finetune=0.0, prune_method="magnitude"))
     probe.model.cpu().eval()
     sse, voxels = model_sse(probe.model, data.numpy())
     float_psnr = math.inf if sse == 0 else -10.0 * math.log10(sse / voxels)

@@ -693,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--grid-bits 2): better on rough volumes such as CT and turbulence, "
                         "worse on smooth fields (BENCHMARKS.md); 'auto': fit with it to "
                         "40%% of the steps, finish it unless coding costs it over 2.4 dB, "
-                        "else fit the default")
+                        "else fit the default (default for one model unless --grid-bits or "
+                        "--grid-coding is given; 0 turns it off)")
     g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
     g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
                    help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "

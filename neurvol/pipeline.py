@@ -8,7 +8,8 @@ Stages, each optional and recorded in the header's ``codec.pipeline``:
   (SZ's), the step searched so the file fits; models are sized for it, so at the same
   bytes they get more parameters than under k-means;
 * ``rate``: rate-aware fitting: the fit penalises the interp coder's residuals of the
-  grids, so they code in fewer bytes (``CodecSettings.rate``; off by default);
+  grids, so they code in fewer bytes (``CodecSettings.rate``; chosen per volume by a
+  single-model ``encode`` unless set);
 * ``finetune``: quantization-aware fine-tuning: with the grids fixed to the values the file
   stores, the rest of the network trains to work with them, then is quantized;
 * ``prune`` / ``smallify`` / ``vd``: pruning of the k-means tensors to a sparsity (by
@@ -25,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -83,10 +84,12 @@ class CodecSettings:
     rate: rate-aware fitting of interp-coded grids (:class:`neurvol.fit.rate.GridRate`):
     the fit adds ``rate x running MSE x mean |interp residual|`` to its loss from 30 % of
     its steps, so the grids come out cheap to code and the step search can keep them
-    fine. 0 (default) turns it off. Measured in BENCHMARKS.md (session 7): with
-    ``grid_bits=2`` (a model sized twice as large) it gains 0.3-2.5 dB on rough volumes
-    (CT, turbulence) and loses 1.5-3 dB on smooth simulation fields, so it is not the
-    default; recorded in the header as the stage ``rate``.
+    fine. 0 turns it off. Measured in BENCHMARKS.md (session 7): with ``grid_bits=2`` (a
+    model sized twice as large) it gains 0.3-2.5 dB on rough volumes (CT, turbulence) and
+    loses 1.5-3 dB on smooth simulation fields, so a single-model ``neurvol.encode`` that
+    sets neither ``rate`` nor ``grid_bits`` chooses per volume (``rate="auto"`` there);
+    this dataclass's own default, 0, is what bricks and explicit settings get. Recorded
+    in the header as the stage ``rate``.
     """
 
     grids: str = "interp"

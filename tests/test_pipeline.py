@@ -331,13 +331,17 @@ def test_rate_auto_finishes_the_rate_aware_fit_or_fits_the_default(small_volume,
     from neurvol import api
 
     kw = dict(ratio=8, steps=60, arch="amgsrn", quiet=True, seed=0)
-    plain = neurvol.encode(small_volume, **kw).to_bytes()
+    plain = neurvol.encode(small_volume, codec={"rate": 0}, **kw).to_bytes()
     rated = neurvol.encode(small_volume, codec=api.AUTO_RATE, **kw).to_bytes()
     assert plain != rated
     # The pilot pauses the rate-aware fit, then finishes it or fits the default: the file is
     # that encode's, byte for byte.
     auto = neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes()
     assert auto in (plain, rated)
+    # ... and it is what a single model gets when the codec leaves rate and sizing alone.
+    assert neurvol.encode(small_volume, **kw).to_bytes() == auto
+    assert neurvol.encode(small_volume, codec={"finetune": 0.1}, **kw).to_bytes() == auto
+    assert neurvol.encode(small_volume, codec={"grid_bits": 4}, **kw).to_bytes() == plain
     monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", 1000.0)    # rate-aware always kept
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == rated
     monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", -1000.0)   # the default always fitted

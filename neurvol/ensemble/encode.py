@@ -220,9 +220,9 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     """See :func:`neurvol.encode` (``brick``/``bricks`` arguments). ``codec``: the
     ``encode(codec=)`` dict (:class:`neurvol.pipeline.CodecSettings` fields) every brick's
     weights go through; default :data:`BRICK_CODEC`."""
-    from ..api import (_CODEC, _WIDEST_PIPELINE, DEFAULT_STEPS, MAX_LEVELS,  # lazy: api imports us
+    from ..api import (_CODEC, _WIDEST_PIPELINE, DEFAULT_STEPS,  # lazy: api imports us
                        _codec_settings, _solve_config, _with_fit_settings)
-    from ..pipeline import CodecSettings
+    from ..pipeline import MAX_LEVELS, CodecSettings
 
     codec = CodecSettings(**BRICK_CODEC) if codec is None else _codec_settings(codec)
     from ..fit import FitSettings

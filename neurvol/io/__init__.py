@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np

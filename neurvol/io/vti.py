@@ -79,7 +79,7 @@ def _header(arr: np.ndarray, spacing: Sequence[float], origin: Sequence[float], 
     if arr.size:
         lo, hi = _minmax(arr)
         rng = f' RangeMin="{lo!r}" RangeMax="{hi!r}"'
-    data_attrs = (f'format="appended" offset="0"' if fmt == "appended" else 'format="binary"')
+    data_attrs = ('format="appended" offset="0"' if fmt == "appended" else 'format="binary"')
     return (
         '<?xml version="1.0"?>\n'
         '<VTKFile type="ImageData" version="1.0" byte_order="LittleEndian" header_type="UInt64">\n'
