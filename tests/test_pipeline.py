@@ -344,6 +344,10 @@ def test_rate_auto_finishes_the_rate_aware_fit_or_fits_the_default(small_volume,
     assert neurvol.encode(small_volume, codec={"grid_bits": 4}, **kw).to_bytes() == plain
     monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", 1000.0)    # rate-aware always kept
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == rated
+    # a fit that must gain 1000 dB from 20% to 40% of its steps counts as unstable
+    monkeypatch.setattr(api, "RATE_PILOT_DECLINE_DB", -1000.0)
+    assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == plain
+    monkeypatch.setattr(api, "RATE_PILOT_DECLINE_DB", 1000.0)
     monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", -1000.0)   # the default always fitted
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == plain
     # no grids to fit rate-aware: the default encode
