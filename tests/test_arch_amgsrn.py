@@ -162,6 +162,28 @@ def test_spec_evaluation_matches_file(small_volume, amg_nv):
                                rtol=1e-4, atol=1e-3 * (vol["max"] - vol["min"]))
 
 
+def test_anchor_grid_stays_the_identity_and_covers_every_voxel(amg_nv):
+    """Placement, training and the fine-tune move every transform but the anchor's, so
+    every voxel stays inside a grid."""
+    from neurvol.compress import decode_payload
+    from neurvol.neural_volume import build_model
+
+    model = build_model(amg_nv.header["model"])
+    specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
+    tensors = dict(decode_payload(amg_nv._reader.read_brick(0), specs))
+    assert "finetune" in amg_nv.info()["codec"]["pipeline"]
+    anchor = model.fixed_tensors()
+    assert anchor == {"transforms.0"}
+    np.testing.assert_array_equal(np.asarray(tensors["transforms.0"], np.float32), np.eye(3, 4))
+    assert not np.array_equal(np.asarray(tensors["transforms.1"], np.float32), np.eye(3, 4))
+    model.load_state_dict({n: torch.as_tensor(np.asarray(t, np.float32)) for n, t in tensors.items()})
+    corners = torch.tensor(np.stack(np.meshgrid(*[[-1.0, 0.0, 1.0]] * 3, indexing="ij"), -1).reshape(-1, 3),
+                           dtype=torch.float32)
+    pts = torch.cat([corners, torch.rand(2000, 3) * 2 - 1])
+    with torch.no_grad():
+        assert model.coverage(model.local_coords(pts)).sum(0).min() >= 1.0 - 1e-5
+
+
 # ---------------------------------------------------------------- training hooks
 def test_density_loss_is_finite_and_moves_transforms():
     torch.manual_seed(0)
@@ -176,8 +198,9 @@ def test_density_loss_is_finite_and_moves_transforms():
     extra = model.extra_loss(coords, pred, target)
     assert extra is not None and torch.isfinite(extra)
     (torch.nn.functional.mse_loss(pred, target) + extra).backward()
-    for p in model.transforms:
+    for p in model.adaptive_transforms():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.anchors())
     assert torch.isfinite(model.grids.grad).all()
 
 

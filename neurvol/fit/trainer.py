@@ -254,8 +254,10 @@ def finetune(
     model.to(device).train()
     if regularizer is not None:
         regularizer.to(device).train()
-    params = [p for n, p in model.named_parameters() if trainable(n)]
-    frozen = [(p, p.requires_grad) for n, p in model.named_parameters() if not trainable(n)]
+    fixed = model.fixed_tensors() if isinstance(model, VolumeModel) else frozenset()
+    params = [p for n, p in model.named_parameters() if trainable(n) and n not in fixed]
+    frozen = [(p, p.requires_grad) for n, p in model.named_parameters()
+              if not trainable(n) or n in fixed]
     for p, _ in frozen:
         p.requires_grad_(False)
     for p in params:

@@ -112,6 +112,11 @@ class VolumeModel(torch.nn.Module):
     #: the codec stores them with Lorenzo prediction instead of k-means.
     grid_tensors: ClassVar[FrozenSet[str]] = frozenset()
 
+    def fixed_tensors(self) -> FrozenSet[str]:
+        """Names of parameters that keep their initial values: no optimiser, fine-tune
+        included, may train them (e.g. AMGSRN's anchor transform)."""
+        return frozenset()
+
     def param_groups(self, base_lr: float) -> Sequence[Dict[str, Any]]:
         """Optimizer parameter groups; architectures override to give grids their own lr."""
         return [{"params": list(self.parameters()), "lr": base_lr}]
