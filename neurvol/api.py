@@ -313,10 +313,10 @@ RATE_PILOT = 0.4
 #: penalty starts):
 RATE_PILOT_EARLY = 0.2
 #: a fit whose float PSNR fell by more than this, dB, is unstable and the default is
-#: fitted instead. (AMGSRN's learned placement can drift and take the fit down with it:
-#: the rate-aware model of the 256^3 RM volume fell from 27.5 to 24.0 dB, seed 0, while
-#: seeds 1 and 2 rose to 36.8 and 37.6; on the 128^3 volumes the fall was at most 0.5 dB,
-#: BENCHMARKS.md, session 12.)
+#: fitted instead. (Before AMGSRN's anchor grid, its placement could leave structure
+#: uncovered and the fit drifted down: the rate-aware model of the 256^3 RM volume fell
+#: from 27.5 to 24.0 dB. The anchor fixed that case, and this stays as a safety net; on
+#: the 128^3 volumes the fall was at most 0.5 dB. BENCHMARKS.md, session 12.)
 RATE_PILOT_DECLINE_DB = 1.0
 #: ... and it is finished unless coding it at that point costs more than this, dB (PSNR
 #: of the float model minus that of the file it makes). A model sized for 2 bits per grid
@@ -359,7 +359,7 @@ def _rate_pilot(rated: _Run, start_default: Callable[[], _Run], volume: np.ndarr
     default candidate."""
     desc = "fitting (rate-aware, pilot)"
     _advance(rated, int(RATE_PILOT_EARLY * rated.settings.steps), quiet, desc)
-    early_psnr = _float_psnr(rated.model, data)
+    early_psnr = _float_psnr(copy.deepcopy(rated.model).cpu().eval(), data)
     _advance(rated, int(RATE_PILOT * rated.settings.steps), quiet, desc)
     probe = dataclasses.replace(
         rated, model=copy.deepcopy(rated.model), header=dict(rated.header),
@@ -381,9 +381,9 @@ def _rate_pilot(rated: _Run, start_default: Callable[[], _Run], volume: np.ndarr
 
 
 def _float_psnr(model: VolumeModel, data: torch.Tensor) -> float:
-    """PSNR of ``model``'s float values on every voxel of ``data`` (normalized), from a
-    CPU copy (the fit's model is left as it is)."""
-    sse, voxels = model_sse(copy.deepcopy(model).cpu().eval(), data.numpy())
+    """PSNR of ``model``'s float values (a CPU model in eval mode) on every voxel of
+    ``data`` (normalized)."""
+    sse, voxels = model_sse(model, data.numpy())
     return math.inf if sse == 0 else -10.0 * math.log10(sse / voxels)
 
 
