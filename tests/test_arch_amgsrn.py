@@ -172,8 +172,8 @@ def test_anchor_grid_stays_the_identity_and_covers_every_voxel(amg_nv):
     specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
     tensors = dict(decode_payload(amg_nv._reader.read_brick(0), specs))
     assert "finetune" in amg_nv.info()["codec"]["pipeline"]
-    anchor = model.fixed_tensors()
-    assert anchor == {"transforms.0"}
+    assert model.config.grids >= 4
+    assert model.fixed_tensors() == {"transforms.0"}
     np.testing.assert_array_equal(np.asarray(tensors["transforms.0"], np.float32), np.eye(3, 4))
     assert not np.array_equal(np.asarray(tensors["transforms.1"], np.float32), np.eye(3, 4))
     model.load_state_dict({n: torch.as_tensor(np.asarray(t, np.float32)) for n, t in tensors.items()})
@@ -182,6 +182,14 @@ def test_anchor_grid_stays_the_identity_and_covers_every_voxel(amg_nv):
     pts = torch.cat([corners, torch.rand(2000, 3) * 2 - 1])
     with torch.no_grad():
         assert model.coverage(model.local_coords(pts)).sum(0).min() >= 1.0 - 1e-5
+
+
+def test_models_of_few_grids_have_no_anchor():
+    for m, anchored in ((1, 0), (3, 0), (4, 1), (8, 1)):
+        model = AMGSRN(AMGSRNConfig(grids=m, grid=(4, 4, 4), channels=1, width=8, hidden_layers=1))
+        assert len(model.anchors()) == len(model.fixed_tensors()) == anchored
+        assert len(model.adaptive_transforms()) == m - anchored
+        assert all(torch.equal(t, torch.eye(3, 4)) and not t.requires_grad for t in model.anchors())
 
 
 # ---------------------------------------------------------------- training hooks

@@ -22,8 +22,8 @@ Departures from the paper, each measured on our short CPU fits and small budgets
 * the reconstruction loss also reaches the transforms (the paper samples the grids at
   coordinates detached from them): with 1500 steps, moving the grids by the density loss
   alone left their contents misaligned and cost 1 dB (walnut 31.05 vs 32.04 dB).
-* an anchor grid (:data:`ANCHOR_GRIDS`): grid 0's transform stays the identity, so the
-  whole volume is always covered. The density loss can only pull a grid towards points
+* an anchor grid (:data:`ANCHOR_GRIDS`, in models of :data:`ANCHOR_MIN_GRIDS` grids or
+  more): grid 0's transform stays the identity, so the whole volume is always covered. The density loss can only pull a grid towards points
   it already covers; with all grids adaptive, placement left 30 % of the 256^3 RM volume
   to the MLP alone and, depending on the seed, the fit fell apart there.
 
@@ -64,6 +64,10 @@ INIT_NOISE = 0.05         # std of the noise added to the identity transforms (p
 # drifted as structure there went unfitted (seed 0: 27.5 -> 24.0 dB; BENCHMARKS.md,
 # session 12).
 ANCHOR_GRIDS = 1
+# ... in models of at least this many grids: an anchor takes 1/M of the grid capacity, too
+# much where the budget buys only one or two grids (viscous at ratio 800, M = 2: 30.71 dB
+# with both adaptive, 22.59 with one anchored; isabel[::2] at 200, M = 1: 23.11 / 20.65).
+ANCHOR_MIN_GRIDS = 4
 # Placement before training: Adam steps on the density loss alone, against the target
 # q ∝ E^PLACE_GAMMA (3/7: the density that minimises trilinear error ∝ h^4 under a fixed
 # vertex count), E the squared error of the volume resampled at one grid's resolution.
@@ -142,16 +146,21 @@ class AMGSRN(VolumeModel):
         self._density_active = False
 
     # ------------------------------------------------------------------ geometry
+    def anchor_count(self) -> int:
+        """How many of the first grids are anchors (:data:`ANCHOR_GRIDS`, none in models
+        of fewer than :data:`ANCHOR_MIN_GRIDS` grids)."""
+        return ANCHOR_GRIDS if self.config.grids >= ANCHOR_MIN_GRIDS else 0
+
     def anchors(self) -> List[nn.Parameter]:
-        """The transforms that stay the identity (:data:`ANCHOR_GRIDS`)."""
-        return list(self.transforms)[:ANCHOR_GRIDS]
+        """The transforms that stay the identity."""
+        return list(self.transforms)[:self.anchor_count()]
 
     def fixed_tensors(self) -> FrozenSet[str]:
-        return frozenset(f"transforms.{g}" for g in range(min(ANCHOR_GRIDS, self.config.grids)))
+        return frozenset(f"transforms.{g}" for g in range(self.anchor_count()))
 
     def adaptive_transforms(self) -> List[nn.Parameter]:
         """The transforms that placement and training move."""
-        return list(self.transforms)[ANCHOR_GRIDS:]
+        return list(self.transforms)[self.anchor_count():]
 
     def transform_matrix(self) -> torch.Tensor:
         """``(M, 3, 4)``: all grids' global -> local affine maps."""
