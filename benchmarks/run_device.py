@@ -63,6 +63,7 @@ def run_volume(name: str, vol: np.ndarray, device: str, tmp: str, **encode_kw) -
     row["ratio"] = vol.nbytes / os.path.getsize(path)
     decoded = {}
     for dev in (device, "cpu"):
+        tag = dev.split(":")[0]
         with neurvol.open(path, device=dev) as opened:
             row.setdefault("arch", opened.info()["model"]["arch"])
             row["bricks"] = opened.brick_count
@@ -70,10 +71,10 @@ def run_volume(name: str, vol: np.ndarray, device: str, tmp: str, **encode_kw) -
             t = time.perf_counter()
             decoded[dev] = opened.decode(dtype=np.float32)
             _sync(dev)
-            row[f"decode_s_{dev.split(':')[0]}"] = time.perf_counter() - t
-            row[f"psnr_{dev.split(':')[0]}"] = psnr(vol, opened.decode())
+            row[f"decode_s_{tag}"] = time.perf_counter() - t
+            row[f"psnr_{tag}"] = psnr(vol, opened.decode())
             for n in (10**6, 10**7):
-                row[f"query_mpts_{dev.split(':')[0]}_{n:.0e}"] = query_mpts(opened, vol.shape, n, dev)
+                row[f"query_mpts_{tag}_{n:.0e}"] = query_mpts(opened, vol.shape, n, dev)
     span = float(vol.max()) - float(vol.min())
     row["max_decode_diff_over_range"] = float(np.abs(decoded[device] - decoded["cpu"]).max()) / span
     return row
@@ -115,10 +116,10 @@ def main(argv: List[str] = None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-    keys = ["volume", "shape", "arch", "bricks", "ratio", "encode_s", "psnr_cuda", "psnr_cpu",
-            "max_decode_diff_over_range", "decode_s_cuda", "decode_s_cpu",
-            "query_mpts_cuda_1e+06", "query_mpts_cuda_1e+07", "query_mpts_cpu_1e+06"]
-    keys = [k.replace("_cuda", "_" + args.device.split(":")[0]) if k.endswith("cuda") or "_cuda_" in k else k for k in keys]
+    dev = args.device.split(":")[0]
+    keys = ["volume", "shape", "arch", "bricks", "ratio", "encode_s", f"psnr_{dev}", "psnr_cpu",
+            "max_decode_diff_over_range", f"decode_s_{dev}", "decode_s_cpu",
+            f"query_mpts_{dev}_1e+06", f"query_mpts_{dev}_1e+07", "query_mpts_cpu_1e+06"]
     print(f"\n{result['device']}, torch {result['torch']}, {result['date']}\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

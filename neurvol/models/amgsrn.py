@@ -23,9 +23,10 @@ Departures from the paper, each measured on our short CPU fits and small budgets
   coordinates detached from them): with 1500 steps, moving the grids by the density loss
   alone left their contents misaligned and cost 1 dB (walnut 31.05 vs 32.04 dB).
 * an anchor grid (:data:`ANCHOR_GRIDS`, in models of :data:`ANCHOR_MIN_GRIDS` grids or
-  more): grid 0's transform stays the identity, so the whole volume is always covered. The density loss can only pull a grid towards points
-  it already covers; with all grids adaptive, placement left 30 % of the 256^3 RM volume
-  to the MLP alone and, depending on the seed, the fit fell apart there.
+  more): grid 0's transform stays the identity, so the whole volume is always covered.
+  The density loss can only pull a grid towards points it already covers; with all grids
+  adaptive, placement left 30 % of the 256^3 RM volume to the MLP alone and, depending on
+  the seed, the fit fell apart there.
 
 The evaluation math is normative in ``spec/arch/amgsrn.md``.
 """
@@ -58,11 +59,8 @@ GRID_LR = 3.0             # feature grids' lr as a multiple of the base lr (as f
 DENSITY_WEIGHT = 1e-3     # weight of the density KL next to the MSE (0.1 lost 0.3-0.5 dB)
 DENSITY_BATCH = 4096      # points of each batch on which the density KL is estimated
 INIT_NOISE = 0.05         # std of the noise added to the identity transforms (paper: 0.05)
-# Grids whose transforms stay the identity: they span the whole volume, so no voxel is
-# left to the MLP alone. Placement can only pull a grid towards points it already
-# covers, so adaptive grids alone left 30 % of the 256^3 RM volume uncovered and the fit
-# drifted as structure there went unfitted (seed 0: 27.5 -> 24.0 dB; BENCHMARKS.md,
-# session 12).
+# Grids whose transforms stay the identity, so no voxel is left to the MLP alone (see
+# the module docstring; BENCHMARKS.md, session 12: 256^3 RM 21.2 -> 38.1 dB).
 ANCHOR_GRIDS = 1
 # ... in models of at least this many grids: an anchor takes 1/M of the grid capacity, too
 # much where the budget buys only one or two grids (viscous at ratio 800, M = 2: 30.71 dB
@@ -215,8 +213,6 @@ class AMGSRN(VolumeModel):
             shape = torch.tensor(volume.shape)
             scale = 2.0 / (shape.float() - 1.0)
         params = self.adaptive_transforms()
-        if not params:
-            return
         was = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(True)
