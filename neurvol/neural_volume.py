@@ -580,15 +580,21 @@ class NeuralVolume:
             yield from map(fn, itertools.chain(head, items))   # one item: no thread hop
             return
         window = 2 * QUERY_THREADS
-        with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
-                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            pending: "deque[Any]" = deque()
-            for item in itertools.chain(head, items):
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= window:
+        threads = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
+                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                pending: "deque[Any]" = deque()
+                for item in itertools.chain(head, items):
+                    pending.append(pool.submit(fn, item))
+                    if len(pending) >= window:
+                        yield pending.popleft().result()
+                while pending:
                     yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        finally:
+            # The workers' set_num_threads(1) is also the count torch gives threads created
+            # later (the caller's own is untouched): put the caller's back as that default.
+            torch.set_num_threads(threads)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Numpy-style region decode with outer indexing: ints drop an axis, slices and

@@ -267,6 +267,38 @@ def test_a_query_in_threads_equals_one_in_sequence(small_nv, monkeypatch):
     assert np.array_equal(results[1], results[2]) and np.array_equal(results[1], results[3])
 
 
+def _torch_threads_in_a_new_thread() -> int:
+    import threading
+
+    import torch
+
+    seen = []
+
+    def probe():
+        torch.ones(64, 64).sum()             # a first op: the thread takes torch's default
+        seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return seen[0]
+
+
+def test_a_threaded_query_leaves_torch_threads_as_they_were(small_nv, monkeypatch):
+    """The query's workers run torch on one thread each; neither the caller nor threads
+    it starts later inherit that."""
+    import torch
+
+    from neurvol import neural_volume
+
+    monkeypatch.setattr(neural_volume, "QUERY_CHUNK", 1000)
+    monkeypatch.setattr(neural_volume, "QUERY_THREADS", 2)
+    before, before_new = torch.get_num_threads(), _torch_threads_in_a_new_thread()
+    small_nv.query(np.random.default_rng(0).random((5000, 3)) * (np.asarray(small_nv.shape) - 1))
+    assert torch.get_num_threads() == before
+    assert _torch_threads_in_a_new_thread() == before_new
+
+
 def test_a_decode_in_threads_equals_one_in_sequence(small_nv, monkeypatch):
     from neurvol import neural_volume
 

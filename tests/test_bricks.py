@@ -213,6 +213,48 @@ def test_local_pool_gives_the_same_bytes(sample, bricked):
     assert nv.to_bytes() == bricked.to_bytes()
 
 
+def test_torch_threads_holds_in_each_of_concurrent_scopes():
+    """Brick jobs on a thread pool (dask's threads) each run on the count they ask for,
+    whatever the other threads' scopes do."""
+    import threading
+
+    import torch
+
+    from neurvol.ensemble.job import torch_threads
+
+    outer = torch.get_num_threads()
+    a_in, b_ready, b_done = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with torch_threads(1):
+            a_in.set()
+            b_done.wait(10)
+            seen["a"] = torch.get_num_threads()
+
+    def b():
+        # Torch gives a thread its count at the first get_num_threads() or parallel op (a
+        # set before that is overwritten by the default then); after it, the count is the
+        # thread's own.
+        torch.get_num_threads()
+        torch.set_num_threads(max(2, outer))
+        b_ready.set()
+        a_in.wait(10)
+        with torch_threads(1):
+            seen["b"] = torch.get_num_threads()
+        seen["b_after"] = torch.get_num_threads()
+        b_done.set()
+
+    threads = [threading.Thread(target=b), threading.Thread(target=a)]
+    threads[0].start()
+    b_ready.wait(10)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": 1, "b": 1, "b_after": max(2, outer)}
+    assert torch.get_num_threads() == outer
+
+
 def test_dask_local_cluster_gives_the_same_bytes(tmp_path, sample, bricked):
     distributed = pytest.importorskip("distributed")
     path = tmp_path / "v.npy"

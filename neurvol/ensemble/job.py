@@ -28,9 +28,6 @@ from .source import SourceSpec, read_spec
 Slices3 = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
 
 _INIT_LOCK = threading.Lock()      # torch's global RNG is shared by threads of a process
-_THREADS_LOCK = threading.Lock()
-_threads_active = 0
-_threads_saved = 0
 
 
 def brick_seed(seed: int, brick: int) -> int:
@@ -87,21 +84,18 @@ class BrickResult:
 
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``torch.set_num_threads(n)``; nested/concurrent scopes in one process share
-    the setting and the last one out restores the previous value."""
-    global _threads_active, _threads_saved
-    with _THREADS_LOCK:
-        if _threads_active == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(n)
-        _threads_active += 1
+    """Run the calling thread's torch ops on ``n`` threads, then restore its count.
+
+    Torch's count is per OS thread (OpenMP's), plus a default that threads take at their
+    first parallel op. Every scope sets its own thread's count: a shared count set by the
+    first of concurrent scopes (brick jobs on a thread pool, e.g. dask's) left the others
+    with whatever count they had, and the bytes of a brick depended on that race."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        with _THREADS_LOCK:
-            _threads_active -= 1
-            if _threads_active == 0:
-                torch.set_num_threads(_threads_saved)
+        torch.set_num_threads(saved)
 
 
 class Plateau:
