@@ -22,7 +22,7 @@ from .fit import finetune as _finetune
 from .fit.evaluate import model_sse
 from .metrics import psnr as _psnr
 from .models import Architecture, ModelConfig, VolumeModel, architectures, get_architecture
-from .neural_volume import NeuralVolume
+from .neural_volume import NeuralVolume, open_volume
 from .pipeline import CodecSettings, compress_model, estimate_payload, fit_regularizer
 from .volume_checks import check_ratio, check_volume
 
@@ -571,21 +571,14 @@ def _finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) 
     return NeuralVolume(NvolReader(data))
 
 
-def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None) -> NeuralVolume:
+def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None,
+         backend: Optional[str] = None) -> NeuralVolume:
     """Open a ``.nvol`` file lazily: reads the header and brick index only.
 
-    Bricks are decoded when a query first touches them. Use as a context manager to
-    close the file handle promptly.
+    backend: ``"torch"``, ``"numpy"`` or None (``$NEURVOL_BACKEND``, else torch when it is
+    installed); see :func:`neurvol.neural_volume.open_volume`, which this is.
     """
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise NeurvolInputError(f"path must be a str or os.PathLike, got {path!r}") from None
-    if not os.path.exists(p):
-        raise NeurvolIOError(f"no such file: {p}")
-    if os.path.isdir(p):
-        raise NeurvolIOError(f"{p} is a directory, not a .nvol file")
-    return NeuralVolume(NvolReader(p), device=_resolve_device(device or "cpu"))
+    return open_volume(path, device=device, backend=backend)
 
 
 def sample_volume() -> np.ndarray:

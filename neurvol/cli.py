@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -111,6 +111,22 @@ def _arch_options() -> dict:
         for name in a.options:
             found.setdefault(name, (a.option_type(name), []))[1].append(arch)
     return found
+
+
+def _arch_choices() -> Tuple[str, str, Tuple[str, ...], dict]:
+    """(auto name, default architecture, architecture names, :func:`_arch_options`) for the
+    parser. The core install has no torch: the names then come from the torch-free registry
+    and no sizing options are offered (encoding stops with NeurvolDependencyError)."""
+    try:
+        from .api import AUTO_ARCH, DEFAULT_ARCH
+        from .models import architectures
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        from .models.numpy_eval import numpy_architectures
+
+        return "auto", "auto", numpy_architectures(), {}
+    return AUTO_ARCH, DEFAULT_ARCH, architectures(), _arch_options()
 
 
 def _given_arch_options(args: argparse.Namespace) -> dict:
@@ -604,14 +620,12 @@ def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0
     p.add_argument("--ratio", type=_positive_float, default=ratio_default,
                    help="compression ratio: the whole file is at most input bytes / RATIO "
                         "(default: %(default)g)")
-    from .api import AUTO_ARCH, DEFAULT_ARCH
-    from .models import architectures
-
-    p.add_argument("--arch", default=DEFAULT_ARCH, choices=(AUTO_ARCH,) + architectures(),
+    auto, default, names, options = _arch_choices()
+    p.add_argument("--arch", default=default, choices=(auto,) + names,
                    help="network architecture (default: %(default)s)")
     # Every architecture's sizing options, e.g. --grids, --grad-lambda; only the ones
     # given reach encode(), which rejects those the chosen --arch does not take.
-    for name, (kind, archs) in sorted(_arch_options().items()):
+    for name, (kind, archs) in sorted(options.items()):
         p.add_argument("--" + name.replace("_", "-"), dest="opt_" + name, type=_positive_int if kind is int else _nonnegative_float,
                        default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
                        help=f"{name.replace('_', ' ')} (--arch {', '.join(archs)})")
@@ -811,8 +825,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_compare)
 
-    from .models import architectures
-
     p = sub.add_parser("bench", parents=[common], help="neurvol vs classical codecs: table + R-D plot",
                        description="Compress VOLUME with neurvol and the baselines (downsample at "
                                    "equal bytes, ZFP via zfpy, SZ3 via pysz, lossless zstd) at each "
@@ -824,10 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compression ratios (default: 100)")
     p.add_argument("--methods", type=_csv_list, default=list(BENCH_METHODS), metavar="M1,M2,...",
                    help=f"methods to run (default: {','.join(BENCH_METHODS)}; also downsample_ref)")
-    from .api import AUTO_ARCH as _auto, DEFAULT_ARCH as _default
-
+    _auto, _default, _names, _ = _arch_choices()
     p.add_argument("--arch", type=_csv_list, default=[_default], metavar="A1,A2,...",
-                   help=f"neurvol architectures, from {', '.join((_auto,) + tuple(architectures()))} "
+                   help=f"neurvol architectures, from {', '.join((_auto,) + _names)} "
                         f"(default: {_default})")
     p.add_argument("--steps", type=_positive_int, default=None, help="neurvol training steps")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")

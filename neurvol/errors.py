@@ -27,3 +27,8 @@ class NeurvolBudgetError(NeurvolInputError):
 
 class NeurvolIOError(NeurvolError, OSError):
     """A file could not be read or written (missing, unwritable, unknown extension ...)."""
+
+
+class NeurvolDependencyError(NeurvolError, ImportError):
+    """An optional dependency a feature needs is not installed; the message says what to
+    install (e.g. encoding needs ``neurvol[encode]``, which brings PyTorch)."""

@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
+from .backend import Backend, select_backend
 from .compress import decode_payload, payload_stats
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
-from .errors import NeurvolFormatError, NeurvolInputError
-from .models import VolumeModel, get_architecture
-from .models.base import MAX_MODEL_PARAMS
+from .errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError
+from .models.config import MAX_MODEL_PARAMS, ModelConfig
+from .models.numpy_eval import NumpyArchitecture, get_numpy_architecture
 from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, check_decode_dtype,
                             check_finite_points, check_points, check_shape)
 
@@ -64,21 +64,17 @@ class NeuralVolume:
         nv.decode()                          # whole grid in the input's dtype
     """
 
-    def __init__(self, reader: NvolReader, *, device: Union[str, torch.device, None] = None):
+    def __init__(self, reader: NvolReader, *, device: Any = None,
+                 backend: Optional[str] = None):
         if not isinstance(reader, NvolReader):
             raise NeurvolInputError(
                 f"NeuralVolume needs an NvolReader, got {type(reader).__name__}; use "
                 "neurvol.open(path) to open a file")
-        try:
-            dev = torch.device(device or "cpu")
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise NeurvolInputError(f"unknown device {device!r}: {exc}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise NeurvolInputError("device='cuda' was asked for but torch sees no CUDA device; "
-                                    "use device='cpu'")
+        self._backend: Backend = select_backend(backend, device)
         self._reader = reader
         self.header: Dict[str, Any] = reader.header
-        self.device = dev
+        #: Where models run: a ``torch.device`` (torch backend) or ``"cpu"`` (numpy).
+        self.device = self._backend.device
         vol = self.header.get("volume")
         if not isinstance(vol, dict):
             raise NeurvolFormatError("header has no 'volume' object")
@@ -90,7 +86,7 @@ class NeuralVolume:
         self._cache_size = _BRICK_CACHE
         if reader.brick_count > 1:
             self._parse_bricks(self.header.get("bricks"))
-        self._models: "OrderedDict[int, Union[float, VolumeModel]]" = OrderedDict()
+        self._models: "OrderedDict[int, Any]" = OrderedDict()   # brick -> float or model
         self._lock = threading.Lock()
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
 
@@ -203,6 +199,11 @@ class NeuralVolume:
     def ratio(self) -> float:
         """Achieved compression ratio: original native bytes / file bytes."""
         return math.prod(self._shape) * self._dtype.itemsize / self.nbytes_file
+
+    @property
+    def backend(self) -> str:
+        """The evaluation backend: ``"torch"`` or ``"numpy"`` (see :mod:`neurvol.backend`)."""
+        return self._backend.name
 
     @property
     def brick_count(self) -> int:
@@ -397,12 +398,9 @@ class NeuralVolume:
             return np.full(norm.shape[0], model, dtype=np.float32)
         scale = np.float32(self._hi - self._lo)
         res = np.empty(norm.shape[0], dtype=np.float32)
-        step = MODEL_CHUNK if self.device.type == "cpu" else QUERY_CHUNK
-        with torch.inference_mode():
-            for s in range(0, norm.shape[0], QUERY_CHUNK):
-                c = torch.from_numpy(norm[s:s + QUERY_CHUNK].astype(np.float32)).to(self.device)
-                for a in range(0, c.shape[0], step):
-                    res[s + a:s + a + step] = model(c[a:a + step]).float().cpu().numpy()
+        step = MODEL_CHUNK if self._backend.threaded else QUERY_CHUNK
+        for s in range(0, norm.shape[0], QUERY_CHUNK):
+            res[s:s + QUERY_CHUNK] = self._backend.evaluate(model, norm[s:s + QUERY_CHUNK], step)
         if not np.isfinite(res).all():
             # Only a damaged (or hostile) set of weights overflows float32.
             raise NeurvolFormatError(
@@ -412,7 +410,9 @@ class NeuralVolume:
         res += np.float32(self._lo)
         return np.clip(res, np.float32(self._lo), np.float32(self._hi), out=res)
 
-    def _brick_model(self, b: int) -> Union[float, VolumeModel]:
+    def _brick_model(self, b: int) -> Any:
+        """Brick ``b``'s constant value or its model (a torch module or a numpy model,
+        as the backend builds it), decoded on first use and kept in an LRU."""
         with self._lock:
             if b in self._models:
                 self._models.move_to_end(b)
@@ -423,7 +423,7 @@ class NeuralVolume:
                 self._models.popitem(last=False)
             return model
 
-    def _load_brick(self, b: int) -> Union[float, VolumeModel]:
+    def _load_brick(self, b: int) -> Any:
         payload = self._reader.read_brick(b)
         if payload[:1] == b"\x00":
             value = float(decode_payload(payload, []))  # constant brick
@@ -438,9 +438,7 @@ class NeuralVolume:
         specs = tensor_specs(arch, config)
         arrays = decode_payload(payload, specs)
         assert isinstance(arrays, dict)
-        model = arch.build(config)
-        model.load_state_dict({n: torch.from_numpy(arrays[n]) for n, _ in specs})
-        return model.to(self.device).eval()
+        return self._backend.load(arch.name, config, {n: arrays[n] for n, _ in specs})
 
     def byte_breakdown(self) -> Dict[str, Any]:
         """Where the file's bytes go (reads every brick): ``header`` (preamble, JSON,
@@ -576,14 +574,13 @@ class NeuralVolume:
         threads spinning against them (1.2-1.3x the throughput, BENCHMARKS.md, session 10)."""
         items = iter(items)
         head = list(itertools.islice(items, 2))
-        if self.device.type != "cpu" or QUERY_THREADS < 2 or len(head) < 2:
+        if not self._backend.threaded or QUERY_THREADS < 2 or len(head) < 2:
             yield from map(fn, itertools.chain(head, items))   # one item: no thread hop
             return
         window = 2 * QUERY_THREADS
-        threads = torch.get_num_threads()
-        try:
+        with self._backend.worker_threads() as (init, initargs):
             with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
-                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                                    initializer=init, initargs=initargs) as pool:
                 pending: "deque[Any]" = deque()
                 for item in itertools.chain(head, items):
                     pending.append(pool.submit(fn, item))
@@ -591,10 +588,6 @@ class NeuralVolume:
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()
-        finally:
-            # The workers' set_num_threads(1) is also the count torch gives threads created
-            # later (the caller's own is untouched): put the caller's back as that default.
-            torch.set_num_threads(threads)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Numpy-style region decode with outer indexing: ints drop an axis, slices and
@@ -614,26 +607,54 @@ class NeuralVolume:
         return full.reshape([len(i) for i, k in zip(idx, keep) if k])
 
 
-def build_model(spec: Dict[str, Any]) -> VolumeModel:
-    """Rebuild an untrained model from the header's ``model`` object.
+def open_volume(path: Union[str, os.PathLike], *, device: Any = None,
+                backend: Optional[str] = None) -> NeuralVolume:
+    """Open a ``.nvol`` file lazily: reads the header and brick index only (this is
+    ``neurvol.open``). Needs no torch: see :func:`neurvol.backend.select_backend` for how
+    ``backend`` (``"torch"``, ``"numpy"`` or None: ``$NEURVOL_BACKEND``, else torch when
+    installed) is chosen. ``device`` (torch only): ``"cpu"`` (default) or ``"cuda"``.
+
+    Bricks are decoded when a query first touches them. Use as a context manager to
+    close the file handle promptly.
+    """
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise NeurvolInputError(f"path must be a str or os.PathLike, got {path!r}") from None
+    if not os.path.exists(p):
+        raise NeurvolIOError(f"no such file: {p}")
+    if os.path.isdir(p):
+        raise NeurvolIOError(f"{p} is a directory, not a .nvol file")
+    return NeuralVolume(NvolReader(p), device=device, backend=backend)
+
+
+def build_model(spec: Dict[str, Any]) -> Any:
+    """Rebuild an untrained torch model (a ``VolumeModel``) from the header's ``model``
+    object; needs torch.
 
     The config is validated, and its parameter count checked against
-    :data:`~neurvol.models.base.MAX_MODEL_PARAMS`, before anything is allocated.
+    :data:`~neurvol.models.config.MAX_MODEL_PARAMS`, before anything is allocated.
     """
+    from .backend import require_torch
+
+    require_torch("build_model")
+    from .models import get_architecture
+
     arch, config = _config_of(spec)
     tensor_specs(arch, config)
-    return arch.build(config)
+    return get_architecture(arch.name).build(config)
 
 
-def _config_of(spec: Any) -> Tuple[Any, Any]:
-    """(architecture, validated config) of the header's ``model`` object."""
+def _config_of(spec: Any) -> Tuple[NumpyArchitecture, ModelConfig]:
+    """(architecture's torch-free registry entry, validated config) of the header's
+    ``model`` object."""
     if not isinstance(spec, dict):
         raise NeurvolFormatError(f"header 'model' must be an object, got {_short(spec)}")
     name = spec.get("arch")
     if not isinstance(name, str):
         raise NeurvolFormatError(f"header 'model.arch' must be a string, got {_short(name)}")
     try:
-        arch = get_architecture(name)
+        arch = get_numpy_architecture(name)
     except NeurvolInputError as exc:
         raise NeurvolFormatError(f"header 'model' names no known architecture: {exc}") from exc
     config = spec.get("config")
@@ -643,27 +664,16 @@ def _config_of(spec: Any) -> Tuple[Any, Any]:
     return arch, arch.config_cls.from_dict(config)
 
 
-def tensor_specs(arch: Any, config: Any) -> List[Tuple[str, Tuple[int, ...]]]:
-    """``[(name, shape)]`` of the model's state dict, in order, without allocating it.
-
-    The model is built on torch's "meta" device (shapes only, no memory); the total size is
-    checked against MAX_MODEL_PARAMS. An architecture whose constructor cannot run on meta
-    tensors is built for real, which its config's ``param_count`` cap (checked in
-    ``ModelConfig.from_dict``) keeps bounded.
-    """
+def tensor_specs(arch: Any, config: ModelConfig) -> List[Tuple[str, Tuple[int, ...]]]:
+    """``[(name, shape)]`` of the model's tensors, in payload order, without allocating
+    them (``config.tensor_specs()``, the spec's tensor list); the total size is checked
+    against MAX_MODEL_PARAMS. ``arch`` names the architecture in messages."""
     try:
-        with torch.device("meta"):
-            model = arch.build(config)
-    except NeurvolFormatError:
-        raise
-    except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor in a constructor
-        try:
-            model = arch.build(config)
-        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-            # validate() accepted a config the constructor cannot use.
-            raise NeurvolFormatError(
-                f"cannot build the {arch.name} model of this file's config: {exc}") from exc
-    specs = [(n, tuple(int(d) for d in t.shape)) for n, t in model.state_dict().items()]
+        specs = [(str(n), tuple(int(d) for d in shape)) for n, shape in config.tensor_specs()]
+    except (TypeError, ValueError, OverflowError) as exc:
+        # validate() accepted a config whose tensor list cannot be formed.
+        raise NeurvolFormatError(
+            f"cannot form the {arch.name} tensor list of this file's config: {exc}") from exc
     total = sum(math.prod(shape) for _, shape in specs)
     if total > MAX_MODEL_PARAMS:
         raise NeurvolFormatError(

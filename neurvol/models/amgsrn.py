@@ -32,7 +32,6 @@ The evaluation math is normative in ``spec/arch/amgsrn.md``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, FrozenSet, List, Mapping, Optional, Tuple
 
@@ -41,14 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, ModelConfig, VolumeModel, register
+from .base import Architecture, VolumeModel, register
 from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
 from .trilinear import atlas_axes, sample_atlas, slice_atlas
-
-MAX_GRIDS = 256
-MAX_GRID_SIDE = 4096
-MAX_WIDTH = 4096
+# The config (and the numpy evaluation readers use without torch) live in the torch-free half.
+from .numpy_eval.amgsrn import (COVERAGE_FLOOR, DESCRIPTION, MAX_GRID_SIDE,  # noqa: F401
+                                MAX_GRIDS, MAX_WIDTH, AMGSRNConfig)
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
 # [TRANSFORM_START, TRANSFORM_STOP) and are frozen before and after.
@@ -75,43 +73,7 @@ PLACE_LR = 1e-2
 PLACE_BATCH = 4096
 DEFAULT_GRIDS = 8         # fewer, larger grids won at our budgets (16 and 32 lost 0.3-2 dB)
 MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 7^3
-COVERAGE_FLOOR = 1e-3     # denominator floor of the residual's coverage-weighted mean
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
-
-
-@dataclasses.dataclass(frozen=True)
-class AMGSRNConfig(ModelConfig):
-    """Dimensions of an AMGSRN model.
-
-    grids: number of feature grids M; grid: each grid's resolution (D', H', W') along its
-    local (z, y, x); channels: features per grid vertex C; width / hidden_layers: the
-    decoder MLP (input ``M * C``).
-    """
-
-    arch = "amgsrn"
-    grids: int = 16
-    grid: Tuple[int, int, int] = (16, 16, 16)
-    channels: int = 1
-    width: int = 32
-    hidden_layers: int = 2
-
-    def validate(self) -> None:
-        if not isinstance(self.grids, int) or not 1 <= self.grids <= MAX_GRIDS:
-            raise ValueError(f"grids must be an int in [1, {MAX_GRIDS}]")
-        if len(self.grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in self.grid):
-            raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
-        for name in ("channels", "width", "hidden_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
-                raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
-        if self.grids * self.channels > MAX_WIDTH:
-            raise ValueError("grids * channels too large")
-        if self.grids * math.prod(self.grid) * self.channels > 2**31:
-            raise ValueError("feature grids too large")
-
-    def param_count(self) -> int:
-        return (self.grids * (math.prod(self.grid) * self.channels + 12)
-                + mlp_param_count(self.grids * self.channels, self.width, self.hidden_layers))
 
 
 class AMGSRN(VolumeModel):
@@ -311,23 +273,22 @@ class AMGSRN(VolumeModel):
             return self._evaluate(coords)
         m, c = self.config.grids, self.config.channels
         local = self.local_coords(coords)
-        feats = self.features(local)
         with torch.no_grad():
-            cover = self.coverage(local).sum(0).clamp_(min=COVERAGE_FLOOR)
-        base = feats.view(m, c, -1)[:, 0].sum(0) / cover
-        return self.mlp(feats.t()).squeeze(-1) + base
+            cover = self.coverage(local)
+        feats = _zero_outside(self.features(local).view(m, c, -1), cover)
+        base = feats[:, 0].sum(0) / cover.sum(0).clamp_(min=COVERAGE_FLOOR)
+        return self.mlp(feats.view(m * c, -1).t()).squeeze(-1) + base
 
     def _evaluate(self, coords: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` without autograd (queries, decodes): the same math in fewer passes
         over memory. One ``(3M, 3) x (3, N)`` product gives every grid's lookup coordinates
         (the z,y,x -> x,y,z flip and :func:`atlas_axes`'s maps folded into the transforms);
-        the coverage is the trilinear sample of an all-ones channel with zero padding, which
-        is :meth:`coverage` by construction (the summed weight of the in-range vertices),
-        taken in the same lookup as the features; and the MLP runs feature-major on the
-        lookup's output (the ones channels meet zero columns of the first weight)."""
+        the coverage is :meth:`coverage` of the local coordinates (a second, small product),
+        which also zeroes the features of grids that do not cover a point; and the MLP runs
+        feature-major on the lookup's output."""
         cfg = self.config
         m, c, n = cfg.grids, cfg.channels, coords.shape[0]
-        shape = (m, c + 1, *cfg.grid)
+        shape = (m, c, *cfg.grid)
         (ys, yo), (zs, zo) = atlas_axes(shape)
         t = self.transform_matrix().flip(1)                                # rows x, y, z
         t = t * t.new_tensor([1.0, ys, zs])[None, :, None]
@@ -335,24 +296,29 @@ class AMGSRN(VolumeModel):
         t[:, 2, 3] += zo
         t = t.reshape(3 * m, 4)
         xyz = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(m, 3, n)   # x, ya, uz rows
-        out = sample_atlas(self._atlas(), shape, xyz[:, 0], xyz[:, 1], xyz[:, 2])
-        cover = out[:, c].sum(0).clamp_(min=COVERAGE_FLOOR)
-        base = out[:, 0].sum(0).div_(cover)
-        first = self.mlp[0].weight
-        wide = first.new_zeros(first.shape[0], m, c + 1)
-        wide[:, :, :c] = first.view(first.shape[0], m, c)
-        y = run_mlp_columns(self.mlp, out.view(m * (c + 1), n), wide.view(first.shape[0], -1))
+        cover = self.coverage(self.local_coords(coords))
+        out = _zero_outside(sample_atlas(self._atlas(), shape, xyz[:, 0], xyz[:, 1], xyz[:, 2]),
+                            cover)
+        base = out[:, 0].sum(0).div_(cover.sum(0).clamp_(min=COVERAGE_FLOOR))
+        y = run_mlp_columns(self.mlp, out.view(m * c, n))
         return y[0].add_(base)
 
     def _atlas(self) -> torch.Tensor:
-        """The grids plus an all-ones channel as a :func:`slice_atlas`, cached until the
-        grids change (torch bumps a tensor's version on every in-place write)."""
+        """The grids as a :func:`slice_atlas`, cached until the grids change (torch bumps a
+        tensor's version on every in-place write)."""
         key = (self.grids.data_ptr(), self.grids._version, self.grids.device)
         if getattr(self, "_atlas_key", None) != key:
-            grids = torch.cat([self.grids, torch.ones_like(self.grids[:, :1])], 1)
-            self._atlas_cache = slice_atlas(grids.detach())
+            self._atlas_cache = slice_atlas(self.grids.detach())
             self._atlas_key = key
         return self._atlas_cache
+
+
+def _zero_outside(feats: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """``feats (M, C, N)`` with exact zeros where grid g does not cover point n
+    (``cover[g, n] == 0``: beyond one cell outside it), as spec/arch/amgsrn.md §3 step 2
+    requires. The atlas lookup's float32 row coordinate can leak a neighbouring slice's
+    value (~1e-7) into such points, and step 6 divides it by the coverage floor."""
+    return feats * (cover > 0).unsqueeze(1).to(feats.dtype)
 
 
 def _kl(logq: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
@@ -399,7 +365,7 @@ register(Architecture(
     config_cls=AMGSRNConfig,
     model_cls=AMGSRN,
     solve=solve_amgsrn,
-    description="adaptively placed multi-grid SRN: M affine feature grids + small MLP (AMGSRN)",
+    description=DESCRIPTION,
     options=("grids", "channels", "width", "hidden_layers"),
     # Smaller batches, more steps: at equal samples the grids converge faster with more,
     # smaller updates. 2000 x 16384 against the earlier 1500 x 65536, ratio 100: walnut

@@ -8,7 +8,6 @@ correction: a good start that makes short CPU fits converge.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping, Tuple
 
@@ -17,41 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError
-from .base import Architecture, ModelConfig, VolumeModel, register
+from .base import Architecture, VolumeModel, register
 from .mlp import run_mlp, make_mlp, mlp_param_count, to_grid_sample_coords
-
-MAX_GRID_SIDE = 4096
-MAX_WIDTH = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class FVSRNConfig(ModelConfig):
-    """Dimensions of an fV-SRN model.
-
-    grid: feature grid resolution (D, H, W) along (z, y, x); channels: features per grid
-    vertex; width / hidden_layers: the decoder MLP.
-    """
-
-    arch = "fvsrn"
-    grid: Tuple[int, int, int] = (16, 16, 16)
-    channels: int = 4
-    width: int = 32
-    hidden_layers: int = 2
-
-    def validate(self) -> None:
-        if len(self.grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in self.grid):
-            raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
-        for name in ("channels", "width", "hidden_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
-                raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
-        if math.prod(self.grid) * self.channels > 2**31:
-            raise ValueError("feature grid too large")
-
-    def param_count(self) -> int:
-        return math.prod(self.grid) * self.channels + mlp_param_count(
-            self.channels, self.width, self.hidden_layers
-        )
+# The config (and the numpy evaluation readers use without torch) live in the torch-free half.
+from .numpy_eval.fvsrn import DESCRIPTION, MAX_GRID_SIDE, MAX_WIDTH, FVSRNConfig  # noqa: F401
 
 
 class FVSRN(VolumeModel):
@@ -150,7 +118,7 @@ register(Architecture(
     config_cls=FVSRNConfig,
     model_cls=FVSRN,
     solve=solve_fvsrn,
-    description="dense trilinear feature grid + small MLP (fV-SRN)",
+    description=DESCRIPTION,
     options=("channels", "width", "hidden_layers"),
     # Error-driven sampling: at ratio 100, embryo[::2] 31.67 -> 32.05 dB, RM[::2] 28.23 ->
     # 28.26 (BENCHMARKS.md, sampling). (neurcomp: +0.41 / -0.62 dB, so it stays uniform.)

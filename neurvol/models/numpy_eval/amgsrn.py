@@ -1,0 +1,121 @@
+"""amgsrn without torch: its config, tensor list and evaluation (``spec/arch/amgsrn.md``).
+
+M feature grids, each seen through its own affine map into local [-1, 1]^3 with exactly
+zero features beyond one cell outside; grid-major features decoded by a ReLU MLP, plus the
+coverage-weighted mean of channel 0.
+
+The lookup pads every grid with one zero vertex on each side and clamps the continuous
+vertex coordinate ``u`` to ``[-1, n]``: a point more than one cell outside then lands with
+weight exactly 1 on a zero vertex, so its features are exactly 0 (spec §3 step 2), and
+inside the fade band the blend is the spec's trilinear sum with out-of-grid vertices at 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import List, Mapping, Tuple
+
+import numpy as np
+
+from ..config import ModelConfig, TensorSpec, mlp_param_count, mlp_tensor_specs
+from .ops import F32, DenseMLP, cell, trilinear_rows, vertex_table
+from .registry import NumpyArchitecture, NumpyModel, register_numpy
+
+MAX_GRIDS = 256
+MAX_GRID_SIDE = 4096
+MAX_WIDTH = 4096
+COVERAGE_FLOOR = 1e-3     # denominator floor of the residual's coverage-weighted mean
+DESCRIPTION = "adaptively placed multi-grid SRN: M affine feature grids + small MLP (AMGSRN)"
+
+
+@dataclasses.dataclass(frozen=True)
+class AMGSRNConfig(ModelConfig):
+    """Dimensions of an AMGSRN model.
+
+    grids: number of feature grids M; grid: each grid's resolution (D', H', W') along its
+    local (z, y, x); channels: features per grid vertex C; width / hidden_layers: the
+    decoder MLP (input ``M * C``).
+    """
+
+    arch = "amgsrn"
+    grids: int = 16
+    grid: Tuple[int, int, int] = (16, 16, 16)
+    channels: int = 1
+    width: int = 32
+    hidden_layers: int = 2
+
+    def validate(self) -> None:
+        if not isinstance(self.grids, int) or not 1 <= self.grids <= MAX_GRIDS:
+            raise ValueError(f"grids must be an int in [1, {MAX_GRIDS}]")
+        if len(self.grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in self.grid):
+            raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
+        for name in ("channels", "width", "hidden_layers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
+                raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
+        if self.grids * self.channels > MAX_WIDTH:
+            raise ValueError("grids * channels too large")
+        if self.grids * math.prod(self.grid) * self.channels > 2**31:
+            raise ValueError("feature grids too large")
+
+    def param_count(self) -> int:
+        return (self.grids * (math.prod(self.grid) * self.channels + 12)
+                + mlp_param_count(self.grids * self.channels, self.width, self.hidden_layers))
+
+    def tensor_specs(self) -> List[TensorSpec]:
+        m = self.grids
+        specs: List[TensorSpec] = [("grids", (m, self.channels, *self.grid))]
+        specs += [(f"transforms.{g}", (3, 4)) for g in range(m)]
+        return specs + mlp_tensor_specs("mlp", m * self.channels, self.width, self.hidden_layers)
+
+
+class AMGSRNNumpy(NumpyModel):
+    """All M grids zero-padded into one vertex-major table; one affine product gives every
+    grid's continuous vertex coordinates."""
+
+    def __init__(self, config: AMGSRNConfig, arrays: Mapping[str, np.ndarray]) -> None:
+        super().__init__(config, arrays)
+        m, c = config.grids, config.channels
+        d, h, w = config.grid
+        grids = np.asarray(arrays["grids"], dtype=F32).reshape(m, c, d, h, w)
+        self.table = vertex_table(np.pad(grids, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1))))
+        self.padded = (d + 2) * (h + 2) * (w + 2)
+        self.strides = ((h + 2) * (w + 2), w + 2, 1)
+        self.sides = (d, h, w)
+        # u = (l + 1) / 2 * (n - 1) with l = A p + b, folded into one affine map per row.
+        t = np.stack([np.asarray(arrays[f"transforms.{g}"], dtype=np.float64).reshape(3, 4)
+                      for g in range(m)])                                   # (M, 3, 4)
+        half = 0.5 * (np.asarray(config.grid, dtype=np.float64) - 1.0)
+        u_map = t * half[None, :, None]
+        u_map[:, :, 3] += half[None, :]
+        self.u_weight = np.ascontiguousarray(u_map[:, :, :3].reshape(3 * m, 3).T, dtype=F32)
+        self.u_bias = u_map[:, :, 3].reshape(3 * m).astype(F32)
+        self.m, self.c = m, c
+        self.mlp = DenseMLP(arrays, "mlp", config.hidden_layers)
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        n_pts, m, c = coords.shape[0], self.m, self.c
+        u_all = coords.astype(F32) @ self.u_weight                        # (N, 3M)
+        u_all += self.u_bias
+        u_all = u_all.reshape(n_pts, m, 3)
+        base = np.arange(m, dtype=np.intp)[None, :] * self.padded        # (1, M) grid offset
+        cover = np.ones((n_pts, m), dtype=F32)
+        fracs = []
+        for a, (n, stride) in enumerate(zip(self.sides, self.strides)):
+            u = u_all[:, :, a]                                            # (N, M) view
+            # Spec step 5: per-axis coverage max(0, 1 - max(0, -u, u - (n - 1))).
+            beyond = np.maximum(np.maximum(-u, u - F32(n - 1)), F32(0))
+            cover *= np.maximum(F32(1) - beyond, F32(0))
+            uc = np.clip(u, -1, n)                                        # beyond: weight 1 on a zero vertex
+            i0, frac = cell(uc, -1, n - 1)
+            base = base + (i0 + 1) * stride                               # +1: the zero pad
+            fracs.append(frac.reshape(-1))
+        feats = trilinear_rows(self.table, base.reshape(-1), self.strides, fracs)   # (N*M, C)
+        feats = feats.reshape(n_pts, m * c)                               # grid-major rows
+        denom = np.maximum(cover.sum(1), F32(COVERAGE_FLOOR))
+        out = self.mlp(feats)[:, 0]
+        out += feats[:, ::c].sum(1) / denom
+        return out
+
+
+register_numpy(NumpyArchitecture("amgsrn", AMGSRNConfig, AMGSRNNumpy, DESCRIPTION))
