@@ -41,8 +41,8 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def _encode(volume: np.ndarray, arch: str, steps: int, path: str) -> None:
-    neurvol.encode(volume, ratio=100, arch=arch, steps=steps, seed=0, quiet=True).save(path)
+def _encode(volume: np.ndarray, arch: str, ratio: float, steps: int, path: str) -> None:
+    neurvol.encode(volume, ratio=ratio, arch=arch, steps=steps, seed=0, quiet=True).save(path)
 
 
 def measure(path: str, points: int, repeats: int, what: str) -> Dict[str, float]:
@@ -66,16 +66,17 @@ def main() -> None:
     p.add_argument("--data-dir", default=DATA)
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--steps", type=int, default=50, help="fit steps of each encode")
+    p.add_argument("--ratio", type=float, default=100.0)
     p.add_argument("--points", type=int, default=1_000_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--small", action="store_true",
-                   help="quick check: 32^3 and 64^3 crops, 10^5 points, one repeat")
+                   help="quick check: a 64^3 subsample at ratio 20, 10^5 points, one repeat")
     args = p.parse_args()
     full = np.load(os.path.join(args.data_dir, VOLUME + ".npy"), mmap_mode="r")
     if args.small:
-        volumes = {"query": ("RM[::4] 64^3", np.ascontiguousarray(full[::8, ::8, ::8])),
-                   "decode": ("RM[::4] 64^3", np.ascontiguousarray(full[::4, ::4, ::4]))}
-        args.points, args.repeats = min(args.points, 100_000), 1
+        small = ("RM[::4] 64^3", np.ascontiguousarray(full[::4, ::4, ::4]))
+        volumes = {"query": small, "decode": small}
+        args.points, args.repeats, args.ratio = min(args.points, 100_000), 1, min(args.ratio, 20.0)
     else:
         volumes = {"query": ("RM[::2] 128^3", np.ascontiguousarray(full[::2, ::2, ::2])),
                    "decode": ("RM 256^3", np.ascontiguousarray(full))}
@@ -89,7 +90,7 @@ def main() -> None:
         for arch in [a for a in args.archs.split(",") if a]:
             for what, (label, vol) in volumes.items():
                 path = os.path.join(tmp, f"{arch}_{what}.nvol")
-                _encode(vol, arch, args.steps, path)
+                _encode(vol, arch, args.ratio, args.steps, path)
                 r = measure(path, args.points, args.repeats, what)
                 if what == "query":
                     rows.append((arch, f"query {args.points:,} pts, {label}", f"{r['torch']:.2f} Mpts/s",

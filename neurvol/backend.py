@@ -10,8 +10,9 @@ Choice, first match wins: ``neurvol.open(path, backend=...)``; the environment v
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
@@ -65,6 +66,10 @@ class Backend:
         ``step`` points per model call (bounds the memory of one call)."""
         raise NotImplementedError
 
+    def scope(self) -> ContextManager[Any]:
+        """Context around one query or decode (all of its chunks)."""
+        return contextlib.nullcontext()
+
     @contextlib.contextmanager
     def worker_threads(self) -> Iterator[Tuple[Optional[Callable[..., None]], Tuple[Any, ...]]]:
         """Context for a pool of chunk threads: yields ``(initializer, initargs)``."""
@@ -90,6 +95,14 @@ class NumpyBackend(Backend):
         for a in range(0, norm.shape[0], step):
             res[a:a + step] = model(norm[a:a + step].astype(np.float32))
         return res
+
+    def scope(self) -> ContextManager[Any]:
+        # The chunks run side by side on their own threads; a multi-threaded BLAS under
+        # each of them serialises the callers on its lock and spins against them (a
+        # 10^6-point amgsrn query ran 5x slower), so BLAS gets one thread per caller
+        # for the call. (Process-wide while the call runs: BLAS offers no per-thread count.)
+        controller = _blas_controller()
+        return controller.limit(limits=1, user_api="blas") if controller else contextlib.nullcontext()
 
 
 class TorchBackend(Backend):
@@ -139,6 +152,16 @@ class TorchBackend(Backend):
             yield self._torch.set_num_threads, (1,)
         finally:
             self._torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
 _BACKENDS: Dict[str, Type[Backend]] = {"numpy": NumpyBackend, "torch": TorchBackend}

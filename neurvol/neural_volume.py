@@ -572,6 +572,10 @@ class NeuralVolume:
         (BENCHMARKS.md, session 8). Each runs torch on one thread of its own: two chunks
         side by side already fill the cores, and each chunk's own OpenMP team only added
         threads spinning against them (1.2-1.3x the throughput, BENCHMARKS.md, session 10)."""
+        with self._backend.scope():
+            yield from self._map_chunks_in_scope(fn, items)
+
+    def _map_chunks_in_scope(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         items = iter(items)
         head = list(itertools.islice(items, 2))
         if not self._backend.threaded or QUERY_THREADS < 2 or len(head) < 2:

@@ -71,7 +71,8 @@ class AMGSRNConfig(ModelConfig):
 
 class AMGSRNNumpy(NumpyModel):
     """All M grids zero-padded into one vertex-major table; one affine product gives every
-    grid's continuous vertex coordinates."""
+    grid's continuous vertex coordinates. Work arrays are ``(M, N)`` (one contiguous row
+    per grid and axis) and the MLP runs feature-major, so no step transposes points."""
 
     def __init__(self, config: AMGSRNConfig, arrays: Mapping[str, np.ndarray]) -> None:
         super().__init__(config, arrays)
@@ -79,42 +80,59 @@ class AMGSRNNumpy(NumpyModel):
         d, h, w = config.grid
         grids = np.asarray(arrays["grids"], dtype=F32).reshape(m, c, d, h, w)
         self.table = vertex_table(np.pad(grids, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1))))
-        self.padded = (d + 2) * (h + 2) * (w + 2)
+        if c == 1:
+            self.table = self.table.reshape(-1)          # gathers of scalars
+        padded = (d + 2) * (h + 2) * (w + 2)
         self.strides = ((h + 2) * (w + 2), w + 2, 1)
         self.sides = (d, h, w)
-        # u = (l + 1) / 2 * (n - 1) with l = A p + b, folded into one affine map per row.
+        # Row of each grid's padded vertex (0, 0, 0), i.e. of local vertex (-1, -1, -1).
+        self.offsets = (np.arange(m, dtype=np.intp) * padded + sum(self.strides))[:, None]
+        # u = (l + 1) / 2 * (n - 1) with l = A p + b, folded into one affine map per row;
+        # rows axis-major (all grids' z, then y, then x).
         t = np.stack([np.asarray(arrays[f"transforms.{g}"], dtype=np.float64).reshape(3, 4)
                       for g in range(m)])                                   # (M, 3, 4)
         half = 0.5 * (np.asarray(config.grid, dtype=np.float64) - 1.0)
-        u_map = t * half[None, :, None]
-        u_map[:, :, 3] += half[None, :]
-        self.u_weight = np.ascontiguousarray(u_map[:, :, :3].reshape(3 * m, 3).T, dtype=F32)
-        self.u_bias = u_map[:, :, 3].reshape(3 * m).astype(F32)
+        u_map = (t * half[None, :, None]).transpose(1, 0, 2)               # (3, M, 4)
+        u_map[:, :, 3] += half[:, None]
+        self.u_weight = np.ascontiguousarray(u_map[:, :, :3].reshape(3 * m, 3), dtype=F32)
+        self.u_bias = np.ascontiguousarray(u_map[:, :, 3].reshape(3 * m, 1), dtype=F32)
         self.m, self.c = m, c
-        self.mlp = DenseMLP(arrays, "mlp", config.hidden_layers)
+        self.mlp = DenseMLP(arrays, "mlp", config.hidden_layers, columns=True)
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:
         n_pts, m, c = coords.shape[0], self.m, self.c
-        u_all = coords.astype(F32) @ self.u_weight                        # (N, 3M)
+        u_all = self.u_weight @ coords.astype(F32).T                        # (3M, N)
         u_all += self.u_bias
-        u_all = u_all.reshape(n_pts, m, 3)
-        base = np.arange(m, dtype=np.intp)[None, :] * self.padded        # (1, M) grid offset
-        cover = np.ones((n_pts, m), dtype=F32)
+        u_all = u_all.reshape(3, m, n_pts)
+        rows = np.broadcast_to(self.offsets, (m, n_pts)).copy()
+        cover = None
         fracs = []
         for a, (n, stride) in enumerate(zip(self.sides, self.strides)):
-            u = u_all[:, :, a]                                            # (N, M) view
-            # Spec step 5: per-axis coverage max(0, 1 - max(0, -u, u - (n - 1))).
-            beyond = np.maximum(np.maximum(-u, u - F32(n - 1)), F32(0))
-            cover *= np.maximum(F32(1) - beyond, F32(0))
-            uc = np.clip(u, -1, n)                                        # beyond: weight 1 on a zero vertex
-            i0, frac = cell(uc, -1, n - 1)
-            base = base + (i0 + 1) * stride                               # +1: the zero pad
+            u = u_all[a]                                                    # (M, N)
+            # Spec step 5 per axis: max(0, 1 - max(0, -u, u - (n - 1))), i.e.
+            # clip(1 + h - |u - h|, 0, 1) with h = (n - 1) / 2.
+            half = F32(0.5 * (n - 1))
+            w = np.abs(u - half)
+            np.subtract(half + F32(1), w, out=w)
+            np.clip(w, 0, 1, out=w)
+            if cover is None:
+                cover = w
+            else:
+                cover *= w
+            # Beyond one cell outside, u clamped to -1 or n puts weight 1 on a zero vertex.
+            np.clip(u, -1, n, out=u)
+            i0, frac = cell(u, -1, n - 1)
+            i0 *= stride
+            rows += i0
             fracs.append(frac.reshape(-1))
-        feats = trilinear_rows(self.table, base.reshape(-1), self.strides, fracs)   # (N*M, C)
-        feats = feats.reshape(n_pts, m * c)                               # grid-major rows
-        denom = np.maximum(cover.sum(1), F32(COVERAGE_FLOOR))
-        out = self.mlp(feats)[:, 0]
-        out += feats[:, ::c].sum(1) / denom
+        feats = trilinear_rows(self.table, rows.reshape(-1), self.strides, fracs)   # (M*N[, C])
+        if c == 1:
+            feats = feats.reshape(m, n_pts)
+        else:
+            feats = np.ascontiguousarray(feats.reshape(m, n_pts, c).transpose(0, 2, 1)).reshape(m * c, n_pts)
+        denom = np.maximum(cover.sum(0), F32(COVERAGE_FLOOR))
+        out = self.mlp(feats)[0]
+        out += feats[::c].sum(0) / denom
         return out
 
 

@@ -16,20 +16,27 @@ F32 = np.float32
 
 class DenseMLP:
     """``n_in -> width (ReLU) x hidden -> n_out`` from the tensors ``{prefix}.{2i}.weight``
-    / ``.bias`` (the layout of :func:`neurvol.models.mlp.make_mlp`)."""
+    / ``.bias`` (the layout of :func:`neurvol.models.mlp.make_mlp`).
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], prefix: str, hidden_layers: int) -> None:
-        # Transposed weights (in, out), C-contiguous: x @ w is one sgemm with no copy of x.
-        self.layers: List[Tuple[np.ndarray, np.ndarray]] = [
-            (np.ascontiguousarray(arrays[f"{prefix}.{2 * i}.weight"].T, dtype=F32),
-             np.ascontiguousarray(arrays[f"{prefix}.{2 * i}.bias"], dtype=F32))
-            for i in range(hidden_layers + 1)]
+    Points along rows: ``x (N, n_in) -> (N, n_out)``; with ``columns=True`` points along
+    columns, ``x (n_in, N) -> (n_out, N)`` (for feature-major lookups)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], prefix: str, hidden_layers: int,
+                 columns: bool = False) -> None:
+        self.columns = columns
+        layers = []
+        for i in range(hidden_layers + 1):
+            w = np.asarray(arrays[f"{prefix}.{2 * i}.weight"], dtype=F32)
+            b = np.asarray(arrays[f"{prefix}.{2 * i}.bias"], dtype=F32)
+            # C-contiguous operands: every layer is one sgemm with no copy of x.
+            layers.append((np.ascontiguousarray(w), np.ascontiguousarray(b[:, None])) if columns
+                          else (np.ascontiguousarray(w.T), np.ascontiguousarray(b)))
+        self.layers: List[Tuple[np.ndarray, np.ndarray]] = layers
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """``x (N, n_in)`` -> ``(N, n_out)``."""
         last = len(self.layers) - 1
         for i, (w, b) in enumerate(self.layers):
-            x = x @ w
+            x = w @ x if self.columns else x @ w
             x += b
             if i < last:
                 np.maximum(x, 0, out=x)
@@ -46,12 +53,12 @@ def vertex_table(grids: np.ndarray) -> np.ndarray:
 
 def cell(u: np.ndarray, lo: int, hi: int) -> Tuple[np.ndarray, np.ndarray]:
     """Lower vertex and fraction of continuous vertex coordinates ``u`` (float32): the
-    vertex ``floor(u)`` clamped to ``[lo, hi]`` and ``u - vertex`` (callers clamp ``u`` so
-    that the fraction lies in [0, 1])."""
+    vertex ``floor(u)`` clamped to ``[lo, hi]`` and ``u - vertex``, computed in ``u``'s
+    buffer (callers clamp ``u`` so that the fraction lies in [0, 1])."""
     i0 = np.floor(u)
     np.clip(i0, lo, hi, out=i0)
-    frac = u - i0
-    return i0.astype(np.intp), frac
+    u -= i0
+    return i0.astype(np.intp), u
 
 
 def lerp_into(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -64,13 +71,14 @@ def lerp_into(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 def trilinear_rows(table: np.ndarray, base: np.ndarray, strides: Sequence[int],
                    frac: Sequence[np.ndarray]) -> np.ndarray:
-    """Trilinear blend of the 8 rows ``base + dz*sz + dy*sy + dx*sx`` of ``table (V, C)``.
+    """Trilinear blend of the 8 rows ``base + dz*sz + dy*sy + dx*sx`` of ``table``.
 
-    base: ``(N,)`` row of each point's lower corner; strides: ``(sz, sy, sx)`` rows per
-    vertex step along z, y, x; frac: the three ``(N,)`` fractions. Returns ``(N, C)``.
+    table: ``(V, C)``, or ``(V,)`` for one channel; base: ``(N,)`` row of each point's
+    lower corner; strides: ``(sz, sy, sx)`` rows per vertex step along z, y, x; frac: the
+    three ``(N,)`` fractions. Returns ``(N, C)`` (``(N,)`` for a 1-D table).
     """
     sz, sy, sx = strides
-    fz, fy, fx = (f[:, None] for f in frac)
+    fz, fy, fx = (f if table.ndim == 1 else f[:, None] for f in frac)
 
     def along_x(row: np.ndarray) -> np.ndarray:
         return lerp_into(table.take(row, axis=0), table.take(row + sx, axis=0), fx)
