@@ -62,6 +62,10 @@ class NeuralVolume:
         nv.query([[10.0, 20.5, 3.0]])       # (N, 3) z, y, x voxel coordinates -> (N,)
         nv[10:50, :, 100]                    # region decode (outer indexing)
         nv.decode()                          # whole grid in the input's dtype
+
+    Models are evaluated by a backend (:mod:`neurvol.backend`): torch when it is
+    installed, numpy otherwise, or as ``backend=`` / ``$NEURVOL_BACKEND`` say; both
+    evaluate the spec's maths and agree to float32 rounding.
     """
 
     def __init__(self, reader: NvolReader, *, device: Any = None,
