@@ -96,3 +96,20 @@ def test_reading_and_the_cli_need_no_torch():
     assert out["cli_info"] == 0
     assert out["encode_error"].startswith("NeurvolDependencyError")
     assert 'pip install "neurvol[encode]"' in out["encode_error"]
+
+
+def test_numpy_evaluation_modules_never_import_torch():
+    """Static check of the torch-free half of the models layer (configs, numpy maths)."""
+    import ast
+    import pathlib
+
+    import neurvol.models.numpy_eval as pkg
+
+    here = pathlib.Path(pkg.__file__).parent
+    files = list(here.glob("*.py")) + [here.parent / "config.py"]
+    assert len(files) >= 7
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "torch" for n in names), f

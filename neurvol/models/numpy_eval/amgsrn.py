@@ -25,6 +25,9 @@ MAX_GRIDS = 256
 MAX_GRID_SIDE = 4096
 MAX_WIDTH = 4096
 COVERAGE_FLOOR = 1e-3     # denominator floor of the residual's coverage-weighted mean
+# Grid lookups (points x grids) per pass: the (M, N) work arrays then stay a few MB
+# whatever M is (a model of 256 grids takes fewer points per pass).
+MAX_LOOKUPS = 1 << 17
 DESCRIPTION = "adaptively placed multi-grid SRN: M affine feature grids + small MLP (AMGSRN)"
 
 
@@ -100,6 +103,13 @@ class AMGSRNNumpy(NumpyModel):
         self.mlp = DenseMLP(arrays, "mlp", config.hidden_layers, columns=True)
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:
+        step = max(1, MAX_LOOKUPS // self.m)
+        if coords.shape[0] <= step:
+            return self._evaluate(coords)
+        return np.concatenate([self._evaluate(coords[a:a + step])
+                               for a in range(0, coords.shape[0], step)])
+
+    def _evaluate(self, coords: np.ndarray) -> np.ndarray:
         n_pts, m, c = coords.shape[0], self.m, self.c
         u_all = self.u_weight @ coords.astype(F32).T                        # (3M, N)
         u_all += self.u_bias
