@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .compress import TensorPlan, default_plan, encode_constant
 from .container import NvolReader, serialize_nvol
-from .errors import NeurvolBudgetError, NeurvolIOError, NeurvolInputError
+from .errors import NeurvolBudgetError, NeurvolInputError
 from .fit import FitResult, FitSettings, Fitting
 from .fit import finetune as _finetune
 from .fit.evaluate import model_sse

@@ -280,37 +280,80 @@ class AMGSRN(VolumeModel):
         return self.mlp(feats.view(m * c, -1).t()).squeeze(-1) + base
 
     def _evaluate(self, coords: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` without autograd (queries, decodes): the same math in fewer passes
-        over memory. One ``(3M, 3) x (3, N)`` product gives every grid's lookup coordinates
-        (the z,y,x -> x,y,z flip and :func:`atlas_axes`'s maps folded into the transforms);
-        the coverage is :meth:`coverage` of the local coordinates (a second, small product),
-        which also zeroes the features of grids that do not cover a point; and the MLP runs
-        feature-major on the lookup's output."""
+        """:meth:`forward` without autograd (queries, decodes), with the lookup done as
+        gathers: every grid is zero-padded by one vertex into one vertex-major table, and
+        one ``(3M, 3) x (3, N)`` product gives every grid's continuous vertex coordinates
+        ``u``, clamped to ``[-1, n]`` so that a point beyond one cell outside lands with
+        weight 1 on a zero vertex (exactly 0, spec §3 step 2); the 8 corner rows are
+        gathered by integer index and blended by lerps. (The atlas lookup of the training
+        path takes its row as a float32 coordinate over the whole atlas, which errs by up
+        to ~1e-4 of the range on grids of 20^3; integer rows do not.) The coverage is spec
+        step 5 on the same ``u``; the MLP runs feature-major. ``neurvol/models/numpy_eval/
+        amgsrn.py`` (the torch-free reader) takes the same steps."""
         cfg = self.config
         m, c, n = cfg.grids, cfg.channels, coords.shape[0]
-        shape = (m, c, *cfg.grid)
-        (ys, yo), (zs, zo) = atlas_axes(shape)
-        t = self.transform_matrix().flip(1)                                # rows x, y, z
-        t = t * t.new_tensor([1.0, ys, zs])[None, :, None]
-        t[:, 1, 3] += yo
-        t[:, 2, 3] += zo
-        t = t.reshape(3 * m, 4)
-        xyz = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(m, 3, n)   # x, ya, uz rows
-        cover = self.coverage(self.local_coords(coords))
-        out = _zero_outside(sample_atlas(self._atlas(), shape, xyz[:, 0], xyz[:, 1], xyz[:, 2]),
-                            cover)
-        base = out[:, 0].sum(0).div_(cover.sum(0).clamp_(min=COVERAGE_FLOOR))
-        y = run_mlp_columns(self.mlp, out.view(m * c, n))
+        table, offsets, strides = self._vertex_table()      # table (V, C), or (V,) for C = 1
+        t = self.transform_matrix().detach().double()                     # (M, 3, 4)
+        half = (torch.tensor(cfg.grid, dtype=torch.float64, device=t.device) - 1) / 2
+        t = (t * half[None, :, None]).transpose(0, 1)                      # (3, M, 4) axis-major
+        t[:, :, 3] += half[:, None]
+        t = t.reshape(3 * m, 4).to(coords.dtype)
+        u_all = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(3, m, n)
+        rows = offsets.expand(m, n).clone()
+        cover: Optional[torch.Tensor] = None
+        fracs = []
+        for a, (side, stride) in enumerate(zip(cfg.grid, strides)):
+            u = u_all[a]                                                    # (M, N)
+            h = 0.5 * (side - 1)
+            # Spec step 5 per axis: clip(1 + h - |u - h|, 0, 1), h = (n - 1) / 2.
+            w = (u - h).abs_().neg_().add_(h + 1.0).clamp_(0.0, 1.0)
+            cover = w if cover is None else cover.mul_(w)
+            u.clamp_(-1.0, float(side))
+            i0 = u.floor().clamp_(max=side - 1)
+            fracs.append(u.sub_(i0).reshape(-1))
+            rows += i0.long() * stride
+        feats = _trilinear_rows(table, rows.reshape(-1), strides, fracs)   # (M * N, C)
+        feats = feats.view(m, n, c).permute(0, 2, 1).reshape(m * c, n)
+        assert cover is not None
+        base = feats[::c].sum(0).div_(cover.sum(0).clamp_(min=COVERAGE_FLOOR))
+        y = run_mlp_columns(self.mlp, feats)
         return y[0].add_(base)
 
-    def _atlas(self) -> torch.Tensor:
-        """The grids as a :func:`slice_atlas`, cached until the grids change (torch bumps a
-        tensor's version on every in-place write)."""
+    def _vertex_table(self) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]:
+        """``(table, offsets, strides)`` for :meth:`_evaluate`: the grids zero-padded by
+        one vertex, vertex-major ``(M * (D'+2)(H'+2)(W'+2), C)``; the row of each grid's
+        vertex (0, 0, 0), ``(M, 1)``; and the rows per vertex step along z, y, x. Cached
+        until the grids change (torch bumps a tensor's version on every in-place write)."""
         key = (self.grids.data_ptr(), self.grids._version, self.grids.device)
-        if getattr(self, "_atlas_key", None) != key:
-            self._atlas_cache = slice_atlas(self.grids.detach())
-            self._atlas_key = key
-        return self._atlas_cache
+        if getattr(self, "_table_key", None) != key:
+            m, c, d, h, w = self.grids.shape
+            padded = F.pad(self.grids.detach(), (1, 1, 1, 1, 1, 1))
+            table = padded.permute(0, 2, 3, 4, 1).reshape(-1, c).contiguous()
+            if c == 1:
+                table = table.view(-1)           # gathers of scalars: several times faster
+            strides = ((h + 2) * (w + 2), w + 2, 1)
+            offsets = (torch.arange(m, device=table.device) * ((d + 2) * (h + 2) * (w + 2))
+                       + sum(strides))[:, None]
+            self._table_cache = (table, offsets, strides)
+            self._table_key = key
+        return self._table_cache
+
+
+def _trilinear_rows(table: torch.Tensor, base: torch.Tensor, strides: Tuple[int, int, int],
+                    frac: List[torch.Tensor]) -> torch.Tensor:
+    """Trilinear blend of the 8 rows ``base + dz*sz + dy*sy + dx*sx`` of ``table (V, C)``
+    (or ``(V,)``: one channel) with the three ``(N,)`` fractions ``frac`` (z, y, x) ->
+    ``(N, C)`` (``(N,)``)."""
+    sz, sy, sx = strides
+    fz, fy, fx = (f if table.dim() == 1 else f[:, None] for f in frac)
+
+    def along_x(row: torch.Tensor) -> torch.Tensor:
+        lo = table.index_select(0, row)
+        return lo.lerp_(table.index_select(0, row + sx), fx)
+
+    y0 = along_x(base).lerp_(along_x(base + sy), fy)
+    top = base + sz
+    return y0.lerp_(along_x(top).lerp_(along_x(top + sy), fy), fz)
 
 
 def _zero_outside(feats: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
