@@ -311,7 +311,7 @@ class AMGSRN(VolumeModel):
             u.clamp_(-1.0, float(side))
             i0 = u.floor().clamp_(max=side - 1)
             fracs.append(u.sub_(i0).reshape(-1))
-            rows += i0.long() * stride
+            rows += i0.to(rows.dtype) * stride
         feats = _trilinear_rows(table, rows.reshape(-1), strides, fracs)   # (M * N, C)
         feats = feats.view(m, n, c).permute(0, 2, 1).reshape(m * c, n)
         assert cover is not None
@@ -332,8 +332,10 @@ class AMGSRN(VolumeModel):
             if c == 1:
                 table = table.view(-1)           # gathers of scalars: several times faster
             strides = ((h + 2) * (w + 2), w + 2, 1)
+            # int32 rows where they fit: half the index traffic of int64.
+            index = torch.int32 if table.shape[0] < 2 ** 31 else torch.int64
             offsets = (torch.arange(m, device=table.device) * ((d + 2) * (h + 2) * (w + 2))
-                       + sum(strides))[:, None]
+                       + sum(strides))[:, None].to(index)
             self._table_cache = (table, offsets, strides)
             self._table_key = key
         return self._table_cache
