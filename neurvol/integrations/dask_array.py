@@ -87,12 +87,9 @@ def to_dask(nv: "NeuralVolume", chunks: Any = None) -> "dask.array.Array":
     overrides it. The graph carries the file's bytes, not a file handle, when it is sent to
     other processes (``distributed``): a ``.nvol`` file is small.
     """
-    try:
-        import dask.array as da
-        from dask.base import tokenize
-    except ImportError as exc:
-        raise NeurvolInputError(
-            "to_dask() needs dask: pip install 'neurvol[dask]' (or pip install dask)") from exc
+    da = _dask_array()
+    from dask.base import tokenize
+
     if nv.closed:
         raise NeurvolInputError("this NeuralVolume is closed; open the file again")
     spec = default_chunks(nv) if chunks is None else chunks
@@ -134,3 +131,92 @@ def _reopen(data: bytes) -> RegionSource:
     from ..neural_volume import NeuralVolume
 
     return RegionSource(NeuralVolume(NvolReader(data)))
+
+
+def resampled(nv: "NeuralVolume", shape: Any, chunks: Any = None) -> "dask.array.Array":
+    """A lazy ``nv.decode(shape=shape)``: the same grid (``linspace(-1, 1, m)`` per axis in
+    normalized coordinates, spec/payload.md §1.2) in the volume's dtype, each chunk computed
+    by a query of just its points, so it decodes only the bricks the chunk touches.
+
+    chunks: default blocks of :data:`SINGLE_MODEL_BLOCK` voxels a side, or anything
+    ``dask.array.from_array`` accepts. Values equal ``decode(shape=shape)`` up to float32
+    rounding of the model evaluation (the points are the same).
+    """
+    from ..volume_checks import check_shape
+
+    da = _dask_array()
+    target = check_shape(shape)
+    if nv.closed:
+        raise NeurvolInputError("this NeuralVolume is closed; open the file again")
+    spec = tuple(_regular(n, SINGLE_MODEL_BLOCK) for n in target) if chunks is None else chunks
+    try:
+        normalized = da.core.normalize_chunks(spec, target, dtype=nv.dtype)
+    except (TypeError, ValueError) as exc:
+        raise NeurvolInputError(f"chunks={chunks!r} cannot chunk shape {target}: {exc}") from None
+    from dask.base import tokenize
+
+    name = "neurvol-resampled-" + tokenize(json.dumps(nv.header, sort_keys=True), target,
+                                           normalized)
+    return da.from_array(ResampledSource(nv, target), chunks=normalized, name=name,
+                         asarray=False, fancy=False, lock=False,
+                         meta=np.empty((0, 0, 0), dtype=nv.dtype))
+
+
+class ResampledSource(RegionSource):
+    """``source[slices]`` is ``nv.decode(shape=shape)[slices]``, evaluated for those voxels only."""
+
+    def __init__(self, nv: "NeuralVolume", shape: Tuple[int, int, int]) -> None:
+        super().__init__(nv)
+        self.shape = shape
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not (isinstance(key, tuple) and len(key) == 3
+                and all(isinstance(k, slice) for k in key)):
+            raise NeurvolInputError(f"a resampled source takes 3 slices, got {key!r}")
+        axes = []
+        for k, m in zip(key, self.shape):
+            start, stop, step = k.indices(m)
+            axes.append(_linspace(m)[start:stop:step] if step != 1 else _linspace_part(m, start, stop))
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        values = self.nv.query(grid, space="normalized")
+        return _cast(values, self.dtype).reshape([len(a) for a in axes])
+
+    def __reduce__(self) -> Tuple[Any, Tuple[bytes, Tuple[int, int, int]]]:  # type: ignore[override]
+        return _reopen_resampled, (self.nv.to_bytes(), self.shape)
+
+
+def _linspace_part(m: int, a: int, b: int) -> np.ndarray:
+    """``np.linspace(-1, 1, m)[a:b]`` (0 for m = 1) computed as a full decode computes its
+    grid (``arange * step + start``, the last value pinned to 1), so the points are the same."""
+    if m == 1:
+        return np.zeros(max(0, b - a))
+    c = np.arange(a, b, dtype=np.float64) * (2.0 / (m - 1)) + -1.0
+    if b == m and b > a:
+        c[-1] = 1.0
+    return c
+
+
+def _linspace(m: int) -> np.ndarray:
+    return _linspace_part(m, 0, m)
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float values in the volume's units into its dtype, as a decode does (spec/payload.md
+    §1.2: integers are ``clip(rint(value))``)."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype, copy=False)
+
+
+def _reopen_resampled(data: bytes, shape: Tuple[int, int, int]) -> ResampledSource:
+    return ResampledSource(_reopen(data).nv, shape)
+
+
+def _dask_array() -> Any:
+    try:
+        import dask.array as da
+    except ImportError as exc:
+        raise NeurvolInputError(
+            "lazy arrays need dask: pip install 'neurvol[dask]' (or pip install dask)") from exc
+    return da
