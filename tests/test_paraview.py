@@ -189,6 +189,45 @@ def test_plugin_reads_extents_and_resolutions(nvol_file, tmp_path, pv_python_mat
     assert result["sub_bricks_read"] == fresh.stats["bricks_read"] < fresh.brick_count
 
 
+APP_SCRIPT = r'''
+import json, sys
+from paraview.simple import LoadPlugin, OpenDataFile
+LoadPlugin(sys.argv[1], ns=globals())
+reader = OpenDataFile(sys.argv[2])
+reader.UpdatePipeline()
+with open(sys.argv[3], "w") as f:
+    json.dump({"name": reader.GetXMLName(), "extent": list(reader.GetDataInformation().GetExtent()),
+               "range": list(reader.PointData["volume"].GetRange())}, f)
+'''
+
+
+@pytest.mark.parametrize("app", ["pvbatch", "paraview"])
+def test_plugin_loads_in_pvbatch_and_the_gui(app, nvol_file, tmp_path, display):
+    """The same plugin file in pvbatch and in the GUI application (``--script``, run
+    after the main window is up, then ``--exit``)."""
+    exe = shutil.which(app)
+    assert exe, f"{app} is missing although pvpython is installed (Debian: package paraview)"
+    d, path = nvol_file
+    script = tmp_path / "app.py"
+    script.write_text(APP_SCRIPT)
+    out = tmp_path / "app.json"
+    env = dict(_pv_env(d), DISPLAY=display)
+    if app == "pvbatch":
+        cmd = [exe, str(script), str(PLUGIN), str(path), str(out)]
+    else:   # the GUI passes no arguments to --script: hand them over in the script itself
+        script.write_text(f"import sys\nsys.argv = {[str(script), str(PLUGIN), str(path), str(out)]!r}\n"
+                          + APP_SCRIPT)
+        cmd = [exe, f"--script={script}", "--exit"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert out.exists(), f"{app} wrote no result ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(out.read_text())
+    expected = np.load(d / "decode.npy")
+    assert result["name"] == "NeurvolReader"
+    z, y, x = expected.shape
+    assert result["extent"] == [0, x - 1, 0, y - 1, 0, z - 1]
+    assert result["range"] == [float(expected.min()), float(expected.max())]
+
+
 def _docs_example() -> str:
     text = (ROOT / "docs" / "paraview.md").read_text()
     block = text.split("## Example (pvpython)", 1)[1]

@@ -1,7 +1,7 @@
 """ParaView reader plugin: ``.nvol`` files open as ``vtkImageData`` (docs/paraview.md).
 
-Load this file in ParaView (Tools > Manage Plugins > Load New, or list its directory in
-``PV_PLUGIN_PATH``) or in ``pvpython``/``pvbatch`` with ``LoadPlugin(path, ns=globals())``;
+Load this file in ParaView (Tools > Manage Plugins > Load New) or in ``pvpython``/``pvbatch``
+with ``LoadPlugin(path, ns=globals())``;
 then ``OpenDataFile("f.nvol")`` or ``NeurvolReader(FileName="f.nvol")``.
 
 - The reader honours the update extent ParaView asks for: a slice, a streamed piece or a
