@@ -6,7 +6,6 @@ extra installs them all. Files are tiny (fvsrn, few steps) so the encodes take s
 from __future__ import annotations
 
 import importlib
-import itertools
 import os
 import pickle
 import re
@@ -19,7 +18,6 @@ import pytest
 
 import neurvol
 from neurvol import NeurvolFormatError, NeurvolInputError
-from neurvol.ensemble import BrickLayout
 from neurvol.integrations import dask_array
 from neurvol.integrations.metadata import geometry
 
@@ -79,6 +77,8 @@ def test_array_protocol(bricked, bricked_decode):
 @pytest.mark.parametrize("shape,grid", [((66, 66, 66), (2, 3, 2)), ((9, 40, 17), (8, 3, 1)),
                                         ((130, 2, 7), (5, 1, 6))])
 def test_owned_sizes_partition_like_the_layout(shape, grid):
+    from neurvol.ensemble.geometry import BrickLayout
+
     layout = BrickLayout.checked(shape, grid, 0, False)
     for axis, (n, nb) in enumerate(zip(shape, grid)):
         sizes = dask_array.owned_sizes(n, nb)
