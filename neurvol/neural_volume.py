@@ -620,6 +620,11 @@ class NeuralVolume:
         """Number of axes: 3 (z, y, x)."""
         return len(self._shape)
 
+    @property
+    def size(self) -> int:
+        """Number of voxels (as numpy's ``size``; napari's layer-data protocol needs it)."""
+        return math.prod(self._shape)
+
     def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
         """``np.asarray(nv)``: the decoded grid (``decode()``), cast to ``dtype`` if given."""
         from .integrations.dask_array import to_numpy

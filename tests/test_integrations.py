@@ -60,6 +60,7 @@ def _bricks_for(path, key) -> int:
 # ---------------------------------------------------------------------- array protocol
 def test_array_protocol(bricked, bricked_decode):
     assert bricked.ndim == 3 and bricked.shape == (66, 66, 66) and bricked.dtype == np.uint8
+    assert bricked.size == 66 ** 3
     full = np.asarray(bricked)
     assert full.dtype == np.uint8
     np.testing.assert_array_equal(full, bricked_decode)
@@ -143,6 +144,32 @@ def test_resampled_is_a_lazy_decode_of_that_shape(bricked, shape):
     arr = dask_array.resampled(bricked, shape, chunks=(8, 9, 10))
     assert arr.shape == shape and arr.dtype == bricked.dtype
     np.testing.assert_array_equal(arr.compute(), bricked.decode(shape=shape))
+
+
+@pytest.mark.parametrize("key,outer", [
+    (np.s_[...], np.s_[:, :, :]),
+    (3, np.s_[3, :, :]),
+    (np.s_[2, 5:9, -1], np.s_[2, 5:9, 32]),
+    (np.s_[..., 1], np.s_[:, :, 1]),
+    (np.s_[::-4, [0, 2], 7:], np.s_[::-4, [0, 2], 7:]),
+    (np.s_[:, np.arange(33) % 2 == 0], np.s_[:, ::2, :]),
+])
+def test_resampled_source_indexes_like_a_decode(bricked, monkeypatch, key, outer):
+    src = dask_array.ResampledSource(bricked, (33, 33, 33))
+    # Outer indexing: each axis's key picks its indices independently; ints drop the axis.
+    picks = [np.arange(33)[k] for k in outer]
+    expected = bricked.decode(shape=(33, 33, 33))[np.ix_(*[np.atleast_1d(p) for p in picks])]
+    expected = expected.reshape([len(p) for p in picks if np.ndim(p) == 1])
+    np.testing.assert_array_equal(src[key], expected)
+    monkeypatch.setattr(dask_array, "_QUERY_POINTS", 50)      # many small queries
+    np.testing.assert_array_equal(src[key], expected)
+
+
+@pytest.mark.parametrize("key", [(0, 0, 33), (None,), (..., ...), (np.zeros((2, 2), int),),
+                                 (1.5,), (np.ones(5, bool),), (0, 0, 0, 0)])
+def test_resampled_source_refuses_bad_keys(bricked, key):
+    with pytest.raises(NeurvolInputError):
+        dask_array.ResampledSource(bricked, (33, 33, 33))[key]
 
 
 def test_geometry_rejects_a_bad_spacing(bricked):
@@ -301,7 +328,8 @@ def test_npe2_validate(npe2):
 
 
 def test_napari_reader_returns_a_lazy_multiscale_image(npe2, files, bricked_decode):
-    pytest.importorskip("dask.array", reason="the napari reader needs dask (pip install dask)")
+    from neurvol.integrations.dask_array import ResampledSource
+
     pm = npe2.PluginManager.instance()
     pm.discover()
     try:
@@ -313,15 +341,25 @@ def test_napari_reader_returns_a_lazy_multiscale_image(npe2, files, bricked_deco
     assert len(layers) == 1
     levels, kwargs, layer_type = layers[0]
     assert layer_type == "image" and kwargs["multiscale"] is True
+    assert isinstance(levels[0], neurvol.NeuralVolume) and isinstance(levels[1], ResampledSource)
+    # napari's layer-data protocol: shape, dtype, ndim, size, __getitem__.
     assert [lv.shape for lv in levels] == [(66, 66, 66), (33, 33, 33)]
-    assert all(lv.dtype == np.uint8 for lv in levels)
-    assert levels[0].chunks == ((33, 33), (22, 22, 22), (33, 33))   # one chunk per brick
+    assert [lv.size for lv in levels] == [66 ** 3, 33 ** 3]
+    assert all(lv.dtype == np.uint8 and lv.ndim == 3 for lv in levels)
     assert kwargs["scale"] == list(SPACING) and kwargs["translate"] == list(ORIGIN)
     assert kwargs["contrast_limits"] == [0.0, 255.0]
     assert kwargs["name"] == "bricked" and kwargs["metadata"]["architecture"] == "fvsrn"
-    np.testing.assert_array_equal(levels[0][20].compute(), bricked_decode[20])
-    with neurvol.open(path) as nv:
-        np.testing.assert_array_equal(levels[1].compute(), nv.decode(shape=(33, 33, 33)))
+    nv = levels[0]
+    assert nv.stats["bricks_read"] == 0                    # nothing decoded at open
+    plane = levels[1][0]                                   # what napari asks for: a plane
+    assert plane.shape == (33, 33)
+    assert nv.stats["bricks_read"] == 6                    # the bricks of the first z row
+    np.testing.assert_array_equal(levels[0][20], bricked_decode[20])
+    with neurvol.open(path) as fresh:
+        coarse = fresh.decode(shape=(33, 33, 33))
+    np.testing.assert_array_equal(plane, coarse[0])
+    np.testing.assert_array_equal(levels[1][...], coarse)
+    np.testing.assert_array_equal(levels[1][5:9, ::4, [0, 32]], coarse[5:9, ::4][:, :, [0, 32]])
 
 
 def test_napari_reader_refuses_other_files_and_keeps_small_volumes_single_scale(files):
@@ -332,12 +370,11 @@ def test_napari_reader_refuses_other_files_and_keeps_small_volumes_single_scale(
     assert level_shapes((60, 64, 10)) == [(60, 64, 10)]
     assert level_shapes((1000, 300, 65)) == [(1000, 300, 65), (500, 150, 33), (250, 75, 17),
                                              (125, 38, 9), (63, 19, 5)]
-    pytest.importorskip("dask.array", reason="the napari reader needs dask (pip install dask)")
     small = neurvol.encode(neurvol.sample_volume()[:40, :30, :20], ratio=5, **FAST)
     small.save(files / "small.nvol")
     [(data, kwargs, _)] = get_reader(str(files / "small.nvol"))(str(files / "small.nvol"))
     assert kwargs["multiscale"] is False and data.shape == (40, 30, 20)
-    np.testing.assert_array_equal(data.compute(), small.decode())
+    np.testing.assert_array_equal(np.asarray(data), small.decode())
 
 
 # ---------------------------------------------------------------------- docs
@@ -361,7 +398,6 @@ def test_docs_xarray_example_runs(files, neurvol_engine, monkeypatch, capsys):
 
 
 def test_docs_napari_example_runs(files, monkeypatch, capsys):
-    pytest.importorskip("dask.array", reason="the napari reader needs dask (pip install dask)")
     monkeypatch.chdir(files)
     out = _run_example("napari.md", capsys)
     assert "[(66, 66, 66), (33, 33, 33)]" in out

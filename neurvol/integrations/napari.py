@@ -2,10 +2,11 @@
 drag a ``.nvol`` file into napari, or ``napari f.nvol`` (docs/napari.md).
 
 The file opens as one image layer: a multiscale pyramid whose full-resolution level is the
-volume itself (:meth:`~neurvol.NeuralVolume.to_dask`, a region read per brick) and whose
-coarser levels are ``decode(shape=...)`` grids of halving size, down to about
-:data:`MIN_LEVEL_EDGE` voxels a side. Every level is a lazy dask array: napari decodes only
-the chunks of the slices it shows. ``scale`` and ``translate`` are the file's spacing and
+``NeuralVolume`` itself and whose coarser levels are ``decode(shape=...)`` grids of halving
+size (:class:`~neurvol.integrations.dask_array.ResampledSource`), down to about
+:data:`MIN_LEVEL_EDGE` voxels a side. Every level is a lazy array-like: napari indexes the
+plane (or, in 3-D, the level) it shows, and that is all that is decoded, a region read
+touching only its bricks. (Dask arrays would decode whole chunks for every plane.) ``scale`` and ``translate`` are the file's spacing and
 origin, ``contrast_limits`` its value range. napari itself is not imported here.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .dask_array import resampled
+from .dask_array import ResampledSource
 from .metadata import EXTENSION, attributes, geometry
 
 #: The pyramid halves every axis while the largest one exceeds this many voxels.
@@ -34,7 +35,7 @@ def get_reader(path: Union[PathLike, Sequence[PathLike]]) -> Optional[Callable[.
 
 def read_nvol(path: Union[PathLike, Sequence[PathLike]]) -> List[LayerData]:
     """One ``(data, add_kwargs, "image")`` layer per file; ``data`` is the list of pyramid
-    levels (a single lazy array when the volume is already small)."""
+    levels (the ``NeuralVolume`` alone when it is already small)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     return [_layer(p) for p in paths]
 
@@ -54,7 +55,7 @@ def _layer(path: PathLike) -> LayerData:
     nv = neurvol.open(path)     # stays open: the layer's arrays read from it lazily
     spacing, origin = geometry(nv)
     shapes = level_shapes(nv.shape)
-    levels = [nv.to_dask()] + [resampled(nv, s) for s in shapes[1:]]
+    levels = [nv] + [ResampledSource(nv, s) for s in shapes[1:]]
     lo, hi = nv.info()["value_range"]
     kwargs: Dict[str, Any] = {
         "name": os.path.splitext(os.path.basename(os.fspath(path)))[0],
