@@ -69,7 +69,7 @@ def open_nvol_dataset(filename_or_obj: Any, *, drop_variables: Optional[Iterable
         data_vars = {}
         if name not in set(drop_variables or ()):
             chunks = default_chunks(nv)
-            encoding = {"preferred_chunks": dict(zip(DIMS, chunks)), "dtype": nv.dtype}
+            encoding = {"preferred_chunks": dict(zip(DIMS, chunks))}
             if owned and isinstance(filename_or_obj, (str, os.PathLike)):
                 encoding["source"] = os.fspath(filename_or_obj)
             data = indexing.LazilyIndexedArray(NeurvolBackendArray(nv))
