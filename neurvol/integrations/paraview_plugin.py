@@ -40,17 +40,25 @@ def _neurvol() -> Any:
     plugin file lies in (a source checkout or an installed package)."""
     try:
         import neurvol
+        return neurvol
     except ModuleNotFoundError as exc:
         if exc.name != "neurvol":
-            raise ImportError(
-                f"neurvol's reader needs the Python package {exc.name!r} in ParaView's Python "
-                f"({sys.executable}, Python {sys.version.split()[0]}); see docs/paraview.md "
-                "for installing it there") from exc
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        if root not in sys.path:
-            sys.path.append(root)
+            raise _missing(exc) from exc
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if root not in sys.path:
+        sys.path.append(root)
+    try:
         import neurvol
+    except ModuleNotFoundError as exc:
+        raise _missing(exc) from exc
     return neurvol
+
+
+def _missing(exc: ModuleNotFoundError) -> ImportError:
+    return ImportError(
+        f"neurvol's ParaView reader needs the Python package {exc.name!r} in ParaView's own "
+        f"Python ({sys.executable}, Python {sys.version.split()[0]}), which does not see your "
+        "virtualenv: see docs/paraview.md (PYTHONPATH) to make it importable there")
 
 
 @smproxy.reader(name="NeurvolReader", label="neurvol compressed volume",
