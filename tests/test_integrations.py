@@ -18,7 +18,7 @@ import pytest
 
 import neurvol
 from neurvol import NeurvolFormatError, NeurvolInputError
-from neurvol.integrations import dask_array
+from neurvol.integrations import dask_array, sources
 from neurvol.integrations.metadata import geometry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,8 +126,11 @@ def test_to_dask_pickles_as_the_files_bytes(bricked, bricked_decode):
     arr = bricked.to_dask()
     copy = pickle.loads(pickle.dumps(arr))
     np.testing.assert_array_equal(copy.compute(scheduler="threads"), bricked_decode)
-    source = pickle.loads(pickle.dumps(dask_array.RegionSource(bricked)))
+    source = pickle.loads(pickle.dumps(sources.RegionSource(bricked)))
     assert source.nv is not bricked and source.nv.to_bytes() == bricked.to_bytes()
+    coarse = pickle.loads(pickle.dumps(sources.ResampledSource(bricked, (9, 8, 7))))
+    assert coarse.shape == (9, 8, 7) and coarse.nv is not bricked
+    np.testing.assert_array_equal(coarse[...], bricked.decode(shape=(9, 8, 7)))
 
 
 def test_closed_volume_refuses_to_dask(files):
@@ -155,13 +158,13 @@ def test_resampled_is_a_lazy_decode_of_that_shape(bricked, shape):
     (np.s_[:, np.arange(33) % 2 == 0], np.s_[:, ::2, :]),
 ])
 def test_resampled_source_indexes_like_a_decode(bricked, monkeypatch, key, outer):
-    src = dask_array.ResampledSource(bricked, (33, 33, 33))
+    src = sources.ResampledSource(bricked, (33, 33, 33))
     # Outer indexing: each axis's key picks its indices independently; ints drop the axis.
     picks = [np.arange(33)[k] for k in outer]
     expected = bricked.decode(shape=(33, 33, 33))[np.ix_(*[np.atleast_1d(p) for p in picks])]
     expected = expected.reshape([len(p) for p in picks if np.ndim(p) == 1])
     np.testing.assert_array_equal(src[key], expected)
-    monkeypatch.setattr(dask_array, "_QUERY_POINTS", 50)      # many small queries
+    monkeypatch.setattr(sources, "_QUERY_POINTS", 50)      # many small queries
     np.testing.assert_array_equal(src[key], expected)
 
 
@@ -169,7 +172,7 @@ def test_resampled_source_indexes_like_a_decode(bricked, monkeypatch, key, outer
                                  (1.5,), (np.ones(5, bool),), (0, 0, 0, 0)])
 def test_resampled_source_refuses_bad_keys(bricked, key):
     with pytest.raises(NeurvolInputError):
-        dask_array.ResampledSource(bricked, (33, 33, 33))[key]
+        sources.ResampledSource(bricked, (33, 33, 33))[key]
 
 
 def test_geometry_rejects_a_bad_spacing(bricked):
@@ -328,7 +331,7 @@ def test_npe2_validate(npe2):
 
 
 def test_napari_reader_returns_a_lazy_multiscale_image(npe2, files, bricked_decode):
-    from neurvol.integrations.dask_array import ResampledSource
+    from neurvol.integrations.sources import ResampledSource
 
     pm = npe2.PluginManager.instance()
     pm.discover()
