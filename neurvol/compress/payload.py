@@ -71,7 +71,7 @@ class TensorPlan:
 
 
 def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
-    """The measured default: tensors under 64 values (biases) and ``precise`` ones (whose
+    """The default plan: tensors under 64 values (biases) and ``precise`` ones (whose
     errors the network amplifies) as float16, every other one with k-means to ``k``
     levels, but never more than a quarter of its size so a codebook cannot cost more than
     it saves."""

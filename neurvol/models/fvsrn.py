@@ -152,7 +152,7 @@ register(Architecture(
     solve=solve_fvsrn,
     description="dense trilinear feature grid + small MLP (fV-SRN)",
     options=("channels", "width", "hidden_layers"),
-    # Error-driven sampling: at ratio 100, embryo[::2] 31.67 -> 32.05 dB, RM[::2] 28.23 ->
-    # 28.26 (BENCHMARKS.md, sampling). (neurcomp: +0.41 / -0.62 dB, so it stays uniform.)
+    # Error-driven sampling helps the grid where the error concentrates (BENCHMARKS.md,
+    # "error-driven sampling"; neurcomp, mixed there, stays uniform).
     fit_defaults={"sampling": "error"},
 ))
