@@ -40,14 +40,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, ModelConfig, VolumeModel, register
-from .fvsrn import proportional_grid
+from .base import Architecture, ModelConfig, VolumeModel, register, validated_options
+from .fvsrn import MAX_WIDTH, check_grids_and_mlp, proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
 from .trilinear import atlas_axes, sample_atlas, slice_atlas
 
 MAX_GRIDS = 256
-MAX_GRID_SIDE = 4096
-MAX_WIDTH = 4096
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
 # [TRANSFORM_START, TRANSFORM_STOP) and are frozen before and after.
@@ -97,16 +95,9 @@ class AMGSRNConfig(ModelConfig):
     def validate(self) -> None:
         if not isinstance(self.grids, int) or not 1 <= self.grids <= MAX_GRIDS:
             raise ValueError(f"grids must be an int in [1, {MAX_GRIDS}]")
-        if len(self.grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in self.grid):
-            raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
-        for name in ("channels", "width", "hidden_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
-                raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
+        check_grids_and_mlp(self.grid, self.channels, self.width, self.hidden_layers, self.grids)
         if self.grids * self.channels > MAX_WIDTH:
             raise ValueError("grids * channels too large")
-        if self.grids * math.prod(self.grid) * self.channels > 2**31:
-            raise ValueError("feature grids too large")
 
     def param_count(self) -> int:
         return (self.grids * (math.prod(self.grid) * self.channels + 12)
@@ -386,11 +377,7 @@ def solve_amgsrn(shape: Tuple[int, int, int], n_params: int, options: Mapping[st
             "or fewer grids")
     cfg = AMGSRNConfig(grids=grids, grid=proportional_grid(shape, vertices), channels=channels,
                        width=width, hidden_layers=hidden)
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise NeurvolInputError(f"invalid amgsrn option(s) {dict(options)}: {exc}") from exc
-    return cfg
+    return validated_options(cfg, options)
 
 
 register(Architecture(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, ModelConfig, VolumeModel, register
+from .base import Architecture, ModelConfig, VolumeModel, register, validated_options
 
 MAX_WIDTH = 4096
 MAX_BLOCKS = 64
@@ -205,11 +205,7 @@ def solve_neurcomp(shape: Tuple[int, int, int], n_params: int, options: Mapping[
             "neurcomp network; use a smaller ratio or fewer layers")
     cfg = NeurcompConfig(width=width, residual_blocks=blocks, omega0=float(omega0),
                          scale=aspect_scale(shape), grad_lambda=float(grad_lambda))
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise NeurvolInputError(f"invalid neurcomp options {dict(options)}: {exc}") from None
-    return cfg
+    return validated_options(cfg, options)
 
 
 register(Architecture(
