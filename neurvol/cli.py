@@ -50,44 +50,33 @@ class Terminated(KeyboardInterrupt):
 # argument types: raise ArgumentTypeError so mistakes are usage errors (exit 2)
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str, kind: type, ok: Callable[[Any], bool], must: str) -> Any:
+    """``text`` parsed as ``kind`` (int or float) that passes ``ok``, else a usage error
+    saying it ``must`` be ..."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {must}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
+    return _number(text, int, lambda v: v > 0, "a positive integer")
 
 
 def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
-    return value
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 
 
 def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-    return value
+    return _number(text, float, math.isfinite, "a finite number")
 
 
 def _rate(text: str) -> Any:
