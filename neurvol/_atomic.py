@@ -52,11 +52,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
         >>> with atomic_open("out.nvol") as f:   # doctest: +SKIP
         ...     f.write(b"...")
     """
-    try:
-        target = os.path.abspath(os.fspath(path))
-    except TypeError:
-        raise NeurvolInputError(
-            f"output path must be a str or os.PathLike, got {type(path).__name__}") from None
+    target = _target(path)
     directory, name = os.path.split(target)
     mode = _final_mode(target)
     fd, tmp = _mkstemp(directory, name)
@@ -65,12 +61,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
             yield f
             _io(f.flush, target)
             _io(os.fsync, target, f.fileno())
-            # mkstemp creates 0600; give the file the mode a plain open() would have.
-            _io(os.chmod, target, tmp, mode)
-        if os.path.isdir(target):
-            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
-                                 "name")
-        _io(os.replace, target, tmp, target)
+        _publish(target, tmp, mode)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -86,11 +77,7 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
     that picks compression from the extension sees the right one); on normal exit it is
     fsynced and renamed onto *path*; on any exception it is removed and *path* is untouched.
     """
-    try:
-        target = os.path.abspath(os.fspath(path))
-    except TypeError:
-        raise NeurvolInputError(
-            f"output path must be a str or os.PathLike, got {type(path).__name__}") from None
+    target = _target(path)
     directory, name = os.path.split(target)
     mode = _final_mode(target)
     fd, tmp = _mkstemp(directory, name, suffix)
@@ -102,16 +89,30 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
             _io(os.fsync, target, fd)
         finally:
             os.close(fd)
-        _io(os.chmod, target, tmp, mode)
-        if os.path.isdir(target):
-            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
-                                 "name")
-        _io(os.replace, target, tmp, target)
+        _publish(target, tmp, mode)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _target(path: PathLike) -> str:
+    """The absolute path to write, or an input error for a path of the wrong type."""
+    try:
+        return os.path.abspath(os.fspath(path))
+    except TypeError:
+        raise NeurvolInputError(
+            f"output path must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
+def _publish(target: str, tmp: str, mode: int) -> None:
+    """Rename the finished (fsynced) ``tmp`` onto ``target`` with the final ``mode``."""
+    # mkstemp creates 0600; give the file the mode a plain open() would have.
+    _io(os.chmod, target, tmp, mode)
+    if os.path.isdir(target):
+        raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file name")
+    _io(os.replace, target, tmp, target)
 
 
 def _mkstemp(directory: str, name: str, suffix: str = "") -> Tuple[int, str]:

@@ -26,7 +26,9 @@ import zstandard
 from ..errors import NeurvolFormatError
 from .bitpack import pack_bits, unpack_bits
 from .kmeans import kmeans_quantize, nearest_centroid
-from .records import GRID_METHODS, RecordStats, decode_record, encode_record
+from .records import (GRID_METHODS, MAX_CENTROIDS, RecordStats, decode_record, encode_record,
+                      fits_f16)
+from .streams import ZSTD_LEVEL
 
 KIND_CONSTANT = 0x00
 KIND_TENSORS = 0x01
@@ -42,9 +44,6 @@ LAYOUT_U16 = 2   # two bytes (little-endian) per index
 
 _CODEBOOK_F16 = 0
 _CODEBOOK_F32 = 1
-
-ZSTD_LEVEL = 19
-MAX_CENTROIDS = 65536
 
 TensorSpec = Tuple[str, Tuple[int, ...]]
 
@@ -71,7 +70,7 @@ class TensorPlan:
 
 
 def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
-    """The measured default: tensors under 64 values (biases) and ``precise`` ones (whose
+    """The default plan: tensors under 64 values (biases) and ``precise`` ones (whose
     errors the network amplifies) as float16, every other one with k-means to ``k``
     levels, but never more than a quarter of its size so a codebook cannot cost more than
     it saves."""
@@ -111,11 +110,11 @@ def _encode_record(arr: np.ndarray, plan: TensorPlan, seed: int) -> bytes:
     if plan.method == "raw32":
         return bytes([METHOD_RAW32]) + flat.astype("<f4").tobytes()
     if plan.method == "raw16":
-        if not _fits_f16(flat):
+        if not fits_f16(flat):
             return bytes([METHOD_RAW32]) + flat.astype("<f4").tobytes()
         return bytes([METHOD_RAW16]) + flat.astype("<f2").tobytes()
     codebook, idx = kmeans_quantize(flat, plan.k, seed)
-    book_kind = _CODEBOOK_F16 if _fits_f16(codebook) else _CODEBOOK_F32
+    book_kind = _CODEBOOK_F16 if fits_f16(codebook) else _CODEBOOK_F32
     book = codebook.astype("<f2" if book_kind == _CODEBOOK_F16 else "<f4")
     # Refer the indices to the stored (possibly float16-rounded) codebook.
     idx = nearest_centroid(flat, book.astype(np.float32))
@@ -132,10 +131,6 @@ def _encode_record(arr: np.ndarray, plan: TensorPlan, seed: int) -> bytes:
     layout, stream = min(candidates, key=lambda c: (len(cctx.compress(c[1])), c[0]))
     head = struct.pack("<BBBBI", METHOD_KMEANS, book_kind, layout, bits, k)
     return head + book.tobytes() + stream
-
-
-def _fits_f16(a: np.ndarray) -> bool:
-    return bool(np.all(np.abs(a) < 65000.0))
 
 
 Decoded = Union[float, Dict[str, np.ndarray]]

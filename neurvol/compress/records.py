@@ -70,8 +70,14 @@ class RecordStats:
         return self.total - self.codebook - self.mask
 
 
+#: Values below this magnitude survive a binary16 round trip (largest finite: 65504) with
+#: room for the rounding; larger ones are stored as float32.
+F16_LIMIT = 65000.0
+
+
 def fits_f16(a: np.ndarray) -> bool:
-    return bool(np.all(np.abs(a) < 65000.0))
+    """Whether every value of ``a`` can be stored as IEEE binary16 without overflow."""
+    return bool(np.all(np.abs(a) < F16_LIMIT))
 
 
 def encode_record(arr: np.ndarray, method: str, *, k: int = 0, step: float = 0.0,

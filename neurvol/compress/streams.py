@@ -6,11 +6,10 @@ then ``length`` coded bytes:
 
 * ``0`` raw: the ``n * width`` bytes as they are;
 * ``1`` zstd: one zstandard frame of those bytes;
-* ``2`` rans: a static-model rANS stream (``constriction``'s ``AnsCoder``, 32-bit words,
-  ``Categorical(perfect=False)``): ``u32 A`` (alphabet size), ``u32 table_length``, a
-  zstandard frame of ``A`` ``u32`` symbol counts (the stream's histogram: they sum to
-  ``n``), then the coder's ``u32`` words. The model's probabilities are
-  ``count / sum(counts)`` in float64.
+* ``2`` rans: a static-model rANS stream, normative in ``spec/payload.md`` §2.3 (written
+  with ``constriction``'s ``AnsCoder`` and ``Categorical(perfect=False)``, which implement
+  it): ``u32 A`` (alphabet size), ``u32 table_length``, a zstandard frame of ``A`` ``u32``
+  symbol counts (the stream's histogram: they sum to ``n``), then the coder's ``u32`` words.
 
 The encoder tries every coder it has and keeps the smallest (``spec/payload.md`` §2.2).
 """
@@ -32,6 +31,7 @@ CODER_NAMES = {CODER_RAW: "raw", CODER_ZSTD: "zstd", CODER_RANS: "rans"}
 
 ZSTD_LEVEL = 19
 MAX_ALPHABET = 1 << 20   # a rans table larger than this is refused (and never written)
+MIN_ALPHABET = 2         # spec/payload.md §2.3.1: a one-symbol model cannot be quantized
 _HEAD = struct.Struct("<BBI")
 _DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
@@ -148,8 +148,9 @@ def _rans_decode(data: bytes, n: int, what: str) -> np.ndarray:
     if len(data) < 8:
         raise NeurvolFormatError(f"{what}: truncated rans stream")
     alphabet, table_len = struct.unpack_from("<II", data)
-    if not 1 <= alphabet <= MAX_ALPHABET or 8 + table_len > len(data):
-        raise NeurvolFormatError(f"{what}: invalid rans table (alphabet {alphabet})")
+    if not MIN_ALPHABET <= alphabet <= MAX_ALPHABET or n < 1 or 8 + table_len > len(data):
+        raise NeurvolFormatError(
+            f"{what}: invalid rans table (alphabet {alphabet}, {n} symbols); the file is damaged")
     counts = np.frombuffer(_zstd_exact(data[8:8 + table_len], 4 * alphabet, what), dtype="<u4")
     # The counts are the stream's histogram: they must add up to the symbols expected
     # (checked before decoding, so a damaged length cannot make the coder run on).

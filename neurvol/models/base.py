@@ -88,6 +88,16 @@ def check_param_cap(cfg: "ModelConfig") -> None:
             f"{MAX_MODEL_PARAMS:,}; the file is corrupted or not meant for this reader")
 
 
+def validated_options(cfg: "ModelConfig", options: Mapping[str, Any]) -> "ModelConfig":
+    """``cfg`` (solved from the user's ``options``) after ``validate()``: a config that
+    breaks a limit there came from those options, so it is an input error."""
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise NeurvolInputError(f"invalid {cfg.arch} option(s) {dict(options)}: {exc}") from exc
+    return cfg
+
+
 def _short(v: Any, limit: int = 200) -> str:
     text = repr(v)
     return text if len(text) <= limit else text[:limit] + "..."
