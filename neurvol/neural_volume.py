@@ -614,7 +614,7 @@ class NeuralVolume:
         return full.reshape([len(i) for i, k in zip(idx, keep) if k])
 
     # ------------------------------------------------------------------ array protocol
-    # The logic lives in neurvol/integrations/dask_array.py (docs/xarray.md).
+    # The logic lives in neurvol/arrays/ (docs/xarray.md).
     @property
     def ndim(self) -> int:
         """Number of axes: 3 (z, y, x)."""
@@ -627,14 +627,14 @@ class NeuralVolume:
 
     def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
         """``np.asarray(nv)``: the decoded grid (``decode()``), cast to ``dtype`` if given."""
-        from .integrations.dask_array import to_numpy
+        from .arrays import to_numpy
 
         return to_numpy(self, dtype, copy)
 
     def to_dask(self, chunks: Any = None) -> Any:
         """A lazy ``dask.array.Array``: one chunk per brick (single models: blocks of
         ``SINGLE_MODEL_BLOCK`` voxels a side), each decoded by a region read when computed."""
-        from .integrations.dask_array import to_dask
+        from .arrays import to_dask
 
         return to_dask(self, chunks)
 

@@ -18,7 +18,7 @@ import pytest
 
 import neurvol
 from neurvol import NeurvolFormatError, NeurvolInputError
-from neurvol.integrations import dask_array, sources
+from neurvol.arrays import dask_array, sources
 from neurvol.integrations.metadata import geometry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,7 +331,7 @@ def test_npe2_validate(npe2):
 
 
 def test_napari_reader_returns_a_lazy_multiscale_image(npe2, files, bricked_decode):
-    from neurvol.integrations.sources import ResampledSource
+    from neurvol.arrays import ResampledSource
 
     pm = npe2.PluginManager.instance()
     pm.discover()

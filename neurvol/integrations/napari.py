@@ -3,7 +3,7 @@ drag a ``.nvol`` file into napari, or ``napari f.nvol`` (docs/napari.md).
 
 The file opens as one image layer: a multiscale pyramid whose full-resolution level is the
 ``NeuralVolume`` itself and whose coarser levels are ``decode(shape=...)`` grids of halving
-size (:class:`~neurvol.integrations.sources.ResampledSource`), down to about
+size (:class:`~neurvol.arrays.ResampledSource`), down to about
 :data:`MIN_LEVEL_EDGE` voxels a side. Every level is a lazy array-like: napari indexes the
 plane (or, in 3-D, the level) it shows, and that is all that is decoded, a region read
 touching only its bricks. (Dask arrays would decode whole chunks for every plane.) ``scale`` and ``translate`` are the file's spacing and
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .sources import ResampledSource
+from ..arrays import ResampledSource
 from .metadata import EXTENSION, attributes, geometry
 
 #: The pyramid halves every axis while the largest one exceeds this many voxels.

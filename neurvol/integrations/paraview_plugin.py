@@ -125,7 +125,7 @@ class NeurvolReader(VTKPythonAlgorithmBase):
     def read_extent(self, extent: Sequence[int]) -> np.ndarray:
         """Values of the VTK extent ``(x0, x1, y0, y1, z0, z1)`` (inclusive) of the output
         grid, as a ``(z, y, x)`` array: a region read of the file."""
-        from neurvol.integrations.sources import ResampledSource
+        from neurvol.arrays import ResampledSource
 
         x0, x1, y0, y1, z0, z1 = (int(e) for e in extent)
         key = (slice(z0, z1 + 1), slice(y0, y1 + 1), slice(x0, x1 + 1))

@@ -20,8 +20,7 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from .dask_array import default_chunks
-from .sources import RegionSource
+from ..arrays import RegionSource, default_chunks
 from .metadata import DIMS, EXTENSION, attributes, geometry, looks_like_nvol
 
 #: Name of the data variable unless ``open_dataset(..., name=...)`` says otherwise.

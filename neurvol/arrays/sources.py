@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Any, List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 
 from ..errors import NeurvolInputError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..neural_volume import NeuralVolume
+#: A ``NeuralVolume``, used through its public methods only (this part sits below the
+#: reader in the layers, tests/test_layers.py).
+Volume = Any
 
 # Points per model query of a resampled read (coordinates: 24 bytes a point).
 _QUERY_POINTS = 1 << 20
@@ -32,7 +33,7 @@ class RegionSource:
     and reopens them there once.
     """
 
-    def __init__(self, nv: "NeuralVolume") -> None:
+    def __init__(self, nv: Volume) -> None:
         self.nv = nv
         self.shape = nv.shape
         self.dtype = nv.dtype
@@ -45,15 +46,16 @@ class RegionSource:
     def __getitem__(self, key: Any) -> np.ndarray:
         return self.nv[key]
 
-    def __reduce__(self) -> Tuple[Any, Tuple[bytes]]:
-        return _reopen, (self.nv.to_bytes(),)
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, bytes]]:
+        return _reopen, (type(self.nv), self.nv.to_bytes())
 
 
-def _reopen(data: bytes) -> RegionSource:
+def _reopen(cls: Any, data: bytes) -> RegionSource:
+    """A source over the file's bytes, read by ``cls`` (``NeuralVolume``, which pickle
+    names by reference)."""
     from ..container import NvolReader
-    from ..neural_volume import NeuralVolume
 
-    return RegionSource(NeuralVolume(NvolReader(data)))
+    return RegionSource(cls(NvolReader(data)))
 
 
 class ResampledSource(RegionSource):
@@ -61,7 +63,7 @@ class ResampledSource(RegionSource):
     an array-like (``shape``, ``dtype``, ``ndim``, outer indexing with ints, slices and 1-D
     integer or boolean arrays per axis, as ``nv[...]``) that decodes nothing until indexed."""
 
-    def __init__(self, nv: "NeuralVolume", shape: Tuple[int, int, int]) -> None:
+    def __init__(self, nv: Volume, shape: Tuple[int, int, int]) -> None:
         super().__init__(nv)
         self.shape = shape
 
@@ -91,8 +93,8 @@ class ResampledSource(RegionSource):
                 out[z0:z0 + step_z, y0:y0 + step_y] = _cast(values, self.dtype).reshape(grid.shape[:3])
         return out.reshape(kept)
 
-    def __reduce__(self) -> Tuple[Any, Tuple[bytes, Tuple[int, int, int]]]:  # type: ignore[override]
-        return _reopen_resampled, (self.nv.to_bytes(), self.shape)
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, bytes, Tuple[int, int, int]]]:  # type: ignore[override]
+        return _reopen_resampled, (type(self.nv), self.nv.to_bytes(), self.shape)
 
 
 def _linspace_part(m: int, a: int, b: int) -> np.ndarray:
@@ -161,5 +163,5 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype, copy=False)
 
 
-def _reopen_resampled(data: bytes, shape: Tuple[int, int, int]) -> ResampledSource:
-    return ResampledSource(_reopen(data).nv, shape)
+def _reopen_resampled(cls: Any, data: bytes, shape: Tuple[int, int, int]) -> ResampledSource:
+    return ResampledSource(_reopen(cls, data).nv, shape)

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple
 import numpy as np
 
 from ..errors import NeurvolInputError
-from .sources import RegionSource, ResampledSource
+from .sources import RegionSource, ResampledSource, Volume
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array
 
-    from ..neural_volume import NeuralVolume
 
 #: Edge in voxels of the dask blocks of a single-model file (the last block of an axis may
 #: be shorter): 128^3 voxels are 8 MiB of float32, large enough that the fixed cost of a
@@ -42,7 +41,7 @@ def owned_sizes(n: int, bricks: int) -> Tuple[int, ...]:
     return tuple(b - a for a, b in zip(starts, starts[1:]))
 
 
-def brick_chunks(nv: "NeuralVolume") -> Optional[Chunks]:
+def brick_chunks(nv: Volume) -> Optional[Chunks]:
     """Per axis (z, y, x), the sizes of the voxel ranges the bricks own; ``None`` for a
     single-model file (one brick)."""
     grid = nv.header["bricks"]["grid"]     # validated when the file was opened
@@ -52,7 +51,7 @@ def brick_chunks(nv: "NeuralVolume") -> Optional[Chunks]:
     return z, y, x
 
 
-def default_chunks(nv: "NeuralVolume") -> Chunks:
+def default_chunks(nv: Volume) -> Chunks:
     """One chunk per brick for bricked files, blocks of :data:`SINGLE_MODEL_BLOCK` otherwise."""
     bricked = brick_chunks(nv)
     if bricked is not None:
@@ -66,7 +65,7 @@ def _regular(n: int, block: int) -> Tuple[int, ...]:
     return (block,) * full + ((rest,) if rest else ())
 
 
-def to_numpy(nv: "NeuralVolume", dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+def to_numpy(nv: Volume, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
     """``np.asarray(nv)``: the whole decoded grid in the volume's dtype, cast to ``dtype``
     when given (numpy 2's ``__array__`` signature). ``copy=False`` asks for a view without a
     copy, which a compressed volume cannot give (every read decodes), so it raises."""
@@ -80,7 +79,7 @@ def to_numpy(nv: "NeuralVolume", dtype: Any = None, copy: Optional[bool] = None)
     return out
 
 
-def to_dask(nv: "NeuralVolume", chunks: Any = None) -> "dask.array.Array":
+def to_dask(nv: Volume, chunks: Any = None) -> "dask.array.Array":
     """A lazy ``dask.array.Array`` of the volume (its dtype and shape); each chunk is a
     region read ``nv[z0:z1, y0:y1, x0:x1]`` when computed.
 
@@ -107,7 +106,7 @@ def to_dask(nv: "NeuralVolume", chunks: Any = None) -> "dask.array.Array":
                          lock=False, meta=np.empty((0, 0, 0), dtype=nv.dtype))
 
 
-def resampled(nv: "NeuralVolume", shape: Any, chunks: Any = None) -> "dask.array.Array":
+def resampled(nv: Volume, shape: Any, chunks: Any = None) -> "dask.array.Array":
     """A lazy ``nv.decode(shape=shape)`` as a dask array (of a :class:`ResampledSource`): the same grid (``linspace(-1, 1, m)`` per axis in
     normalized coordinates, spec/payload.md §1.2) in the volume's dtype, each chunk computed
     by a query of just its points, so it decodes only the bricks the chunk touches.
