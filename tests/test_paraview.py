@@ -41,7 +41,7 @@ CHECK_SCRIPT = r'''
 import json, sys
 import numpy as np
 from paraview import servermanager
-from paraview.simple import LoadPlugin, OpenDataFile
+from paraview.simple import ExtractSubset, LoadPlugin, OpenDataFile
 from vtkmodules.util import numpy_support
 
 plugin, path, out = sys.argv[1:4]
@@ -67,6 +67,13 @@ img, res = fetch(reader)
 np.save(out + "/resampled.npy", res)
 result["resampled_spacing"] = list(img.GetSpacing())
 result["resampled_origin"] = list(img.GetOrigin())
+
+# ParaView's Extract Subset asks its input for just the VOI.
+subset_reader = OpenDataFile(path)
+subset = ExtractSubset(Input=subset_reader, VOI=[x0, x1, y0, y1, z0, z1])
+img, values = fetch(subset)
+np.save(out + "/subset.npy", values)
+result["subset_bricks_read"] = subset_reader.GetClientSideObject().volume().stats["bricks_read"]
 
 # The VTK algorithm itself, asked for a sub-extent by its consumer.
 alg = sys.modules["paraview_plugin"].NeurvolReader()
@@ -196,11 +203,14 @@ def test_plugin_reads_extents_and_resolutions(nvol_file, tmp_path, pv_python_mat
     fresh = neurvol.open(path)
     fresh[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1]
     assert result["sub_bricks_read"] == fresh.stats["bricks_read"] == 1
+    # The same through ParaView's pipeline: Extract Subset's VOI reaches the reader.
+    np.testing.assert_array_equal(np.load(tmp_path / "subset.npy"), sub)
+    assert result["subset_bricks_read"] == 1
 
 
 APP_SCRIPT = r'''
 import json, sys
-from paraview.simple import LoadPlugin, OpenDataFile
+from paraview.simple import ExtractSubset, LoadPlugin, OpenDataFile
 LoadPlugin(sys.argv[1], ns=globals())
 reader = OpenDataFile(sys.argv[2])
 reader.UpdatePipeline()
