@@ -365,6 +365,27 @@ def test_napari_reader_returns_a_lazy_multiscale_image(npe2, files, bricked_deco
     np.testing.assert_array_equal(levels[1][5:9, ::4, [0, 32]], coarse[5:9, ::4][:, :, [0, 32]])
 
 
+def test_napari_image_layer_takes_the_levels(files, bricked_decode):
+    """Where napari is installed (not in the test extra: it is large), its own Image layer
+    accepts the reader's data and slices it without a window."""
+    layers = pytest.importorskip("napari.layers", reason="napari is not installed")
+    from neurvol.integrations.napari import read_nvol
+
+    [(levels, kwargs, _)] = read_nvol(str(files / "bricked.nvol"))
+    layer = layers.Image(levels, **kwargs)
+    assert [tuple(s) for s in layer.level_shapes] == [(66, 66, 66), (33, 33, 33)]
+    np.testing.assert_allclose(layer.scale, SPACING)
+    np.testing.assert_allclose(layer.translate, ORIGIN)
+    # Without a window napari shows the coarsest level at world point 0: with the file's
+    # origin that lies outside the volume, so check the values on a layer at the origin.
+    layer = layers.Image(levels, **dict(kwargs, translate=[0.0, 0.0, 0.0]))
+    layer.refresh()
+    with neurvol.open(files / "bricked.nvol") as nv:
+        coarse = nv.decode(shape=(33, 33, 33))
+    shown = np.asarray(layer._slice.image.raw)
+    assert any(np.array_equal(shown, plane) for plane in coarse)
+
+
 def test_napari_reader_refuses_other_files_and_keeps_small_volumes_single_scale(files):
     from neurvol.integrations.napari import get_reader, level_shapes
 
