@@ -477,7 +477,9 @@ class NeuralVolume:
             arch, config, specs = self._config_specs(self._brick_spec(b))
             error = None
         except NeurvolFormatError as exc:   # fine if the brick turns out to be a constant
-            specs, error = [], exc
+            # Without its traceback: kept, it would hold the caller's frames (and the
+            # block of coordinates being decoded) in a reference cycle.
+            specs, error = [], exc.with_traceback(None)
         limit = max(_CONSTANT_PAYLOAD, max_payload_bytes(specs) if error is None else 0)
         if length > limit:
             raise error or NeurvolFormatError(
