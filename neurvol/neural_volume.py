@@ -117,7 +117,7 @@ class NeuralVolume:
                 f"header 'volume.shape' must be 3 integers [D, H, W], got {_short(shape)}")
         if min(shape) < 2 or max(shape) > MAX_AXIS or math.prod(shape) > MAX_VOXELS:
             raise NeurvolFormatError(
-                f"header 'volume.shape' {shape} is impossible: every axis must be in "
+                f"header 'volume.shape' {brief(shape)} is impossible: every axis must be in "
                 f"[2, {MAX_AXIS}] and the volume at most {MAX_VOXELS} voxels")
         dtype = vol.get("dtype")
         if not isinstance(dtype, str) or len(dtype) > 32:
@@ -482,9 +482,10 @@ class NeuralVolume:
             specs, error = [], exc.with_traceback(None)
         limit = max(_CONSTANT_PAYLOAD, max_payload_bytes(specs) if error is None else 0)
         if length > limit:
-            raise error or NeurvolFormatError(
-                f"brick {b} is {length:,} bytes, longer than any valid payload for its model "
-                f"({limit:,} bytes); the file is corrupted or hostile")
+            raise NeurvolFormatError(
+                f"brick {b} is {length:,} bytes, longer than any valid payload for it "
+                f"({limit:,} bytes" + (f"; {error}" if error else "") + "); the file is "
+                "corrupted or hostile")
         payload = self._reader.read_brick(b)
         if payload[:1] == b"\x00":
             value = float(decode_payload(payload, []))  # constant brick
