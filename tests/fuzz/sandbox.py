@@ -85,8 +85,10 @@ class Timeout(BaseException):
 def on_alarm(signum, frame):
     raise Timeout()
 
+CODE = {{name: compile(src, name, "exec") for name, src in CHECKS.items()}}
+
 def run(check, data):
-    exec(CHECKS[check], {{"data": data, "np": np, "neurvol": neurvol, "json": json,
+    exec(CODE[check], {{"data": data, "np": np, "neurvol": neurvol, "json": json,
                          "NvolReader": NvolReader, "tempfile": tempfile, "os": os}})
 
 # Warm up: lazy imports, torch's first inference, the allocator.
@@ -97,6 +99,12 @@ for check in CHECKS:
     run(check, warm)
 can_peak = os.path.exists("/proc/self/clear_refs")
 cap = {memory_cap}
+LIMIT_S = {limit_s}
+if {preload_fuzz}:
+    sys.path.insert(0, {here!r})
+    import random
+    import nvol_fuzzlib as FUZZ
+    SEEDS = FUZZ.seed_files()
 if cap and can_peak:
     size = status()["VmSize"]
     resource.setrlimit(resource.RLIMIT_AS, (size + cap, resource.RLIM_INFINITY))
@@ -109,7 +117,21 @@ while True:
     if not head:
         break
     check, n, seconds = head.decode().split()
-    data = inp.read(int(n))
+    meta = {{}}
+    if check in ("fuzz", "make"):
+        # Mutate here (in parallel across workers), from a seed the parent chose; the
+        # input's bytes go back only when the parent needs them (see below), or for
+        # "make", which only builds the input (to recover one whose worker was killed).
+        rng = random.Random(int(n))
+        seed_name, data = rng.choice(SEEDS)
+        data, kinds = FUZZ.mutate(data, FUZZ.RandomChooser(rng), rounds=rng.randint(1, 3))
+        meta = {{"seed": seed_name, "mutations": "+".join(kinds), "size": len(data)}}
+        if check == "make":
+            out.write(json.dumps(dict(meta, data=data.hex())) + "\n"); out.flush()
+            continue
+        check = "read"
+    else:
+        data = inp.read(int(n))
     if {fork}:
         # One child per input: its peak is measured from a clean, warmed state (a
         # reused process's allocator would hide allocations it can serve from freed
@@ -162,6 +184,10 @@ while True:
         signal.setitimer(signal.ITIMER_REAL, 0)
     res["seconds"] = time.perf_counter() - t0
     res["peak_bytes"] = (status()["VmHWM"] - before) if can_peak else None
+    res.update(meta)
+    if meta and (res["outcome"] not in ("ok", "error") or res["seconds"] > LIMIT_S
+                 or (res["peak_bytes"] or 0) > cap):
+        res["data"] = data.hex()
     out.write(json.dumps(res) + "\n"); out.flush()
     if {fork}:
         os._exit(0)
@@ -170,12 +196,15 @@ while True:
 
 class Worker:
     """One worker process; :meth:`run` checks one input (``fork=True``: in a fresh child
-    of the warmed worker, for exact per-input peaks). Restart it after a timeout or a
+    of the warmed worker, for exact per-input peaks); with ``fuzzing=True`` it also
+    makes inputs itself (:meth:`fuzz`, :meth:`make`). Restart it after a timeout or a
     crash (:meth:`run` does so itself when the worker died or was killed)."""
 
     def __init__(self, memory_cap: int = 1 << 30, startup_s: float = 300.0,
-                 fork: bool = False) -> None:
+                 fork: bool = False, limit_s: float = 5.0, fuzzing: bool = False) -> None:
         self.memory_cap = memory_cap
+        self.fuzzing = fuzzing
+        self.limit_s = limit_s
         self.fork = fork
         self.startup_s = startup_s
         self.proc: Optional[subprocess.Popen] = None
@@ -184,7 +213,8 @@ class Worker:
     def start(self) -> None:
         r, w = os.pipe()
         code = _WORKER.format(root=ROOT, checks=repr(CHECKS), memory_cap=int(self.memory_cap),
-                              fork=bool(self.fork))
+                              fork=bool(self.fork), here=HERE, limit_s=float(self.limit_s),
+                              preload_fuzz=bool(self.fuzzing))
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(w)], stdin=subprocess.PIPE,
                                      pass_fds=(w,), env=env, cwd=ROOT)
@@ -209,14 +239,18 @@ class Worker:
         NeurvolError: ``type``, ``message``), ``crash``, ``timeout``, ``over-memory``),
         ``seconds`` and ``peak_bytes``. The worker's own deadline is *seconds*; the
         parent kills it at *seconds* + *grace*."""
+        return self._request(f"{check} {len(data)} {seconds}\n".encode() + data,
+                             seconds + grace)
+
+    def _request(self, message: bytes, timeout: float) -> Dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
         t0 = time.perf_counter()
         try:
-            self.proc.stdin.write(f"{check} {len(data)} {seconds}\n".encode() + data)
+            self.proc.stdin.write(message)
             self.proc.stdin.flush()
-            line = self._readline(seconds + grace)
+            line = self._readline(timeout)
         except (BrokenPipeError, OSError):
             line = ""
         self.inputs += 1
@@ -230,6 +264,17 @@ class Worker:
                     "message": "killed by the parent"}
         return {"outcome": "crash", "type": "worker died", "seconds": wall,
                 "peak_bytes": None, "message": f"exit status {died}"}
+
+    def fuzz(self, seed: int, seconds: float = 5.0, grace: float = 5.0) -> Dict[str, Any]:
+        """Like :meth:`run` on an input the worker makes itself: a seed file mutated by
+        ``nvol_fuzzlib.mutate`` with ``random.Random(seed)``. The result names the seed
+        file and the mutations, and holds the input (``data``, hex) when it failed or
+        exceeded a limit."""
+        return self._request(f"fuzz {int(seed)} {seconds}\n".encode(), seconds + grace)
+
+    def make(self, seed: int, timeout: float = 60.0) -> Dict[str, Any]:
+        """The input :meth:`fuzz` runs for *seed* (``data``, hex), without running it."""
+        return self._request(f"make {int(seed)} 0\n".encode(), timeout)
 
     def stop(self) -> None:
         if self.proc is not None:
