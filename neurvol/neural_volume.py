@@ -158,8 +158,7 @@ class NeuralVolume:
             v = vol.get(key)
             if v is not None and not (
                     isinstance(v, list) and len(v) == 3
-                    and all(type(x) in (int, float) and math.isfinite(x)
-                            and (x > 0 or not positive) for x in v)):
+                    and all(_finite_number(x) and (x > 0 or not positive) for x in v)):
                 raise NeurvolFormatError(
                     f"header 'volume.{key}' must be 3 finite numbers"
                     + (" > 0" if positive else "") + f" (z, y, x) or absent, got {brief(v)}")
@@ -482,10 +481,10 @@ class NeuralVolume:
             specs, error = [], exc.with_traceback(None)
         limit = max(_CONSTANT_PAYLOAD, max_payload_bytes(specs) if error is None else 0)
         if length > limit:
-            raise NeurvolFormatError(
-                f"brick {b} is {length:,} bytes, longer than any valid payload for it "
-                f"({limit:,} bytes" + (f"; {error}" if error else "") + "); the file is "
-                "corrupted or hostile")
+            # Too long for a constant: without a usable model config it cannot be valid.
+            raise error or NeurvolFormatError(
+                f"brick {b} is {length:,} bytes, longer than any valid payload for its "
+                f"model ({limit:,} bytes); the file is corrupted or hostile")
         payload = self._reader.read_brick(b)
         if payload[:1] == b"\x00":
             value = float(decode_payload(payload, []))  # constant brick
@@ -826,6 +825,14 @@ def _axis_selection(k: Any, n: int) -> Tuple[np.ndarray, bool]:
 
 def _short(v: Any, limit: int = 120) -> str:
     return brief(v, limit)
+
+
+def _finite_number(x: Any) -> bool:
+    """A JSON number that is finite as a float (an int of 400 digits is not: float()
+    of it overflows)."""
+    if type(x) is int:
+        return x.bit_length() <= 1023
+    return type(x) is float and math.isfinite(x)
 
 
 #: A constant brick's payload: kind byte + float64.
