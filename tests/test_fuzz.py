@@ -248,3 +248,24 @@ def test_region_read_of_a_huge_declared_volume_is_cheap(seeds):
     with F.memory_cap(256 << 20), NeuralVolume(NvolReader(bad)) as nv:
         assert nv[0, :2, -1].shape == (2,)
         assert nv[1, 1, 2 ** 31 - 5:].shape == (5,)
+
+
+# ---------------------------------------------------------------------------------------
+# The campaign harness (tests/fuzz/campaign.py), a short run: worker processes under a
+# 1 GiB address-space cap and a 5 s limit per input (RELIABILITY.md, "Fuzz campaign").
+
+
+@pytest.mark.fuzz
+def test_campaign_short_run(tmp_path, capsys):
+    import campaign
+
+    report = tmp_path / "report.json"
+    code = campaign.main(["--workers", "1", "--count", "300", "--seed", "3",
+                          "--crash-dir", str(tmp_path / "crashes"), "--report", str(report)])
+    rep = json.loads(report.read_text())
+    assert rep["failures"] == 0 and code == 0, rep
+    assert rep["inputs"] == 300
+    assert set(rep["outcomes"]) <= {"ok", "error"}
+    # The mutations reach both accepted files and many distinct refusals.
+    assert rep["outcomes"].get("ok", 0) > 0 and rep["distinct_outcomes"] >= 20
+    assert not (tmp_path / "crashes").exists()
