@@ -241,8 +241,8 @@ class NeuralVolume:
             return math.inf
         fit = self.header.get("fit")
         value = fit.get("psnr") if isinstance(fit, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return math.nan
+        if isinstance(value, bool) or not _finite_number(value) and not isinstance(value, float):
+            return math.nan     # not a number, or an int too large for a float
         return float(value)
 
     @property

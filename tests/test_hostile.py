@@ -526,6 +526,14 @@ def test_encode_refuses_a_ratio_that_is_not_a_real_number(ratio):
         neurvol.encode(np.zeros((4, 4, 4), np.float32), ratio=ratio, quiet=True)
 
 
+def test_fit_psnr_of_a_huge_integer_is_nan():
+    data = serialize_nvol(dict(_base_header(), fit={"psnr": 10 ** 4000}),
+                          F.bricks_of(F.tiny_model_file()))
+    with NeuralVolume(NvolReader(data)) as nv:
+        assert math.isnan(nv.fit_psnr)
+        json.dumps(nv.info())
+
+
 def test_error_messages_never_fail_on_huge_values():
     from neurvol.errors import brief
 
