@@ -54,10 +54,12 @@ GOLDEN_DIR = os.path.join(os.path.dirname(HERE), "golden")
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model_file(arch: str = "fvsrn") -> bytes:
-    """A real model file of ~2 KB (10x12x14 float32 crop of the sample, ratio 3)."""
+def tiny_model_file(arch: str = "fvsrn", codec: Optional[str] = None) -> bytes:
+    """A real model file of ~2 KB (10x12x14 float32 crop of the sample, ratio 3);
+    ``codec`` is an ``encode(codec=...)`` dict as JSON."""
     vol = np.ascontiguousarray(neurvol.sample_volume()[26:36, 24:36, 22:36]).astype(np.float32)
-    return neurvol.encode(vol, ratio=3, steps=10, seed=0, arch=arch, quiet=True).to_bytes()
+    return neurvol.encode(vol, ratio=3, steps=10, seed=0, arch=arch, quiet=True,
+                          codec=json.loads(codec) if codec else None).to_bytes()
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,6 +77,16 @@ def seed_files() -> List[Tuple[str, bytes]]:
     """(name, bytes) of every seed."""
     seeds = [("tiny_fvsrn", tiny_model_file()), ("tiny_amgsrn", tiny_model_file("amgsrn")),
              ("constant", constant_file())]
+    # Architectures and record kinds no golden file has (vq grids, pruned masks), so the
+    # mutations reach their decoders too.
+    extra = [("tiny_hashgrid", "hashgrid", None), ("tiny_neurcomp", "neurcomp", None),
+             ("tiny_fvsrn_vq", "fvsrn", '{"grids": "vq"}'),
+             ("tiny_fvsrn_pruned", "fvsrn", '{"prune": 0.5}')]
+    for name, arch, codec in extra:
+        try:
+            seeds.append((name, tiny_model_file(arch, codec)))
+        except neurvol.NeurvolError:   # a budget too small for this variant: skip it
+            pass
     for path in golden_files():
         with open(path, "rb") as f:
             seeds.append((os.path.basename(path), f.read()))

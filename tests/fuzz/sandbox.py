@@ -63,6 +63,13 @@ if code != 0:
 _WORKER = r"""
 import json, os, resource, signal, sys, tempfile, time, traceback
 sys.path.insert(0, {root!r})
+COV = None
+if {coverage_dir!r}:
+    # Line coverage of imports and inputs (no warm-up then), saved at a clean exit.
+    import coverage
+    COV = coverage.Coverage(data_file=os.path.join({coverage_dir!r}, ".coverage"),
+                            data_suffix=True, source=[os.path.join({root!r}, "neurvol")])
+    COV.start()
 import numpy as np
 import neurvol
 from neurvol.container import NvolReader
@@ -95,16 +102,21 @@ def run(check, data):
 golden = os.path.join({root!r}, "tests", "golden", "fvsrn_v1.0.nvol")
 with open(golden, "rb") as f:
     warm = f.read()
-for check in CHECKS:
+for check in CHECKS if COV is None else ():
     run(check, warm)
 can_peak = os.path.exists("/proc/self/clear_refs")
 cap = {memory_cap}
 LIMIT_S = {limit_s}
 if {preload_fuzz}:
+    # Making seeds and mutating use the library too; coverage counts only the checks.
+    if COV is not None:
+        COV.stop()
     sys.path.insert(0, {here!r})
     import random
     import nvol_fuzzlib as FUZZ
     SEEDS = FUZZ.seed_files()
+    if COV is not None:
+        COV.start()
 if cap and can_peak:
     size = status()["VmSize"]
     resource.setrlimit(resource.RLIMIT_AS, (size + cap, resource.RLIM_INFINITY))
@@ -124,7 +136,11 @@ while True:
         # "make", which only builds the input (to recover one whose worker was killed).
         rng = random.Random(int(n))
         seed_name, data = rng.choice(SEEDS)
+        if COV is not None:
+            COV.stop()
         data, kinds = FUZZ.mutate(data, FUZZ.RandomChooser(rng), rounds=rng.randint(1, 3))
+        if COV is not None:
+            COV.start()
         meta = {{"seed": seed_name, "mutations": "+".join(kinds), "size": len(data)}}
         if check == "make":
             out.write(json.dumps(dict(meta, data=data.hex())) + "\n"); out.flush()
@@ -191,6 +207,9 @@ while True:
     out.write(json.dumps(res) + "\n"); out.flush()
     if {fork}:
         os._exit(0)
+if COV is not None:
+    COV.stop()
+    COV.save()
 """
 
 
@@ -201,8 +220,10 @@ class Worker:
     crash (:meth:`run` does so itself when the worker died or was killed)."""
 
     def __init__(self, memory_cap: int = 1 << 30, startup_s: float = 300.0,
-                 fork: bool = False, limit_s: float = 5.0, fuzzing: bool = False) -> None:
+                 fork: bool = False, limit_s: float = 5.0, fuzzing: bool = False,
+                 coverage_dir: str = "") -> None:
         self.memory_cap = memory_cap
+        self.coverage_dir = coverage_dir
         self.fuzzing = fuzzing
         self.limit_s = limit_s
         self.fork = fork
@@ -214,7 +235,7 @@ class Worker:
         r, w = os.pipe()
         code = _WORKER.format(root=ROOT, checks=repr(CHECKS), memory_cap=int(self.memory_cap),
                               fork=bool(self.fork), here=HERE, limit_s=float(self.limit_s),
-                              preload_fuzz=bool(self.fuzzing))
+                              preload_fuzz=bool(self.fuzzing), coverage_dir=self.coverage_dir)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(w)], stdin=subprocess.PIPE,
                                      pass_fds=(w,), env=env, cwd=ROOT)
@@ -258,6 +279,8 @@ class Worker:
             return json.loads(line)
         wall = time.perf_counter() - t0
         died = self.proc.poll()
+        if died is None:
+            self.proc.send_signal(signal.SIGKILL)   # hung: no clean exit to wait for
         self.stop()
         if line is None:
             return {"outcome": "timeout", "seconds": wall, "peak_bytes": None,
@@ -277,12 +300,19 @@ class Worker:
         return self._request(f"make {int(seed)} 0\n".encode(), timeout)
 
     def stop(self) -> None:
+        """End the worker: a clean exit (end of input) when it is idle, so it can save
+        what it must (coverage); killed if it does not exit within 10 s."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
             if self.proc.stdin:
-                self.proc.stdin.close()
+                try:
+                    self.proc.stdin.close()
+                except OSError:
+                    pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait()
             self._out.close()
         self.proc = None
 
