@@ -11,7 +11,7 @@ point). The reader therefore
   :data:`MAX_MODEL_TENSORS` tensors or :data:`MAX_MODEL_MODULES` modules, so refusing a
   deep config costs milliseconds, whatever its depth;
 * checks the multiply-adds per query point, :func:`macs_per_point`, against
-  :data:`MAX_MACS_PER_POINT` before the model is built for real.
+  :func:`mac_budget` of the brick's payload length before the payload is read.
 """
 from __future__ import annotations
 
@@ -29,10 +29,14 @@ from .errors import NeurvolFormatError
 MAX_MODEL_TENSORS = 1024
 #: Most modules constructed while a model read from a file is built.
 MAX_MODEL_MODULES = 4 * MAX_MODEL_TENSORS
-#: Most multiply-adds per query point (:func:`macs_per_point`): 2^20, i.e. a 16^3 decode
-#: (4,096 points) is at most 4.3 G multiply-adds. The architectures' defaults need
-#: 10^3..10^5.
-MAX_MACS_PER_POINT = 1 << 20
+#: Multiply-adds per query point (:func:`macs_per_point`) any model may need: a 16^3
+#: decode (4,096 points) is then at most 4.3 G multiply-adds.
+FREE_MACS_PER_POINT = 1 << 20
+#: ... and per byte of its payload beyond that. Grid and table models need 10^3..10^4
+#: per point whatever their size; an MLP-only model (neurcomp) one per weight, and the
+#: encoder stores about 1.3 weights per byte: a model that needs more compute per point
+#: than 32 per byte of its payload did not come from an encoder.
+MACS_PER_PAYLOAD_BYTE = 32
 #: Multiply-adds charged per point for each entry of a lookup table or grid channel that
 #: is interpolated (trilinear: 8 corners).
 _LOOKUP_CORNERS = 8
@@ -108,12 +112,19 @@ def macs_per_point(specs: TensorSpecs) -> int:
     return total
 
 
-def check_model_cost(arch_name: str, specs: TensorSpecs) -> None:
-    """Raise NeurvolFormatError if evaluating the model would exceed
-    :data:`MAX_MACS_PER_POINT` multiply-adds per query point."""
+def mac_budget(payload_bytes: int) -> int:
+    """Most multiply-adds per query point a model with a payload of this length may need
+    (spec/resources.md §2)."""
+    return max(FREE_MACS_PER_POINT, MACS_PER_PAYLOAD_BYTE * payload_bytes)
+
+
+def check_model_cost(arch_name: str, specs: TensorSpecs, payload_bytes: int) -> None:
+    """Raise NeurvolFormatError if evaluating the model would need more than
+    :func:`mac_budget` multiply-adds per query point."""
     macs = macs_per_point(specs)
-    if macs > MAX_MACS_PER_POINT:
+    if macs > mac_budget(payload_bytes):
         raise NeurvolFormatError(
             f"the {arch_name} model in this file needs {macs:,} multiply-adds per point, "
-            f"more than the reader's limit of {MAX_MACS_PER_POINT:,} (spec/resources.md); "
-            "the file is corrupted or hostile")
+            f"more than the reader's limit of {mac_budget(payload_bytes):,} for a "
+            f"{payload_bytes:,}-byte payload (spec/resources.md); the file is corrupted "
+            "or hostile")

@@ -480,6 +480,8 @@ class NeuralVolume:
             # block of coordinates being decoded) in a reference cycle.
             specs, error = [], exc.with_traceback(None)
         limit = max(_CONSTANT_PAYLOAD, max_payload_bytes(specs) if error is None else 0)
+        if error is None and length > _CONSTANT_PAYLOAD:
+            check_model_cost(arch.name, specs, length)   # compute per point (§2)
         if length > limit:
             # Too long for a constant: without a usable model config it cannot be valid.
             raise error or NeurvolFormatError(
@@ -738,7 +740,6 @@ def tensor_specs(arch: Any, config: Any) -> List[Tuple[str, Tuple[int, ...]]]:
         raise NeurvolFormatError(
             f"{arch.name} model config declares {total:,} parameters, more than the limit of "
             f"{MAX_MODEL_PARAMS:,}; the file is corrupted or not meant for this reader")
-    check_model_cost(arch.name, specs)
     return specs
 
 

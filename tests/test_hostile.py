@@ -184,21 +184,28 @@ def test_one_gib_raw_float_payload(sandbox):
     _check(sandbox, data)
 
 
-def test_element_budget_accepts_real_files():
-    """The amplification cap is far above what the encoder writes: every golden file
-    holds at most a few elements per payload byte."""
+def test_element_and_compute_budgets_accept_real_files():
+    """The amplification and compute caps are far above what the encoder writes: every
+    golden file and seed model (each architecture, vq, pruned) holds at most a few
+    elements per payload byte and needs at most a few multiply-adds per point per byte."""
     from neurvol.compress.payload import ELEMENTS_PER_BYTE
+    from neurvol.model_limits import MACS_PER_PAYLOAD_BYTE, macs_per_point
 
-    for path in F.golden_files():
-        with neurvol.open(path) as nv:
+    checked = 0
+    for name, data in F.seed_files():
+        with NeuralVolume(NvolReader(data)) as nv:
             spec = nv.header.get("model")
             if spec is None:
                 continue
-            n = sum(math.prod(s) for _, s in tensor_specs(*_config_of(spec)))
+            specs = tensor_specs(*_config_of(spec))
+            n = sum(math.prod(s) for _, s in specs)
             for b in range(nv.brick_count):
                 length = nv._reader.brick_length(b)
                 if length > 9:
-                    assert n <= 8 * length < ELEMENTS_PER_BYTE * length, path
+                    assert n <= 8 * length < ELEMENTS_PER_BYTE * length, name
+                    assert macs_per_point(specs) <= 4 * length < MACS_PER_PAYLOAD_BYTE * length, name
+                    checked += 1
+    assert checked >= 10
 
 
 # ---------------------------------------------------------------------------------------
