@@ -143,7 +143,8 @@ class Campaign:
         if self.args.coverage:
             os.makedirs(self.args.coverage, exist_ok=True)
         workers = [Worker(memory_cap=self.args.memory_mb << 20, fuzzing=True,
-                          limit_s=self.args.deadline, coverage_dir=self.args.coverage or "")
+                          limit_s=self.args.deadline, coverage_dir=self.args.coverage or "",
+                          fork=self.args.fork)
                    for _ in range(self.args.workers)]
         starters = [threading.Thread(target=w.start) for w in workers]
         for t in starters:
@@ -236,6 +237,10 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--coverage", default=None, metavar="DIR",
                    help="measure line coverage of the inputs (needs the coverage package; "
                         "slower); data in DIR, percentages in the report")
+    p.add_argument("--fork", action="store_true",
+                   help="run each input in a fresh forked child of the worker: exact peak "
+                        "memory per input (a reused worker's allocator hides memory it "
+                        "already holds), several times slower")
     p.add_argument("--replay", default=None, help="run one saved input and print its outcome")
     args = p.parse_args(argv)
     if args.count is None and args.seconds is None and args.replay is None:
