@@ -4,34 +4,55 @@
 >>> nv = neurvol.encode(volume, ratio=100); nv.save("f.nvol")      # doctest: +SKIP
 >>> neurvol.open("f.nvol").query(points)                            # doctest: +SKIP
 
-Reading (``open``, ``NeuralVolume``) needs numpy only; encoding needs PyTorch
-(``pip install "neurvol[encode]"``). Without torch, ``encode`` raises
-:class:`NeurvolDependencyError` saying what to install.
+The public names resolve on first use (PEP 562): ``import neurvol.container`` or
+``neurvol --help`` must not load torch, which only the encoder and the torch reader need.
+Reading (``open``, ``NeuralVolume``) works with numpy alone; without torch, ``encode``
+raises :class:`NeurvolDependencyError` saying to ``pip install "neurvol[encode]"``.
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List
+
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
-    NeurvolBudgetError,
-    NeurvolDependencyError,
-    NeurvolError,
-    NeurvolFormatError,
-    NeurvolInputError,
-    NeurvolIOError,
-    NeurvolVersionError,
-)
-from .neural_volume import NeuralVolume  # noqa: E402
-from .neural_volume import open_volume as open  # noqa: E402,A001
-from . import metrics  # noqa: E402
+# public name -> (module relative to this package, attribute or None for the module itself)
+_LAZY: Dict[str, tuple] = {
+    "NeurvolBudgetError": (".errors", "NeurvolBudgetError"),
+    "NeurvolDependencyError": (".errors", "NeurvolDependencyError"),
+    "NeurvolError": (".errors", "NeurvolError"),
+    "NeurvolFormatError": (".errors", "NeurvolFormatError"),
+    "NeurvolInputError": (".errors", "NeurvolInputError"),
+    "NeurvolIOError": (".errors", "NeurvolIOError"),
+    "NeurvolVersionError": (".errors", "NeurvolVersionError"),
+    "encode": (".api", "encode"),
+    "open": (".neural_volume", "open_volume"),
+    "sample_volume": (".api", "sample_volume"),
+    "NeuralVolume": (".neural_volume", "NeuralVolume"),
+    "metrics": (".metrics", None),
+}
 
-try:
-    from .api import encode, sample_volume  # noqa: E402
-except ModuleNotFoundError as _exc:  # the core install: torch absent, reading still works
-    if _exc.name != "torch":
-        raise
-    from ._without_torch import encode, sample_volume  # noqa: E402
+#: Names whose module needs torch, and the torch-free stand-ins used without it.
+_WITHOUT_TORCH = {"encode": "._without_torch", "sample_volume": "._without_torch"}
 
-__all__ = [
-    "NeuralVolume", "NeurvolBudgetError", "NeurvolDependencyError", "NeurvolError",
-    "NeurvolFormatError", "NeurvolIOError", "NeurvolInputError", "NeurvolVersionError", "encode",
-    "open", "sample_volume", "metrics",
-]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    try:
+        module = importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError as exc:   # the core install: no torch, reading still works
+        if exc.name != "torch" or name not in _WITHOUT_TORCH:
+            raise
+        module = importlib.import_module(_WITHOUT_TORCH[name], __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -127,9 +127,11 @@ class TorchBackend(Backend):
         return self.device.type == "cpu"
 
     def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
+        from .model_limits import tensor_budget
         from .models import get_architecture
 
-        model = get_architecture(arch).build(config)
+        with tensor_budget():
+            model = get_architecture(arch).build(config)
         model.load_state_dict({n: self._torch.from_numpy(a) for n, a in arrays.items()})
         return model.to(self.device).eval()
 

@@ -24,7 +24,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from ._atomic import completed_since, write_count
 from . import io as nvio
+from .volume_checks import check_ratio
 from .errors import NeurvolError, NeurvolInputError, NeurvolIOError
 
 log = logging.getLogger("neurvol")
@@ -50,44 +52,45 @@ class Terminated(KeyboardInterrupt):
 # argument types: raise ArgumentTypeError so mistakes are usage errors (exit 2)
 
 
+def _number(text: str, kind: type, ok: Callable[[Any], bool], must: str) -> Any:
+    """``text`` parsed as ``kind`` (int or float) that passes ``ok``, else a usage error
+    saying it ``must`` be ..."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {must}")
+    return value
+
+
 def _positive_float(text: str) -> float:
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+
+
+def _ratio(text: str) -> float:
+    """A compression ratio: the API's rule (:func:`check_ratio`), as a usage error."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+    try:
+        return check_ratio(value)
+    except NeurvolInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
+    return _number(text, int, lambda v: v > 0, "a positive integer")
 
 
 def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
-    return value
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 
 
 def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-    return value
+    return _number(text, float, math.isfinite, "a finite number")
 
 
 def _rate(text: str) -> Any:
@@ -617,9 +620,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0) -> None:
-    p.add_argument("--ratio", type=_positive_float, default=ratio_default,
+    p.add_argument("--ratio", type=_ratio, default=ratio_default,
                    help="compression ratio: the whole file is at most input bytes / RATIO "
                         "(default: %(default)g)")
+    # The architectures and their options live in neurvol.models (torch): looked up only
+    # when a command that fits is being parsed (see _parser_for and _arch_choices).
     auto, default, names, options = _arch_choices()
     p.add_argument("--arch", default=default, choices=(auto,) + names,
                    help="network architecture (default: %(default)s)")
@@ -645,36 +650,8 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and documentation)."""
-    # Global options live on a parent parser so they work before *and* after the subcommand;
-    # SUPPRESS keeps a subparser from resetting a value given before the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars, only essential output")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="debug logging on stderr")
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Compress 3D scalar volumes into small neural networks (.nvol files) "
-                    "and query them.",
-        epilog="Run 'neurvol COMMAND --help' for a command's options. Try 'neurvol demo'.",
-    )
-    # Own copies, not parents=[common]: argparse shares parent actions by reference, and
-    # these need default False where the subcommands' need SUPPRESS.
-    parser.add_argument("-q", "--quiet", action="store_true", default=False,
-                        help="no progress bars, only essential output")
-    parser.add_argument("-v", "--verbose", action="store_true", default=False,
-                        help="debug logging on stderr")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    fmt_help = "volume format name overriding the extension: " + ", ".join(
-        f.name for f in nvio.volume_formats())
-
-    p = sub.add_parser("pack", parents=[common], help="fit a volume and write an .nvol file",
-                       description="Fit a small network to a volume and write it as .nvol.")
+def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
+    """The options of ``neurvol pack``."""
     p.add_argument("input", metavar="INPUT",
                    help="volume file: .npy; .raw/.bin with --shape and --dtype; .h5/.nc "
                         "(FILE.h5:/group/var names the variable); .vti; .nii/.nii.gz. Spacing "
@@ -728,6 +705,74 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw input byte order (default: %(default)s)")
     p.add_argument("--format", default=None, help=fmt_help)
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
+
+
+def _add_bench_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
+    """The options of ``neurvol bench``."""
+    p.add_argument("input", metavar="VOLUME", help="volume file (any input format of 'pack')")
+    p.add_argument("--ratios", type=_ratios, default=[100.0], metavar="R1,R2,...",
+                   help="compression ratios (default: 100)")
+    p.add_argument("--methods", type=_csv_list, default=list(BENCH_METHODS), metavar="M1,M2,...",
+                   help=f"methods to run (default: {','.join(BENCH_METHODS)}; also downsample_ref)")
+    _auto, _default, _names, _ = _arch_choices()
+    p.add_argument("--arch", type=_csv_list, default=[_default], metavar="A1,A2,...",
+                   help=f"neurvol architectures, from {', '.join((_auto,) + _names)} "
+                        f"(default: {_default})")
+    p.add_argument("--steps", type=_positive_int, default=None, help="neurvol training steps")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", type=_device, default=None, help="neurvol device (default: cuda if available)")
+    p.add_argument("--query-points", type=_positive_int, default=100_000,
+                   help="points for neurvol's query throughput (default: %(default)s)")
+    p.add_argument("--plot", default=None, metavar="RD.png", help="write a rate-distortion plot")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write all rows as JSON")
+    p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X", help="raw VOLUME shape")
+    p.add_argument("--dtype", type=_dtype, default=None, help="raw VOLUME dtype")
+    p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite outputs if they exist")
+
+
+# Subcommands whose options list the architectures (neurvol.models, which imports torch).
+MODEL_COMMANDS = frozenset({"pack", "demo", "bench"})
+
+
+def build_parser(*, models: bool = True) -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation).
+
+    Args:
+        models: build the options of the commands in :data:`MODEL_COMMANDS` (they import
+            torch). Without them those subcommands are present with their one-line help
+            only, which is all the top-level ``--help`` and the other commands need.
+    """
+    # Global options live on a parent parser so they work before *and* after the subcommand;
+    # SUPPRESS keeps a subparser from resetting a value given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars, only essential output")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging on stderr")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compress 3D scalar volumes into small neural networks (.nvol files) "
+                    "and query them.",
+        epilog="Run 'neurvol COMMAND --help' for a command's options. Try 'neurvol demo'.",
+    )
+    # Own copies, not parents=[common]: argparse shares parent actions by reference, and
+    # these need default False where the subcommands' need SUPPRESS.
+    parser.add_argument("-q", "--quiet", action="store_true", default=False,
+                        help="no progress bars, only essential output")
+    parser.add_argument("-v", "--verbose", action="store_true", default=False,
+                        help="debug logging on stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    fmt_help = "volume format name overriding the extension: " + ", ".join(
+        f.name for f in nvio.volume_formats())
+
+    p = sub.add_parser("pack", parents=[common], help="fit a volume and write an .nvol file",
+                       description="Fit a small network to a volume and write it as .nvol.")
+    if models:
+        _add_pack_options(p, fmt_help)
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("unpack", parents=[common], help="decode an .nvol file to a volume",
@@ -771,10 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="pack and unpack the embedded sample",
                        description="Pack the embedded 66^3 sample volume, unpack it and report "
                                    "ratio, size, PSNR and timings.")
-    _add_fit_options(p)
-    p.add_argument("--workdir", default=None, metavar="DIR",
-                   help="keep neghip.nvol and neghip_decoded.npy in DIR, overwriting them "
-                        "(default: a temporary directory)")
+    if models:
+        _add_fit_options(p)
+        p.add_argument("--workdir", default=None, metavar="DIR",
+                       help="keep neghip.nvol and neghip_decoded.npy in DIR, overwriting them "
+                            "(default: a temporary directory)")
     p.set_defaults(func=cmd_demo)
 
     def add_camera(p: argparse.ArgumentParser, size: str) -> None:
@@ -831,26 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ratio; print ratio, PSNR, max error, encode/decode seconds and "
                                    "optionally write a rate-distortion plot. Baselines whose "
                                    "package is missing are skipped with a note.")
-    p.add_argument("input", metavar="VOLUME", help="volume file (any input format of 'pack')")
-    p.add_argument("--ratios", type=_ratios, default=[100.0], metavar="R1,R2,...",
-                   help="compression ratios (default: 100)")
-    p.add_argument("--methods", type=_csv_list, default=list(BENCH_METHODS), metavar="M1,M2,...",
-                   help=f"methods to run (default: {','.join(BENCH_METHODS)}; also downsample_ref)")
-    _auto, _default, _names, _ = _arch_choices()
-    p.add_argument("--arch", type=_csv_list, default=[_default], metavar="A1,A2,...",
-                   help=f"neurvol architectures, from {', '.join((_auto,) + _names)} "
-                        f"(default: {_default})")
-    p.add_argument("--steps", type=_positive_int, default=None, help="neurvol training steps")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--device", type=_device, default=None, help="neurvol device (default: cuda if available)")
-    p.add_argument("--query-points", type=_positive_int, default=100_000,
-                   help="points for neurvol's query throughput (default: %(default)s)")
-    p.add_argument("--plot", default=None, metavar="RD.png", help="write a rate-distortion plot")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write all rows as JSON")
-    p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X", help="raw VOLUME shape")
-    p.add_argument("--dtype", type=_dtype, default=None, help="raw VOLUME dtype")
-    p.add_argument("--format", default=None, help=fmt_help)
-    p.add_argument("-f", "--force", action="store_true", help="overwrite outputs if they exist")
+    if models:
+        _add_bench_options(p, fmt_help)
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -905,19 +933,40 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _needs_models(argv: Sequence[str]) -> bool:
+    """Whether parsing ``argv`` needs the options of :data:`MODEL_COMMANDS`.
+
+    The global options take no value, so the first argument not starting with ``-`` names
+    the command; without one (``neurvol --help``, ``--version``) no command's options are
+    shown. Anything unexpected builds the whole parser, so the answer is never wrong.
+    """
+    for arg in argv:
+        if arg == "--":
+            return True
+        if not arg.startswith("-"):
+            return arg not in _TORCH_FREE_COMMANDS
+    return False
+
+
+# Commands whose parsing needs no architecture list.
+_TORCH_FREE_COMMANDS = frozenset({"unpack", "info", "query", "render", "compare"})
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``neurvol`` command line; returns the exit code.
 
     Args:
         argv: arguments without the program name (default: ``sys.argv[1:]``).
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(models=_needs_models(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help/--version (0) or a usage error (2)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
 
     func: Callable[[argparse.Namespace], int] = args.func
+    writes = write_count()
     with _logging(args.verbose), _sigterm_raises():
         try:
             return func(args)
@@ -937,11 +986,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
             return 1
         except Terminated as e:
-            print(f"{PROG}: terminated", file=sys.stderr)
+            print(f"{PROG}: terminated{_completed_note(writes)}", file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
+            print(f"{PROG}: interrupted{_completed_note(writes)}", file=sys.stderr)
             return 130
+
+
+def _completed_note(writes: int) -> str:
+    """Which outputs were already complete when a signal stopped the command (a signal
+    just after the rename must not suggest the file is damaged)."""
+    done = completed_since(writes)
+    if not done:
+        return ""
+    return "; " + ", ".join(done) + (" is" if len(done) == 1 else " are") + \
+        " complete (written before the signal)"
 
 
 def _silence_stdout() -> None:

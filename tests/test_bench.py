@@ -108,6 +108,20 @@ def test_sz3(sample):
     assert neurvol.metrics.psnr(sample, r.reconstruction) > 20
 
 
+@pytest.mark.parametrize("ratio", [100, 400])
+def test_sperr(sample, ratio):
+    pytest.importorskip("hdf5plugin")
+    budget = B.budget_for(sample, ratio)
+    r = B.get_baseline("sperr")(sample, budget)
+    assert r.stored_bytes <= budget and r.reconstruction.dtype == sample.dtype
+    assert r.stored_bytes >= 0.9 * budget          # the rate search fills the budget
+    assert neurvol.metrics.psnr(sample, r.reconstruction) > 20
+    # a non-cubic crop goes through 64^3 chunks
+    crop = np.ascontiguousarray(sample[:40, :66, :50])
+    r = B.get_baseline("sperr")(crop, B.budget_for(crop, ratio // 4))
+    assert r.params["chunks"] == [40, 64, 50]
+
+
 # ---------------------------------------------------------------------- runner
 def test_runner_end_to_end(crop20):
     # The smallest fvsrn model that fits a tiny crop depends on the encoder's sizing; use the

@@ -69,3 +69,27 @@ def test_bricked_golden_decodes_as_recorded(path):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
         with open(path, "rb") as f:
             assert nv.to_bytes() == f.read()
+
+
+def test_golden_generator_never_overwrites():
+    """tests/golden/make_golden.py refuses every mode whose files exist, before any work,
+    and knows every golden file there (so none can be regenerated in place)."""
+    import hashlib
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(__file__), "golden")
+    spec = importlib.util.spec_from_file_location("make_golden", os.path.join(here, "make_golden.py"))
+    make_golden = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_golden)
+    modes = ["1.0", "1.1", "codec2", "codec2-interp"]
+    goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
+    assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
+
+    def digest():
+        return {f: hashlib.sha256(open(os.path.join(here, f), "rb").read()).hexdigest()
+                for f in goldens}
+
+    before = digest()
+    for mode in modes:
+        assert make_golden.main([mode]) == 1
+    assert digest() == before

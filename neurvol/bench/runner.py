@@ -75,9 +75,7 @@ def run_neurvol(volume: np.ndarray, name: str, ratio: float, arch: str = "fvsrn"
         row["note"] = f"cannot meet budget: {exc}"
         return row
     except Exception as exc:  # keep a long benchmark going; the row and stderr say what broke
-        traceback.print_exc(file=sys.stderr)
-        row["note"] = f"error: {type(exc).__name__}: {exc}"
-        return row
+        return _failed(row, exc)
     row["encode_s"] = nv.encode_seconds if nv.encode_seconds is not None else time.perf_counter() - t0
     info = nv.info()
     row["params"] = {"model": info.get("model"), "fit": info.get("fit"),
@@ -112,6 +110,13 @@ def run_neurvol(volume: np.ndarray, name: str, ratio: float, arch: str = "fvsrn"
     return row
 
 
+def _failed(row: Dict[str, Any], exc: BaseException) -> Dict[str, Any]:
+    """``row`` noting the unexpected ``exc`` (its traceback goes to stderr)."""
+    traceback.print_exc(file=sys.stderr)
+    row["note"] = f"error: {type(exc).__name__}: {exc}"
+    return row
+
+
 def run_baseline(volume: np.ndarray, name: str, method: str, ratio: Optional[float]) -> Dict[str, Any]:
     """One baseline row (``ratio=None`` for budget-free baselines such as zstd)."""
     row = _row(name, volume, method, ratio)
@@ -123,9 +128,7 @@ def run_baseline(volume: np.ndarray, name: str, method: str, ratio: Optional[flo
         row["note"] = f"skipped: {exc}"
         return row
     except Exception as exc:  # keep a long benchmark going; the row and stderr say what broke
-        traceback.print_exc(file=sys.stderr)
-        row["note"] = f"error: {type(exc).__name__}: {exc}"
-        return row
+        return _failed(row, exc)
     row["encode_s"], row["decode_s"] = res.encode_seconds, res.decode_seconds
     row["params"], row["note"] = res.params, res.note
     _quality(row, volume, res.reconstruction, res.stored_bytes)

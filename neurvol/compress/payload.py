@@ -26,7 +26,9 @@ import zstandard
 from ..errors import NeurvolFormatError
 from .bitpack import pack_bits, unpack_bits
 from .kmeans import kmeans_quantize, nearest_centroid
-from .records import GRID_METHODS, RecordStats, decode_record, encode_record
+from .records import (GRID_METHODS, MAX_CENTROIDS, RecordStats, decode_record, encode_record,
+                      fits_f16)
+from .streams import ZSTD_LEVEL
 
 KIND_CONSTANT = 0x00
 KIND_TENSORS = 0x01
@@ -42,9 +44,6 @@ LAYOUT_U16 = 2   # two bytes (little-endian) per index
 
 _CODEBOOK_F16 = 0
 _CODEBOOK_F32 = 1
-
-ZSTD_LEVEL = 19
-MAX_CENTROIDS = 65536
 
 TensorSpec = Tuple[str, Tuple[int, ...]]
 
@@ -71,7 +70,7 @@ class TensorPlan:
 
 
 def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
-    """The measured default: tensors under 64 values (biases) and ``precise`` ones (whose
+    """The default plan: tensors under 64 values (biases) and ``precise`` ones (whose
     errors the network amplifies) as float16, every other one with k-means to ``k``
     levels, but never more than a quarter of its size so a codebook cannot cost more than
     it saves."""
@@ -111,11 +110,11 @@ def _encode_record(arr: np.ndarray, plan: TensorPlan, seed: int) -> bytes:
     if plan.method == "raw32":
         return bytes([METHOD_RAW32]) + flat.astype("<f4").tobytes()
     if plan.method == "raw16":
-        if not _fits_f16(flat):
+        if not fits_f16(flat):
             return bytes([METHOD_RAW32]) + flat.astype("<f4").tobytes()
         return bytes([METHOD_RAW16]) + flat.astype("<f2").tobytes()
     codebook, idx = kmeans_quantize(flat, plan.k, seed)
-    book_kind = _CODEBOOK_F16 if _fits_f16(codebook) else _CODEBOOK_F32
+    book_kind = _CODEBOOK_F16 if fits_f16(codebook) else _CODEBOOK_F32
     book = codebook.astype("<f2" if book_kind == _CODEBOOK_F16 else "<f4")
     # Refer the indices to the stored (possibly float16-rounded) codebook.
     idx = nearest_centroid(flat, book.astype(np.float32))
@@ -132,10 +131,6 @@ def _encode_record(arr: np.ndarray, plan: TensorPlan, seed: int) -> bytes:
     layout, stream = min(candidates, key=lambda c: (len(cctx.compress(c[1])), c[0]))
     head = struct.pack("<BBBBI", METHOD_KMEANS, book_kind, layout, bits, k)
     return head + book.tobytes() + stream
-
-
-def _fits_f16(a: np.ndarray) -> bool:
-    return bool(np.all(np.abs(a) < 65000.0))
 
 
 Decoded = Union[float, Dict[str, np.ndarray]]
@@ -159,8 +154,11 @@ def decode_payload(payload: bytes, specs: Sequence[TensorSpec]) -> Decoded:
     if kind != KIND_TENSORS:
         raise NeurvolFormatError(f"unknown brick payload kind {kind}")
     sizes = [_spec_size(name, shape) for name, shape in specs]
-    # A record can't be larger than raw float32 plus its header and a full u16 codebook.
-    cap = sum(17 + 4 * n + 4 * MAX_CENTROIDS for n in sizes)
+    check_amplification(sum(sizes), len(payload))
+    # A record can't be larger than raw float32 plus its header and a full u16 codebook;
+    # nor can the frame produce more than the resource model allows for its length.
+    cap = min(sum(17 + 4 * n + 4 * MAX_CENTROIDS for n in sizes),
+              4 * element_budget(len(payload)) + 17 * len(sizes))
     stream = _bounded_decompress(payload[1:], cap)
     reader = _Reader(stream)
     out: Dict[str, np.ndarray] = {}
@@ -180,6 +178,7 @@ def payload_stats(payload: bytes, specs: Sequence[TensorSpec]) -> Optional[List[
 
 def _decode_records(payload: bytes, specs: Sequence[TensorSpec]
                     ) -> Tuple[Dict[str, np.ndarray], List[RecordStats]]:
+    check_amplification(sum(_spec_size(name, shape) for name, shape in specs), len(payload))
     reader = _Reader(payload)
     reader.take(1, "payload kind")
     out: Dict[str, np.ndarray] = {}
@@ -191,6 +190,63 @@ def _decode_records(payload: bytes, specs: Sequence[TensorSpec]
     if reader.remaining:
         raise NeurvolFormatError(f"brick payload has {reader.remaining} unexpected trailing bytes")
     return out, stats
+
+
+#: Resource model (spec/resources.md): a model payload of ``L`` bytes may declare at most
+#: ``max(FREE_ELEMENTS, ELEMENTS_PER_BYTE * L)`` tensor elements. Real payloads hold a
+#: few elements per byte (the golden files 1-3; pruned or smooth tensors a few tens), so
+#: nothing an encoder writes comes near it, while a payload of a few KB can no longer
+#: declare (and make a reader allocate and decode) a 2^28-element model.
+ELEMENTS_PER_BYTE = 256
+#: Elements any payload may declare whatever its length (1 MiB as float32).
+FREE_ELEMENTS = 1 << 18
+
+
+def element_budget(payload_bytes: int) -> int:
+    """Most tensor elements a model payload of ``payload_bytes`` bytes may declare."""
+    return max(FREE_ELEMENTS, ELEMENTS_PER_BYTE * payload_bytes)
+
+
+def check_amplification(elements: int, payload_bytes: int) -> None:
+    """Refuse a payload whose model declares more elements than its length allows
+    (spec/resources.md), before anything is decompressed or allocated."""
+    if elements > element_budget(payload_bytes):
+        raise NeurvolFormatError(
+            f"a {payload_bytes}-byte brick payload cannot hold a model of {elements:,} values "
+            f"(at most {element_budget(payload_bytes):,}: {ELEMENTS_PER_BYTE} per byte, "
+            "spec/resources.md); the header's model config does not match the payload - "
+            "the file is corrupted or hostile")
+
+
+def _zstd_bound(n: int) -> int:
+    """zstd's worst-case frame size for ``n`` input bytes (``ZSTD_COMPRESSBOUND``)."""
+    small = (128 * 1024 - n) >> 11 if n < 128 * 1024 else 0
+    return n + (n >> 8) + small
+
+
+#: A kind-2 record's overhead beyond its streams' data: method, flags, book kind, k, step.
+_RECORD_OVERHEAD = 16
+#: A stream's overhead beyond its symbols: head (6), rANS alphabet and table length (8), a
+#: zstd frame of up to MAX_ALPHABET u32 counts (zstd's worst-case bound), one spare word.
+_STREAM_OVERHEAD = 6 + 8 + _zstd_bound(4 * (1 << 20)) + 8
+
+
+def max_payload_bytes(specs: Sequence[TensorSpec]) -> int:
+    """An upper bound on the length of any valid model payload for tensors ``specs``, of
+    either kind: a brick index entry longer than this is refused before the brick is read.
+
+    Per tensor of ``n`` elements: a mask stream and a value stream of at most 4 bytes per
+    symbol (raw32 is the largest plain form; zstd's and rANS's worst cases are bounded by
+    ``compress_bound``), plus a codebook of at most 65,536 float32 vectors.
+    """
+    total = 1 + _zstd_bound(0)
+    for name, shape in specs:
+        n = _spec_size(name, shape)
+        vector = shape[-4] if len(shape) >= 4 else 1
+        total += (_RECORD_OVERHEAD + 4 * MAX_CENTROIDS * vector
+                  + 2 * _STREAM_OVERHEAD + _zstd_bound((n + 7) // 8)
+                  + _zstd_bound(4 * n))
+    return total
 
 
 def _spec_size(name: str, shape: Sequence[int]) -> int:
@@ -211,6 +267,18 @@ def _bounded_decompress(frame: bytes, cap: int) -> bytes:
     """Decompress *frame*, refusing output beyond *cap* bytes without ever holding more
     than ``cap + _READ_CHUNK`` bytes (a crafted frame, a "zstd bomb", cannot exhaust
     memory, whatever content size its header declares)."""
+    try:
+        declared = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as exc:
+        raise NeurvolFormatError(f"brick payload is not a valid zstd frame: {exc}") from exc
+    # Writers store the content size (spec/payload.md §2.1); one beyond the cap is refused
+    # before anything is decompressed.
+    if declared == zstandard.CONTENTSIZE_UNKNOWN or declared > cap:
+        raise NeurvolFormatError(
+            "brick payload's zstd frame declares "
+            + ("no content size" if declared == zstandard.CONTENTSIZE_UNKNOWN
+               else f"{declared} bytes, more than its tensors can hold ({cap})")
+            + "; the file is corrupted or hostile")
     parts = []
     total = 0
     try:

@@ -3,7 +3,9 @@
 nearest of ``K`` codebook vectors, so a vertex costs one index instead of ``C`` values.
 
 The codebook comes from k-means on the vectors (k-means++ start, Lloyd iterations), in
-numpy: deterministic for a seed, whatever the thread count, and no torch here.
+numpy: deterministic for a seed, whatever the thread count, and no torch here. (This is
+what scikit-learn's ``KMeans`` does, but its parallel reductions make the codebook, and so
+the file's bytes, depend on the number of OpenMP threads.)
 """
 from __future__ import annotations
 

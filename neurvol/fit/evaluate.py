@@ -17,8 +17,8 @@ def model_sse(model: torch.nn.Module, target: np.ndarray,
     x1))``, default: all), and their count. Values are clamped to [0, 1] as the reader
     clamps them; one z slice at a time, so memory stays one slice.
 
-    All of it runs in torch: numpy work between torch's parallel ops ran up to 60x
-    slower on 2 cores while torch's idle OpenMP thread spun (BENCHMARKS.md, session 10)."""
+    All of it runs in torch: numpy work between torch's parallel ops competes with
+    torch's idle OpenMP threads, which spin for a while after each op."""
     shape = target.shape
     if core is None:
         core = tuple((0, n) for n in shape)

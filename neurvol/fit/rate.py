@@ -74,7 +74,7 @@ def residual_operator(shape: Sequence[int]) -> torch.Tensor:
 
 class _SparseApply(torch.autograd.Function):
     """``op @ x`` with the gradient ``op.T @ g``, both as CSR products (torch's own sparse
-    backward is ~5x slower here)."""
+    backward is much slower for this operator)."""
 
     @staticmethod
     def forward(ctx, x, op, op_t):  # type: ignore[override]

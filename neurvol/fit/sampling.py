@@ -70,8 +70,8 @@ class ErrorSampler(VoxelSampler):
     uniform one, so the weighted MSE is an unbiased estimate of the volume's MSE: the same
     objective (PSNR over every voxel), with less gradient noise where the error lives. The
     block errors start at each block's variance (the error of a constant fit) and follow
-    the batches through :meth:`record_error`. Defaults (4^3 blocks, a quarter uniform)
-    were measured against 8^3 and a half (BENCHMARKS.md, sampling).
+    the batches through :meth:`record_error`. Defaults (4^3 blocks, a quarter uniform):
+    BENCHMARKS.md, "error-driven sampling".
     """
 
     def __init__(self, volume: torch.Tensor, generator: torch.Generator, *,
@@ -126,7 +126,7 @@ class ErrorSampler(VoxelSampler):
         u = 1.0 / self._n
         # Mixture density per voxel of each block: alpha u + (1 - alpha) q_b / n_b.
         p_voxel = (q / self.count).mul_(1.0 - alpha).add_(alpha * u)
-        # index_select: 2-3x faster than advanced indexing for these 1-D gathers.
+        # index_select: cheaper than advanced indexing for these 1-D gathers.
         return (zyx.float().mul_(self._scale).sub_(1.0), self.flat.index_select(0, lin),
                 u / p_voxel.index_select(0, blocks), blocks)
 

@@ -41,16 +41,10 @@ VD_LOG_ALPHA_CLIP = 8.0
 #: only makes the first steps undo the fit).
 VD_INIT_LOG_ALPHA = -6.0
 
-# Strengths and learning rates, measured on neurcomp at ratio 100, prune 0.3, 1500 steps
-# (so 150 phase steps), on a 64^3 crop of ct_walnut and on sim_viscous_fingers_t64 (PSNR
-# after the whole pipeline; the run-to-run spread is several tenths of a dB):
-# - Smallify strength 1 / 3 / 10 / 30 / 100 / 300: walnut 15.0 / 15.0 / 13.6 / 13.0 /
-#   12.8 / -, fingers 34.6 / 34.3 / 34.4 / 35.8 / 34.9 / 34.4 dB (0: 13.3 dB on walnut: the
-#   penalty is what ranks the neurons). Switch lr 0.02: 0.005 was no better, 0.05 no
-#   better at strength 10-100; at 1000 (lr 0.05) most switches reached 0: 30.9 dB.
-# - VD strength 0.1 / 1 / 10 / 30 / 100: fingers 38.3 / 38.7 / 39.1 / 38.9 / 39.0,
-#   walnut - / 15.8 / 15.9 / 16.0 / 16.1 dB; log sigma^2 lr 0.05 (0.01: 36.9 dB on
-#   fingers, the variances barely leave their start).
+# Strengths and learning rates of the two learned pruning methods, chosen by a sweep
+# (BENCHMARKS.md, "pruning methods"). Smallify: the penalty is what ranks the neurons (none
+# ranks them badly), and a much stronger one drives most switches to 0. VD: a lower
+# learning rate leaves the variances near their start, so nothing gets pruned by them.
 SMALLIFY_STRENGTH, SMALLIFY_LR, SMALLIFY_MOMENTUM = 1.0, 0.02, 0.9
 VD_STRENGTH, VD_LR = 10.0, 0.05
 

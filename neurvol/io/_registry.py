@@ -5,6 +5,7 @@ so adding one (``.h5``, ``.vti`` ...) touches no other format and no caller.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -16,6 +17,27 @@ import numpy as np
 
 from ..errors import NeurvolInputError, NeurvolIOError
 from ..volume_checks import MAX_AXIS, MAX_VOXELS
+
+
+def numeric_volume(array: Any, where: str = "") -> np.ndarray:
+    """``array`` as a 3-D numeric (bool, int or float) array to write, or an input error
+    (``where``: e.g. " to NIfTI", named in the message)."""
+    arr = np.asanyarray(array)
+    if arr.ndim != 3:
+        raise NeurvolInputError(f"can only write a 3-D volume (z, y, x){where}, got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf" or arr.dtype.fields is not None:
+        raise NeurvolInputError(f"cannot write dtype {arr.dtype}{where}; use a numeric dtype")
+    return arr
+
+
+def optional_module(name: str, files: str, extra: str) -> Any:
+    """Import the optional package ``name`` on first use; if it is missing, say how to
+    install it (``files``: what needs it, e.g. "NIfTI files"; ``extra``: neurvol's extra)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise NeurvolIOError(f"{files} need the {name} package: pip install 'neurvol[{extra}]' "
+                             f"(or pip install {name})") from e
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..errors import NeurvolInputError, NeurvolIOError
 from ..volume_checks import MAX_AXIS, MAX_VOXELS
-from ._registry import VolumeData, VolumeFormat, register_format
+from ._registry import VolumeData, VolumeFormat, numeric_volume, optional_module, register_format
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,7 @@ _MAX_CANDIDATES = 50
 
 
 def _h5py() -> Any:
-    try:
-        import h5py
-    except ImportError as e:
-        raise NeurvolIOError("HDF5/NetCDF-4 files need the h5py package: "
-                             "pip install 'neurvol[hdf5]' (or pip install h5py)") from e
-    return h5py
+    return optional_module("h5py", "HDF5/NetCDF-4 files", "hdf5")
 
 
 class SqueezedDataset:
@@ -241,11 +236,7 @@ def read_hdf5(path: Path, *, shape: Optional[Tuple[int, ...]] = None, dtype: Opt
 def _write(path: Path, array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
            netcdf: bool) -> None:
     h5py = _h5py()
-    arr = np.asanyarray(array)
-    if arr.ndim != 3:
-        raise NeurvolInputError(f"can only write a 3-D volume (z, y, x), got shape {arr.shape}")
-    if arr.dtype.kind not in "biuf" or arr.dtype.fields is not None:
-        raise NeurvolInputError(f"cannot write dtype {arr.dtype}; use a numeric dtype")
+    arr = numeric_volume(array)
     suffix = "".join(path.suffixes[-1:])
     with atomic_path(path, suffix=suffix) as tmp:
         with h5py.File(tmp, "w", libver="earliest" if netcdf else "latest") as f:

@@ -20,18 +20,13 @@ import numpy as np
 from .._atomic import atomic_path
 from ..errors import NeurvolInputError, NeurvolIOError
 from ..volume_checks import MAX_AXIS, MAX_VOXELS
-from ._registry import VolumeData, VolumeFormat, register_format
+from ._registry import VolumeData, VolumeFormat, numeric_volume, optional_module, register_format
 
 log = logging.getLogger(__name__)
 
 
 def _nibabel() -> Any:
-    try:
-        import nibabel
-    except ImportError as e:
-        raise NeurvolIOError("NIfTI files need the nibabel package: pip install 'neurvol[nifti]' "
-                             "(or pip install nibabel)") from e
-    return nibabel
+    return optional_module("nibabel", "NIfTI files", "nifti")
 
 
 def read_nifti(path: Path, *, shape: Optional[Tuple[int, ...]] = None, dtype: Optional[object] = None,
@@ -82,24 +77,28 @@ def write_nifti(path: Path, array: np.ndarray, *, spacing: Sequence[float] = (1.
                 origin: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
     """Write ``array`` (``[z, y, x]``) as NIfTI-1 with a diagonal affine; ``.nii.gz`` is gzipped."""
     nib = _nibabel()
-    arr = np.asanyarray(array)
-    if arr.ndim != 3:
-        raise NeurvolInputError(f"can only write a 3-D volume (z, y, x), got shape {arr.shape}")
-    if arr.dtype.kind not in "biuf" or arr.dtype.fields is not None:
-        raise NeurvolInputError(f"cannot write dtype {arr.dtype} to NIfTI; use a numeric dtype")
+    arr = numeric_volume(array, " to NIfTI")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
+    elif arr.dtype == np.float16:
+        # NIfTI has no binary16 type; float32 holds every binary16 value exactly.
+        arr = arr.astype(np.float32)
     affine = np.diag([float(spacing[2]), float(spacing[1]), float(spacing[0]), 1.0])
     affine[:3, 3] = [float(origin[2]), float(origin[1]), float(origin[0])]
-    img = nib.Nifti1Image(np.asarray(arr).transpose(2, 1, 0), affine)
-    img.header.set_xyzt_units("mm")
+    try:
+        img = nib.Nifti1Image(np.asarray(arr).transpose(2, 1, 0), affine)
+        img.header.set_xyzt_units("mm")
+    except Exception as e:  # noqa: BLE001 - nibabel: HeaderDataError for unsupported dtypes
+        raise NeurvolInputError(
+            f"cannot write dtype {arr.dtype} to NIfTI ({e}); decode to a type NIfTI stores, "
+            "e.g. `--dtype float32` or `--dtype float64`") from e
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:
         try:
             nib.save(img, tmp)
         except Exception as e:  # noqa: BLE001 - nibabel: HeaderDataError, ValueError ...
-            if isinstance(e, OSError):
-                raise
+            if isinstance(e, OSError):   # e.g. a full disk
+                raise NeurvolIOError(f"cannot write {str(path)!r}: {e.strerror or e}") from e
             raise NeurvolIOError(f"cannot write {str(path)!r} as NIfTI: {e}") from e
 
 

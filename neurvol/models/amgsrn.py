@@ -9,24 +9,23 @@ density that is higher where the current reconstruction error is higher, so grid
 onto hard regions. The transforms start moving after a delay and are frozen before the
 end, so the grids and the decoder fine-tune in place.
 
-Departures from the paper, each measured on our short CPU fits and small budgets
-(ratio 100, 1500 steps of 65536 voxels):
+Departures from the paper, for short fits at small budgets (each is measured in
+BENCHMARKS.md, "Architectures" and "the anchor grid"):
 
 * a data-initialised residual, as fvsrn's: channel 0 of every grid starts as the data seen
   through that grid, and the coverage-weighted mean of channel 0 over the grids covering a
   point is added to the MLP output (the MLP learns the correction);
 * placement before training: the transforms are first fitted, with the same density loss
   and no network, to a static target from the data (where a single coarse grid would err),
-  so the grids start where they are needed instead of drifting there over 10^4 steps
-  (walnut: 30.39 dB without, 31.05 with, both with the paper's detached sampling);
+  so the grids start where they are needed instead of drifting there over many steps;
 * the reconstruction loss also reaches the transforms (the paper samples the grids at
-  coordinates detached from them): with 1500 steps, moving the grids by the density loss
-  alone left their contents misaligned and cost 1 dB (walnut 31.05 vs 32.04 dB).
+  coordinates detached from them): in a short fit, grids moved by the density loss alone
+  end up with contents misaligned to their new place;
 * an anchor grid (:data:`ANCHOR_GRIDS`, in models of :data:`ANCHOR_MIN_GRIDS` grids or
   more): grid 0's transform stays the identity, so the whole volume is always covered.
-  The density loss can only pull a grid towards points it already covers; with all grids
-  adaptive, placement left 30 % of the 256^3 RM volume to the MLP alone and, depending on
-  the seed, the fit fell apart there.
+  The density loss can only pull a grid towards points it already covers, so with all
+  grids adaptive, placement can leave parts of a volume to the MLP alone, where the fit
+  then fails.
 
 The evaluation math is normative in ``spec/arch/amgsrn.md``.
 """
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, VolumeModel, register
+from .base import Architecture, VolumeModel, register, validated_options
 from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
 from .trilinear import atlas_axes, sample_atlas, slice_atlas
@@ -54,15 +53,15 @@ TRANSFORM_START = 0.1
 TRANSFORM_STOP = 0.7
 TRANSFORM_LR = 0.05       # transforms' lr as a multiple of the base lr (the paper's ratio)
 GRID_LR = 3.0             # feature grids' lr as a multiple of the base lr (as fvsrn)
-DENSITY_WEIGHT = 1e-3     # weight of the density KL next to the MSE (0.1 lost 0.3-0.5 dB)
+DENSITY_WEIGHT = 1e-3     # weight of the density KL next to the MSE (larger pulls grids
+                          # away from where the reconstruction needs them)
 DENSITY_BATCH = 4096      # points of each batch on which the density KL is estimated
 INIT_NOISE = 0.05         # std of the noise added to the identity transforms (paper: 0.05)
 # Grids whose transforms stay the identity, so no voxel is left to the MLP alone (see
-# the module docstring; BENCHMARKS.md, session 12: 256^3 RM 21.2 -> 38.1 dB).
+# the module docstring; BENCHMARKS.md, "the anchor grid").
 ANCHOR_GRIDS = 1
 # ... in models of at least this many grids: an anchor takes 1/M of the grid capacity, too
-# much where the budget buys only one or two grids (viscous at ratio 800, M = 2: 30.71 dB
-# with both adaptive, 22.59 with one anchored; isabel[::2] at 200, M = 1: 23.11 / 20.65).
+# much where the budget buys only one or two grids.
 ANCHOR_MIN_GRIDS = 4
 # Placement before training: Adam steps on the density loss alone, against the target
 # q ∝ E^PLACE_GAMMA (3/7: the density that minimises trilinear error ∝ h^4 under a fixed
@@ -71,7 +70,7 @@ PLACE_STEPS = 300
 PLACE_GAMMA = 3.0 / 7.0
 PLACE_LR = 1e-2
 PLACE_BATCH = 4096
-DEFAULT_GRIDS = 8         # fewer, larger grids won at our budgets (16 and 32 lost 0.3-2 dB)
+DEFAULT_GRIDS = 8         # fewer, larger grids fit better at small budgets than 16 or 32
 MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 7^3
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
 
@@ -398,11 +397,7 @@ def solve_amgsrn(shape: Tuple[int, int, int], n_params: int, options: Mapping[st
             "or fewer grids")
     cfg = AMGSRNConfig(grids=grids, grid=proportional_grid(shape, vertices), channels=channels,
                        width=width, hidden_layers=hidden)
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise NeurvolInputError(f"invalid amgsrn option(s) {dict(options)}: {exc}") from exc
-    return cfg
+    return validated_options(cfg, options)
 
 
 register(Architecture(
@@ -412,12 +407,10 @@ register(Architecture(
     solve=solve_amgsrn,
     description=DESCRIPTION,
     options=("grids", "channels", "width", "hidden_layers"),
-    # Smaller batches, more steps: at equal samples the grids converge faster with more,
-    # smaller updates. 2000 x 16384 against the earlier 1500 x 65536, ratio 100: walnut
-    # 32.63 vs 32.36 dB, RM[::2] 27.65 vs 27.92, embryo[::2] 34.18-34.38 vs 34.61, in
-    # about 40 % of the time (BENCHMARKS.md, speed).
+    # Smaller batches, more steps: at equal samples the grids converge about as well with
+    # more, smaller updates, in less time (BENCHMARKS.md, "speed").
     # Error-driven sampling (ErrorSampler: 3/4 of each batch drawn where the running error
-    # is high, importance-weighted): at ratio 100, three seeds each, embryo[::2] +0.5 dB,
-    # walnut +0.1, RM[::2] about even (BENCHMARKS.md, sampling).
+    # is high, importance-weighted) helps the adaptive grids (BENCHMARKS.md, "error-driven
+    # sampling").
     fit_defaults={"batch": 16384, "steps": 2000, "sampling": "error"},
 ))

@@ -15,7 +15,8 @@ from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, 
 import torch
 
 from ..errors import NeurvolInputError
-from .config import MAX_MODEL_PARAMS, ModelConfig, check_param_cap  # noqa: F401  (re-exported)
+from .config import (MAX_MODEL_PARAMS, ModelConfig, check_param_cap,  # noqa: F401  (re-exported)
+                     validated_options)
 
 #: Activations that act on each element alone (see :meth:`VolumeModel.hidden_neurons`).
 _ELEMENTWISE = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Tanh,

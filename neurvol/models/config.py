@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Dict, List, Mapping, Tuple
 
-from ..errors import NeurvolFormatError
+from ..errors import NeurvolFormatError, NeurvolInputError
 
 #: Most parameters (weights + persistent buffers) a model read from a file may have:
 #: 2^28 = 268,435,456 values (1 GiB as float32). Checked before anything is allocated, so
@@ -88,6 +88,16 @@ def check_param_cap(cfg: "ModelConfig") -> None:
         raise NeurvolFormatError(
             f"{cfg.arch} model config declares {n:,} parameters, more than the limit of "
             f"{MAX_MODEL_PARAMS:,}; the file is corrupted or not meant for this reader")
+
+
+def validated_options(cfg: "ModelConfig", options: Mapping[str, Any]) -> "ModelConfig":
+    """``cfg`` (solved from the user's ``options``) after ``validate()``: a config that
+    breaks a limit there came from those options, so it is an input error."""
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise NeurvolInputError(f"invalid {cfg.arch} option(s) {dict(options)}: {exc}") from exc
+    return cfg
 
 
 def mlp_param_count(n_in: int, width: int, hidden_layers: int, n_out: int = 1) -> int:

@@ -19,7 +19,8 @@ from ..errors import NeurvolBudgetError
 from .base import Architecture, VolumeModel, register
 from .mlp import run_mlp, make_mlp, mlp_param_count, to_grid_sample_coords
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
-from .numpy_eval.fvsrn import DESCRIPTION, MAX_GRID_SIDE, MAX_WIDTH, FVSRNConfig  # noqa: F401
+from .numpy_eval.fvsrn import (DESCRIPTION, MAX_GRID_SIDE, MAX_GRID_VALUES,  # noqa: F401
+                                MAX_WIDTH, FVSRNConfig, check_grids_and_mlp)
 
 
 class FVSRN(VolumeModel):
@@ -120,7 +121,7 @@ register(Architecture(
     solve=solve_fvsrn,
     description=DESCRIPTION,
     options=("channels", "width", "hidden_layers"),
-    # Error-driven sampling: at ratio 100, embryo[::2] 31.67 -> 32.05 dB, RM[::2] 28.23 ->
-    # 28.26 (BENCHMARKS.md, sampling). (neurcomp: +0.41 / -0.62 dB, so it stays uniform.)
+    # Error-driven sampling helps the grid where the error concentrates (BENCHMARKS.md,
+    # "error-driven sampling"; neurcomp, mixed there, stays uniform).
     fit_defaults={"sampling": "error"},
 ))

@@ -31,9 +31,8 @@ from .numpy_eval.hashgrid import is_int as _is_int
 TABLE_INIT = 1e-4
 TABLE_LR_FACTOR = 10.0     # tables train with 10x the MLP's learning rate (not tuned)
 
-# Encoder defaults. Levels, features and width measured at ratio 100 (RM 128^3, viscous
-# fingers 64^3): 8x2 beat 4x4, 10x2 and 12x2 (16x2 won on one volume, lost on the other,
-# at twice the fit time); width 32 beat 16. The base resolution is NGP-like, not tuned.
+# Encoder defaults: levels x features, width and learning rate chosen by measurement at
+# ratio 100 (BENCHMARKS.md, "Architectures"). The base resolution is NGP-like, not tuned.
 DEFAULT_LEVELS = 8
 DEFAULT_FEATURES = 2
 DEFAULT_BASE_RESOLUTION = 4
@@ -159,7 +158,6 @@ register(Architecture(
     description=DESCRIPTION,
     options=("levels", "features", "base_resolution", "max_resolution", "log2_table",
              "width", "hidden_layers"),
-    # Measured at ratio 100 (RM 128^3, viscous fingers 64^3): base lr 3e-3 (tables 3e-2)
-    # beat 1e-3 and 1e-2; 1500 x 16384 samples fit in under a minute on one CPU thread.
+    # The tables train at TABLE_LR_FACTOR times this base rate; see the encoder defaults.
     fit_defaults={"lr": 3e-3, "batch": 16384, "steps": 1500},
 ))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, VolumeModel, register
+from .base import Architecture, VolumeModel, register, validated_options
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
 from .numpy_eval.neurcomp import (DEFAULT_LAYERS, DESCRIPTION, MAX_BLOCKS, MAX_WIDTH,  # noqa: F401
                                   NeurcompConfig, neurcomp_param_count)
@@ -63,8 +63,8 @@ class _ResidualSineBlock(nn.Module):
 class NeurcompModel(VolumeModel):
     """Residual SIREN; tensors ``first``, ``blocks.{i}.linear_{1,2}``, ``last``."""
 
-    # omega0 (30) multiplies the first layer's errors: k-means on it cost 13-18 dB at
-    # ratio 100 (RM 128^3, viscous fingers), float16 costs ~3 W bytes more and recovers it.
+    # omega0 (30) multiplies the first layer's errors, so k-means levels there wreck the
+    # fit; float16 costs a few bytes per hidden unit and keeps it.
     precise_tensors = frozenset({"first.weight", "first.bias"})
 
     def __init__(self, config: NeurcompConfig):
@@ -148,11 +148,7 @@ def solve_neurcomp(shape: Tuple[int, int, int], n_params: int, options: Mapping[
             "neurcomp network; use a smaller ratio or fewer layers")
     cfg = NeurcompConfig(width=width, residual_blocks=blocks, omega0=float(omega0),
                          scale=aspect_scale(shape), grad_lambda=float(grad_lambda))
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise NeurvolInputError(f"invalid neurcomp options {dict(options)}: {exc}") from None
-    return cfg
+    return validated_options(cfg, options)
 
 
 register(Architecture(
@@ -162,8 +158,7 @@ register(Architecture(
     solve=solve_neurcomp,
     description=DESCRIPTION,
     options=("layers", "width", "omega0", "grad_lambda"),
-    # Measured on RM 128^3 and viscous fingers 64^3 at ratio 100 (~1-2 min on one CPU
-    # thread): lr 1e-3 fits far better than the published 5e-5 in this many samples, and
-    # 3e-3 diverged on RM in a short fit; 16384 samples per step as published.
+    # In a short fit lr 1e-3 fits far better than the published 5e-5 (which needs the
+    # published 75 passes) and larger rates diverge; 16384 samples per step as published.
     fit_defaults={"lr": 1e-3, "batch": 16384, "steps": 1500},
 ))

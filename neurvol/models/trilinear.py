@@ -1,7 +1,7 @@
 """Trilinear lookup in batches of small 3-D grids through torch's 2-D sampler.
 
 ``F.grid_sample`` on 5-D input (trilinear) runs a scalar loop on the CPU, while the 4-D
-(bilinear) kernel is vectorized and 3-4x faster per tap (BENCHMARKS.md, speed). A 3-D
+(bilinear) kernel is vectorized and several times faster per tap. A 3-D
 grid ``(D, H, W)`` is therefore laid out as a 2-D atlas: its z-slices stacked along H,
 each followed by one zero row, with a zero slice before the first and after the last,
 and with slice ``k + 1`` stored as extra channels beside slice ``k``. One bilinear sample

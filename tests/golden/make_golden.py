@@ -1,56 +1,112 @@
-"""Writes the golden files of the current format version. Run once per released format
-version / codec configuration, commit the output, and never regenerate existing files:
-they pin what old files decode to.
+"""Writes the golden files of a new format version or codec configuration.
+
+Run once per released format version / codec configuration, commit the output, and never
+regenerate existing files: they pin what old writers wrote and what those files decode to.
+This script therefore refuses to run a mode any of whose files exists (it writes only new
+versions); to add a configuration, add a mode with new file names.
 
     python tests/golden/make_golden.py 1.0
     python tests/golden/make_golden.py 1.1     # bricked ensemble (format 1.1)
     python tests/golden/make_golden.py codec2  # codec "neurvol" version 2 (payload kind 2)
     python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
-
-Never re-run a mode whose files exist: golden files pin what old writers wrote.
 """
+from __future__ import annotations
+
 import os
 import sys
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-import neurvol
+HERE = os.path.dirname(os.path.abspath(__file__))
+CODEC2_CASES = ("amgsrn", "pruned", "rans")
 
-here = os.path.dirname(os.path.abspath(__file__))
-version = sys.argv[1]
-if version == "1.1":
+
+def _pair(name: str) -> List[str]:
+    return [f"{name}.nvol", f"{name}.expected.npy"]
+
+
+def outputs(mode: str) -> List[str]:
+    """The files a mode writes (names inside tests/golden/)."""
+    if mode == "1.1":
+        return _pair("bricked_v1.1")
+    if mode == "codec2-interp":
+        return _pair("codec2_interp")
+    if mode == "codec2":
+        return [f for case in CODEC2_CASES for f in _pair(f"codec2_{case}")]
+    return _pair(f"fvsrn_v{mode}") + [f"constant_v{mode}.nvol"]
+
+
+def _save(nv, name: str, expected: bool = True) -> None:
+    """Write ``name``.nvol (and its expected decode) without ever replacing a file."""
+    path = os.path.join(HERE, name + ".nvol")
+    with open(path, "xb") as f:     # "x": fails if the file appeared meanwhile
+        f.write(nv.to_bytes())
+    if expected:
+        with open(os.path.join(HERE, name + ".expected.npy"), "xb") as f:
+            np.save(f, nv.decode(dtype=np.float32))
+
+
+def write_bricked() -> None:
     # Format 1.1 adds bricked ensembles (spec/bricks.md): 2x2x2 bricks, ghost 2, blended.
+    import neurvol
+
     crop = np.ascontiguousarray(neurvol.sample_volume()[20:44, 20:44, 20:44])
     nv = neurvol.encode(crop, ratio=2, bricks=(2, 2, 2), ghost=2, arch="fvsrn", steps=20,
                         seed=0, quiet=True)
-    nv.save(os.path.join(here, "bricked_v1.1.nvol"))
-    np.save(os.path.join(here, "bricked_v1.1.expected.npy"), nv.decode(dtype=np.float32))
-    sys.exit(0)
-if version == "codec2-interp":
+    _save(nv, "bricked_v1.1")
+
+
+def write_codec2_interp() -> None:
+    import neurvol
+
     crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48])
     nv = neurvol.encode(crop, steps=30, seed=0, quiet=True, arch="amgsrn", ratio=8,
                         codec={"grids": "interp"})
-    path = os.path.join(here, "codec2_interp.nvol")
-    nv.save(path)
-    np.save(path.replace(".nvol", ".expected.npy"), nv.decode(dtype=np.float32))
-    sys.exit(0)
-if version == "codec2":
+    _save(nv, "codec2_interp")
+
+
+def write_codec2() -> None:
     # Payload kind 2: Lorenzo grids + fine-tuning (amgsrn), masked k-means (pruned fvsrn),
     # and every stream forced through rANS (or raw where rANS cannot code it).
+    import neurvol
+
     crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48])
     cases = {"amgsrn": dict(arch="amgsrn", codec={"grids": "lorenzo"}, ratio=8),
              "pruned": dict(arch="fvsrn", codec={"prune": 0.3}, ratio=8),
              "rans": dict(arch="fvsrn", codec={"coders": ["raw", "rans"]}, ratio=3)}
+    assert tuple(cases) == CODEC2_CASES
     for name, kw in cases.items():
-        nv = neurvol.encode(crop, steps=30, seed=0, quiet=True, **kw)
-        path = os.path.join(here, f"codec2_{name}.nvol")
-        nv.save(path)
-        np.save(path.replace(".nvol", ".expected.npy"), nv.decode(dtype=np.float32))
-    sys.exit(0)
-vol = np.ascontiguousarray(neurvol.sample_volume()[26:38, 24:38, 22:38]).astype(np.float32)
-nv = neurvol.encode(vol, ratio=2, steps=40, seed=0, quiet=True)
-nv.save(os.path.join(here, f"fvsrn_v{version}.nvol"))
-np.save(os.path.join(here, f"fvsrn_v{version}.expected.npy"), nv.decode(dtype=np.float32))
-const = neurvol.encode(np.full((10, 12, 14), 77, dtype=np.uint16), ratio=2, quiet=True)
-const.save(os.path.join(here, f"constant_v{version}.nvol"))
+        _save(neurvol.encode(crop, steps=30, seed=0, quiet=True, **kw), f"codec2_{name}")
 
+
+def write_version(version: str) -> None:
+    import neurvol
+
+    vol = np.ascontiguousarray(neurvol.sample_volume()[26:38, 24:38, 22:38]).astype(np.float32)
+    _save(neurvol.encode(vol, ratio=2, steps=40, seed=0, quiet=True), f"fvsrn_v{version}")
+    const = neurvol.encode(np.full((10, 12, 14), 77, dtype=np.uint16), ratio=2, quiet=True)
+    _save(const, f"constant_v{version}", expected=False)
+
+
+WRITERS: Dict[str, Callable[[], None]] = {
+    "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2}
+
+
+def main(argv: List[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    mode = argv[0]
+    existing = [f for f in outputs(mode) if os.path.exists(os.path.join(HERE, f))]
+    if existing:
+        print(f"make_golden: refusing to write mode {mode!r}: {', '.join(existing)} already "
+              "exist in tests/golden/. Golden files are never regenerated; add a new mode "
+              "(new file names) for a new version or configuration.", file=sys.stderr)
+        return 1
+    WRITERS.get(mode, lambda: write_version(mode))()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -18,12 +18,11 @@ from typing import List, Mapping, Tuple
 import numpy as np
 
 from ..config import ModelConfig, TensorSpec, mlp_param_count, mlp_tensor_specs
+from .fvsrn import MAX_GRID_SIDE, MAX_WIDTH, check_grids_and_mlp  # noqa: F401  (shared limits)
 from .ops import F32, DenseMLP, cell, trilinear_rows, vertex_table
 from .registry import NumpyArchitecture, NumpyModel, register_numpy
 
 MAX_GRIDS = 256
-MAX_GRID_SIDE = 4096
-MAX_WIDTH = 4096
 COVERAGE_FLOOR = 1e-3     # denominator floor of the residual's coverage-weighted mean
 # Grid lookups (points x grids) per pass: the (M, N) work arrays then stay a few MB
 # whatever M is (a model of 256 grids takes fewer points per pass).
@@ -50,16 +49,9 @@ class AMGSRNConfig(ModelConfig):
     def validate(self) -> None:
         if not isinstance(self.grids, int) or not 1 <= self.grids <= MAX_GRIDS:
             raise ValueError(f"grids must be an int in [1, {MAX_GRIDS}]")
-        if len(self.grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in self.grid):
-            raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
-        for name in ("channels", "width", "hidden_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
-                raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
+        check_grids_and_mlp(self.grid, self.channels, self.width, self.hidden_layers, self.grids)
         if self.grids * self.channels > MAX_WIDTH:
             raise ValueError("grids * channels too large")
-        if self.grids * math.prod(self.grid) * self.channels > 2**31:
-            raise ValueError("feature grids too large")
 
     def param_count(self) -> int:
         return (self.grids * (math.prod(self.grid) * self.channels + 12)

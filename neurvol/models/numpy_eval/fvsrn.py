@@ -18,7 +18,22 @@ from .registry import NumpyArchitecture, NumpyModel, register_numpy
 
 MAX_GRID_SIDE = 4096
 MAX_WIDTH = 4096
+MAX_GRID_VALUES = 2 ** 31    # values in one model's feature grids (spec: payload.md §3.1)
 DESCRIPTION = "dense trilinear feature grid + small MLP (fV-SRN)"
+
+
+def check_grids_and_mlp(grid: Tuple[int, ...], channels: int, width: int, hidden_layers: int,
+                        grids: int = 1) -> None:
+    """Raise ValueError unless ``grids`` feature grids of ``grid`` vertices with ``channels``
+    features each, decoded by an MLP of ``width`` x ``hidden_layers``, are within the
+    limits of the grid architectures' configs (fvsrn, amgsrn)."""
+    if len(grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in grid):
+        raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
+    for name, v in (("channels", channels), ("width", width), ("hidden_layers", hidden_layers)):
+        if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
+            raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
+    if grids * math.prod(grid) * channels > MAX_GRID_VALUES:
+        raise ValueError("feature grids too large")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +51,7 @@ class FVSRNConfig(ModelConfig):
     hidden_layers: int = 2
 
     def validate(self) -> None:
-        if len(self.grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in self.grid):
-            raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
-        for name in ("channels", "width", "hidden_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
-                raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
-        if math.prod(self.grid) * self.channels > 2**31:
-            raise ValueError("feature grid too large")
+        check_grids_and_mlp(self.grid, self.channels, self.width, self.hidden_layers)
 
     def param_count(self) -> int:
         return math.prod(self.grid) * self.channels + mlp_param_count(

@@ -1,0 +1,299 @@
+"""Regenerate the *current results* section at the top of BENCHMARKS.md (one command).
+
+Each part is measured by a script of its own and stored as JSON in ``benchmarks/results/``
+with its date, machine and commit; this script runs the parts asked for, then rewrites the
+block between the ``current-results`` markers of BENCHMARKS.md from every stored part, and
+draws ``docs/rate_distortion.png``. Parts not re-run keep their stored numbers (and their
+own date and commit in their heading), so a table never claims a run it did not have.
+
+    python benchmarks/current.py --run rd,speed,bricks,reader   # everything (~45 min, 2 cores)
+    python benchmarks/current.py --run rd --volumes sim_neghip  # one part, one volume
+    python benchmarks/current.py                                # re-render only
+
+Parts:
+    rd      rate-distortion on the 7 dev volumes: neurvol's default against SZ3, ZFP,
+            SPERR and downsampling at the same bytes (PSNR and max abs error)
+    speed   ``benchmarks/run_speed.py``: encode s, query Mpts/s, decode s, open + 1k ms, RSS
+    bricks  ``benchmarks/run_bricks.py --acceptance``: 256^3 bricked vs one model
+    reader  ``benchmarks/run_numpy_reader.py``: numpy (torch-free) reader vs torch
+
+Run it alone on the machine: two torch processes on two cores slow each other many times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+RD_PLOT = os.path.join(ROOT, "docs", "rate_distortion.png")
+BEGIN, END = "<!-- current-results:begin -->", "<!-- current-results:end -->"
+DEFAULT_DATA = os.environ.get("NEURVOL_DATA", "/work/shared/data")
+
+# The 7 dev volumes; the 256^3 ones at half resolution so every cell is a 128^3-class fit.
+DEV_VOLUMES: List[Tuple[str, int]] = [
+    ("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
+    ("sim_richtmyer_meshkov_t20", 2), ("bio_embryo", 2), ("ct_chest_lidc2", 2),
+    ("sim_isabel_windspeed_t30", 2)]
+RD_RATIOS = (50.0, 100.0, 200.0, 400.0)
+RD_BASELINES = ("sz3", "zfp", "sperr", "downsample")
+# Query throughput is a speed figure (the speed part measures it properly); the rd part
+# only needs a short query to fill its column.
+RD_QUERY_POINTS = 100_000
+
+
+def machine() -> Dict[str, Any]:
+    """Date, CPU, cores, library versions and commit of this run."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "neurvol"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    versions = {}
+    for mod in ("numpy", "torch", "pysz", "zfpy", "hdf5plugin"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # a missing baseline library is reported, not fatal
+            versions[mod] = None
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu,
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "commit": commit + ("+dirty" if dirty else ""), "versions": versions}
+
+
+def save_part(name: str, data: Dict[str, Any]) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=1, default=str)
+
+
+def load_part(name: str) -> Optional[Dict[str, Any]]:
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------- parts: running
+def run_rd(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from neurvol.bench.runner import run_benchmark
+
+    wanted = set(args.volumes.split(",")) if args.volumes else None
+    old = load_part("rd") if wanted else None
+    rows = [r for r in (old or {}).get("rows", []) if r["source"] not in (wanted or ())]
+    meta = machine()
+    for name, sub in DEV_VOLUMES:
+        if wanted and name not in wanted:
+            continue
+        vol = np.ascontiguousarray(np.load(os.path.join(args.data_dir, name + ".npy"))[::sub, ::sub, ::sub])
+        label = f"{name}[::{sub}]" if sub > 1 else name
+        print(f"rd: {label} {vol.shape}", file=sys.stderr, flush=True)
+        got = run_benchmark(vol, label, RD_RATIOS, archs=("auto",), baselines=RD_BASELINES,
+                            query_points=RD_QUERY_POINTS, progress=_progress)
+        for r in got:
+            r["source"] = name
+            r.pop("params", None)
+        rows += got
+        save_part("rd", {"machine": meta, "ratios": RD_RATIOS, "rows": rows})
+
+
+def _progress(row: Dict[str, Any]) -> None:
+    psnr = row.get("psnr_db")
+    print(f"  {row['method']:>16} @{row['ratio_requested']}: "
+          f"{'-' if psnr is None else f'{psnr:.2f} dB'} {row.get('note') or ''}",
+          file=sys.stderr, flush=True)
+
+
+def run_script(part: str, script: str, extra: Sequence[str], json_flag: str = "--json") -> None:
+    """Run ``benchmarks/<script>`` writing JSON, and store it with this run's machine."""
+    out = os.path.join(RESULTS, f"{part}.raw.json")
+    os.makedirs(RESULTS, exist_ok=True)
+    meta = machine()
+    subprocess.run([sys.executable, os.path.join(HERE, script), *extra, json_flag, out],
+                   check=True, cwd=ROOT)
+    with open(out) as f:
+        data = json.load(f)
+    os.remove(out)
+    save_part(part, {"machine": meta, "result": data})
+
+
+PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
+    "rd": run_rd,
+    "speed": lambda a: run_script("speed", "run_speed.py", [], "--out"),
+    "bricks": lambda a: run_script("bricks", "run_bricks.py", ["--acceptance"]),
+    "reader": lambda a: run_script("reader", "run_numpy_reader.py", []),
+}
+
+
+# ---------------------------------------------------------------------- rendering
+def _f(x: Any, fmt: str = ".2f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _heading(title: str, meta: Dict[str, Any]) -> str:
+    return (f"### {title}\n\n{meta['date']}, commit `{meta['commit']}`, {meta['cpu']}, "
+            f"{meta['cores']} cores, Python {meta['python']}, torch {meta['versions'].get('torch')}.\n")
+
+
+def render_rd(part: Dict[str, Any]) -> str:
+    rows = part["rows"]
+    methods = ["neurvol-auto", "sz3", "sperr", "zfp", "downsample"]
+    short = {"neurvol-auto": "neurvol"}
+    head = "| volume | ratio | " + " | ".join(
+        f"{short.get(m, m)} dB / max err" for m in methods) + " | best classical |"
+    lines = [_heading("Rate–distortion: the default codec against the classical coders",
+                      part["machine"]),
+             "PSNR in dB over the data range / max abs error, at the same bytes (the whole "
+             "`.nvol` file for neurvol; the compressed stream for the others). ZFP's fixed-rate "
+             "mode cannot go below ~0.16 bits per value (–). **Bold**: the best in the row.\n",
+             head, "|---|---" + "|---" * (len(methods) + 1) + "|"]
+    by: Dict[Tuple[str, float], Dict[str, Dict[str, Any]]] = {}
+    order: List[str] = []
+    for r in rows:
+        if r["volume"] not in order:
+            order.append(r["volume"])
+        by.setdefault((r["volume"], r["ratio_requested"]), {})[r["method"]] = r
+    for vol in order:
+        for ratio in part["ratios"]:
+            cell = by.get((vol, ratio), {})
+            scores = {m: cell[m]["psnr_db"] for m in methods
+                      if m in cell and cell[m]["psnr_db"] is not None}
+            best = max(scores, key=scores.get) if scores else None
+            out = []
+            for m in methods:
+                r = cell.get(m)
+                if r is None or r["psnr_db"] is None:
+                    out.append("–")
+                    continue
+                txt = f"{r['psnr_db']:.2f} / {_f(r['max_abs_error'], '.3g')}"
+                out.append(f"**{txt}**" if m == best else txt)
+            classical = {m: s for m, s in scores.items() if m in ("sz3", "sperr", "zfp")}
+            gap = ""
+            if classical and "neurvol-auto" in scores:
+                bm = max(classical, key=classical.get)
+                gap = f"{bm} ({scores['neurvol-auto'] - classical[bm]:+.2f} dB)"
+            lines.append(f"| {vol} | {ratio:g} | " + " | ".join(out) + f" | {gap} |")
+    lines.append("\n`best classical`: the best of SZ3/SPERR/ZFP and neurvol's lead over it. "
+                 "Picture: `docs/rate_distortion.png`.")
+    return "\n".join(lines)
+
+
+def render_speed(part: Dict[str, Any]) -> str:
+    sys.path.insert(0, HERE)
+    import run_speed
+    return _heading("Speed and memory (`benchmarks/run_speed.py`)", part["machine"]) + "\n" + \
+        run_speed.format_markdown(part["result"])
+
+
+def render_bricks(part: Dict[str, Any]) -> str:
+    sys.path.insert(0, HERE)
+    import run_bricks
+    fmt = getattr(run_bricks, "format_acceptance", None) or run_bricks.format_markdown
+    return _heading("Bricked ensembles against one model (`benchmarks/run_bricks.py "
+                    "--acceptance`)", part["machine"]) + "\n" + fmt(part["result"])
+
+
+def render_reader(part: Dict[str, Any]) -> str:
+    sys.path.insert(0, HERE)
+    import run_numpy_reader
+    return _heading("Torch-free (numpy) reader against torch (`benchmarks/run_numpy_reader.py`)",
+                    part["machine"]) + "\n" + run_numpy_reader.format_markdown(part["result"])
+
+
+RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
+    "rd": render_rd, "speed": render_speed, "bricks": render_bricks, "reader": render_reader}
+
+
+def plot_rd(part: Dict[str, Any]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vols: List[str] = []
+    for r in part["rows"]:
+        if r["volume"] not in vols:
+            vols.append(r["volume"])
+    cols = 4
+    fig, axes = plt.subplots((len(vols) + cols - 1) // cols, cols, figsize=(16, 4 * ((len(vols) + cols - 1) // cols)))
+    for ax, vol in zip(axes.flat, vols):
+        for method, style in (("neurvol-auto", "o-"), ("sz3", "s--"), ("sperr", "^--"),
+                              ("zfp", "v:"), ("downsample", "x:")):
+            pts = sorted((r["ratio_achieved"], r["psnr_db"]) for r in part["rows"]
+                         if r["volume"] == vol and r["method"] == method and r["psnr_db"] is not None)
+            if pts:
+                ax.plot(*zip(*pts), style, label=method.replace("-auto", ""))
+        ax.set_xscale("log")
+        ax.set_title(vol, fontsize=10)
+        ax.set_xlabel("compression ratio")
+        ax.set_ylabel("PSNR dB")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(vols):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"neurvol vs classical coders at equal bytes ({part['machine']['date']}, "
+                 f"commit {part['machine']['commit']})")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(RD_PLOT), exist_ok=True)
+    fig.savefig(RD_PLOT, dpi=80)
+
+
+def render() -> None:
+    blocks = [BEGIN, "## Current results", "",
+              "Regenerated by `python benchmarks/current.py` (see `benchmarks/README.md`); each "
+              "table says when, where and at which commit it was measured. Quality is PSNR "
+              "over the original's data range on every voxel, with the max abs error; ratio "
+              "is native bytes over the whole file, header included. Everything below "
+              "*History* is older and superseded where a table here measures the same thing.",
+              ""]
+    for name, fn in RENDERERS.items():
+        part = load_part(name)
+        if part is not None:
+            blocks += [fn(part), ""]
+        else:
+            blocks += [f"### {name}\n\nNot measured yet: `python benchmarks/current.py --run {name}`.\n"]
+    blocks.append(END)
+    text = open(BENCHMARKS_MD).read()
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + "\n".join(blocks) + tail
+    else:
+        title, _, body = text.partition("\n")
+        text = title + "\n\n" + "\n".join(blocks) + "\n\n# History\n" + body
+    with open(BENCHMARKS_MD, "w") as f:
+        f.write(text)
+    rd = load_part("rd")
+    if rd is not None:
+        plot_rd(rd)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="", help=f"parts to measure first, of {','.join(PARTS)}")
+    ap.add_argument("--volumes", default="", help="rd: only these dev volumes (comma-separated stems)")
+    ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    args = ap.parse_args(argv)
+    for part in filter(None, args.run.split(",")):
+        if part not in PARTS:
+            ap.error(f"unknown part {part!r}; known: {', '.join(PARTS)}")
+        PARTS[part](args)
+    render()
+
+
+if __name__ == "__main__":
+    main()
