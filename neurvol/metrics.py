@@ -24,9 +24,12 @@ def psnr(original: np.ndarray, reconstructed: np.ndarray) -> float:
         y = b[s:s + _CHUNK].astype(np.float64)
         sq += float(np.sum((x - y) ** 2))
         lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-    mse = sq / a.size
-    rng = (hi - lo) or 1.0
-    return math.inf if mse == 0 else 10.0 * math.log10(rng * rng / mse)
+    return psnr_from_mse(sq / a.size, (hi - lo) or 1.0)
+
+
+def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
+    """PSNR in dB of a mean squared error over a data range (``inf`` for ``mse == 0``)."""
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range * data_range / mse)
 
 
 def max_abs_error(original: np.ndarray, reconstructed: np.ndarray) -> float:

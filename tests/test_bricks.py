@@ -293,7 +293,7 @@ def test_failed_brick_is_retried_then_named():
 
 
 def test_failed_encode_leaves_no_file(tmp_path, sample, monkeypatch):
-    import neurvol.ensemble.encode as enc
+    import neurvol.encoding.bricked as enc
 
     def boom(*a, **k):
         raise NeurvolEncodeError("brick 4 failed 3 times (last error: boom); nothing was written")
@@ -350,7 +350,7 @@ def test_cli_pack_bricks(tmp_path, sample, bricked):
 
 # ---------------------------------------------------------------- encoder policy (§5)
 def test_split_budget_uses_the_bytes_tier_rounding_frees():
-    from neurvol.ensemble.encode import _PAYLOAD_OVERHEAD, _tier_bytes, split_budget
+    from neurvol.ensemble.allocate import PAYLOAD_OVERHEAD as _PAYLOAD_OVERHEAD, split_budget, tier_bytes as _tier_bytes
 
     rng = np.random.default_rng(4)
     share = rng.uniform(0.2, 3.0, 12)
@@ -373,7 +373,7 @@ def test_split_budget_uses_the_bytes_tier_rounding_frees():
 
 def test_rd_shares_follow_predicted_error():
     from neurvol.ensemble import BrickLayout
-    from neurvol.ensemble.encode import _rd_shares, scan_bricks
+    from neurvol.ensemble.allocate import rd_shares as _rd_shares, scan_bricks
 
     rng = np.random.default_rng(5)
     vol = np.full((40, 40, 80), 10.0, np.float32)
@@ -409,7 +409,8 @@ def test_plateau_stops_only_in_the_tail():
 
 
 def test_failed_fit_is_redone_with_the_fallback(sample):
-    from neurvol.ensemble.job import BrickJob, run_brick_job
+    from neurvol.encoding.brick_job import run_brick_job
+    from neurvol.ensemble.job import BrickJob
     from neurvol.fit import FitSettings
     import dataclasses as dc
 
@@ -432,7 +433,7 @@ def test_failed_fit_is_redone_with_the_fallback(sample):
 def test_auto_arch_bricks_fit_the_budget_with_refits(sample, monkeypatch):
     import neurvol.models.amgsrn as amgsrn
 
-    import neurvol.ensemble.encode as enc
+    import neurvol.encoding.bricked as enc
 
     monkeypatch.setattr(amgsrn, "PLACE_STEPS", 20)       # speed only
     monkeypatch.setattr(enc, "_MIN_JUDGED_STEPS", 5)      # judge these short fits
