@@ -29,11 +29,12 @@ from ..ensemble.source import SpecReader, read_block, source_spec
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..fit import FitSettings
 from ..metrics import psnr_from_mse
-from ..models import Architecture
+from ..models import Architecture, ModelConfig, get_architecture
 from ..neural_volume import NeuralVolume
 from ..pipeline import MAX_LEVELS, CodecSettings
 from ..volume_checks import FLOAT32_MAX
 from .brick_job import run_brick_job
+from .pilot import rate_candidates, rate_is_default
 from .plan import (CODEC, FIT_PLACEHOLDER, WIDEST_PIPELINE, codec_settings, fit_settings_for,
                    solve_config, volume_header)
 
@@ -48,8 +49,6 @@ JOB_THREADS = 1
 #: this fraction of the mean share, unless the mean share is smaller.
 _MIN_SHARE_BYTES = 640
 _MIN_SHARE_FRACTION = 0.1
-#: The weight codec of bricks unless ``encode(codec=)`` says otherwise.
-BRICK_CODEC = {"grids": "kmeans", "finetune": 0.0}
 #: Fits shorter than this are never judged failed (see the jobs loop).
 _MIN_JUDGED_STEPS = 200
 #: Failed fits of bricks whose error is below this fraction of the probe's predicted mean
@@ -79,8 +78,15 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
                    const_psnr: float) -> NeuralVolume:
     """See :func:`neurvol.encode` (``brick``/``bricks`` arguments). ``codec``: the
     ``encode(codec=)`` dict (:class:`neurvol.pipeline.CodecSettings` fields) every brick's
-    weights go through; default :data:`BRICK_CODEC`."""
-    codec = codec_settings(BRICK_CODEC if codec is None else codec)
+    weights go through. As for a single model, a codec that leaves rate and sizing alone
+    (or sets ``rate="auto"``) lets each brick choose between the default codec and
+    rate-aware fitting by the pilot's rule (:func:`.pilot.pilot_keeps`)."""
+    rated: Optional[CodecSettings] = None
+    if rate_is_default(codec) or (isinstance(codec, dict) and isinstance(codec.get("rate"), str)):
+        default_fields, rate_fields = rate_candidates({"rate": "auto", **(codec or {})})
+        codec, rated = codec_settings(default_fields), codec_settings(rate_fields)
+    else:
+        codec = codec_settings(codec)
 
     t_start = time.perf_counter()
     shape, dtype = check_array_like(volume)
@@ -121,6 +127,7 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     n_const = layout.count - len(model_bricks)
     overhead = _overhead(header, layout.count)
     options: Dict[int, List[Tuple[Any, Any]]] = {}
+    pilots: Dict[int, ModelConfig] = {}
     budgets: Dict[int, int] = {}
     for _round in range(_SIZING_ROUNDS):
         rest = budget - overhead - CONSTANT_PAYLOAD_BYTES * n_const
@@ -135,7 +142,9 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
         budgets, tiers = split_budget(model_bricks, share, rest)
         options = _assign_configs(budgets, tiers, candidates, nominal, bits, arch_options,
                                   lambda *a: solve_config(*a, codec))
-        _reserve_models(header, options, layout.count)
+        pilots = {} if rated is None else _rated_configs(tiers, options, nominal, bits,
+                                                         arch_options, rated)
+        _reserve_models(header, options, pilots, layout.count)
         new = _overhead(header, layout.count)
         if new <= overhead:
             break
@@ -174,6 +183,8 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
             fallbacks=list(fits) if len(candidates) > 1 and min(
                 f[2]["steps"] for f in fits) >= _MIN_JUDGED_STEPS else [],
             negligible_mse=negligible, codec=dataclasses.asdict(codec),
+            pilot=(pilots[b].to_dict(), dataclasses.asdict(rated))
+            if rated is not None and b in pilots else None,
             seed=brick_seed(seed, b), budget=budgets[b], k0=min(2 ** bits, MAX_LEVELS),
             lo=lo, hi=hi, extent=tuple((a, z + 1) for a, z in ext), core=core,  # type: ignore[arg-type]
             source=spec, device=str(devs[b % len(devs)]), threads=JOB_THREADS))
@@ -195,7 +206,9 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     models, ids = _config_table({b: (r.arch, r.config) for b, r in results.items()},
                                 layout.count)
     _set_models(header, models, ids)
-    header["codec"] = dict(CODEC, pipeline=_pipeline(models, codec))
+    header["codec"] = dict(CODEC, pipeline=_pipeline(
+        [({"arch": r.arch, "config": r.config}, rated if r.rate_aware else codec)
+         for _, r in sorted(results.items())]))
     fallen = sum(1 for r in results.values() if r.tried > 1)
     if fallen:
         log.info("encode: %d brick(s) refitted after a failed fit (%d now use another "
@@ -227,14 +240,17 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     return nv
 
 
-def _pipeline(models: List[Dict[str, Any]], codec: CodecSettings) -> List[str]:
-    """The header's ``codec.pipeline`` (informative): the stages of any brick's model."""
-    from ..models import get_architecture
-
+def _pipeline(used: List[Tuple[Dict[str, Any], Optional[CodecSettings]]]) -> List[str]:
+    """The header's ``codec.pipeline`` (informative): the stages of any brick's model
+    (``{"arch", "config"}``) under the codec it went through."""
     stages: List[str] = []
-    for entry in models:
-        arch = get_architecture(entry["arch"])
-        for stage in codec.pipeline(arch.build(arch.config_cls.from_dict(entry["config"]))):
+    built: Dict[Tuple[str, str], List[str]] = {}
+    for entry, codec in used:
+        key = (json.dumps(entry, sort_keys=True), repr(codec))
+        if key not in built:
+            arch = get_architecture(entry["arch"])
+            built[key] = codec.pipeline(arch.build(arch.config_cls.from_dict(entry["config"])))
+        for stage in built[key]:
             if stage not in stages:
                 stages.append(stage)
     return stages
@@ -273,6 +289,30 @@ def _assign_configs(budgets: Dict[int, int], tiers: Dict[int, int], candidates: 
     return out
 
 
+def _rated_configs(tiers: Dict[int, int], options: Dict[int, List[Tuple[Any, Any]]],
+                   nominal: Tuple[int, int, int], bits: int, arch_options: Dict[str, Any],
+                   rated: CodecSettings) -> Dict[int, ModelConfig]:
+    """The pilot's model per model brick: its first architecture sized for rate-aware
+    fitting at the brick's tier; none where that architecture has no grids to fit
+    rate-aware or no such model fits."""
+    cache: Dict[int, Optional[ModelConfig]] = {}
+    out: Dict[int, ModelConfig] = {}
+    for b, tier in tiers.items():
+        architecture = options[b][0][0]
+        if tier not in cache:
+            try:
+                config: Optional[ModelConfig] = solve_config(
+                    architecture, nominal, tier_bytes(tier), bits, arch_options, rated)
+            except NeurvolBudgetError:
+                config = None
+            if config is not None and not rated.grid_names(architecture.build(config)):
+                config = None
+            cache[tier] = config
+        if cache[tier] is not None:
+            out[b] = cache[tier]  # type: ignore[assignment]
+    return out
+
+
 def _config_table(used: Dict[int, Tuple[str, Dict[str, Any]]], count: int
                   ) -> Tuple[List[Dict[str, Any]], List[int]]:
     """The header's ``models`` (distinct entries, in brick order) and ``model_ids``."""
@@ -291,14 +331,16 @@ def _config_table(used: Dict[int, Tuple[str, Dict[str, Any]]], count: int
 
 
 def _reserve_models(header: Dict[str, Any], options: Dict[int, List[Tuple[Any, Any]]],
-                    count: int) -> None:
+                    pilots: Dict[int, ModelConfig], count: int) -> None:
     """Put the widest ``models``/``model_ids`` the finished file can have into the header
-    (for sizing): every option's config, and every model brick's id as the largest id."""
+    (for sizing): every option's and pilot's config, and every model brick's id as the
+    largest id."""
     table, _ = _config_table({b: (o[0][0].name, o[0][1].to_dict()) for b, o in options.items()},
                              count)
     seen = {json.dumps(e, sort_keys=True) for e in table}
     for b in sorted(options):
-        for architecture, config in options[b][1:]:
+        extra = options[b][1:] + ([(options[b][0][0], pilots[b])] if b in pilots else [])
+        for architecture, config in extra:
             entry = {"arch": architecture.name, "config": config.to_dict()}
             if json.dumps(entry, sort_keys=True) not in seen:
                 seen.add(json.dumps(entry, sort_keys=True))

@@ -17,7 +17,7 @@ from .plan import (CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, c
                    first_solvable, fit_settings_for, normalized_tensor, resolve_device, triple,
                    volume_header)
 from .pilot import rate_candidates, rate_is_default, rate_pilot
-from .search import encode_best_rate, encode_to_psnr
+from .search import encode_to_psnr
 from .single import ModelFit, advance_with_bar, constant_file, pack_file, start_fit
 
 log = logging.getLogger("neurvol")
@@ -47,8 +47,6 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
     grid = brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
     if grid is None:
         volume, lo, hi = check_volume(volume)
-    elif explicit_auto_rate:     # bricks: the better of two whole encodes
-        return encode_best_rate(encode_volume, volume, ratio, kwargs)
     ratio = check_ratio(ratio)
     check_int(seed, "seed", 0, what="a non-negative int")
     if not 0 <= seed < 2 ** 63:

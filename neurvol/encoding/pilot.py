@@ -70,31 +70,46 @@ def float_psnr(model: VolumeModel, data: torch.Tensor) -> float:
     return psnr_from_mse(sse / voxels)
 
 
-def rate_pilot(rated: ModelFit, start_default: Callable[[], ModelFit], volume: Any,
-               header: Dict[str, Any], budget: int, k0: int, quiet: bool) -> ModelFit:
-    """Fit the rate-aware candidate to :data:`RATE_PILOT` of its steps and code a copy as
-    the file would store it (no fine-tune): go on with it if its fit was stable (float
-    PSNR at most :data:`RATE_PILOT_DECLINE_DB` below that at :data:`RATE_PILOT_EARLY`)
-    and coding cost at most :data:`RATE_CODING_LOSS_DB`, else start and return the
-    default candidate. ``volume``, ``header``, ``budget``, ``k0``: the encode's."""
-    desc = "fitting (rate-aware, pilot)"
-    advance_with_bar(rated, int(RATE_PILOT_EARLY * rated.settings.steps), quiet, desc)
-    early_psnr = float_psnr(copy.deepcopy(rated.model).cpu().eval(), rated.data)
-    advance_with_bar(rated, int(RATE_PILOT * rated.settings.steps), quiet, desc)
+def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
+                coded_psnr: Callable[[ModelFit], float]) -> bool:
+    """Whether to finish the rate-aware fit ``run``: fit it to :data:`RATE_PILOT` of its
+    steps (``advance_to(step)``) and code a copy as the file would store it (no
+    fine-tune; ``coded_psnr(copy)``); keep it if its fit was stable (float PSNR at most
+    :data:`RATE_PILOT_DECLINE_DB` below that at :data:`RATE_PILOT_EARLY`) and coding cost
+    at most :data:`RATE_CODING_LOSS_DB`. The one rule of single models and bricks."""
+    advance_to(int(RATE_PILOT_EARLY * run.settings.steps))
+    early_psnr = float_psnr(copy.deepcopy(run.model).cpu().eval(), run.data)
+    advance_to(int(RATE_PILOT * run.settings.steps))
     probe = dataclasses.replace(
-        rated, model=copy.deepcopy(rated.model),
+        run, model=copy.deepcopy(run.model),
         # Learned pruning (smallify, vd) trains in the fine-tune; magnitude pruning to the
         # same fraction stands in for it here.
-        codec=dataclasses.replace(rated.codec, finetune=0.0, prune_method="magnitude"))
+        codec=dataclasses.replace(run.codec, finetune=0.0, prune_method="magnitude"))
     probe.model.cpu().eval()
-    fitted_psnr = float_psnr(probe.model, rated.data)
-    coded_psnr = pack_file(probe, dict(header), volume, budget, k0,
-                           steps=rated.fitting.step).fit_psnr
+    fitted_psnr = float_psnr(probe.model, run.data)
+    coded = coded_psnr(probe)
     stable = fitted_psnr >= early_psnr - RATE_PILOT_DECLINE_DB
-    keep = stable and fitted_psnr - coded_psnr <= RATE_CODING_LOSS_DB
+    keep = stable and fitted_psnr - coded <= RATE_CODING_LOSS_DB
     log.info("encode: rate='auto' pilot at %d%% of the steps: the rate-aware model codes "
              "at %.2f dB from %.2f dB in float (%.2f dB at %d%%); %s",
-             round(100 * RATE_PILOT), coded_psnr, fitted_psnr, early_psnr,
+             round(100 * RATE_PILOT), coded, fitted_psnr, early_psnr,
              round(100 * RATE_PILOT_EARLY),
              "finishing it" if keep else "fitting the default instead")
+    return keep
+
+
+def rate_pilot(rated: ModelFit, start_default: Callable[[], ModelFit], volume: Any,
+               header: Dict[str, Any], budget: int, k0: int, quiet: bool) -> ModelFit:
+    """A single model's choice (:func:`pilot_keeps`, the coded copy scored by the PSNR of
+    the whole file it makes): ``rated``, fitted on to the pilot's end, or the default
+    candidate ``start_default()`` starts. ``volume``, ``header``, ``budget``, ``k0``: the
+    encode's."""
+    desc = "fitting (rate-aware, pilot)"
+
+    def coded_psnr(probe: ModelFit) -> float:
+        return pack_file(probe, dict(header), volume, budget, k0,
+                         steps=rated.fitting.step).fit_psnr
+
+    keep = pilot_keeps(rated, lambda step: advance_with_bar(rated, step, quiet, desc),
+                       coded_psnr)
     return rated if keep else start_default()

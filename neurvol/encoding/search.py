@@ -1,5 +1,4 @@
-"""Encodes made of several encodes: the ``psnr=`` search over ratios, and the better of
-two whole bricked encodes for ``codec={"rate": "auto"}``."""
+"""``encode(psnr=)``: the smallest file that reaches a PSNR, by a search over ratios."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +10,6 @@ from typing import Any, Callable, Dict, List, Tuple
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..neural_volume import NeuralVolume
 from ..volume_checks import check_ratio
-from .pilot import rate_candidates
 
 log = logging.getLogger("neurvol")
 
@@ -79,27 +77,5 @@ def encode_to_psnr(encode: Encoder, volume: Any, target: float, ratio: float,
         warnings.warn(f"encode(psnr={target}): the best PSNR found is {best.fit_psnr:.2f} dB "
                       f"(ratio {best.ratio:.1f}); more steps or another arch may reach the target",
                       stacklevel=4)
-    best.encode_seconds = time.perf_counter() - t_start
-    return best
-
-
-def encode_best_rate(encode: Encoder, volume: Any, ratio: float,
-                     kwargs: Dict[str, Any]) -> NeuralVolume:
-    """``codec={"rate": "auto"}`` given explicitly to a bricked encode: the better (higher
-    PSNR) of two whole encodes, with the default codec and with rate-aware fitting; ties
-    keep the default. Architectures without grids get the default only. (A single model
-    chooses from a pilot instead, :func:`.pilot.rate_pilot`.)"""
-    kwargs = dict(kwargs)
-    plain, rate_aware = rate_candidates(kwargs.pop("codec"))
-    t_start = time.perf_counter()
-    best = encode(volume, ratio, codec=plain, **kwargs)
-    try:
-        rated = encode(volume, ratio, codec=rate_aware, **kwargs)
-    except NeurvolInputError:
-        # The same inputs just encoded, so only the rate-aware fit can be refused: a
-        # model without feature grids. The default it is.
-        rated = None
-    if rated is not None and rated.fit_psnr > best.fit_psnr:
-        best = rated
     best.encode_seconds = time.perf_counter() - t_start
     return best

@@ -57,6 +57,9 @@ class BrickJob:
     # CodecSettings fields (neurvol.pipeline): how the weights become bytes; None: the
     # CodecSettings defaults.
     codec: Optional[Dict[str, Any]] = None
+    # (config, CodecSettings fields) of a rate-aware model of ``arch`` that a pilot fit
+    # tries first (``neurvol.encoding.pilot``); None: no pilot.
+    pilot: Optional[Tuple[Dict[str, Any], Dict[str, Any]]] = None
 
 
 @dataclasses.dataclass
@@ -73,6 +76,7 @@ class BrickResult:
     tried: int = 1      # models fitted
     params: int = 0     # parameters of the kept model
     baseline_sse: float = 0.0   # core error of resampling through the first model's params
+    rate_aware: bool = False    # the kept model is the pilot's (``BrickJob.pilot``)
 
 
 @contextlib.contextmanager
