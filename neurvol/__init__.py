@@ -4,7 +4,7 @@
 >>> nv = neurvol.encode(volume, ratio=100); nv.save("f.nvol")      # doctest: +SKIP
 >>> neurvol.open("f.nvol").query(points)                            # doctest: +SKIP
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 from .errors import (  # noqa: E402
     NeurvolBudgetError,

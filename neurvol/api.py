@@ -15,9 +15,9 @@ from .container import NvolReader
 from .encoding import encode_volume
 from .encoding.pilot import AUTO_RATE, RATE_CODING_LOSS_DB, RATE_PILOT, RATE_PILOT_DECLINE_DB
 from .encoding.plan import (AUTO_ARCH, AUTO_BRICK, AUTO_BRICK_VOXELS, AUTO_ORDER,
-                            CONSTANT_BRICK_PSNR, DEFAULT_ARCH, DEFAULT_BITS, DEFAULT_STEPS,
-                            resolve_device)
+                            CONSTANT_BRICK_PSNR, DEFAULT_ARCH, DEFAULT_BITS, DEFAULT_STEPS)
 from .errors import NeurvolInputError, NeurvolIOError
+from .models.base import resolve_device
 from .neural_volume import NeuralVolume
 
 __all__ = ["encode", "open", "sample_volume", "AUTO_ARCH", "AUTO_BRICK", "AUTO_BRICK_VOXELS",
@@ -59,7 +59,7 @@ def encode(
     over ratios, a few encodes, starting at ``ratio``) whose PSNR reaches it; when none
     does, the best one found, with a warning.
     arch: architecture name (``neurvol.models.architectures()``), or ``"auto"`` (default:
-    the best measured one that fits the budget, see ``AUTO_ORDER``); ``arch_options`` are
+    the first of ``AUTO_ORDER`` that fits the budget); ``arch_options`` are
     the named architecture's sizing options (e.g. ``grids=4`` for amgsrn,
     ``grad_lambda=0.1`` for neurcomp).
     steps: optimisation steps (default: the architecture's, 2000 for amgsrn, 1500 for
@@ -77,11 +77,10 @@ def encode(
     :data:`RATE_PILOT` of its steps and coded; it is finished unless coding cost it more
     than :data:`RATE_CODING_LOSS_DB` against its float values or its float PSNR fell
     during the pilot (:data:`RATE_PILOT_DECLINE_DB`), and the default is fitted
-    instead. Time: one rate-aware encode plus a coding of the pilot when it is kept
-    (measured 1.06-1.21x a default encode), about 0.4 fit more when not. It is the
-    default for one model when ``codec`` sets neither ``rate`` nor ``grid_bits`` and
-    keeps the interp grid coder (``codec={"rate": 0}`` turns it off). Bricked encodes
-    default to rate 0; an explicit ``"auto"`` runs both whole and keeps the better file.
+    instead. Time: one rate-aware encode plus a coding of the pilot when it is kept,
+    about 0.4 fit more when not. It is the default when ``codec`` sets neither ``rate``
+    nor ``grid_bits`` and keeps the interp grid coder (``codec={"rate": 0}`` turns it
+    off); in a bricked encode each brick makes this choice for its own model.
 
     Bricked ensembles (``spec/bricks.md``; automatic with ``brick=128`` for volumes over
     ``AUTO_BRICK_VOXELS``): ``brick=N`` cuts the volume into bricks of about N voxels a

@@ -32,7 +32,7 @@ from .single import ModelFit, advance, compress_fitted, start_fit
 #: A brick's fit has failed when its quantized model is not at least this much better (dB,
 #: on the core voxels) than trilinear resampling through as many vertices as the model has
 #: parameters (fvsrn and amgsrn both start from such data): sound fits clear it, fits
-#: whose grids left much of the brick uncovered do not (BENCHMARKS.md, "Bricked
+#: whose grids left much of the brick uncovered do not (BENCHMARKS.md, "bricked
 #: ensembles").
 FALLBACK_MARGIN_DB = 1.5
 #: ... unless the model is this good anyway (the tolerance of constant bricks, 50 dB) or

@@ -2,7 +2,7 @@
 from a pilot (part of the rate-aware fit, coded), not from two whole encodes.
 
 Rate-aware fitting wins on rough volumes and loses on smooth ones (BENCHMARKS.md,
-"Rate-aware fitting"); the pilot tells them apart per volume.
+"choosing rate-aware fitting per volume"); the pilot tells them apart per volume.
 """
 from __future__ import annotations
 

@@ -13,11 +13,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..container import serialize_nvol
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..fit import FitSettings
 from ..models import Architecture, ModelConfig, architectures, get_architecture
+from ..models.base import resolve_device
 from ..pipeline import CodecSettings, estimate_payload
 from ..volume_checks import check_volume
 
@@ -25,11 +26,11 @@ log = logging.getLogger("neurvol")
 
 AUTO_ARCH = "auto"
 #: arch="auto" takes the first of these whose model fits the budget: amgsrn measured best
-#: (BENCHMARKS.md, "Architectures"); fvsrn needs fewer parameters (no per-grid
+#: (BENCHMARKS.md, "architectures"); fvsrn needs fewer parameters (no per-grid
 #: transforms), so it covers tiny budgets.
 AUTO_ORDER = ("amgsrn", "fvsrn")
 DEFAULT_ARCH = AUTO_ARCH
-#: Feature-grid k-means bits (BENCHMARKS.md, "k-means bits").
+#: Feature-grid k-means bits (BENCHMARKS.md, "Design measurements behind the defaults").
 DEFAULT_BITS = 6
 DEFAULT_STEPS = 1500
 #: Fine-tuning lr as a fraction of the fit's lr.
@@ -62,19 +63,6 @@ AUTO_BRICK = 128
 CONSTANT_BRICK_PSNR = 50.0
 #: Voxels converted to float at a time when normalising a volume.
 _SLAB_VOXELS = 1 << 22
-
-
-def resolve_device(device: Any) -> torch.device:
-    """The torch device ``device`` names (None: CUDA when available, else the CPU)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise NeurvolInputError(f"unknown device {device!r}: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NeurvolInputError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
-    return dev
 
 
 def triple(v: Optional[Sequence[float]], default: float, name: str) -> List[float]:

@@ -132,7 +132,7 @@ def rd_shares(stats: Sequence[BrickStats], floor: float) -> np.ndarray:
     the vertices relative to the mean; :func:`_power_laws`), weighted by the brick's core
     voxels. The minimum of the sum under ``sum x = n`` has equal marginal gains,
     ``x_b = (w_b c_b a_b / lam)^(1 / (a_b + 1))``; ``lam`` is found by bisection, each
-    ``x_b`` kept >= ``floor`` (relative to the mean). (BENCHMARKS.md, "Bricked ensembles".)
+    ``x_b`` kept >= ``floor`` (relative to the mean). (BENCHMARKS.md, "bricked ensembles".)
     """
     n = len(stats)
     if n == 0:
