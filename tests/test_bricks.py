@@ -445,3 +445,32 @@ def test_auto_arch_bricks_fit_the_budget_with_refits(sample, monkeypatch):
     assert sorted(set(hdr["model_ids"])) == list(range(len(hdr["models"])))
     assert nv.header["model"] == hdr["models"][0]
     assert nv.header["fit"]["steps"] > 2 * 5            # 5-step fits failed: refits ran
+
+
+def test_bricks_choose_rate_aware_fitting_by_the_single_model_rule(sample, monkeypatch):
+    """Bricks get the single models' default codec: interp grids, and rate-aware fitting
+    where the pilot's rule (encoding.pilot) keeps it, brick by brick."""
+    from neurvol.encoding import pilot
+
+    vol = sample[:34, :34, :34]
+    kw = dict(OPTS, steps=30, bricks=(2, 1, 1))
+    plain = neurvol.encode(vol, codec={"rate": 0}, **kw)
+    assert "interp" in plain.header["codec"]["pipeline"]
+    assert "rate" not in plain.header["codec"]["pipeline"]
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", 1000.0)     # rate-aware always kept
+    monkeypatch.setattr(pilot, "RATE_PILOT_DECLINE_DB", 1000.0)
+    kept = neurvol.encode(vol, **kw)
+    assert "rate" in kept.header["codec"]["pipeline"]
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", -1000.0)    # the default always fitted
+    rejected = neurvol.encode(vol, **kw)
+    assert "rate" not in rejected.header["codec"]["pipeline"]
+    # Rate-aware models are sized for fewer bits per grid value: larger grids.
+    def grid_sizes(nv):
+        hdr = nv.header["bricks"]
+        return [math.prod(hdr["models"][i]["config"]["grid"]) for i in hdr["model_ids"]]
+    assert all(a > b for a, b in zip(grid_sizes(kept), grid_sizes(rejected)))
+    # The rejected pilot's steps are counted: more steps than the default's fits alone.
+    assert rejected.header["fit"]["steps"] > plain.header["fit"]["steps"]
+    assert neurvol.encode(vol, codec={"rate": "auto"}, **kw).to_bytes() == rejected.to_bytes()
+    for nv in (plain, kept, rejected):
+        assert nv.nbytes_file <= vol.nbytes // 8
