@@ -20,7 +20,7 @@ from ..fit import FitSettings
 from ..models import Architecture, ModelConfig, architectures, get_architecture
 from ..models.base import resolve_device
 from ..pipeline import CodecSettings, estimate_payload
-from ..volume_checks import check_volume
+from ..volume_checks import CHUNK_VOXELS, check_triple, check_volume
 
 log = logging.getLogger("neurvol")
 
@@ -61,21 +61,11 @@ AUTO_BRICK = 128
 #: A brick whose values deviate from their mean by at most this PSNR's error (RMS over the
 #: data range) is stored as that constant: near-empty space costs a few bytes.
 CONSTANT_BRICK_PSNR = 50.0
-#: Voxels converted to float at a time when normalising a volume.
-_SLAB_VOXELS = 1 << 22
 
 
 def triple(v: Optional[Sequence[float]], default: float, name: str) -> List[float]:
-    """Three finite floats (z, y, x), or ``[default] * 3`` for None."""
-    if v is None:
-        return [default] * 3
-    try:
-        t = [float(x) for x in v]
-    except (TypeError, ValueError):
-        raise NeurvolInputError(f"{name} must be 3 numbers (z, y, x)") from None
-    if len(t) != 3 or not all(math.isfinite(x) for x in t):
-        raise NeurvolInputError(f"{name} must be 3 finite numbers (z, y, x)")
-    return t
+    """Spacing or origin for the header: three finite floats (z, y, x)."""
+    return list(check_triple(v, default, name))
 
 
 def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None,
@@ -168,7 +158,7 @@ def normalized_tensor(volume: Any, lo: float, hi: float) -> torch.Tensor:
     shape = tuple(volume.shape)
     out = np.empty(shape, dtype=np.float32)
     scale = 1.0 / (hi - lo)
-    per = max(1, _SLAB_VOXELS // (shape[1] * shape[2]))
+    per = max(1, CHUNK_VOXELS // (shape[1] * shape[2]))
     for z in range(0, shape[0], per):
         slab = np.asarray(volume[z:z + per], dtype=np.float64)
         out[z:z + per] = (slab - lo) * scale
