@@ -123,6 +123,18 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     # of it is never redone (brick_job.py): near-empty bricks would be refitted for
     # nothing.
     negligible = _NEGLIGIBLE * predicted_mse([stats[b] for b in model_bricks], share) / rng ** 2
+    per_arch: Dict[str, FitSettings] = {}
+
+    def settings_for(architecture: Architecture) -> FitSettings:
+        if architecture.name not in per_arch:
+            per_arch[architecture.name] = fit_settings_for(architecture, fit_settings, steps)
+        return per_arch[architecture.name]
+
+    # arch="auto": a failed fit is redone with another seed (the same model), then with
+    # the next candidate architecture (brick_job.py). Short fits are not judged: most are
+    # no better than resampling, and refits would multiply the steps.
+    fallbacks_on = len(candidates) > 1 and min(
+        settings_for(a).steps for a in candidates) >= _MIN_JUDGED_STEPS
     nominal = layout.max_extent_shape()
     n_const = layout.count - len(model_bricks)
     overhead = _overhead(header, layout.count)
@@ -144,7 +156,8 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
                                   lambda *a: solve_config(*a, codec))
         pilots = {} if rated is None else _rated_configs(tiers, options, nominal, bits,
                                                          arch_options, rated)
-        _reserve_models(header, options, pilots, layout.count)
+        _reserve_models(header, options if fallbacks_on else
+                        {b: o[:1] for b, o in options.items()}, pilots, layout.count)
         new = _overhead(header, layout.count)
         if new <= overhead:
             break
@@ -153,13 +166,6 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
         raise NeurvolBudgetError("could not size the bricks' header; use fewer bricks")
 
     # ---- jobs
-    per_arch: Dict[str, FitSettings] = {}
-
-    def settings_for(architecture: Architecture) -> FitSettings:
-        if architecture.name not in per_arch:
-            per_arch[architecture.name] = fit_settings_for(architecture, fit_settings, steps)
-        return per_arch[architecture.name]
-
     total_voxels = float(math.prod(shape))
     devs = list(devices) if devices else [device]
     jobs: List[BrickJob] = []
@@ -177,11 +183,7 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
         core = tuple((c.start - e[0], c.stop - e[0]) for c, e in zip(layout.core_slices(b), ext))
         jobs.append(BrickJob(
             brick=b, arch=fits[0][0], config=fits[0][1], fit=fits[0][2],
-            # arch="auto": a failed fit is redone with another seed (the same model), then
-            # with the next candidate architecture (job.py). Short fits are not judged: at
-            # 20 steps most fits are no better than resampling, and refits tripled the steps.
-            fallbacks=list(fits) if len(candidates) > 1 and min(
-                f[2]["steps"] for f in fits) >= _MIN_JUDGED_STEPS else [],
+            fallbacks=list(fits) if fallbacks_on else [],
             negligible_mse=negligible, codec=dataclasses.asdict(codec),
             pilot=(pilots[b].to_dict(), dataclasses.asdict(rated))
             if rated is not None and b in pilots else None,

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
+from ..models.base import resolve_device
 from ..neural_volume import NeuralVolume
 from ..volume_checks import check_ratio, check_volume
 from .plan import (CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
-                   first_solvable, fit_settings_for, normalized_tensor, resolve_device, triple,
+                   first_solvable, fit_settings_for, normalized_tensor, triple,
                    volume_header)
 from .pilot import rate_candidates, rate_is_default, rate_pilot
 from .search import encode_to_psnr

@@ -18,7 +18,6 @@ from ..container import serialize_nvol
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..fit import FitSettings
 from ..models import Architecture, ModelConfig, architectures, get_architecture
-from ..models.base import resolve_device
 from ..pipeline import CodecSettings, estimate_payload
 from ..volume_checks import CHUNK_VOXELS, check_triple, check_volume
 
