@@ -111,16 +111,10 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, device: Any = None) -> None:
-        torch = require_torch("backend='torch'")
-        try:
-            dev = torch.device(device or "cpu")
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise NeurvolInputError(f"unknown device {device!r}: {exc}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise NeurvolInputError("device='cuda' was asked for but torch sees no CUDA device; "
-                                    "use device='cpu'")
-        self._torch = torch
-        self.device = dev
+        self._torch = require_torch("backend='torch'")
+        from .models.base import resolve_device
+
+        self.device = resolve_device(device or "cpu")
 
     @property
     def threaded(self) -> bool:

@@ -1,9 +1,11 @@
-"""Bricked ensembles: cut a volume into bricks (with ghost cells), fit one model per brick
-in parallel, route queries by the spatial hash and blend across brick faces.
+"""Bricked ensembles: cut a volume into bricks (with ghost cells), share the byte budget
+among them, run their jobs in parallel, route queries by the spatial hash and blend
+across brick faces.
 
-Normative description: ``spec/bricks.md``. Layers: uses ``fit``, ``models``, ``compress``
-and ``container``; ``neurvol.api.encode`` dispatches here for bricked encodes and
-``NeuralVolume`` uses :class:`BrickLayout` to route and blend queries.
+Normative description: ``spec/bricks.md``. Layers: below the encode planning
+(``neurvol.encoding.bricked`` plans a bricked encode and gives the jobs their function)
+and ``NeuralVolume`` (which uses :class:`BrickLayout` to route and blend queries); uses
+``fit`` and ``container``.
 
 The names below load on first use (PEP 562): the reader imports ``.geometry``, which needs
 numpy only, while the fitting modules need torch.
@@ -17,7 +19,7 @@ from typing import Any
 _EXPORTS = {
     "NeurvolEncodeError": "executors", "run_jobs": "executors",
     "BrickLayout": "geometry", "grid_for": "geometry", "parse_layout": "geometry",
-    "BrickJob": "job", "BrickResult": "job", "brick_seed": "job", "run_brick_job": "job",
+    "BrickJob": "job", "BrickResult": "job", "brick_seed": "job",
     "source_spec": "source",
 }
 
