@@ -57,13 +57,16 @@ MIN_BLOCK, MAX_BLOCK = 4, 256
 #: construction: a code this large means a prediction off by thousands of bins).
 MAX_ALPHABET = 1 << 16
 
-#: Tables (classes): interpolated points by level (``h == 1``, ``h == 2``, ``h >= 4``)
-#: times context (the summed magnitude of the two neighbours' codes: 0, 1, >= 2); then
+#: Tables (classes) of interpolated points: level (``h == 1``, ``h == 2``, ``h >= 4``)
+#: x the summed magnitude of the two neighbours' codes (0, 1, >= 2) x the distance of
+#: their values in bins, bucketed at these edges (:func:`_context`); then one class for
 #: the points of ``MODE_BASE`` blocks.
 LEVEL_FINE, LEVEL_MID, LEVEL_COARSE = 0, 1, 2
-N_CONTEXTS = 3
-ANCHOR_CLASS = LEVEL_COARSE * N_CONTEXTS
-BASE_CLASS = 3 * N_CONTEXTS
+N_CODE_CONTEXTS = 3
+ROUGHNESS_EDGES = np.array([0.5, 2.0, 8.0])
+N_ROUGHNESS = ROUGHNESS_EDGES.size + 1
+ANCHOR_CLASS = LEVEL_COARSE * N_CODE_CONTEXTS * N_ROUGHNESS
+BASE_CLASS = 3 * N_CODE_CONTEXTS * N_ROUGHNESS
 N_CLASSES = BASE_CLASS + 1
 
 #: Integer volumes are rounded after decoding: a value within ``k + 0.5`` (exclusive) of
@@ -74,10 +77,16 @@ INT_TIE_MARGIN = 1.0 / 64
 #: an ulp; the quantization bound keeps this many ulps of the largest magnitude in reserve.
 FLOAT_CAST_ULPS = 2.0
 
+#: Tables store each symbol's count as one byte ``w``: 0 for an absent symbol, else
+#: ``1 + round(2 log2(count))`` (half-bit steps, capped), read back as the integer weight
+#: ``round(sqrt(2) ** (w - 1))``; the coding loss of the rounding is far below the bytes a
+#: table of exact counts would take.
+MAX_WEIGHT_CODE = 80
+
 STREAM_VERSION = 1
 _ZSTD_LEVEL = 19
-_HEAD = struct.Struct("<BBHdddI")   # version, flags, block, E, step, base_tol, n_tables
-_TABLE_HEAD = struct.Struct("<BII")  # class, alphabet, frame length
+_HEAD = struct.Struct("<BBHdddHII")   # version, flags, block, E, step, base_tol,
+                                      # n_tables, tables' bytes, their zstd frame's length
 
 
 class BoundTooSmallError(ValueError):
@@ -155,17 +164,28 @@ def _predict(view: np.ndarray, axis: int, h: int, cubic: bool
     return np.where(linear, (b + c) / 2.0, b), tuple(sel)
 
 
-def _context(qview: np.ndarray, axis: int, h: int) -> np.ndarray:
-    """Table (class) of each point of a pass: its level, and how large the codes of its two
-    interpolation neighbours along ``axis`` were (both decoded in earlier passes), so the
-    many zero codes of smooth regions cost next to nothing."""
+def _context(view: np.ndarray, qview: np.ndarray, axis: int, h: int,
+             step: float) -> np.ndarray:
+    """Table (class) of each point of a pass, from what the decoder already has: its level,
+    how large the codes of its two interpolation neighbours along ``axis`` were, and how
+    far apart their values are (in bins). Both say how rough the data is here, so the many
+    zero codes of smooth regions cost next to nothing. A point past the last neighbour
+    uses the one it has twice."""
     level = LEVEL_FINE if h == 1 else LEVEL_MID if h == 2 else LEVEL_COARSE
     ax = qview.ndim - 3 + axis
     n = qview.shape[ax]
     p = np.arange(h, n, 2 * h)
-    a = np.abs(np.take(qview, p - h, axis=ax))
-    b = np.abs(np.take(qview, np.clip(p + h, 0, n - 1), axis=ax))
-    return level * N_CONTEXTS + np.minimum(N_CONTEXTS - 1, a + b)
+    shape = [1] * qview.ndim
+    shape[ax] = p.size
+    inside = (p + h < n).reshape(shape)
+    right = np.clip(p + h, 0, n - 1)
+    qa = np.abs(np.take(qview, p - h, axis=ax))
+    qb = np.where(inside, np.abs(np.take(qview, right, axis=ax)), qa)
+    codes = np.minimum(N_CODE_CONTEXTS - 1, qa + qb)
+    va = np.take(view, p - h, axis=ax)
+    vb = np.where(inside, np.take(view, right, axis=ax), va)
+    rough = np.searchsorted(ROUGHNESS_EDGES, np.abs(va - vb) / step, side="right")
+    return (level * N_CODE_CONTEXTS + codes) * N_ROUGHNESS + rough
 
 
 def _interp_batch(x: np.ndarray, step: float, cubic: bool
@@ -190,7 +210,7 @@ def _interp_batch(x: np.ndarray, step: float, cubic: bool
     for axis, h, sel in prediction_passes(x.shape):
         view, qview = rec[sel], qgrid[sel]     # basic slicing: views into the grids
         pred, psel = _predict(view, axis, h, cubic)
-        cls = np.broadcast_to(_context(qview, axis, h), pred.shape)
+        cls = np.broadcast_to(_context(view, qview, axis, h, step), pred.shape)
         q = code(x[sel][psel], pred)
         view[psel] = pred + q * step
         qview[psel] = q
@@ -211,7 +231,8 @@ def _interp_decode_block(shape3: Tuple[int, int, int], step: float, cubic: bool,
     for axis, h, sel in prediction_passes(rec.shape):
         view, qview = rec[sel], qgrid[sel]
         pred, psel = _predict(view, axis, h, cubic)
-        q = take(np.ascontiguousarray(np.broadcast_to(_context(qview, axis, h), pred.shape)))
+        q = take(np.ascontiguousarray(np.broadcast_to(_context(view, qview, axis, h, step),
+                                                       pred.shape)))
         view[psel] = pred + q * step
         qview[psel] = q
     return rec
@@ -289,9 +310,33 @@ def _constriction():
     return constriction
 
 
-def _model(counts: np.ndarray):
+def weight_codes(counts: np.ndarray) -> np.ndarray:
+    """The stored byte per symbol of a table from its exact counts."""
+    counts = np.asarray(counts, dtype=np.float64)
+    w = np.zeros(counts.size, dtype=np.uint8)
+    nz = counts > 0
+    w[nz] = np.minimum(MAX_WEIGHT_CODE, 1 + np.rint(2.0 * np.log2(counts[nz]))).astype(np.uint8)
+    return w
+
+
+def _weight(code: int) -> int:
+    """``round(sqrt(2) ** (code - 1))`` in exact integers (0 for code 0)."""
+    if code == 0:
+        return 0
+    p2 = 1 << (code - 1)                 # weight ~ sqrt(p2)
+    r = math.isqrt(p2)
+    return r + 1 if (2 * r + 1) ** 2 <= 4 * p2 else r
+
+
+_WEIGHTS = np.array([_weight(c) for c in range(MAX_WEIGHT_CODE + 1)], dtype=np.int64)
+
+
+def _model(codes: np.ndarray):
+    """The rANS model of a table of weight codes (integer weights, so every reader builds
+    the same probabilities)."""
     c = _constriction()
-    return c.stream.model.Categorical(counts / counts.astype(np.float64).sum(), perfect=False)
+    w = _WEIGHTS[np.asarray(codes, dtype=np.int64)]
+    return c.stream.model.Categorical(w / float(w.sum()), perfect=False)
 
 
 def _zstd(data: bytes) -> bytes:
@@ -428,11 +473,12 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
             hist[cls] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
             segs.append((cls, sym))
         block_syms.append((segs, escapes))
-    models = {k: _model(v) for k, v in hist.items()}
-    table_blob = bytearray()
-    for k in sorted(hist):
-        frame = _zstd(hist[k].astype("<u4").tobytes())
-        table_blob += _TABLE_HEAD.pack(k, hist[k].size, len(frame)) + frame
+    tables = {k: weight_codes(v) for k, v in hist.items()}
+    models = {k: _model(v) for k, v in tables.items()}
+    raw = bytearray()
+    for k in sorted(tables):
+        raw += bytes([k]) + _varints([tables[k].size]) + tables[k].tobytes()
+    table_blob = _zstd(bytes(raw))
     c = _constriction()
     payloads = []
     for blk, (segs, escapes) in zip(blocks, block_syms):
@@ -447,8 +493,9 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
                         + _varints(escapes) + _varints(deltas) + vals + words)
     lengths = np.asarray([len(p) for p in payloads], dtype="<u4")
     index = _zstd(lengths.tobytes())
-    head = _HEAD.pack(STREAM_VERSION, 0, block, max_error, step, base_tolerance, len(hist))
-    out = head + bytes(table_blob) + struct.pack("<I", len(index)) + index + b"".join(payloads)
+    head = _HEAD.pack(STREAM_VERSION, 0, block, max_error, step, base_tolerance, len(tables),
+                      len(raw), len(table_blob))
+    out = head + table_blob + struct.pack("<I", len(index)) + index + b"".join(payloads)
     modes: Dict[str, int] = {}
     for blk in blocks:
         modes[MODE_NAMES[blk.mode]] = modes.get(MODE_NAMES[blk.mode], 0) + 1
@@ -471,7 +518,7 @@ class CorrectionStream:
         if len(data) < _HEAD.size:
             raise NeurvolFormatError(f"{what}: truncated header; the file is damaged")
         (version, _flags, block, self.max_error, self.step, self.base_tolerance,
-         n_tables) = _HEAD.unpack_from(data)
+         n_tables, raw_len, frame_len) = _HEAD.unpack_from(data)
         if version != STREAM_VERSION:
             raise NeurvolFormatError(
                 f"{what}: correction stream version {version} is not supported "
@@ -479,24 +526,29 @@ class CorrectionStream:
         if not (MIN_BLOCK <= block <= MAX_BLOCK and math.isfinite(self.step) and self.step > 0
                 and math.isfinite(self.max_error) and self.max_error >= 0
                 and math.isfinite(self.base_tolerance) and self.base_tolerance >= 0
-                and n_tables <= N_CLASSES):
+                and n_tables <= N_CLASSES and raw_len <= N_CLASSES * (6 + MAX_ALPHABET)
+                and _HEAD.size + frame_len <= len(data)):
             raise NeurvolFormatError(f"{what}: invalid stream parameters; the file is damaged")
         self.block = block
         pos = _HEAD.size
+        raw = _zstd_exact(data[pos:pos + frame_len], raw_len, what)
+        pos += frame_len
         self._tables: Dict[int, np.ndarray] = {}
+        tpos = 0
         for _ in range(n_tables):
-            if pos + _TABLE_HEAD.size > len(data):
-                raise NeurvolFormatError(f"{what}: truncated table; the file is damaged")
-            key, alphabet, flen = _TABLE_HEAD.unpack_from(data, pos)
-            pos += _TABLE_HEAD.size
-            if (not (2 <= alphabet <= MAX_ALPHABET and key < N_CLASSES
-                     and pos + flen <= len(data)) or key in self._tables):
+            if tpos >= len(raw):
+                raise NeurvolFormatError(f"{what}: truncated tables; the file is damaged")
+            key = raw[tpos]
+            (alphabet,), tpos = _read_varints(raw, tpos + 1, 1, what)
+            codes = np.frombuffer(raw[tpos:tpos + alphabet], dtype=np.uint8)
+            tpos += alphabet
+            if (key >= N_CLASSES or key in self._tables or not 2 <= alphabet <= MAX_ALPHABET
+                    or codes.size != alphabet or int(codes.max()) > MAX_WEIGHT_CODE
+                    or not codes.any()):
                 raise NeurvolFormatError(f"{what}: invalid table; the file is damaged")
-            counts = np.frombuffer(_zstd_exact(data[pos:pos + flen], 4 * alphabet, what), "<u4")
-            if not counts.any():
-                raise NeurvolFormatError(f"{what}: empty table; the file is damaged")
-            self._tables[key] = counts
-            pos += flen
+            self._tables[key] = codes
+        if tpos != len(raw):
+            raise NeurvolFormatError(f"{what}: bytes after the tables; the file is damaged")
         self._models: Dict[int, object] = {}
         self.nblocks = int(np.prod(block_grid(self.shape, block)))
         if pos + 4 > len(data):
