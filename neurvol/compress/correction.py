@@ -81,7 +81,7 @@ FLOAT_CAST_ULPS = 2.0
 #: ``1 + round(2 log2(count))`` (half-bit steps, capped), read back as the integer weight
 #: ``round(sqrt(2) ** (w - 1))``; the coding loss of the rounding is far below the bytes a
 #: table of exact counts would take.
-MAX_WEIGHT_CODE = 80
+MAX_WEIGHT_CODE = 74     # weights below 2^37: a table's sum stays exact in binary64
 
 STREAM_VERSION = 1
 _ZSTD_LEVEL = 19
@@ -488,7 +488,8 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
         words = enc.get_compressed().astype("<u4").tobytes()
         idx = [k for k, _ in blk.exceptions]
         deltas = [idx[0]] + [q - p - 1 for p, q in zip(idx, idx[1:])] if idx else []
-        vals = np.asarray([v for _, v in blk.exceptions], np.float64).astype(dtype).tobytes()
+        vals = np.asarray([v for _, v in blk.exceptions], np.float64).astype(
+            np.dtype(dtype).newbyteorder("<")).tobytes()
         payloads.append(bytes([blk.mode]) + _varints([len(escapes), len(idx)])
                         + _varints(escapes) + _varints(deltas) + vals + words)
     lengths = np.asarray([len(p) for p in payloads], dtype="<u4")
@@ -610,7 +611,7 @@ class CorrectionStream:
         vsize = n_exc * self.dtype.itemsize
         if pos + vsize > len(data) or (len(data) - pos - vsize) % 4:
             raise NeurvolFormatError(f"{what}: truncated block; the file is damaged")
-        exc_vals = np.frombuffer(data[pos:pos + vsize], dtype=self.dtype)
+        exc_vals = np.frombuffer(data[pos:pos + vsize], dtype=self.dtype.newbyteorder("<"))
         pos += vsize
         words = np.frombuffer(data[pos:], dtype="<u4").astype(np.uint32)
         c = _constriction()
@@ -626,17 +627,18 @@ class CorrectionStream:
             for k in np.unique(flat):
                 m = flat == k
                 try:
-                    z[m] = np.asarray(coder.decode(self._model_for(int(k)), int(m.sum())),
-                                      dtype=np.int64)
+                    sym = np.asarray(coder.decode(self._model_for(int(k)), int(m.sum())),
+                                     dtype=np.int64)
                 except NeurvolFormatError:
                     raise
                 except Exception as exc:
                     raise NeurvolFormatError(f"{what}: damaged rans stream: {exc}") from exc
-            for j in np.flatnonzero(z == MAX_ALPHABET - 1):
-                e = next(esc_iter, None)
-                if e is None or e < MAX_ALPHABET - 1 or e > 2 * MAX_CODE + 1:
-                    raise NeurvolFormatError(f"{what}: bad escape; the file is damaged")
-                z[j] = e
+                for j in np.flatnonzero(sym == MAX_ALPHABET - 1):   # in stream order
+                    e = next(esc_iter, None)
+                    if e is None or e < MAX_ALPHABET - 1 or e > 2 * MAX_CODE + 1:
+                        raise NeurvolFormatError(f"{what}: bad escape; the file is damaged")
+                    sym[j] = e
+                z[m] = sym
             return unzigzag(z.astype(np.uint64)).reshape(classes.shape)
 
         pre = _reconstruct(mode, shape3, self.step, b, take)

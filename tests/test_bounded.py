@@ -1,0 +1,185 @@
+"""Error-bounded coding: the correction stream (spec/correction.md) holds its bound on
+every voxel, decodes block by block, and refuses damaged bytes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from neurvol.compress import correction as C
+from neurvol.errors import NeurvolFormatError
+
+REL_BOUNDS = (1e-2, 1e-3, 1e-4)
+DATA = "/work/shared/data"
+
+
+def _bound(volume: np.ndarray, rel: float) -> float:
+    return rel * (float(volume.max()) - float(volume.min()))
+
+
+def _max_err(decoded: np.ndarray, volume: np.ndarray) -> float:
+    return float(np.abs(decoded.astype(np.float64) - volume.astype(np.float64)).max())
+
+
+def _smooth(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    """A smooth field plus noise, scaled to the dtype (so every predictor mode matters)."""
+    z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    f = np.sin(6 * x + rng.uniform(0, 3)) * np.cos(5 * y) + z ** 2
+    f = f + rng.normal(0, rng.uniform(0.001, 0.2), shape)
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        lo, hi = max(info.min, -30000), min(info.max, 30000)
+        f = (f - f.min()) / (np.ptp(f) or 1.0) * (hi - lo) + lo
+        return np.rint(f).astype(dt)
+    return (f * rng.uniform(0.01, 1e4)).astype(dt)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 31 - 1),
+       shape=st.tuples(st.integers(1, 21), st.integers(1, 21), st.integers(1, 21)),
+       dtype=st.sampled_from(["float32", "float64", "uint8", "uint16", "int16"]),
+       rel=st.sampled_from(REL_BOUNDS),
+       block=st.sampled_from([4, 8, 64]),
+       with_base=st.booleans())
+def test_bound_holds_on_every_voxel(seed, shape, dtype, rel, block, with_base):
+    rng = np.random.default_rng(seed)
+    vol = _smooth(rng, shape, dtype)
+    e = _bound(vol, rel)
+    base = None
+    tol = 0.0
+    if with_base:   # a "model": the volume blurred and biased, as float32 like a decode
+        base = (vol.astype(np.float64) + rng.normal(0, 3 * e + 1e-3, shape)).astype(np.float32)
+        base = base.astype(np.float64)
+        tol = float(np.abs(base).max()) * 2.0 ** -18
+    try:
+        data, stats = C.encode_correction(vol, e, base, block=block, base_tolerance=tol)
+    except C.BoundTooSmallError:
+        assert e == 0 or vol.dtype.kind == "f"   # a bound below the dtype's precision
+        return
+    dec = C.decode_correction(data, vol.shape, vol.dtype, base)
+    assert dec.dtype == vol.dtype and dec.shape == vol.shape
+    assert _max_err(dec, vol) <= e
+    if with_base:   # any base within the tolerance keeps the bound
+        jitter = base + rng.uniform(-tol, tol, shape)
+        assert _max_err(C.decode_correction(data, vol.shape, vol.dtype, jitter), vol) <= e
+
+
+def _crops():
+    out = []
+    for name, sl in (("sim_neghip", np.s_[20:44, 10:40, 30:52]),
+                     ("sim_viscous_fingers_t64", np.s_[8:40, 20:44, 0:28]),
+                     ("ct_walnut", np.s_[40:64, 30:60, 50:80]),
+                     ("sim_isabel_windspeed_t30", np.s_[0:25, 40:70, 40:75])):
+        out.append(pytest.param(name, sl, id=name))
+    return out
+
+
+@pytest.mark.parametrize("name,sl", _crops())
+@pytest.mark.parametrize("rel", REL_BOUNDS)
+def test_real_crops_hold_the_bound(name, sl, rel):
+    vol = np.ascontiguousarray(np.load(f"{DATA}/{name}.npy", mmap_mode="r")[sl])
+    e = _bound(vol, rel)
+    data, stats = C.encode_correction(vol, e, block=16)
+    dec = C.decode_correction(data, vol.shape, vol.dtype)
+    assert _max_err(dec, vol) <= e
+    assert len(data) < vol.nbytes          # it compresses
+    assert stats.nbytes == len(data)
+
+
+def test_integer_bound_below_half_is_lossless():
+    vol = np.load(f"{DATA}/sim_neghip.npy")[10:40, 10:40, 10:40]
+    data, _ = C.encode_correction(vol, 0.3)
+    assert np.array_equal(C.decode_correction(data, vol.shape, vol.dtype), vol)
+
+
+def test_blocks_decode_independently():
+    rng = np.random.default_rng(1)
+    vol = _smooth(rng, (19, 23, 17), "float32")
+    e = _bound(vol, 1e-3)
+    base = vol.astype(np.float64) + rng.normal(0, e, vol.shape)
+    data, stats = C.encode_correction(vol, e, base, block=8)
+    stream = C.CorrectionStream(data, vol.shape, vol.dtype)
+    whole = stream.decode(base)
+    assert stream.nblocks == 3 * 3 * 3 == stats.blocks
+    for i in reversed(range(stream.nblocks)):     # any order: no block needs another
+        sl = C.block_slices(vol.shape, 8, i)
+        fresh = C.CorrectionStream(data, vol.shape, vol.dtype)
+        assert np.array_equal(fresh.decode_block(i, base[sl]), whole[sl])
+    zyx = np.array([[0, 0, 0], [18, 22, 16], [8, 7, 15]])
+    assert stream.block_of(zyx).tolist() == [0, 26, 3 * 3 + 0 * 3 + 1]
+
+
+def test_model_modes_are_chosen_where_the_base_helps():
+    """A base equal to the data up to small noise makes the base mode cheapest; a useless
+    base leaves the data modes."""
+    rng = np.random.default_rng(2)
+    vol = rng.normal(0, 1, (32, 32, 32)).astype(np.float32)      # noise: no predictor helps
+    e = 0.01
+    good = vol.astype(np.float64) + rng.uniform(-e, e, vol.shape)
+    data_good, st_good = C.encode_correction(vol, e, good, block=16)
+    data_none, st_none = C.encode_correction(vol, e, block=16)
+    assert set(st_good.modes) <= {"base", "residual-cubic", "residual-linear"}
+    assert len(data_good) < len(data_none) / 3
+    useless = np.zeros(vol.shape)
+    _, st_useless = C.encode_correction(vol, e, useless + 100.0, block=16)
+    assert set(st_useless.modes) <= {"data-cubic", "data-linear", "residual-linear",
+                                     "residual-cubic"}
+
+
+def test_exceptions_repair_what_quantization_breaks(monkeypatch):
+    """Bins twice too wide break the bound on many voxels: the encoder's check stores them
+    losslessly, so the decoded volume still holds the bound."""
+    rng = np.random.default_rng(3)
+    vol = _smooth(rng, (16, 16, 16), "float32")
+    e = _bound(vol, 1e-3)
+    real = C.quantization_bound
+    monkeypatch.setattr(C, "quantization_bound", lambda *a, **k: 2.0 * real(*a, **k))
+    data, stats = C.encode_correction(vol, e, block=8)
+    assert stats.exceptions > 0
+    assert _max_err(C.decode_correction(data, vol.shape, vol.dtype), vol) <= e
+
+
+def test_big_codes_are_escaped():
+    """A jump of far more than 2^16 bins goes through the escape path and back."""
+    vol = np.zeros((9, 9, 9), np.float64)
+    vol[4, 4, 4] = 1e6
+    vol[0, 0, 0] = -3e5
+    data, _ = C.encode_correction(vol, 1.0, block=8)
+    assert _max_err(C.decode_correction(data, vol.shape, vol.dtype), vol) <= 1.0
+
+
+def test_tiny_float_bound_is_refused():
+    vol = np.full((4, 4, 4), 1e7, np.float32)
+    with pytest.raises(C.BoundTooSmallError):
+        C.encode_correction(vol, 0.1)
+
+
+@pytest.mark.parametrize("where", ["truncate", "mode", "words", "index", "version"])
+def test_damaged_streams_are_refused(where):
+    rng = np.random.default_rng(4)
+    vol = _smooth(rng, (12, 12, 12), "uint16")
+    data, _ = C.encode_correction(vol, 20.0, block=8)
+    buf = bytearray(data)
+    if where == "truncate":
+        buf = buf[:-3]
+    elif where == "mode":
+        stream = C.CorrectionStream(data, vol.shape, vol.dtype)
+        buf[int(stream._offsets[0])] = 9
+    elif where == "words":
+        buf[-1] ^= 0x5A
+    elif where == "index":
+        buf = buf[:C._HEAD.size] + bytes(5) + buf[C._HEAD.size + 5:]
+    else:
+        buf[0] = 7
+    with pytest.raises(NeurvolFormatError):
+        C.CorrectionStream(bytes(buf), vol.shape, vol.dtype).decode()
+
+
+def test_weight_table_is_exact_integers():
+    assert C._WEIGHTS[:8].tolist() == [0, 1, 1, 2, 3, 4, 6, 8]
+    assert C._WEIGHTS[C.MAX_WEIGHT_CODE] * C.MAX_ALPHABET < 2 ** 53
+    counts = np.array([0, 1, 5, 1000, 2 ** 30])
+    w = C._WEIGHTS[C.weight_codes(counts)]
+    assert w[0] == 0 and all(abs(np.log2(w[1:] / counts[1:])) <= 0.3)
