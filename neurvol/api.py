@@ -88,6 +88,9 @@ def encode(
     devices: Optional[Sequence[str]] = None,
     executor: Any = None,
     retries: int = 2,
+    max_error: Optional[float] = None,
+    rel_error: Optional[float] = None,
+    model_ratios: Optional[Sequence[float]] = None,
     **arch_options: Any,
 ) -> NeuralVolume:
     """Compress a 3-D volume into a :class:`NeuralVolume` whose file fits the byte budget.
@@ -133,6 +136,15 @@ def encode(
     ``distributed.Client`` (or any ``concurrent.futures.Executor``); a failing brick is
     retried ``retries`` times. The same seed gives the same bytes with any executor.
 
+    Error-bounded mode (``spec/correction.md``): ``max_error=E`` (data units) or
+    ``rel_error=r`` (``E = r * (max - min)``) instead of a ratio: every voxel of
+    ``decode()`` and every ``query()`` at a voxel centre is within ``E`` (integers after
+    rounding), checked voxel by voxel before the file is returned. The file is the
+    smallest of a pure predictor-coded grid and a model fitted at each ratio of
+    ``model_ratios`` (default :data:`neurvol.bounded.DEFAULT_MODEL_RATIOS`; ``()``: no
+    model) plus its correction stream; ``ratio``, ``psnr`` and the brick options do not
+    apply.
+
     Example::
 
         >>> import neurvol
@@ -140,6 +152,15 @@ def encode(
         >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
         True
     """
+    if max_error is not None or rel_error is not None:
+        return _encode_bounded(volume, max_error, rel_error, model_ratios, psnr=psnr,
+                               brick=brick, bricks=bricks, arch=arch, seed=seed,
+                               device=device, steps=steps, bits=bits, spacing=spacing,
+                               origin=origin, fit_settings=fit_settings, codec=codec,
+                               quiet=quiet, **arch_options)
+    if model_ratios is not None:
+        raise NeurvolInputError("model_ratios= applies to error-bounded encodes only "
+                                "(max_error= or rel_error=)")
     explicit_auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
     kwargs = dict(
         arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
@@ -432,6 +453,29 @@ PSNR_TOLERANCE_DB = 0.5
 _PSNR_RATIOS = (1.5, 100000.0)
 # Starting slope of PSNR against log2(ratio), dB per doubling (neural codecs: ~3-6).
 _PSNR_SLOPE = -4.0
+
+
+def _encode_bounded(volume: Any, max_error: Optional[float], rel_error: Optional[float],
+                    model_ratios: Optional[Sequence[float]], *, psnr: Optional[float],
+                    brick: Optional[int], bricks: Optional[Sequence[int]],
+                    **model_kwargs: Any) -> NeuralVolume:
+    """encode(max_error= / rel_error=): see :mod:`neurvol.bounded`."""
+    from .bounded import DEFAULT_MODEL_RATIOS, encode_bounded, resolve_bound
+
+    if psnr is not None or brick is not None or bricks is not None:
+        raise NeurvolInputError("max_error= / rel_error= cannot be combined with psnr=, "
+                                "brick= or bricks=")
+    ratios = DEFAULT_MODEL_RATIOS if model_ratios is None else tuple(model_ratios)
+    for r in ratios:
+        check_ratio(r)
+    t0 = time.perf_counter()
+    volume, _, _ = check_volume(volume)
+    e, rel = resolve_bound(volume, max_error, rel_error)
+    spacing, origin = model_kwargs.pop("spacing"), model_kwargs.pop("origin")
+    nv = encode_bounded(volume, e, rel, model_ratios=ratios, spacing=spacing, origin=origin,
+                        **model_kwargs)
+    nv.encode_seconds = time.perf_counter() - t0
+    return nv
 
 
 def _encode_to_psnr(volume: Any, target: float, ratio: float, kwargs: Dict[str, Any]) -> NeuralVolume:

@@ -17,6 +17,7 @@ import torch
 from .compress import decode_payload, payload_stats
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
+from .bounded import Corrections, parse_bound
 from .errors import NeurvolFormatError, NeurvolInputError
 from .models import VolumeModel, get_architecture
 from .models.base import MAX_MODEL_PARAMS
@@ -92,6 +93,10 @@ class NeuralVolume:
             self._parse_bricks(self.header.get("bricks"))
         self._models: "OrderedDict[int, Union[float, VolumeModel]]" = OrderedDict()
         self._lock = threading.Lock()
+        # Error-bounded files (spec/correction.md): the bound, and the correction stream
+        # once a request needs it.
+        self._bound = parse_bound(self.header, reader.section_names)
+        self._corrections: Optional[Corrections] = None
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
 
     def _parse_volume(self, vol: Dict[str, Any]) -> None:
@@ -246,6 +251,31 @@ class NeuralVolume:
             "fit": h.get("fit"),
             "budget": h.get("budget"),
         }
+        if self._bound is not None:
+            out["bound"] = dict(self._bound)
+        return out
+
+    @property
+    def max_error(self) -> Optional[float]:
+        """The guaranteed bound of an error-bounded file (``None`` for other files): every
+        voxel of ``decode()`` and every ``query()`` at a voxel centre is within it."""
+        return None if self._bound is None else float(self._bound["max_error"])
+
+    def _correction_stream(self) -> Corrections:
+        with self._lock:
+            if self._corrections is None:
+                data = self._reader.read_section(self._bound["section"])
+                self._corrections = Corrections(data, self._shape, self._dtype,
+                                                float(self._bound["max_error"]),
+                                                self._base_block)
+            return self._corrections
+
+    def _base_block(self, sl: Tuple[slice, ...]) -> np.ndarray:
+        """The model's float32 values on a box of voxels, with the coordinates decode()
+        uses, so corrections decoded by block meet the base they were coded against."""
+        out = np.empty([s.stop - s.start for s in sl], dtype=np.float32)
+        self._fill_grid([_SliceAxis(n, s.start, s.stop) for n, s in zip(self._shape, sl)],
+                        out, np.dtype(np.float32))
         return out
 
     def _model_info(self) -> Optional[Dict[str, Any]]:
@@ -283,13 +313,21 @@ class NeuralVolume:
         """Write the ``.nvol`` file atomically (temp file + rename; never a partial file)."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        write_nvol(path, _without_sections(self.header), bricks, minor=self._reader.version[1])
+        write_nvol(path, _without_sections(self.header), bricks, self._extra_sections(),
+                   minor=self._reader.version[1])
 
     def to_bytes(self) -> bytes:
         """The ``.nvol`` file's bytes."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        return serialize_nvol(_without_sections(self.header), bricks, minor=self._reader.version[1])
+        return serialize_nvol(_without_sections(self.header), bricks, self._extra_sections(),
+                              minor=self._reader.version[1])
+
+    def _extra_sections(self) -> Dict[str, bytes]:
+        """Sections after the bricks (e.g. an error-bounded file's corrections), kept as
+        they are when the file is written again."""
+        return {name: self._reader.read_section(name)
+                for name in self._reader.section_names[2:]}
 
     def close(self) -> None:
         """Release the file handle (also done by ``with``). Idempotent; afterwards data
@@ -357,6 +395,12 @@ class NeuralVolume:
                 f"{n_outside} points lie outside the volume (first: {first_outside} "
                 f"in {space} space, shape {self._shape}); pass clamp=True (CLI: --clamp) to clamp them to the boundary"
             )
+        if self._bound is not None and n:
+            # Error-bounded: exact at voxel centres, model + trilinear corrections between.
+            idx = p.astype(np.float64)
+            if space == "normalized":
+                idx = (idx + 1.0) * ((np.asarray(self._shape, dtype=np.float64) - 1.0) / 2.0)
+            out = self._correction_stream().at_points(idx, out).astype(np.float32)
         return out
 
     def _evaluate(self, norm: np.ndarray) -> np.ndarray:
@@ -451,6 +495,11 @@ class NeuralVolume:
         self._check_open()
         out: Dict[str, Any] = {"header": self.nbytes_file, "weights": 0, "codebooks": 0,
                                "masks": 0, "constants": 0, "tensors": {}}
+        if self._bound is not None:
+            name = self._bound["section"]
+            sec = next(x for x in self._reader.sections if x.name == name)
+            out["correction"] = sec.length
+            out["header"] -= sec.length
         for b in range(self._reader.brick_count):
             payload = self._reader.read_brick(b)
             out["header"] -= len(payload)
@@ -532,6 +581,15 @@ class NeuralVolume:
                     f"cannot allocate the decoded volume {target} {dt} ({nbytes:,} bytes): "
                     f"{exc}; decode into a disk-backed array with out=np.memmap(...), or "
                     "read regions with nv[z0:z1, ...]") from None
+        if self._bound is not None:
+            if target != self._shape:
+                raise NeurvolInputError(
+                    f"an error-bounded file decodes at its own shape {self._shape}, not "
+                    f"{target}; decode it and resample, or query() the points you need")
+            base = np.empty(target, dtype=np.float32)
+            self._fill_grid([_LinspaceAxis(n) for n in target], base, np.dtype(np.float32))
+            out[...] = _cast(self._correction_stream().decode(base), dt)
+            return out
         self._fill_grid([_LinspaceAxis(n) for n in target], out, dt)
         return out
 
@@ -607,6 +665,9 @@ class NeuralVolume:
             sel, kept = _axis_selection(k, n)
             idx.append(sel)
             keep.append(kept)
+        if self._bound is not None:
+            full = self._correction_stream().region(idx)
+            return full.reshape([len(i) for i, k in zip(idx, keep) if k])
         full = np.empty([len(i) for i in idx], dtype=self._dtype)
         # Normalized coordinates exactly as query() computes them for index space.
         axes = [_IndexAxis(i, n) for i, n in zip(idx, self._shape)]
@@ -699,6 +760,20 @@ class _LinspaceAxis(_Axis):
         if b == self.n:
             c[-1] = 1.0
         return c
+
+
+class _SliceAxis(_LinspaceAxis):
+    """``np.linspace(-1, 1, n)[start:stop]``: a box of the grid decode() evaluates."""
+
+    def __init__(self, n: int, start: int, stop: int) -> None:
+        super().__init__(n)
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def coords(self, a: int, b: int) -> np.ndarray:
+        return super().coords(self.start + a, self.start + b)
 
 
 class _IndexAxis(_Axis):
