@@ -674,6 +674,31 @@ class NeuralVolume:
         self._fill_grid(axes, full, self._dtype)
         return full.reshape([len(i) for i, k in zip(idx, keep) if k])
 
+    # ------------------------------------------------------------------ array protocol
+    # The logic lives in neurvol/arrays/ (docs/xarray.md).
+    @property
+    def ndim(self) -> int:
+        """Number of axes: 3 (z, y, x)."""
+        return len(self._shape)
+
+    @property
+    def size(self) -> int:
+        """Number of voxels (as numpy's ``size``; napari's layer-data protocol needs it)."""
+        return math.prod(self._shape)
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+        """``np.asarray(nv)``: the decoded grid (``decode()``), cast to ``dtype`` if given."""
+        from .arrays import to_numpy
+
+        return to_numpy(self, dtype, copy)
+
+    def to_dask(self, chunks: Any = None) -> Any:
+        """A lazy ``dask.array.Array``: one chunk per brick (single models: blocks of
+        ``SINGLE_MODEL_BLOCK`` voxels a side), each decoded by a region read when computed."""
+        from .arrays import to_dask
+
+        return to_dask(self, chunks)
+
 
 def build_model(spec: Dict[str, Any]) -> VolumeModel:
     """Rebuild an untrained model from the header's ``model`` object.

@@ -46,8 +46,9 @@ LAYERS: Dict[str, int] = {
     "fit": 5,
     # a trained model -> payload (pruning, quantization, fine-tuning)
     "pipeline": 6,
-    # bricks: cut, fit in parallel, route by spatial hash
-    "ensemble": 7,
+    # bricks: cut, fit in parallel, route by spatial hash; alongside, a volume as an array
+    # (np.asarray, dask chunks per brick, array-likes decoding only what is indexed)
+    "ensemble": 7, "arrays": 7,
     # the reader object: header + index, queries routed to models or bricks
     "neural_volume": 8,
     # encode planning: size solving, rate pilot, psnr search, fit -> compress -> pack
@@ -55,6 +56,8 @@ LAYERS: Dict[str, int] = {
     # thin facades and tools on top
     "api": 10,
     "bench": 11,
+    # readers for other tools: xarray backend, napari and ParaView plugins
+    "integrations": 11,
     "cli": 12,
     "__main__": 13,
 }

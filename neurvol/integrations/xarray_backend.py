@@ -1,0 +1,106 @@
+"""xarray backend: ``xr.open_dataset("f.nvol", engine="neurvol")`` (docs/xarray.md).
+
+The dataset has one data variable, dims ``(z, y, x)``, coordinates ``origin + spacing * i``
+from the header, and the file's descriptive attributes (:func:`metadata.attributes`).
+Nothing is decoded at open: the variable is a lazily indexed :class:`NeurvolBackendArray`,
+and ``.isel``/``.sel`` become region reads of just the selected voxels, which decode only
+the bricks they touch. ``chunks={}`` gives a dask array with one chunk per brick (the
+variable's ``encoding["preferred_chunks"]``).
+
+Registered under the entry point group ``xarray.backends`` as ``neurvol``
+(``pip install 'neurvol[xarray]'``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional, Tuple
+
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.core import indexing
+
+from ..arrays import RegionSource, default_chunks
+from .metadata import DIMS, EXTENSION, attributes, geometry, looks_like_nvol
+
+#: Name of the data variable unless ``open_dataset(..., name=...)`` says otherwise.
+DEFAULT_NAME = "volume"
+
+
+class NeurvolBackendArray(BackendArray):
+    """The volume as xarray's backends see it: ``shape``, ``dtype`` and outer indexing
+    (ints, slices and 1-D integer arrays per axis), each index a region read."""
+
+    def __init__(self, nv: Any) -> None:
+        self.source = RegionSource(nv)   # pickles as the file's bytes (dask distributed)
+        self.shape: Tuple[int, ...] = tuple(nv.shape)
+        self.dtype = np.dtype(nv.dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._raw_indexing_method)
+
+    def _raw_indexing_method(self, key: Tuple[Any, ...]) -> np.ndarray:
+        return self.source[key]
+
+
+def open_nvol_dataset(filename_or_obj: Any, *, drop_variables: Optional[Iterable[str]] = None,
+                      name: str = DEFAULT_NAME) -> xr.Dataset:
+    """A lazy ``xr.Dataset`` of a ``.nvol`` file: a path, the file's bytes, a binary file
+    object, or an open :class:`~neurvol.NeuralVolume` (left open when the dataset closes;
+    its ``stats`` then count the bricks the dataset's reads decode)."""
+    import neurvol
+    from ..container import NvolReader
+    from ..neural_volume import NeuralVolume
+
+    if isinstance(filename_or_obj, NeuralVolume):
+        nv, owned = filename_or_obj, False
+    elif isinstance(filename_or_obj, (bytes, bytearray, memoryview)):
+        nv, owned = NeuralVolume(NvolReader(bytes(filename_or_obj))), True
+    elif hasattr(filename_or_obj, "read"):
+        nv, owned = NeuralVolume(NvolReader(filename_or_obj.read())), True
+    else:
+        nv, owned = neurvol.open(filename_or_obj), True
+    try:
+        spacing, origin = geometry(nv)
+        coords = {dim: (dim, o + s * np.arange(n), {"spacing": s})
+                  for dim, n, s, o in zip(DIMS, nv.shape, spacing, origin)}
+        attrs = attributes(nv)
+        data_vars = {}
+        if name not in set(drop_variables or ()):
+            chunks = default_chunks(nv)
+            encoding = {"preferred_chunks": dict(zip(DIMS, chunks))}
+            if owned and isinstance(filename_or_obj, (str, os.PathLike)):
+                encoding["source"] = os.fspath(filename_or_obj)
+            data = indexing.LazilyIndexedArray(NeurvolBackendArray(nv))
+            data_vars[name] = xr.Variable(DIMS, data, attrs=dict(attrs), encoding=encoding)
+        ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    except BaseException:
+        if owned:
+            nv.close()
+        raise
+    if owned:
+        ds.set_close(nv.close)
+    return ds
+
+
+class NeurvolBackendEntrypoint(BackendEntrypoint):
+    """``engine="neurvol"``: opens ``.nvol`` files (see :func:`open_nvol_dataset`)."""
+
+    description = "Compressed neural volumes (.nvol), read lazily brick by brick"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "name")
+
+    def open_dataset(self, filename_or_obj: Any, *, drop_variables: Optional[Iterable[str]] = None,
+                     name: str = DEFAULT_NAME) -> xr.Dataset:  # type: ignore[override]
+        return open_nvol_dataset(filename_or_obj, drop_variables=drop_variables, name=name)
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        from ..neural_volume import NeuralVolume
+
+        if isinstance(filename_or_obj, NeuralVolume):
+            return True
+        return looks_like_nvol(filename_or_obj)
+
+
+__all__ = ["DEFAULT_NAME", "EXTENSION", "NeurvolBackendArray", "NeurvolBackendEntrypoint",
+           "open_nvol_dataset"]
