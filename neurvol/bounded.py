@@ -9,29 +9,21 @@ through the reader, voxel by voxel, before anything is written. Reading
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import __version__
 from .compress import encode_constant
-from .compress.correction import (BoundTooSmallError, CorrectionStream, block_grid,
-                                  block_slices, encode_correction)
+from .compress.bound import BOUNDED_MINOR, KEY_BOUND, SECTION_CORRECTION
+from .compress.correction import BoundTooSmallError, encode_correction
 from .errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
 
-#: Header key and section of an error-bounded file.
-KEY_BOUND = "bound"
-SECTION_CORRECTION = "correction"
-#: Format minor version of error-bounded files (spec/correction.md §1).
-BOUNDED_MINOR = 2
 #: Model ratios the encoder tries besides the pure predictor (each costs a fit).
 DEFAULT_MODEL_RATIOS: Tuple[float, ...] = (200.0, 400.0)
 #: A decoder's model evaluation may differ from the encoder's by rounding (another machine
 #: or library); the bound holds for bases within this fraction of the base's magnitude.
 BASE_TOLERANCE = 2.0 ** -18
-#: Decoded correction blocks a reader keeps (each ``block^3`` voxels, two float64 arrays).
-BLOCK_CACHE = 16
 _CODEC = {"name": "neurvol", "version": 2}
 
 
@@ -59,10 +51,12 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
                    spacing: Optional[Sequence[float]] = None,
                    origin: Optional[Sequence[float]] = None,
                    block: Optional[int] = None, quiet: bool = False,
-                   **model_kwargs: Any):
+                   require_model: bool = False, **model_kwargs: Any):
     """The smallest error-bounded file of ``volume`` (a checked volume: 3-D, finite,
     integer or float) among the pure predictor and a model at each of ``model_ratios``
-    plus its correction. ``model_kwargs`` go to :func:`neurvol.encode` for the models."""
+    plus its correction. ``model_kwargs`` go to :func:`neurvol.encode` for the models.
+    ``require_model``: keep the smallest file with a model even when the pure predictor is
+    smaller (to pin the model path in tests and golden files)."""
     from .api import encode as encode_model
     from .container import NvolReader, serialize_nvol
     from .neural_volume import NeuralVolume
@@ -86,11 +80,13 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
     header = {"volume": {"shape": list(x.shape), "dtype": x.dtype.str, "min": lo, "max": hi,
                          "spacing": _triple(spacing, 1.0), "origin": _triple(origin, 0.0)},
               "bricks": {"grid": [1, 1, 1]}, "codec": _CODEC}
-    best = finish(header, encode_constant(0.5 * (lo + hi)), pure)
+    best: Optional[bytes] = None
     best_info: Dict[str, Any] = {"model_ratio": None}
+    if not require_model:
+        best = finish(header, encode_constant(0.5 * (lo + hi)), pure)
     for ratio in model_ratios:
-        if len(best) <= x.nbytes / ratio:      # the model alone would not fit what we have
-            continue
+        if best is not None and len(best) <= x.nbytes / ratio:
+            continue        # the model alone would not fit in the best file so far
         try:
             nv = encode_model(x, ratio=ratio, spacing=spacing, origin=origin, quiet=quiet,
                               **model_kwargs)
@@ -105,8 +101,11 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
         except BoundTooSmallError:
             continue
         candidate = finish(nv.header, nv._reader.read_brick(0), stream)
-        if len(candidate) < len(best):
+        if best is None or len(candidate) < len(best):
             best, best_info = candidate, {"model_ratio": ratio}
+    if best is None:
+        raise NeurvolBudgetError(
+            f"no model fits any of the ratios {list(model_ratios)}; use smaller ratios")
     out = NeuralVolume(NvolReader(best))
     check_bound(out, x, max_error)
     out.bounded_choice = best_info
@@ -134,114 +133,3 @@ def _triple(v: Optional[Sequence[float]], default: float) -> List[float]:
     if len(out) != 3 or not all(math.isfinite(a) for a in out):
         raise NeurvolInputError(f"expected three finite numbers, got {v!r}")
     return out
-
-
-def parse_bound(header: Dict[str, Any], section_names: Sequence[str]) -> Optional[Dict[str, Any]]:
-    """The header's ``"bound"`` entry, validated (``None`` for files without one)."""
-    b = header.get(KEY_BOUND)
-    if b is None:
-        return None
-    if not isinstance(b, dict):
-        raise NeurvolFormatError("header 'bound' must be an object (spec/correction.md §1)")
-    e = b.get("max_error")
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e >= 0):
-        raise NeurvolFormatError(f"header 'bound.max_error' must be a finite number >= 0, got {e!r}")
-    sec = b.get("section")
-    if not isinstance(sec, str) or sec not in section_names:
-        raise NeurvolFormatError(
-            f"header 'bound' names section {sec!r}, which the file does not have; the file "
-            "is damaged")
-    return b
-
-
-class Corrections:
-    """Reader side: the correction stream of an open file, decoded block by block.
-
-    ``evaluate_base(zyx_slices)`` returns the base (float32 model values, before the
-    cast) on the voxel grid of those slices; ``cast`` is the volume's dtype."""
-
-    def __init__(self, data: bytes, shape: Sequence[int], dtype: np.dtype, max_error: float,
-                 evaluate_base: Callable[[Tuple[slice, slice, slice]], np.ndarray]):
-        self.stream = CorrectionStream(data, shape, dtype)
-        if self.stream.max_error != max_error:
-            raise NeurvolFormatError(
-                f"the correction stream's bound {self.stream.max_error!r} differs from the "
-                f"header's {max_error!r}; the file is damaged")
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
-        self.max_error = max_error
-        self._base = evaluate_base
-        self._cache: "OrderedDict[int, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-
-    def block(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
-        """``(decoded values, corrections = decoded - base)`` of block ``i`` (cached)."""
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        sl = block_slices(self.shape, self.stream.block, i)
-        base = np.asarray(self._base(sl), dtype=np.float64)
-        values = self.stream.decode_block(i, base)
-        entry = (values, values.astype(np.float64) - base)
-        self._cache[i] = entry
-        if len(self._cache) > BLOCK_CACHE:
-            self._cache.popitem(last=False)
-        return entry
-
-    def decode(self, base: np.ndarray) -> np.ndarray:
-        """The whole volume given the whole base (no cache)."""
-        return self.stream.decode(np.asarray(base, dtype=np.float64))
-
-    def region(self, idx: Sequence[np.ndarray]) -> np.ndarray:
-        """Decoded values at the outer product of per-axis voxel indices."""
-        out = np.empty([len(i) for i in idx], dtype=self.dtype)
-        B = self.stream.block
-        for bz in np.unique(idx[0] // B):
-            mz = np.flatnonzero(idx[0] // B == bz)
-            for by in np.unique(idx[1] // B):
-                my = np.flatnonzero(idx[1] // B == by)
-                for bx in np.unique(idx[2] // B):
-                    mx = np.flatnonzero(idx[2] // B == bx)
-                    g = block_grid(self.shape, B)
-                    values, _ = self.block(int((bz * g[1] + by) * g[2] + bx))
-                    sub = values[np.ix_(idx[0][mz] - bz * B, idx[1][my] - by * B,
-                                        idx[2][mx] - bx * B)]
-                    out[np.ix_(mz, my, mx)] = sub
-        return out
-
-    def at_points(self, p: np.ndarray, model_values: np.ndarray) -> np.ndarray:
-        """Query values at index-space points ``p`` (N, 3) inside the volume, given the
-        model's values there: the decoded value at voxel centres, elsewhere the model plus
-        the trilinear interpolation of the corrections at the eight centres around it."""
-        p = np.clip(np.asarray(p, dtype=np.float64), 0.0,
-                    np.asarray(self.shape, dtype=np.float64) - 1.0)
-        out = np.asarray(model_values, dtype=np.float64).copy()
-        r = np.rint(p)
-        exact = np.all(p == r, axis=1)
-        if exact.any():
-            out[exact] = self._lookup(r[exact].astype(np.int64))[1]
-        q = p[~exact]
-        if len(q):
-            top = np.asarray(self.shape, dtype=np.int64) - 1
-            i0 = np.minimum(np.floor(q).astype(np.int64), np.maximum(top - 1, 0))
-            f = q - i0
-            corr = np.zeros(len(q))
-            for corner in np.ndindex(2, 2, 2):
-                d = np.asarray(corner)
-                w = np.prod(np.where(d == 1, f, 1.0 - f), axis=1)
-                corr += w * self._lookup(np.minimum(i0 + d, top))[0]
-            out[~exact] += corr
-        return out
-
-    def _lookup(self, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(correction, decoded value) at integer voxels ``v`` (N, 3)."""
-        blocks = self.stream.block_of(v)
-        corr = np.empty(len(v))
-        vals = np.empty(len(v))
-        B = self.stream.block
-        for b in np.unique(blocks):
-            m = blocks == b
-            values, c = self.block(int(b))
-            local = v[m] - (v[m] // B) * B
-            corr[m] = c[local[:, 0], local[:, 1], local[:, 2]]
-            vals[m] = values[local[:, 0], local[:, 1], local[:, 2]]
-        return corr, vals

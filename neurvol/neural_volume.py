@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from .compress import decode_payload, payload_stats
+from .compress.bound import Corrections, parse_bound
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
-from .bounded import Corrections, parse_bound
 from .errors import NeurvolFormatError, NeurvolInputError
 from .models import VolumeModel, get_architecture
 from .models.base import MAX_MODEL_PARAMS

@@ -183,3 +183,120 @@ def test_weight_table_is_exact_integers():
     counts = np.array([0, 1, 5, 1000, 2 ** 30])
     w = C._WEIGHTS[C.weight_codes(counts)]
     assert w[0] == 0 and all(abs(np.log2(w[1:] / counts[1:])) <= 0.3)
+
+
+# ----------------------------------------------------------------- files (encode / read)
+import neurvol  # noqa: E402
+from neurvol import bounded as B  # noqa: E402
+from neurvol.errors import NeurvolInputError  # noqa: E402
+
+
+def _neghip_crop() -> np.ndarray:
+    return np.ascontiguousarray(neurvol.sample_volume()[20:44, 18:42, 22:46])
+
+
+def test_encode_pure_predictor_file(tmp_path):
+    vol = _neghip_crop()
+    nv = neurvol.encode(vol, rel_error=1e-2, model_ratios=(), quiet=True)
+    e = 1e-2 * (float(vol.max()) - float(vol.min()))
+    assert nv.max_error == pytest.approx(e)
+    info = nv.info()
+    assert info["format_version"] == "1.2"
+    assert info["bound"]["max_error"] == pytest.approx(e) and info["bound"]["rel_error"] == 1e-2
+    bb = nv.byte_breakdown()
+    assert bb["correction"] > 0 and bb["weights"] == 0
+    assert bb["header"] + bb["correction"] + bb["constants"] == nv.nbytes_file
+    dec = nv.decode()
+    assert dec.dtype == vol.dtype and _max_err(dec, vol) <= e
+    path = tmp_path / "b.nvol"
+    nv.save(path)
+    with neurvol.open(path) as again:
+        assert np.array_equal(again.decode(), dec)
+        assert again.to_bytes() == nv.to_bytes()
+        # region reads decode only the blocks they touch and agree with decode()
+        assert np.array_equal(again[3:9, 5, ::2], dec[3:9, 5, ::2])
+
+
+def test_query_is_exact_at_centres_and_trilinear_between():
+    vol = _neghip_crop()
+    nv = B.encode_bounded(vol, 3.0, None, model_ratios=(), block=8)
+    dec = nv.decode().astype(np.float64)
+    rng = np.random.default_rng(5)
+    centres = rng.integers(0, 24, (50, 3)).astype(np.float64)
+    np.testing.assert_array_equal(nv.query(centres), dec[tuple(centres.astype(int).T)])
+    # No model: the base is a constant, so between centres the query is the trilinear
+    # interpolation of the decoded values, continuous across the 8^3 blocks.
+    p = np.array([[7.5, 3.0, 4.0], [7.25, 8.0, 15.5]])
+    want0 = 0.5 * (dec[7, 3, 4] + dec[8, 3, 4])
+    want1 = (0.75 * 0.5 * (dec[7, 8, 15] + dec[7, 8, 16])
+             + 0.25 * 0.5 * (dec[8, 8, 15] + dec[8, 8, 16]))
+    np.testing.assert_allclose(nv.query(p), [want0, want1], rtol=1e-6)
+    line = np.stack([np.linspace(6, 10, 401), np.full(401, 3.0), np.full(401, 4.0)], axis=1)
+    vals = nv.query(line)
+    assert np.abs(np.diff(vals)).max() <= np.abs(np.diff(dec[6:11, 3, 4])).max() / 100 + 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_model_plus_correction_file(dtype):
+    rng = np.random.default_rng(6)
+    vol = _smooth(rng, (20, 18, 22), dtype)
+    e = _bound(vol, 1e-3)
+    nv = B.encode_bounded(vol, e, 1e-3, model_ratios=(4.0,), require_model=True, steps=20,
+                          arch="fvsrn", seed=0, quiet=True, device="cpu")
+    assert nv.bounded_choice == {"model_ratio": 4.0}
+    bb = nv.byte_breakdown()
+    assert bb["weights"] > 0 and bb["correction"] > 0
+    dec = nv.decode()
+    assert _max_err(dec, vol) <= e
+    centres = rng.integers(0, 17, (40, 3)).astype(np.float64)
+    got = nv.query(centres).astype(np.float64)
+    assert np.abs(got - vol[tuple(centres.astype(int).T)]).max() <= e
+    # Between centres: the model there plus interpolated corrections, close to the data.
+    mid = centres + 0.5
+    corners = [vol[tuple((centres + np.array(c)).astype(int).T)] for c in np.ndindex(2, 2, 2)]
+    lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
+    between = nv.query(mid).astype(np.float64)
+    span = float(vol.max()) - float(vol.min())
+    assert np.all((between >= lo - 0.2 * span) & (between <= hi + 0.2 * span))
+
+
+def test_encode_checks_every_voxel_before_returning(monkeypatch):
+    """A stream that decodes outside the bound (simulated) is refused, not returned."""
+    vol = _neghip_crop()
+    real = C.CorrectionStream.decode_block
+
+    def off_by_ten(self, i, base, **kw):
+        out = real(self, i, base, **kw)
+        return out if kw.get("before_cast") else (out.astype(np.int64) + 10).clip(0, 255).astype(out.dtype)
+
+    nv = B.encode_bounded(vol, 2.0, None, model_ratios=())
+    monkeypatch.setattr(C.CorrectionStream, "decode_block", off_by_ten)
+    with pytest.raises(NeurvolFormatError, match="nothing was written"):
+        B.check_bound(nv, vol, 2.0)
+    with pytest.raises(NeurvolFormatError, match="nothing was written"):
+        B.encode_bounded(vol, 2.0, None, model_ratios=())
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_error=1.0, rel_error=0.1), dict(max_error=-1.0),
+                                    dict(rel_error=float("nan")), dict(max_error="2"),
+                                    dict(max_error=1.0, psnr=40.0),
+                                    dict(max_error=1.0, bricks=(2, 1, 1))])
+def test_bad_bounds_are_refused(kwargs):
+    with pytest.raises(NeurvolInputError):
+        neurvol.encode(_neghip_crop(), model_ratios=(), quiet=True, **kwargs)
+
+
+def test_model_ratios_needs_a_bound():
+    with pytest.raises(NeurvolInputError, match="error-bounded"):
+        neurvol.encode(_neghip_crop(), ratio=10, model_ratios=(10,), quiet=True)
+
+
+def test_header_bound_must_name_a_present_section():
+    nv = B.encode_bounded(_neghip_crop(), 2.0, None, model_ratios=())
+    header = {k: v for k, v in nv.header.items() if k != "sections"}
+    header["bound"] = dict(header["bound"], section="nope")
+    from neurvol.container import NvolReader, serialize_nvol
+    data = serialize_nvol(header, [nv._reader.read_brick(0)],
+                          {"correction": nv._reader.read_section("correction")}, minor=2)
+    with pytest.raises(NeurvolFormatError, match="does not have"):
+        neurvol.NeuralVolume(NvolReader(data))
