@@ -2,6 +2,10 @@
 
 A reader (or a crash, or Ctrl-C) never sees a half-written target: either the old file
 is still there untouched, or the new one is there complete.
+
+A target that is a symbolic link is written *through*: the link stays and the file it
+points to is replaced (as ``open(path, "w")`` would write through it), so saving onto a
+link to a shared data directory updates the shared file instead of breaking the link.
 """
 from __future__ import annotations
 
@@ -9,13 +13,45 @@ import contextlib
 import errno
 import os
 import tempfile
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Tuple, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, List, Tuple, Union
 
 from .errors import NeurvolInputError, NeurvolIOError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_write", "atomic_open", "atomic_path"]
+__all__ = ["atomic_write", "atomic_open", "atomic_path", "write_count", "completed_since"]
+
+#: Characters the temp name adds to the target's name: ``.``, ``.tmp-`` and mkstemp's 8
+#: random characters.
+_TEMP_EXTRA = 1 + len(".tmp-") + 8
+#: Longest file name (bytes) when the filesystem does not say (POSIX NAME_MAX on Linux).
+_DEFAULT_NAME_MAX = 255
+
+#: Targets renamed into place by this process, newest last (the last 16), and how many
+#: there have been: the CLI says which files are complete when a signal stops it after a
+#: rename.
+_completed: List[str] = []
+_completed_total = 0
+_COMPLETED_KEPT = 16
+
+
+def write_count() -> int:
+    """How many atomic writes this process has completed (renamed into place)."""
+    return _completed_total
+
+
+def completed_since(count: int) -> List[str]:
+    """Targets completely written since :func:`write_count` returned *count* (the last
+    16 at most), oldest first."""
+    new = _completed_total - count
+    return list(_completed[-new:]) if new > 0 else []
+
+
+def _note_completed(target: str) -> None:
+    global _completed_total
+    _completed.append(target)
+    _completed_total += 1
+    del _completed[:-_COMPLETED_KEPT]
 
 
 def atomic_write(path: PathLike, chunks: Union[bytes, bytearray, memoryview, Iterable[bytes]]
@@ -57,15 +93,28 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     mode = _final_mode(target)
     fd, tmp = _mkstemp(directory, name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        f = _fdopen(fd)
+        try:
             yield f
             _io(f.flush, target)
             _io(os.fsync, target, f.fileno())
-        _publish(target, tmp, mode)
+            # mkstemp creates 0600; give the file the mode a plain open() would have.
+            _io(os.chmod, target, tmp, mode)
+            _io(f.close, target)
+        finally:
+            # After a failed write (a full disk), closing flushes the buffer again and
+            # fails again: that second error must not replace the first (NeurvolIOError).
+            with contextlib.suppress(OSError):
+                f.close()
+        if os.path.isdir(target):
+            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
+                                 "name")
+        _io(os.replace, target, tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _note_completed(target)
     _fsync_dir(directory)
 
 
@@ -89,30 +138,54 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
             _io(os.fsync, target, fd)
         finally:
             os.close(fd)
-        _publish(target, tmp, mode)
+        _io(os.chmod, target, tmp, mode)
+        if os.path.isdir(target):
+            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
+                                 "name")
+        _io(os.replace, target, tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _note_completed(target)
     _fsync_dir(directory)
 
 
 def _target(path: PathLike) -> str:
-    """The absolute path to write, or an input error for a path of the wrong type."""
+    """The absolute file to replace: *path*, or the file it links to (write-through)."""
     try:
-        return os.path.abspath(os.fspath(path))
+        target = os.path.abspath(os.fspath(path))
     except TypeError:
         raise NeurvolInputError(
             f"output path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if os.path.islink(target):
+        # Resolves chains of links; a dangling link gives the path it points to, which is
+        # then created, as open(path, "w") would.
+        target = os.path.realpath(target)
+    return target
 
 
-def _publish(target: str, tmp: str, mode: int) -> None:
-    """Rename the finished (fsynced) ``tmp`` onto ``target`` with the final ``mode``."""
-    # mkstemp creates 0600; give the file the mode a plain open() would have.
-    _io(os.chmod, target, tmp, mode)
-    if os.path.isdir(target):
-        raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file name")
-    _io(os.replace, target, tmp, target)
+def _fdopen(fd: int) -> BinaryIO:
+    """The temp file object (a seam for tests that simulate a full disk)."""
+    return os.fdopen(fd, "wb")
+
+
+def _temp_prefix(directory: str, name: str, suffix: str) -> str:
+    """``.<name>.tmp-`` with *name* shortened so the whole temp name fits the
+    filesystem's name limit (a 250-character target name must still be writable)."""
+    try:
+        name_max = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = _DEFAULT_NAME_MAX
+    if not isinstance(name_max, int) or name_max <= 0:
+        name_max = _DEFAULT_NAME_MAX
+    room = name_max - _TEMP_EXTRA - len(os.fsencode(suffix))
+    raw = os.fsencode(name)
+    if len(raw) > room:
+        # Cut bytes, not characters (the limit is in bytes); surrogateescape keeps a cut
+        # multi-byte character a valid file name.
+        name = os.fsdecode(raw[:max(room, 1)])
+    return f".{name}.tmp-"
 
 
 def _mkstemp(directory: str, name: str, suffix: str = "") -> Tuple[int, str]:
@@ -123,7 +196,8 @@ def _mkstemp(directory: str, name: str, suffix: str = "") -> Tuple[int, str]:
             f"{what}; create it first (e.g. `mkdir -p {directory}`) or choose another "
             "output path")
     try:
-        return tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory, suffix=suffix)
+        return tempfile.mkstemp(prefix=_temp_prefix(directory, name, suffix), dir=directory,
+                                suffix=suffix)
     except PermissionError:
         raise NeurvolIOError(
             f"cannot write {os.path.join(directory, name)}: no permission to create files "

@@ -24,7 +24,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from . import _atomic
 from . import io as nvio
+from .volume_checks import check_ratio
 from .errors import NeurvolError, NeurvolInputError, NeurvolIOError
 
 log = logging.getLogger("neurvol")
@@ -65,6 +67,18 @@ def _number(text: str, kind: type, ok: Callable[[Any], bool], must: str) -> Any:
 
 def _positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+
+
+def _ratio(text: str) -> float:
+    """A compression ratio: the API's rule (:func:`check_ratio`), as a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return check_ratio(value)
+    except NeurvolInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -590,7 +604,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0) -> None:
-    p.add_argument("--ratio", type=_positive_float, default=ratio_default,
+    p.add_argument("--ratio", type=_ratio, default=ratio_default,
                    help="compression ratio: the whole file is at most input bytes / RATIO "
                         "(default: %(default)g)")
     # The architectures and their options live in neurvol.models (torch): imported only when
@@ -941,6 +955,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
 
     func: Callable[[argparse.Namespace], int] = args.func
+    writes = _atomic.write_count()
     with _logging(args.verbose), _sigterm_raises():
         try:
             return func(args)
@@ -960,11 +975,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
             return 1
         except Terminated as e:
-            print(f"{PROG}: terminated", file=sys.stderr)
+            print(f"{PROG}: terminated{_completed_note(writes)}", file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
+            print(f"{PROG}: interrupted{_completed_note(writes)}", file=sys.stderr)
             return 130
+
+
+def _completed_note(writes: int) -> str:
+    """Which outputs were already complete when a signal stopped the command (a signal
+    just after the rename must not suggest the file is damaged)."""
+    done = _atomic.completed_since(writes)
+    if not done:
+        return ""
+    return "; " + ", ".join(done) + (" is" if len(done) == 1 else " are") + \
+        " complete (written before the signal)"
 
 
 def _silence_stdout() -> None:

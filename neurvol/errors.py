@@ -27,3 +27,33 @@ class NeurvolBudgetError(NeurvolInputError):
 
 class NeurvolIOError(NeurvolError, OSError):
     """A file could not be read or written (missing, unwritable, unknown extension ...)."""
+
+
+#: Integers longer than this many bits are shown by size in messages: ``str()`` of an
+#: int of more than 4300 digits raises ValueError (CPython's limit), and a message must
+#: never fail while it is being built.
+_MAX_SHOWN_INT_BITS = 128
+
+
+def brief(value: object, limit: int = 120) -> str:
+    """A short ``repr`` of a value read from a file, safe to put in an error message.
+
+    Huge integers (anywhere in nested lists/dicts) are shown as ``<int of N bits>``, deep
+    or long containers are elided, and the text is cut at *limit* characters. Never
+    raises, whatever the value.
+    """
+    import reprlib
+
+    class _Brief(reprlib.Repr):
+        def repr_int(self, x: int, level: int) -> str:
+            if x.bit_length() > _MAX_SHOWN_INT_BITS:
+                return f"<int of {x.bit_length()} bits>"
+            return repr(x)
+
+    r = _Brief()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 4, 8, 8, limit, limit
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a message must not fail; say what it is instead
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import operator
 import os
@@ -16,12 +17,14 @@ import torch
 
 from .compress import decode_payload, payload_stats
 from .compress.bound import Corrections, parse_bound
+from .compress.payload import max_payload_bytes
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
-from .errors import NeurvolFormatError, NeurvolInputError
+from .errors import NeurvolFormatError, NeurvolInputError, brief
 from .models import VolumeModel, get_architecture
 from .models.base import MAX_MODEL_PARAMS
-from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, check_decode_dtype,
+from .model_limits import check_model_cost, tensor_budget
+from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, cast_to_int, check_decode_dtype,
                             check_finite_points, check_points, check_shape)
 
 # Points evaluated per forward pass: bounds memory (~100 bytes/point) and stays cache-friendly.
@@ -40,6 +43,12 @@ _BRICK_CACHE = 8
 # Bricked files: the LRU holds up to this many decoded brick models, so a slab decode that
 # crosses a row of bricks does not decode each of them again for every block.
 _BRICK_CACHE_BRICKED = 64
+#: Most bytes of model parameters the brick cache holds (the resource model,
+#: spec/resources.md); the brick in use is kept whatever its size.
+MAX_CACHE_BYTES = 128 << 20
+#: Most tensors, summed over the distinct model configs of a file, whose shapes a reader
+#: builds (spec/resources.md): bounds the structure work a header can ask for.
+MAX_FILE_CONFIG_TENSORS = 1 << 13
 #: Most distinct model configs a bricked header may list (bricks.models).
 MAX_BRICK_CONFIGS = 4096
 _SPACE_TOL = 1e-6
@@ -91,7 +100,11 @@ class NeuralVolume:
         self._cache_size = _BRICK_CACHE
         if reader.brick_count > 1:
             self._parse_bricks(self.header.get("bricks"))
-        self._models: "OrderedDict[int, Union[float, VolumeModel]]" = OrderedDict()
+        self._models: "OrderedDict[int, Tuple[Union[float, VolumeModel], int]]" = OrderedDict()
+        self._cache_bytes = 0
+        # Shapes of each distinct model config, built once per file (spec/resources.md).
+        self._specs: Dict[str, Tuple[Any, Any, List[Tuple[str, Tuple[int, ...]]]]] = {}
+        self._spec_tensors = 0
         self._lock = threading.Lock()
         # Error-bounded files (spec/correction.md): the bound, and the correction stream
         # once a request needs it.
@@ -109,7 +122,7 @@ class NeuralVolume:
                 f"header 'volume.shape' must be 3 integers [D, H, W], got {_short(shape)}")
         if min(shape) < 2 or max(shape) > MAX_AXIS or math.prod(shape) > MAX_VOXELS:
             raise NeurvolFormatError(
-                f"header 'volume.shape' {shape} is impossible: every axis must be in "
+                f"header 'volume.shape' {brief(shape)} is impossible: every axis must be in "
                 f"[2, {MAX_AXIS}] and the volume at most {MAX_VOXELS} voxels")
         dtype = vol.get("dtype")
         if not isinstance(dtype, str) or len(dtype) > 32:
@@ -146,6 +159,14 @@ class NeuralVolume:
             raise NeurvolFormatError(
                 f"codec {name!r} version {version} is not supported by this neurvol "
                 f"(it reads {sorted(SUPPORTED_CODECS)}); upgrade neurvol")
+        for key, positive in (("spacing", True), ("origin", False)):
+            v = vol.get(key)
+            if v is not None and not (
+                    isinstance(v, list) and len(v) == 3
+                    and all(_finite_number(x) and (x > 0 or not positive) for x in v)):
+                raise NeurvolFormatError(
+                    f"header 'volume.{key}' must be 3 finite numbers"
+                    + (" > 0" if positive else "") + f" (z, y, x) or absent, got {brief(v)}")
         self._shape: Tuple[int, int, int] = (shape[0], shape[1], shape[2])
         self._dtype = dt
         self._lo, self._hi = lo, hi
@@ -178,10 +199,12 @@ class NeuralVolume:
             if not isinstance(m, dict):
                 raise NeurvolFormatError(
                     f"header 'bricks.models' entries must be objects, got {_short(m)}")
-        used = sorted(set(ids))
-        for i in used:   # configs and parameter caps, checked before any brick is read
-            arch, config = _config_of(models[i])
-            tensor_specs(arch, config)
+        seen = set()
+        for i in sorted(set(ids)):   # configs and parameter caps, checked before any brick
+            key = _spec_key(models[i])   # is read; once per distinct config
+            if key not in seen:
+                seen.add(key)
+                _config_of(models[i])
         if self.header.get("model", models[0]) != models[0]:
             raise NeurvolFormatError(
                 "header 'model' must equal 'bricks.models[0]' in a bricked file; the file is "
@@ -223,8 +246,8 @@ class NeuralVolume:
             return math.inf
         fit = self.header.get("fit")
         value = fit.get("psnr") if isinstance(fit, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return math.nan
+        if isinstance(value, bool) or not _finite_number(value) and not isinstance(value, float):
+            return math.nan     # not a number, or an int too large for a float
         return float(value)
 
     @property
@@ -284,8 +307,8 @@ class NeuralVolume:
         if spec is None:
             return None
         try:
-            arch, config = _config_of(spec)
-            count = sum(math.prod(shape) for _, shape in tensor_specs(arch, config))
+            arch, config, specs = self._config_specs(spec)
+            count = sum(math.prod(shape) for _, shape in specs)
         except NeurvolFormatError as exc:
             # info() describes damaged files too; decoding a model brick raises instead.
             return {"invalid": str(exc)}
@@ -335,6 +358,7 @@ class NeuralVolume:
         self._reader.close()
         with self._lock:
             self._models.clear()
+            self._cache_bytes = 0
 
     def __enter__(self) -> "NeuralVolume":
         return self
@@ -460,14 +484,53 @@ class NeuralVolume:
         with self._lock:
             if b in self._models:
                 self._models.move_to_end(b)
-                return self._models[b]
-            model = self._load_brick(b)
-            self._models[b] = model
-            if len(self._models) > self._cache_size:
-                self._models.popitem(last=False)
+                return self._models[b][0]
+            model, nbytes = self._load_brick(b)
+            self._models[b] = (model, nbytes)
+            self._cache_bytes += nbytes
+            # Evict by count and by bytes (spec/resources.md), never the brick just loaded.
+            while len(self._models) > 1 and (len(self._models) > self._cache_size
+                                             or self._cache_bytes > MAX_CACHE_BYTES):
+                self._cache_bytes -= self._models.popitem(last=False)[1][1]
             return model
 
-    def _load_brick(self, b: int) -> Union[float, VolumeModel]:
+    def _config_specs(self, spec: Any) -> Tuple[Any, Any, List[Tuple[str, Tuple[int, ...]]]]:
+        """(architecture, config, tensor shapes) of a header model entry, validated and
+        built once per distinct config; the file's total is capped (spec/resources.md)."""
+        key = _spec_key(spec)
+        hit = self._specs.get(key)
+        if hit is None:
+            arch, config = _config_of(spec)
+            specs = tensor_specs(arch, config)
+            self._spec_tensors += len(specs)
+            if self._spec_tensors > MAX_FILE_CONFIG_TENSORS:
+                raise NeurvolFormatError(
+                    f"the model configs of this file have more than {MAX_FILE_CONFIG_TENSORS} "
+                    "tensors in all (the reader's limit, spec/resources.md); the file is "
+                    "corrupted or hostile")
+            hit = self._specs[key] = (arch, config, specs)
+        return hit
+
+    def _load_brick(self, b: int) -> Tuple[Union[float, VolumeModel], int]:
+        """Brick ``b``'s constant or model, and the model's parameter bytes."""
+        # The longest payload the brick may have is known before it is read: a constant's 9
+        # bytes, or the most its model's tensors can take (spec/resources.md).
+        length = self._reader.brick_length(b)
+        try:
+            arch, config, specs = self._config_specs(self._brick_spec(b))
+            error = None
+        except NeurvolFormatError as exc:   # fine if the brick turns out to be a constant
+            # Without its traceback: kept, it would hold the caller's frames (and the
+            # block of coordinates being decoded) in a reference cycle.
+            specs, error = [], exc.with_traceback(None)
+        limit = max(_CONSTANT_PAYLOAD, max_payload_bytes(specs) if error is None else 0)
+        if error is None and length > _CONSTANT_PAYLOAD:
+            check_model_cost(arch.name, specs, length)   # compute per point (§2)
+        if length > limit:
+            # Too long for a constant: without a usable model config it cannot be valid.
+            raise error or NeurvolFormatError(
+                f"brick {b} is {length:,} bytes, longer than any valid payload for its "
+                f"model ({limit:,} bytes); the file is corrupted or hostile")
         payload = self._reader.read_brick(b)
         if payload[:1] == b"\x00":
             value = float(decode_payload(payload, []))  # constant brick
@@ -475,16 +538,19 @@ class NeuralVolume:
                 raise NeurvolFormatError(
                     f"constant brick {b} holds {value!r}, outside the volume's range "
                     f"[{self._lo!r}, {self._hi!r}]; the file is corrupted")
-            return value
-        arch, config = _config_of(self._brick_spec(b))
+            return value, 0
+        if error is not None:
+            raise error
         # Validate the payload against the tensor shapes before allocating the model: a
         # damaged payload then costs nothing, and the shapes are known to be within caps.
-        specs = tensor_specs(arch, config)
         arrays = decode_payload(payload, specs)
         assert isinstance(arrays, dict)
-        model = arch.build(config)
+        with tensor_budget():
+            model = arch.build(config)
         model.load_state_dict({n: torch.from_numpy(arrays[n]) for n, _ in specs})
-        return model.to(self.device).eval()
+        del arrays
+        nbytes = 4 * sum(math.prod(shape) for _, shape in specs)
+        return model.to(self.device).eval(), nbytes
 
     def byte_breakdown(self) -> Dict[str, Any]:
         """Where the file's bytes go (reads every brick): ``header`` (preamble, JSON,
@@ -508,8 +574,8 @@ class NeuralVolume:
             if payload[:1] == b"\x00":
                 out["constants"] += len(payload)
                 continue
-            arch, config = _config_of(self._brick_spec(b))
-            stats = payload_stats(payload, tensor_specs(arch, config))
+            arch, config, specs = self._config_specs(self._brick_spec(b))
+            stats = payload_stats(payload, specs)
             if stats is None:
                 out["weights"] += len(payload)
                 continue
@@ -738,13 +804,18 @@ def tensor_specs(arch: Any, config: Any) -> List[Tuple[str, Tuple[int, ...]]]:
     ``ModelConfig.from_dict``) keeps bounded.
     """
     try:
-        with torch.device("meta"):
+        # Under a tensor budget: a config of thousands of layers is refused after at most
+        # MAX_MODEL_TENSORS registrations, not after building them all.
+        with tensor_budget(), torch.device("meta"):
             model = arch.build(config)
     except NeurvolFormatError:
         raise
     except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor in a constructor
         try:
-            model = arch.build(config)
+            with tensor_budget():
+                model = arch.build(config)
+        except NeurvolFormatError:
+            raise
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             # validate() accepted a config the constructor cannot use.
             raise NeurvolFormatError(
@@ -854,8 +925,24 @@ def _axis_selection(k: Any, n: int) -> Tuple[np.ndarray, bool]:
 
 
 def _short(v: Any, limit: int = 120) -> str:
-    text = repr(v)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return brief(v, limit)
+
+
+def _finite_number(x: Any) -> bool:
+    """A JSON number that is finite as a float (an int of 400 digits is not: float()
+    of it overflows)."""
+    if type(x) is int:
+        return x.bit_length() <= 1023
+    return type(x) is float and math.isfinite(x)
+
+
+#: A constant brick's payload: kind byte + float64.
+_CONSTANT_PAYLOAD = 9
+
+
+def _spec_key(spec: Any) -> str:
+    """A key equal for equal header model entries (canonical JSON)."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 def _expand_key(key: Any) -> Tuple[Any, Any, Any]:
@@ -876,8 +963,7 @@ def _expand_key(key: Any) -> Tuple[Any, Any, Any]:
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        return cast_to_int(values, dtype)
     return values.astype(dtype, copy=False)
 
 

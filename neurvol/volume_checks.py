@@ -19,6 +19,29 @@ MAX_VOXELS = 2 ** 40
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def cast_to_int(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Decoded float values rounded to integers of *dtype*, exactly at the type's limits.
+
+    Clipping in the values' float type to ``iinfo.max`` does not work: ``float32(2**31 - 1)``
+    is 2^31, which overflows int32 on the cast (it wrapped to -2^31). So values are
+    clamped to the largest float of their type that is <= the maximum (and >= the
+    minimum) before the cast, and values at or beyond the float nearest to a limit become
+    that limit exactly (a constant volume of ``iinfo.max`` round-trips).
+    """
+    info = np.iinfo(dtype)
+    r = np.rint(values)
+    ftype = r.dtype.type
+    top, bottom = ftype(info.max), ftype(info.min)
+    at_top, at_bottom = r >= top, r <= bottom
+    hi = top if int(top) <= info.max else np.nextafter(top, ftype(0))
+    lo = bottom if int(bottom) >= info.min else np.nextafter(bottom, ftype(0))
+    np.clip(r, lo, hi, out=r)
+    out = r.astype(dtype)
+    out[at_top] = info.max
+    out[at_bottom] = info.min
+    return out
+
+
 def check_shape(shape: Any, what: str = "shape") -> Tuple[int, int, int]:
     """A 3-D output shape: three ints in [1, MAX_AXIS] with product <= MAX_VOXELS.
 
@@ -106,14 +129,22 @@ def check_volume(volume: Any) -> Tuple[Any, float, float]:
     return volume, lo, hi
 
 
+#: The message of every refused ratio, API and CLI alike.
+RATIO_RULE = "ratio must be a finite number > 1 (the file is at most volume bytes / ratio)"
+
+
 def check_ratio(ratio: Any) -> float:
-    """A compression ratio: a finite number > 1."""
+    """A compression ratio: a real number (int or float, numpy's too; not a string or a
+    bool), finite and > 1."""
+    if isinstance(ratio, (bool, np.bool_)) or not isinstance(ratio, (int, float, np.integer,
+                                                                      np.floating)):
+        raise NeurvolInputError(f"{RATIO_RULE}, got {ratio!r} ({type(ratio).__name__})")
     try:
         r = float(ratio)
-    except (TypeError, ValueError):
-        raise NeurvolInputError(f"ratio must be a number > 1, got {ratio!r}") from None
+    except OverflowError:
+        r = math.inf
     if not math.isfinite(r) or r <= 1.0:
-        raise NeurvolBudgetError(f"ratio must be a finite number > 1 (the file is volume bytes / ratio), got {ratio!r}")
+        raise NeurvolBudgetError(f"{RATIO_RULE}, got {ratio!r}")
     return r
 
 

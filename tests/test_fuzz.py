@@ -15,7 +15,6 @@ import json
 import os
 import struct
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -94,7 +93,7 @@ def test_fuzz_header_edits_behind_valid_crc(seeds, data):
 @_settings(500)
 @given(data=st.data())
 def test_fuzz_payload_and_record_edits_rechecksummed(seeds, data):
-    _run(seeds, data, ["payload", "records", "grid"], 2)
+    _run(seeds, data, ["payload", "records", "streams", "grid"], 2)
 
 
 @_settings(500)
@@ -154,12 +153,11 @@ HOSTILE_HEADERS = [
 def test_hostile_header_values_are_format_errors(seeds, path, value):
     data = dict(seeds)["tiny_fvsrn"]
     bad = _with_header(data, _set(path.split("."), value))
-    t0 = time.perf_counter()
+    # Bounded by the deadline (a hang fails), not by a wall-clock assert.
     with pytest.raises(NeurvolFormatError):
         with F.deadline(DEADLINE_S), NeuralVolume(NvolReader(bad)) as nv:
             nv.info()
             nv.decode(shape=(3, 3, 3))
-    assert time.perf_counter() - t0 < 5
 
 
 def test_param_cap_refuses_huge_grid_before_allocating(seeds):
@@ -175,10 +173,18 @@ def test_param_cap_refuses_huge_grid_before_allocating(seeds):
     # before the allocation failed).
     mlp = _with_header(data, _set(["model", "config"], {"grid": [6, 8, 9], "channels": 4,
                                                          "width": 4096, "hidden_layers": 4096}))
-    t0 = time.perf_counter()
-    with pytest.raises(NeurvolFormatError, match="limit"):
-        NeuralVolume(NvolReader(mlp)).decode(shape=(2, 2, 2))
-    assert time.perf_counter() - t0 < 2
+    # Refused from the config alone: no module is built (an operation count, not time).
+    from neurvol import model_limits
+
+    built = []
+    real = model_limits._count
+    model_limits._count = lambda kind, limit: (built.append(kind), real(kind, limit))
+    try:
+        with pytest.raises(NeurvolFormatError, match="limit"):
+            NeuralVolume(NvolReader(mlp)).decode(shape=(2, 2, 2))
+    finally:
+        model_limits._count = real
+    assert built == []
     # 2^26 grid values < MAX_MODEL_PARAMS: shapes pass, the ~2 KB payload cannot fill them.
     big = _with_header(data, _set(["model", "config", "grid"], [1024, 1024, 16]))
     assert 4 * 1024 * 1024 * 16 < MAX_MODEL_PARAMS
@@ -242,3 +248,24 @@ def test_region_read_of_a_huge_declared_volume_is_cheap(seeds):
     with F.memory_cap(256 << 20), NeuralVolume(NvolReader(bad)) as nv:
         assert nv[0, :2, -1].shape == (2,)
         assert nv[1, 1, 2 ** 31 - 5:].shape == (5,)
+
+
+# ---------------------------------------------------------------------------------------
+# The campaign harness (tests/fuzz/campaign.py), a short run: worker processes under a
+# 1 GiB address-space cap and a 5 s limit per input (RELIABILITY.md, "Fuzz campaign").
+
+
+@pytest.mark.fuzz
+def test_campaign_short_run(tmp_path, capsys):
+    import campaign
+
+    report = tmp_path / "report.json"
+    code = campaign.main(["--workers", "1", "--count", "300", "--seed", "3",
+                          "--crash-dir", str(tmp_path / "crashes"), "--report", str(report)])
+    rep = json.loads(report.read_text())
+    assert rep["failures"] == 0 and code == 0, rep
+    assert rep["inputs"] == 300
+    assert set(rep["outcomes"]) <= {"ok", "error"}
+    # The mutations reach both accepted files and many distinct refusals.
+    assert rep["outcomes"].get("ok", 0) > 0 and rep["distinct_outcomes"] >= 20
+    assert not (tmp_path / "crashes").exists()

@@ -7,7 +7,6 @@ import os
 import stat
 import sys
 import threading
-import time
 import tracemalloc
 
 import numpy as np
@@ -219,14 +218,13 @@ def test_opening_a_fifo_or_device_fails_fast(tmp_path):
     fifo = tmp_path / "pipe.nvol"
     os.mkfifo(fifo)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
-    t0 = time.monotonic()
+    # A blocking open would hang: the deadline turns that into a failure (no timing assert).
     with F.deadline(10):
         with pytest.raises(NeurvolIOError, match="not a regular file"):
             neurvol.open(fifo)
         if os.path.exists("/dev/zero"):
             with pytest.raises(NeurvolIOError, match="not a regular file"):
                 neurvol.open("/dev/zero")
-    assert time.monotonic() - t0 < 5
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ def lorenzo_residuals(q: np.ndarray) -> np.ndarray:
     return r
 
 
-def lorenzo_reconstruct(r: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`lorenzo_residuals` (int64)."""
-    q = np.asarray(r, dtype=np.int64)
+def lorenzo_reconstruct(r: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """Inverse of :func:`lorenzo_residuals` (int64). ``overwrite``: *r* (an int64 array)
+    may be used as the output, so decoding holds one int64 grid, not one per axis."""
+    q = np.asarray(r, dtype=np.int64) if overwrite else np.array(r, dtype=np.int64)
     for ax in AXES:
-        q = np.cumsum(q, axis=ax)
+        np.cumsum(q, axis=ax, out=q)
     return q
 
 
@@ -42,5 +43,11 @@ def zigzag(r: np.ndarray) -> np.ndarray:
 
 def unzigzag(z: np.ndarray) -> np.ndarray:
     """Inverse of :func:`zigzag` (int64)."""
-    z = np.asarray(z, dtype=np.uint64)
-    return ((z >> np.uint64(1)).astype(np.int64)) ^ -((z & np.uint64(1)).astype(np.int64))
+    z = np.asarray(z)
+    if z.dtype.kind != "u":
+        z = z.astype(np.uint64)
+    # r = (z >> 1) XOR -(z AND 1): for odd z that is ~(z >> 1). Computed in one int64
+    # array (no uint64 copy, no full-size temporaries beyond a bool per element).
+    out = (z >> z.dtype.type(1)).astype(np.int64)
+    np.invert(out, out=out, where=(z & z.dtype.type(1)).astype(bool))
+    return out

@@ -154,8 +154,11 @@ def decode_payload(payload: bytes, specs: Sequence[TensorSpec]) -> Decoded:
     if kind != KIND_TENSORS:
         raise NeurvolFormatError(f"unknown brick payload kind {kind}")
     sizes = [_spec_size(name, shape) for name, shape in specs]
-    # A record can't be larger than raw float32 plus its header and a full u16 codebook.
-    cap = sum(17 + 4 * n + 4 * MAX_CENTROIDS for n in sizes)
+    check_amplification(sum(sizes), len(payload))
+    # A record can't be larger than raw float32 plus its header and a full u16 codebook;
+    # nor can the frame produce more than the resource model allows for its length.
+    cap = min(sum(17 + 4 * n + 4 * MAX_CENTROIDS for n in sizes),
+              4 * element_budget(len(payload)) + 17 * len(sizes))
     stream = _bounded_decompress(payload[1:], cap)
     reader = _Reader(stream)
     out: Dict[str, np.ndarray] = {}
@@ -175,6 +178,7 @@ def payload_stats(payload: bytes, specs: Sequence[TensorSpec]) -> Optional[List[
 
 def _decode_records(payload: bytes, specs: Sequence[TensorSpec]
                     ) -> Tuple[Dict[str, np.ndarray], List[RecordStats]]:
+    check_amplification(sum(_spec_size(name, shape) for name, shape in specs), len(payload))
     reader = _Reader(payload)
     reader.take(1, "payload kind")
     out: Dict[str, np.ndarray] = {}
@@ -186,6 +190,63 @@ def _decode_records(payload: bytes, specs: Sequence[TensorSpec]
     if reader.remaining:
         raise NeurvolFormatError(f"brick payload has {reader.remaining} unexpected trailing bytes")
     return out, stats
+
+
+#: Resource model (spec/resources.md): a model payload of ``L`` bytes may declare at most
+#: ``max(FREE_ELEMENTS, ELEMENTS_PER_BYTE * L)`` tensor elements. Real payloads hold a
+#: few elements per byte (the golden files 1-3; pruned or smooth tensors a few tens), so
+#: nothing an encoder writes comes near it, while a payload of a few KB can no longer
+#: declare (and make a reader allocate and decode) a 2^28-element model.
+ELEMENTS_PER_BYTE = 256
+#: Elements any payload may declare whatever its length (1 MiB as float32).
+FREE_ELEMENTS = 1 << 18
+
+
+def element_budget(payload_bytes: int) -> int:
+    """Most tensor elements a model payload of ``payload_bytes`` bytes may declare."""
+    return max(FREE_ELEMENTS, ELEMENTS_PER_BYTE * payload_bytes)
+
+
+def check_amplification(elements: int, payload_bytes: int) -> None:
+    """Refuse a payload whose model declares more elements than its length allows
+    (spec/resources.md), before anything is decompressed or allocated."""
+    if elements > element_budget(payload_bytes):
+        raise NeurvolFormatError(
+            f"a {payload_bytes}-byte brick payload cannot hold a model of {elements:,} values "
+            f"(at most {element_budget(payload_bytes):,}: {ELEMENTS_PER_BYTE} per byte, "
+            "spec/resources.md); the header's model config does not match the payload - "
+            "the file is corrupted or hostile")
+
+
+def _zstd_bound(n: int) -> int:
+    """zstd's worst-case frame size for ``n`` input bytes (``ZSTD_COMPRESSBOUND``)."""
+    small = (128 * 1024 - n) >> 11 if n < 128 * 1024 else 0
+    return n + (n >> 8) + small
+
+
+#: A kind-2 record's overhead beyond its streams' data: method, flags, book kind, k, step.
+_RECORD_OVERHEAD = 16
+#: A stream's overhead beyond its symbols: head (6), rANS alphabet and table length (8), a
+#: zstd frame of up to MAX_ALPHABET u32 counts (zstd's worst-case bound), one spare word.
+_STREAM_OVERHEAD = 6 + 8 + _zstd_bound(4 * (1 << 20)) + 8
+
+
+def max_payload_bytes(specs: Sequence[TensorSpec]) -> int:
+    """An upper bound on the length of any valid model payload for tensors ``specs``, of
+    either kind: a brick index entry longer than this is refused before the brick is read.
+
+    Per tensor of ``n`` elements: a mask stream and a value stream of at most 4 bytes per
+    symbol (raw32 is the largest plain form; zstd's and rANS's worst cases are bounded by
+    ``compress_bound``), plus a codebook of at most 65,536 float32 vectors.
+    """
+    total = 1 + _zstd_bound(0)
+    for name, shape in specs:
+        n = _spec_size(name, shape)
+        vector = shape[-4] if len(shape) >= 4 else 1
+        total += (_RECORD_OVERHEAD + 4 * MAX_CENTROIDS * vector
+                  + 2 * _STREAM_OVERHEAD + _zstd_bound((n + 7) // 8)
+                  + _zstd_bound(4 * n))
+    return total
 
 
 def _spec_size(name: str, shape: Sequence[int]) -> int:
@@ -206,6 +267,18 @@ def _bounded_decompress(frame: bytes, cap: int) -> bytes:
     """Decompress *frame*, refusing output beyond *cap* bytes without ever holding more
     than ``cap + _READ_CHUNK`` bytes (a crafted frame, a "zstd bomb", cannot exhaust
     memory, whatever content size its header declares)."""
+    try:
+        declared = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as exc:
+        raise NeurvolFormatError(f"brick payload is not a valid zstd frame: {exc}") from exc
+    # Writers store the content size (spec/payload.md §2.1); one beyond the cap is refused
+    # before anything is decompressed.
+    if declared == zstandard.CONTENTSIZE_UNKNOWN or declared > cap:
+        raise NeurvolFormatError(
+            "brick payload's zstd frame declares "
+            + ("no content size" if declared == zstandard.CONTENTSIZE_UNKNOWN
+               else f"{declared} bytes, more than its tensors can hold ({cap})")
+            + "; the file is corrupted or hostile")
     parts = []
     total = 0
     try:

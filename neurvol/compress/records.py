@@ -33,7 +33,7 @@ from typing import Callable, Sequence, Tuple
 import numpy as np
 
 from ..errors import NeurvolFormatError
-from .bitpack import pack_bits, unpack_bits
+from .bitpack import pack_bits
 from .interp import MAX_CODE, interp_decode, interp_encode
 from .kmeans import kmeans_quantize, nearest_centroid
 from .lorenzo import lorenzo_reconstruct, lorenzo_residuals, unzigzag, zigzag
@@ -149,9 +149,9 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         if mname in GRID_METHODS + ("vq",):
             raise NeurvolFormatError(f"tensor {name!r}: a {mname} record cannot be masked")
         packed, _ = decode_stream(counter, (n + 7) // 8, f"{name} mask", max_symbol=255)
-        keep = unpack_bits(packed.astype(np.uint8).tobytes(), 1, n).astype(bool)
+        keep = _unpack_mask(packed.astype(np.uint8, copy=False), n, name)
         mask_bytes = counter.count - 2
-    m = int(keep.sum()) if keep is not None else n
+    m = int(np.count_nonzero(keep)) if keep is not None else n
     book_bytes = 0
     if mname == "raw32":
         bits, coder = decode_stream(counter, m, name, max_symbol=(1 << 32) - 1)
@@ -167,7 +167,7 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         book = np.frombuffer(counter(width * k, name), dtype="<f2" if width == 2 else "<f4")
         book_bytes = 5 + width * k
         idx, coder = decode_stream(counter, m, name, max_symbol=k - 1)
-        values = book[idx.astype(np.int64)].astype(np.float32)
+        values = book[idx].astype(np.float32)    # idx < k: checked by decode_stream
     elif mname == "vq":
         if len(shape) < 4 or shape[-4] < 1:
             raise NeurvolFormatError(f"tensor {name!r}: vq needs >= 4 axes, shape {tuple(shape)}")
@@ -180,7 +180,7 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
                              dtype="<f2" if width == 2 else "<f4").reshape(k, c)
         book_bytes = 5 + width * k * c
         idx, coder = decode_stream(counter, n // c, name, max_symbol=k - 1)
-        values = from_vectors(book[idx.astype(np.int64)].astype(np.float32),
+        values = from_vectors(book[idx].astype(np.float32),
                               tuple(shape)).reshape(-1)
     else:
         if len(shape) < 3:
@@ -190,13 +190,15 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
             raise NeurvolFormatError(f"tensor {name!r}: invalid {mname} step {step}")
         z, coder = decode_stream(counter, n, name, max_symbol=(1 << 32) - 1)
         codes = unzigzag(z)
+        del z
         if mname == "lorenzo":
             # |residual| < 2^31 and n <= 2^28, so the cumulative sums stay far inside int64.
-            rec = lorenzo_reconstruct(codes.reshape(tuple(shape))).astype(np.float64) * step
+            q = lorenzo_reconstruct(codes.reshape(tuple(shape)), overwrite=True).reshape(-1)
+            values = _scaled_f32(q, step)
         else:
             rec = interp_decode(codes, tuple(shape), step)
-        with np.errstate(over="ignore", invalid="ignore"):  # rejected below as non-finite
-            values = rec.astype(np.float32).reshape(-1)
+            with np.errstate(over="ignore", invalid="ignore"):  # rejected below: non-finite
+                values = rec.astype(np.float32).reshape(-1)
     if keep is not None:
         full = np.zeros(n, np.float32)
         full[keep] = values
@@ -205,6 +207,29 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         raise NeurvolFormatError(f"tensor {name!r} holds non-finite values")
     stats = RecordStats(name, mname, coder, counter.count, book_bytes, mask_bytes)
     return values.reshape(tuple(shape)), stats
+
+
+#: Elements converted at a time from integer codes to float32 values.
+_CONVERT_CHUNK = 1 << 20
+
+
+def _scaled_f32(q: np.ndarray, step: float) -> np.ndarray:
+    """``float32(float64(q) * step)``, a piece at a time (no full-size float64 copy)."""
+    out = np.empty(q.size, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # rejected by the caller: non-finite
+        for s in range(0, q.size, _CONVERT_CHUNK):
+            out[s:s + _CONVERT_CHUNK] = q[s:s + _CONVERT_CHUNK].astype(np.float64) * step
+    return out
+
+
+def _unpack_mask(packed: np.ndarray, n: int, name: str) -> np.ndarray:
+    """Keep-bits of a masked record as a bool array (one byte per element, no wider
+    temporary); padding bits after element ``n`` must be 0 (spec/payload.md §2.2)."""
+    keep = np.unpackbits(packed, count=n, bitorder="little").view(bool)
+    pad = packed.size * 8 - n
+    if pad and int(packed[-1]) >> (8 - pad):
+        raise NeurvolFormatError(f"tensor {name!r}: non-zero padding bits after the mask")
+    return keep
 
 
 _VQ_MEMO: "dict[tuple, Tuple[int, np.ndarray, np.ndarray]]" = {}

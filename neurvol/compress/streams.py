@@ -16,13 +16,14 @@ The encoder tries every coder it has and keeps the smallest (``spec/payload.md``
 from __future__ import annotations
 
 import io
+import math
 import struct
 from typing import Callable, Optional, Tuple
 
 import numpy as np
 import zstandard
 
-from ..errors import NeurvolFormatError
+from ..errors import NeurvolFormatError, brief
 
 CODER_RAW = 0
 CODER_ZSTD = 1
@@ -101,8 +102,11 @@ def stream_length(take: Callable[[int, str], bytes], what: str) -> Tuple[int, in
 
 def decode_stream(take: Callable[[int, str], bytes], n: int, what: str,
                   max_symbol: Optional[int] = None) -> Tuple[np.ndarray, str]:
-    """Read one stream of ``n`` symbols via ``take(nbytes, what)``; returns ``(uint64
-    symbols, coder name)``. Symbols above ``max_symbol`` are refused."""
+    """Read one stream of ``n`` symbols via ``take(nbytes, what)``; returns ``(symbols,
+    coder name)``, the symbols as unsigned integers of the stream's width (1, 2 or 4
+    bytes: no wider temporary than the plain form). Symbols above ``max_symbol`` are
+    refused. ``n`` must already be within the resource model (spec/resources.md); every
+    coder's output is checked against it before it is allocated."""
     coder, width, length = stream_length(take, what)
     data = take(length, what)
     dtype = _DTYPES[width]
@@ -112,34 +116,80 @@ def decode_stream(take: Callable[[int, str], bytes], n: int, what: str,
             raise NeurvolFormatError(f"{what}: raw stream has {length} bytes, expected {expected}")
         out = np.frombuffer(data, dtype=dtype)
     elif coder == CODER_ZSTD:
-        out = np.frombuffer(_zstd_exact(data, expected, what), dtype=dtype)
+        out = np.frombuffer(zstd_exact(data, expected, what), dtype=dtype)
     else:
-        out = _rans_decode(data, n, what)
-    out = out.astype(np.uint64)
+        out = _rans_decode(data, n, width, what)
     if max_symbol is not None and out.size and int(out.max()) > max_symbol:
         raise NeurvolFormatError(f"{what}: symbol {int(out.max())} out of range (max {max_symbol})")
     return out, CODER_NAMES[coder]
 
 
-def _zstd_exact(frame: bytes, expected: int, what: str) -> bytes:
-    """Decompress a frame that must hold exactly ``expected`` bytes (never reads more)."""
+def zstd_exact(frame: bytes, expected: int, what: str) -> bytes:
+    """Decompress a frame that must hold exactly ``expected`` bytes.
+
+    The frame header must declare its content size, and it must equal ``expected``
+    (checked before anything is decompressed); decompression then stops one byte past
+    it, so a frame that lies about its size (a "zstd bomb") costs at most
+    ``expected + 1`` bytes.
+    """
+    try:
+        declared = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as exc:
+        raise NeurvolFormatError(f"{what}: not a valid zstd frame: {exc}") from exc
+    if declared != expected:
+        shown = "no content size" if declared == zstandard.CONTENTSIZE_UNKNOWN else \
+            f"a content size of {declared} bytes"
+        raise NeurvolFormatError(
+            f"{what}: zstd frame declares {shown}, expected {expected} (spec/payload.md §2.2)")
+    parts = []
+    total = 0
     try:
         with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame),
                                                         read_across_frames=True) as r:
-            out = r.read(expected + 1) if expected else r.read(1)
-            while len(out) < expected + 1:
-                more = r.read(expected + 1 - len(out))
-                if not more:
+            while total <= expected:
+                chunk = r.read(min(_READ_CHUNK, expected + 1 - total))
+                if not chunk:
                     break
-                out += more
+                parts.append(chunk)
+                total += len(chunk)
     except zstandard.ZstdError as exc:
         raise NeurvolFormatError(f"{what}: not a valid zstd frame: {exc}") from exc
-    if len(out) != expected:
-        raise NeurvolFormatError(f"{what}: zstd stream holds {len(out)} bytes, expected {expected}")
-    return out
+    if total != expected:
+        raise NeurvolFormatError(f"{what}: zstd stream holds {total} bytes, expected {expected}")
+    return b"".join(parts)
 
 
-def _rans_decode(data: bytes, n: int, what: str) -> np.ndarray:
+# Decompress in pieces of this size: ``stream_reader.read(n)`` allocates ``n`` bytes up
+# front, and the pieces are joined once (``bytes +=`` would copy the output each time).
+_READ_CHUNK = 1 << 20
+
+#: Slack on a quantized probability above count / total. constriction's leaky
+#: quantization moves each probability by at most a few units of 2^-24; this is 16 times
+#: more, so the bound below can only err towards accepting.
+_RANS_PROB_SLACK = 2.0 ** -20
+#: Bits the coder's state may hold beyond its words (64-bit state; one word of margin).
+_RANS_STATE_BITS = 96
+
+
+def _rans_min_words(counts: np.ndarray) -> int:
+    """Fewest 32-bit words that can encode a stream with histogram ``counts``.
+
+    Each symbol ``i`` costs at least ``-log2(q_i)`` bits, where ``q_i`` is its quantized
+    probability: at most ``min(1, c_i / total + slack)``. A table whose
+    symbols need more information than the words carry is refused before decoding, so a
+    stream cannot decode to more symbols than its length can produce.
+    """
+    c = counts.astype(np.float64)
+    total = float(c.sum())
+    if total == 0:
+        return 0
+    q = np.minimum(1.0, c / total + _RANS_PROB_SLACK)
+    used = c > 0
+    bits = float(np.dot(c[used], -np.log2(q[used])))
+    return max(0, math.ceil((bits - _RANS_STATE_BITS) / 32))
+
+
+def _rans_decode(data: bytes, n: int, width: int, what: str) -> np.ndarray:
     c = _constriction()
     if c is None:
         raise NeurvolFormatError(
@@ -151,19 +201,31 @@ def _rans_decode(data: bytes, n: int, what: str) -> np.ndarray:
     if not MIN_ALPHABET <= alphabet <= MAX_ALPHABET or n < 1 or 8 + table_len > len(data):
         raise NeurvolFormatError(
             f"{what}: invalid rans table (alphabet {alphabet}, {n} symbols); the file is damaged")
-    counts = np.frombuffer(_zstd_exact(data[8:8 + table_len], 4 * alphabet, what), dtype="<u4")
+    if alphabet > 1 << (8 * width):
+        raise NeurvolFormatError(
+            f"{what}: rans alphabet of {alphabet} symbols does not fit the stream's "
+            f"{width}-byte symbols")
+    counts = np.frombuffer(zstd_exact(data[8:8 + table_len], 4 * alphabet, what), dtype="<u4")
     # The counts are the stream's histogram: they must add up to the symbols expected
     # (checked before decoding, so a damaged length cannot make the coder run on).
-    if int(counts.astype(np.int64).sum()) != n or len(data[8 + table_len:]) % 4:
+    n_words, odd = divmod(len(data) - 8 - table_len, 4)
+    if int(counts.astype(np.int64).sum()) != n or odd:
         raise NeurvolFormatError(f"{what}: rans table does not describe {n} symbols")
+    if n_words < _rans_min_words(counts):
+        raise NeurvolFormatError(
+            f"{what}: rans stream of {n_words} words is too short for the {n} symbols its "
+            "table declares; the file is corrupted")
     words = np.frombuffer(data[8 + table_len:], dtype="<u4").astype(np.uint32)
-    model = c.stream.model.Categorical(counts / counts.astype(np.float64).sum(), perfect=False)
     try:
+        # constriction raises plain exceptions on damaged streams and on tables it cannot
+        # model; both are a damaged file here.
+        model = c.stream.model.Categorical(counts / counts.astype(np.float64).sum(),
+                                           perfect=False)
         coder = c.stream.stack.AnsCoder(words)
-        out = np.asarray(coder.decode(model, n), dtype=np.int64) if n else np.zeros(0, np.int64)
+        out = np.asarray(coder.decode(model, n)) if n else np.zeros(0, np.int32)
         empty = coder.is_empty()
-    except Exception as exc:   # constriction raises plain exceptions on damaged streams
-        raise NeurvolFormatError(f"{what}: damaged rans stream: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise NeurvolFormatError(f"{what}: damaged rans stream: {brief(str(exc))}") from exc
     if not empty or not np.array_equal(np.bincount(out, minlength=alphabet)[:alphabet], counts):
         raise NeurvolFormatError(f"{what}: damaged rans stream (symbols do not match the table)")
-    return out
+    return out.astype(_DTYPES[width])

@@ -14,6 +14,13 @@ from ..errors import NeurvolFormatError, NeurvolInputError
 #: caller's stack depth, and every consumer of the header can safely recurse into it.
 MAX_HEADER_DEPTH = 64
 
+#: Most JSON arrays and objects a reader parses in one header (counted as ``[`` and ``{``
+#: bytes, strings included, before parsing). A parsed empty object costs ~100 bytes and a
+#: Python call of the duplicate-key hook, so without this a 16 MiB header of ``{}`` held
+#: ~1 GB and took seconds before it was refused. Real headers have a few per model config
+#: (at most 4096 configs, spec/bricks.md) and section: far below the cap.
+MAX_HEADER_CONTAINERS = 1 << 17
+
 
 def canonical_json(obj: Any) -> bytes:
     """Encode *obj* deterministically (sorted keys, no spaces, UTF-8, no NaN)."""
@@ -113,6 +120,12 @@ def parse_header(raw: bytes) -> Dict[str, Any]:
         raise NeurvolFormatError(
             f"header is not valid UTF-8 (byte {e.start} of the header); the file is "
             "corrupted or was written by a faulty tool") from None
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > MAX_HEADER_CONTAINERS:
+        raise NeurvolFormatError(
+            f"header JSON holds {containers} arrays/objects, more than the "
+            f"{MAX_HEADER_CONTAINERS} a reader parses (spec/resources.md); the file is "
+            "corrupted or hostile")
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates,
                          parse_constant=_reject_constant, parse_float=_parse_float)

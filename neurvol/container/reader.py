@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import (NeurvolFormatError, NeurvolInputError, NeurvolIOError,
-                      NeurvolVersionError)
+                      NeurvolVersionError, brief)
 from ._json import parse_header
 from .format import (FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, INDEX_RECORD_SIZE,
                      KEY_BRICKS, KEY_GRID, KEY_SECTIONS, MAGIC, MAX_BRICKS,
@@ -160,9 +160,9 @@ class NvolReader:
                 raise NeurvolFormatError(
                     f"{where}: section #{pos} has no valid name (non-empty string)")
             if name in out:
-                raise NeurvolFormatError(f"{where}: section {name!r} is listed twice")
-            offset = _uint(entry.get("offset"), f"{where}: section {name!r} offset")
-            length = _uint(entry.get("length"), f"{where}: section {name!r} length")
+                raise NeurvolFormatError(f"{where}: section {brief(name)} is listed twice")
+            offset = _uint(entry.get("offset"), f"{where}: section {brief(name)} offset")
+            length = _uint(entry.get("length"), f"{where}: section {brief(name)} length")
             crc = entry.get("crc32")
             if name == SECTION_BRICKS:
                 if crc is not None:
@@ -170,19 +170,19 @@ class NvolReader:
                         f'{where}: section "bricks" must have crc32 null (each brick is '
                         "checksummed in the brick index)")
             else:
-                crc = _uint(crc, f"{where}: section {name!r} crc32")
+                crc = _uint(crc, f"{where}: section {brief(name)} crc32")
                 if crc > U32_MAX:
                     raise NeurvolFormatError(
-                        f"{where}: section {name!r} crc32 {crc} does not fit in 32 bits")
+                        f"{where}: section {brief(name)} crc32 {brief(crc)} does not fit in 32 bits")
             if offset != expected:
                 raise NeurvolFormatError(
-                    f"{where}: section {name!r} starts at byte {offset}, expected "
+                    f"{where}: section {brief(name)} starts at byte {brief(offset)}, expected "
                     f"{expected}; sections must be back to back from the end of the header")
             expected = offset + length
             if expected > size:
                 raise NeurvolFormatError(
-                    f"{self.name}: file is truncated: section {name!r} ends at byte "
-                    f"{expected} but the file has {size} bytes; the file was probably cut "
+                    f"{self.name}: file is truncated: section {brief(name)} ends at byte "
+                    f"{brief(expected)} but the file has {size} bytes; the file was probably cut "
                     "off during a copy or download")
             out[name] = Section(name, offset, length, crc)
         if expected != size:
@@ -194,7 +194,7 @@ class NvolReader:
         if tuple(names) != REQUIRED_SECTIONS:
             raise NeurvolFormatError(
                 f"{where}: the first sections must be {list(REQUIRED_SECTIONS)}, found "
-                f"{names}")
+                f"{brief(names)}")
         return out
 
     def _check_grid(self, bricks: Any) -> Tuple[int, int, int]:
@@ -205,11 +205,11 @@ class NvolReader:
         if not (isinstance(grid, list) and len(grid) == 3
                 and all(type(g) is int and g >= 1 for g in grid)):
             raise NeurvolFormatError(
-                f'{where}: "bricks.grid" must be 3 positive integers [K, J, I], got {grid!r}')
+                f'{where}: "bricks.grid" must be 3 positive integers [K, J, I], got {brief(grid)}')
         k, j, i = grid
         if k * j * i > MAX_BRICKS:
             raise NeurvolFormatError(
-                f'{where}: "bricks.grid" {grid} has {k * j * i} bricks, more than the '
+                f'{where}: "bricks.grid" {brief(grid)} has {brief(k * j * i)} bricks, more than the '
                 f"limit of {MAX_BRICKS}")
         return k, j, i
 
@@ -370,7 +370,7 @@ def read_nvol_bytes(data: Union[bytes, bytearray, memoryview]) -> NvolReader:
 def _uint(v: Any, what: str) -> int:
     # bool is an int subclass and 1.0 == 1; neither is a valid offset or length.
     if type(v) is not int or v < 0:
-        raise NeurvolFormatError(f"{what} must be a non-negative integer, got {v!r}")
+        raise NeurvolFormatError(f"{what} must be a non-negative integer, got {brief(v)}")
     return v
 
 

@@ -80,17 +80,25 @@ def write_nifti(path: Path, array: np.ndarray, *, spacing: Sequence[float] = (1.
     arr = numeric_volume(array, " to NIfTI")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
+    elif arr.dtype == np.float16:
+        # NIfTI has no binary16 type; float32 holds every binary16 value exactly.
+        arr = arr.astype(np.float32)
     affine = np.diag([float(spacing[2]), float(spacing[1]), float(spacing[0]), 1.0])
     affine[:3, 3] = [float(origin[2]), float(origin[1]), float(origin[0])]
-    img = nib.Nifti1Image(np.asarray(arr).transpose(2, 1, 0), affine)
-    img.header.set_xyzt_units("mm")
+    try:
+        img = nib.Nifti1Image(np.asarray(arr).transpose(2, 1, 0), affine)
+        img.header.set_xyzt_units("mm")
+    except Exception as e:  # noqa: BLE001 - nibabel: HeaderDataError for unsupported dtypes
+        raise NeurvolInputError(
+            f"cannot write dtype {arr.dtype} to NIfTI ({e}); decode to a type NIfTI stores, "
+            "e.g. `--dtype float32` or `--dtype float64`") from e
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:
         try:
             nib.save(img, tmp)
         except Exception as e:  # noqa: BLE001 - nibabel: HeaderDataError, ValueError ...
-            if isinstance(e, OSError):
-                raise
+            if isinstance(e, OSError):   # e.g. a full disk
+                raise NeurvolIOError(f"cannot write {str(path)!r}: {e.strerror or e}") from e
             raise NeurvolIOError(f"cannot write {str(path)!r} as NIfTI: {e}") from e
 
 

@@ -54,10 +54,12 @@ GOLDEN_DIR = os.path.join(os.path.dirname(HERE), "golden")
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model_file(arch: str = "fvsrn") -> bytes:
-    """A real model file of ~2 KB (10x12x14 float32 crop of the sample, ratio 3)."""
+def tiny_model_file(arch: str = "fvsrn", codec: Optional[str] = None) -> bytes:
+    """A real model file of ~2 KB (10x12x14 float32 crop of the sample, ratio 3);
+    ``codec`` is an ``encode(codec=...)`` dict as JSON."""
     vol = np.ascontiguousarray(neurvol.sample_volume()[26:36, 24:36, 22:36]).astype(np.float32)
-    return neurvol.encode(vol, ratio=3, steps=10, seed=0, arch=arch, quiet=True).to_bytes()
+    return neurvol.encode(vol, ratio=3, steps=10, seed=0, arch=arch, quiet=True,
+                          codec=json.loads(codec) if codec else None).to_bytes()
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,6 +77,16 @@ def seed_files() -> List[Tuple[str, bytes]]:
     """(name, bytes) of every seed."""
     seeds = [("tiny_fvsrn", tiny_model_file()), ("tiny_amgsrn", tiny_model_file("amgsrn")),
              ("constant", constant_file())]
+    # Architectures and record kinds no golden file has (vq grids, pruned masks), so the
+    # mutations reach their decoders too.
+    extra = [("tiny_hashgrid", "hashgrid", None), ("tiny_neurcomp", "neurcomp", None),
+             ("tiny_fvsrn_vq", "fvsrn", '{"grids": "vq"}'),
+             ("tiny_fvsrn_pruned", "fvsrn", '{"prune": 0.5}')]
+    for name, arch, codec in extra:
+        try:
+            seeds.append((name, tiny_model_file(arch, codec)))
+        except neurvol.NeurvolError:   # a budget too small for this variant: skip it
+            pass
     for path in golden_files():
         with open(path, "rb") as f:
             seeds.append((os.path.basename(path), f.read()))
@@ -537,11 +549,118 @@ def mutate_grid(data: bytes, ch: Chooser) -> Optional[bytes]:
     return rebuild(hdr, out)
 
 
+# Fields of a kind-2 payload (codec neurvol 2): (offset, size, what) of every count,
+# length, size and stream a reader trusts, found by walking the records.
+_STREAM_HEAD = struct.Struct("<BBI")
+
+
+def _walk_stream(p: bytes, pos: int, fields: list) -> int:
+    coder, width, length = _STREAM_HEAD.unpack_from(p, pos)
+    fields += [(pos, 1, "coder"), (pos + 1, 1, "width"), (pos + 2, 4, "length")]
+    data = pos + 6
+    if coder == 2 and length >= 8:
+        fields += [(data, 4, "alphabet"), (data + 4, 4, "table_length")]
+    fields.append((data, length, f"stream{coder}"))
+    return data + length
+
+
+def _walk_records(p: bytes, specs: Sequence[Tuple[str, Tuple[int, ...]]]) -> list:
+    """Fields of a valid kind-2 payload (stops quietly at anything unexpected)."""
+    fields: list = []
+    pos = 1
+    try:
+        for _name, shape in specs:
+            method, flags = p[pos], p[pos + 1]
+            fields += [(pos, 1, "method"), (pos + 1, 1, "flags")]
+            pos += 2
+            if flags & 1:
+                pos = _walk_stream(p, pos, fields)
+            if method in (2, 5):        # kmeans / vq: book kind, k, codebook
+                kind, k = struct.unpack_from("<BI", p, pos)
+                fields += [(pos, 1, "book_kind"), (pos + 1, 4, "k")]
+                vec = shape[-4] if method == 5 and len(shape) >= 4 else 1
+                pos += 5 + (2 if kind == 0 else 4) * k * vec
+            elif method in (3, 4):      # lorenzo / interp: step
+                fields.append((pos, 4, "step"))
+                pos += 4
+            pos = _walk_stream(p, pos, fields)
+    except (IndexError, struct.error):
+        pass
+    return fields
+
+
+def _hostile_stream(ch: Chooser, n_hint: int) -> bytes:
+    """Stream data meant to be decoded to many symbols from few bytes."""
+    n = ch.choice([0, 1, n_hint, n_hint + 1, n_hint * 4, 1 << 20, 1 << 26])
+    kind = ch.int(0, 3)
+    if kind == 0:   # zstd of zeros, content size declared (maybe not the expected one)
+        return zstandard.ZstdCompressor(level=1).compress(bytes(min(n, 1 << 26)))
+    if kind == 1:   # zstd without a content size
+        return zstandard.ZstdCompressor(level=1, write_content_size=False).compress(bytes(min(n, 1 << 22)))
+    if kind == 2:   # rANS table [n, 0] (or alphabet 1) and no words
+        counts = np.array(ch.choice([[n, 0], [n], [n // 2, n - n // 2], [0, 0]]), "<u4")
+        table = zstandard.ZstdCompressor().compress(counts.tobytes())
+        return struct.pack("<II", counts.size, len(table)) + table + ch.bytes(8)[:ch.int(0, 8)]
+    return ch.bytes(64)
+
+
+def mutate_streams(data: bytes, ch: Chooser) -> Optional[bytes]:
+    """Edit the counts, lengths, sizes and stream contents of a kind-2 model payload
+    (method, flags, coder, width, stream length, k, step, rANS alphabet and table, or a
+    whole stream replaced by a bomb), then re-checksum."""
+    parts = split_head(data)
+    bricks = bricks_of(data)
+    if parts is None or not bricks:
+        return None
+    hdr = parts[0]
+    b = ch.int(0, len(bricks) - 1)
+    p = bricks[b]
+    if p[:1] != b"\x02":
+        return None
+    try:
+        from neurvol.neural_volume import _config_of, tensor_specs
+
+        spec = hdr.get("model")
+        models = hdr.get("bricks", {}).get("models") if isinstance(hdr.get("bricks"), dict) else None
+        if models:
+            spec = models[hdr["bricks"]["model_ids"][b]]
+        specs = tensor_specs(*_config_of(spec))
+    except Exception:  # noqa: BLE001 - a header this mutator cannot read
+        return None
+    fields = _walk_records(p, specs)
+    if not fields:
+        return None
+    pos, size, what = ch.choice(fields)
+    out = bytearray(p)
+    if what.startswith("stream"):
+        n_hint = max(1, size)
+        new = _hostile_stream(ch, n_hint) if ch.bool() else bytes(mutate_bytes(bytes(out[pos:pos + size]) or b"\x00", ch))
+        out[pos:pos + size] = new
+        # keep the stream's length field consistent (or not, sometimes)
+        if ch.int(0, 3) and pos >= 6:
+            struct.pack_into("<I", out, pos - 4, len(new) & 0xFFFFFFFF)
+            coder = {"zstd": 1, "rans": 2}.get(ch.choice(["keep", "zstd", "rans"]))
+            if coder is not None:
+                out[pos - 6] = coder
+    elif size == 1:
+        out[pos] = ch.choice([0, 1, 2, 3, 4, 5, 6, 0x7F, 0xFF, ch.int(0, 255)])
+    elif size == 4 and what == "step":
+        struct.pack_into("<f", out, pos, ch.choice([0.0, -1.0, float("inf"), float("nan"),
+                                                     1e-45, 3.4e38, 1.0]))
+    else:
+        value = ch.choice([0, 1, 2, 255, 256, 65535, 65536, 65537, 1 << 20, (1 << 20) + 1,
+                           1 << 28, 1 << 31, (1 << 32) - 1, ch.int(0, (1 << 32) - 1)])
+        struct.pack_into("<I", out, pos, value)
+    bricks[b] = bytes(out)
+    return rebuild(hdr, bricks)
+
+
 MUTATORS: List[Tuple[str, Callable[[bytes, Chooser], Optional[bytes]], int]] = [
     ("bytes", mutate_bytes, 3),
     ("header", mutate_header, 4),
     ("payload", mutate_payload, 2),
     ("records", mutate_records, 2),
+    ("streams", mutate_streams, 3),
     ("grid", mutate_grid, 1),
 ]
 _WEIGHTED = [m for m in MUTATORS for _ in range(m[2])]
