@@ -35,6 +35,7 @@ from ..errors import NeurvolFormatError
 from .interp import MAX_CODE, _anchor, prediction_passes
 from .interp import _predict as _predict_cubic
 from .lorenzo import unzigzag, zigzag
+from .streams import zstd_exact
 
 # Block modes: what predicts a block's values (the kernel, and data or residual).
 MODE_DATA_CUBIC = 0
@@ -532,7 +533,7 @@ class CorrectionStream:
             raise NeurvolFormatError(f"{what}: invalid stream parameters; the file is damaged")
         self.block = block
         pos = _HEAD.size
-        raw = _zstd_exact(data[pos:pos + frame_len], raw_len, what)
+        raw = zstd_exact(data[pos:pos + frame_len], raw_len, what)
         pos += frame_len
         self._tables: Dict[int, np.ndarray] = {}
         tpos = 0
@@ -558,7 +559,7 @@ class CorrectionStream:
         pos += 4
         if pos + ilen > len(data):
             raise NeurvolFormatError(f"{what}: truncated block index; the file is damaged")
-        lengths = np.frombuffer(_zstd_exact(data[pos:pos + ilen], 4 * self.nblocks, what), "<u4")
+        lengths = np.frombuffer(zstd_exact(data[pos:pos + ilen], 4 * self.nblocks, what), "<u4")
         pos += ilen
         self._offsets = pos + np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         if int(self._offsets[-1]) != len(data):
@@ -604,8 +605,10 @@ class CorrectionStream:
             raise NeurvolFormatError(f"{what}: unknown block mode; the file is damaged")
         mode = data[0]
         (n_esc, n_exc), pos = _read_varints(data, 1, 2, what)
-        if n_esc > n or n_exc > n:
-            raise NeurvolFormatError(f"{what}: more escapes than voxels; the file is damaged")
+        if (n_esc > n or n_exc > n
+                or pos + n_esc + n_exc * (1 + self.dtype.itemsize) > len(data)):
+            raise NeurvolFormatError(f"{what}: more escapes or exceptions than its voxels or "
+                                     "bytes allow; the file is damaged")
         escapes, pos = _read_varints(data, pos, n_esc, what)
         deltas, pos = _read_varints(data, pos, n_exc, what)
         vsize = n_exc * self.dtype.itemsize
@@ -667,11 +670,6 @@ class CorrectionStream:
         g = block_grid(self.shape, self.block)
         k = np.asarray(zyx, dtype=np.int64) // self.block
         return (k[:, 0] * g[1] + k[:, 1]) * g[2] + k[:, 2]
-
-
-def _zstd_exact(frame: bytes, expected: int, what: str) -> bytes:
-    from .streams import _zstd_exact as exact
-    return exact(frame, expected, what)
 
 
 def decode_correction(data: bytes, shape: Sequence[int], dtype,
