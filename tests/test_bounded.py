@@ -300,3 +300,23 @@ def test_header_bound_must_name_a_present_section():
                           {"correction": nv._reader.read_section("correction")}, minor=2)
     with pytest.raises(NeurvolFormatError, match="does not have"):
         neurvol.NeuralVolume(NvolReader(data))
+
+
+def test_cli_pack_with_a_bound_and_info(tmp_path, capsys):
+    from neurvol.cli import main
+
+    src = tmp_path / "crop.npy"
+    vol = _neghip_crop()
+    np.save(src, vol)
+    out = tmp_path / "crop.nvol"
+    assert main(["pack", str(src), "-o", str(out), "--max-error", "1.5",
+                 "--model-ratios", "none"]) == 0
+    text = capsys.readouterr().out
+    assert "every voxel within 1.5" in text and "max error 1" in text
+    with neurvol.open(out) as nv:
+        assert nv.max_error == 1.5 and _max_err(nv.decode(), vol) <= 1
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "bound:" in text and "max_error: 1.5" in text and "correction:" in text
+    # one bound at a time: a usage error
+    assert main(["pack", str(src), "-o", str(out), "--max-error", "1", "--rel-error", "0.1"]) == 2
