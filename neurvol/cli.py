@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from . import _atomic
+from ._atomic import completed_since, write_count
 from . import io as nvio
 from .volume_checks import check_ratio
 from .errors import NeurvolError, NeurvolInputError, NeurvolIOError
@@ -986,7 +986,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
 
     func: Callable[[argparse.Namespace], int] = args.func
-    writes = _atomic.write_count()
+    writes = write_count()
     with _logging(args.verbose), _sigterm_raises():
         try:
             return func(args)
@@ -1016,7 +1016,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _completed_note(writes: int) -> str:
     """Which outputs were already complete when a signal stopped the command (a signal
     just after the rename must not suggest the file is damaged)."""
-    done = _atomic.completed_since(writes)
+    done = completed_since(writes)
     if not done:
         return ""
     return "; " + ", ".join(done) + (" is" if len(done) == 1 else " are") + \

@@ -41,7 +41,7 @@ LAYERS: Dict[str, int] = {
     # weights <-> bytes (numpy, zstandard; no torch)
     "compress": 3,
     # SRN architectures (torch for training, numpy for reading)
-    "models": 4,
+    "models": 4, "model_limits": 4,
     # sampling, training, losses, rate terms
     "fit": 5,
     # a trained model -> payload (pruning, quantization, fine-tuning)

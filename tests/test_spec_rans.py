@@ -214,8 +214,8 @@ def test_golden_rans_streams_decode_with_the_spec_decoder(monkeypatch) -> None:
     seen = []
     original = streams._rans_decode
 
-    def spy(data: bytes, n: int, what: str) -> np.ndarray:
-        out = original(data, n, what)
+    def spy(data: bytes, n: int, *rest) -> np.ndarray:
+        out = original(data, n, *rest)
         seen.append((bytes(data), n, out.copy()))
         return out
 
