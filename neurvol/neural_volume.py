@@ -290,8 +290,16 @@ class NeuralVolume:
                 data = self._reader.read_section(self._bound["section"])
                 self._corrections = Corrections(data, self._shape, self._dtype,
                                                 float(self._bound["max_error"]),
-                                                self._base_block)
+                                                self._base_block, self._base_voxels)
             return self._corrections
+
+    def _base_voxels(self, zyx: np.ndarray) -> np.ndarray:
+        """The model's float32 values at integer voxels ``(N, 3)``, at the coordinates
+        decode() gives them (``np.linspace(-1, 1, n)[i]``)."""
+        top = np.asarray(self._shape, dtype=np.float64) - 1.0
+        v = np.asarray(zyx, dtype=np.float64)
+        norm = np.where(v == top, 1.0, v * (2.0 / top) + -1.0)
+        return self._evaluate(norm)
 
     def _base_block(self, sl: Tuple[slice, ...]) -> np.ndarray:
         """The model's float32 values on a box of voxels, with the coordinates decode()

@@ -320,3 +320,27 @@ def test_cli_pack_with_a_bound_and_info(tmp_path, capsys):
     assert "bound:" in text and "max_error: 1.5" in text and "correction:" in text
     # one bound at a time: a usage error
     assert main(["pack", str(src), "-o", str(out), "--max-error", "1", "--rel-error", "0.1"]) == 2
+
+
+def test_query_between_centres_is_model_plus_trilinear_corrections():
+    rng = np.random.default_rng(7)
+    vol = _smooth(rng, (17, 19, 18), "float32")
+    e = _bound(vol, 1e-2)
+    nv = B.encode_bounded(vol, e, None, model_ratios=(4.0,), require_model=True, block=8,
+                          steps=20, arch="fvsrn", seed=0, quiet=True, device="cpu")
+    modes = nv._correction_stream().stream.modes()
+    assert sum(modes.values()) == 27
+    dec = nv.decode().astype(np.float64)
+    base = nv._base_block(tuple(slice(0, n) for n in vol.shape)).astype(np.float64)
+    corr = dec - base
+    p = rng.uniform(0, 1, (200, 3)) * (np.array(vol.shape) - 1)
+    norm = p * (2.0 / (np.array(vol.shape) - 1.0)) - 1.0
+    model = nv._evaluate(norm).astype(np.float64)
+    i0 = np.minimum(np.floor(p).astype(int), np.array(vol.shape) - 2)
+    f = p - i0
+    tri = np.zeros(len(p))
+    for c in np.ndindex(2, 2, 2):
+        w = np.prod(np.where(np.array(c) == 1, f, 1 - f), axis=1)
+        tri += w * corr[tuple((i0 + np.array(c)).T)]
+    span = float(vol.max() - vol.min())
+    np.testing.assert_allclose(nv.query(p), model + tri, rtol=0, atol=1e-5 * span)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import NeurvolFormatError
-from .correction import CorrectionStream, block_grid, block_slices
+from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices
 
 #: Header key and section of an error-bounded file.
 KEY_BOUND = "bound"
@@ -42,11 +42,14 @@ def parse_bound(header: Dict[str, Any], section_names: Sequence[str]) -> Optiona
 class Corrections:
     """Reader side: the correction stream of an open file, decoded block by block.
 
-    ``evaluate_base(zyx_slices)`` returns the base (float32 model values, before the
-    cast) on the voxel grid of those slices; ``cast`` is the volume's dtype."""
+    ``evaluate_base(zyx_slices)`` returns the base (the model's float32 values, before
+    the cast) on the voxel grid of those slices, ``base_at(zyx)`` at integer voxels
+    ``(N, 3)``. A block whose mode ignores the base decodes without it; its corrections
+    then need the base only at the voxels a query interpolates."""
 
     def __init__(self, data: bytes, shape: Sequence[int], dtype: np.dtype, max_error: float,
-                 evaluate_base: Callable[[Tuple[slice, slice, slice]], np.ndarray]):
+                 evaluate_base: Callable[[Tuple[slice, slice, slice]], np.ndarray],
+                 base_at: Callable[[np.ndarray], np.ndarray]):
         self.stream = CorrectionStream(data, shape, dtype)
         if self.stream.max_error != max_error:
             raise NeurvolFormatError(
@@ -56,17 +59,23 @@ class Corrections:
         self.dtype = np.dtype(dtype)
         self.max_error = max_error
         self._base = evaluate_base
-        self._cache: "OrderedDict[int, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+        self._base_at = base_at
+        self._cache: "OrderedDict[int, Tuple[np.ndarray, Optional[np.ndarray]]]" = OrderedDict()
 
-    def block(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
-        """``(decoded values, corrections = decoded - base)`` of block ``i`` (cached)."""
+    def block(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(decoded values, corrections = decoded - base)`` of block ``i`` (cached); the
+        corrections are ``None`` for a block coded without the base."""
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
-        sl = block_slices(self.shape, self.stream.block, i)
-        base = np.asarray(self._base(sl), dtype=np.float64)
-        values = self.stream.decode_block(i, base)
-        entry = (values, values.astype(np.float64) - base)
+        if self.stream.block_mode(i) in BASE_MODES:
+            sl = block_slices(self.shape, self.stream.block, i)
+            base = np.asarray(self._base(sl), dtype=np.float64)
+            values = self.stream.decode_block(i, base)
+            entry: Tuple[np.ndarray, Optional[np.ndarray]] = (
+                values, values.astype(np.float64) - base)
+        else:
+            entry = (self.stream.decode_block(i, None), None)
         self._cache[i] = entry
         if len(self._cache) > BLOCK_CACHE:
             self._cache.popitem(last=False)
@@ -127,6 +136,9 @@ class Corrections:
             m = blocks == b
             values, c = self.block(int(b))
             local = v[m] - (v[m] // B) * B
-            corr[m] = c[local[:, 0], local[:, 1], local[:, 2]]
             vals[m] = values[local[:, 0], local[:, 1], local[:, 2]]
+            if c is None:
+                corr[m] = vals[m] - np.asarray(self._base_at(v[m]), dtype=np.float64)
+            else:
+                corr[m] = c[local[:, 0], local[:, 1], local[:, 2]]
         return corr, vals

@@ -580,6 +580,12 @@ class CorrectionStream:
             out[name] = out.get(name, 0) + 1
         return out
 
+    def block_mode(self, i: int) -> int:
+        """The mode byte of block ``i`` (checked when the block is decoded)."""
+        if not 0 <= i < self.nblocks:
+            raise IndexError(f"block {i} out of range")
+        return self._data[int(self._offsets[i])] if self.block_bytes(i) else -1
+
     def _model_for(self, key: int):
         if key not in self._tables:
             raise NeurvolFormatError(f"{self.what}: a block uses table {key}, which the stream "
