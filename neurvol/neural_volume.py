@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .compress import decode_payload, payload_stats
-from .compress.bound import Corrections, parse_bound
+from .compress.bound import Corrections, parse_bound, resample_linear
 from .compress.payload import max_payload_bytes
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
@@ -292,6 +292,20 @@ class NeuralVolume:
                                                 float(self._bound["max_error"]),
                                                 self._base_block, self._base_voxels)
             return self._corrections
+
+    def _decode_bounded(self, target: Tuple[int, int, int]) -> np.ndarray:
+        """An error-bounded file's decode: on its own grid the model plus the corrections
+        (the volume's dtype, within the bound); on another grid, as query() between voxel
+        centres, the model there plus the trilinear interpolation of the corrections."""
+        base = np.empty(self._shape, dtype=np.float32)
+        self._fill_grid([_LinspaceAxis(n) for n in self._shape], base, np.dtype(np.float32))
+        values = self._correction_stream().decode(base)
+        if target == self._shape:
+            return values
+        model = np.empty(target, dtype=np.float32)
+        self._fill_grid([_LinspaceAxis(n) for n in target], model, np.dtype(np.float32))
+        corr = values.astype(np.float64) - base
+        return model + resample_linear(corr, target)
 
     def _base_voxels(self, zyx: np.ndarray) -> np.ndarray:
         """The model's float32 values at integer voxels ``(N, 3)``, at the coordinates
@@ -656,13 +670,7 @@ class NeuralVolume:
                     f"{exc}; decode into a disk-backed array with out=np.memmap(...), or "
                     "read regions with nv[z0:z1, ...]") from None
         if self._bound is not None:
-            if target != self._shape:
-                raise NeurvolInputError(
-                    f"an error-bounded file decodes at its own shape {self._shape}, not "
-                    f"{target}; decode it and resample, or query() the points you need")
-            base = np.empty(target, dtype=np.float32)
-            self._fill_grid([_LinspaceAxis(n) for n in target], base, np.dtype(np.float32))
-            out[...] = _cast(self._correction_stream().decode(base), dt)
+            out[...] = _cast(self._decode_bounded(target), dt)
             return out
         self._fill_grid([_LinspaceAxis(n) for n in target], out, dt)
         return out

@@ -344,3 +344,17 @@ def test_query_between_centres_is_model_plus_trilinear_corrections():
         tri += w * corr[tuple((i0 + np.array(c)).T)]
     span = float(vol.max() - vol.min())
     np.testing.assert_allclose(nv.query(p), model + tri, rtol=0, atol=1e-5 * span)
+
+
+def test_decode_at_another_shape_is_model_plus_interpolated_corrections():
+    vol = _neghip_crop()
+    nv = B.encode_bounded(vol, 3.0, None, model_ratios=(), block=8)
+    dec = nv.decode().astype(np.float64)
+    # No model (a constant base): the corrections' interpolation is the values'.
+    half = nv.decode(shape=(12, 24, 47), dtype=np.float32)
+    z = np.linspace(0, 23, 12)
+    x = np.linspace(0, 23, 47)
+    pts = np.stack(np.meshgrid(z, np.arange(24.0), x, indexing="ij"), -1).reshape(-1, 3)
+    np.testing.assert_allclose(half.reshape(-1), nv.query(pts), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(half[0, :, 0], dec[0, :, 0], atol=1e-4)
+    assert nv.decode(shape=(2, 3, 2)).dtype == vol.dtype

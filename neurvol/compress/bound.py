@@ -142,3 +142,21 @@ class Corrections:
             else:
                 corr[m] = c[local[:, 0], local[:, 1], local[:, 2]]
         return corr, vals
+
+
+def resample_linear(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``grid`` (float) interpolated trilinearly at the points of a decode of ``shape``:
+    output ``j`` of an axis of ``m`` sits at input position ``j (n - 1) / (m - 1)`` (the
+    grid ``linspace(-1, 1, m)`` of spec/payload.md §1.2; the centre for ``m = 1``)."""
+    out = np.asarray(grid, dtype=np.float64)
+    for axis, m in enumerate(shape):
+        n = out.shape[axis]
+        if m == n:
+            continue
+        pos = np.linspace(0.0, n - 1.0, m) if m > 1 else np.full(1, (n - 1.0) / 2.0)
+        i0 = np.minimum(np.floor(pos).astype(np.int64), max(n - 2, 0))
+        w = (pos - i0).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        out = (np.take(out, i0, axis=axis) * (1.0 - w)
+               + np.take(out, np.minimum(i0 + 1, n - 1), axis=axis) * w)
+    return out
+
