@@ -188,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
     if args.model_ratios is None:
-        from neurvol.bounded import DEFAULT_MODEL_RATIOS
+        from neurvol.encoding.bounded import DEFAULT_MODEL_RATIOS
         args.model_ratios = list(DEFAULT_MODEL_RATIOS)
     result = run(args)
     print(markdown(result))

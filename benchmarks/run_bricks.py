@@ -23,7 +23,13 @@ per volume; part 2 ~9 min (about 50 fitted 132^3 bricks at ~15 s each with 500 s
 ``--steps`` caps part 1 (``--steps 1000`` saves ~20 %, with some PSNR loss in every row),
 ``--big-steps`` part 2 (it measures memory and random access; its PSNR is only reported).
 
-Full run (the acceptance table; do not run it next to other CPU-heavy jobs):
+Acceptance (issue 21): bricked vs one model at the same bytes, each volume bricked with
+``--brick`` (default 128, so 2x2x2 bricks of the 256^3 volumes) and one model sized to the
+bricked file's bytes; passes when the bricks are within 0.5 dB:
+    python benchmarks/run_bricks.py --acceptance --out accept.md --json accept.json
+    (quick sanity: --acceptance --crop 128 --brick 64 --steps 300)
+
+Full run (the issue 5 table; do not run it next to other CPU-heavy jobs):
     python benchmarks/run_bricks.py --out bricks.md --json bricks.json
 Quick check (a few minutes; tiny crops and fits, numbers meaningless):
     python benchmarks/run_bricks.py --quick
@@ -124,6 +130,60 @@ def measure(vol: np.ndarray, grid, args) -> dict:
         cold.query(pts)
         row["query_Mpts_s"] = round(len(pts) / (time.perf_counter() - t) / 1e6, 3)
     return row
+
+
+# ----------------------------------------------------------------------------- acceptance
+#: Most PSNR the bricked file may lose against one model at the same bytes (dB).
+ACCEPT_DB = 0.5
+
+
+def acceptance(args, report) -> list:
+    """Each volume bricked (``--brick``, ``--workers``), then as one model at the bricked
+    file's bytes; PSNR of both over every voxel."""
+    rows = []
+    for name in args.volumes:
+        vol = load(name, args.crop)
+        row = {"volume": name, "shape": list(vol.shape), "brick": args.brick}
+        kw = dict(steps=args.steps, seed=0, quiet=True, arch=args.arch)
+        t = time.perf_counter()
+        bricked = neurvol.encode(vol, ratio=args.ratio, brick=args.brick, ghost=args.ghost,
+                                 workers=args.workers, **kw)
+        row.update(bricked_s=round(time.perf_counter() - t, 1), bricked_bytes=bricked.nbytes_file,
+                   bricks="x".join(map(str, bricked.header["bricks"]["grid"])),
+                   bricked_psnr=round(psnr(vol, bricked.decode(dtype=np.float32)), 2),
+                   bricked_pipeline=bricked.info()["codec"]["pipeline"])
+        t = time.perf_counter()
+        single = neurvol.encode(vol, ratio=vol.nbytes / bricked.nbytes_file, bricks=(1, 1, 1),
+                                **kw)
+        row.update(single_s=round(time.perf_counter() - t, 1), single_bytes=single.nbytes_file,
+                   single_psnr=round(psnr(vol, single.decode(dtype=np.float32)), 2))
+        row["delta_db"] = round(row["bricked_psnr"] - row["single_psnr"], 2)
+        row["pass"] = row["delta_db"] >= -ACCEPT_DB
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        report(rows, None)
+    return rows
+
+
+def acceptance_markdown(args, rows: list) -> str:
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=HERE).stdout.strip()
+    out = [f"Bricked vs one model at the same bytes: ratio {args.ratio:g}, bricks of "
+           f"{args.brick}, ghost {args.ghost}, arch {args.arch}, steps "
+           f"{args.steps or 'default'}, seed 0, {args.workers} worker(s); commit {commit}, "
+           f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+           f"{os.cpu_count()} cores, torch {torch.__version__}.", "",
+           "| volume | bricks | bricked bytes | bricked PSNR dB | one model bytes | one model "
+           "PSNR dB | difference dB | within 0.5 dB | bricked s | one model s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['volume']} {'x'.join(map(str, r['shape']))} | {r['bricks']} | "
+                   f"{r['bricked_bytes']} | {r['bricked_psnr']} | {r['single_bytes']} | "
+                   f"{r['single_psnr']} | {r['delta_db']:+.2f} | {'yes' if r['pass'] else 'NO'} | "
+                   f"{r['bricked_s']} | {r['single_s']} |")
+    return "\n".join(out + [""])
 
 
 # ----------------------------------------------------------------------------- part 2
@@ -292,8 +352,11 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=0, help="centre crop of part 1's volumes")
     ap.add_argument("--query-points", type=int, default=200_000)
     ap.add_argument("--big-size", type=int, default=512)
-    ap.add_argument("--brick", type=int, default=128, help="part 2's brick size")
-    ap.add_argument("--workers", type=int, default=2, help="part 2's workers")
+    ap.add_argument("--brick", type=int, default=128,
+                    help="brick size of part 2 and of --acceptance")
+    ap.add_argument("--workers", type=int, default=2, help="workers of part 2 and of --acceptance")
+    ap.add_argument("--acceptance", action="store_true",
+                    help="only the issue 21 acceptance: bricked vs one model at the same bytes")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of this process (the one-model encodes); default 1, so "
                          "times compare with one brick worker")
@@ -321,6 +384,16 @@ def main() -> None:
         if args.out:
             atomic_write(args.out, (markdown(args, rows, big, elapsed) + "\n").encode())
 
+    if args.acceptance:
+        def report_acceptance(rows, _big) -> None:
+            if args.json:
+                atomic_write(args.json, json.dumps({"rows": rows, "args": vars(args)},
+                                                   indent=1).encode())
+            if args.out:
+                atomic_write(args.out, acceptance_markdown(args, rows).encode())
+        rows = acceptance(args, report_acceptance)
+        print(acceptance_markdown(args, rows))
+        sys.exit(0 if all(r["pass"] for r in rows) else 1)
     rows = [] if args.skip_part1 else part1(args, report)
     big = None if args.skip_part2 else part2(args)
     elapsed = time.perf_counter() - t0

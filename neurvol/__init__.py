@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, List
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> (module relative to this package, attribute or None for the module itself)
 _LAZY: Dict[str, tuple] = {

@@ -22,7 +22,7 @@ from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
 from .errors import NeurvolFormatError, NeurvolInputError, brief
 from .models import VolumeModel, get_architecture
-from .models.base import MAX_MODEL_PARAMS
+from .models.base import MAX_MODEL_PARAMS, resolve_device
 from .model_limits import check_model_cost, tensor_budget
 from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, cast_to_int, check_decode_dtype,
                             check_finite_points, check_points, check_shape)
@@ -79,13 +79,7 @@ class NeuralVolume:
             raise NeurvolInputError(
                 f"NeuralVolume needs an NvolReader, got {type(reader).__name__}; use "
                 "neurvol.open(path) to open a file")
-        try:
-            dev = torch.device(device or "cpu")
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise NeurvolInputError(f"unknown device {device!r}: {exc}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise NeurvolInputError("device='cuda' was asked for but torch sees no CUDA device; "
-                                    "use device='cpu'")
+        dev = resolve_device(device or "cpu")
         self._reader = reader
         self.header: Dict[str, Any] = reader.header
         self.device = dev

@@ -19,7 +19,7 @@ Stages, each optional and recorded in the header's ``codec.pipeline``:
 * every stream goes through the smallest of raw / zstd / rANS (:mod:`.compress.streams`).
 
 The search needs only ``file_size(payload)``, so the same code serves one model and the
-bricks of an ensemble.
+bricks of an ensemble (:mod:`neurvol.encoding.single`).
 """
 from __future__ import annotations
 
@@ -45,6 +45,29 @@ from .models import VolumeModel
 
 #: Most k-means levels tried when the budget leaves room.
 MAX_LEVELS = 1024
+#: Bits per byte, for the cost model's bit counts.
+BITS_PER_BYTE = 8
+#: Bytes the cost model adds per coded tensor (record header, coder framing).
+RECORD_OVERHEAD_BYTES = 16
+#: Bytes per float16 value (codebooks, raw16 tensors).
+F16_BYTES = 2
+#: With grids, the other tensors' k-means levels are halved until the file with the grids
+#: at their coarsest fills less than this fraction of the budget (room left for the grids).
+REST_MAX_SHARE = 0.9
+#: The coarsest grid step: every value rounds to 0 (this many times the largest |value|).
+_COARSEST_STEP_FACTOR = 4
+#: Grid step search: factor between probes while bracketing, the bracket's end ratio
+#: (vq: codebook sizes 10 % apart are as good as equal, and each probe runs k-means),
+#: and the most probes.
+_STEP_FACTOR = 1.25
+_STEP_TOLERANCE = 1.01
+_VQ_STEP_TOLERANCE = 1.1
+_STEP_PROBES = 60
+#: A step this much finer than the coarsest is as fine as it gets (and floats underflow).
+_FINEST_STEP = 1e-9
+#: The entropy estimate's bisection: its range below the coarsest step, and its rounds.
+_ENTROPY_STEP_RANGE = 1e-7
+_ENTROPY_ROUNDS = 40
 #: Ways to code dense feature grids (CodecSettings.grids).
 GRID_CODINGS = GRID_METHODS + ("vq", "kmeans")
 #: How pruning chooses the weights (CodecSettings.prune_method).
@@ -62,7 +85,7 @@ class CodecSettings:
     ``"kmeans"``.
     grid_bits: bits per grid value the size solver plans for under interp/lorenzo/vq (fewer
     bits per value: a larger model for the same bytes); default (None) 4 for
-    interp/lorenzo (measured in BENCHMARKS.md) and 2 for vq (``log2(K) / channels``: a
+    interp/lorenzo (BENCHMARKS.md, "Grid bits") and 2 for vq (``log2(K) / channels``: a
     codebook of 256 for fvsrn's 4 channels).
     finetune: quantization-aware fine-tuning steps as a fraction of the fit's steps.
     prune: fraction of the k-means tensors' weights set to zero (0: no pruning).
@@ -84,12 +107,11 @@ class CodecSettings:
     rate: rate-aware fitting of interp-coded grids (:class:`neurvol.fit.rate.GridRate`):
     the fit adds ``rate x running MSE x mean |interp residual|`` to its loss from 30 % of
     its steps, so the grids come out cheap to code and the step search can keep them
-    fine. 0 turns it off. Measured in BENCHMARKS.md (session 7): with ``grid_bits=2`` (a
-    model sized twice as large) it gains 0.3-2.5 dB on rough volumes (CT, turbulence) and
-    loses 1.5-3 dB on smooth simulation fields, so a single-model ``neurvol.encode`` that
-    sets neither ``rate`` nor ``grid_bits`` chooses per volume (``rate="auto"`` there);
-    this dataclass's own default, 0, is what bricks and explicit settings get. Recorded
-    in the header as the stage ``rate``.
+    fine. 0 turns it off. It gains on rough volumes and loses on smooth ones
+    (BENCHMARKS.md, "rate-aware fitting of the grids"), so ``neurvol.encode`` chooses per model when
+    the codec sets neither ``rate`` nor ``grid_bits`` (:mod:`neurvol.encoding.pilot`);
+    this dataclass's own default, 0, is what explicit settings get. Recorded in the
+    header as the stage ``rate``.
     """
 
     grids: str = "interp"
@@ -217,13 +239,14 @@ def estimate_payload(model: VolumeModel, bits: int, codec: CodecSettings) -> flo
     for name, plan in plans_for(model, 2 ** bits, codec, step=1.0).items():
         n = model.state_dict()[name].numel()
         if name in grids:
-            total += n * codec.bits_per_grid_value / 8 + 16
+            total += n * codec.bits_per_grid_value / BITS_PER_BYTE + RECORD_OVERHEAD_BYTES
         elif plan.method == "raw16":
-            total += 2 * n
+            total += F16_BYTES * n
         else:
             kept = n * (1 - codec.prune)
-            mask = n * _binary_entropy(codec.prune) / 8 if codec.prune > 0 else 0
-            total += kept * math.log2(plan.k) / 8 + 2 * plan.k + 16 + mask
+            mask = n * _binary_entropy(codec.prune) / BITS_PER_BYTE if codec.prune > 0 else 0
+            total += (kept * math.log2(plan.k) / BITS_PER_BYTE + F16_BYTES * plan.k
+                      + RECORD_OVERHEAD_BYTES + mask)
     return total
 
 
@@ -269,14 +292,14 @@ def compress_model(model: VolumeModel, file_size: Callable[[bytes], int], budget
     then the smallest grid step that fits. ``finetune(trainable)``, when given, trains the
     parameters ``trainable`` accepts with the grids replaced by their stored values; the
     other tensors are then quantized again, and the grid step kept unless the file no longer
-    fits (re-coding the stored grids at a finer step would quantize them twice). The pruning methods that learn
+    fits (re-coding the stored grids at a finer step would quantize them twice). The
+    pruning methods that learn
     (``codec.prune_method``) call ``finetune(trainable, regularizer=...)`` first (a
     :class:`neurvol.fit.Regularizer` to add to the loss and train along). ``score(payload)``,
     when given, is the error of the model a payload stores (lower is better): fine-tuning
-    is kept only if it
-    lowers it (measured: on sim_richtmyer_meshkov_t20[::2] at ratio 400, fvsrn, it cost
-    0.4 dB with Lorenzo grids and 2.2 dB with interp grids, while it gains 0.4 dB at ratio
-    100). The model's grid parameters are left at their stored (dequantized) values.
+    is kept only if it lowers it (it can cost more than it gains at high ratios,
+    BENCHMARKS.md, "fine-tuning guard"). The model's grid parameters are left at their stored
+    (dequantized) values.
     """
     grids = codec.grid_names(model)
     hooks = []
@@ -315,7 +338,7 @@ def _compress(model: VolumeModel, file_size: Callable[[bytes], int], budget: int
     k = k0
     while True:  # the other tensors must leave room for the grids
         base = _rest_size(cache, model, codec, k, grids, file_size)
-        if base < budget * 0.9 or k <= 2:
+        if base < budget * REST_MAX_SHARE or k <= 2:
             break
         k = max(2, k // 2)
     step = _grid_step(cache, model, codec, k, grids, file_size, budget)
@@ -371,7 +394,7 @@ def _max_step(arrays: Mapping[str, np.ndarray], grids: Tuple[str, ...],
     if codec.grids == "vq":
         return 0.5
     peak = max(float(np.abs(arrays[g]).max()) for g in grids)
-    return float(np.float32(max(peak, 1e-20) * 4))
+    return float(np.float32(max(peak, 1e-20) * _COARSEST_STEP_FACTOR))
 
 
 def _grid_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k: int,
@@ -389,23 +412,22 @@ def _grid_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k:
         return None
     lo_fail, hi_ok = None, None
     s = min(start, hi)
-    for _ in range(60):
+    for _ in range(_STEP_PROBES):
         if size(s) <= budget:
             hi_ok = s
-            if lo_fail is not None or s < hi * 1e-9:    # finer is pointless (or underflows)
+            if lo_fail is not None or s < hi * _FINEST_STEP:
                 break
-            s /= 1.25
+            s /= _STEP_FACTOR
         else:
             lo_fail = s
             if hi_ok is not None:
                 break
-            s = min(s * 1.25, hi)
+            s = min(s * _STEP_FACTOR, hi)
     if hi_ok is None:
         hi_ok = hi
     if lo_fail is None:
         return float(np.float32(hi_ok))
-    # vq: codebook sizes 10 % apart are as good as equal, and each probe runs k-means.
-    while hi_ok / lo_fail > (1.1 if codec.grids == "vq" else 1.01):
+    while hi_ok / lo_fail > (_VQ_STEP_TOLERANCE if codec.grids == "vq" else _STEP_TOLERANCE):
         mid = math.sqrt(hi_ok * lo_fail)
         if size(mid) <= budget:
             hi_ok = mid
@@ -426,15 +448,16 @@ def _entropy_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings,
             if codec.grids == "vq":     # indices of log2(K) bits + a float16 codebook
                 shape = cache.arrays[g].shape
                 kk = _grid_plan(codec, step).k
-                total += math.prod(shape) / shape[-4] * math.log2(kk) / 8 + 2 * kk * shape[-4]
+                total += (math.prod(shape) / shape[-4] * math.log2(kk) / BITS_PER_BYTE
+                          + F16_BYTES * kk * shape[-4])
                 continue
             codes = grid_codes(cache.arrays[g], codec.grids, step)[0]
             counts = np.unique(codes, return_counts=True)[1]
             p = counts / codes.size
-            total += -(counts * np.log2(p)).sum() / 8
+            total += -(counts * np.log2(p)).sum() / BITS_PER_BYTE
         return total
-    lo_s, hi_s = hi * 1e-7, hi
-    for _ in range(40):
+    lo_s, hi_s = hi * _ENTROPY_STEP_RANGE, hi
+    for _ in range(_ENTROPY_ROUNDS):
         mid = math.sqrt(lo_s * hi_s)
         if est(mid) <= avail:
             hi_s = mid

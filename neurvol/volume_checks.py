@@ -8,7 +8,8 @@ import numpy as np
 
 from .errors import NeurvolBudgetError, NeurvolInputError
 
-_CHUNK_VOXELS = 1 << 22
+#: Voxels read or converted at a time by passes over a whole volume (bounded memory).
+CHUNK_VOXELS = 1 << 22
 
 #: Largest length of one volume axis, in a file header or as a decode/encode shape.
 MAX_AXIS = 2 ** 31
@@ -110,7 +111,7 @@ def check_volume(volume: Any) -> Tuple[Any, float, float]:
     if dtype.kind not in "iuf":
         raise NeurvolInputError(f"dtype {dtype} is not numeric; neurvol compresses integer and float volumes")
     lo, hi = math.inf, -math.inf
-    per_slab = max(1, _CHUNK_VOXELS // (shape[1] * shape[2]))
+    per_slab = max(1, CHUNK_VOXELS // (shape[1] * shape[2]))
     for z in range(0, shape[0], per_slab):
         slab = np.asarray(volume[z:z + per_slab])
         if dtype.kind == "f" and not np.all(np.isfinite(slab)):
@@ -180,3 +181,16 @@ def check_finite_points(p: np.ndarray) -> None:
     """Raise NeurvolInputError if *p* holds NaN or infinity."""
     if p.dtype.kind == "f" and not np.isfinite(p).all():
         raise NeurvolInputError("points contain NaN or infinite coordinates")
+
+
+def check_triple(v: Any, default: float, name: str) -> Tuple[float, float, float]:
+    """Three finite floats (z, y, x) (spacing, origin), or ``(default,) * 3`` for None."""
+    if v is None:
+        return (default, default, default)
+    try:
+        t = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        raise NeurvolInputError(f"{name} must be three numbers (z, y, x), got {v!r}") from None
+    if len(t) != 3 or not all(math.isfinite(x) for x in t):
+        raise NeurvolInputError(f"{name} must be three finite numbers (z, y, x), got {v!r}")
+    return t  # type: ignore[return-value]

@@ -224,7 +224,9 @@ def test_memmap_input(tmp_path, small_volume):
 
 def test_auto_takes_the_first_architecture_that_fits(small_volume, monkeypatch):
     # hashgrid's smallest model does not fit 1/10 of this crop; fvsrn's does.
-    monkeypatch.setattr(neurvol.api, "AUTO_ORDER", ("hashgrid", "fvsrn"))
+    from neurvol.encoding import plan
+
+    monkeypatch.setattr(plan, "AUTO_ORDER", ("hashgrid", "fvsrn"))
     nv = neurvol.encode(small_volume, ratio=10, steps=5, quiet=True)
     assert nv.info()["model"]["arch"] == "fvsrn"
     assert nv.nbytes_file <= small_volume.nbytes / 10

@@ -187,7 +187,7 @@ def test_weight_table_is_exact_integers():
 
 # ----------------------------------------------------------------- files (encode / read)
 import neurvol  # noqa: E402
-from neurvol import bounded as B  # noqa: E402
+from neurvol.encoding import bounded as B  # noqa: E402
 from neurvol.errors import NeurvolInputError  # noqa: E402
 
 

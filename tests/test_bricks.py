@@ -299,7 +299,7 @@ def test_failed_brick_is_retried_then_named():
 
 
 def test_failed_encode_leaves_no_file(tmp_path, sample, monkeypatch):
-    import neurvol.ensemble.encode as enc
+    import neurvol.encoding.bricked as enc
 
     def boom(*a, **k):
         raise NeurvolEncodeError("brick 4 failed 3 times (last error: boom); nothing was written")
@@ -356,7 +356,7 @@ def test_cli_pack_bricks(tmp_path, sample, bricked):
 
 # ---------------------------------------------------------------- encoder policy (§5)
 def test_split_budget_uses_the_bytes_tier_rounding_frees():
-    from neurvol.ensemble.encode import _PAYLOAD_OVERHEAD, _tier_bytes, split_budget
+    from neurvol.ensemble.allocate import PAYLOAD_OVERHEAD as _PAYLOAD_OVERHEAD, split_budget, tier_bytes as _tier_bytes
 
     rng = np.random.default_rng(4)
     share = rng.uniform(0.2, 3.0, 12)
@@ -379,7 +379,7 @@ def test_split_budget_uses_the_bytes_tier_rounding_frees():
 
 def test_rd_shares_follow_predicted_error():
     from neurvol.ensemble import BrickLayout
-    from neurvol.ensemble.encode import _rd_shares, scan_bricks
+    from neurvol.ensemble.allocate import rd_shares as _rd_shares, scan_bricks
 
     rng = np.random.default_rng(5)
     vol = np.full((40, 40, 80), 10.0, np.float32)
@@ -415,7 +415,8 @@ def test_plateau_stops_only_in_the_tail():
 
 
 def test_failed_fit_is_redone_with_the_fallback(sample):
-    from neurvol.ensemble.job import BrickJob, run_brick_job
+    from neurvol.encoding.brick_job import run_brick_job
+    from neurvol.ensemble.job import BrickJob
     from neurvol.fit import FitSettings
     import dataclasses as dc
 
@@ -438,7 +439,7 @@ def test_failed_fit_is_redone_with_the_fallback(sample):
 def test_auto_arch_bricks_fit_the_budget_with_refits(sample, monkeypatch):
     import neurvol.models.amgsrn as amgsrn
 
-    import neurvol.ensemble.encode as enc
+    import neurvol.encoding.bricked as enc
 
     monkeypatch.setattr(amgsrn, "PLACE_STEPS", 20)       # speed only
     monkeypatch.setattr(enc, "_MIN_JUDGED_STEPS", 5)      # judge these short fits
@@ -450,3 +451,32 @@ def test_auto_arch_bricks_fit_the_budget_with_refits(sample, monkeypatch):
     assert sorted(set(hdr["model_ids"])) == list(range(len(hdr["models"])))
     assert nv.header["model"] == hdr["models"][0]
     assert nv.header["fit"]["steps"] > 2 * 5            # 5-step fits failed: refits ran
+
+
+def test_bricks_choose_rate_aware_fitting_by_the_single_model_rule(sample, monkeypatch):
+    """Bricks get the single models' default codec: interp grids, and rate-aware fitting
+    where the pilot's rule (encoding.pilot) keeps it, brick by brick."""
+    from neurvol.encoding import pilot
+
+    vol = sample[:34, :34, :34]
+    kw = dict(OPTS, steps=30, bricks=(2, 1, 1))
+    plain = neurvol.encode(vol, codec={"rate": 0}, **kw)
+    assert "interp" in plain.header["codec"]["pipeline"]
+    assert "rate" not in plain.header["codec"]["pipeline"]
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", 1000.0)     # rate-aware always kept
+    monkeypatch.setattr(pilot, "RATE_PILOT_DECLINE_DB", 1000.0)
+    kept = neurvol.encode(vol, **kw)
+    assert "rate" in kept.header["codec"]["pipeline"]
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", -1000.0)    # the default always fitted
+    rejected = neurvol.encode(vol, **kw)
+    assert "rate" not in rejected.header["codec"]["pipeline"]
+    # Rate-aware models are sized for fewer bits per grid value: larger grids.
+    def grid_sizes(nv):
+        hdr = nv.header["bricks"]
+        return [math.prod(hdr["models"][i]["config"]["grid"]) for i in hdr["model_ids"]]
+    assert all(a > b for a, b in zip(grid_sizes(kept), grid_sizes(rejected)))
+    # The rejected pilot's steps are counted: more steps than the default's fits alone.
+    assert rejected.header["fit"]["steps"] > plain.header["fit"]["steps"]
+    assert neurvol.encode(vol, codec={"rate": "auto"}, **kw).to_bytes() == rejected.to_bytes()
+    for nv in (plain, kept, rejected):
+        assert nv.nbytes_file <= vol.nbytes // 8

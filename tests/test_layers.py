@@ -34,32 +34,34 @@ SOURCE = ROOT / PACKAGE
 # lower rank. A new part gets a row here; moving a part is a design decision, made here.
 LAYERS: Dict[str, int] = {
     # shared foundations: error types, atomic writes, input limits, quality metrics
-    "errors": 0,
-    "_atomic": 1, "volume_checks": 1, "metrics": 1,
+    "errors": 0, "version": 0,
+    "_atomic": 1, "volume_checks": 1,
+    # PSNR and error over whole volumes (chunked with volume_checks' chunk size)
+    "metrics": 2,
     # bytes and files, alongside each other: the .nvol layout, volume formats, pictures
-    "container": 2, "io": 2, "viz": 2,
+    "container": 3, "io": 3, "viz": 3,
     # weights <-> bytes (numpy, zstandard; no torch)
-    "compress": 3,
+    "compress": 4,
     # SRN architectures (torch for training, numpy for reading)
-    "models": 4, "model_limits": 4,
+    "models": 5, "model_limits": 5,
     # sampling, training, losses, rate terms
-    "fit": 5,
+    "fit": 6,
     # a trained model -> payload (pruning, quantization, fine-tuning)
-    "pipeline": 6,
+    "pipeline": 7,
     # bricks: cut, fit in parallel, route by spatial hash; alongside, a volume as an array
     # (np.asarray, dask chunks per brick, array-likes decoding only what is indexed)
-    "ensemble": 7, "arrays": 7,
+    "ensemble": 8, "arrays": 8,
     # the reader object: header + index, queries routed to models or bricks
-    "neural_volume": 8,
+    "neural_volume": 9,
     # encode planning: size solving, rate pilot, psnr search, fit -> compress -> pack
-    "encoding": 9,
+    "encoding": 10,
     # thin facades and tools on top
-    "api": 10,
-    "bench": 11,
+    "api": 11,
+    "bench": 12,
     # readers for other tools: xarray backend, napari and ParaView plugins
-    "integrations": 11,
-    "cli": 12,
-    "__main__": 13,
+    "integrations": 12,
+    "cli": 13,
+    "__main__": 14,
 }
 # `import neurvol` / `from neurvol import encode`: the package facade resolves its names to
 # `api`, `neural_volume`, `errors`, `metrics` (neurvol/__init__.py), so it counts as `api`.
@@ -313,7 +315,7 @@ def test_the_checks_catch_violations() -> None:
 
     edges = {("container", "api"): ["neurvol/container/format.py:2"]}
     assert upward_imports(edges) == [
-        "container (rank 2) imports api (rank 10) at neurvol/container/format.py:2"]
+        f"container (rank {LAYERS['container']}) imports api (rank {LAYERS['api']}) at neurvol/container/format.py:2"]
     assert cycles(edges) == []
     edges[("api", "fit")] = edges[("fit", "container")] = ["x.py:1"]
     assert cycles(edges) == [["api", "container", "fit"]]

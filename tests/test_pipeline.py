@@ -329,6 +329,7 @@ def test_rate_needs_a_model_with_grids(small_volume):
 
 def test_rate_auto_finishes_the_rate_aware_fit_or_fits_the_default(small_volume, monkeypatch):
     from neurvol import api
+    from neurvol.encoding import pilot
 
     # device="cpu": byte-for-byte reproducible there (not on CUDA: atomic adds)
     kw = dict(ratio=8, steps=60, arch="amgsrn", quiet=True, seed=0, device="cpu")
@@ -343,13 +344,13 @@ def test_rate_auto_finishes_the_rate_aware_fit_or_fits_the_default(small_volume,
     assert neurvol.encode(small_volume, **kw).to_bytes() == auto
     assert neurvol.encode(small_volume, codec={"finetune": 0.1}, **kw).to_bytes() == auto
     assert neurvol.encode(small_volume, codec={"grid_bits": 4}, **kw).to_bytes() == plain
-    monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", 1000.0)    # rate-aware always kept
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", 1000.0)    # rate-aware always kept
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == rated
     # a fit that must gain 1000 dB from 20% to 40% of its steps counts as unstable
-    monkeypatch.setattr(api, "RATE_PILOT_DECLINE_DB", -1000.0)
+    monkeypatch.setattr(pilot, "RATE_PILOT_DECLINE_DB", -1000.0)
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == plain
-    monkeypatch.setattr(api, "RATE_PILOT_DECLINE_DB", 1000.0)
-    monkeypatch.setattr(api, "RATE_CODING_LOSS_DB", -1000.0)   # the default always fitted
+    monkeypatch.setattr(pilot, "RATE_PILOT_DECLINE_DB", 1000.0)
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", -1000.0)   # the default always fitted
     assert neurvol.encode(small_volume, codec={"rate": "auto"}, **kw).to_bytes() == plain
     # no grids to fit rate-aware: the default encode
     nc = neurvol.encode(small_volume, ratio=8, steps=5, arch="neurcomp", quiet=True,

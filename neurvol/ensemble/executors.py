@@ -14,7 +14,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import NeurvolError
-from .job import BrickJob, BrickResult, run_brick_job
+from .job import BrickJob, BrickResult
 
 log = logging.getLogger("neurvol")
 
@@ -35,9 +35,11 @@ def _is_dask(executor: Any) -> bool:
 
 
 def run_jobs(jobs: Sequence[BrickJob], make_job_data: Callable[[BrickJob], BrickJob], *,
-             workers: int, executor: Any = None, retries: int = 2, quiet: bool = True,
-             fn: Callable[[BrickJob], BrickResult] = run_brick_job) -> Dict[int, BrickResult]:
-    """Run ``jobs`` and return their results by brick id.
+             fn: Callable[[BrickJob], BrickResult], workers: int, executor: Any = None,
+             retries: int = 2, quiet: bool = True) -> Dict[int, BrickResult]:
+    """Run ``fn`` on each of ``jobs`` and return their results by brick id.
+
+    fn: a top-level (picklable) function, e.g. ``neurvol.encoding.brick_job.run_brick_job``.
 
     make_job_data: called on a job just before it is submitted (fills ``job.data`` for
     inputs workers cannot open themselves), so at most a few bricks are in memory.

@@ -1,33 +1,26 @@
-"""One brick job: read the brick, fit its model, compress it to its byte budget; redo a
-failed fit.
+"""Brick jobs: what a worker gets and returns, and what makes its bytes reproducible.
 
-Jobs are plain picklable dataclasses and :func:`run_brick_job` is a top-level function, so
-the same job runs in-process, in a local process pool or on a Dask worker, and gives the
-same bytes everywhere: its seed is derived from (seed, brick id), torch's thread count is
-fixed for the job's duration, and model initialisation uses a private RNG state.
+Jobs are plain picklable dataclasses, run by a top-level function the encoder gives
+:func:`neurvol.ensemble.run_jobs` (``neurvol.encoding.brick_job.run_brick_job``), so the
+same job runs in-process, in a local process pool or on a Dask worker, and gives the same
+bytes everywhere: its seed is derived from (seed, brick id) (:func:`brick_seed`), torch's
+thread count is fixed for the job's duration (:func:`torch_threads`), and model
+initialisation uses a private RNG state.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import math
-import threading
-import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..errors import NeurvolBudgetError
-from ..fit.evaluate import model_sse
-from .source import SourceSpec, read_spec
+from .source import SourceSpec
 
 Slices3 = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
-
-_INIT_LOCK = threading.Lock()      # torch's global RNG is shared by threads of a process
 
 
 def brick_seed(seed: int, brick: int) -> int:
@@ -61,9 +54,12 @@ class BrickJob:
     fallbacks: List[Tuple[str, Dict[str, Any], Dict[str, Any]]] = dataclasses.field(
         default_factory=list)
     negligible_mse: float = 0.0         # a fit with a smaller MSE is never redone
-    # CodecSettings fields (neurvol.pipeline): how the weights become bytes; None: k-means
-    # for every tensor, no fine-tuning.
+    # CodecSettings fields (neurvol.pipeline): how the weights become bytes; None: the
+    # CodecSettings defaults.
     codec: Optional[Dict[str, Any]] = None
+    # (config, CodecSettings fields) of a rate-aware model of ``arch`` that a pilot fit
+    # tries first (``neurvol.encoding.pilot``); None: no pilot.
+    pilot: Optional[Tuple[Dict[str, Any], Dict[str, Any]]] = None
 
 
 @dataclasses.dataclass
@@ -80,6 +76,7 @@ class BrickResult:
     tried: int = 1      # models fitted
     params: int = 0     # parameters of the kept model
     baseline_sse: float = 0.0   # core error of resampling through the first model's params
+    rate_aware: bool = False    # the kept model is the pilot's (``BrickJob.pilot``)
 
 
 @contextlib.contextmanager
@@ -110,8 +107,8 @@ class Plateau:
       consecutive windows of ``steps // 20`` steps, watched from ``start_frac`` of the steps
       on. Not earlier: with warm-up + cosine the loss keeps falling while the learning rate
       decays, and architectures add loss terms that stay flat for a while (amgsrn's
-      grid-density loss, 10-70 % of the steps). Watching from 30 % of the steps stopped
-      every brick of bio_embryo[::2] (2x2x2, 1500 steps) at step 481 and cost 0.5 dB.
+      grid-density loss, 10-70 % of the steps), which an earlier watch mistakes for a
+      plateau.
     """
 
     def __init__(self, steps: int, tol: float = 0.01, patience: int = 2,
@@ -141,122 +138,3 @@ class Plateau:
         else:
             self.stale += 1
         return self.stale >= self.patience
-
-
-def run_brick_job(job: BrickJob) -> BrickResult:
-    """Fit and quantize one brick. Deterministic for a given job (see module docstring)."""
-    t0 = time.perf_counter()
-    with torch_threads(job.threads):
-        sl = tuple(slice(a, b) for a, b in job.extent)
-        raw = job.data if job.data is not None else read_spec(job.source, sl)  # type: ignore[arg-type]
-        scale = 1.0 / (job.hi - job.lo)
-        target = ((np.asarray(raw, dtype=np.float64) - job.lo) * scale).astype(np.float32)
-        del raw
-        best = _fit_quantized(job, job.arch, job.config, job.fit, target, job.seed)
-        baseline = _downsample_sse(target, job.core, best.params)
-        steps, tried = best.steps, 1
-        # A failed fit is redone (another seed, then the next architecture) until one is
-        # sound; the brick keeps the best model tried.
-        for n, (arch, config, fit_settings) in enumerate(job.fallbacks, 1):
-            if not _failed(best, baseline, job.negligible_mse):
-                break
-            alt = _fit_quantized(job, arch, config, fit_settings, target, job.seed + n)
-            steps, tried = steps + alt.steps, tried + 1
-            if alt.sse < best.sse:
-                best = alt
-    return dataclasses.replace(best, steps=steps, tried=tried, baseline_sse=baseline,
-                               seconds=time.perf_counter() - t0)
-
-
-#: A brick's fit has failed when its quantized model is not at least this much better (dB,
-#: on the core voxels) than trilinear resampling through as many vertices as the model has
-#: parameters (fvsrn and amgsrn both start from such data). Measured at ratio 100: sound
-#: fits were 2.2-10 dB above it (bricks of bio_embryo and sim_richtmyer_meshkov_t20, 2x2x2
-#: of the 128^3 subsamples, 4x4x4 of the 256^3 volumes), the hardest bricks of the latter
-#: 1.4-1.8 dB (refitting them did not help); amgsrn fits whose grids had shrunk onto a
-#: feature, leaving much of the brick uncovered, 0.3-1.2 dB (seed-dependent; up to 6 dB
-#: lost on the brick), and 8 dB below it on a flat brick with one blob (a 64^3 crop of RM
-#: at ratio 10) or with a grid step search that ended far too coarse (Lorenzo grids).
-FALLBACK_MARGIN_DB = 1.5
-#: ... unless the model is this good anyway (the tolerance of constant bricks, 50 dB) or
-#: its error is negligible in the volume's (``BrickJob.negligible_mse``).
-_GOOD_ENOUGH_MSE = 1e-5
-
-
-def _failed(res: BrickResult, baseline: float, negligible_mse: float) -> bool:
-    if res.sse <= max(_GOOD_ENOUGH_MSE, negligible_mse) * res.voxels:
-        return False
-    return res.sse * 10.0 ** (FALLBACK_MARGIN_DB / 10.0) > baseline
-
-
-def _downsample_sse(target: np.ndarray, core: Slices3, values: int) -> float:
-    """Squared error on the core of the extent resampled (trilinear) through a grid of
-    about ``values`` vertices shaped like the extent."""
-    shape = np.array(target.shape)
-    s = (values / float(shape.prod())) ** (1.0 / 3.0)
-    grid = [int(min(n, max(2, round(n * s)))) for n in shape]
-    t = torch.from_numpy(target)[None, None]
-    with torch.inference_mode():
-        up = F.interpolate(F.interpolate(t, size=grid, mode="trilinear", align_corners=True),
-                           size=target.shape, mode="trilinear", align_corners=True)[0, 0]
-        sel = tuple(slice(a, b) for a, b in core)
-        err = (up[sel].clamp(0.0, 1.0) - t[0, 0][sel]).double()
-        return float((err * err).sum())
-
-
-def _fit_quantized(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
-                   fit_dict: Dict[str, Any], target: np.ndarray, seed: int) -> BrickResult:
-    """Fit one model to the brick, compress it to the brick's budget (the weight pipeline
-    of a single model: k-means, Lorenzo grids, quantization-aware fine-tuning, ...),
-    measure the stored model's error."""
-    from ..api import FINETUNE_LR         # lazy: api imports this package
-    from ..compress import decode_payload
-    from ..fit import FitSettings, finetune, fit
-    from ..models import get_architecture
-    from ..pipeline import CodecSettings, compress_model, fit_regularizer
-
-    arch = get_architecture(arch_name)
-    config = arch.config_cls.from_dict(config_dict)
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = arch.build(config)
-    settings = FitSettings(**fit_dict)
-    stop = Plateau(settings.steps) if job.plateau else None
-    data = torch.from_numpy(target)
-    device = torch.device(job.device)
-    codec = (CodecSettings(**{k: tuple(v) if k == "coders" else v for k, v in job.codec.items()})
-             if job.codec is not None else CodecSettings(grids="kmeans", finetune=0.0))
-    result = fit(model, data, settings, seed=seed, device=device, stop=stop,
-                 regularizer=fit_regularizer(model, codec, settings.steps))
-    model = model.cpu()
-    tune_steps = int(round(codec.finetune * settings.steps))
-
-    def tune(trainable: Any, regularizer: Any = None) -> None:
-        if tune_steps > 0:      # its sampler has a private generator: no global RNG state
-            finetune(model, data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
-                     trainable=trainable, batch=settings.batch, seed=seed, device=device,
-                     regularizer=regularizer)
-            model.cpu()
-
-    specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
-
-    def stored_sse(payload: bytes) -> float:
-        """Core squared error of the model a payload stores."""
-        stored = copy.deepcopy(model)
-        decoded = decode_payload(payload, specs)
-        stored.load_state_dict({n: torch.from_numpy(decoded[n]) for n, _ in specs})
-        return model_sse(stored, target, job.core)[0]
-
-    packed = compress_model(model, len, job.budget, job.k0, codec, finetune=tune,
-                            score=stored_sse)
-    if packed.size > job.budget:
-        raise NeurvolBudgetError(
-            f"brick {job.brick}: its {arch_name} model needs {packed.size} bytes even at the "
-            f"coarsest quantization, but its share of the budget is {job.budget}; use a "
-            "smaller ratio or fewer, larger bricks")
-    decoded = decode_payload(packed.payload, specs)
-    model.load_state_dict({n: torch.from_numpy(decoded[n]) for n, _ in specs})
-    sse, voxels = model_sse(model, target, job.core)
-    return BrickResult(job.brick, packed.payload, packed.k, result.steps, sse,
-                       voxels, 0.0, arch=arch_name, config=dict(config_dict),
-                       params=sum(int(t.numel()) for t in model.state_dict().values()))

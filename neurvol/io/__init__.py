@@ -45,6 +45,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import NeurvolIOError
+from ..volume_checks import check_triple
 from ._registry import (
     VolumeData,
     VolumeFormat,
@@ -173,7 +174,8 @@ def write_volume(path: PathLike, array: Any, *, format: Optional[str] = None,
     assert fmt.write is not None
     kwargs = {}
     if fmt.writes_meta:
-        kwargs = {"spacing": _triple(spacing, 1.0, "spacing"), "origin": _triple(origin, 0.0, "origin")}
+        kwargs = {"spacing": check_triple(spacing, 1.0, "spacing"),
+                  "origin": check_triple(origin, 0.0, "origin")}
     try:
         fmt.write(p, np.asanyarray(array), **kwargs)
     except NeurvolIOError:
@@ -181,18 +183,3 @@ def write_volume(path: PathLike, array: Any, *, format: Optional[str] = None,
     except OSError as e:
         raise NeurvolIOError(f"cannot write {str(p)!r}: {e.strerror or e}") from e
     log.debug("wrote %s (%s)", p, fmt.name)
-
-
-def _triple(v: Optional[Sequence[float]], default: float, name: str) -> Tuple[float, float, float]:
-    """Three finite floats (z, y, x), or ``(default,) * 3`` for ``None``."""
-    from ..errors import NeurvolInputError
-
-    if v is None:
-        return (default, default, default)
-    try:
-        t = tuple(float(x) for x in v)
-    except (TypeError, ValueError):
-        raise NeurvolInputError(f"{name} must be three numbers (z, y, x), got {v!r}") from None
-    if len(t) != 3 or not all(np.isfinite(t)):
-        raise NeurvolInputError(f"{name} must be three finite numbers (z, y, x), got {v!r}")
-    return t  # type: ignore[return-value]

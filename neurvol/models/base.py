@@ -217,3 +217,18 @@ def get_architecture(name: str) -> Architecture:
 def architectures() -> Tuple[str, ...]:
     """Names of all registered architectures."""
     return tuple(sorted(_REGISTRY))
+
+
+def resolve_device(device: Any) -> torch.device:
+    """The torch device ``device`` names (None: CUDA when available, else the CPU); an
+    unknown device, or CUDA where torch sees none, is an input error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise NeurvolInputError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NeurvolInputError("device='cuda' was asked for but torch sees no CUDA device; "
+                                "use device='cpu'")
+    return dev

@@ -89,7 +89,7 @@ def write_bounded() -> None:
     # data mode), and a float32 crop with a model and its correction stream (8^3 blocks,
     # so several modes and block shapes occur).
     import neurvol
-    from neurvol.bounded import encode_bounded
+    from neurvol.encoding.bounded import encode_bounded
 
     crop = np.ascontiguousarray(neurvol.sample_volume()[16:44, 18:44, 20:44])
     cases = {

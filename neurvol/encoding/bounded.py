@@ -1,30 +1,33 @@
 """Error-bounded files (``spec/correction.md``): a base (a model, or a constant brick when
 no model pays) plus a correction stream that brings every voxel within ``max_error``.
 
-Encoding (:func:`encode_bounded`) tries the pure predictor and a model at each ratio of
+:func:`encode_bounded` tries the pure predictor and a model at each ratio of
 ``model_ratios``, keeps the smallest file, and decodes the file it is about to return
-through the reader, voxel by voxel, before anything is written. Reading
-(:class:`Corrections`) decodes only the correction blocks a request touches.
+through the reader, voxel by voxel, before anything is written. Reading is
+:mod:`neurvol.compress.bound` (the reader decodes only the blocks a request touches).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__
-from .compress import encode_constant
-from .compress.bound import BOUNDED_MINOR, KEY_BOUND, SECTION_CORRECTION
-from .compress.correction import BoundTooSmallError, encode_correction
-from .errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
+from ..compress import encode_constant
+from ..compress.bound import BOUNDED_MINOR, KEY_BOUND, SECTION_CORRECTION
+from ..compress.correction import BoundTooSmallError, encode_correction
+from ..container import NvolReader, serialize_nvol
+from ..errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
+from ..neural_volume import NeuralVolume
+from ..volume_checks import check_ratio, check_volume
+from .plan import CODEC, DEFAULT_ARCH, DEFAULT_BITS, WRITER, triple
 
 #: Model ratios the encoder tries besides the pure predictor (each costs a fit).
 DEFAULT_MODEL_RATIOS: Tuple[float, ...] = (200.0, 400.0)
 #: A decoder's model evaluation may differ from the encoder's by rounding (another machine
 #: or library); the bound holds for bases within this fraction of the base's magnitude.
 BASE_TOLERANCE = 2.0 ** -18
-_CODEC = {"name": "neurvol", "version": 2}
 
 
 def resolve_bound(volume: np.ndarray, max_error: Optional[float],
@@ -46,6 +49,38 @@ def resolve_bound(volume: np.ndarray, max_error: Optional[float],
     return value * (hi - lo), value
 
 
+#: What a model fit of an error-bounded encode passes to :func:`.entry.encode_volume`
+#: besides the caller's options: one model, no search.
+_MODEL_DEFAULTS: Dict[str, Any] = dict(
+    psnr=None, arch=DEFAULT_ARCH, seed=0, device=None, steps=None, bits=DEFAULT_BITS,
+    fit_settings=None,
+    codec=None, brick=None, ghost=2, bricks=(1, 1, 1), blend=True, workers=None,
+    devices=None, executor=None, retries=2)
+
+
+def encode_bounded_volume(volume: Any, max_error: Optional[float], rel_error: Optional[float],
+                          model_ratios: Optional[Sequence[float]], *, psnr: Optional[float],
+                          brick: Optional[int], bricks: Optional[Sequence[int]],
+                          **model_kwargs: Any) -> NeuralVolume:
+    """``neurvol.encode(max_error= / rel_error=)``: check the arguments, then
+    :func:`encode_bounded`."""
+    if psnr is not None or brick is not None or bricks is not None:
+        raise NeurvolInputError("max_error= / rel_error= cannot be combined with psnr=, "
+                                "brick= or bricks=")
+    if max_error is None and rel_error is None:
+        raise NeurvolInputError("model_ratios= applies to error-bounded encodes only "
+                                "(max_error= or rel_error=)")
+    ratios = DEFAULT_MODEL_RATIOS if model_ratios is None else tuple(model_ratios)
+    for r in ratios:
+        check_ratio(r)
+    t0 = time.perf_counter()
+    volume, _, _ = check_volume(volume)
+    e, rel = resolve_bound(volume, max_error, rel_error)
+    nv = encode_bounded(volume, e, rel, model_ratios=ratios, **model_kwargs)
+    nv.encode_seconds = time.perf_counter() - t0
+    return nv
+
+
 def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[float], *,
                    model_ratios: Sequence[float] = DEFAULT_MODEL_RATIOS,
                    spacing: Optional[Sequence[float]] = None,
@@ -54,12 +89,10 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
                    require_model: bool = False, **model_kwargs: Any):
     """The smallest error-bounded file of ``volume`` (a checked volume: 3-D, finite,
     integer or float) among the pure predictor and a model at each of ``model_ratios``
-    plus its correction. ``model_kwargs`` go to :func:`neurvol.encode` for the models.
+    plus its correction. ``model_kwargs`` go to :func:`.entry.encode_volume` for the models.
     ``require_model``: keep the smallest file with a model even when the pure predictor is
     smaller (to pin the model path in tests and golden files)."""
-    from .api import encode as encode_model
-    from .container import NvolReader, serialize_nvol
-    from .neural_volume import NeuralVolume
+    from .entry import encode_volume    # entry dispatches here: imported when used
 
     x = np.asarray(volume)
     lo, hi = float(x.min()), float(x.max())
@@ -69,7 +102,7 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
     def finish(header: Dict[str, Any], brick: bytes, stream: bytes) -> bytes:
         header = {k: v for k, v in header.items() if k not in ("sections", "budget", "fit")}
         header[KEY_BOUND] = bound
-        header["writer"] = f"neurvol {__version__}"
+        header["writer"] = WRITER
         return serialize_nvol(header, [brick], {SECTION_CORRECTION: stream},
                               minor=BOUNDED_MINOR)
 
@@ -78,8 +111,9 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
     except BoundTooSmallError as exc:
         raise NeurvolInputError(f"{exc}; use a larger bound") from None
     header = {"volume": {"shape": list(x.shape), "dtype": x.dtype.str, "min": lo, "max": hi,
-                         "spacing": _triple(spacing, 1.0), "origin": _triple(origin, 0.0)},
-              "bricks": {"grid": [1, 1, 1]}, "codec": _CODEC}
+                         "spacing": triple(spacing, 1.0, "spacing"),
+                         "origin": triple(origin, 0.0, "origin")},
+              "bricks": {"grid": [1, 1, 1]}, "codec": CODEC}
     best: Optional[bytes] = None
     best_info: Dict[str, Any] = {"model_ratio": None}
     if not require_model:
@@ -88,8 +122,8 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
         if best is not None and len(best) <= x.nbytes / ratio:
             continue        # the model alone would not fit in the best file so far
         try:
-            nv = encode_model(x, ratio=ratio, spacing=spacing, origin=origin, quiet=quiet,
-                              **model_kwargs)
+            nv = encode_volume(x, ratio, **dict(_MODEL_DEFAULTS, spacing=spacing,
+                                                origin=origin, quiet=quiet, **model_kwargs))
         except NeurvolBudgetError:
             continue
         if nv.brick_count != 1:
@@ -124,12 +158,3 @@ def check_bound(nv: Any, volume: np.ndarray, max_error: float) -> None:
             f"internal error: the error-bounded file decodes voxel {tuple(map(int, at))} "
             f"{worst:g} away from the original (bound {max_error:g}); nothing was written. "
             "Please report this with the volume")
-
-
-def _triple(v: Optional[Sequence[float]], default: float) -> List[float]:
-    if v is None:
-        return [default] * 3
-    out = [float(a) for a in v]
-    if len(out) != 3 or not all(math.isfinite(a) for a in out):
-        raise NeurvolInputError(f"expected three finite numbers, got {v!r}")
-    return out

@@ -1,0 +1,136 @@
+"""``neurvol.encode``: check the arguments, then dispatch to a ``psnr=`` search, a
+bricked encode or a single model."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import NeurvolBudgetError, NeurvolInputError
+from ..models.base import resolve_device
+from ..neural_volume import NeuralVolume
+from ..volume_checks import check_ratio, check_volume
+from .plan import (CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
+                   first_solvable, fit_settings_for, normalized_tensor, triple,
+                   volume_header)
+from .pilot import rate_candidates, rate_is_default, rate_pilot
+from .search import encode_to_psnr
+from .single import ModelFit, advance_with_bar, constant_file, pack_file, start_fit
+
+log = logging.getLogger("neurvol")
+
+#: Largest k-means bits (``2 ** bits`` levels).
+MAX_BITS = 16
+
+
+def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str, seed: int,
+                  device: Any, steps: Optional[int], bits: int,
+                  spacing: Optional[Sequence[float]], origin: Optional[Sequence[float]],
+                  fit_settings: Optional[Dict[str, Any]], codec: Optional[Dict[str, Any]],
+                  quiet: bool, brick: Optional[int], ghost: int,
+                  bricks: Optional[Sequence[int]], blend: bool, workers: Optional[int],
+                  devices: Optional[Sequence[str]], executor: Any, retries: int,
+                  **arch_options: Any) -> NeuralVolume:
+    """:func:`neurvol.encode` (see its docstring for the arguments)."""
+    explicit_auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
+    kwargs = dict(
+        psnr=None, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
+        spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
+        brick=brick, ghost=ghost, bricks=bricks, blend=blend, workers=workers,
+        devices=devices, executor=executor, retries=retries, **arch_options)
+    if psnr is not None:     # a search: several encodes with these arguments
+        return encode_to_psnr(encode_volume, volume, psnr, ratio, kwargs)
+    t_start = time.perf_counter()
+    grid = brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
+    if grid is None:
+        volume, lo, hi = check_volume(volume)
+    ratio = check_ratio(ratio)
+    check_int(seed, "seed", 0, what="a non-negative int")
+    if not 0 <= seed < 2 ** 63:
+        raise NeurvolInputError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(arch, str):
+        raise NeurvolInputError(f"arch must be an architecture name (str), got {arch!r}")
+    if isinstance(bits, bool) or isinstance(steps, bool):
+        raise NeurvolInputError("bits and steps must be ints, not booleans")
+    check_int(bits, "bits", 1, MAX_BITS)
+    if steps is not None:
+        check_int(steps, "steps", 0, what="a non-negative int")
+    candidates = candidates_for(arch, arch_options)
+    dev = resolve_device(device)
+    spacing_t, origin_t = triple(spacing, 1.0, "spacing"), triple(origin, 0.0, "origin")
+    if grid is not None:
+        from .bricked import encode_bricked
+
+        check_int(retries, "retries", 0, what="a non-negative int")
+        if workers is not None:
+            check_int(workers, "workers", 1, what="a positive int")
+        if devices is not None:
+            devices = [str(resolve_device(d)) for d in devices]
+            if not devices:
+                raise NeurvolInputError("devices must list at least one device, e.g. ['cuda:0']")
+        return encode_bricked(
+            volume, ratio=ratio, grid=grid, ghost=ghost, blend=bool(blend),
+            candidates=candidates, arch_options=arch_options, seed=seed, device=str(dev),
+            devices=devices, steps=steps, bits=bits, spacing=spacing_t, origin=origin_t,
+            fit_settings=fit_settings, codec=codec, quiet=quiet,
+            workers=workers, executor=executor, retries=retries,
+            const_psnr=CONSTANT_BRICK_PSNR)
+    # One model chooses its rate by default (a pilot, not a second encode).
+    nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
+                        arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
+                        spacing=spacing_t, origin=origin_t, fit_settings=fit_settings,
+                        codec=codec, auto_rate=explicit_auto_rate or rate_is_default(codec),
+                        quiet=quiet)
+    # Timings vary run to run, so they live on the object, not in the (deterministic) file.
+    nv.encode_seconds = time.perf_counter() - t_start
+    return nv
+
+
+def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidates: Sequence[Any],
+                   arch_options: Dict[str, Any], seed: int, dev: torch.device,
+                   steps: Optional[int], bits: int, spacing: Sequence[float],
+                   origin: Sequence[float], fit_settings: Optional[Dict[str, Any]],
+                   codec: Optional[Dict[str, Any]], auto_rate: bool, quiet: bool
+                   ) -> NeuralVolume:
+    """One model of the whole volume (a format 1.0 file)."""
+    shape = tuple(int(s) for s in volume.shape)
+    dtype = np.dtype(volume.dtype)
+    budget = int(math.prod(shape) * dtype.itemsize // ratio)
+    header = volume_header(shape, dtype, lo, hi, list(spacing), list(origin),
+                           {"grid": [1, 1, 1]}, ratio, budget)
+    if lo == hi:  # constant volume: stored exactly, no model
+        return constant_file(header, lo, budget)
+    data = normalized_tensor(volume, lo, hi)
+    k0 = 2 ** bits
+
+    def start(codec_fields: Optional[Dict[str, Any]]) -> ModelFit:
+        settings = codec_settings(codec_fields)
+        architecture, config = first_solvable(candidates, header, tuple(data.shape), budget,
+                                              bits, arch_options, settings)
+        fit = fit_settings_for(architecture, fit_settings, steps)
+        run = start_fit(architecture, config, fit, settings, data, seed, dev)
+        log.info("encode: %s %s, budget %d bytes, %d parameters, %d steps on %s",
+                 architecture.name, config.to_dict(), budget,
+                 sum(p.numel() for p in run.model.parameters()), fit.steps, dev)
+        return run
+
+    if auto_rate:
+        default_codec, rate_codec = rate_candidates({"rate": "auto", **(codec or {})})
+        # The default's refusals (budget, options) come first, as without auto.
+        first_solvable(candidates, header, tuple(data.shape), budget, bits, arch_options,
+                       codec_settings(default_codec))
+        try:
+            rated: Optional[ModelFit] = start(rate_codec)
+        except (NeurvolInputError, NeurvolBudgetError):
+            rated = None     # an architecture without feature grids: the default it is
+        run = start(default_codec) if rated is None else rate_pilot(
+            rated, lambda: start(default_codec), volume, header, budget, k0, quiet)
+    else:
+        run = start(codec)
+    advance_with_bar(run, None, quiet, "fitting")
+    result = run.fitting.finish()
+    return pack_file(run, dict(header), volume, budget, k0, steps=result.steps)

@@ -1,0 +1,159 @@
+"""The one ``fit -> fine-tune -> compress -> pack`` routine, and single-model encodes.
+
+:func:`start_fit` builds and starts a model's fit, :func:`advance` runs it on,
+:func:`compress_fitted` fine-tunes and compresses it to a byte budget. A single-model
+encode (:func:`pack_file`) and every brick job (:mod:`.brick_job`) go through them, so
+both get the same codec: rate-aware fitting, interp grids, quantization-aware fine-tuning
+kept only where it lowers the stored model's error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..compress import encode_constant
+from ..container import NvolReader, serialize_nvol
+from ..errors import NeurvolBudgetError
+from ..fit import FitSettings, Fitting
+from ..fit import finetune as _finetune
+from ..metrics import psnr
+from ..models import Architecture, ModelConfig, VolumeModel
+from ..neural_volume import NeuralVolume
+from ..pipeline import CodecSettings, Compressed, compress_model, fit_regularizer
+from .plan import CODEC, FINETUNE_LR, FIT_PLACEHOLDER
+
+log = logging.getLogger("neurvol")
+
+#: Torch's global RNG (model initialisation draws from it) is shared by the threads of a
+#: process: models are built one at a time.
+_INIT_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass
+class ModelFit:
+    """One model of an encode: its codec, sizing and fit in progress."""
+
+    codec: CodecSettings
+    architecture: Architecture
+    config: ModelConfig
+    settings: FitSettings
+    model: VolumeModel
+    fitting: Fitting
+    data: torch.Tensor          # the normalized values it is fitted to
+    seed: int
+    device: torch.device
+    rng_state: torch.Tensor     # its private stream of torch's global RNG
+
+
+def start_fit(architecture: Architecture, config: ModelConfig, settings: FitSettings,
+              codec: CodecSettings, data: torch.Tensor, seed: int,
+              device: torch.device) -> ModelFit:
+    """Build ``architecture``'s model of ``config`` and start fitting it to ``data`` (no
+    steps run yet). The model is initialised from a private, seeded copy of torch's global
+    RNG, so the same seed gives the same file in any process or thread."""
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = architecture.build(config)
+        state = torch.get_rng_state()
+    regularizer = fit_regularizer(model, codec, settings.steps)
+    fitting = Fitting(model, data, settings, seed=seed, device=device, regularizer=regularizer)
+    return ModelFit(codec, architecture, config, settings, model, fitting, data, seed, device,
+                    state)
+
+
+def advance(run: ModelFit, until: Optional[int] = None, *,
+            progress: Optional[Callable[[int, float], None]] = None,
+            stop: Optional[Callable[[int, float], bool]] = None) -> None:
+    """Fit ``run`` on to step ``until`` (None: the end); ``progress`` and ``stop`` as for
+    :func:`neurvol.fit.fit`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(run.rng_state)
+        run.fitting.run(until, progress=progress, stop=stop)
+        run.rng_state = torch.get_rng_state()
+
+
+def advance_with_bar(run: ModelFit, until: Optional[int], quiet: bool, desc: str) -> None:
+    """:func:`advance` with a progress bar (unless ``quiet``)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=run.settings.steps, initial=run.fitting.step, desc=desc, unit="step",
+              disable=quiet, leave=False) as bar:
+        def progress(step: int, loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.2e}", refresh=False)
+            bar.update(step - bar.n)  # tqdm throttles redraws itself
+        advance(run, until, progress=progress)
+
+
+def compress_fitted(run: ModelFit, *, file_size: Callable[[bytes], int], budget: int,
+                    k0: int, score: Callable[[bytes], float], too_large: str) -> Compressed:
+    """The fitted model of ``run`` through the codec: quantization-aware fine-tuning
+    (``codec.finetune`` of the fit's steps) and compression to the finest quantization
+    whose file (``file_size(payload)``) fits ``budget`` (:func:`neurvol.pipeline.compress_model`;
+    ``score``: the error of the model a payload stores). ``too_large`` (formatted with
+    ``size`` and ``budget``) is the error when even the coarsest quantization does not
+    fit. Modifies the model: fine-tuned, grids at their stored values, on the CPU."""
+    model, settings, codec = run.model, run.settings, run.codec
+    tune_steps = int(round(codec.finetune * settings.steps))
+
+    def finetune(trainable: Callable[[str], bool], regularizer: Any = None) -> None:
+        if tune_steps > 0:
+            with torch.random.fork_rng(devices=[]):
+                _finetune(model, run.data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
+                          trainable=trainable, batch=settings.batch, seed=run.seed,
+                          device=run.device, regularizer=regularizer)
+            model.cpu()
+
+    model.cpu()
+    packed = compress_model(model, file_size, budget, k0, codec, finetune=finetune,
+                            score=score)
+    if packed.size > budget:
+        raise NeurvolBudgetError(too_large.format(size=packed.size, budget=budget))
+    return packed
+
+
+def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k0: int,
+              steps: int) -> NeuralVolume:
+    """The single-model file of ``run``'s fitted model within ``budget`` bytes; the stored
+    model is scored by the PSNR of the whole decoded file. ``header``: the encode's, to
+    which the model's entries are added; ``steps``: the fit steps it records."""
+    header["model"] = {"arch": run.architecture.name, "config": run.config.to_dict()}
+    header["codec"] = dict(CODEC, pipeline=run.codec.pipeline(run.model))
+    header["fit"] = dict(FIT_PLACEHOLDER, steps=steps)
+
+    def stored_error(payload: bytes) -> float:
+        """Minus the PSNR of the file a payload makes (the whole volume decoded)."""
+        return -psnr(volume, finish(header, [payload], None).decode(dtype=np.float32))
+
+    packed = compress_fitted(
+        run, file_size=lambda payload: len(serialize_nvol(header, [payload])), budget=budget,
+        k0=k0, score=stored_error,
+        too_large="the model does not fit the budget of {budget} bytes even at the coarsest "
+                  "quantization; use a smaller ratio")
+    quality = -stored_error(packed.payload)
+    header["fit"] = {"steps": steps, "k": packed.k,
+                     "psnr": round(quality, 3) if math.isfinite(quality) else None}
+    return finish(header, [packed.payload], budget)
+
+
+def constant_file(header: Dict[str, Any], value: float, budget: int) -> NeuralVolume:
+    """The file of a constant volume: stored exactly, no model."""
+    header["codec"] = CODEC
+    return finish(header, [encode_constant(value)], budget)
+
+
+def finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) -> NeuralVolume:
+    """The file of ``header`` and brick payloads, refused if over ``budget`` bytes."""
+    data = serialize_nvol(header, bricks)
+    if budget is not None and len(data) > budget:
+        raise NeurvolBudgetError(
+            f"the smallest file neurvol can make is {len(data)} bytes but the budget is {budget} "
+            f"bytes; use a smaller ratio (at most {int(header['budget']['ratio'] * budget / len(data))})"
+        )
+    return NeuralVolume(NvolReader(data))
+
