@@ -17,8 +17,10 @@ KEY_BOUND = "bound"
 SECTION_CORRECTION = "correction"
 #: Format minor version of error-bounded files (spec/correction.md §1).
 BOUNDED_MINOR = 2
-#: Decoded correction blocks a reader keeps (each ``block^3`` voxels, two float64 arrays).
-BLOCK_CACHE = 16
+#: Bytes of decoded correction blocks a reader keeps (values, and float64 corrections for
+#: blocks coded against the base), least recently used evicted first; the block in use is
+#: kept whatever its size.
+BLOCK_CACHE_BYTES = 256 << 20
 
 
 def parse_bound(header: Dict[str, Any], section_names: Sequence[str]) -> Optional[Dict[str, Any]]:
@@ -61,6 +63,7 @@ class Corrections:
         self._base = evaluate_base
         self._base_at = base_at
         self._cache: "OrderedDict[int, Tuple[np.ndarray, Optional[np.ndarray]]]" = OrderedDict()
+        self._cache_bytes = 0
 
     def block(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """``(decoded values, corrections = decoded - base)`` of block ``i`` (cached); the
@@ -77,8 +80,10 @@ class Corrections:
         else:
             entry = (self.stream.decode_block(i, None), None)
         self._cache[i] = entry
-        if len(self._cache) > BLOCK_CACHE:
-            self._cache.popitem(last=False)
+        self._cache_bytes += _nbytes(entry)
+        while self._cache_bytes > BLOCK_CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= _nbytes(old)
         return entry
 
     def decode(self, base: np.ndarray) -> np.ndarray:
@@ -105,25 +110,29 @@ class Corrections:
     def at_points(self, p: np.ndarray, model_values: np.ndarray) -> np.ndarray:
         """Query values at index-space points ``p`` (N, 3) inside the volume, given the
         model's values there: the decoded value at voxel centres, elsewhere the model plus
-        the trilinear interpolation of the corrections at the eight centres around it."""
+        the trilinear interpolation of the corrections at the eight centres around it.
+        Every block the points need is decoded once per call."""
         p = np.clip(np.asarray(p, dtype=np.float64), 0.0,
                     np.asarray(self.shape, dtype=np.float64) - 1.0)
         out = np.asarray(model_values, dtype=np.float64).copy()
         r = np.rint(p)
         exact = np.all(p == r, axis=1)
-        if exact.any():
-            out[exact] = self._lookup(r[exact].astype(np.int64))[1]
         q = p[~exact]
+        top = np.asarray(self.shape, dtype=np.int64) - 1
+        i0 = np.minimum(np.floor(q).astype(np.int64), np.maximum(top - 1, 0))
+        corners = np.asarray(list(np.ndindex(2, 2, 2)))
+        voxels = np.concatenate([r[exact].astype(np.int64)]
+                                + [np.minimum(i0 + c, top) for c in corners])
+        corr, vals = self._lookup(voxels)
+        n_exact = int(exact.sum())
+        out[exact] = vals[:n_exact]
         if len(q):
-            top = np.asarray(self.shape, dtype=np.int64) - 1
-            i0 = np.minimum(np.floor(q).astype(np.int64), np.maximum(top - 1, 0))
             f = q - i0
-            corr = np.zeros(len(q))
-            for corner in np.ndindex(2, 2, 2):
-                d = np.asarray(corner)
-                w = np.prod(np.where(d == 1, f, 1.0 - f), axis=1)
-                corr += w * self._lookup(np.minimum(i0 + d, top))[0]
-            out[~exact] += corr
+            acc = np.zeros(len(q))
+            for k, c in enumerate(corners):
+                w = np.prod(np.where(c == 1, f, 1.0 - f), axis=1)
+                acc += w * corr[n_exact + k * len(q):n_exact + (k + 1) * len(q)]
+            out[~exact] += acc
         return out
 
     def _lookup(self, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -159,4 +168,8 @@ def resample_linear(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         out = (np.take(out, i0, axis=axis) * (1.0 - w)
                + np.take(out, np.minimum(i0 + 1, n - 1), axis=axis) * w)
     return out
+
+
+def _nbytes(entry: Tuple[np.ndarray, Optional[np.ndarray]]) -> int:
+    return sum(a.nbytes for a in entry if a is not None)
 
