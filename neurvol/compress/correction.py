@@ -2,24 +2,25 @@
 original on every voxel, coded in independently decodable blocks (``spec/correction.md``).
 
 ``base`` is what the decoder already has on the voxel grid (a model's reconstruction, or
-zeros when there is no model). Each block of ``B^3`` voxels is coded in one of three
-modes, chosen per block by the bytes it would cost:
+nothing when there is no model). Each block of ``B^3`` voxels is coded in the mode whose
+codes cost the fewest bits:
 
-* ``MODE_DATA`` — the multilevel cubic interpolation predictor of :mod:`.interp` on the
-  values themselves (the base is ignored: SZ3's predictor);
-* ``MODE_RESIDUAL`` — the same predictor on ``value - base``;
-* ``MODE_BASE`` — the base is the prediction: ``code = round((value - base) / step)``.
+* data modes — the multilevel interpolation predictor of :mod:`.interp` on the values
+  themselves (SZ3's predictor), with its cubic kernel or a linear one (better on noisy
+  data such as CT);
+* residual modes — the same on ``value - base`` (the model predicts the large scales);
+* base mode — the base is the prediction: ``code = round((value - base) / step)``.
 
-All three quantize in the loop with bins of width ``step = 2 E_q``, ``E_q`` a little under
+All quantize in the loop with bins of width ``step = 2 E_q``, ``E_q`` a little under
 ``E`` (:func:`quantization_bound`), so every value is within ``E_q`` of its reconstruction
 before the final cast to the volume's dtype. The encoder then decodes every block exactly
 as the decoder will (float64, then the cast) and stores the few voxels that still break the
 bound losslessly as *exceptions*, so the guarantee is exact, not probabilistic.
 
-Codes are entropy coded with static rANS models (``constriction``, as in
-:mod:`.streams`): one table per (mode, level class), stored once for the whole stream, so a
-block costs only its own words. Codes beyond the table's alphabet are *escapes*, stored as
-varints in the block.
+Codes are entropy coded with static rANS models (as in :mod:`.streams`), one per class:
+a point's level and how rough its decoded neighbourhood is (:func:`_context`). The tables
+are stored once for the whole stream, so a block costs only its own words. Codes beyond a
+table's alphabet are *escapes*, stored as varints in the block.
 """
 from __future__ import annotations
 
