@@ -86,12 +86,15 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
                    spacing: Optional[Sequence[float]] = None,
                    origin: Optional[Sequence[float]] = None,
                    block: Optional[int] = None, quiet: bool = False,
-                   require_model: bool = False, **model_kwargs: Any):
+                   require_model: bool = False,
+                   models: Optional[Dict[float, NeuralVolume]] = None, **model_kwargs: Any):
     """The smallest error-bounded file of ``volume`` (a checked volume: 3-D, finite,
     integer or float) among the pure predictor and a model at each of ``model_ratios``
     plus its correction. ``model_kwargs`` go to :func:`.entry.encode_volume` for the models.
     ``require_model``: keep the smallest file with a model even when the pure predictor is
-    smaller (to pin the model path in tests and golden files)."""
+    smaller (to pin the model path in tests and golden files). ``models``: single-model
+    files already fitted to ``volume``, by ratio, used instead of fitting at those ratios
+    (a benchmark over several bounds fits each model once)."""
     from .entry import encode_volume    # entry dispatches here: imported when used
 
     x = np.asarray(volume)
@@ -121,11 +124,13 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
     for ratio in model_ratios:
         if best is not None and len(best) <= x.nbytes / ratio:
             continue        # the model alone would not fit in the best file so far
-        try:
-            nv = encode_volume(x, ratio, **dict(_MODEL_DEFAULTS, spacing=spacing,
-                                                origin=origin, quiet=quiet, **model_kwargs))
-        except NeurvolBudgetError:
-            continue
+        nv = (models or {}).get(ratio)
+        if nv is None:
+            try:
+                nv = encode_volume(x, ratio, **dict(_MODEL_DEFAULTS, spacing=spacing,
+                                                    origin=origin, quiet=quiet, **model_kwargs))
+            except NeurvolBudgetError:
+                continue
         if nv.brick_count != 1:
             continue
         base = nv.decode(dtype=np.float32).astype(np.float64)
@@ -134,7 +139,7 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
             stream, _ = encode_correction(x, max_error, base, base_tolerance=tol, **stream_kw)
         except BoundTooSmallError:
             continue
-        candidate = finish(nv.header, nv._reader.read_brick(0), stream)
+        candidate = finish(nv.header, NvolReader(nv.to_bytes()).read_brick(0), stream)
         if best is None or len(candidate) < len(best):
             best, best_info = candidate, {"model_ratio": ratio}
     if best is None:
