@@ -36,7 +36,7 @@ from ..errors import NeurvolFormatError
 from .interp import MAX_CODE, _anchor, prediction_passes
 from .interp import _predict as _predict_cubic
 from .lorenzo import unzigzag, zigzag
-from .streams import zstd_exact
+from .streams import ZSTD_LEVEL, zstd_exact
 
 # Block modes: what predicts a block's values (the kernel, and data or residual).
 MODE_DATA_CUBIC = 0
@@ -86,7 +86,6 @@ FLOAT_CAST_ULPS = 2.0
 MAX_WEIGHT_CODE = 74     # weights below 2^37: a table's sum stays exact in binary64
 
 STREAM_VERSION = 1
-_ZSTD_LEVEL = 19
 _HEAD = struct.Struct("<BBHdddHII")   # version, flags, block, E, step, base_tol,
                                       # n_tables, tables' bytes, their zstd frame's length
 
@@ -342,7 +341,7 @@ def _model(codes: np.ndarray):
 
 
 def _zstd(data: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=False).compress(data)
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compress(data)
 
 
 @dataclasses.dataclass
