@@ -301,13 +301,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
     nv.save(out)
     seconds = time.perf_counter() - t0
     if not args.quiet and nv.max_error is not None:
+        from .metrics import max_abs_error, psnr as psnr_of
+
         size = out.stat().st_size
-        dec = nv.decode().astype(np.float64)
-        ref = np.asarray(volume, dtype=np.float64)
-        err = float(np.abs(dec - ref).max())
-        span = float(ref.max() - ref.min())
-        mse = float(np.mean((dec - ref) ** 2))
-        psnr = math.inf if mse == 0 else 10 * math.log10((span or 1.0) ** 2 / mse)
+        dec = nv.decode()
+        err, psnr = max_abs_error(volume, dec), psnr_of(volume, dec)
         model = nv.bounded_choice["model_ratio"]
         _out(f"wrote {out}: {_human_bytes(size)}, ratio {int(volume.nbytes) / size:.1f}:1, "
              f"every voxel within {nv.max_error:.6g} "
