@@ -105,6 +105,8 @@ class NeuralVolume:
         self._bound = parse_bound(self.header, reader.section_names)
         self._corrections: Optional[Corrections] = None
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
+        # Set by an error-bounded encode: {"model_ratio": the model kept, or None}.
+        self.bounded_choice: Optional[Dict[str, Any]] = None
 
     def _parse_volume(self, vol: Dict[str, Any]) -> None:
         """Validate the header's "volume" object (spec/payload.md §1.1) with JSON types
