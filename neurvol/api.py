@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .encoding import encode_volume
+from .encoding.bounded import encode_bounded_volume
 from .encoding.pilot import AUTO_RATE, RATE_CODING_LOSS_DB, RATE_PILOT, RATE_PILOT_DECLINE_DB
 from .encoding.plan import (AUTO_ARCH, AUTO_BRICK, AUTO_BRICK_VOXELS, AUTO_ORDER,
                             CONSTANT_BRICK_PSNR, DEFAULT_ARCH, DEFAULT_BITS, DEFAULT_STEPS)
@@ -45,6 +46,9 @@ def encode(
     devices: Optional[Sequence[str]] = None,
     executor: Any = None,
     retries: int = 2,
+    max_error: Optional[float] = None,
+    rel_error: Optional[float] = None,
+    model_ratios: Optional[Sequence[float]] = None,
     **arch_options: Any,
 ) -> NeuralVolume:
     """Compress a 3-D volume into a :class:`NeuralVolume` whose file fits the byte budget.
@@ -89,6 +93,15 @@ def encode(
     ``distributed.Client`` (or any ``concurrent.futures.Executor``); a failing brick is
     retried ``retries`` times. The same seed gives the same bytes with any executor.
 
+    Error-bounded mode (``spec/correction.md``): ``max_error=E`` (data units) or
+    ``rel_error=r`` (``E = r * (max - min)``) instead of a ratio: every voxel of
+    ``decode()`` and every ``query()`` at a voxel centre is within ``E`` (integers after
+    rounding), checked voxel by voxel before the file is returned. The file is the
+    smallest of a pure predictor-coded grid and a model fitted at each ratio of
+    ``model_ratios`` (default ``neurvol.encoding.bounded.DEFAULT_MODEL_RATIOS``; ``()``:
+    no model) plus its correction stream; ``ratio``, ``psnr`` and the brick options do
+    not apply.
+
     Example::
 
         >>> import neurvol
@@ -96,6 +109,13 @@ def encode(
         >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
         True
     """
+    if max_error is not None or rel_error is not None or model_ratios is not None:
+        return encode_bounded_volume(
+            volume, max_error, rel_error, model_ratios, psnr=psnr, brick=brick, bricks=bricks,
+            arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
+            origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, ghost=ghost,
+            blend=blend, workers=workers, devices=devices, executor=executor,
+            retries=retries, **arch_options)
     return encode_volume(
         volume, ratio, psnr=psnr, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,

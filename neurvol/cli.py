@@ -305,15 +305,29 @@ def cmd_pack(args: argparse.Namespace) -> int:
                 raise NeurvolInputError(
                     "--scheduler needs Dask distributed: pip install 'neurvol[dask]'") from None
             executor = stack.enter_context(Client(args.scheduler))
+        bounded = {k: v for k, v in (("max_error", args.max_error),
+                                     ("rel_error", args.rel_error),
+                                     ("model_ratios", args.model_ratios)) if v is not None}
         nv = nv_mod.encode(volume, ratio=args.ratio, arch=args.arch, seed=args.seed,
                            device=args.device, steps=args.steps, quiet=args.quiet,
                            spacing=loaded.spacing, origin=loaded.origin,
                            brick=args.brick, bricks=args.bricks, ghost=args.ghost,
                            workers=args.workers, executor=executor, psnr=args.psnr,
-                           codec=_codec_options(args), **_given_arch_options(args))
+                           codec=_codec_options(args), **bounded, **_given_arch_options(args))
     nv.save(out)
     seconds = time.perf_counter() - t0
-    if not args.quiet:
+    if not args.quiet and nv.max_error is not None:
+        from .metrics import max_abs_error, psnr as psnr_of
+
+        size = out.stat().st_size
+        dec = nv.decode()
+        err, psnr = max_abs_error(volume, dec), psnr_of(volume, dec)
+        model = nv.bounded_choice["model_ratio"]
+        _out(f"wrote {out}: {_human_bytes(size)}, ratio {int(volume.nbytes) / size:.1f}:1, "
+             f"every voxel within {nv.max_error:.6g} "
+             f"({'pure predictor' if model is None else f'model at ratio {model:g} + corrections'})")
+        _out(f"max error {err:.6g}, PSNR {_fmt_db(psnr)}, {seconds:.1f} s")
+    elif not args.quiet:
         size = out.stat().st_size
         nbytes = int(volume.nbytes)
         info = nv.info()
@@ -472,6 +486,11 @@ def _ratios(text: str) -> List[float]:
     if not out:
         raise argparse.ArgumentTypeError("give at least one ratio, e.g. 100,400")
     return out
+
+
+def _model_ratios(text: str) -> List[float]:
+    """``--model-ratios``: ratios, or ``none`` for the pure predictor alone."""
+    return [] if text.strip().lower() == "none" else _ratios(text)
 
 
 def _csv_list(text: str) -> List[str]:
@@ -686,6 +705,16 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
                         "40%% of the steps, finish it unless coding costs it over 2.4 dB, "
                         "else fit the default (default for one model unless --grid-bits or "
                         "--grid-coding is given; 0 turns it off)")
+    g = p.add_argument_group("error-bounded mode (spec/correction.md)")
+    bound = g.add_mutually_exclusive_group()
+    bound.add_argument("--max-error", type=_nonnegative_float, default=None, metavar="E",
+                       help="instead of a ratio: every decoded voxel within E (data units) "
+                            "of the input, checked before the file is written")
+    bound.add_argument("--rel-error", type=_nonnegative_float, default=None, metavar="R",
+                       help="as --max-error with E = R * (max - min), e.g. 1e-3")
+    g.add_argument("--model-ratios", type=_model_ratios, default=None, metavar="R1,R2,...",
+                   help="with a bound: model ratios tried besides the pure predictor (default "
+                        "200,400; the smallest file is kept; 'none': no model)")
     g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
     g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
                    help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "

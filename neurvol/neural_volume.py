@@ -16,6 +16,7 @@ import numpy as np
 
 from .backend import Backend, select_backend
 from .compress import decode_payload, payload_stats
+from .compress.bound import Corrections, parse_bound, resample_linear
 from .compress.payload import max_payload_bytes
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
@@ -105,7 +106,13 @@ class NeuralVolume:
         self._specs: Dict[str, Tuple[Any, Any, List[Tuple[str, Tuple[int, ...]]]]] = {}
         self._spec_tensors = 0
         self._lock = threading.Lock()
+        # Error-bounded files (spec/correction.md): the bound, and the correction stream
+        # once a request needs it.
+        self._bound = parse_bound(self.header, reader.section_names)
+        self._corrections: Optional[Corrections] = None
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
+        # Set by an error-bounded encode: {"model_ratio": the model kept, or None}.
+        self.bounded_choice: Optional[Dict[str, Any]] = None
 
     def _parse_volume(self, vol: Dict[str, Any]) -> None:
         """Validate the header's "volume" object (spec/payload.md §1.1) with JSON types
@@ -274,6 +281,53 @@ class NeuralVolume:
             "fit": h.get("fit"),
             "budget": h.get("budget"),
         }
+        if self._bound is not None:
+            out["bound"] = dict(self._bound)
+        return out
+
+    @property
+    def max_error(self) -> Optional[float]:
+        """The guaranteed bound of an error-bounded file (``None`` for other files): every
+        voxel of ``decode()`` and every ``query()`` at a voxel centre is within it."""
+        return None if self._bound is None else float(self._bound["max_error"])
+
+    def _correction_stream(self) -> Corrections:
+        with self._lock:
+            if self._corrections is None:
+                data = self._reader.read_section(self._bound["section"])
+                self._corrections = Corrections(data, self._shape, self._dtype,
+                                                float(self._bound["max_error"]),
+                                                self._base_block, self._base_voxels)
+            return self._corrections
+
+    def _decode_bounded(self, target: Tuple[int, int, int]) -> np.ndarray:
+        """An error-bounded file's decode: on its own grid the model plus the corrections
+        (the volume's dtype, within the bound); on another grid, as query() between voxel
+        centres, the model there plus the trilinear interpolation of the corrections."""
+        base = np.empty(self._shape, dtype=np.float32)
+        self._fill_grid([_LinspaceAxis(n) for n in self._shape], base, np.dtype(np.float32))
+        values = self._correction_stream().decode(base)
+        if target == self._shape:
+            return values
+        model = np.empty(target, dtype=np.float32)
+        self._fill_grid([_LinspaceAxis(n) for n in target], model, np.dtype(np.float32))
+        corr = values.astype(np.float64) - base
+        return model + resample_linear(corr, target)
+
+    def _base_voxels(self, zyx: np.ndarray) -> np.ndarray:
+        """The model's float32 values at integer voxels ``(N, 3)``, at the coordinates
+        decode() gives them (``np.linspace(-1, 1, n)[i]``)."""
+        top = np.asarray(self._shape, dtype=np.float64) - 1.0
+        v = np.asarray(zyx, dtype=np.float64)
+        norm = np.where(v == top, 1.0, v * (2.0 / top) + -1.0)
+        return self._evaluate(norm)
+
+    def _base_block(self, sl: Tuple[slice, ...]) -> np.ndarray:
+        """The model's float32 values on a box of voxels, with the coordinates decode()
+        uses, so corrections decoded by block meet the base they were coded against."""
+        out = np.empty([s.stop - s.start for s in sl], dtype=np.float32)
+        self._fill_grid([_SliceAxis(n, s.start, s.stop) for n, s in zip(self._shape, sl)],
+                        out, np.dtype(np.float32))
         return out
 
     def _model_info(self) -> Optional[Dict[str, Any]]:
@@ -311,13 +365,21 @@ class NeuralVolume:
         """Write the ``.nvol`` file atomically (temp file + rename; never a partial file)."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        write_nvol(path, _without_sections(self.header), bricks, minor=self._reader.version[1])
+        write_nvol(path, _without_sections(self.header), bricks, self._extra_sections(),
+                   minor=self._reader.version[1])
 
     def to_bytes(self) -> bytes:
         """The ``.nvol`` file's bytes."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        return serialize_nvol(_without_sections(self.header), bricks, minor=self._reader.version[1])
+        return serialize_nvol(_without_sections(self.header), bricks, self._extra_sections(),
+                              minor=self._reader.version[1])
+
+    def _extra_sections(self) -> Dict[str, bytes]:
+        """Sections after the bricks (e.g. an error-bounded file's corrections), kept as
+        they are when the file is written again."""
+        return {name: self._reader.read_section(name)
+                for name in self._reader.section_names[2:]}
 
     def close(self) -> None:
         """Release the file handle (also done by ``with``). Idempotent; afterwards data
@@ -386,6 +448,12 @@ class NeuralVolume:
                 f"{n_outside} points lie outside the volume (first: {first_outside} "
                 f"in {space} space, shape {self._shape}); pass clamp=True (CLI: --clamp) to clamp them to the boundary"
             )
+        if self._bound is not None and n:
+            # Error-bounded: exact at voxel centres, model + trilinear corrections between.
+            idx = p.astype(np.float64)
+            if space == "normalized":
+                idx = (idx + 1.0) * ((np.asarray(self._shape, dtype=np.float64) - 1.0) / 2.0)
+            out = self._correction_stream().at_points(idx, out).astype(np.float32)
         return out
 
     def _evaluate(self, norm: np.ndarray) -> np.ndarray:
@@ -519,6 +587,11 @@ class NeuralVolume:
         self._check_open()
         out: Dict[str, Any] = {"header": self.nbytes_file, "weights": 0, "codebooks": 0,
                                "masks": 0, "constants": 0, "tensors": {}}
+        if self._bound is not None:
+            name = self._bound["section"]
+            sec = next(x for x in self._reader.sections if x.name == name)
+            out["correction"] = sec.length
+            out["header"] -= sec.length
         for b in range(self._reader.brick_count):
             payload = self._reader.read_brick(b)
             out["header"] -= len(payload)
@@ -600,6 +673,9 @@ class NeuralVolume:
                     f"cannot allocate the decoded volume {target} {dt} ({nbytes:,} bytes): "
                     f"{exc}; decode into a disk-backed array with out=np.memmap(...), or "
                     "read regions with nv[z0:z1, ...]") from None
+        if self._bound is not None:
+            out[...] = _cast(self._decode_bounded(target), dt)
+            return out
         self._fill_grid([_LinspaceAxis(n) for n in target], out, dt)
         return out
 
@@ -674,6 +750,9 @@ class NeuralVolume:
             sel, kept = _axis_selection(k, n)
             idx.append(sel)
             keep.append(kept)
+        if self._bound is not None:
+            full = self._correction_stream().region(idx)
+            return full.reshape([len(i) for i, k in zip(idx, keep) if k])
         full = np.empty([len(i) for i in idx], dtype=self._dtype)
         # Normalized coordinates exactly as query() computes them for index space.
         axes = [_IndexAxis(i, n) for i, n in zip(idx, self._shape)]
@@ -811,6 +890,20 @@ class _LinspaceAxis(_Axis):
         if b == self.n:
             c[-1] = 1.0
         return c
+
+
+class _SliceAxis(_LinspaceAxis):
+    """``np.linspace(-1, 1, n)[start:stop]``: a box of the grid decode() evaluates."""
+
+    def __init__(self, n: int, start: int, stop: int) -> None:
+        super().__init__(n)
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def coords(self, a: int, b: int) -> np.ndarray:
+        return super().coords(self.start + a, self.start + b)
 
 
 class _IndexAxis(_Axis):
