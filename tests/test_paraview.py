@@ -154,8 +154,10 @@ def display(pv_python_matches):
     assert xvfb, ("rendering with Debian's ParaView needs an X display: set DISPLAY or "
                   "install Xvfb (apt-get install xvfb)")
     r, w = os.pipe()
+    # -noreset: by default Xvfb resets when its last client leaves, and a pvpython that
+    # connects during the reset aborts ("bad X server connection"); -ac: no cookie needed.
     proc = subprocess.Popen([xvfb, "-displayfd", str(w), "-screen", "0", "1024x768x24",
-                             "-nolisten", "tcp"], pass_fds=(w,),
+                             "-nolisten", "tcp", "-noreset", "-ac"], pass_fds=(w,),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     try:
