@@ -245,6 +245,18 @@ def test_deep_or_wide_single_model(sandbox):
     assert "multiply-adds per point" in _check(sandbox, data)["message"]
 
 
+@pytest.mark.parametrize("omega0", [5e-324, 1e-300, 1e5])
+def test_neurcomp_sine_factor_out_of_range(sandbox, omega0):
+    """A subnormal sine factor made the torch build's initialisation bound overflow
+    float32 (a RuntimeError from torch, found by the campaign): the config is refused."""
+    real = F.tiny_model_file("neurcomp")
+    hdr, _ = F.split_head(real)
+    hdr = {k: v for k, v in hdr.items() if k != "sections"}
+    hdr["model"]["config"]["omega0"] = omega0
+    data = serialize_nvol(hdr, F.bricks_of(real))
+    assert "omega0 must be" in _check(sandbox, data)["message"]
+
+
 def test_tensor_budget_counts_builds_not_time():
     """The structure cap stops a deep build after MAX_MODEL_TENSORS registrations (an
     operation count): building the 8,195-tensor model is refused having registered at

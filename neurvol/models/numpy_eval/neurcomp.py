@@ -21,6 +21,12 @@ DEFAULT_LAYERS = 8   # as published: 1 sine layer + 7 residual blocks (+ the out
 DESCRIPTION = "residual SIREN MLP, width from the budget (neurcomp, Lu et al. 2021)"
 
 
+#: spec/arch/neurcomp.md: the range of the sine frequency factor. Below the minimum the
+#: layers' initialisation bound sqrt(6 / width) / omega0 leaves float32's range.
+MIN_OMEGA0 = 1e-6
+MAX_OMEGA0 = 1e4
+
+
 @dataclasses.dataclass(frozen=True)
 class NeurcompConfig(ModelConfig):
     """Dimensions of a neurcomp residual SIREN.
@@ -56,8 +62,8 @@ class NeurcompConfig(ModelConfig):
         if (not isinstance(self.residual_blocks, int) or isinstance(self.residual_blocks, bool)
                 or not 0 <= self.residual_blocks <= MAX_BLOCKS):
             raise ValueError(f"residual_blocks must be an int in [0, {MAX_BLOCKS}]")
-        if not finite_number(self.omega0) or not 0 < self.omega0 <= 1e4:
-            raise ValueError("omega0 must be a number in (0, 1e4]")
+        if not finite_number(self.omega0) or not MIN_OMEGA0 <= self.omega0 <= MAX_OMEGA0:
+            raise ValueError(f"omega0 must be a number in [{MIN_OMEGA0:g}, {MAX_OMEGA0:g}]")
         if (not isinstance(self.scale, tuple) or len(self.scale) != 3
                 or not all(finite_number(s) and 0 < s <= 1 for s in self.scale)):
             raise ValueError("scale must be 3 numbers in (0, 1]")
