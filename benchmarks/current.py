@@ -119,24 +119,32 @@ def _progress(row: Dict[str, Any]) -> None:
           file=sys.stderr, flush=True)
 
 
-def run_script(part: str, script: str, extra: Sequence[str], json_flag: str = "--json") -> None:
-    """Run ``benchmarks/<script>`` writing JSON, and store it with this run's machine."""
+def run_script(part: str, script: str, extra: Sequence[str],
+               json_flag: Optional[str] = "--json") -> None:
+    """Run ``benchmarks/<script>`` and store its JSON (``json_flag`` names the script's
+    option for it) and its markdown on stdout, with this run's machine."""
     out = os.path.join(RESULTS, f"{part}.raw.json")
     os.makedirs(RESULTS, exist_ok=True)
     meta = machine()
-    subprocess.run([sys.executable, os.path.join(HERE, script), *extra, json_flag, out],
-                   check=True, cwd=ROOT)
-    with open(out) as f:
-        data = json.load(f)
-    os.remove(out)
-    save_part(part, {"machine": meta, "result": data})
+    cmd = [sys.executable, os.path.join(HERE, script), *extra]
+    if json_flag:
+        cmd += [json_flag, out]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    data = None
+    if json_flag:
+        with open(out) as f:
+            data = json.load(f)
+        os.remove(out)
+    save_part(part, {"machine": meta, "result": data, "markdown": proc.stdout})
 
 
 PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "rd": run_rd,
     "speed": lambda a: run_script("speed", "run_speed.py", [], "--out"),
     "bricks": lambda a: run_script("bricks", "run_bricks.py", ["--acceptance"]),
-    "reader": lambda a: run_script("reader", "run_numpy_reader.py", []),
+    "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
+    "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
 }
 
 
@@ -209,14 +217,22 @@ def render_bricks(part: Dict[str, Any]) -> str:
 
 
 def render_reader(part: Dict[str, Any]) -> str:
-    sys.path.insert(0, HERE)
-    import run_numpy_reader
     return _heading("Torch-free (numpy) reader against torch (`benchmarks/run_numpy_reader.py`)",
-                    part["machine"]) + "\n" + run_numpy_reader.format_markdown(part["result"])
+                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
+def render_bounded(part: Dict[str, Any]) -> str:
+    return _heading("Error-bounded mode: ratio at a fixed bound (`benchmarks/run_bounded.py`)",
+                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
+def _note(part: Dict[str, Any]) -> str:
+    return f"\n{part['note']}\n" if part.get("note") else ""
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
-    "rd": render_rd, "speed": render_speed, "bricks": render_bricks, "reader": render_reader}
+    "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
+    "reader": render_reader}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:
@@ -287,11 +303,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--run", default="", help=f"parts to measure first, of {','.join(PARTS)}")
     ap.add_argument("--volumes", default="", help="rd: only these dev volumes (comma-separated stems)")
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--bounded-args", default="",
+                    help="bounded: options for run_bounded.py, e.g. '--methods pure,sz3,zfp,sperr'")
+    ap.add_argument("--note", default="", help="a remark stored with the parts run now "
+                    "(e.g. what else ran on the machine)")
     args = ap.parse_args(argv)
     for part in filter(None, args.run.split(",")):
         if part not in PARTS:
             ap.error(f"unknown part {part!r}; known: {', '.join(PARTS)}")
         PARTS[part](args)
+        if args.note:
+            stored = load_part(part)
+            stored["note"] = args.note
+            save_part(part, stored)
     render()
 
 

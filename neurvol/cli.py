@@ -566,7 +566,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_METHODS = ("neurvol", "downsample", "zfp", "sz3", "zstd")
+BENCH_METHODS = ("neurvol", "downsample", "zfp", "sz3", "sperr", "zstd")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
