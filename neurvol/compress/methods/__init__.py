@@ -1,0 +1,2 @@
+"""Record methods of payload kind 2, one module each (:mod:`neurvol.compress.registry`): a
+module placed here registers itself when the registry first loads."""
