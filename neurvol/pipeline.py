@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ from .compress.kmeans import kmeans_quantize
 from .compress.payload import KIND_RECORDS
 from .errors import NeurvolInputError
 from .compress.records import DEFAULT_CODERS, encode_record, grid_method
-from .compress.registry import GridMethod, coder_names, get_method, grid_codings
+from .compress.registry import (CONFIG_ID, GridMethod, coder_names, get_coder, get_method,
+                                grid_codings)
 from .compress.vq import grid_vectors, vector_kmeans
 from .fit.rate import GridRate
 from .fit.sparsify import (Smallify, VariationalDropout, linear_tensors, smallify_prune,
@@ -163,21 +164,36 @@ class CodecSettings:
         return 2.0 if self.grids == "vq" else 4.0
 
     def pipeline(self, model: VolumeModel) -> List[str]:
-        """The stages this codec applies to ``model`` (the header's ``codec.pipeline``)."""
-        grids = self.grid_names(model)
-        stages = []
+        """The names of the stages this codec applies to ``model``, in order."""
+        return [c[CONFIG_ID] for c in self.pipeline_configs(model)]
+
+    def pipeline_configs(self, model: VolumeModel) -> List[Dict[str, Any]]:
+        """The stages this codec applies to ``model`` as configs, ``{"id": name,
+        parameter: value}`` (the header's ``codec.pipeline``, spec/payload.md §1.3). The
+        record methods and coders are the registry's (their configs without the
+        parameters the encoder searches per file, which every record stores)."""
+        return self.stage_configs(bool(self.grid_names(model)))
+
+    def stage_configs(self, grids: bool) -> List[Dict[str, Any]]:
+        """:meth:`pipeline_configs` for a model with (``grids``) or without feature grids
+        this codec codes."""
+        stages: List[Dict[str, Any]] = []
         if self.rate > 0 and grids:
-            stages.append("rate")
+            stages.append({CONFIG_ID: "rate", "weight": float(self.rate)})
         if self.prune > 0:
-            stages.append(PRUNE_STAGES[self.prune_method])
-        stages.append("kmeans")
+            stages.append({CONFIG_ID: PRUNE_STAGES[self.prune_method],
+                           "fraction": float(self.prune)})
+        stages.append({CONFIG_ID: get_method("kmeans").name})
         if grids:
-            stages.append(self.grids)
+            stages.append({CONFIG_ID: get_method(self.grids).name,
+                           "grid_bits": self.bits_per_grid_value})
             if self.grids == "vq" and self.vq_ema > 0 and self.finetune > 0:
-                stages.append("ema")
+                stages.append({CONFIG_ID: "ema", "decay": float(self.vq_ema)})
         if self.finetune > 0 and (grids or self.prune > 0):
-            stages.append("finetune")
-        stages.extend(sorted(set(self.coders) - {"raw"}))
+            stages.append({CONFIG_ID: "finetune", "fraction": float(self.finetune)})
+        # raw is always tried; the others are listed by name (as the labels were).
+        for name in sorted(set(self.coders) - {"raw"}):
+            stages.append(get_coder(name)().get_config())
         return stages
 
     def grid_names(self, model: VolumeModel) -> Tuple[str, ...]:

@@ -461,15 +461,15 @@ def test_bricks_choose_rate_aware_fitting_by_the_single_model_rule(sample, monke
     vol = sample[:34, :34, :34]
     kw = dict(OPTS, steps=30, bricks=(2, 1, 1))
     plain = neurvol.encode(vol, codec={"rate": 0}, **kw)
-    assert "interp" in plain.header["codec"]["pipeline"]
-    assert "rate" not in plain.header["codec"]["pipeline"]
+    assert "interp" in plain.info()["codec"]["stages"]
+    assert "rate" not in plain.info()["codec"]["stages"]
     monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", 1000.0)     # rate-aware always kept
     monkeypatch.setattr(pilot, "RATE_PILOT_DECLINE_DB", 1000.0)
     kept = neurvol.encode(vol, **kw)
-    assert "rate" in kept.header["codec"]["pipeline"]
+    assert "rate" in kept.info()["codec"]["stages"]
     monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", -1000.0)    # the default always fitted
     rejected = neurvol.encode(vol, **kw)
-    assert "rate" not in rejected.header["codec"]["pipeline"]
+    assert "rate" not in rejected.info()["codec"]["stages"]
     # Rate-aware models are sized for fewer bits per grid value: larger grids.
     def grid_sizes(nv):
         hdr = nv.header["bricks"]

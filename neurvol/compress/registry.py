@@ -253,6 +253,21 @@ def coder_names() -> Tuple[str, ...]:
     return tuple(c.name for c in coders())
 
 
+def stage_names(pipeline: Any) -> List[str]:
+    """The stage names of a header's ``codec.pipeline`` (``spec/payload.md`` §1.3), of
+    either form: configs (``{"id": name, ...}``, written since the registry) or plain
+    labels (older files). It is informative: entries of neither form are skipped."""
+    if not isinstance(pipeline, list):
+        return []
+    names = []
+    for entry in pipeline:
+        if isinstance(entry, dict):
+            entry = entry.get(CONFIG_ID)
+        if isinstance(entry, str):
+            names.append(entry)
+    return names
+
+
 def method_from_config(config: Mapping[str, Any]) -> RecordMethod:
     """A configured record method from its config dict (``{"id": name, ...}``)."""
     return get_method(str(config.get(CONFIG_ID))).from_config(config)

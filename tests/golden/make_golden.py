@@ -9,6 +9,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py 1.1     # bricked ensemble (format 1.1)
     python tests/golden/make_golden.py codec2  # codec "neurvol" version 2 (payload kind 2)
     python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
+    python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def outputs(mode: str) -> List[str]:
         return _pair("bricked_v1.1")
     if mode == "codec2-interp":
         return _pair("codec2_interp")
+    if mode == "codec2-configs":
+        return _pair("codec2_configs")
     if mode == "codec2":
         return [f for case in CODEC2_CASES for f in _pair(f"codec2_{case}")]
     return _pair(f"fvsrn_v{mode}") + [f"constant_v{mode}.nvol"]
@@ -66,6 +69,19 @@ def write_codec2_interp() -> None:
     _save(nv, "codec2_interp")
 
 
+def write_codec2_configs() -> None:
+    # The header's codec.pipeline as stage configs ({"id": name, ...}; spec/payload.md
+    # §1.3), as writers since the codec registry write it; vq grids, pruning and both
+    # coders, so the list holds parameters of several kinds.
+    import neurvol
+
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48])
+    nv = neurvol.encode(crop, steps=30, seed=0, quiet=True, arch="fvsrn", ratio=8,
+                        codec={"grids": "vq", "prune": 0.2})
+    assert all(isinstance(s, dict) for s in nv.header["codec"]["pipeline"])
+    _save(nv, "codec2_configs")
+
+
 def write_codec2() -> None:
     # Payload kind 2: Lorenzo grids + fine-tuning (amgsrn), masked k-means (pruned fvsrn),
     # and every stream forced through rANS (or raw where rANS cannot code it).
@@ -90,7 +106,8 @@ def write_version(version: str) -> None:
 
 
 WRITERS: Dict[str, Callable[[], None]] = {
-    "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2}
+    "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
+    "codec2-configs": write_codec2_configs}
 
 
 def main(argv: List[str]) -> int:
