@@ -29,7 +29,7 @@ from .kmeans import kmeans_quantize, nearest_centroid
 from .codebook import MAX_CENTROIDS, fits_f16
 from .records import RecordStats, configured, decode_record, encode_record
 from .registry import RecordMethod
-from .streams import ZSTD_LEVEL
+from .coders.zstd import ZSTD_LEVEL
 
 KIND_CONSTANT = 0x00
 KIND_TENSORS = 0x01

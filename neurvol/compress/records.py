@@ -13,31 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import NeurvolFormatError
 from .bitpack import pack_bits
-from .codebook import F16_LIMIT, MAX_CENTROIDS, fits_f16  # noqa: F401  (re-exported)
-from .registry import (GridMethod, RecordMethod, Take, coder_names, get_method, grid_methods,
-                       methods, read_method)
+from .registry import GridMethod, RecordMethod, Take, coder_names, get_method, read_method
 from .streams import CoderChoice, decode_stream
 from .streams import encode_stream as _encode_stream
 
 FLAG_MASK = 1
 #: Every coder, in the order an encode tries them by default (ties go to the first).
 DEFAULT_CODERS: Tuple[str, ...] = coder_names()
-
-
-def method_ids() -> Dict[str, int]:
-    """``{name: id}`` of every record method (the registry's)."""
-    return {m.name: m.id for m in methods()}
-
-
-def grid_method_names() -> Tuple[str, ...]:
-    """Methods whose step the encoder searches for dense grids (lorenzo, interp, vq)."""
-    return tuple(m.name for m in grid_methods())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +63,9 @@ def encode_record(arr: np.ndarray, method: Union[str, RecordMethod], *, k: int =
     ``step``, or a configured :class:`RecordMethod`). ``masked``: store the zero pattern as
     a mask and quantize only the non-zero elements (pruned tensors). ``coders``: entropy
     coders to try for each stream (the smallest wins)."""
-    name = method.name if isinstance(method, RecordMethod) else method
-    if masked and name in method_ids() and not get_method(name).maskable:
-        raise ValueError(f"{name} records cannot be masked")
     m = configured(method, k=k, step=step)
+    if masked and not m.maskable:
+        raise ValueError(f"{m.name} records cannot be masked")
     chosen = tuple(coders)
 
     def encode_stream(sym: np.ndarray) -> bytes:

@@ -16,7 +16,6 @@ import numpy as np
 
 from ..errors import NeurvolFormatError
 from .coders.rans import MAX_ALPHABET, MIN_ALPHABET  # noqa: F401  (the reader's bounds)
-from .coders.zstd import ZSTD_LEVEL, zstd_exact  # noqa: F401  (shared with payload.py)
 from .registry import StreamCoder, coders, get_coder, read_coder
 
 CODER_RAW = get_coder("raw").id
