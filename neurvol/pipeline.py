@@ -286,7 +286,7 @@ class _RecordCache:
             key = (name, plans[name])
             if key not in self.cache:
                 p = plans[name]
-                self.cache[key] = encode_record(self.arrays[name], p.method, k=p.k, step=p.step,
+                self.cache[key] = encode_record(self.arrays[name], p.record_method(),
                                                 masked=p.masked, coders=self.coders)
             parts.append(self.cache[key])
         return b"".join(parts)

@@ -166,21 +166,28 @@ def test_ids_and_names_are_never_reused() -> None:
 
 
 class _Negate(RecordMethod):
-    """A toy method, as a new module would declare it: values stored negated, float32."""
+    """A toy method, as a new module would declare it: ``f32 scale``, then the float32
+    bit patterns of ``-scale * value``."""
 
     id = 200
     name = "negate"
-    summary = "float32 bit patterns of minus the values"
+    summary = "`f32 scale` + float32 bit patterns of minus the scaled values"
     section = "§9.9"
+    params = ("scale",)
     maskable = True
 
+    def __init__(self, scale: float = 1.0):
+        self.scale = float(scale)
+
     def encode(self, values, encode_stream) -> Tuple[int, bytes]:
-        return self.id, encode_stream((-values.reshape(-1)).astype("<f4").view("<u4"))
+        scaled = (-self.scale * values.reshape(-1)).astype("<f4")
+        return self.id, struct.pack("<f", self.scale) + encode_stream(scaled.view("<u4"))
 
     @classmethod
     def decode(cls, take, shape, m, name, decode_stream):
+        (scale,) = struct.unpack("<f", take(4, name))
         bits, coder = decode_stream(take, m, name, max_symbol=(1 << 32) - 1)
-        return -bits.astype("<u4").view("<f4").astype(np.float32), coder, 0
+        return (bits.astype("<u4").view("<f4") / -scale).astype(np.float32), coder, 0
 
 
 @pytest.fixture
@@ -196,11 +203,13 @@ def test_a_new_method_is_one_class(negate) -> None:
     """Registering a class is all it takes: plans, records, payloads, the spec table."""
     w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
     w[w < 0] = 0
-    payload = encode_records([("w", w)], {"w": TensorPlan("negate", masked=True)})
-    assert payload[1] == 200
+    plan = TensorPlan("negate", masked=True, params=(("scale", 2.0),))
+    assert plan.record_method().get_config() == {"id": "negate", "scale": 2.0}
+    payload = encode_records([("w", w)], {"w": plan})
+    assert payload[1:3] == bytes([200, 1])          # method id, masked
     np.testing.assert_array_equal(decode_payload(payload, [("w", (16, 8))])["w"], w)
-    assert "| 200 | `negate` | - | float32 bit patterns of minus the values | §9.9 |" \
-        in registry.markdown_table()
+    assert "| 200 | `negate` | `scale` | `f32 scale` + float32 bit patterns of minus the " \
+        "scaled values | §9.9 |" in registry.markdown_table()
     assert "negate" not in grid_codings()      # not a grid coding unless it says so
 
 

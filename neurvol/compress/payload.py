@@ -18,7 +18,7 @@ import dataclasses
 import io
 import math
 import struct
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import zstandard
@@ -58,12 +58,14 @@ class TensorPlan:
     grids ``lorenzo`` (uniform quantization with ``step`` + 3-D Lorenzo prediction),
     ``interp`` (multilevel interpolation prediction, error <= ``step / 2``) or ``vq`` (each
     vertex's channel vector -> one of ``k`` codebook vectors). ``masked``: zeros (pruned
-    weights) are stored as an entropy-coded bit mask."""
+    weights) are stored as an entropy-coded bit mask. ``params``: ``(name, value)`` pairs
+    for a method's parameters other than ``k`` and ``step``."""
 
     method: str
     k: int = 0
     step: float = 0.0
     masked: bool = False
+    params: Tuple[Tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         m = self.record_method()         # validates the method's parameters
@@ -72,7 +74,7 @@ class TensorPlan:
 
     def record_method(self) -> RecordMethod:
         """The configured record method (ValueError for an unknown one or bad parameters)."""
-        return configured(self.method, k=self.k, step=self.step)
+        return configured(self.method, k=self.k, step=self.step, **dict(self.params))
 
 
 def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
@@ -95,7 +97,7 @@ def encode_records(arrays: Sequence[Tuple[str, np.ndarray]], plans: Mapping[str,
     out = [bytes([KIND_RECORDS])]
     for name, a in arrays:
         p = plans[name]
-        out.append(encode_record(a, p.method, k=p.k, step=p.step, masked=p.masked))
+        out.append(encode_record(a, p.record_method(), masked=p.masked))
     return b"".join(out)
 
 
