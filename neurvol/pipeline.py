@@ -51,6 +51,8 @@ MAX_LEVELS = 1024
 BITS_PER_BYTE = 8
 #: Bytes the cost model adds per coded tensor (record header, coder framing).
 RECORD_OVERHEAD_BYTES = 16
+#: Grid bits the size solver plans for when the grid coding names none.
+DEFAULT_GRID_BITS = 4.0
 #: Bytes per float16 value (codebooks, raw16 tensors).
 F16_BYTES = 2
 #: With grids, the other tensors' k-means levels are halved until the file with the grids
@@ -161,7 +163,8 @@ class CodecSettings:
         """``grid_bits``, or its default for the grid coding."""
         if self.grid_bits is not None:
             return float(self.grid_bits)
-        return 2.0 if self.grids == "vq" else 4.0
+        method = get_method(self.grids)
+        return method.default_grid_bits if issubclass(method, GridMethod) else DEFAULT_GRID_BITS
 
     def pipeline(self, model: VolumeModel) -> List[str]:
         """The names of the stages this codec applies to ``model``, in order."""
@@ -197,11 +200,13 @@ class CodecSettings:
         return stages
 
     def grid_names(self, model: VolumeModel) -> Tuple[str, ...]:
-        if self.grids == "kmeans":
+        """The feature grids this codec codes with its grid method (none under kmeans: the
+        grids are then coded as the other tensors)."""
+        method = get_method(self.grids)
+        if not issubclass(method, GridMethod):
             return ()
         sd = model.state_dict()
-        rank = 4 if self.grids == "vq" else 3
-        return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= rank)
+        return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= method.min_axes)
 
 
 def fit_regularizer(model: VolumeModel, codec: CodecSettings, steps: int) -> Optional[GridRate]:

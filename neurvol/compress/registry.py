@@ -128,6 +128,9 @@ class GridMethod(RecordMethod):
     grid_coding = True
     #: How close the step search's bracket ends must get (their ratio).
     step_tolerance: ClassVar[float] = 1.01
+    #: Bits per grid value the size solver plans for unless ``CodecSettings.grid_bits``
+    #: says (fewer: a larger model for the same bytes).
+    default_grid_bits: ClassVar[float] = 4.0
 
     @classmethod
     @abc.abstractmethod

@@ -40,6 +40,8 @@ class Vq(GridMethod):
     min_axes = VQ_AXES
     # Codebook sizes 10 % apart are as good as equal, and each probe runs k-means.
     step_tolerance = 1.1
+    # log2(K) / channels: a codebook of 256 for fvsrn's 4 channels.
+    default_grid_bits = 2.0
 
     def __init__(self, k: int = 2):
         check_k(k)
