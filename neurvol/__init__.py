@@ -5,7 +5,9 @@
 >>> neurvol.open("f.nvol").query(points)                            # doctest: +SKIP
 
 The public names resolve on first use (PEP 562): ``import neurvol.container`` or
-``neurvol --help`` must not load torch, which only the encoder and the model evaluation need.
+``neurvol --help`` must not load torch, which only the encoder and the torch reader need.
+Reading (``open``, ``NeuralVolume``) works with numpy alone; without torch, ``encode``
+raises :class:`NeurvolDependencyError` saying to ``pip install "neurvol[encode]"``.
 """
 from __future__ import annotations
 
@@ -17,17 +19,21 @@ from .version import __version__
 # public name -> (module relative to this package, attribute or None for the module itself)
 _LAZY: Dict[str, tuple] = {
     "NeurvolBudgetError": (".errors", "NeurvolBudgetError"),
+    "NeurvolDependencyError": (".errors", "NeurvolDependencyError"),
     "NeurvolError": (".errors", "NeurvolError"),
     "NeurvolFormatError": (".errors", "NeurvolFormatError"),
     "NeurvolInputError": (".errors", "NeurvolInputError"),
     "NeurvolIOError": (".errors", "NeurvolIOError"),
     "NeurvolVersionError": (".errors", "NeurvolVersionError"),
     "encode": (".api", "encode"),
-    "open": (".api", "open"),
+    "open": (".neural_volume", "open_volume"),
     "sample_volume": (".api", "sample_volume"),
     "NeuralVolume": (".neural_volume", "NeuralVolume"),
     "metrics": (".metrics", None),
 }
+
+#: Names whose module needs torch, and the torch-free stand-ins used without it.
+_WITHOUT_TORCH = {"encode": "._without_torch", "sample_volume": "._without_torch"}
 
 __all__ = sorted(_LAZY)
 
@@ -37,7 +43,12 @@ def __getattr__(name: str) -> Any:
         module_name, attr = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    module = importlib.import_module(module_name, __name__)
+    try:
+        module = importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError as exc:   # the core install: no torch, reading still works
+        if exc.name != "torch" or name not in _WITHOUT_TORCH:
+            raise
+        module = importlib.import_module(_WITHOUT_TORCH[name], __name__)
     value = module if attr is None else getattr(module, attr)
     globals()[name] = value  # later look-ups skip __getattr__
     return value

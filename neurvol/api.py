@@ -11,14 +11,12 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .container import NvolReader
 from .encoding import encode_volume
+from .encoding.bounded import encode_bounded_volume
 from .encoding.pilot import AUTO_RATE, RATE_CODING_LOSS_DB, RATE_PILOT, RATE_PILOT_DECLINE_DB
 from .encoding.plan import (AUTO_ARCH, AUTO_BRICK, AUTO_BRICK_VOXELS, AUTO_ORDER,
                             CONSTANT_BRICK_PSNR, DEFAULT_ARCH, DEFAULT_BITS, DEFAULT_STEPS)
-from .errors import NeurvolInputError, NeurvolIOError
-from .models.base import resolve_device
-from .neural_volume import NeuralVolume
+from .neural_volume import NeuralVolume, open_volume
 
 __all__ = ["encode", "open", "sample_volume", "AUTO_ARCH", "AUTO_BRICK", "AUTO_BRICK_VOXELS",
            "AUTO_ORDER", "AUTO_RATE", "CONSTANT_BRICK_PSNR", "DEFAULT_ARCH", "DEFAULT_BITS",
@@ -48,6 +46,9 @@ def encode(
     devices: Optional[Sequence[str]] = None,
     executor: Any = None,
     retries: int = 2,
+    max_error: Optional[float] = None,
+    rel_error: Optional[float] = None,
+    model_ratios: Optional[Sequence[float]] = None,
     **arch_options: Any,
 ) -> NeuralVolume:
     """Compress a 3-D volume into a :class:`NeuralVolume` whose file fits the byte budget.
@@ -92,6 +93,15 @@ def encode(
     ``distributed.Client`` (or any ``concurrent.futures.Executor``); a failing brick is
     retried ``retries`` times. The same seed gives the same bytes with any executor.
 
+    Error-bounded mode (``spec/correction.md``): ``max_error=E`` (data units) or
+    ``rel_error=r`` (``E = r * (max - min)``) instead of a ratio: every voxel of
+    ``decode()`` and every ``query()`` at a voxel centre is within ``E`` (integers after
+    rounding), checked voxel by voxel before the file is returned. The file is the
+    smallest of a pure predictor-coded grid and a model fitted at each ratio of
+    ``model_ratios`` (default ``neurvol.encoding.bounded.DEFAULT_MODEL_RATIOS``; ``()``:
+    no model) plus its correction stream; ``ratio``, ``psnr`` and the brick options do
+    not apply.
+
     Example::
 
         >>> import neurvol
@@ -99,6 +109,13 @@ def encode(
         >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
         True
     """
+    if max_error is not None or rel_error is not None or model_ratios is not None:
+        return encode_bounded_volume(
+            volume, max_error, rel_error, model_ratios, psnr=psnr, brick=brick, bricks=bricks,
+            arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
+            origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, ghost=ghost,
+            blend=blend, workers=workers, devices=devices, executor=executor,
+            retries=retries, **arch_options)
     return encode_volume(
         volume, ratio, psnr=psnr, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
@@ -106,21 +123,14 @@ def encode(
         executor=executor, retries=retries, **arch_options)
 
 
-def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None) -> NeuralVolume:
+def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None,
+         backend: Optional[str] = None) -> NeuralVolume:
     """Open a ``.nvol`` file lazily: reads the header and brick index only.
 
-    Bricks are decoded when a query first touches them. Use as a context manager to
-    close the file handle promptly.
+    backend: ``"torch"``, ``"numpy"`` or None (``$NEURVOL_BACKEND``, else torch when it is
+    installed); see :func:`neurvol.neural_volume.open_volume`, which this is.
     """
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise NeurvolInputError(f"path must be a str or os.PathLike, got {path!r}") from None
-    if not os.path.exists(p):
-        raise NeurvolIOError(f"no such file: {p}")
-    if os.path.isdir(p):
-        raise NeurvolIOError(f"{p} is a directory, not a .nvol file")
-    return NeuralVolume(NvolReader(p), device=resolve_device(device or "cpu"))
+    return open_volume(path, device=device, backend=backend)
 
 
 def sample_volume() -> np.ndarray:

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -115,6 +115,22 @@ def _arch_options() -> dict:
         for name in a.options:
             found.setdefault(name, (a.option_type(name), []))[1].append(arch)
     return found
+
+
+def _arch_choices() -> Tuple[str, str, Tuple[str, ...], dict]:
+    """(auto name, default architecture, architecture names, :func:`_arch_options`) for the
+    parser. The core install has no torch: the names then come from the torch-free registry
+    and no sizing options are offered (encoding stops with NeurvolDependencyError)."""
+    try:
+        from .api import AUTO_ARCH, DEFAULT_ARCH
+        from .models import architectures
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        from .models.numpy_eval import numpy_architectures
+
+        return "auto", "auto", numpy_architectures(), {}
+    return AUTO_ARCH, DEFAULT_ARCH, architectures(), _arch_options()
 
 
 def _given_arch_options(args: argparse.Namespace) -> dict:
@@ -290,15 +306,29 @@ def cmd_pack(args: argparse.Namespace) -> int:
                 raise NeurvolInputError(
                     "--scheduler needs Dask distributed: pip install 'neurvol[dask]'") from None
             executor = stack.enter_context(Client(args.scheduler))
+        bounded = {k: v for k, v in (("max_error", args.max_error),
+                                     ("rel_error", args.rel_error),
+                                     ("model_ratios", args.model_ratios)) if v is not None}
         nv = nv_mod.encode(volume, ratio=args.ratio, arch=args.arch, seed=args.seed,
                            device=args.device, steps=args.steps, quiet=args.quiet,
                            spacing=loaded.spacing, origin=loaded.origin,
                            brick=args.brick, bricks=args.bricks, ghost=args.ghost,
                            workers=args.workers, executor=executor, psnr=args.psnr,
-                           codec=_codec_options(args), **_given_arch_options(args))
+                           codec=_codec_options(args), **bounded, **_given_arch_options(args))
     nv.save(out)
     seconds = time.perf_counter() - t0
-    if not args.quiet:
+    if not args.quiet and nv.max_error is not None:
+        from .metrics import max_abs_error, psnr as psnr_of
+
+        size = out.stat().st_size
+        dec = nv.decode()
+        err, psnr = max_abs_error(volume, dec), psnr_of(volume, dec)
+        model = nv.bounded_choice["model_ratio"]
+        _out(f"wrote {out}: {_human_bytes(size)}, ratio {int(volume.nbytes) / size:.1f}:1, "
+             f"every voxel within {nv.max_error:.6g} "
+             f"({'pure predictor' if model is None else f'model at ratio {model:g} + corrections'})")
+        _out(f"max error {err:.6g}, PSNR {_fmt_db(psnr)}, {seconds:.1f} s")
+    elif not args.quiet:
         size = out.stat().st_size
         nbytes = int(volume.nbytes)
         info = nv.info()
@@ -459,6 +489,11 @@ def _ratios(text: str) -> List[float]:
     return out
 
 
+def _model_ratios(text: str) -> List[float]:
+    """``--model-ratios``: ratios, or ``none`` for the pure predictor alone."""
+    return [] if text.strip().lower() == "none" else _ratios(text)
+
+
 def _csv_list(text: str) -> List[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -608,16 +643,14 @@ def _add_fit_options(p: argparse.ArgumentParser, *, ratio_default: float = 100.0
     p.add_argument("--ratio", type=_ratio, default=ratio_default,
                    help="compression ratio: the whole file is at most input bytes / RATIO "
                         "(default: %(default)g)")
-    # The architectures and their options live in neurvol.models (torch): imported only when
-    # a command that fits is being parsed (see _parser_for).
-    from .api import AUTO_ARCH, DEFAULT_ARCH
-    from .models import architectures
-
-    p.add_argument("--arch", default=DEFAULT_ARCH, choices=(AUTO_ARCH,) + architectures(),
+    # The architectures and their options live in neurvol.models (torch): looked up only
+    # when a command that fits is being parsed (see _parser_for and _arch_choices).
+    auto, default, names, options = _arch_choices()
+    p.add_argument("--arch", default=default, choices=(auto,) + names,
                    help="network architecture (default: %(default)s)")
     # Every architecture's sizing options, e.g. --grids, --grad-lambda; only the ones
     # given reach encode(), which rejects those the chosen --arch does not take.
-    for name, (kind, archs) in sorted(_arch_options().items()):
+    for name, (kind, archs) in sorted(options.items()):
         p.add_argument("--" + name.replace("_", "-"), dest="opt_" + name, type=_positive_int if kind is int else _nonnegative_float,
                        default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
                        help=f"{name.replace('_', ' ')} (--arch {', '.join(archs)})")
@@ -674,6 +707,16 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
                         "40%% of the steps, finish it unless coding costs it over 2.4 dB, "
                         "else fit the default (default for one model unless --grid-bits or "
                         "--grid-coding is given; 0 turns it off)")
+    g = p.add_argument_group("error-bounded mode (spec/correction.md)")
+    bound = g.add_mutually_exclusive_group()
+    bound.add_argument("--max-error", type=_nonnegative_float, default=None, metavar="E",
+                       help="instead of a ratio: every decoded voxel within E (data units) "
+                            "of the input, checked before the file is written")
+    bound.add_argument("--rel-error", type=_nonnegative_float, default=None, metavar="R",
+                       help="as --max-error with E = R * (max - min), e.g. 1e-3")
+    g.add_argument("--model-ratios", type=_model_ratios, default=None, metavar="R1,R2,...",
+                   help="with a bound: model ratios tried besides the pure predictor (default "
+                        "200,400; the smallest file is kept; 'none': no model)")
     g = p.add_argument_group("bricks (large volumes; spec/bricks.md)")
     g.add_argument("--brick", type=_positive_int, default=None, metavar="N",
                    help="fit bricks of about N voxels a side (default: 128 above 2^25 voxels, "
@@ -697,17 +740,14 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
 
 def _add_bench_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
     """The options of ``neurvol bench``."""
-    from .models import architectures
-
     p.add_argument("input", metavar="VOLUME", help="volume file (any input format of 'pack')")
     p.add_argument("--ratios", type=_ratios, default=[100.0], metavar="R1,R2,...",
                    help="compression ratios (default: 100)")
     p.add_argument("--methods", type=_csv_list, default=list(BENCH_METHODS), metavar="M1,M2,...",
                    help=f"methods to run (default: {','.join(BENCH_METHODS)}; also downsample_ref)")
-    from .api import AUTO_ARCH as _auto, DEFAULT_ARCH as _default
-
+    _auto, _default, _names, _ = _arch_choices()
     p.add_argument("--arch", type=_csv_list, default=[_default], metavar="A1,A2,...",
-                   help=f"neurvol architectures, from {', '.join((_auto,) + tuple(architectures()))} "
+                   help=f"neurvol architectures, from {', '.join((_auto,) + _names)} "
                         f"(default: {_default})")
     p.add_argument("--steps", type=_positive_int, default=None, help="neurvol training steps")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")

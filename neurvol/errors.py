@@ -57,3 +57,8 @@ def brief(value: object, limit: int = 120) -> str:
     except Exception:  # noqa: BLE001 - a message must not fail; say what it is instead
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class NeurvolDependencyError(NeurvolError, ImportError):
+    """An optional dependency a feature needs is not installed; the message says what to
+    install (e.g. encoding needs ``neurvol[encode]``, which brings PyTorch)."""

@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import Any, Iterator, Sequence, Tuple
-
-import torch
+from typing import Any, Iterable, Iterator, List, Sequence, Tuple
 
 from .errors import NeurvolFormatError
 
@@ -72,10 +70,34 @@ def _on_module(module: Any, name: str, submodule: Any) -> None:
         _count("modules", MAX_MODEL_MODULES)
 
 
-# Process-wide hooks; they count only inside :func:`tensor_budget` on the same thread.
-torch.nn.modules.module.register_module_parameter_registration_hook(_on_tensor)
-torch.nn.modules.module.register_module_buffer_registration_hook(_on_tensor)
-torch.nn.modules.module.register_module_module_registration_hook(_on_module)
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _install_hooks() -> None:
+    """Register the process-wide hooks (once); they count only inside
+    :func:`tensor_budget` on the same thread. Installed on first use, so that the numpy
+    reader, which checks the tensor count of a config's tensor list instead, needs no torch."""
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        import torch
+
+        torch.nn.modules.module.register_module_parameter_registration_hook(_on_tensor)
+        torch.nn.modules.module.register_module_buffer_registration_hook(_on_tensor)
+        torch.nn.modules.module.register_module_module_registration_hook(_on_module)
+        _hooks_installed = True
+
+
+@contextlib.contextmanager
+def _budget() -> Iterator[None]:
+    previous = getattr(_state, "budget", None)
+    _state.budget = {"tensors": 0, "modules": 0}
+    try:
+        yield
+    finally:
+        _state.budget = previous
 
 
 @contextlib.contextmanager
@@ -83,12 +105,21 @@ def tensor_budget() -> Iterator[None]:
     """Build models from file configs inside this: construction that registers more than
     :data:`MAX_MODEL_TENSORS` tensors or :data:`MAX_MODEL_MODULES` modules raises
     NeurvolFormatError at once (this thread only)."""
-    previous = getattr(_state, "budget", None)
-    _state.budget = {"tensors": 0, "modules": 0}
-    try:
+    _install_hooks()
+    with _budget():
         yield
-    finally:
-        _state.budget = previous
+
+
+def counted_tensors(specs: Iterable[Tuple[str, Tuple[int, ...]]]) -> List[Tuple[str, Tuple[int, ...]]]:
+    """A config's tensor list (``config.tensor_specs()``), under the same budget as a
+    model build: more than :data:`MAX_MODEL_TENSORS` entries raise NeurvolFormatError
+    after at most that many are counted. No model is built, so no torch is needed."""
+    out = []
+    with _budget():
+        for spec in specs:
+            _count("tensors", MAX_MODEL_TENSORS)
+            out.append(spec)
+    return out
 
 
 def macs_per_point(specs: TensorSpecs) -> int:

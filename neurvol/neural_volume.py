@@ -13,17 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
+from .backend import Backend, select_backend
 from .compress import decode_payload, payload_stats
+from .compress.bound import Corrections, parse_bound, resample_linear
 from .compress.payload import max_payload_bytes
 from .compress.registry import stage_names
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
-from .errors import NeurvolFormatError, NeurvolInputError, brief
-from .models import VolumeModel, get_architecture
-from .models.base import MAX_MODEL_PARAMS, resolve_device
-from .model_limits import check_model_cost, tensor_budget
+from .errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
+from .model_limits import check_model_cost, counted_tensors
+from .models.config import MAX_MODEL_PARAMS, ModelConfig
+from .models.numpy_eval import NumpyArchitecture, get_numpy_architecture
 from .volume_checks import (FLOAT32_MAX, MAX_AXIS, MAX_VOXELS, cast_to_int, check_decode_dtype,
                             check_finite_points, check_points, check_shape)
 
@@ -72,17 +73,23 @@ class NeuralVolume:
         nv.query([[10.0, 20.5, 3.0]])       # (N, 3) z, y, x voxel coordinates -> (N,)
         nv[10:50, :, 100]                    # region decode (outer indexing)
         nv.decode()                          # whole grid in the input's dtype
+
+    Models are evaluated by a backend (:mod:`neurvol.backend`): torch when it is
+    installed, numpy otherwise, or as ``backend=`` / ``$NEURVOL_BACKEND`` say; both
+    evaluate the spec's maths and agree to float32 rounding.
     """
 
-    def __init__(self, reader: NvolReader, *, device: Union[str, torch.device, None] = None):
+    def __init__(self, reader: NvolReader, *, device: Any = None,
+                 backend: Optional[str] = None):
         if not isinstance(reader, NvolReader):
             raise NeurvolInputError(
                 f"NeuralVolume needs an NvolReader, got {type(reader).__name__}; use "
                 "neurvol.open(path) to open a file")
-        dev = resolve_device(device or "cpu")
+        self._backend: Backend = select_backend(backend, device)
         self._reader = reader
         self.header: Dict[str, Any] = reader.header
-        self.device = dev
+        #: Where models run: a ``torch.device`` (torch backend) or ``"cpu"`` (numpy).
+        self.device = self._backend.device
         vol = self.header.get("volume")
         if not isinstance(vol, dict):
             raise NeurvolFormatError("header has no 'volume' object")
@@ -94,13 +101,19 @@ class NeuralVolume:
         self._cache_size = _BRICK_CACHE
         if reader.brick_count > 1:
             self._parse_bricks(self.header.get("bricks"))
-        self._models: "OrderedDict[int, Tuple[Union[float, VolumeModel], int]]" = OrderedDict()
+        self._models: "OrderedDict[int, Tuple[Any, int]]" = OrderedDict()   # brick -> (float or model, its bytes)
         self._cache_bytes = 0
         # Shapes of each distinct model config, built once per file (spec/resources.md).
         self._specs: Dict[str, Tuple[Any, Any, List[Tuple[str, Tuple[int, ...]]]]] = {}
         self._spec_tensors = 0
         self._lock = threading.Lock()
+        # Error-bounded files (spec/correction.md): the bound, and the correction stream
+        # once a request needs it.
+        self._bound = parse_bound(self.header, reader.section_names)
+        self._corrections: Optional[Corrections] = None
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
+        # Set by an error-bounded encode: {"model_ratio": the model kept, or None}.
+        self.bounded_choice: Optional[Dict[str, Any]] = None
 
     def _parse_volume(self, vol: Dict[str, Any]) -> None:
         """Validate the header's "volume" object (spec/payload.md §1.1) with JSON types
@@ -223,6 +236,11 @@ class NeuralVolume:
         return math.prod(self._shape) * self._dtype.itemsize / self.nbytes_file
 
     @property
+    def backend(self) -> str:
+        """The evaluation backend: ``"torch"`` or ``"numpy"`` (see :mod:`neurvol.backend`)."""
+        return self._backend.name
+
+    @property
     def brick_count(self) -> int:
         """Number of bricks (1 for a single model)."""
         return self._reader.brick_count
@@ -264,6 +282,53 @@ class NeuralVolume:
             "fit": h.get("fit"),
             "budget": h.get("budget"),
         }
+        if self._bound is not None:
+            out["bound"] = dict(self._bound)
+        return out
+
+    @property
+    def max_error(self) -> Optional[float]:
+        """The guaranteed bound of an error-bounded file (``None`` for other files): every
+        voxel of ``decode()`` and every ``query()`` at a voxel centre is within it."""
+        return None if self._bound is None else float(self._bound["max_error"])
+
+    def _correction_stream(self) -> Corrections:
+        with self._lock:
+            if self._corrections is None:
+                data = self._reader.read_section(self._bound["section"])
+                self._corrections = Corrections(data, self._shape, self._dtype,
+                                                float(self._bound["max_error"]),
+                                                self._base_block, self._base_voxels)
+            return self._corrections
+
+    def _decode_bounded(self, target: Tuple[int, int, int]) -> np.ndarray:
+        """An error-bounded file's decode: on its own grid the model plus the corrections
+        (the volume's dtype, within the bound); on another grid, as query() between voxel
+        centres, the model there plus the trilinear interpolation of the corrections."""
+        base = np.empty(self._shape, dtype=np.float32)
+        self._fill_grid([_LinspaceAxis(n) for n in self._shape], base, np.dtype(np.float32))
+        values = self._correction_stream().decode(base)
+        if target == self._shape:
+            return values
+        model = np.empty(target, dtype=np.float32)
+        self._fill_grid([_LinspaceAxis(n) for n in target], model, np.dtype(np.float32))
+        corr = values.astype(np.float64) - base
+        return model + resample_linear(corr, target)
+
+    def _base_voxels(self, zyx: np.ndarray) -> np.ndarray:
+        """The model's float32 values at integer voxels ``(N, 3)``, at the coordinates
+        decode() gives them (``np.linspace(-1, 1, n)[i]``)."""
+        top = np.asarray(self._shape, dtype=np.float64) - 1.0
+        v = np.asarray(zyx, dtype=np.float64)
+        norm = np.where(v == top, 1.0, v * (2.0 / top) + -1.0)
+        return self._evaluate(norm)
+
+    def _base_block(self, sl: Tuple[slice, ...]) -> np.ndarray:
+        """The model's float32 values on a box of voxels, with the coordinates decode()
+        uses, so corrections decoded by block meet the base they were coded against."""
+        out = np.empty([s.stop - s.start for s in sl], dtype=np.float32)
+        self._fill_grid([_SliceAxis(n, s.start, s.stop) for n, s in zip(self._shape, sl)],
+                        out, np.dtype(np.float32))
         return out
 
     def _codec_info(self) -> Any:
@@ -309,13 +374,21 @@ class NeuralVolume:
         """Write the ``.nvol`` file atomically (temp file + rename; never a partial file)."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        write_nvol(path, _without_sections(self.header), bricks, minor=self._reader.version[1])
+        write_nvol(path, _without_sections(self.header), bricks, self._extra_sections(),
+                   minor=self._reader.version[1])
 
     def to_bytes(self) -> bytes:
         """The ``.nvol`` file's bytes."""
         self._check_open()
         bricks = [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
-        return serialize_nvol(_without_sections(self.header), bricks, minor=self._reader.version[1])
+        return serialize_nvol(_without_sections(self.header), bricks, self._extra_sections(),
+                              minor=self._reader.version[1])
+
+    def _extra_sections(self) -> Dict[str, bytes]:
+        """Sections after the bricks (e.g. an error-bounded file's corrections), kept as
+        they are when the file is written again."""
+        return {name: self._reader.read_section(name)
+                for name in self._reader.section_names[2:]}
 
     def close(self) -> None:
         """Release the file handle (also done by ``with``). Idempotent; afterwards data
@@ -384,6 +457,12 @@ class NeuralVolume:
                 f"{n_outside} points lie outside the volume (first: {first_outside} "
                 f"in {space} space, shape {self._shape}); pass clamp=True (CLI: --clamp) to clamp them to the boundary"
             )
+        if self._bound is not None and n:
+            # Error-bounded: exact at voxel centres, model + trilinear corrections between.
+            idx = p.astype(np.float64)
+            if space == "normalized":
+                idx = (idx + 1.0) * ((np.asarray(self._shape, dtype=np.float64) - 1.0) / 2.0)
+            out = self._correction_stream().at_points(idx, out).astype(np.float32)
         return out
 
     def _evaluate(self, norm: np.ndarray) -> np.ndarray:
@@ -424,12 +503,9 @@ class NeuralVolume:
             return np.full(norm.shape[0], model, dtype=np.float32)
         scale = np.float32(self._hi - self._lo)
         res = np.empty(norm.shape[0], dtype=np.float32)
-        step = MODEL_CHUNK if self.device.type == "cpu" else QUERY_CHUNK
-        with torch.inference_mode():
-            for s in range(0, norm.shape[0], QUERY_CHUNK):
-                c = torch.from_numpy(norm[s:s + QUERY_CHUNK].astype(np.float32)).to(self.device)
-                for a in range(0, c.shape[0], step):
-                    res[s + a:s + a + step] = model(c[a:a + step]).float().cpu().numpy()
+        step = MODEL_CHUNK if self._backend.threaded else QUERY_CHUNK
+        for s in range(0, norm.shape[0], QUERY_CHUNK):
+            res[s:s + QUERY_CHUNK] = self._backend.evaluate(model, norm[s:s + QUERY_CHUNK], step)
         if not np.isfinite(res).all():
             # Only a damaged (or hostile) set of weights overflows float32.
             raise NeurvolFormatError(
@@ -439,7 +515,9 @@ class NeuralVolume:
         res += np.float32(self._lo)
         return np.clip(res, np.float32(self._lo), np.float32(self._hi), out=res)
 
-    def _brick_model(self, b: int) -> Union[float, VolumeModel]:
+    def _brick_model(self, b: int) -> Any:
+        """Brick ``b``'s constant value or its model (a torch module or a numpy model,
+        as the backend builds it), decoded on first use and kept in an LRU."""
         with self._lock:
             if b in self._models:
                 self._models.move_to_end(b)
@@ -470,7 +548,7 @@ class NeuralVolume:
             hit = self._specs[key] = (arch, config, specs)
         return hit
 
-    def _load_brick(self, b: int) -> Tuple[Union[float, VolumeModel], int]:
+    def _load_brick(self, b: int) -> Tuple[Any, int]:
         """Brick ``b``'s constant or model, and the model's parameter bytes."""
         # The longest payload the brick may have is known before it is read: a constant's 9
         # bytes, or the most its model's tensors can take (spec/resources.md).
@@ -504,12 +582,10 @@ class NeuralVolume:
         # damaged payload then costs nothing, and the shapes are known to be within caps.
         arrays = decode_payload(payload, specs)
         assert isinstance(arrays, dict)
-        with tensor_budget():
-            model = arch.build(config)
-        model.load_state_dict({n: torch.from_numpy(arrays[n]) for n, _ in specs})
+        model = self._backend.load(arch.name, config, {n: arrays[n] for n, _ in specs})
         del arrays
         nbytes = 4 * sum(math.prod(shape) for _, shape in specs)
-        return model.to(self.device).eval(), nbytes
+        return model, nbytes
 
     def byte_breakdown(self) -> Dict[str, Any]:
         """Where the file's bytes go (reads every brick): ``header`` (preamble, JSON,
@@ -520,6 +596,11 @@ class NeuralVolume:
         self._check_open()
         out: Dict[str, Any] = {"header": self.nbytes_file, "weights": 0, "codebooks": 0,
                                "masks": 0, "constants": 0, "tensors": {}}
+        if self._bound is not None:
+            name = self._bound["section"]
+            sec = next(x for x in self._reader.sections if x.name == name)
+            out["correction"] = sec.length
+            out["header"] -= sec.length
         for b in range(self._reader.brick_count):
             payload = self._reader.read_brick(b)
             out["header"] -= len(payload)
@@ -601,6 +682,9 @@ class NeuralVolume:
                     f"cannot allocate the decoded volume {target} {dt} ({nbytes:,} bytes): "
                     f"{exc}; decode into a disk-backed array with out=np.memmap(...), or "
                     "read regions with nv[z0:z1, ...]") from None
+        if self._bound is not None:
+            out[...] = _cast(self._decode_bounded(target), dt)
+            return out
         self._fill_grid([_LinspaceAxis(n) for n in target], out, dt)
         return out
 
@@ -643,16 +727,19 @@ class NeuralVolume:
         (BENCHMARKS.md, session 8). Each runs torch on one thread of its own: two chunks
         side by side already fill the cores, and each chunk's own OpenMP team only added
         threads spinning against them (1.2-1.3x the throughput, BENCHMARKS.md, session 10)."""
+        with self._backend.scope():
+            yield from self._map_chunks_in_scope(fn, items)
+
+    def _map_chunks_in_scope(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         items = iter(items)
         head = list(itertools.islice(items, 2))
-        if self.device.type != "cpu" or QUERY_THREADS < 2 or len(head) < 2:
+        if not self._backend.threaded or QUERY_THREADS < 2 or len(head) < 2:
             yield from map(fn, itertools.chain(head, items))   # one item: no thread hop
             return
         window = 2 * QUERY_THREADS
-        threads = torch.get_num_threads()
-        try:
+        with self._backend.worker_threads() as (init, initargs):
             with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
-                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                                    initializer=init, initargs=initargs) as pool:
                 pending: "deque[Any]" = deque()
                 for item in itertools.chain(head, items):
                     pending.append(pool.submit(fn, item))
@@ -660,10 +747,6 @@ class NeuralVolume:
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()
-        finally:
-            # The workers' set_num_threads(1) is also the count torch gives threads created
-            # later (the caller's own is untouched): put the caller's back as that default.
-            torch.set_num_threads(threads)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Numpy-style region decode with outer indexing: ints drop an axis, slices and
@@ -676,6 +759,9 @@ class NeuralVolume:
             sel, kept = _axis_selection(k, n)
             idx.append(sel)
             keep.append(kept)
+        if self._bound is not None:
+            full = self._correction_stream().region(idx)
+            return full.reshape([len(i) for i, k in zip(idx, keep) if k])
         full = np.empty([len(i) for i in idx], dtype=self._dtype)
         # Normalized coordinates exactly as query() computes them for index space.
         axes = [_IndexAxis(i, n) for i, n in zip(idx, self._shape)]
@@ -708,26 +794,54 @@ class NeuralVolume:
         return to_dask(self, chunks)
 
 
-def build_model(spec: Dict[str, Any]) -> VolumeModel:
-    """Rebuild an untrained model from the header's ``model`` object.
+def open_volume(path: Union[str, os.PathLike], *, device: Any = None,
+                backend: Optional[str] = None) -> NeuralVolume:
+    """Open a ``.nvol`` file lazily: reads the header and brick index only (this is
+    ``neurvol.open``). Needs no torch: see :func:`neurvol.backend.select_backend` for how
+    ``backend`` (``"torch"``, ``"numpy"`` or None: ``$NEURVOL_BACKEND``, else torch when
+    installed) is chosen. ``device`` (torch only): ``"cpu"`` (default) or ``"cuda"``.
+
+    Bricks are decoded when a query first touches them. Use as a context manager to
+    close the file handle promptly.
+    """
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise NeurvolInputError(f"path must be a str or os.PathLike, got {path!r}") from None
+    if not os.path.exists(p):
+        raise NeurvolIOError(f"no such file: {p}")
+    if os.path.isdir(p):
+        raise NeurvolIOError(f"{p} is a directory, not a .nvol file")
+    return NeuralVolume(NvolReader(p), device=device, backend=backend)
+
+
+def build_model(spec: Dict[str, Any]) -> Any:
+    """Rebuild an untrained torch model (a ``VolumeModel``) from the header's ``model``
+    object; needs torch.
 
     The config is validated, and its parameter count checked against
-    :data:`~neurvol.models.base.MAX_MODEL_PARAMS`, before anything is allocated.
+    :data:`~neurvol.models.config.MAX_MODEL_PARAMS`, before anything is allocated.
     """
+    from .backend import require_torch
+
+    require_torch("build_model")
+    from .models import get_architecture
+
     arch, config = _config_of(spec)
     tensor_specs(arch, config)
-    return arch.build(config)
+    return get_architecture(arch.name).build(config)
 
 
-def _config_of(spec: Any) -> Tuple[Any, Any]:
-    """(architecture, validated config) of the header's ``model`` object."""
+def _config_of(spec: Any) -> Tuple[NumpyArchitecture, ModelConfig]:
+    """(architecture's torch-free registry entry, validated config) of the header's
+    ``model`` object."""
     if not isinstance(spec, dict):
         raise NeurvolFormatError(f"header 'model' must be an object, got {_short(spec)}")
     name = spec.get("arch")
     if not isinstance(name, str):
         raise NeurvolFormatError(f"header 'model.arch' must be a string, got {_short(name)}")
     try:
-        arch = get_architecture(name)
+        arch = get_numpy_architecture(name)
     except NeurvolInputError as exc:
         raise NeurvolFormatError(f"header 'model' names no known architecture: {exc}") from exc
     config = spec.get("config")
@@ -737,32 +851,19 @@ def _config_of(spec: Any) -> Tuple[Any, Any]:
     return arch, arch.config_cls.from_dict(config)
 
 
-def tensor_specs(arch: Any, config: Any) -> List[Tuple[str, Tuple[int, ...]]]:
-    """``[(name, shape)]`` of the model's state dict, in order, without allocating it.
-
-    The model is built on torch's "meta" device (shapes only, no memory); the total size is
-    checked against MAX_MODEL_PARAMS. An architecture whose constructor cannot run on meta
-    tensors is built for real, which its config's ``param_count`` cap (checked in
-    ``ModelConfig.from_dict``) keeps bounded.
-    """
+def tensor_specs(arch: Any, config: ModelConfig) -> List[Tuple[str, Tuple[int, ...]]]:
+    """``[(name, shape)]`` of the model's tensors, in payload order, without allocating
+    them (``config.tensor_specs()``, the spec's tensor list); the total size is checked
+    against MAX_MODEL_PARAMS. ``arch`` names the architecture in messages."""
     try:
-        # Under a tensor budget: a config of thousands of layers is refused after at most
-        # MAX_MODEL_TENSORS registrations, not after building them all.
-        with tensor_budget(), torch.device("meta"):
-            model = arch.build(config)
+        specs = counted_tensors((str(n), tuple(int(d) for d in shape))
+                                for n, shape in config.tensor_specs())
     except NeurvolFormatError:
         raise
-    except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor in a constructor
-        try:
-            with tensor_budget():
-                model = arch.build(config)
-        except NeurvolFormatError:
-            raise
-        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-            # validate() accepted a config the constructor cannot use.
-            raise NeurvolFormatError(
-                f"cannot build the {arch.name} model of this file's config: {exc}") from exc
-    specs = [(n, tuple(int(d) for d in t.shape)) for n, t in model.state_dict().items()]
+    except (TypeError, ValueError, OverflowError) as exc:
+        # validate() accepted a config whose tensor list cannot be formed.
+        raise NeurvolFormatError(
+            f"cannot form the {arch.name} tensor list of this file's config: {exc}") from exc
     total = sum(math.prod(shape) for _, shape in specs)
     if total > MAX_MODEL_PARAMS:
         raise NeurvolFormatError(
@@ -798,6 +899,20 @@ class _LinspaceAxis(_Axis):
         if b == self.n:
             c[-1] = 1.0
         return c
+
+
+class _SliceAxis(_LinspaceAxis):
+    """``np.linspace(-1, 1, n)[start:stop]``: a box of the grid decode() evaluates."""
+
+    def __init__(self, n: int, start: int, stop: int) -> None:
+        super().__init__(n)
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def coords(self, a: int, b: int) -> np.ndarray:
+        return super().coords(self.start + a, self.start + b)
 
 
 class _IndexAxis(_Axis):

@@ -98,7 +98,7 @@ def test_golden_generator_never_overwrites():
     spec = importlib.util.spec_from_file_location("make_golden", os.path.join(here, "make_golden.py"))
     make_golden = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_golden)
-    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs"]
+    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2"]
     goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
     assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
 
@@ -110,3 +110,33 @@ def test_golden_generator_never_overwrites():
     for mode in modes:
         assert make_golden.main([mode]) == 1
     assert digest() == before
+
+
+BOUNDED_FILES = sorted(glob.glob(os.path.join(GOLDEN, "bounded_*_v*.nvol")))
+
+
+def test_bounded_golden_files_exist():
+    names = {os.path.basename(p) for p in BOUNDED_FILES}
+    assert {"bounded_pure_v1.2.nvol", "bounded_model_v1.2.nvol"} <= names
+
+
+@pytest.mark.parametrize("path", BOUNDED_FILES, ids=os.path.basename)
+def test_bounded_golden_keeps_its_bound(path):
+    expected = np.load(path.replace(".nvol", ".expected.npy"))
+    original = np.load(path.replace(".nvol", ".original.npy"))
+    with neurvol.open(path) as nv:
+        assert nv.info()["format_version"] == "1.2"
+        e = nv.max_error
+        got = nv.decode()
+        assert got.dtype == original.dtype
+        assert np.abs(got.astype(np.float64) - original.astype(np.float64)).max() <= e
+        if nv.header.get("model") is None:
+            np.testing.assert_array_equal(got, expected)      # numpy only: exact
+        else:
+            # A model evaluated elsewhere may round differently, within the stream's
+            # base tolerance (spec/correction.md §3.3); values move by at most that.
+            tol = nv._correction_stream().stream.base_tolerance
+            assert tol > 0
+            np.testing.assert_allclose(got, expected, rtol=0, atol=2 * tol + 1e-6 * e)
+        with open(path, "rb") as f:
+            assert nv.to_bytes() == f.read()

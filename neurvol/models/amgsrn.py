@@ -31,7 +31,6 @@ The evaluation math is normative in ``spec/arch/amgsrn.md``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, FrozenSet, List, Mapping, Optional, Tuple
 
@@ -40,12 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, ModelConfig, VolumeModel, register, validated_options
-from .fvsrn import MAX_WIDTH, check_grids_and_mlp, proportional_grid
+from .base import Architecture, VolumeModel, register, validated_options
+from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
 from .trilinear import atlas_axes, sample_atlas, slice_atlas
-
-MAX_GRIDS = 256
+# The config (and the numpy evaluation readers use without torch) live in the torch-free half.
+from .numpy_eval.amgsrn import (COVERAGE_FLOOR, DESCRIPTION, MAX_GRID_SIDE,  # noqa: F401
+                                MAX_GRIDS, MAX_WIDTH, AMGSRNConfig)
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
 # [TRANSFORM_START, TRANSFORM_STOP) and are frozen before and after.
@@ -72,36 +72,7 @@ PLACE_LR = 1e-2
 PLACE_BATCH = 4096
 DEFAULT_GRIDS = 8         # fewer, larger grids fit better at small budgets than 16 or 32
 MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 7^3
-COVERAGE_FLOOR = 1e-3     # denominator floor of the residual's coverage-weighted mean
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
-
-
-@dataclasses.dataclass(frozen=True)
-class AMGSRNConfig(ModelConfig):
-    """Dimensions of an AMGSRN model.
-
-    grids: number of feature grids M; grid: each grid's resolution (D', H', W') along its
-    local (z, y, x); channels: features per grid vertex C; width / hidden_layers: the
-    decoder MLP (input ``M * C``).
-    """
-
-    arch = "amgsrn"
-    grids: int = 16
-    grid: Tuple[int, int, int] = (16, 16, 16)
-    channels: int = 1
-    width: int = 32
-    hidden_layers: int = 2
-
-    def validate(self) -> None:
-        if not isinstance(self.grids, int) or not 1 <= self.grids <= MAX_GRIDS:
-            raise ValueError(f"grids must be an int in [1, {MAX_GRIDS}]")
-        check_grids_and_mlp(self.grid, self.channels, self.width, self.hidden_layers, self.grids)
-        if self.grids * self.channels > MAX_WIDTH:
-            raise ValueError("grids * channels too large")
-
-    def param_count(self) -> int:
-        return (self.grids * (math.prod(self.grid) * self.channels + 12)
-                + mlp_param_count(self.grids * self.channels, self.width, self.hidden_layers))
 
 
 class AMGSRN(VolumeModel):
@@ -301,48 +272,97 @@ class AMGSRN(VolumeModel):
             return self._evaluate(coords)
         m, c = self.config.grids, self.config.channels
         local = self.local_coords(coords)
-        feats = self.features(local)
         with torch.no_grad():
-            cover = self.coverage(local).sum(0).clamp_(min=COVERAGE_FLOOR)
-        base = feats.view(m, c, -1)[:, 0].sum(0) / cover
-        return self.mlp(feats.t()).squeeze(-1) + base
+            cover = self.coverage(local)
+        feats = _zero_outside(self.features(local).view(m, c, -1), cover)
+        base = feats[:, 0].sum(0) / cover.sum(0).clamp_(min=COVERAGE_FLOOR)
+        return self.mlp(feats.view(m * c, -1).t()).squeeze(-1) + base
 
     def _evaluate(self, coords: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` without autograd (queries, decodes): the same math in fewer passes
-        over memory. One ``(3M, 3) x (3, N)`` product gives every grid's lookup coordinates
-        (the z,y,x -> x,y,z flip and :func:`atlas_axes`'s maps folded into the transforms);
-        the coverage is the trilinear sample of an all-ones channel with zero padding, which
-        is :meth:`coverage` by construction (the summed weight of the in-range vertices),
-        taken in the same lookup as the features; and the MLP runs feature-major on the
-        lookup's output (the ones channels meet zero columns of the first weight)."""
+        """:meth:`forward` without autograd (queries, decodes), with the lookup done as
+        gathers: every grid is zero-padded by one vertex into one vertex-major table, and
+        one ``(3M, 3) x (3, N)`` product gives every grid's continuous vertex coordinates
+        ``u``, clamped to ``[-1, n]`` so that a point beyond one cell outside lands with
+        weight 1 on a zero vertex (exactly 0, spec §3 step 2); the 8 corner rows are
+        gathered by integer index and blended by lerps. (The atlas lookup of the training
+        path takes its row as a float32 coordinate over the whole atlas, which errs by up
+        to ~1e-4 of the range on grids of 20^3; integer rows do not.) The coverage is spec
+        step 5 on the same ``u``; the MLP runs feature-major. ``neurvol/models/numpy_eval/
+        amgsrn.py`` (the torch-free reader) takes the same steps."""
         cfg = self.config
         m, c, n = cfg.grids, cfg.channels, coords.shape[0]
-        shape = (m, c + 1, *cfg.grid)
-        (ys, yo), (zs, zo) = atlas_axes(shape)
-        t = self.transform_matrix().flip(1)                                # rows x, y, z
-        t = t * t.new_tensor([1.0, ys, zs])[None, :, None]
-        t[:, 1, 3] += yo
-        t[:, 2, 3] += zo
-        t = t.reshape(3 * m, 4)
-        xyz = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(m, 3, n)   # x, ya, uz rows
-        out = sample_atlas(self._atlas(), shape, xyz[:, 0], xyz[:, 1], xyz[:, 2])
-        cover = out[:, c].sum(0).clamp_(min=COVERAGE_FLOOR)
-        base = out[:, 0].sum(0).div_(cover)
-        first = self.mlp[0].weight
-        wide = first.new_zeros(first.shape[0], m, c + 1)
-        wide[:, :, :c] = first.view(first.shape[0], m, c)
-        y = run_mlp_columns(self.mlp, out.view(m * (c + 1), n), wide.view(first.shape[0], -1))
+        table, offsets, strides = self._vertex_table()      # table (V, C), or (V,) for C = 1
+        t = self.transform_matrix().detach().double()                     # (M, 3, 4)
+        half = (torch.tensor(cfg.grid, dtype=torch.float64, device=t.device) - 1) / 2
+        t = (t * half[None, :, None]).transpose(0, 1)                      # (3, M, 4) axis-major
+        t[:, :, 3] += half[:, None]
+        t = t.reshape(3 * m, 4).to(coords.dtype)
+        u_all = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(3, m, n)
+        rows = offsets.expand(m, n).clone()
+        cover: Optional[torch.Tensor] = None
+        fracs = []
+        for a, (side, stride) in enumerate(zip(cfg.grid, strides)):
+            u = u_all[a]                                                    # (M, N)
+            h = 0.5 * (side - 1)
+            # Spec step 5 per axis: clip(1 + h - |u - h|, 0, 1), h = (n - 1) / 2.
+            w = (u - h).abs_().neg_().add_(h + 1.0).clamp_(0.0, 1.0)
+            cover = w if cover is None else cover.mul_(w)
+            u.clamp_(-1.0, float(side))
+            i0 = u.floor().clamp_(max=side - 1)
+            fracs.append(u.sub_(i0).reshape(-1))
+            rows += i0.to(rows.dtype) * stride
+        feats = _trilinear_rows(table, rows.reshape(-1), strides, fracs)   # (M * N, C)
+        feats = feats.view(m, n, c).permute(0, 2, 1).reshape(m * c, n)
+        assert cover is not None
+        base = feats[::c].sum(0).div_(cover.sum(0).clamp_(min=COVERAGE_FLOOR))
+        y = run_mlp_columns(self.mlp, feats)
         return y[0].add_(base)
 
-    def _atlas(self) -> torch.Tensor:
-        """The grids plus an all-ones channel as a :func:`slice_atlas`, cached until the
-        grids change (torch bumps a tensor's version on every in-place write)."""
+    def _vertex_table(self) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]:
+        """``(table, offsets, strides)`` for :meth:`_evaluate`: the grids zero-padded by
+        one vertex, vertex-major ``(M * (D'+2)(H'+2)(W'+2), C)``; the row of each grid's
+        vertex (0, 0, 0), ``(M, 1)``; and the rows per vertex step along z, y, x. Cached
+        until the grids change (torch bumps a tensor's version on every in-place write)."""
         key = (self.grids.data_ptr(), self.grids._version, self.grids.device)
-        if getattr(self, "_atlas_key", None) != key:
-            grids = torch.cat([self.grids, torch.ones_like(self.grids[:, :1])], 1)
-            self._atlas_cache = slice_atlas(grids.detach())
-            self._atlas_key = key
-        return self._atlas_cache
+        if getattr(self, "_table_key", None) != key:
+            m, c, d, h, w = self.grids.shape
+            padded = F.pad(self.grids.detach(), (1, 1, 1, 1, 1, 1))
+            table = padded.permute(0, 2, 3, 4, 1).reshape(-1, c).contiguous()
+            if c == 1:
+                table = table.view(-1)           # gathers of scalars: several times faster
+            strides = ((h + 2) * (w + 2), w + 2, 1)
+            # int32 rows where they fit: half the index traffic of int64.
+            index = torch.int32 if table.shape[0] < 2 ** 31 else torch.int64
+            offsets = (torch.arange(m, device=table.device) * ((d + 2) * (h + 2) * (w + 2))
+                       + sum(strides))[:, None].to(index)
+            self._table_cache = (table, offsets, strides)
+            self._table_key = key
+        return self._table_cache
+
+
+def _trilinear_rows(table: torch.Tensor, base: torch.Tensor, strides: Tuple[int, int, int],
+                    frac: List[torch.Tensor]) -> torch.Tensor:
+    """Trilinear blend of the 8 rows ``base + dz*sz + dy*sy + dx*sx`` of ``table (V, C)``
+    (or ``(V,)``: one channel) with the three ``(N,)`` fractions ``frac`` (z, y, x) ->
+    ``(N, C)`` (``(N,)``)."""
+    sz, sy, sx = strides
+    fz, fy, fx = (f if table.dim() == 1 else f[:, None] for f in frac)
+
+    def along_x(row: torch.Tensor) -> torch.Tensor:
+        lo = table.index_select(0, row)
+        return lo.lerp_(table.index_select(0, row + sx), fx)
+
+    y0 = along_x(base).lerp_(along_x(base + sy), fy)
+    top = base + sz
+    return y0.lerp_(along_x(top).lerp_(along_x(top + sy), fy), fz)
+
+
+def _zero_outside(feats: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """``feats (M, C, N)`` with exact zeros where grid g does not cover point n
+    (``cover[g, n] == 0``: beyond one cell outside it), as spec/arch/amgsrn.md §3 step 2
+    requires. The atlas lookup's float32 row coordinate can leak a neighbouring slice's
+    value (~1e-7) into such points, and step 6 divides it by the coverage floor."""
+    return feats * (cover > 0).unsqueeze(1).to(feats.dtype)
 
 
 def _kl(logq: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
@@ -385,7 +405,7 @@ register(Architecture(
     config_cls=AMGSRNConfig,
     model_cls=AMGSRN,
     solve=solve_amgsrn,
-    description="adaptively placed multi-grid SRN: M affine feature grids + small MLP (AMGSRN)",
+    description=DESCRIPTION,
     options=("grids", "channels", "width", "hidden_layers"),
     # Smaller batches, more steps: at equal samples the grids converge about as well with
     # more, smaller updates, in less time (BENCHMARKS.md, "speed").

@@ -2,7 +2,9 @@
 
 An architecture is one ``torch.nn.Module`` plus one frozen config dataclass, registered by
 name. The config is everything needed to rebuild the module (it is stored in the ``.nvol``
-header as JSON); the module maps normalized coordinates to normalized values.
+header as JSON); the module maps normalized coordinates to normalized values. The configs,
+their tensor lists and a numpy evaluation of the same maths are torch-free
+(:mod:`.config`, :mod:`.numpy_eval`): reading a file needs no torch.
 Models never do I/O and never see the byte format.
 """
 from __future__ import annotations
@@ -12,99 +14,13 @@ from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, 
 
 import torch
 
-from ..errors import NeurvolFormatError, NeurvolInputError
-
-#: Most parameters (weights + persistent buffers) a model read from a file may have:
-#: 2^28 = 268,435,456 values (1 GiB as float32). Checked before anything is allocated, so
-#: a corrupted or hostile config (e.g. a 4096^3 x 4096 feature grid) cannot exhaust memory.
-MAX_MODEL_PARAMS = 2 ** 28
+from ..errors import NeurvolInputError
+from .config import (MAX_MODEL_PARAMS, ModelConfig, check_param_cap,  # noqa: F401  (re-exported)
+                     validated_options)
 
 #: Activations that act on each element alone (see :meth:`VolumeModel.hidden_neurons`).
 _ELEMENTWISE = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Tanh,
                 torch.nn.Sigmoid, torch.nn.Softplus, torch.nn.ELU)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Base class of architecture configs: JSON-able, frozen, rebuilt with ``from_dict``."""
-
-    arch: ClassVar[str] = ""
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        if not isinstance(d, Mapping):
-            raise NeurvolFormatError(
-                f"model config for {cls.arch!r} must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(d)
-        if missing:
-            raise NeurvolFormatError(
-                f"model config for {cls.arch!r} lacks {sorted(missing)}; the file is damaged or "
-                "was written by an incompatible neurvol"
-            )
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        _reject_bools(cls, kwargs)
-        try:
-            cfg = cls(**kwargs)
-            cfg.validate()
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise NeurvolFormatError(
-                f"invalid {cls.arch} model config {_short(dict(d))}: {exc}") from exc
-        check_param_cap(cfg)
-        return cfg
-
-    def validate(self) -> None:
-        """Raise ValueError if the dimensions are not sane (checked when read from a file)."""
-
-
-def _reject_bools(cls: type, kwargs: Mapping[str, Any]) -> None:
-    """JSON true/false where a field is not a bool (``isinstance(True, int)`` would let
-    them through ``validate`` as 1/0, and torch then fails on them)."""
-    for f in dataclasses.fields(cls):
-        if f.name not in kwargs or isinstance(f.default, bool):
-            continue
-        v = kwargs[f.name]
-        if isinstance(v, bool) or (isinstance(v, tuple) and any(isinstance(x, bool) for x in v)):
-            raise NeurvolFormatError(
-                f"invalid {cls.arch} model config: {f.name} is {v!r}, not a number")
-
-
-def check_param_cap(cfg: "ModelConfig") -> None:
-    """Raise NeurvolFormatError if ``cfg.param_count()`` (when defined) exceeds
-    :data:`MAX_MODEL_PARAMS`. Pure arithmetic on the config: nothing is allocated."""
-    count = getattr(cfg, "param_count", None)
-    if not callable(count):
-        return
-    try:
-        n = int(count())
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise NeurvolFormatError(f"invalid {cfg.arch} model config: {exc}") from exc
-    if n > MAX_MODEL_PARAMS:
-        raise NeurvolFormatError(
-            f"{cfg.arch} model config declares {n:,} parameters, more than the limit of "
-            f"{MAX_MODEL_PARAMS:,}; the file is corrupted or not meant for this reader")
-
-
-def validated_options(cfg: "ModelConfig", options: Mapping[str, Any]) -> "ModelConfig":
-    """``cfg`` (solved from the user's ``options``) after ``validate()``: a config that
-    breaks a limit there came from those options, so it is an input error."""
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise NeurvolInputError(f"invalid {cfg.arch} option(s) {dict(options)}: {exc}") from exc
-    return cfg
-
-
-def _short(v: Any, limit: int = 200) -> str:
-    text = repr(v)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
 
 
 class VolumeModel(torch.nn.Module):

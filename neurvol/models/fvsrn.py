@@ -8,7 +8,6 @@ correction: a good start that makes short CPU fits converge.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping, Tuple
 
@@ -17,49 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError
-from .base import Architecture, ModelConfig, VolumeModel, register
+from .base import Architecture, VolumeModel, register
 from .mlp import run_mlp, make_mlp, mlp_param_count, to_grid_sample_coords
-
-MAX_GRID_SIDE = 4096
-MAX_WIDTH = 4096
-MAX_GRID_VALUES = 2 ** 31    # values in one model's feature grids (spec: payload.md §3.1)
-
-
-def check_grids_and_mlp(grid: Tuple[int, ...], channels: int, width: int, hidden_layers: int,
-                        grids: int = 1) -> None:
-    """Raise ValueError unless ``grids`` feature grids of ``grid`` vertices with ``channels``
-    features each, decoded by an MLP of ``width`` x ``hidden_layers``, are within the
-    limits of the grid architectures' configs (fvsrn, amgsrn)."""
-    if len(grid) != 3 or not all(isinstance(g, int) and 2 <= g <= MAX_GRID_SIDE for g in grid):
-        raise ValueError(f"grid must be 3 ints in [2, {MAX_GRID_SIDE}]")
-    for name, v in (("channels", channels), ("width", width), ("hidden_layers", hidden_layers)):
-        if not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
-            raise ValueError(f"{name} must be an int in [1, {MAX_WIDTH}]")
-    if grids * math.prod(grid) * channels > MAX_GRID_VALUES:
-        raise ValueError("feature grids too large")
-
-
-@dataclasses.dataclass(frozen=True)
-class FVSRNConfig(ModelConfig):
-    """Dimensions of an fV-SRN model.
-
-    grid: feature grid resolution (D, H, W) along (z, y, x); channels: features per grid
-    vertex; width / hidden_layers: the decoder MLP.
-    """
-
-    arch = "fvsrn"
-    grid: Tuple[int, int, int] = (16, 16, 16)
-    channels: int = 4
-    width: int = 32
-    hidden_layers: int = 2
-
-    def validate(self) -> None:
-        check_grids_and_mlp(self.grid, self.channels, self.width, self.hidden_layers)
-
-    def param_count(self) -> int:
-        return math.prod(self.grid) * self.channels + mlp_param_count(
-            self.channels, self.width, self.hidden_layers
-        )
+# The config (and the numpy evaluation readers use without torch) live in the torch-free half.
+from .numpy_eval.fvsrn import (DESCRIPTION, MAX_GRID_SIDE, MAX_GRID_VALUES,  # noqa: F401
+                                MAX_WIDTH, FVSRNConfig, check_grids_and_mlp)
 
 
 class FVSRN(VolumeModel):
@@ -158,7 +119,7 @@ register(Architecture(
     config_cls=FVSRNConfig,
     model_cls=FVSRN,
     solve=solve_fvsrn,
-    description="dense trilinear feature grid + small MLP (fV-SRN)",
+    description=DESCRIPTION,
     options=("channels", "width", "hidden_layers"),
     # Error-driven sampling helps the grid where the error concentrates (BENCHMARKS.md,
     # "error-driven sampling"; neurcomp, mixed there, stays uniform).

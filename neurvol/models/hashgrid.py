@@ -13,7 +13,6 @@ spec).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping, Tuple
 
@@ -21,17 +20,14 @@ import torch
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, ModelConfig, VolumeModel, register
+from .base import Architecture, VolumeModel, register
 from .mlp import make_mlp, mlp_param_count
+# The config (and the numpy evaluation readers use without torch) live in the torch-free half.
+from .numpy_eval.hashgrid import (DESCRIPTION, MAX_FEATURES, MAX_HIDDEN,  # noqa: F401
+                                  MAX_LEVELS, MAX_LOG2_TABLE, MAX_RESOLUTION, MAX_WIDTH, PRIME_X,
+                                  PRIME_Y, PRIME_Z, HashGridConfig)
+from .numpy_eval.hashgrid import is_int as _is_int
 
-# NGP's primes; the x (fastest, last) coordinate gets 1, y the second, z the third.
-PRIME_X, PRIME_Y, PRIME_Z = 1, 2654435761, 805459861
-MAX_LEVELS = 32
-MAX_FEATURES = 64
-MAX_LOG2_TABLE = 26
-MAX_RESOLUTION = 1 << 20   # keeps vertex * prime below 2^52: exact in int64 (and float64)
-MAX_WIDTH = 4096
-MAX_HIDDEN = 16
 TABLE_INIT = 1e-4
 TABLE_LR_FACTOR = 10.0     # tables train with 10x the MLP's learning rate (not tuned)
 
@@ -42,49 +38,6 @@ DEFAULT_FEATURES = 2
 DEFAULT_BASE_RESOLUTION = 4
 DEFAULT_WIDTH = 32
 DEFAULT_HIDDEN = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class HashGridConfig(ModelConfig):
-    """Dimensions of a hash-grid model.
-
-    resolutions: N_l per level (ints >= 1; the lattice has N_l + 1 vertices per axis);
-    features: F per level; log2_table: T = 2^log2_table entries per level at most;
-    width / hidden_layers: the decoder MLP (``L*F -> width (ReLU) x hidden -> 1``).
-    """
-
-    arch = "hashgrid"
-    resolutions: Tuple[int, ...] = (4, 8, 16, 32)
-    features: int = 2
-    log2_table: int = 12
-    width: int = 32
-    hidden_layers: int = 1
-
-    def validate(self) -> None:
-        if (not isinstance(self.resolutions, tuple) or not 1 <= len(self.resolutions) <= MAX_LEVELS
-                or not all(_is_int(n) and 1 <= n <= MAX_RESOLUTION for n in self.resolutions)):
-            raise ValueError(f"resolutions must be 1..{MAX_LEVELS} ints in [1, {MAX_RESOLUTION}]")
-        checks = (("features", 1, MAX_FEATURES), ("log2_table", 1, MAX_LOG2_TABLE),
-                  ("width", 1, MAX_WIDTH), ("hidden_layers", 0, MAX_HIDDEN))
-        for name, lo, hi in checks:
-            v = getattr(self, name)
-            if not _is_int(v) or not lo <= v <= hi:
-                raise ValueError(f"{name} must be an int in [{lo}, {hi}]")
-        if self.param_count() > 2**31:
-            raise ValueError("hash grid too large")
-
-    def table_sizes(self) -> Tuple[int, ...]:
-        """Entries of each level's table: ``min((N_l + 1)^3, T)``."""
-        t = 1 << self.log2_table
-        return tuple(min((n + 1) ** 3, t) for n in self.resolutions)
-
-    def param_count(self) -> int:
-        return sum(self.table_sizes()) * self.features + mlp_param_count(
-            len(self.resolutions) * self.features, self.width, self.hidden_layers)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class HashGrid(VolumeModel):
@@ -202,7 +155,7 @@ register(Architecture(
     config_cls=HashGridConfig,
     model_cls=HashGrid,
     solve=solve_hashgrid,
-    description="multiresolution hash encoding + small ReLU MLP (NGP, Müller et al. 2022)",
+    description=DESCRIPTION,
     options=("levels", "features", "base_resolution", "max_resolution", "log2_table",
              "width", "hidden_layers"),
     # The tables train at TABLE_LR_FACTOR times this base rate; see the encoder defaults.

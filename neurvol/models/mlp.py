@@ -6,6 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .config import mlp_param_count  # noqa: F401  (re-exported: the sizing code imports it here)
+
 
 def make_mlp(n_in: int, width: int, hidden_layers: int, n_out: int = 1) -> nn.Sequential:
     """``n_in -> width (ReLU) x hidden_layers -> n_out``; biases everywhere."""
@@ -42,15 +44,6 @@ def run_mlp_columns(mlp: nn.Sequential, x: torch.Tensor,
         x = torch.addmm(layer.bias[:, None], weight, x)
         first = False
     return x
-
-
-def mlp_param_count(n_in: int, width: int, hidden_layers: int, n_out: int = 1) -> int:
-    """Number of parameters of :func:`make_mlp` with the same arguments."""
-    count, prev = 0, n_in
-    for _ in range(hidden_layers):
-        count += (prev + 1) * width
-        prev = width
-    return count + (prev + 1) * n_out
 
 
 def to_grid_sample_coords(coords: torch.Tensor) -> torch.Tensor:

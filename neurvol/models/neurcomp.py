@@ -13,7 +13,6 @@ over the voxels, lr x0.2 every 20 passes; that is hours on a CPU. neurvol's defa
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Dict, Mapping, Tuple
 
@@ -21,11 +20,11 @@ import torch
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, ModelConfig, VolumeModel, register, validated_options
-
-MAX_WIDTH = 4096
-MAX_BLOCKS = 64
-DEFAULT_LAYERS = 8   # as published: 1 sine layer + 7 residual blocks (+ the output layer)
+from .base import Architecture, VolumeModel, register, validated_options
+# The config (and the numpy evaluation readers use without torch) live in the torch-free half.
+from .numpy_eval.neurcomp import (DEFAULT_LAYERS, DESCRIPTION, MAX_BLOCKS, MAX_WIDTH,  # noqa: F401
+                                  NeurcompConfig, neurcomp_param_count)
+from .numpy_eval.neurcomp import finite_number as _finite_number
 
 # The published training recipe: Adam lr 5e-5, batches of 16,384 points, 75 passes over
 # the volume, lr x0.2 every 20 passes. ``encode(v, arch="neurcomp",
@@ -41,62 +40,6 @@ def published_fit_settings(shape: Tuple[int, int, int]) -> Dict[str, Any]:
             "steps": math.ceil(PUBLISHED_FIT["passes"] * per_pass), "warmup": 0.0,
             "schedule": "step", "decay": PUBLISHED_FIT["lr_decay"],
             "decay_every": max(1, math.ceil(PUBLISHED_FIT["decay_every_passes"] * per_pass))}
-
-
-@dataclasses.dataclass(frozen=True)
-class NeurcompConfig(ModelConfig):
-    """Dimensions of a neurcomp residual SIREN.
-
-    width: neurons of every hidden layer; residual_blocks: B (the published ``n_layers``
-    is ``B + 1``); omega0: the sine frequency factor (30); scale: the per-axis (z, y, x)
-    factor applied to normalized coordinates, ``(n_a - 1) / max_b(n_b - 1)``.
-    grad_lambda is a training setting, not a dimension: it is never written to a file
-    (``to_dict`` leaves it out, ``from_dict`` reads 0) and only reaches the trainer
-    through ``NeurcompModel.fit_overrides``.
-    """
-
-    arch = "neurcomp"
-    width: int = 32
-    residual_blocks: int = DEFAULT_LAYERS - 1
-    omega0: float = 30.0
-    scale: Tuple[float, float, float] = (1.0, 1.0, 1.0)
-    grad_lambda: float = dataclasses.field(default=0.0, compare=False)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = super().to_dict()
-        del d["grad_lambda"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        d = {k: v for k, v in dict(d).items() if k != "grad_lambda"}
-        return super().from_dict({**d, "grad_lambda": 0.0})
-
-    def validate(self) -> None:
-        if not isinstance(self.width, int) or isinstance(self.width, bool) or not 1 <= self.width <= MAX_WIDTH:
-            raise ValueError(f"width must be an int in [1, {MAX_WIDTH}]")
-        if (not isinstance(self.residual_blocks, int) or isinstance(self.residual_blocks, bool)
-                or not 0 <= self.residual_blocks <= MAX_BLOCKS):
-            raise ValueError(f"residual_blocks must be an int in [0, {MAX_BLOCKS}]")
-        if not _finite_number(self.omega0) or not 0 < self.omega0 <= 1e4:
-            raise ValueError("omega0 must be a number in (0, 1e4]")
-        if (not isinstance(self.scale, tuple) or len(self.scale) != 3
-                or not all(_finite_number(s) and 0 < s <= 1 for s in self.scale)):
-            raise ValueError("scale must be 3 numbers in (0, 1]")
-        if not _finite_number(self.grad_lambda) or self.grad_lambda < 0:
-            raise ValueError("grad_lambda must be a number >= 0")
-
-    def param_count(self) -> int:
-        return neurcomp_param_count(self.width, self.residual_blocks)
-
-
-def _finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def neurcomp_param_count(width: int, blocks: int) -> int:
-    """Parameters of a residual SIREN: first layer, ``blocks`` x 2 square layers, output."""
-    return 4 * width + blocks * 2 * (width * width + width) + width + 1
 
 
 class _ResidualSineBlock(nn.Module):
@@ -213,7 +156,7 @@ register(Architecture(
     config_cls=NeurcompConfig,
     model_cls=NeurcompModel,
     solve=solve_neurcomp,
-    description="residual SIREN MLP, width from the budget (neurcomp, Lu et al. 2021)",
+    description=DESCRIPTION,
     options=("layers", "width", "omega0", "grad_lambda"),
     # In a short fit lr 1e-3 fits far better than the published 5e-5 (which needs the
     # published 75 passes) and larger rates diverge; 16384 samples per step as published.

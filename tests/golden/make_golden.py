@@ -10,6 +10,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py codec2  # codec "neurvol" version 2 (payload kind 2)
     python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
     python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
+    python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CODEC2_CASES = ("amgsrn", "pruned", "rans")
+BOUNDED_CASES = ("bounded_pure_v1.2", "bounded_model_v1.2")
 
 
 def _pair(name: str) -> List[str]:
@@ -35,6 +37,8 @@ def outputs(mode: str) -> List[str]:
         return _pair("codec2_interp")
     if mode == "codec2-configs":
         return _pair("codec2_configs")
+    if mode == "1.2":
+        return [f for name in BOUNDED_CASES for f in _pair(name) + [f"{name}.original.npy"]]
     if mode == "codec2":
         return [f for case in CODEC2_CASES for f in _pair(f"codec2_{case}")]
     return _pair(f"fvsrn_v{mode}") + [f"constant_v{mode}.nvol"]
@@ -96,6 +100,32 @@ def write_codec2() -> None:
         _save(neurvol.encode(crop, steps=30, seed=0, quiet=True, **kw), f"codec2_{name}")
 
 
+def write_bounded() -> None:
+    # Format 1.2: error-bounded files. A pure predictor-coded uint8 crop (every block in a
+    # data mode), and a float32 crop with a model and its correction stream (8^3 blocks,
+    # so several modes and block shapes occur).
+    import neurvol
+    from neurvol.encoding.bounded import encode_bounded
+
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:44, 18:44, 20:44])
+    cases = {
+        "bounded_pure_v1.2": (crop, lambda v: encode_bounded(
+            v, 2.0, None, model_ratios=(), block=8)),
+        "bounded_model_v1.2": (crop.astype(np.float32) * np.float32(0.37), lambda v: encode_bounded(
+            v, 0.2, None, model_ratios=(6.0,), require_model=True, block=8, arch="fvsrn",
+            steps=40, seed=0, quiet=True, device="cpu")),
+    }
+    assert tuple(cases) == BOUNDED_CASES
+    for name, (vol, enc) in cases.items():
+        nv = enc(vol)
+        path = os.path.join(HERE, name + ".nvol")
+        with open(path, "xb") as f:
+            f.write(nv.to_bytes())
+        for suffix, arr in ((".expected.npy", nv.decode()), (".original.npy", vol)):
+            with open(os.path.join(HERE, name + suffix), "xb") as f:
+                np.save(f, arr)
+
+
 def write_version(version: str) -> None:
     import neurvol
 
@@ -107,7 +137,7 @@ def write_version(version: str) -> None:
 
 WRITERS: Dict[str, Callable[[], None]] = {
     "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
-    "codec2-configs": write_codec2_configs}
+    "codec2-configs": write_codec2_configs, "1.2": write_bounded}
 
 
 def main(argv: List[str]) -> int:

@@ -1,0 +1,175 @@
+"""Evaluation backends of the reader: torch when it is installed, numpy everywhere.
+
+A backend turns a brick's decoded weights into a model and evaluates it on chunks of
+normalized points. ``torch`` is faster and can use CUDA; ``numpy`` needs nothing beyond
+the core install and evaluates the same maths (``spec/arch/*``) to float32 rounding.
+
+Choice, first match wins: ``neurvol.open(path, backend=...)``; the environment variable
+``NEURVOL_BACKEND`` (``torch`` or ``numpy``); ``torch`` if it imports, else ``numpy``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional, Tuple, Type
+
+import numpy as np
+
+from .errors import NeurvolDependencyError, NeurvolInputError
+from .models.config import ModelConfig
+from .models.numpy_eval import get_numpy_architecture
+
+#: Environment variable that picks the backend when ``open`` is not told.
+BACKEND_ENV = "NEURVOL_BACKEND"
+#: What to install for the torch backend (and for encoding).
+TORCH_INSTALL_HINT = ('pip install "neurvol[encode]" (CPU-only torch: pip install torch '
+                      '--index-url https://download.pytorch.org/whl/cpu)')
+
+
+def import_torch() -> Optional[Any]:
+    """The torch module, or None when it is not installed (or blocked)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def require_torch(feature: str) -> Any:
+    """The torch module, or :class:`NeurvolDependencyError` saying how to install it."""
+    torch = import_torch()
+    if torch is None:
+        raise NeurvolDependencyError(
+            f"{feature} needs PyTorch, which is not installed; install it with {TORCH_INSTALL_HINT}")
+    return torch
+
+
+class Backend:
+    """How a reader builds and evaluates brick models."""
+
+    name = ""
+    #: The device models run on (a ``torch.device`` for torch, ``"cpu"`` for numpy).
+    device: Any = "cpu"
+
+    @property
+    def threaded(self) -> bool:
+        """Whether chunks may be evaluated on several CPU threads side by side."""
+        return True
+
+    def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
+        """A model of architecture ``arch`` from its decoded ``{name: float32 array}``."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
+        """``(N,)`` float32 normalized values at ``norm (N, 3)`` normalized points,
+        ``step`` points per model call (bounds the memory of one call)."""
+        raise NotImplementedError
+
+    def scope(self) -> ContextManager[Any]:
+        """Context around one query or decode (all of its chunks)."""
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def worker_threads(self) -> Iterator[Tuple[Optional[Callable[..., None]], Tuple[Any, ...]]]:
+        """Context for a pool of chunk threads: yields ``(initializer, initargs)``."""
+        yield None, ()
+
+
+class NumpyBackend(Backend):
+    """numpy evaluation (:mod:`neurvol.models.numpy_eval`); CPU only."""
+
+    name = "numpy"
+
+    def __init__(self, device: Any = None) -> None:
+        if device is not None and str(device) != "cpu":
+            raise NeurvolInputError(
+                f"the numpy backend runs on the CPU, not device={device!r}; use "
+                f"backend='torch' for GPUs ({TORCH_INSTALL_HINT})")
+
+    def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
+        return get_numpy_architecture(arch).build(config, arrays)
+
+    def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
+        res = np.empty(norm.shape[0], dtype=np.float32)
+        for a in range(0, norm.shape[0], step):
+            res[a:a + step] = model(norm[a:a + step].astype(np.float32))
+        return res
+
+    def scope(self) -> ContextManager[Any]:
+        # The chunks run side by side on their own threads; a multi-threaded BLAS under
+        # each of them serialises the callers on its lock and spins against them (a
+        # 10^6-point amgsrn query ran 5x slower), so BLAS gets one thread per caller
+        # for the call. (Process-wide while the call runs: BLAS offers no per-thread count.)
+        controller = _blas_controller()
+        return controller.limit(limits=1, user_api="blas") if controller else contextlib.nullcontext()
+
+
+class TorchBackend(Backend):
+    """The torch modules of :mod:`neurvol.models`, on the CPU or a CUDA device."""
+
+    name = "torch"
+
+    def __init__(self, device: Any = None) -> None:
+        self._torch = require_torch("backend='torch'")
+        from .models.base import resolve_device
+
+        self.device = resolve_device(device or "cpu")
+
+    @property
+    def threaded(self) -> bool:
+        return self.device.type == "cpu"
+
+    def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
+        from .model_limits import tensor_budget
+        from .models import get_architecture
+
+        with tensor_budget():
+            model = get_architecture(arch).build(config)
+        model.load_state_dict({n: self._torch.from_numpy(a) for n, a in arrays.items()})
+        return model.to(self.device).eval()
+
+    def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
+        torch = self._torch
+        res = np.empty(norm.shape[0], dtype=np.float32)
+        with torch.inference_mode():
+            c = torch.from_numpy(norm.astype(np.float32)).to(self.device)
+            for a in range(0, c.shape[0], step):
+                res[a:a + step] = model(c[a:a + step]).float().cpu().numpy()
+        return res
+
+    @contextlib.contextmanager
+    def worker_threads(self) -> Iterator[Tuple[Optional[Callable[..., None]], Tuple[Any, ...]]]:
+        # Each chunk thread runs torch on one thread of its own: the chunks side by side
+        # fill the cores. set_num_threads(1) in the workers is also the count torch gives
+        # threads created later, so the caller's count is put back as that default.
+        threads = self._torch.get_num_threads()
+        try:
+            yield self._torch.set_num_threads, (1,)
+        finally:
+            self._torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+_BACKENDS: Dict[str, Type[Backend]] = {"numpy": NumpyBackend, "torch": TorchBackend}
+
+
+def select_backend(backend: Optional[str] = None, device: Any = None) -> Backend:
+    """The backend to read with: ``backend`` if given, else ``$NEURVOL_BACKEND``, else
+    torch when it imports and numpy otherwise."""
+    name = backend if backend is not None else (os.environ.get(BACKEND_ENV) or None)
+    if name is None:
+        name = "torch" if import_torch() is not None else "numpy"
+    if not isinstance(name, str) or name not in _BACKENDS:
+        where = "backend" if backend is not None else f"${BACKEND_ENV}"
+        raise NeurvolInputError(f"{where} must be one of {sorted(_BACKENDS)}, got {name!r}")
+    return _BACKENDS[name](device)

@@ -1,0 +1,141 @@
+"""amgsrn without torch: its config, tensor list and evaluation (``spec/arch/amgsrn.md``).
+
+M feature grids, each seen through its own affine map into local [-1, 1]^3 with exactly
+zero features beyond one cell outside; grid-major features decoded by a ReLU MLP, plus the
+coverage-weighted mean of channel 0.
+
+The lookup pads every grid with one zero vertex on each side and clamps the continuous
+vertex coordinate ``u`` to ``[-1, n]``: a point more than one cell outside then lands with
+weight exactly 1 on a zero vertex, so its features are exactly 0 (spec §3 step 2), and
+inside the fade band the blend is the spec's trilinear sum with out-of-grid vertices at 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import List, Mapping, Tuple
+
+import numpy as np
+
+from ..config import ModelConfig, TensorSpec, mlp_param_count, mlp_tensor_specs
+from .fvsrn import MAX_GRID_SIDE, MAX_WIDTH, check_grids_and_mlp  # noqa: F401  (shared limits)
+from .ops import F32, DenseMLP, cell, trilinear_rows, vertex_table
+from .registry import NumpyArchitecture, NumpyModel, register_numpy
+
+MAX_GRIDS = 256
+COVERAGE_FLOOR = 1e-3     # denominator floor of the residual's coverage-weighted mean
+# Grid lookups (points x grids) per pass: the (M, N) work arrays then stay a few MB
+# whatever M is (a model of 256 grids takes fewer points per pass).
+MAX_LOOKUPS = 1 << 17
+DESCRIPTION = "adaptively placed multi-grid SRN: M affine feature grids + small MLP (AMGSRN)"
+
+
+@dataclasses.dataclass(frozen=True)
+class AMGSRNConfig(ModelConfig):
+    """Dimensions of an AMGSRN model.
+
+    grids: number of feature grids M; grid: each grid's resolution (D', H', W') along its
+    local (z, y, x); channels: features per grid vertex C; width / hidden_layers: the
+    decoder MLP (input ``M * C``).
+    """
+
+    arch = "amgsrn"
+    grids: int = 16
+    grid: Tuple[int, int, int] = (16, 16, 16)
+    channels: int = 1
+    width: int = 32
+    hidden_layers: int = 2
+
+    def validate(self) -> None:
+        if not isinstance(self.grids, int) or not 1 <= self.grids <= MAX_GRIDS:
+            raise ValueError(f"grids must be an int in [1, {MAX_GRIDS}]")
+        check_grids_and_mlp(self.grid, self.channels, self.width, self.hidden_layers, self.grids)
+        if self.grids * self.channels > MAX_WIDTH:
+            raise ValueError("grids * channels too large")
+
+    def param_count(self) -> int:
+        return (self.grids * (math.prod(self.grid) * self.channels + 12)
+                + mlp_param_count(self.grids * self.channels, self.width, self.hidden_layers))
+
+    def tensor_specs(self) -> List[TensorSpec]:
+        m = self.grids
+        specs: List[TensorSpec] = [("grids", (m, self.channels, *self.grid))]
+        specs += [(f"transforms.{g}", (3, 4)) for g in range(m)]
+        return specs + mlp_tensor_specs("mlp", m * self.channels, self.width, self.hidden_layers)
+
+
+class AMGSRNNumpy(NumpyModel):
+    """All M grids zero-padded into one vertex-major table; one affine product gives every
+    grid's continuous vertex coordinates. Work arrays are ``(M, N)`` (one contiguous row
+    per grid and axis) and the MLP runs feature-major, so no step transposes points."""
+
+    def __init__(self, config: AMGSRNConfig, arrays: Mapping[str, np.ndarray]) -> None:
+        super().__init__(config, arrays)
+        m, c = config.grids, config.channels
+        d, h, w = config.grid
+        grids = np.asarray(arrays["grids"], dtype=F32).reshape(m, c, d, h, w)
+        self.table = vertex_table(np.pad(grids, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1))))
+        if c == 1:
+            self.table = self.table.reshape(-1)          # gathers of scalars
+        padded = (d + 2) * (h + 2) * (w + 2)
+        self.strides = ((h + 2) * (w + 2), w + 2, 1)
+        self.sides = (d, h, w)
+        # Row of each grid's padded vertex (0, 0, 0), i.e. of local vertex (-1, -1, -1).
+        self.offsets = (np.arange(m, dtype=np.intp) * padded + sum(self.strides))[:, None]
+        # u = (l + 1) / 2 * (n - 1) with l = A p + b, folded into one affine map per row;
+        # rows axis-major (all grids' z, then y, then x).
+        t = np.stack([np.asarray(arrays[f"transforms.{g}"], dtype=np.float64).reshape(3, 4)
+                      for g in range(m)])                                   # (M, 3, 4)
+        half = 0.5 * (np.asarray(config.grid, dtype=np.float64) - 1.0)
+        u_map = (t * half[None, :, None]).transpose(1, 0, 2)               # (3, M, 4)
+        u_map[:, :, 3] += half[:, None]
+        self.u_weight = np.ascontiguousarray(u_map[:, :, :3].reshape(3 * m, 3), dtype=F32)
+        self.u_bias = np.ascontiguousarray(u_map[:, :, 3].reshape(3 * m, 1), dtype=F32)
+        self.m, self.c = m, c
+        self.mlp = DenseMLP(arrays, "mlp", config.hidden_layers, columns=True)
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        step = max(1, MAX_LOOKUPS // self.m)
+        if coords.shape[0] <= step:
+            return self._evaluate(coords)
+        return np.concatenate([self._evaluate(coords[a:a + step])
+                               for a in range(0, coords.shape[0], step)])
+
+    def _evaluate(self, coords: np.ndarray) -> np.ndarray:
+        n_pts, m, c = coords.shape[0], self.m, self.c
+        u_all = self.u_weight @ coords.astype(F32).T                        # (3M, N)
+        u_all += self.u_bias
+        u_all = u_all.reshape(3, m, n_pts)
+        rows = np.broadcast_to(self.offsets, (m, n_pts)).copy()
+        cover = None
+        fracs = []
+        for a, (n, stride) in enumerate(zip(self.sides, self.strides)):
+            u = u_all[a]                                                    # (M, N)
+            # Spec step 5 per axis: max(0, 1 - max(0, -u, u - (n - 1))), i.e.
+            # clip(1 + h - |u - h|, 0, 1) with h = (n - 1) / 2.
+            half = F32(0.5 * (n - 1))
+            w = np.abs(u - half)
+            np.subtract(half + F32(1), w, out=w)
+            np.clip(w, 0, 1, out=w)
+            if cover is None:
+                cover = w
+            else:
+                cover *= w
+            # Beyond one cell outside, u clamped to -1 or n puts weight 1 on a zero vertex.
+            np.clip(u, -1, n, out=u)
+            i0, frac = cell(u, -1, n - 1)
+            i0 *= stride
+            rows += i0
+            fracs.append(frac.reshape(-1))
+        feats = trilinear_rows(self.table, rows.reshape(-1), self.strides, fracs)   # (M*N[, C])
+        if c == 1:
+            feats = feats.reshape(m, n_pts)
+        else:
+            feats = np.ascontiguousarray(feats.reshape(m, n_pts, c).transpose(0, 2, 1)).reshape(m * c, n_pts)
+        denom = np.maximum(cover.sum(0), F32(COVERAGE_FLOOR))
+        out = self.mlp(feats)[0]
+        out += feats[::c].sum(0) / denom
+        return out
+
+
+register_numpy(NumpyArchitecture("amgsrn", AMGSRNConfig, AMGSRNNumpy, DESCRIPTION))
