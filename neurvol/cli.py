@@ -27,6 +27,7 @@ import numpy as np
 from ._atomic import completed_since, write_count
 from . import io as nvio
 from .volume_checks import check_ratio
+from .compress.registry import grid_codings
 from .errors import NeurvolError, NeurvolInputError, NeurvolIOError
 
 log = logging.getLogger("neurvol")
@@ -687,8 +688,9 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
                    help="how --prune chooses the weights: smallest magnitude (default), "
                         "whole neurons by learned Smallify switches, or by sparse variational "
                         "dropout (these two train during the --finetune budget)")
-    g.add_argument("--grid-coding", choices=("interp", "lorenzo", "vq", "kmeans"), default=None,
-                   help="feature grid coding (default: interp)")
+    g.add_argument("--grid-coding", choices=grid_codings(), default=None,
+                   help="feature grid coding: a record method of the codec registry "
+                        "(`python -m neurvol.compress`; default: interp)")
     g.add_argument("--vq-ema", type=_fraction, default=None, metavar="DECAY",
                    help="with --grid-coding vq: the codebook learns during fine-tuning "
                         "(EMA with this decay, e.g. 0.9; needs neurvol[vq])")

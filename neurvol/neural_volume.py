@@ -18,6 +18,7 @@ from .backend import Backend, select_backend
 from .compress import decode_payload, payload_stats
 from .compress.bound import Corrections, parse_bound, resample_linear
 from .compress.payload import max_payload_bytes
+from .compress.registry import stage_names
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
 from .errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
@@ -276,7 +277,7 @@ class NeuralVolume:
             "original_bytes": math.prod(self._shape) * self._dtype.itemsize,
             "ratio": round(self.ratio, 3),
             "model": self._model_info(),
-            "codec": h.get("codec"),
+            "codec": self._codec_info(),
             "bricks": h.get("bricks"),
             "fit": h.get("fit"),
             "budget": h.get("budget"),
@@ -329,6 +330,14 @@ class NeuralVolume:
         self._fill_grid([_SliceAxis(n, s.start, s.stop) for n, s in zip(self._shape, sl)],
                         out, np.dtype(np.float32))
         return out
+
+    def _codec_info(self) -> Any:
+        """The header's codec entry plus ``stages``: its pipeline's stage names, from
+        configs (newer files) or labels (older ones) alike (spec/payload.md §1.3)."""
+        codec = self.header.get("codec")
+        if not isinstance(codec, dict):
+            return codec
+        return dict(codec, stages=stage_names(codec.get("pipeline")))
 
     def _model_info(self) -> Optional[Dict[str, Any]]:
         """The header's model entry plus its description and parameter count."""

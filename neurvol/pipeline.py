@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ from .compress import TensorPlan, default_plan
 from .compress.kmeans import kmeans_quantize
 from .compress.payload import KIND_RECORDS
 from .errors import NeurvolInputError
-from .compress.records import GRID_METHODS, MAX_CENTROIDS, encode_record, grid_codes, vq_values
+from .compress.records import DEFAULT_CODERS, encode_record, grid_method
+from .compress.registry import (CONFIG_ID, GridMethod, coder_names, get_coder, get_method,
+                                grid_codings)
 from .compress.vq import grid_vectors, vector_kmeans
 from .fit.rate import GridRate
 from .fit.sparsify import (Smallify, VariationalDropout, linear_tensors, smallify_prune,
@@ -49,27 +51,25 @@ MAX_LEVELS = 1024
 BITS_PER_BYTE = 8
 #: Bytes the cost model adds per coded tensor (record header, coder framing).
 RECORD_OVERHEAD_BYTES = 16
+#: Grid bits the size solver plans for when the grid coding names none.
+DEFAULT_GRID_BITS = 4.0
 #: Bytes per float16 value (codebooks, raw16 tensors).
 F16_BYTES = 2
 #: With grids, the other tensors' k-means levels are halved until the file with the grids
 #: at their coarsest fills less than this fraction of the budget (room left for the grids).
 REST_MAX_SHARE = 0.9
-#: The coarsest grid step: every value rounds to 0 (this many times the largest |value|).
-_COARSEST_STEP_FACTOR = 4
-#: Grid step search: factor between probes while bracketing, the bracket's end ratio
-#: (vq: codebook sizes 10 % apart are as good as equal, and each probe runs k-means),
-#: and the most probes.
+#: Grid step search: factor between probes while bracketing, and the most probes (the
+#: bracket's end ratio is the method's ``GridMethod.step_tolerance``).
 _STEP_FACTOR = 1.25
-_STEP_TOLERANCE = 1.01
-_VQ_STEP_TOLERANCE = 1.1
 _STEP_PROBES = 60
 #: A step this much finer than the coarsest is as fine as it gets (and floats underflow).
 _FINEST_STEP = 1e-9
 #: The entropy estimate's bisection: its range below the coarsest step, and its rounds.
 _ENTROPY_STEP_RANGE = 1e-7
 _ENTROPY_ROUNDS = 40
-#: Ways to code dense feature grids (CodecSettings.grids).
-GRID_CODINGS = GRID_METHODS + ("vq", "kmeans")
+#: Ways to code dense feature grids (CodecSettings.grids): the registry's grid-coding
+#: methods (a GridMethod's step is searched; kmeans codes the grids as the other tensors).
+GRID_CODINGS = grid_codings()
 #: How pruning chooses the weights (CodecSettings.prune_method).
 PRUNE_METHODS = ("magnitude", "smallify", "vd")
 #: The header's codec.pipeline stage of each pruning method.
@@ -119,7 +119,7 @@ class CodecSettings:
     finetune: float = 0.1
     prune: float = 0.0
     prune_method: str = "magnitude"
-    coders: Tuple[str, ...] = ("raw", "zstd", "rans")
+    coders: Tuple[str, ...] = DEFAULT_CODERS
     vq_ema: float = 0.0
     rate: float = 0.0
 
@@ -152,41 +152,61 @@ class CodecSettings:
         if self.rate > 0 and self.grids != "interp":
             raise ValueError("rate penalises the interp coder's residuals: it needs "
                              "grids='interp'")
-        bad = set(self.coders) - {"raw", "zstd", "rans"}
+        known = coder_names()
+        bad = set(self.coders) - set(known)
         if not self.coders or bad:
-            raise ValueError(f"coders must be a non-empty subset of raw, zstd, rans, got {self.coders!r}")
+            raise ValueError(f"coders must be a non-empty subset of {', '.join(known)}, "
+                             f"got {self.coders!r}")
 
     @property
     def bits_per_grid_value(self) -> float:
         """``grid_bits``, or its default for the grid coding."""
         if self.grid_bits is not None:
             return float(self.grid_bits)
-        return 2.0 if self.grids == "vq" else 4.0
+        method = get_method(self.grids)
+        return method.default_grid_bits if issubclass(method, GridMethod) else DEFAULT_GRID_BITS
 
     def pipeline(self, model: VolumeModel) -> List[str]:
-        """The stages this codec applies to ``model`` (the header's ``codec.pipeline``)."""
-        grids = self.grid_names(model)
-        stages = []
+        """The names of the stages this codec applies to ``model``, in order."""
+        return [c[CONFIG_ID] for c in self.pipeline_configs(model)]
+
+    def pipeline_configs(self, model: VolumeModel) -> List[Dict[str, Any]]:
+        """The stages this codec applies to ``model`` as configs, ``{"id": name,
+        parameter: value}`` (the header's ``codec.pipeline``, spec/payload.md §1.3). The
+        record methods and coders are the registry's (their configs without the
+        parameters the encoder searches per file, which every record stores)."""
+        return self.stage_configs(bool(self.grid_names(model)))
+
+    def stage_configs(self, grids: bool) -> List[Dict[str, Any]]:
+        """:meth:`pipeline_configs` for a model with (``grids``) or without feature grids
+        this codec codes."""
+        stages: List[Dict[str, Any]] = []
         if self.rate > 0 and grids:
-            stages.append("rate")
+            stages.append({CONFIG_ID: "rate", "weight": float(self.rate)})
         if self.prune > 0:
-            stages.append(PRUNE_STAGES[self.prune_method])
-        stages.append("kmeans")
+            stages.append({CONFIG_ID: PRUNE_STAGES[self.prune_method],
+                           "fraction": float(self.prune)})
+        stages.append({CONFIG_ID: get_method("kmeans").name})
         if grids:
-            stages.append(self.grids)
+            stages.append({CONFIG_ID: get_method(self.grids).name,
+                           "grid_bits": self.bits_per_grid_value})
             if self.grids == "vq" and self.vq_ema > 0 and self.finetune > 0:
-                stages.append("ema")
+                stages.append({CONFIG_ID: "ema", "decay": float(self.vq_ema)})
         if self.finetune > 0 and (grids or self.prune > 0):
-            stages.append("finetune")
-        stages.extend(sorted(set(self.coders) - {"raw"}))
+            stages.append({CONFIG_ID: "finetune", "fraction": float(self.finetune)})
+        # raw is always tried; the others are listed by name (as the labels were).
+        for name in sorted(set(self.coders) - {"raw"}):
+            stages.append(get_coder(name)().get_config())
         return stages
 
     def grid_names(self, model: VolumeModel) -> Tuple[str, ...]:
-        if self.grids == "kmeans":
+        """The feature grids this codec codes with its grid method (none under kmeans: the
+        grids are then coded as the other tensors)."""
+        method = get_method(self.grids)
+        if not issubclass(method, GridMethod):
             return ()
         sd = model.state_dict()
-        rank = 4 if self.grids == "vq" else 3
-        return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= rank)
+        return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= method.min_axes)
 
 
 def fit_regularizer(model: VolumeModel, codec: CodecSettings, steps: int) -> Optional[GridRate]:
@@ -217,19 +237,23 @@ def plans_for(model: VolumeModel, k: int, codec: CodecSettings,
     return out
 
 
+def _grid_class(codec: CodecSettings) -> type:
+    """The registry's grid method class of ``codec.grids`` (a :class:`GridMethod`)."""
+    cls = get_method(codec.grids)
+    assert issubclass(cls, GridMethod), f"{codec.grids} codes no grids"   # grid_names() is ()
+    return cls
+
+
 def _grid_plan(codec: CodecSettings, step: float) -> TensorPlan:
-    """The grids' plan at ``step``. The step search serves vq too: there ``step`` stands
-    for ``1 / K`` (a smaller step, a larger codebook: finer and more bytes either way)."""
-    if codec.grids == "vq":
-        return TensorPlan("vq", k=int(min(MAX_CENTROIDS, max(2, round(1.0 / step)))))
-    return TensorPlan(codec.grids, step=step)
+    """The grids' plan at ``step``: the grid method's config for the search's step (what
+    ``step`` means is the method's, :meth:`GridMethod.at_step`)."""
+    cfg = grid_method(codec.grids, step).get_config()
+    return TensorPlan(codec.grids, k=cfg.get("k", 0), step=cfg.get("step", 0.0))
 
 
 def _stored_grid(codec: CodecSettings, arr: np.ndarray, step: float) -> np.ndarray:
     """The float32 values a grid record of ``arr`` at ``step`` decodes to."""
-    if codec.grids == "vq":
-        return vq_values(arr, _grid_plan(codec, step).k)
-    return grid_codes(arr, codec.grids, step)[1]
+    return grid_method(codec.grids, step).stored_values(arr)
 
 
 def estimate_payload(model: VolumeModel, bits: int, codec: CodecSettings) -> float:
@@ -267,7 +291,7 @@ class _RecordCache:
             key = (name, plans[name])
             if key not in self.cache:
                 p = plans[name]
-                self.cache[key] = encode_record(self.arrays[name], p.method, k=p.k, step=p.step,
+                self.cache[key] = encode_record(self.arrays[name], p.record_method(),
                                                 masked=p.masked, coders=self.coders)
             parts.append(self.cache[key])
         return b"".join(parts)
@@ -391,10 +415,7 @@ def _rest_size(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k:
 def _max_step(arrays: Mapping[str, np.ndarray], grids: Tuple[str, ...],
               codec: CodecSettings) -> float:
     """The coarsest step: every value 0 (interp, lorenzo), or 2 vectors (vq)."""
-    if codec.grids == "vq":
-        return 0.5
-    peak = max(float(np.abs(arrays[g]).max()) for g in grids)
-    return float(np.float32(max(peak, 1e-20) * _COARSEST_STEP_FACTOR))
+    return _grid_class(codec).coarsest_step([arrays[g] for g in grids])
 
 
 def _grid_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k: int,
@@ -427,7 +448,7 @@ def _grid_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings, k:
         hi_ok = hi
     if lo_fail is None:
         return float(np.float32(hi_ok))
-    while hi_ok / lo_fail > (_VQ_STEP_TOLERANCE if codec.grids == "vq" else _STEP_TOLERANCE):
+    while hi_ok / lo_fail > _grid_class(codec).step_tolerance:
         mid = math.sqrt(hi_ok * lo_fail)
         if size(mid) <= budget:
             hi_ok = mid
@@ -444,17 +465,9 @@ def _entropy_step(cache: _RecordCache, model: VolumeModel, codec: CodecSettings,
 
     def est(step: float) -> float:
         total = 0.0
+        method = grid_method(codec.grids, step)
         for g in grids:
-            if codec.grids == "vq":     # indices of log2(K) bits + a float16 codebook
-                shape = cache.arrays[g].shape
-                kk = _grid_plan(codec, step).k
-                total += (math.prod(shape) / shape[-4] * math.log2(kk) / BITS_PER_BYTE
-                          + F16_BYTES * kk * shape[-4])
-                continue
-            codes = grid_codes(cache.arrays[g], codec.grids, step)[0]
-            counts = np.unique(codes, return_counts=True)[1]
-            p = counts / codes.size
-            total += -(counts * np.log2(p)).sum() / BITS_PER_BYTE
+            total += method.estimate_bytes(cache.arrays[g])
         return total
     lo_s, hi_s = hi * _ENTROPY_STEP_RANGE, hi
     for _ in range(_ENTROPY_ROUNDS):

@@ -108,7 +108,7 @@ def test_anchor_grid_stays_the_identity_and_covers_every_voxel(amg_nv):
     model = build_model(amg_nv.header["model"])
     specs = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
     tensors = dict(decode_payload(amg_nv._reader.read_brick(0), specs))
-    assert "finetune" in amg_nv.info()["codec"]["pipeline"]
+    assert "finetune" in amg_nv.info()["codec"]["stages"]
     assert model.config.grids >= 4
     assert model.fixed_tensors() == {"transforms.0"}
     np.testing.assert_array_equal(np.asarray(tensors["transforms.0"], np.float32), np.eye(3, 4))

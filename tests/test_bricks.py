@@ -57,8 +57,10 @@ def test_round_trip_budget_and_version(tmp_path, sample, bricked):
 
 
 def test_single_brick_request_is_the_single_model_file(sample):
-    a = neurvol.encode(sample[:20, :20, :20], bricks=(1, 1, 1), **OPTS).to_bytes()
-    b = neurvol.encode(sample[:20, :20, :20], **OPTS).to_bytes()
+    # 24^3: a 20^3 crop's budget no longer holds a model next to the header's
+    # codec.pipeline configs (spec/payload.md §1.3).
+    a = neurvol.encode(sample[:24, :24, :24], bricks=(1, 1, 1), **OPTS).to_bytes()
+    b = neurvol.encode(sample[:24, :24, :24], **OPTS).to_bytes()
     assert a == b and NvolReader(a).version == (1, 0)
 
 
@@ -461,15 +463,15 @@ def test_bricks_choose_rate_aware_fitting_by_the_single_model_rule(sample, monke
     vol = sample[:34, :34, :34]
     kw = dict(OPTS, steps=30, bricks=(2, 1, 1))
     plain = neurvol.encode(vol, codec={"rate": 0}, **kw)
-    assert "interp" in plain.header["codec"]["pipeline"]
-    assert "rate" not in plain.header["codec"]["pipeline"]
+    assert "interp" in plain.info()["codec"]["stages"]
+    assert "rate" not in plain.info()["codec"]["stages"]
     monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", 1000.0)     # rate-aware always kept
     monkeypatch.setattr(pilot, "RATE_PILOT_DECLINE_DB", 1000.0)
     kept = neurvol.encode(vol, **kw)
-    assert "rate" in kept.header["codec"]["pipeline"]
+    assert "rate" in kept.info()["codec"]["stages"]
     monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", -1000.0)    # the default always fitted
     rejected = neurvol.encode(vol, **kw)
-    assert "rate" not in rejected.header["codec"]["pipeline"]
+    assert "rate" not in rejected.info()["codec"]["stages"]
     # Rate-aware models are sized for fewer bits per grid value: larger grids.
     def grid_sizes(nv):
         hdr = nv.header["bricks"]

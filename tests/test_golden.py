@@ -17,7 +17,7 @@ def test_golden_files_exist():
     assert MODEL_FILES and CONSTANT_FILES, "golden files are missing"
     names = {os.path.basename(p) for p in MODEL_FILES}
     assert {"codec2_amgsrn.nvol", "codec2_pruned.nvol", "codec2_rans.nvol",
-            "codec2_interp.nvol"} <= names
+            "codec2_interp.nvol", "codec2_configs.nvol"} <= names
 
 
 def test_codec2_golden_files_use_what_they_pin():
@@ -29,6 +29,23 @@ def test_codec2_golden_files_use_what_they_pin():
     assert methods("codec2_interp.nvol")["tensors"]["grids"]["method"] == "interp"
     assert methods("codec2_pruned.nvol")["masks"] > 0
     assert "rans" in {t["coder"] for t in methods("codec2_rans.nvol")["tensors"].values()}
+    assert methods("codec2_configs.nvol")["tensors"]["grid"]["method"] == "vq"
+
+
+def test_codec_pipeline_reads_as_labels_and_as_configs():
+    """Older files list codec.pipeline stages as strings, newer ones as configs
+    (spec/payload.md §1.3): info()["codec"]["stages"] names them alike."""
+    with neurvol.open(os.path.join(GOLDEN, "codec2_amgsrn.nvol")) as nv:
+        labels = nv.header["codec"]["pipeline"]
+        assert all(isinstance(s, str) for s in labels)
+        assert nv.info()["codec"]["stages"] == labels
+        assert "lorenzo" in labels
+    with neurvol.open(os.path.join(GOLDEN, "codec2_configs.nvol")) as nv:
+        configs = nv.header["codec"]["pipeline"]
+        assert all(isinstance(s, dict) and isinstance(s["id"], str) for s in configs)
+        assert nv.info()["codec"]["stages"] == [s["id"] for s in configs]
+        assert {"id": "vq", "grid_bits": 2.0} in configs
+        assert {"id": "prune", "fraction": 0.2} in configs
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
@@ -81,7 +98,7 @@ def test_golden_generator_never_overwrites():
     spec = importlib.util.spec_from_file_location("make_golden", os.path.join(here, "make_golden.py"))
     make_golden = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_golden)
-    modes = ["1.0", "1.1", "codec2", "codec2-interp", "1.2"]
+    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2"]
     goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
     assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
 

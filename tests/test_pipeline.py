@@ -27,7 +27,7 @@ def test_default_pipeline_meets_budget_and_accounts_every_byte(small_volume, arc
         == nv.nbytes_file
     methods = _tensor_methods(nv)
     if arch in ("amgsrn", "fvsrn"):     # dense feature grids: interpolation-coded
-        assert "interp" in codec["pipeline"] and "interp" in methods.values()
+        assert "interp" in codec["stages"] and "interp" in methods.values()
     else:
         assert not {"interp", "lorenzo"} & set(methods.values())
     # What is stored is what answers: a reopened file gives the same values.
@@ -47,7 +47,7 @@ def test_plain_codec_is_kmeans_only(small_volume):
 def test_pruning_stores_masks_and_zeros(small_volume):
     nv = neurvol.encode(small_volume, ratio=4, steps=20, arch="fvsrn", quiet=True,
                         codec={"prune": 0.4})
-    assert "prune" in nv.info()["codec"]["pipeline"]
+    assert "prune" in nv.info()["codec"]["stages"]
     assert nv.byte_breakdown()["masks"] > 0
     assert nv.nbytes_file <= small_volume.nbytes // 4
 
@@ -98,12 +98,12 @@ def test_cli_pack_codec_options_and_info_bytes(tmp_path, small_volume, monkeypat
     assert cli.main(["info", "p.nvol", "--json"]) == 0
     import json
     info = json.loads(capsys.readouterr().out)
-    assert info["bytes"]["masks"] > 0 and "prune" in info["codec"]["pipeline"]
+    assert info["bytes"]["masks"] > 0 and "prune" in info["codec"]["stages"]
     assert cli.main(["-q", "pack", "v.npy", "-o", "q.nvol", "--prune", "1.5"]) == 2
     assert cli.main(["-q", "pack", "v.npy", "-o", "r.nvol", "--ratio", "4", "--steps", "10",
                      "--arch", "fvsrn", "--grid-bits", "2", "--rate", "12"]) == 0
     assert cli.main(["info", "r.nvol", "--json"]) == 0
-    assert "rate" in json.loads(capsys.readouterr().out)["codec"]["pipeline"]
+    assert "rate" in json.loads(capsys.readouterr().out)["codec"]["stages"]
     assert cli.main(["-q", "pack", "v.npy", "-o", "s.nvol", "--rate", "-1"]) == 2
     assert cli.main(["-q", "pack", "v.npy", "-o", "t.nvol", "--rate", "most"]) == 2
 
@@ -160,7 +160,7 @@ def test_vq_grids_meet_budget_and_round_trip(small_volume, arch):
     nv = neurvol.encode(small_volume, ratio=6, steps=20, arch=arch, quiet=True,
                         codec={"grids": "vq"})
     assert nv.nbytes_file <= small_volume.nbytes // 6
-    assert "vq" in nv.info()["codec"]["pipeline"]
+    assert "vq" in nv.info()["codec"]["stages"]
     grid = {"amgsrn": "grids", "fvsrn": "grid"}[arch]
     t = nv.byte_breakdown()["tensors"][grid]
     assert t["method"] == "vq" and t["codebook"] > 0
@@ -202,7 +202,7 @@ def test_vq_learned_codebook_meets_budget_and_round_trips(small_volume):
     nv = neurvol.encode(small_volume, ratio=6, steps=20, arch="fvsrn", quiet=True,
                         codec={"grids": "vq", "vq_ema": 0.8})
     assert nv.nbytes_file <= small_volume.nbytes // 6
-    assert nv.info()["codec"]["pipeline"][:4] == ["kmeans", "vq", "ema", "finetune"]
+    assert nv.info()["codec"]["stages"][:4] == ["kmeans", "vq", "ema", "finetune"]
     back = NeuralVolume(NvolReader(nv.to_bytes()))
     pts = np.random.default_rng(2).uniform(0, np.array(small_volume.shape) - 1, size=(300, 3))
     np.testing.assert_array_equal(back.query(pts), nv.query(pts))
@@ -305,8 +305,8 @@ def test_rate_penalty_makes_grids_cheaper_and_files_round_trip(small_volume):
     plain = neurvol.encode(small_volume, codec={"grid_bits": 2}, **kw)
     rated = neurvol.encode(small_volume, codec={"grid_bits": 2, "rate": 200.0}, **kw)
     assert rated.nbytes_file <= small_volume.nbytes // 8
-    assert "rate" in rated.info()["codec"]["pipeline"]
-    assert "rate" not in plain.info()["codec"]["pipeline"]
+    assert "rate" in rated.info()["codec"]["stages"]
+    assert "rate" not in plain.info()["codec"]["stages"]
     assert residual_l1(rated) < 0.8 * residual_l1(plain)
     back = NeuralVolume(NvolReader(rated.to_bytes()))
     pts = np.random.default_rng(1).uniform(0, np.array(small_volume.shape) - 1, size=(200, 3))
@@ -355,7 +355,7 @@ def test_rate_auto_finishes_the_rate_aware_fit_or_fits_the_default(small_volume,
     # no grids to fit rate-aware: the default encode
     nc = neurvol.encode(small_volume, ratio=8, steps=5, arch="neurcomp", quiet=True,
                         codec={"rate": "auto"})
-    assert "rate" not in nc.info()["codec"]["pipeline"]
+    assert "rate" not in nc.info()["codec"]["stages"]
     with pytest.raises(NeurvolInputError):
         neurvol.encode(small_volume, codec={"rate": "most"}, **kw)
     with pytest.raises(NeurvolInputError):

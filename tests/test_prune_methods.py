@@ -49,7 +49,7 @@ def test_method_reaches_target_sparsity_round_trips_and_fits_budget(
         encoded, small_volume, tmp_path, arch, method):
     nv = encoded(arch, method)
     assert nv.nbytes_file <= small_volume.nbytes // 4
-    assert STAGE[method] in nv.info()["codec"]["pipeline"]
+    assert STAGE[method] in nv.info()["codec"]["stages"]
     assert nv.byte_breakdown()["masks"] > 0
     model, zeros = _kmeans_zeros(nv)
     layers = set(linear_tensors(model, zeros)) if method == "smallify" else set()
@@ -212,7 +212,7 @@ def test_cli_prune_method(tmp_path, small_volume, monkeypatch, capsys):
                      "--arch", "neurcomp", "--prune", "0.3", "--prune-method", "vd"]) == 0
     assert cli.main(["info", "p.nvol", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["codec"]["pipeline"][0] == "vd" and info["bytes"]["masks"] > 0
+    assert info["codec"]["stages"][0] == "vd" and info["bytes"]["masks"] > 0
     # a learned method without --prune: a neurvol input error (exit 1), no file
     assert cli.main(["-q", "pack", "v.npy", "-o", "q.nvol", "--prune-method", "smallify"]) == 1
     assert not (tmp_path / "q.nvol").exists()
@@ -224,4 +224,4 @@ def test_bricked_encode_with_a_learned_prune_method(small_volume):
     nv = neurvol.encode(small_volume, ratio=4, steps=20, arch="fvsrn", bricks=(2, 1, 1),
                         quiet=True, codec={"prune": PRUNE, "prune_method": "smallify"})
     assert nv.nbytes_file <= small_volume.nbytes // 4
-    assert "smallify" in nv.info()["codec"]["pipeline"]
+    assert "smallify" in nv.info()["codec"]["stages"]

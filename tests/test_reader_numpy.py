@@ -92,7 +92,7 @@ def test_cases_cover_every_architecture_and_codec(encoded):
             bricks = nv.header.get("bricks") or {}
             for spec in bricks.get("models") or [nv.header["model"]]:
                 archs.add(spec["arch"])
-            stages.update(nv.info()["codec"]["pipeline"])
+            stages.update(nv.info()["codec"]["stages"])
     assert archs == set(numpy_architectures())
     assert {"kmeans", "lorenzo", "interp", "vq", "prune"} <= stages
 

@@ -36,7 +36,7 @@ from ..errors import NeurvolFormatError
 from .interp import MAX_CODE, _anchor, prediction_passes
 from .interp import _predict as _predict_cubic
 from .lorenzo import unzigzag, zigzag
-from .streams import ZSTD_LEVEL, zstd_exact
+from .coders.zstd import ZSTD_LEVEL, zstd_exact
 
 # Block modes: what predicts a block's values (the kernel, and data or residual).
 MODE_DATA_CUBIC = 0

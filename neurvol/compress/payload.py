@@ -18,7 +18,7 @@ import dataclasses
 import io
 import math
 import struct
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import zstandard
@@ -26,17 +26,20 @@ import zstandard
 from ..errors import NeurvolFormatError
 from .bitpack import pack_bits, unpack_bits
 from .kmeans import kmeans_quantize, nearest_centroid
-from .records import (GRID_METHODS, MAX_CENTROIDS, RecordStats, decode_record, encode_record,
-                      fits_f16)
-from .streams import ZSTD_LEVEL
+from .codebook import MAX_CENTROIDS, fits_f16
+from .records import RecordStats, configured, decode_record, encode_record
+from .registry import RecordMethod
+from .coders.zstd import ZSTD_LEVEL
 
 KIND_CONSTANT = 0x00
 KIND_TENSORS = 0x01
 KIND_RECORDS = 0x02
 
+# Kind 1's record methods: a frozen registry of its own (spec/payload.md §2.1, §2.4).
 METHOD_RAW32 = 0
 METHOD_RAW16 = 1
 METHOD_KMEANS = 2
+V1_METHODS = ("raw32", "raw16", "kmeans")
 
 LAYOUT_BITS = 0  # indices bit-packed, ``bits`` bits each, LSB-first
 LAYOUT_U8 = 1    # one byte per index (lets zstd's Huffman stage entropy-code them)
@@ -50,23 +53,28 @@ TensorSpec = Tuple[str, Tuple[int, ...]]
 
 @dataclasses.dataclass(frozen=True)
 class TensorPlan:
-    """How to store one tensor: ``raw32``, ``raw16``, ``kmeans`` with ``k`` centroids, or
-    for feature grids ``lorenzo`` (uniform quantization with ``step`` + 3-D Lorenzo
-    prediction), ``interp`` (multilevel interpolation prediction, error <= ``step / 2``) or
-    ``vq`` (each vertex's channel vector -> one of ``k`` codebook vectors). ``masked``: zeros (pruned weights) are stored as an entropy-coded bit mask."""
+    """How to store one tensor: a registered record method (:mod:`.registry`) by name with
+    its parameters: ``raw32``, ``raw16``, ``kmeans`` with ``k`` centroids, or for feature
+    grids ``lorenzo`` (uniform quantization with ``step`` + 3-D Lorenzo prediction),
+    ``interp`` (multilevel interpolation prediction, error <= ``step / 2``) or ``vq`` (each
+    vertex's channel vector -> one of ``k`` codebook vectors). ``masked``: zeros (pruned
+    weights) are stored as an entropy-coded bit mask. ``params``: ``(name, value)`` pairs
+    for a method's parameters other than ``k`` and ``step``."""
 
     method: str
     k: int = 0
     step: float = 0.0
     masked: bool = False
+    params: Tuple[Tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.method not in ("raw32", "raw16", "kmeans", "vq") + GRID_METHODS:
-            raise ValueError(f"unknown method {self.method!r}")
-        if self.method in ("kmeans", "vq") and not 1 <= self.k <= MAX_CENTROIDS:
-            raise ValueError(f"k must be in [1, {MAX_CENTROIDS}]")
-        if self.method in GRID_METHODS and not (math.isfinite(self.step) and self.step > 0):
-            raise ValueError(f"{self.method} needs a finite step > 0")
+        m = self.record_method()         # validates the method's parameters
+        if self.masked and not m.maskable:
+            raise ValueError(f"{self.method} records cannot be masked")
+
+    def record_method(self) -> RecordMethod:
+        """The configured record method (ValueError for an unknown one or bad parameters)."""
+        return configured(self.method, k=self.k, step=self.step, **dict(self.params))
 
 
 def default_plan(size: int, k: int, precise: bool = False) -> TensorPlan:
@@ -89,7 +97,7 @@ def encode_records(arrays: Sequence[Tuple[str, np.ndarray]], plans: Mapping[str,
     out = [bytes([KIND_RECORDS])]
     for name, a in arrays:
         p = plans[name]
-        out.append(encode_record(a, p.method, k=p.k, step=p.step, masked=p.masked))
+        out.append(encode_record(a, p.record_method(), masked=p.masked))
     return b"".join(out)
 
 
@@ -98,7 +106,7 @@ def encode_tensors(
 ) -> bytes:
     """Version-1 (kind 1) payload: every record in one zstd frame. Kept to write golden
     files and to compare against; new files use :func:`encode_records`."""
-    if any(p.method in GRID_METHODS + ("vq",) or p.masked for p in plans.values()):
+    if any(p.method not in V1_METHODS or p.masked for p in plans.values()):
         raise ValueError("codec version 1 has no grid or masked records")
     records = [_encode_record(np.asarray(a, dtype=np.float32), plans[name], seed) for name, a in arrays]
     frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compress(b"".join(records))

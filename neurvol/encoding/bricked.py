@@ -242,16 +242,18 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     return nv
 
 
-def _pipeline(used: List[Tuple[Dict[str, Any], Optional[CodecSettings]]]) -> List[str]:
-    """The header's ``codec.pipeline`` (informative): the stages of any brick's model
-    (``{"arch", "config"}``) under the codec it went through."""
-    stages: List[str] = []
-    built: Dict[Tuple[str, str], List[str]] = {}
+def _pipeline(used: List[Tuple[Dict[str, Any], Optional[CodecSettings]]]
+              ) -> List[Dict[str, Any]]:
+    """The header's ``codec.pipeline`` (informative): the stage configs of any brick's model
+    (``{"arch", "config"}``) under the codec it went through, each listed once."""
+    stages: List[Dict[str, Any]] = []
+    built: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for entry, codec in used:
         key = (json.dumps(entry, sort_keys=True), repr(codec))
         if key not in built:
             arch = get_architecture(entry["arch"])
-            built[key] = codec.pipeline(arch.build(arch.config_cls.from_dict(entry["config"])))
+            model = arch.build(arch.config_cls.from_dict(entry["config"]))
+            built[key] = codec.pipeline_configs(model)
         for stage in built[key]:
             if stage not in stages:
                 stages.append(stage)

@@ -6,6 +6,7 @@ Shared by single-model and bricked encodes (:mod:`.single`, :mod:`.bricked`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -18,7 +19,9 @@ from ..container import serialize_nvol
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..fit import FitSettings
 from ..models import Architecture, ModelConfig, architectures, get_architecture
-from ..pipeline import CodecSettings, estimate_payload
+from ..compress.registry import coder_names
+from ..pipeline import (GRID_CODINGS, PRUNE_METHODS, PRUNE_STAGES, CodecSettings,
+                        estimate_payload)
 from ..volume_checks import CHUNK_VOXELS, check_triple, check_volume
 
 log = logging.getLogger("neurvol")
@@ -38,9 +41,6 @@ FINETUNE_LR = 0.1
 CODEC = {"name": "neurvol", "version": 2}
 #: The header's ``writer`` entry.
 WRITER = f"neurvol {__version__}"
-#: Every stage a codec.pipeline can list, so sizing never underestimates the header.
-#: (The pruning stage is "prune", "smallify" or "vd": the longest is listed.)
-WIDEST_PIPELINE = ["smallify", "kmeans", "lorenzo", "ema", "finetune", "rans", "zstd"]
 #: Widest values the "fit" header entry can take; sizing reserves them so the real entry
 #: (written after the file's PSNR is known) cannot push the file over budget.
 FIT_PLACEHOLDER = {"steps": 10 ** 9, "k": 65536, "psnr": -999.999}
@@ -135,9 +135,32 @@ def fit_settings_for(architecture: Architecture, overrides: Optional[Dict[str, A
     return settings
 
 
+def _widest_pipeline() -> List[Dict[str, Any]]:
+    """The longest ``codec.pipeline`` any codec writes, its numbers widened: sizing reserves
+    it, so it never underestimates the header."""
+    def widen(config: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: _WIDEST_FLOAT if isinstance(v, float) else
+                _WIDEST_INT if isinstance(v, int) and not isinstance(v, bool) else v
+                for k, v in config.items()}
+    longest_prune = max(PRUNE_METHODS, key=lambda m: len(PRUNE_STAGES[m]))
+    candidates = []
+    for grids in GRID_CODINGS:
+        codec = CodecSettings(grids=grids, prune=0.5, prune_method=longest_prune, finetune=0.5,
+                              vq_ema=0.5, rate=1.0 if grids == "interp" else 0.0,
+                              coders=coder_names())
+        candidates.append([widen(c) for c in codec.stage_configs(True)])
+    return max(candidates, key=lambda p: len(json.dumps(p, separators=(",", ":"))))
+
+
+#: Every stage a codec.pipeline can list, widest form, so sizing never underestimates the
+#: header.
+WIDEST_PIPELINE = _widest_pipeline()
+
+
 def volume_header(shape: Sequence[int], dtype: np.dtype, lo: float, hi: float,
                   spacing: List[float], origin: List[float], bricks: Dict[str, Any],
-                  ratio: float, budget: int, *, codec_pipeline: Optional[List[str]] = None
+                  ratio: float, budget: int, *,
+                  codec_pipeline: Optional[List[Dict[str, Any]]] = None
                   ) -> Dict[str, Any]:
     """The header entries an encode knows before fitting (the model's come later)."""
     header: Dict[str, Any] = {
@@ -197,9 +220,11 @@ def first_solvable(candidates: Sequence[Architecture], header: Dict[str, Any],
         try:
             # Size the header from the widest config, then from the solved one (a config
             # can be longer than the defaults, e.g. hashgrid with more levels).
-            overhead = overhead_bytes(header, architecture, None)
+            # The codec's own stages (a superset of what a model of it lists): exact.
+            pipeline = codec.stage_configs(True)
+            overhead = overhead_bytes(header, architecture, None, pipeline)
             config = solve_config(architecture, shape, budget - overhead, bits, options, codec)
-            exact = overhead_bytes(header, architecture, config.to_dict())
+            exact = overhead_bytes(header, architecture, config.to_dict(), pipeline)
             if exact > overhead:
                 config = solve_config(architecture, shape, budget - exact, bits, options, codec)
             return architecture, config
@@ -212,12 +237,15 @@ def first_solvable(candidates: Sequence[Architecture], header: Dict[str, Any],
 
 
 def overhead_bytes(header: Dict[str, Any], architecture: Architecture,
-                   config: Optional[Dict[str, Any]]) -> int:
+                   config: Optional[Dict[str, Any]],
+                   pipeline: Optional[List[Dict[str, Any]]] = None) -> int:
     """Bytes a single-model file spends outside the weights: preamble, header JSON, index,
     frame.
 
     Every number of ``config`` (default: the architecture's default config) is widened
     past anything a solver produces, so the real header is never longer than the probe.
+    ``pipeline``: the ``codec.pipeline`` the file will list (default: the widest any codec
+    lists).
     """
     def widest(v: Any) -> Any:
         if isinstance(v, bool):
@@ -233,7 +261,8 @@ def overhead_bytes(header: Dict[str, Any], architecture: Architecture,
         config = {f.name: f.default for f in dataclasses.fields(architecture.config_cls)}
     probe = dict(header, model={"arch": architecture.name,
                                 "config": {k: widest(v) for k, v in config.items()}},
-                 codec=dict(CODEC, pipeline=WIDEST_PIPELINE), fit=FIT_PLACEHOLDER)
+                 codec=dict(CODEC, pipeline=WIDEST_PIPELINE if pipeline is None else pipeline),
+                 fit=FIT_PLACEHOLDER)
     return len(serialize_nvol(probe, [b""])) + HEADER_SLACK
 
 

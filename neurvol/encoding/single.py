@@ -123,7 +123,7 @@ def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k
     model is scored by the PSNR of the whole decoded file. ``header``: the encode's, to
     which the model's entries are added; ``steps``: the fit steps it records."""
     header["model"] = {"arch": run.architecture.name, "config": run.config.to_dict()}
-    header["codec"] = dict(CODEC, pipeline=run.codec.pipeline(run.model))
+    header["codec"] = dict(CODEC, pipeline=run.codec.pipeline_configs(run.model))
     header["fit"] = dict(FIT_PLACEHOLDER, steps=steps)
 
     def stored_error(payload: bytes) -> float:

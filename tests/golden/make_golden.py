@@ -9,6 +9,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py 1.1     # bricked ensemble (format 1.1)
     python tests/golden/make_golden.py codec2  # codec "neurvol" version 2 (payload kind 2)
     python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
+    python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ def outputs(mode: str) -> List[str]:
         return _pair("bricked_v1.1")
     if mode == "codec2-interp":
         return _pair("codec2_interp")
+    if mode == "codec2-configs":
+        return _pair("codec2_configs")
     if mode == "1.2":
         return [f for name in BOUNDED_CASES for f in _pair(name) + [f"{name}.original.npy"]]
     if mode == "codec2":
@@ -68,6 +71,19 @@ def write_codec2_interp() -> None:
     nv = neurvol.encode(crop, steps=30, seed=0, quiet=True, arch="amgsrn", ratio=8,
                         codec={"grids": "interp"})
     _save(nv, "codec2_interp")
+
+
+def write_codec2_configs() -> None:
+    # The header's codec.pipeline as stage configs ({"id": name, ...}; spec/payload.md
+    # §1.3), as writers since the codec registry write it; vq grids, pruning and both
+    # coders, so the list holds parameters of several kinds.
+    import neurvol
+
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48])
+    nv = neurvol.encode(crop, steps=30, seed=0, quiet=True, arch="fvsrn", ratio=8,
+                        codec={"grids": "vq", "prune": 0.2})
+    assert all(isinstance(s, dict) for s in nv.header["codec"]["pipeline"])
+    _save(nv, "codec2_configs")
 
 
 def write_codec2() -> None:
@@ -121,7 +137,7 @@ def write_version(version: str) -> None:
 
 WRITERS: Dict[str, Callable[[], None]] = {
     "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
-    "1.2": write_bounded}
+    "codec2-configs": write_codec2_configs, "1.2": write_bounded}
 
 
 def main(argv: List[str]) -> int:
