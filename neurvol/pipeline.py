@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -168,14 +168,15 @@ class CodecSettings:
 
     def pipeline(self, model: VolumeModel) -> List[str]:
         """The names of the stages this codec applies to ``model``, in order."""
-        return [c[CONFIG_ID] for c in self.pipeline_configs(model)]
+        return [c[CONFIG_ID] for c in self.stage_configs(bool(self.grid_names(model)))]
 
-    def pipeline_configs(self, model: VolumeModel) -> List[Dict[str, Any]]:
-        """The stages this codec applies to ``model`` as configs, ``{"id": name,
-        parameter: value}`` (the header's ``codec.pipeline``, spec/payload.md §1.3). The
-        record methods and coders are the registry's (their configs without the
-        parameters the encoder searches per file, which every record stores)."""
-        return self.stage_configs(bool(self.grid_names(model)))
+    def pipeline_configs(self, model: VolumeModel) -> List[Union[str, Dict[str, Any]]]:
+        """The header's ``codec.pipeline`` (spec/payload.md §1.3): the stages this codec
+        applies to ``model``, each as its config ``{"id": name, parameter: value}``, or as
+        its bare name when every parameter is at its default (the header is part of the
+        byte budget). The record methods and coders are the registry's (their configs
+        without the parameters the encoder searches per file, which every record stores)."""
+        return [compact_stage(c) for c in self.stage_configs(bool(self.grid_names(model)))]
 
     def stage_configs(self, grids: bool) -> List[Dict[str, Any]]:
         """:meth:`pipeline_configs` for a model with (``grids``) or without feature grids
@@ -207,6 +208,36 @@ class CodecSettings:
             return ()
         sd = model.state_dict()
         return tuple(n for n in sd if n in model.grid_tensors and sd[n].dim() >= method.min_axes)
+
+
+def stage_defaults(stage_id: str) -> Optional[Dict[str, Any]]:
+    """The parameters of stage ``stage_id`` at their defaults (spec/payload.md §1.3), or
+    None for a stage whose parameters have no default (``rate``, the pruning stages)."""
+    if stage_id == "finetune":
+        return {"fraction": CodecSettings.finetune}
+    if stage_id == "ema":
+        return {}
+    for lookup in (get_method, get_coder):
+        try:
+            cls = lookup(stage_id)
+        except KeyError:
+            continue
+        if issubclass(cls, GridMethod):
+            return {"grid_bits": float(cls.default_grid_bits)}
+        config = cls().get_config()
+        config.pop(CONFIG_ID)
+        return config
+    return None
+
+
+def compact_stage(stage: Dict[str, Any]) -> Union[str, Dict[str, Any]]:
+    """``stage``'s bare name when each parameter it states is at its default, else
+    ``stage``."""
+    defaults = stage_defaults(stage[CONFIG_ID])
+    if defaults is None:
+        return stage
+    same = all(k in defaults and v == defaults[k] for k, v in stage.items() if k != CONFIG_ID)
+    return stage[CONFIG_ID] if same else stage
 
 
 def fit_regularizer(model: VolumeModel, codec: CodecSettings, steps: int) -> Optional[GridRate]:
