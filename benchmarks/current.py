@@ -281,7 +281,8 @@ def render() -> None:
         if part is not None:
             blocks += [fn(part), ""]
         else:
-            blocks += [f"### {name}\n\nNot measured yet: `python benchmarks/current.py --run {name}`.\n"]
+            blocks += [f"### {name}\n\nNot yet measured by this command (`python benchmarks/current.py "
+                       f"--run {name}`); the latest run of its script is under *History*.\n"]
     blocks.append(END)
     text = open(BENCHMARKS_MD).read()
     if BEGIN in text:
