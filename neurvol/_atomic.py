@@ -92,7 +92,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     directory, name = os.path.split(target)
     mode = _final_mode(target)
     fd, tmp = _mkstemp(directory, name)
-    try:
+    with _removed_on_error(tmp):
         f = _fdopen(fd)
         try:
             yield f
@@ -106,14 +106,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
             # fails again: that second error must not replace the first (NeurvolIOError).
             with contextlib.suppress(OSError):
                 f.close()
-        if os.path.isdir(target):
-            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
-                                 "name")
-        _io(os.replace, target, tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        _rename_onto(target, tmp)
     _note_completed(target)
     _fsync_dir(directory)
 
@@ -131,7 +124,7 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
     mode = _final_mode(target)
     fd, tmp = _mkstemp(directory, name, suffix)
     os.close(fd)
-    try:
+    with _removed_on_error(tmp):
         yield tmp
         fd = _io(os.open, target, tmp, os.O_RDONLY)
         try:
@@ -139,16 +132,27 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
         finally:
             os.close(fd)
         _io(os.chmod, target, tmp, mode)
-        if os.path.isdir(target):
-            raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file "
-                                 "name")
-        _io(os.replace, target, tmp, target)
+        _rename_onto(target, tmp)
+    _note_completed(target)
+    _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def _removed_on_error(tmp: str) -> Iterator[None]:
+    """Remove the temp file if the block fails (the target is then untouched)."""
+    try:
+        yield
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _note_completed(target)
-    _fsync_dir(directory)
+
+
+def _rename_onto(target: str, tmp: str) -> None:
+    """Publish the finished temp file: one atomic rename onto *target*."""
+    if os.path.isdir(target):
+        raise NeurvolIOError(f"cannot write {target}: it is a directory; choose a file name")
+    _io(os.replace, target, tmp, target)
 
 
 def _target(path: PathLike) -> str:
