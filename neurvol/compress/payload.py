@@ -15,7 +15,6 @@ and index before using it.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import struct
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -29,7 +28,7 @@ from .kmeans import kmeans_quantize, nearest_centroid
 from .codebook import MAX_CENTROIDS, fits_f16
 from .records import RecordStats, configured, decode_record, encode_record
 from .registry import RecordMethod
-from .coders.zstd import ZSTD_LEVEL
+from .coders.zstd import ZSTD_LEVEL, decompress_at_most
 
 KIND_CONSTANT = 0x00
 KIND_TENSORS = 0x01
@@ -263,9 +262,6 @@ def _spec_size(name: str, shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-# Decompress in pieces of this size: ``stream_reader.read(n)`` allocates ``n`` bytes up
-# front, so one read of the whole cap would reserve the cap even for a tiny frame.
-_READ_CHUNK = 1 << 20
 # Indices are unpacked this many at a time (a multiple of 8, so every piece starts on a
 # byte boundary); unpack_bits needs ~9 bytes per index and bit of temporary memory.
 _UNPACK_CHUNK = 1 << 16
@@ -273,7 +269,7 @@ _UNPACK_CHUNK = 1 << 16
 
 def _bounded_decompress(frame: bytes, cap: int) -> bytes:
     """Decompress *frame*, refusing output beyond *cap* bytes without ever holding more
-    than ``cap + _READ_CHUNK`` bytes (a crafted frame, a "zstd bomb", cannot exhaust
+    than ``cap`` bytes plus one read piece (a crafted frame, a "zstd bomb", cannot exhaust
     memory, whatever content size its header declares)."""
     try:
         declared = zstandard.get_frame_parameters(frame).content_size
@@ -287,24 +283,10 @@ def _bounded_decompress(frame: bytes, cap: int) -> bytes:
             + ("no content size" if declared == zstandard.CONTENTSIZE_UNKNOWN
                else f"{declared} bytes, more than its tensors can hold ({cap})")
             + "; the file is corrupted or hostile")
-    parts = []
-    total = 0
-    try:
-        # read_across_frames: bytes after the frame must decode too (junk is an error,
-        # another frame's content ends up as trailing bytes, which the caller refuses).
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame),
-                                                        read_across_frames=True) as r:
-            while total <= cap:
-                chunk = r.read(min(_READ_CHUNK, cap + 1 - total))
-                if not chunk:
-                    break
-                parts.append(chunk)
-                total += len(chunk)
-    except zstandard.ZstdError as exc:
-        raise NeurvolFormatError(f"brick payload is not a valid zstd frame: {exc}") from exc
-    if total > cap:
+    out = decompress_at_most(frame, cap, "brick payload is not a valid zstd frame")
+    if len(out) > cap:
         raise NeurvolFormatError("brick payload decompresses to more than its tensors can hold")
-    return b"".join(parts)
+    return out
 
 
 def _unpack_indices(data: bytes, bits: int, n: int, name: str) -> np.ndarray:

@@ -40,21 +40,32 @@ def zstd_exact(frame: bytes, expected: int, what: str) -> bytes:
             f"a content size of {declared} bytes"
         raise NeurvolFormatError(
             f"{what}: zstd frame declares {shown}, expected {expected} (spec/payload.md §2.2)")
+    out = decompress_at_most(frame, expected, f"{what}: not a valid zstd frame")
+    if len(out) != expected:
+        raise NeurvolFormatError(
+            f"{what}: zstd stream holds {len(out)} bytes, expected {expected}")
+    return out
+
+
+def decompress_at_most(frame: bytes, cap: int, invalid: str) -> bytes:
+    """The content of ``frame`` (and of frames after it), stopping one byte past ``cap``:
+    a frame that lies about its size (a "zstd bomb") costs at most ``cap + 1`` bytes.
+    A damaged frame raises :class:`NeurvolFormatError` with the message ``invalid``."""
     parts = []
     total = 0
     try:
+        # read_across_frames: bytes after the frame must decode too (junk is an error,
+        # another frame's content ends up as bytes beyond the cap, which callers refuse).
         with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame),
                                                         read_across_frames=True) as r:
-            while total <= expected:
-                chunk = r.read(min(_READ_CHUNK, expected + 1 - total))
+            while total <= cap:
+                chunk = r.read(min(_READ_CHUNK, cap + 1 - total))
                 if not chunk:
                     break
                 parts.append(chunk)
                 total += len(chunk)
     except zstandard.ZstdError as exc:
-        raise NeurvolFormatError(f"{what}: not a valid zstd frame: {exc}") from exc
-    if total != expected:
-        raise NeurvolFormatError(f"{what}: zstd stream holds {total} bytes, expected {expected}")
+        raise NeurvolFormatError(f"{invalid}: {exc}") from exc
     return b"".join(parts)
 
 
