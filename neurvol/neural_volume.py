@@ -34,11 +34,10 @@ QUERY_CHUNK = 1 << 17
 # coordinates) then stay in the L2 cache; 2^14 was fastest of 2^13..2^15 for amgsrn's
 # evaluation path (median of 5 interleaved 10^6-point queries, BENCHMARKS.md).
 MODEL_CHUNK = 1 << 14
-#: Threads that evaluate a query's chunks (and a decode's blocks) side by side on the CPU.
-#: torch's own threads and numpy leave much of one chunk's time single-threaded on 2
-#: cores; two chunks at once gave 1.0-1.6x the median throughput of 10^6-point queries and
-#: 256^3 decodes, and the same best-of-5 (BENCHMARKS.md, session 8). Each chunk is the same
-#: computation, so results do not change.
+#: Threads that evaluate a query's chunks (and a decode's blocks) side by side on the CPU:
+#: torch's own threads and numpy leave much of one chunk's time single-threaded (BENCHMARKS.md,
+#: "queries and decodes on a small thread pool"). Each chunk is the same computation, so
+#: results do not depend on the thread count.
 QUERY_THREADS = max(1, min(4, os.cpu_count() or 1))
 _BRICK_CACHE = 8
 # Bricked files: the LRU holds up to this many decoded brick models, so a slab decode that
@@ -723,10 +722,10 @@ class NeuralVolume:
         of its blocks at once. ``fn`` must write only its own part.
 
         The threads live for one call: an idle thread that has run torch ops keeps an
-        OpenMP team that halved the speed of later training in the same process
-        (BENCHMARKS.md, session 8). Each runs torch on one thread of its own: two chunks
-        side by side already fill the cores, and each chunk's own OpenMP team only added
-        threads spinning against them (1.2-1.3x the throughput, BENCHMARKS.md, session 10)."""
+        OpenMP team that slows later training in the same process. Each runs torch on one
+        thread of its own: chunks side by side already fill the cores, and each chunk's own
+        OpenMP team would only add threads spinning against them (BENCHMARKS.md, "queries
+        and decodes on a small thread pool")."""
         with self._backend.scope():
             yield from self._map_chunks_in_scope(fn, items)
 
