@@ -165,7 +165,7 @@ def render_rd(part: Dict[str, Any]) -> str:
     head = "| volume | ratio | " + " | ".join(
         f"{short.get(m, m)} dB / max err" for m in methods) + " | best classical |"
     lines = [_heading("Rate–distortion: the default codec against the classical coders",
-                      part["machine"]),
+                      part["machine"]) + _note(part),
              "PSNR in dB over the data range / max abs error, at the same bytes (the whole "
              "`.nvol` file for neurvol; the compressed stream for the others). ZFP's fixed-rate "
              "mode cannot go below ~0.16 bits per value (–). **Bold**: the best in the row.\n",
