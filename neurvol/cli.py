@@ -419,7 +419,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Pack and unpack the embedded sample volume and report the numbers."""
     nv_mod = _api()
-    from .metrics import psnr as psnr_fn
+    from .metrics import max_abs_error, psnr as psnr_fn
 
     original = nv_mod.sample_volume()
     with contextlib.ExitStack() as stack:
@@ -451,6 +451,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _out(f"  ratio    {original.nbytes / size:.1f}:1 achieved ({args.ratio:g}:1 asked)")
         _out(f"  file     {_human_bytes(size)} (budget {_human_bytes(int(original.nbytes // args.ratio))})")
         _out(f"  PSNR     {_fmt_db(quality)}")
+        _out(f"  max err  {max_abs_error(original, decoded):g} (abs, data range "
+             f"{float(original.min()):g}..{float(original.max()):g})")
         _out(f"  encode   {t_enc:.1f} s")
         _out(f"  decode   {t_dec:.1f} s")
         if args.workdir:

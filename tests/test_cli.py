@@ -297,11 +297,13 @@ def test_demo_on_a_small_sample(monkeypatch, crop, tmp_path, capsys):
     monkeypatch.setattr(neurvol, "sample_volume", lambda: crop[1].copy())
     assert main(["demo", "--workdir", str(tmp_path / "w"), "-q", *FAST]) == 0
     text = capsys.readouterr().out
-    for word in ("ratio", "file", "budget", "PSNR", "encode", "decode"):
+    for word in ("ratio", "file", "budget", "PSNR", "max err", "encode", "decode"):
         assert word in text
     assert (tmp_path / "w" / "neghip.nvol").is_file()
     rec = np.load(tmp_path / "w" / "neghip_decoded.npy")
     assert rec.shape == (24, 24, 24)
+    err = float(text.split("max err")[1].split()[0])
+    assert err == neurvol.metrics.max_abs_error(crop[1], rec)
 
 
 def test_python_dash_m_help():
