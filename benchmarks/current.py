@@ -130,7 +130,11 @@ def run_script(part: str, script: str, extra: Sequence[str],
     if json_flag:
         cmd += [json_flag, out]
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    # A script that measured but whose acceptance failed (run_bricks --acceptance exits 1)
+    # still wrote its JSON: that is a result; no JSON is a crash.
+    if proc.returncode and not (json_flag and os.path.exists(out)):
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
     data = None
     if json_flag:
         with open(out) as f:
@@ -211,9 +215,11 @@ def render_speed(part: Dict[str, Any]) -> str:
 def render_bricks(part: Dict[str, Any]) -> str:
     sys.path.insert(0, HERE)
     import run_bricks
-    fmt = getattr(run_bricks, "format_acceptance", None) or run_bricks.format_markdown
-    return _heading("Bricked ensembles against one model (`benchmarks/run_bricks.py "
-                    "--acceptance`)", part["machine"]) + "\n" + fmt(part["result"])
+    data = part["result"]
+    table = run_bricks.acceptance_markdown(argparse.Namespace(**data["args"]), data["rows"])
+    return _heading("Bricked ensembles against one model at the same bytes "
+                    "(`benchmarks/run_bricks.py --acceptance`)", part["machine"]) + \
+        _note(part) + "\n" + table
 
 
 def render_reader(part: Dict[str, Any]) -> str:
