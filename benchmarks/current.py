@@ -253,12 +253,14 @@ def plot_rd(part: Dict[str, Any]) -> None:
     cols = 4
     fig, axes = plt.subplots((len(vols) + cols - 1) // cols, cols, figsize=(16, 4 * ((len(vols) + cols - 1) // cols)))
     for ax, vol in zip(axes.flat, vols):
-        for method, style in (("neurvol-auto", "o-"), ("sz3", "s--"), ("sperr", "^--"),
-                              ("zfp", "v:"), ("downsample", "x:")):
+        # one colour per method in every panel, whichever methods a panel has
+        for method, style, colour in (("neurvol-auto", "o-", "C0"), ("sz3", "s--", "C1"),
+                                      ("sperr", "^--", "C2"), ("zfp", "v:", "C3"),
+                                      ("downsample", "x:", "C4")):
             pts = sorted((r["ratio_achieved"], r["psnr_db"]) for r in part["rows"]
                          if r["volume"] == vol and r["method"] == method and r["psnr_db"] is not None)
             if pts:
-                ax.plot(*zip(*pts), style, label=method.replace("-auto", ""))
+                ax.plot(*zip(*pts), style, color=colour, label=method.replace("-auto", ""))
         ax.set_xscale("log")
         ax.set_title(vol, fontsize=10)
         ax.set_xlabel("compression ratio")
