@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, 
 import torch
 
 from ..errors import NeurvolInputError
-from .config import (MAX_MODEL_PARAMS, ModelConfig, check_param_cap,  # noqa: F401  (re-exported)
+from .config import (MAX_MODEL_PARAMS, ModelConfig, NameRegistry, check_param_cap,  # noqa: F401  (re-exported)
                      validated_options)
 
 #: Activations that act on each element alone (see :meth:`VolumeModel.hidden_neurons`).
@@ -109,30 +109,22 @@ class Architecture:
         return int
 
 
-_REGISTRY: Dict[str, Architecture] = {}
+_REGISTRY: NameRegistry[Architecture] = NameRegistry("architecture")
 
 
 def register(arch: Architecture) -> Architecture:
     """Add an architecture to the registry (names are unique)."""
-    if arch.name in _REGISTRY:
-        raise ValueError(f"architecture {arch.name!r} registered twice")
-    _REGISTRY[arch.name] = arch
-    return arch
+    return _REGISTRY.add(arch)
 
 
 def get_architecture(name: str) -> Architecture:
     """Look up a registered architecture by name."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise NeurvolInputError(
-            f"unknown architecture {name!r}; choose one of {sorted(_REGISTRY)}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def architectures() -> Tuple[str, ...]:
     """Names of all registered architectures."""
-    return tuple(sorted(_REGISTRY))
+    return _REGISTRY.names()
 
 
 def resolve_device(device: Any) -> torch.device:

@@ -8,7 +8,7 @@ architecture modules) import their configs from here and from ``numpy_eval``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, List, Mapping, Tuple
+from typing import Any, ClassVar, Dict, Generic, List, Mapping, Tuple, TypeVar
 
 from ..errors import NeurvolFormatError, NeurvolInputError
 
@@ -129,3 +129,33 @@ def _short(v: Any, limit: int = 200) -> str:
 
 def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
+
+
+_Entry = TypeVar("_Entry")
+
+
+class NameRegistry(Generic[_Entry]):
+    """Entries with a unique ``name`` attribute, looked up by name (the torch architectures
+    and their numpy evaluations each keep one)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: Dict[str, _Entry] = {}
+
+    def add(self, entry: _Entry) -> _Entry:
+        name = entry.name  # type: ignore[attr-defined]
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> _Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise NeurvolInputError(
+                f"unknown architecture {name!r}; choose one of {sorted(self._entries)}"
+            ) from None
+
+    def names(self) -> Tuple[str, ...]:
+        return tuple(sorted(self._entries))

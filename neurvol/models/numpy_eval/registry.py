@@ -8,12 +8,11 @@ decoder returns. A reader looks the name up here; adding an architecture adds on
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Tuple, Type
+from typing import Mapping, Tuple, Type
 
 import numpy as np
 
-from ...errors import NeurvolInputError
-from ..config import ModelConfig
+from ..config import ModelConfig, NameRegistry
 
 
 class NumpyModel:
@@ -48,26 +47,19 @@ class NumpyArchitecture:
         return self.model_cls(config, arrays)
 
 
-_REGISTRY: Dict[str, NumpyArchitecture] = {}
+_REGISTRY: NameRegistry[NumpyArchitecture] = NameRegistry("numpy evaluation of")
 
 
 def register_numpy(arch: NumpyArchitecture) -> NumpyArchitecture:
     """Add an architecture's numpy evaluation (names are unique)."""
-    if arch.name in _REGISTRY:
-        raise ValueError(f"numpy evaluation of {arch.name!r} registered twice")
-    _REGISTRY[arch.name] = arch
-    return arch
+    return _REGISTRY.add(arch)
 
 
 def get_numpy_architecture(name: str) -> NumpyArchitecture:
     """Look up an architecture's torch-free entry by name."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise NeurvolInputError(
-            f"unknown architecture {name!r}; choose one of {sorted(_REGISTRY)}") from None
+    return _REGISTRY.get(name)
 
 
 def numpy_architectures() -> Tuple[str, ...]:
     """Names of all architectures with a numpy evaluation."""
-    return tuple(sorted(_REGISTRY))
+    return _REGISTRY.names()
