@@ -8,7 +8,7 @@ import numpy as np
 
 from ..codebook import fits_f16
 from ..registry import EncodeStream, get_method, register_method
-from .raw import RawBitsMethod
+from .rawbits import RawBitsMethod
 
 
 @register_method

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..registry import register_method
-from .raw import RawBitsMethod
+from .rawbits import RawBitsMethod
 
 
 @register_method
