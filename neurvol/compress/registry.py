@@ -56,7 +56,7 @@ class _Registered:
     name: ClassVar[str]
     #: One line for the spec's id table.
     summary: ClassVar[str]
-    #: The section of ``spec/payload.md`` that defines the layout, e.g. ``"§2.2"``.
+    #: The section of ``spec/payload.md`` that defines the layout, e.g. ``"§2.2.4"``.
     section: ClassVar[str]
     #: Config parameters (constructor keywords), in the order configs list them.
     params: ClassVar[Tuple[str, ...]] = ()

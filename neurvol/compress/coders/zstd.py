@@ -39,7 +39,7 @@ def zstd_exact(frame: bytes, expected: int, what: str) -> bytes:
         shown = "no content size" if declared == zstandard.CONTENTSIZE_UNKNOWN else \
             f"a content size of {declared} bytes"
         raise NeurvolFormatError(
-            f"{what}: zstd frame declares {shown}, expected {expected} (spec/payload.md §2.2)")
+            f"{what}: zstd frame declares {shown}, expected {expected} (spec/payload.md §2.2.3)")
     out = decompress_at_most(frame, expected, f"{what}: not a valid zstd frame")
     if len(out) != expected:
         raise NeurvolFormatError(

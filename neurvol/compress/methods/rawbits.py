@@ -1,6 +1,6 @@
 """What the raw methods (raw32, raw16) share: one stream of the IEEE bit patterns of the
-values at one float width (``spec/payload.md`` §2.2). Not a method itself (it registers
-nothing)."""
+values at one float width (``spec/payload.md`` §2.2.4, §2.2.5). Not a method itself (it
+registers nothing)."""
 from __future__ import annotations
 
 from typing import ClassVar, Tuple
