@@ -1,7 +1,7 @@
 """The hashgrid architecture: config and tensor list, the solver and the tables' learning rate, and an independent
 numpy evaluation of spec/arch/hashgrid.md (``_spec_eval``, also used by
 tests/test_arch_conformance.py, which holds the checks every architecture shares:
-file round trips, byte budget, damaged configs)."""
+config and tensor-list round trips, file round trips, byte budget, damaged configs)."""
 
 import numpy as np
 import pytest

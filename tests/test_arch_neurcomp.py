@@ -1,7 +1,7 @@
 """The neurcomp architecture: config and tensor list, the solver, the gradient loss and the published recipe, and an independent
 numpy evaluation of spec/arch/neurcomp.md (``_spec_eval``, also used by
 tests/test_arch_conformance.py, which holds the checks every architecture shares:
-file round trips, byte budget, damaged configs)."""
+config and tensor-list round trips, file round trips, byte budget, damaged configs)."""
 
 import numpy as np
 import pytest
