@@ -19,6 +19,7 @@ import torch
 
 from ..compress import encode_constant
 from ..container import NvolReader, serialize_nvol
+from ..container.format import COMPACT_MINOR
 from ..errors import NeurvolBudgetError
 from ..fit import FitSettings, Fitting
 from ..fit import finetune as _finetune
@@ -131,7 +132,8 @@ def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k
         return -psnr(volume, finish(header, [payload], None).decode(dtype=np.float32))
 
     packed = compress_fitted(
-        run, file_size=lambda payload: len(serialize_nvol(header, [payload])), budget=budget,
+        run, budget=budget,
+        file_size=lambda payload: len(serialize_nvol(header, [payload], minor=COMPACT_MINOR)),
         k0=k0, score=stored_error,
         too_large="the model does not fit the budget of {budget} bytes even at the coarsest "
                   "quantization; use a smaller ratio")
@@ -148,8 +150,9 @@ def constant_file(header: Dict[str, Any], value: float, budget: int) -> NeuralVo
 
 
 def finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) -> NeuralVolume:
-    """The file of ``header`` and brick payloads, refused if over ``budget`` bytes."""
-    data = serialize_nvol(header, bricks)
+    """The file of ``header`` and brick payloads, refused if over ``budget`` bytes; a
+    one-brick file gets the compact header of format 1.4 (spec/nvol.md §3.3)."""
+    data = serialize_nvol(header, bricks, minor=COMPACT_MINOR)
     if budget is not None and len(data) > budget:
         raise NeurvolBudgetError(
             f"the smallest file neurvol can make is {len(data)} bytes but the budget is {budget} "
