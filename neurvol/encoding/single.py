@@ -27,7 +27,7 @@ from ..metrics import psnr
 from ..models import Architecture, ModelConfig, VolumeModel
 from ..neural_volume import NeuralVolume
 from ..pipeline import CodecSettings, Compressed, compress_model, fit_regularizer
-from .plan import CODEC, FINETUNE_LR, FIT_PLACEHOLDER
+from .plan import CODEC, FINETUNE_LR, FIT_JITTER, FIT_PLACEHOLDER
 
 log = logging.getLogger("neurvol")
 
@@ -133,7 +133,8 @@ def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k
 
     packed = compress_fitted(
         run, budget=budget,
-        file_size=lambda payload: len(serialize_nvol(header, [payload], minor=COMPACT_MINOR)),
+        file_size=lambda payload: FIT_JITTER + len(
+            serialize_nvol(header, [payload], minor=COMPACT_MINOR)),
         k0=k0, score=stored_error,
         too_large="the model does not fit the budget of {budget} bytes even at the coarsest "
                   "quantization; use a smaller ratio")
