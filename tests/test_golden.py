@@ -70,6 +70,22 @@ def test_constant_golden(path):
         np.testing.assert_array_equal(nv.decode(), np.full((10, 12, 14), 77, dtype=np.uint16))
 
 
+@pytest.mark.parametrize("name", ["fvsrn_v1.4.nvol", "constant_v1.4.nvol"])
+def test_compact_golden_files_are_compact(name):
+    """Format 1.4 (spec/nvol.md §3.3): the encoder's single-model files carry a compact
+    header, and their fixed overhead is at most 128 bytes (issue 22)."""
+    from neurvol.container import NvolReader
+    path = os.path.join(GOLDEN, name)
+    with open(path, "rb") as f:
+        data = f.read()
+    r = NvolReader(data)
+    assert r.version == (1, 4) and data[16] == 0xFF
+    assert len(data) - r.brick_length(0) <= 128
+    with neurvol.open(path) as nv:
+        assert nv.info()["format_version"] == "1.4"
+        assert nv.to_bytes() == data
+
+
 BRICKED_FILES = sorted(glob.glob(os.path.join(GOLDEN, "bricked_v*.nvol")))
 
 
@@ -98,7 +114,7 @@ def test_golden_generator_never_overwrites():
     spec = importlib.util.spec_from_file_location("make_golden", os.path.join(here, "make_golden.py"))
     make_golden = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_golden)
-    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2"]
+    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2", "1.4"]
     goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
     assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
 

@@ -11,6 +11,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
     python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
+    python tests/golden/make_golden.py 1.4     # compact header (spec/nvol.md §3.3)
 """
 from __future__ import annotations
 
