@@ -78,6 +78,25 @@ def test_layout_and_round_trip():
     assert b"spacing" not in text and b"bricks" not in text and b'"name"' not in text
 
 
+#: The compact example of spec/nvol.md §3.3.
+SPEC_COMPACT_HEX = ("894e564c0d0a1a0a010004001800000" "0ff01ac2a93d820196d0000207b78227d"
+                    "02004839b015eb0a37bf1c556869")
+
+
+def test_spec_example_reads():
+    data = bytes.fromhex(SPEC_COMPACT_HEX)
+    r = read_nvol_bytes(data)
+    assert len(data) == 46 and r.version == (1, COMPACT_MINOR)
+    assert _without_sections(r.header) == {"bricks": {"grid": [1, 1, 1]}, "writer": "x",
+                                           "codec": {"name": "neurvol", "version": 2}}
+    assert r.read_brick(0) == b"hi"
+    # The writer's file of the same header reads the same (its bytes may differ with the
+    # zstd release, §3.3).
+    again = read_nvol_bytes(serialize_nvol(_without_sections(r.header), [b"hi"],
+                                           minor=COMPACT_MINOR))
+    assert again.header == r.header and again.read_brick(0) == b"hi"
+
+
 def test_fixed_overhead_of_a_typical_header_is_small():
     assert len(_compact()) - len(b"weights!") <= MAX_OVERHEAD
     assert len(serialize_nvol(HEADER, [b"weights!"])) - 8 > 4 * MAX_OVERHEAD   # JSON form

@@ -61,7 +61,20 @@ def test_model_golden_decodes_as_recorded(path):
         np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * span)
         # re-writing an old file keeps its bytes
         with open(path, "rb") as f:
-            assert nv.to_bytes() == f.read()
+            _assert_rewritten(nv.to_bytes(), f.read())
+
+
+def _assert_rewritten(new: bytes, old: bytes) -> None:
+    """A JSON-header file rewrites to its bytes; a compact one (format 1.4) to the same
+    version, header and brick (its compressed bytes may vary with the zstd release,
+    spec/nvol.md §3.3)."""
+    from neurvol.container import NvolReader
+    if old[16:17] != b"\xff":
+        assert new == old
+        return
+    a, b = NvolReader(new), NvolReader(old)
+    assert a.version == b.version and a.header == b.header
+    assert a.read_brick(0) == b.read_brick(0)
 
 
 @pytest.mark.parametrize("path", CONSTANT_FILES, ids=os.path.basename)
@@ -83,7 +96,7 @@ def test_compact_golden_files_are_compact(name):
     assert len(data) - r.brick_length(0) <= 128
     with neurvol.open(path) as nv:
         assert nv.info()["format_version"] == "1.4"
-        assert nv.to_bytes() == data
+        _assert_rewritten(nv.to_bytes(), data)
 
 
 BRICKED_FILES = sorted(glob.glob(os.path.join(GOLDEN, "bricked_v*.nvol")))
