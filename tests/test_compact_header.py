@@ -218,6 +218,18 @@ def test_hostile_compact_headers_are_refused(case):
         NvolReader(build())
 
 
+@pytest.mark.parametrize("marker", [0x80, 0xC0, 0xFE])
+def test_reserved_header_encodings_are_a_version_error(marker):
+    raw = bytes([marker]) + b"\x01anything"
+    with pytest.raises(NeurvolVersionError, match=f"{marker:#04x}.*upgrade"):
+        NvolReader(_forge_raw(raw))
+
+
+def test_json_header_with_a_bad_byte_later_is_still_a_format_error():
+    with pytest.raises(NeurvolFormatError, match="UTF-8"):
+        NvolReader(_forge_raw(b'{"a":"\xff"}'))
+
+
 @pytest.mark.parametrize("dict_id", [0, 2, 255])
 def test_unknown_dictionary_is_a_version_error(dict_id):
     data = F.forge_compact(REDUCED, CRC, BRICK, dict_id=dict_id)

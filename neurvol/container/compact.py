@@ -25,6 +25,10 @@ from .format import KEY_BRICKS, KEY_GRID, KEY_SECTIONS
 #: JSON header, and a reader of 1.0-1.3 refuses the file at its UTF-8 check.
 COMPACT_MARKER = 0xFF
 
+#: First header bytes from this one up (none of them can start UTF-8 JSON) are header
+#: encodings: COMPACT_MARKER, the others reserved for later minors (a version error).
+RESERVED_MARKERS = 0x80
+
 #: u8 marker, u8 dictionary id, u32 CRC-32 of the brick payload.
 COMPACT_PREFIX = struct.Struct("<BBI")
 

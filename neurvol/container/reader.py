@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import (NeurvolFormatError, NeurvolInputError, NeurvolIOError,
                       NeurvolVersionError, brief)
 from ._json import parse_header
-from .compact import decode_compact, is_compact
+from .compact import COMPACT_MARKER, RESERVED_MARKERS, decode_compact, is_compact
 from .format import (COMPACT_MINOR, FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, INDEX_RECORD_SIZE,
                      KEY_BRICKS, KEY_GRID, KEY_SECTIONS, MAGIC, MAX_BRICKS,
                      MAX_HEADER_BYTES, MAX_SECTIONS, MIN_FILE_SIZE, PREAMBLE,
@@ -126,6 +126,12 @@ class NvolReader:
         if is_compact(raw[:n]):
             self._open_compact(raw[:n], minor, size)
             return
+        if n and raw[0] >= RESERVED_MARKERS:
+            raise NeurvolVersionError(
+                f"{self.name}: the header starts with byte {raw[0]:#04x}, a header encoding "
+                f"this neurvol does not know (it reads JSON and the compact header {COMPACT_MARKER:#04x}); "
+                "the file was written by a newer neurvol - upgrade neurvol (pip install -U "
+                "neurvol), or the file is corrupted")
         self.header: Dict[str, Any] = parse_header(raw[:n])
         self._sections = self._check_sections(self.header.get(KEY_SECTIONS), size)
         self.grid = self._check_grid(self.header.get(KEY_BRICKS))
