@@ -79,8 +79,9 @@ def as_json_file(data: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=None)
 def constant_file() -> bytes:
+    """A constant volume's file, with a JSON header (constant_v1.4.nvol is compact)."""
     vol = np.full((6, 7, 8), -3.25, dtype=np.float32)
-    return neurvol.encode(vol, ratio=2, quiet=True).to_bytes()
+    return as_json_file(neurvol.encode(vol, ratio=2, quiet=True).to_bytes())
 
 
 def golden_files() -> List[str]:
