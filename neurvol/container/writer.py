@@ -42,7 +42,8 @@ def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
             the compact header (spec/nvol.md §3.3) where its header allows one.
 
     Returns:
-        The file content. Deterministic: equal arguments give identical bytes.
+        The file content. Deterministic: equal arguments give identical bytes (for a
+        compact header, with the same zstd release: spec/nvol.md §3.3).
 
     Raises:
         NeurvolInputError: the header is not plain JSON, the grid is invalid, the number
