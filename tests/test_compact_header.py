@@ -186,6 +186,8 @@ HOSTILE = {
         b'{"a":"' + b" " * (1 << 20) + b'"}', write_content_size=False)), "declares no size"),
     "junk after the frame": (lambda: F.forge_compact(None, CRC, BRICK, frame=_frame(
         b'{"writer":"x"}') + b"\x00junk"), "valid zstd frame|holds"),
+    "a skippable frame after": (lambda: F.forge_compact(None, CRC, BRICK, frame=_frame(
+        b'{"writer":"x"}') + struct.pack("<II", 0x184D2A50, 3) + b"abc"), "after its zstd frame"),
     "a second frame": (lambda: F.forge_compact(None, CRC, BRICK, frame=_frame(
         b'{"writer":"x"}') + _frame(b'{"writer":"x"}')[4:]), "valid zstd frame|holds"),
     "reserved frame bit": (lambda: F.forge_compact(None, CRC, BRICK, frame=C.ZSTD_MAGIC + b"\x08\x00"),

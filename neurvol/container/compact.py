@@ -167,6 +167,7 @@ def decode_compact(raw: bytes, name: str) -> Tuple[Dict[str, Any], int]:
     if len(text) != declared:
         raise NeurvolFormatError(
             f"{where} holds {len(text)} bytes but declares {declared}; the file is corrupted")
+    _check_one_frame(frame, dictionary, where)
     reduced = parse_header(text)
     for key in (KEY_BRICKS, KEY_SECTIONS):
         if key in reduced:
@@ -174,6 +175,23 @@ def decode_compact(raw: bytes, name: str) -> Tuple[Dict[str, Any], int]:
                 f"{where} stores {key!r}, which a compact header implies; the file was "
                 "written by a faulty tool")
     return expand_header(reduced), brick_crc
+
+
+def _check_one_frame(frame: bytes, dictionary: zstandard.ZstdCompressionDict,
+                     where: str) -> None:
+    """Refuse bytes after the first frame (a skippable frame included, which decodes to
+    nothing). Called once the content is known to be at most the cap, so decoding the
+    first frame again costs no more."""
+    try:
+        dobj = zstandard.ZstdDecompressor(dict_data=dictionary).decompressobj()
+        dobj.decompress(frame)
+    except zstandard.ZstdError as exc:
+        raise NeurvolFormatError(f"{where} is not a valid zstd frame ({exc}); the file is "
+                                 "corrupted") from None
+    if not dobj.eof or dobj.unused_data:
+        raise NeurvolFormatError(
+            f"{where} has {len(dobj.unused_data)} bytes after its zstd frame; the file is "
+            "corrupted")
 
 
 def _decompress_at_most(frame: bytes, dictionary: zstandard.ZstdCompressionDict, cap: int,
