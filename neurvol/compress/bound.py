@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import NeurvolFormatError
 from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices
+from .correction.stream import BATCH_VOXELS
 
 #: Header key and section of an error-bounded file.
 KEY_BOUND = "bound"
@@ -68,23 +69,41 @@ class Corrections:
     def block(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """``(decoded values, corrections = decoded - base)`` of block ``i`` (cached); the
         corrections are ``None`` for a block coded without the base."""
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        if self.stream.block_mode(i) in BASE_MODES:
-            sl = block_slices(self.shape, self.stream.block, i)
-            base = np.asarray(self._base(sl), dtype=np.float64)
-            values = self.stream.decode_block(i, base)
-            entry: Tuple[np.ndarray, Optional[np.ndarray]] = (
-                values, values.astype(np.float64) - base)
-        else:
-            entry = (self.stream.decode_block(i, None), None)
+        return self._blocks([i])[i]
+
+    def _blocks(self, ids: Sequence[int]) -> Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]]:
+        """The entries of blocks ``ids``: cached ones as they are, the others decoded side
+        by side (one batch) and cached. The result holds them all, whatever the cache
+        evicts meanwhile."""
+        out: Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
+        missing = []
+        for i in ids:
+            i = int(i)
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                out[i] = self._cache[i]
+            else:
+                missing.append(i)
+        for dec in self.stream.decode_blocks(missing):
+            for j, i in enumerate(dec.ids):
+                if int(dec.modes[j]) in BASE_MODES:
+                    sl = block_slices(self.shape, self.stream.block, i)
+                    base = np.asarray(self._base(sl), dtype=np.float64)
+                    values = dec.values(j, base, self.dtype)
+                    entry: Tuple[np.ndarray, Optional[np.ndarray]] = (
+                        values, values.astype(np.float64) - base)
+                else:
+                    entry = (dec.values(j, None, self.dtype), None)
+                out[i] = entry
+                self._store(i, entry)
+        return out
+
+    def _store(self, i: int, entry: Tuple[np.ndarray, Optional[np.ndarray]]) -> None:
         self._cache[i] = entry
         self._cache_bytes += _nbytes(entry)
         while self._cache_bytes > BLOCK_CACHE_BYTES and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._cache_bytes -= _nbytes(old)
-        return entry
 
     def decode(self, base: np.ndarray) -> np.ndarray:
         """The whole volume given the whole base (no cache)."""
@@ -94,13 +113,17 @@ class Corrections:
         """Decoded values at the outer product of per-axis voxel indices."""
         out = np.empty([len(i) for i in idx], dtype=self.dtype)
         B = self.stream.block
+        g = block_grid(self.shape, B)
+        touched = [int((bz * g[1] + by) * g[2] + bx) for bz in np.unique(idx[0] // B)
+                   for by in np.unique(idx[1] // B) for bx in np.unique(idx[2] // B)]
+        if len(touched) * B ** 3 <= BATCH_VOXELS:
+            self._blocks(touched)         # decoded side by side, then read from the cache
         for bz in np.unique(idx[0] // B):
             mz = np.flatnonzero(idx[0] // B == bz)
             for by in np.unique(idx[1] // B):
                 my = np.flatnonzero(idx[1] // B == by)
                 for bx in np.unique(idx[2] // B):
                     mx = np.flatnonzero(idx[2] // B == bx)
-                    g = block_grid(self.shape, B)
                     values, _ = self.block(int((bz * g[1] + by) * g[2] + bx))
                     sub = values[np.ix_(idx[0][mz] - bz * B, idx[1][my] - by * B,
                                         idx[2][mx] - bx * B)]
@@ -123,8 +146,8 @@ class Corrections:
         corners = np.asarray(list(np.ndindex(2, 2, 2)))
         voxels = np.concatenate([r[exact].astype(np.int64)]
                                 + [np.minimum(i0 + c, top) for c in corners])
-        corr, vals = self._lookup(voxels)
         n_exact = int(exact.sum())
+        corr, vals = self._lookup(voxels, np.arange(len(voxels)) >= n_exact)
         out[exact] = vals[:n_exact]
         if len(q):
             f = q - i0
@@ -135,21 +158,36 @@ class Corrections:
             out[~exact] += acc
         return out
 
-    def _lookup(self, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(correction, decoded value) at integer voxels ``v`` (N, 3)."""
+    def _lookup(self, v: np.ndarray, want_corr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(correction, decoded value) at integer voxels ``v`` (N, 3); the correction only
+        where ``want_corr`` (else NaN). The blocks they touch are decoded side by side, at
+        most :data:`BATCH_VOXELS` voxels at a time."""
         blocks = self.stream.block_of(v)
-        corr = np.empty(len(v))
+        corr = np.full(len(v), np.nan)
         vals = np.empty(len(v))
         B = self.stream.block
-        for b in np.unique(blocks):
-            m = blocks == b
-            values, c = self.block(int(b))
-            local = v[m] - (v[m] // B) * B
-            vals[m] = values[local[:, 0], local[:, 1], local[:, 2]]
-            if c is None:
-                corr[m] = vals[m] - np.asarray(self._base_at(v[m]), dtype=np.float64)
-            else:
-                corr[m] = c[local[:, 0], local[:, 1], local[:, 2]]
+        order = np.argsort(blocks, kind="stable")
+        sorted_blocks = blocks[order]
+        starts = np.flatnonzero(np.r_[True, sorted_blocks[1:] != sorted_blocks[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        uniq = sorted_blocks[starts].tolist()
+        per = max(1, BATCH_VOXELS // B ** 3)
+        need_base = []
+        for c in range(0, len(uniq), per):
+            entries = self._blocks(uniq[c:c + per])
+            for b, s, e in zip(uniq[c:c + per], starts[c:c + per], ends[c:c + per]):
+                m = order[s:e]
+                values, cb = entries[b]
+                local = v[m] - (v[m] // B) * B
+                vals[m] = values[local[:, 0], local[:, 1], local[:, 2]]
+                if cb is None:
+                    need_base.append(m)
+                else:
+                    corr[m] = cb[local[:, 0], local[:, 1], local[:, 2]]
+        if need_base:     # blocks coded without the base: the model at those voxels only
+            m = np.concatenate(need_base)
+            m = m[want_corr[m]]
+            corr[m] = vals[m] - np.asarray(self._base_at(v[m]), dtype=np.float64)
         return corr, vals
 
 
