@@ -11,7 +11,6 @@ import numpy as np
 
 from ..errors import NeurvolFormatError
 from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices
-from .correction.stream import BATCH_VOXELS
 
 #: Header key and section of an error-bounded file.
 KEY_BOUND = "bound"
@@ -22,6 +21,11 @@ BOUNDED_MINOR = 2
 #: blocks coded against the base), least recently used evicted first; the block in use is
 #: kept whatever its size.
 BLOCK_CACHE_BYTES = 256 << 20
+#: A query that needs the corrections of a block coded without the base at more than this
+#: fraction of its voxels evaluates the base on the whole block once and keeps the
+#: corrections (later queries there read them); fewer voxels evaluate the base at those
+#: voxels only (a scattered cold query touches many blocks at one or two points each).
+DENSE_FRACTION = 1.0 / 8
 
 
 def parse_bound(header: Dict[str, Any], section_names: Sequence[str]) -> Optional[Dict[str, Any]]:
@@ -48,7 +52,11 @@ class Corrections:
     ``evaluate_base(zyx_slices)`` returns the base (the model's float32 values, before
     the cast) on the voxel grid of those slices, ``base_at(zyx)`` at integer voxels
     ``(N, 3)``. A block whose mode ignores the base decodes without it; its corrections
-    then need the base only at the voxels a query interpolates."""
+    then need the base only at the voxels a query interpolates.
+
+    Decoded blocks live in a pool of ``B^3`` slots (values, and float64 corrections for
+    blocks coded against the base) of at most :data:`BLOCK_CACHE_BYTES`, least recently
+    used evicted first, so a query reads every voxel it needs with one gather."""
 
     def __init__(self, data: bytes, shape: Sequence[int], dtype: np.dtype, max_error: float,
                  evaluate_base: Callable[[Tuple[slice, slice, slice]], np.ndarray],
@@ -63,47 +71,75 @@ class Corrections:
         self.max_error = max_error
         self._base = evaluate_base
         self._base_at = base_at
-        self._cache: "OrderedDict[int, Tuple[np.ndarray, Optional[np.ndarray]]]" = OrderedDict()
-        self._cache_bytes = 0
+        B = self.stream.block
+        slot_bytes = B ** 3 * (self.dtype.itemsize + np.dtype(np.float64).itemsize)
+        self._nslots = int(min(self.stream.nblocks, max(1, BLOCK_CACHE_BYTES // slot_bytes)))
+        self._slot_of = np.full(self.stream.nblocks, -1, dtype=np.int64)
+        self._has_corr = np.zeros(self.stream.nblocks, dtype=bool)
+        self._lru: "OrderedDict[int, int]" = OrderedDict()     # block -> slot, oldest first
+        self._free = list(range(self._nslots))
+        # np.empty: pages are touched only as slots fill.
+        self._values = np.empty((self._nslots, B, B, B), dtype=self.dtype)
+        self._corr: Optional[np.ndarray] = None               # allocated on first need
 
     def block(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """``(decoded values, corrections = decoded - base)`` of block ``i`` (cached); the
-        corrections are ``None`` for a block coded without the base."""
-        return self._blocks([i])[i]
+        """``(decoded values, corrections = decoded - base)`` of block ``i`` (decoded if
+        not cached); the corrections are ``None`` for a block coded without the base.
+        Views into the cache: valid until the next block is decoded."""
+        self._ensure([int(i)])
+        slot = int(self._slot_of[i])
+        sl = tuple(slice(0, s.stop - s.start)
+                   for s in block_slices(self.shape, self.stream.block, int(i)))
+        values = self._values[slot][sl]
+        return values, (self._corr[slot][sl] if self._has_corr[i] else None)
 
-    def _blocks(self, ids: Sequence[int]) -> Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]]:
-        """The entries of blocks ``ids``: cached ones as they are, the others decoded side
-        by side (one batch) and cached. The result holds them all, whatever the cache
-        evicts meanwhile."""
-        out: Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
-        missing = []
+    def _corrections(self) -> np.ndarray:
+        if self._corr is None:
+            self._corr = np.empty(self._values.shape, dtype=np.float64)
+        return self._corr
+
+    def _keep_corrections(self, i: int) -> None:
+        """Corrections of cached block ``i`` (coded without the base) from the base on the
+        whole block."""
+        sl = block_slices(self.shape, self.stream.block, i)
+        local = (int(self._slot_of[i]),) + tuple(slice(0, s.stop - s.start) for s in sl)
+        base = np.asarray(self._base(sl), dtype=np.float64)
+        self._corrections()[local] = self._values[local].astype(np.float64) - base
+        self._has_corr[i] = True
+
+    def _ensure(self, ids: Sequence[int]) -> None:
+        """Blocks ``ids`` (at most the pool's slots) in the cache: the missing ones decoded
+        side by side, into the least recently used slots not among ``ids``."""
         for i in ids:
-            i = int(i)
-            if i in self._cache:
-                self._cache.move_to_end(i)
-                out[i] = self._cache[i]
-            else:
-                missing.append(i)
+            if i in self._lru:
+                self._lru.move_to_end(i)
+        missing = [i for i in ids if self._slot_of[i] < 0]
+        if not missing:
+            return
+        keep = set(ids)
+        for old in list(self._lru):
+            if len(self._free) >= len(missing):
+                break
+            if old not in keep:
+                self._free.append(self._lru.pop(old))
+                self._slot_of[old] = -1
         for dec in self.stream.decode_blocks(missing):
             for j, i in enumerate(dec.ids):
+                slot = self._free[-1]
+                sl = block_slices(self.shape, self.stream.block, i)
+                local = (slot,) + tuple(slice(0, s.stop - s.start) for s in sl)
                 if int(dec.modes[j]) in BASE_MODES:
-                    sl = block_slices(self.shape, self.stream.block, i)
                     base = np.asarray(self._base(sl), dtype=np.float64)
                     values = dec.values(j, base, self.dtype)
-                    entry: Tuple[np.ndarray, Optional[np.ndarray]] = (
-                        values, values.astype(np.float64) - base)
+                    self._corrections()[local] = values.astype(np.float64) - base
+                    self._has_corr[i] = True
                 else:
-                    entry = (dec.values(j, None, self.dtype), None)
-                out[i] = entry
-                self._store(i, entry)
-        return out
-
-    def _store(self, i: int, entry: Tuple[np.ndarray, Optional[np.ndarray]]) -> None:
-        self._cache[i] = entry
-        self._cache_bytes += _nbytes(entry)
-        while self._cache_bytes > BLOCK_CACHE_BYTES and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= _nbytes(old)
+                    values = dec.values(j, None, self.dtype)
+                    self._has_corr[i] = False
+                self._values[local] = values
+                self._free.pop()
+                self._slot_of[i] = slot
+                self._lru[i] = slot
 
     def decode(self, base: np.ndarray) -> np.ndarray:
         """The whole volume given the whole base (no cache)."""
@@ -116,8 +152,8 @@ class Corrections:
         g = block_grid(self.shape, B)
         touched = [int((bz * g[1] + by) * g[2] + bx) for bz in np.unique(idx[0] // B)
                    for by in np.unique(idx[1] // B) for bx in np.unique(idx[2] // B)]
-        if len(touched) * B ** 3 <= BATCH_VOXELS:
-            self._blocks(touched)         # decoded side by side, then read from the cache
+        if len(touched) <= self._nslots:
+            self._ensure(touched)         # decoded side by side, then read from the cache
         for bz in np.unique(idx[0] // B):
             mz = np.flatnonzero(idx[0] // B == bz)
             for by in np.unique(idx[1] // B):
@@ -139,56 +175,68 @@ class Corrections:
                     np.asarray(self.shape, dtype=np.float64) - 1.0)
         out = np.asarray(model_values, dtype=np.float64).copy()
         r = np.rint(p)
-        exact = np.all(p == r, axis=1)
-        q = p[~exact]
+        exact = (p == r).all(axis=1)
+        if exact.any():
+            out[exact] = self._lookup(r[exact].astype(np.int64), corrections=False)
+            if exact.all():
+                return out
+            between = ~exact
+            q = p[between]
+        else:
+            between, q = slice(None), p
         top = np.asarray(self.shape, dtype=np.int64) - 1
         i0 = np.minimum(np.floor(q).astype(np.int64), np.maximum(top - 1, 0))
-        corners = np.asarray(list(np.ndindex(2, 2, 2)))
-        voxels = np.concatenate([r[exact].astype(np.int64)]
-                                + [np.minimum(i0 + c, top) for c in corners])
-        n_exact = int(exact.sum())
-        corr, vals = self._lookup(voxels, np.arange(len(voxels)) >= n_exact)
-        out[exact] = vals[:n_exact]
-        if len(q):
-            f = q - i0
-            acc = np.zeros(len(q))
-            for k, c in enumerate(corners):
-                w = np.prod(np.where(c == 1, f, 1.0 - f), axis=1)
-                acc += w * corr[n_exact + k * len(q):n_exact + (k + 1) * len(q)]
-            out[~exact] += acc
+        f = q - i0
+        voxels = np.minimum(i0[:, None, :] + _CORNERS[None], top)        # (M, 8, 3)
+        corr = self._lookup(voxels.reshape(-1, 3), corrections=True).reshape(-1, 8)
+        w = np.where(_CORNERS[None] == 1, f[:, None, :], 1.0 - f[:, None, :])
+        out[between] += (w[..., 0] * w[..., 1] * w[..., 2] * corr).sum(axis=1)
         return out
 
-    def _lookup(self, v: np.ndarray, want_corr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(correction, decoded value) at integer voxels ``v`` (N, 3); the correction only
-        where ``want_corr`` (else NaN). The blocks they touch are decoded side by side, at
-        most :data:`BATCH_VOXELS` voxels at a time."""
-        blocks = self.stream.block_of(v)
-        corr = np.full(len(v), np.nan)
-        vals = np.empty(len(v))
+    def _lookup(self, v: np.ndarray, corrections: bool) -> np.ndarray:
+        """Decoded values (float64) at integer voxels ``v`` (N, 3), or the corrections
+        there (``corrections``). The blocks they touch are decoded side by side, as many
+        at a time as the cache holds."""
         B = self.stream.block
-        order = np.argsort(blocks, kind="stable")
-        sorted_blocks = blocks[order]
-        starts = np.flatnonzero(np.r_[True, sorted_blocks[1:] != sorted_blocks[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        uniq = sorted_blocks[starts].tolist()
-        per = max(1, BATCH_VOXELS // B ** 3)
-        need_base = []
-        for c in range(0, len(uniq), per):
-            entries = self._blocks(uniq[c:c + per])
-            for b, s, e in zip(uniq[c:c + per], starts[c:c + per], ends[c:c + per]):
-                m = order[s:e]
-                values, cb = entries[b]
-                local = v[m] - (v[m] // B) * B
-                vals[m] = values[local[:, 0], local[:, 1], local[:, 2]]
-                if cb is None:
-                    need_base.append(m)
-                else:
-                    corr[m] = cb[local[:, 0], local[:, 1], local[:, 2]]
-        if need_base:     # blocks coded without the base: the model at those voxels only
-            m = np.concatenate(need_base)
-            m = m[want_corr[m]]
-            corr[m] = vals[m] - np.asarray(self._base_at(v[m]), dtype=np.float64)
-        return corr, vals
+        k = v // B
+        g = block_grid(self.shape, B)
+        blocks = (k[:, 0] * g[1] + k[:, 1]) * g[2] + k[:, 2]
+        local = v - k * B
+        counts = np.bincount(blocks, minlength=self.stream.nblocks)
+        uniq = np.flatnonzero(counts).tolist()
+        out = np.empty(len(v))
+        sparse = np.zeros(len(v), dtype=bool)       # corrections from the base at the voxel
+        for c in range(0, len(uniq), self._nslots):
+            chunk = uniq[c:c + self._nslots]
+            self._ensure(chunk)
+            m = slice(None) if len(chunk) == len(uniq) else np.isin(blocks, chunk)
+            bl, lz, ly, lx = blocks[m], local[m, 0], local[m, 1], local[m, 2]
+            slots = self._slot_of[bl]
+            if not corrections:
+                out[m] = self._values[slots, lz, ly, lx]
+                continue
+            dense = B ** 3 * DENSE_FRACTION
+            for i in chunk:
+                if not self._has_corr[i] and counts[i] >= dense:
+                    self._keep_corrections(i)
+            has = self._has_corr[bl]
+            got = np.zeros(len(bl))
+            if has.any():
+                got[has] = self._corr[slots[has], lz[has], ly[has], lx[has]]
+            if not has.all():
+                miss = ~has
+                got[miss] = (self._values[slots[miss], lz[miss], ly[miss], lx[miss]]
+                             .astype(np.float64))
+                idx = np.flatnonzero(m) if isinstance(m, np.ndarray) else np.arange(len(v))
+                sparse[idx[miss]] = True
+            out[m] = got
+        if sparse.any():    # blocks coded without the base, few voxels: the model there
+            out[sparse] -= np.asarray(self._base_at(v[sparse]), dtype=np.float64)
+        return out
+
+
+#: The eight corners of a voxel cell, (z, y, x) offsets.
+_CORNERS = np.asarray(list(np.ndindex(2, 2, 2)), dtype=np.int64)
 
 
 def resample_linear(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -206,8 +254,3 @@ def resample_linear(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         out = (np.take(out, i0, axis=axis) * (1.0 - w)
                + np.take(out, np.minimum(i0 + 1, n - 1), axis=axis) * w)
     return out
-
-
-def _nbytes(entry: Tuple[np.ndarray, Optional[np.ndarray]]) -> int:
-    return sum(a.nbytes for a in entry if a is not None)
-
