@@ -23,9 +23,10 @@ BASE_MODES = (MODE_RESIDUAL_CUBIC, MODE_RESIDUAL_LINEAR, MODE_BASE)
 CUBIC_MODES = (MODE_DATA_CUBIC, MODE_RESIDUAL_CUBIC)
 
 #: Default block edge: a point query decodes the blocks of this many voxels per side that
-#: its eight neighbouring voxels lie in. Smaller blocks decode faster and cost ratio
-#: (BENCHMARKS.md, "Error-bounded random access").
-DEFAULT_BLOCK = 32
+#: its eight neighbouring voxels lie in. Smaller blocks decode faster but cost ratio on
+#: smooth fields, most on small volumes (each block restarts the predictor at its anchor);
+#: see BENCHMARKS.md, "Error-bounded random access".
+DEFAULT_BLOCK = 64
 MIN_BLOCK, MAX_BLOCK = 4, 256
 
 #: Symbols are zigzagged codes below this; larger codes are escapes (kept rare by
