@@ -83,6 +83,9 @@ def test_centre_queries_equal_decode_and_hold_the_bound(monkeypatch, tmp_path, c
     corr = nv._correction_stream()
     if cache_bytes is not None:
         assert corr._nslots == 3 and len(corr._lru) <= 3
+    # Region reads (more blocks than the capped cache holds, then fewer).
+    np.testing.assert_array_equal(nv[2:19, ::3, 5:25], dec[2:19, ::3, 5:25])
+    np.testing.assert_array_equal(nv[9:11, 3, 4:6], dec[9:11, 3, 4:6])
     # Between centres (dense enough that corrections are kept per block, then sparse
     # ones from the cache): the trilinear interpolation of the decoded values.
     p = np.random.default_rng(3).uniform(0, 1, (500, 3)) * (np.array(vol.shape) - 1)

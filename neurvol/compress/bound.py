@@ -4,6 +4,7 @@ the correction stream decoded block by block, on demand, for ``decode()``, regio
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -81,17 +82,20 @@ class Corrections:
         # np.empty: pages are touched only as slots fill.
         self._values = np.empty((self._nslots, B, B, B), dtype=self.dtype)
         self._corr: Optional[np.ndarray] = None               # allocated on first need
+        # Queries from several threads share the pool: one fills or reads it at a time.
+        self._lock = threading.RLock()
 
     def block(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """``(decoded values, corrections = decoded - base)`` of block ``i`` (decoded if
         not cached); the corrections are ``None`` for a block coded without the base.
         Views into the cache: valid until the next block is decoded."""
-        self._ensure([int(i)])
-        slot = int(self._slot_of[i])
         sl = tuple(slice(0, s.stop - s.start)
                    for s in block_slices(self.shape, self.stream.block, int(i)))
-        values = self._values[slot][sl]
-        return values, (self._corr[slot][sl] if self._has_corr[i] else None)
+        with self._lock:
+            self._ensure([int(i)])
+            slot = int(self._slot_of[i])
+            values = self._values[slot][sl]
+            return values, (self._corr[slot][sl] if self._has_corr[i] else None)
 
     def _corrections(self) -> np.ndarray:
         if self._corr is None:
@@ -152,6 +156,13 @@ class Corrections:
         g = block_grid(self.shape, B)
         touched = [int((bz * g[1] + by) * g[2] + bx) for bz in np.unique(idx[0] // B)
                    for by in np.unique(idx[1] // B) for bx in np.unique(idx[2] // B)]
+        with self._lock:
+            return self._region_locked(idx, out, touched)
+
+    def _region_locked(self, idx: Sequence[np.ndarray], out: np.ndarray,
+                       touched: Sequence[int]) -> np.ndarray:
+        B = self.stream.block
+        g = block_grid(self.shape, B)
         if len(touched) <= self._nslots:
             self._ensure(touched)         # decoded side by side, then read from the cache
         for bz in np.unique(idx[0] // B):
@@ -194,6 +205,10 @@ class Corrections:
         return out
 
     def _lookup(self, v: np.ndarray, corrections: bool) -> np.ndarray:
+        with self._lock:
+            return self._lookup_locked(v, corrections)
+
+    def _lookup_locked(self, v: np.ndarray, corrections: bool) -> np.ndarray:
         """Decoded values (float64) at integer voxels ``v`` (N, 3), or the corrections
         there (``corrections``). The blocks they touch are decoded side by side, as many
         at a time as the cache holds."""
