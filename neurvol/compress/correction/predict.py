@@ -61,26 +61,30 @@ def _predict(view: np.ndarray, axis: int, h: int, cubic: bool
 
 def context(view: np.ndarray, qview: np.ndarray, axis: int, h: int,
             step: float) -> np.ndarray:
-    """Table (class) of each point of a pass, from what the decoder already has: its level,
-    how large the codes of its two interpolation neighbours along ``axis`` were, and how
-    far apart their values are (in bins). Both say how rough the data is here, so the many
-    zero codes of smooth regions cost next to nothing. A point past the last neighbour
-    uses the one it has twice."""
+    """Table (class, uint8) of each point of a pass, from what the decoder already has: its
+    level, how large the codes of its two interpolation neighbours along ``axis`` were, and
+    how far apart their values are (in bins). Both say how rough the data is here, so the
+    many zero codes of smooth regions cost next to nothing. A point past the last
+    neighbour uses the one it has twice. ``qview``: the codes' magnitudes, or those
+    magnitudes capped at ``N_CODE_CONTEXTS - 1`` (all the context uses of them)."""
     level = LEVEL_FINE if h == 1 else LEVEL_MID if h == 2 else LEVEL_COARSE
     ax, k, qe = _pass_points(qview, axis, h)
     _, _, ve = _pass_points(view, axis, h)
     kl = min(k, qe.shape[ax] - 1)
-    qa = np.abs(_along(qe, ax, 0, k))
-    qsum = 2 * qa                          # no right neighbour: the left one twice
-    _along(qsum, ax, 0, kl)[...] = _along(qa, ax, 0, kl) + np.abs(_along(qe, ax, 1, kl + 1))
-    codes = np.minimum(N_CODE_CONTEXTS - 1, qsum)
-    dist = np.zeros(codes.shape, dtype=np.float64)
+    cap = N_CODE_CONTEXTS - 1
+    qa = np.minimum(np.abs(_along(qe, ax, 0, k)), cap).astype(np.uint8)
+    qb = qa.copy()                         # no right neighbour: the left one twice
+    _along(qb, ax, 0, kl)[...] = np.minimum(np.abs(_along(qe, ax, 1, kl + 1)), cap)
+    qa += qb
+    cls = np.minimum(qa, cap)
+    cls += level * N_CODE_CONTEXTS
+    cls *= N_ROUGHNESS
+    dist = np.zeros(cls.shape, dtype=np.float64)
     _along(dist, ax, 0, kl)[...] = np.abs(_along(ve, ax, 0, kl) - _along(ve, ax, 1, kl + 1))
     dist /= step
-    rough = np.zeros(codes.shape, dtype=np.int64)    # how many edges are <= dist
-    for edge in ROUGHNESS_EDGES.tolist():
-        rough += dist >= edge
-    return (level * N_CODE_CONTEXTS + codes) * N_ROUGHNESS + rough
+    for edge in ROUGHNESS_EDGES.tolist():  # + how many edges are <= dist
+        cls += dist >= edge
+    return cls
 
 
 def interp_passes(shape: Tuple[int, ...], step: float, cubic: bool, coder: Coder
@@ -90,19 +94,21 @@ def interp_passes(shape: Tuple[int, ...], step: float, cubic: bool, coder: Coder
     giving each pass's codes. Returns the reconstruction (float64), exactly as decoders
     compute it: ``prediction + code * step``."""
     rec = np.zeros(shape, dtype=np.float64)
-    qgrid = np.zeros(shape, dtype=np.int64)
+    # The codes' magnitudes, capped where the classes stop telling them apart.
+    qgrid = np.zeros(shape, dtype=np.uint8)
+    cap = N_CODE_CONTEXTS - 1
     anchor = _anchor(shape)
     anchor_cls = np.full(rec[anchor].shape, ANCHOR_CLASS, np.int64)
     q = coder(None, anchor, np.zeros(anchor_cls.shape), anchor_cls)
     rec[anchor] = q * step
-    qgrid[anchor] = q
+    qgrid[anchor] = np.minimum(np.abs(q), cap)
     for axis, h, sel in prediction_passes(shape):
         view, qview = rec[sel], qgrid[sel]     # basic slicing: views into the grids
         pred, psel = _predict(view, axis, h, cubic)
         cls = np.broadcast_to(context(view, qview, axis, h, step), pred.shape)
         q = coder(sel, psel, pred, cls)
         view[psel] = pred + q * step
-        qview[psel] = q
+        qview[psel] = np.minimum(np.abs(q), cap)
     return rec
 
 

@@ -13,7 +13,6 @@ import numpy as np
 
 from ...errors import NeurvolFormatError
 from ..coders.zstd import zstd_exact
-from ..lorenzo import unzigzag
 from .entropy import MAX_WEIGHT_CODE, constriction, rans_model, read_varints
 from .layout import (_HEAD, BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, MAX_ALPHABET,
                      MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, N_CLASSES,
@@ -78,7 +77,7 @@ def _read_codes(blocks: List[_Symbols], classes: np.ndarray, model_for) -> np.nd
     if k == 0:
         return z.reshape(classes.shape)
     # Stable sort by class within each row: a row's points in its stream order.
-    order = np.argsort(cls.astype(np.uint8), axis=1, kind="stable")
+    order = np.argsort(cls.astype(np.uint8, copy=False), axis=1, kind="stable")
     order += (np.arange(n, dtype=np.int64) * k)[:, None]
     key = cls + (np.arange(n, dtype=np.int64) * N_CLASSES)[:, None]
     counts = np.bincount(key.reshape(-1), minlength=n * N_CLASSES).reshape(n, N_CLASSES)
@@ -103,7 +102,11 @@ def _read_codes(blocks: List[_Symbols], classes: np.ndarray, model_for) -> np.nd
         blk.used += 1
     out = np.empty_like(z)
     out[order.reshape(-1)] = z
-    return unzigzag(out).reshape(classes.shape)
+    # Unzigzag (§2.3): symbols are below 2^32, so int64 holds them and the result.
+    sign = out & 1
+    out >>= 1
+    out ^= -sign
+    return out.reshape(classes.shape)
 
 
 class CorrectionStream:
@@ -248,7 +251,7 @@ class CorrectionStream:
                 continue
             readers = [opened[j][1] for j in rows]
             if kind is None:
-                cls = np.full((len(rows),) + shape3, BASE_CLASS, np.int64)
+                cls = np.full((len(rows),) + shape3, BASE_CLASS, np.uint8)
                 r[rows] = _read_codes(readers, cls, self._model_for) * self.step
             else:
                 def coder(sel, psel, pred, classes, readers=readers):
