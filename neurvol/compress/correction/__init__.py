@@ -37,7 +37,8 @@ from .layout import (_HEAD, BASE_MODES, DATA_MODES, DEFAULT_BLOCK, MAX_ALPHABET,
                      quantization_bound)
 from .stream import CorrectionStream, DecodedBlocks, decode_correction
 
-__all__ = ["BASE_MODES", "DATA_MODES", "DEFAULT_BLOCK", "MAX_ALPHABET", "MAX_BLOCK",
+# ``_HEAD`` and ``_WEIGHTS``: the stream header and weight table the spec tests read.
+__all__ = ["_HEAD", "_WEIGHTS", "BASE_MODES", "DATA_MODES", "DEFAULT_BLOCK", "MAX_ALPHABET", "MAX_BLOCK",
            "MAX_WEIGHT_CODE", "MIN_BLOCK", "MODE_BASE", "MODE_DATA_CUBIC", "MODE_DATA_LINEAR",
            "MODE_NAMES", "MODE_RESIDUAL_CUBIC", "MODE_RESIDUAL_LINEAR", "STREAM_VERSION",
            "BoundTooSmallError", "CorrectionStats", "CorrectionStream", "DecodedBlocks",

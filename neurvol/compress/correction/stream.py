@@ -16,7 +16,7 @@ from ..coders.zstd import zstd_exact
 from .entropy import MAX_WEIGHT_CODE, constriction, rans_model, read_varints
 from .layout import (_HEAD, BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, MAX_ALPHABET,
                      MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, N_CLASSES,
-                     STREAM_VERSION, block_grid, block_shape, block_slices, blocks_by_shape,
+                     STREAM_VERSION, block_grid, block_slices, blocks_by_shape,
                      cast_to)
 from .predict import interp_passes
 from ..interp import MAX_CODE
@@ -228,6 +228,10 @@ class CorrectionStream:
         """Blocks ``ids`` decoded side by side, grouped by shape (at most
         :data:`BATCH_VOXELS` voxels per group); the base is added by the caller
         (:meth:`DecodedBlocks.pre`)."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.nblocks]
+        if bad:
+            raise IndexError(f"block {bad[0]} out of range (the stream has {self.nblocks})")
         out = []
         for shape3, group in blocks_by_shape(self.shape, self.block, ids).items():
             n = int(np.prod(shape3))
