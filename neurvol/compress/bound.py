@@ -198,10 +198,15 @@ class Corrections:
         top = np.asarray(self.shape, dtype=np.int64) - 1
         i0 = np.minimum(np.floor(q).astype(np.int64), np.maximum(top - 1, 0))
         f = q - i0
-        voxels = np.minimum(i0[:, None, :] + _CORNERS[None], top)        # (M, 8, 3)
-        corr = self._lookup(voxels.reshape(-1, 3), corrections=True).reshape(-1, 8)
-        w = np.where(_CORNERS[None] == 1, f[:, None, :], 1.0 - f[:, None, :])
-        out[between] += (w[..., 0] * w[..., 1] * w[..., 2] * corr).sum(axis=1)
+        voxels = i0[:, None, :] + _CORNERS[None]                          # (M, 8, 3)
+        if (top == 0).any():                                              # a flat axis
+            np.minimum(voxels, top, out=voxels)
+        corr = self._lookup(voxels.reshape(-1, 3), corrections=True).reshape(-1, 2, 2, 2)
+        wz, wy, wx = (np.stack([1.0 - f[:, a], f[:, a]], axis=1) for a in range(3))
+        corr *= wz[:, :, None, None]
+        corr *= wy[:, None, :, None]
+        corr *= wx[:, None, None, :]
+        out[between] += corr.reshape(-1, 8).sum(axis=1)
         return out
 
     def _lookup(self, v: np.ndarray, corrections: bool) -> np.ndarray:
@@ -217,34 +222,36 @@ class Corrections:
         g = block_grid(self.shape, B)
         blocks = (k[:, 0] * g[1] + k[:, 1]) * g[2] + k[:, 2]
         local = v - k * B
+        # Offset of each voxel within its slot (slots are B^3, C order).
+        within = (local[:, 0] * B + local[:, 1]) * B + local[:, 2]
         counts = np.bincount(blocks, minlength=self.stream.nblocks)
         uniq = np.flatnonzero(counts).tolist()
         out = np.empty(len(v))
         sparse = np.zeros(len(v), dtype=bool)       # corrections from the base at the voxel
+        values = self._values.reshape(-1)
         for c in range(0, len(uniq), self._nslots):
             chunk = uniq[c:c + self._nslots]
             self._ensure(chunk)
-            m = slice(None) if len(chunk) == len(uniq) else np.isin(blocks, chunk)
-            bl, lz, ly, lx = blocks[m], local[m, 0], local[m, 1], local[m, 2]
-            slots = self._slot_of[bl]
+            m = slice(None) if len(chunk) == len(uniq) else np.flatnonzero(np.isin(blocks, chunk))
+            bl = blocks[m]
+            flat = self._slot_of[bl] * B ** 3 + within[m]
             if not corrections:
-                out[m] = self._values[slots, lz, ly, lx]
+                out[m] = values.take(flat)
                 continue
             dense = B ** 3 * DENSE_FRACTION
             for i in chunk:
                 if not self._has_corr[i] and counts[i] >= dense:
                     self._keep_corrections(i)
             has = self._has_corr[bl]
-            got = np.zeros(len(bl))
+            if has.all():
+                out[m] = self._corr.reshape(-1).take(flat)
+                continue
+            got = values.take(flat).astype(np.float64)
             if has.any():
-                got[has] = self._corr[slots[has], lz[has], ly[has], lx[has]]
-            if not has.all():
-                miss = ~has
-                got[miss] = (self._values[slots[miss], lz[miss], ly[miss], lx[miss]]
-                             .astype(np.float64))
-                idx = np.flatnonzero(m) if isinstance(m, np.ndarray) else np.arange(len(v))
-                sparse[idx[miss]] = True
+                got[has] = self._corr.reshape(-1).take(flat[has])
             out[m] = got
+            idx = np.arange(len(v)) if isinstance(m, slice) else m
+            sparse[idx[~has]] = True
         if sparse.any():    # blocks coded without the base, few voxels: the model there
             out[sparse] -= np.asarray(self._base_at(v[sparse]), dtype=np.float64)
         return out
