@@ -149,6 +149,8 @@ PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "bricks": lambda a: run_script("bricks", "run_bricks.py", ["--acceptance"]),
     "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
     "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
+    "bounded_access": lambda a: run_script("bounded_access", "run_bounded_access.py",
+                                           ["--blocks", "64,32,16"]),
 }
 
 
@@ -232,13 +234,18 @@ def render_bounded(part: Dict[str, Any]) -> str:
                     part["machine"]) + _note(part) + "\n" + part["markdown"]
 
 
+def render_bounded_access(part: Dict[str, Any]) -> str:
+    return _heading("Error-bounded random access (`benchmarks/run_bounded_access.py`)",
+                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
 def _note(part: Dict[str, Any]) -> str:
     return f"\n{part['note']}\n" if part.get("note") else ""
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader}
+    "reader": render_reader, "bounded_access": render_bounded_access}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:

@@ -338,7 +338,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
             psnr = _find(info, "fit_psnr", "psnr")
         _out(f"wrote {out}: {_human_bytes(size)}, ratio {nbytes / size:.1f}:1 "
              f"(asked {args.ratio:g}, budget {_human_bytes(int(nbytes // args.ratio))})")
-        _out(f"fit PSNR {_fmt_db(psnr)}, {seconds:.1f} s")
+        # The file's worst voxel needs a decode; users compare codecs on it (issue 22).
+        from .metrics import max_abs_error
+
+        err = max_abs_error(volume, nv.decode())
+        _out(f"fit PSNR {_fmt_db(psnr)}, max error {err:.6g}, {seconds:.1f} s")
     return 0
 
 
