@@ -302,3 +302,30 @@ def test_the_bound_refuses_a_small_section_declaring_a_huge_mask():
     section = b"\x01" + zstandard.ZstdCompressor().compress(b"")
     with pytest.raises(NeurvolFormatError, match="may decode to"):
         decode_mask(section, (4096, 4096, 4096))
+
+
+def test_spec_worked_example():
+    """spec/mask.md §5: the bits and runs sections of [NaN, NaN, 2.0, NaN]."""
+    from neurvol.compress.mask import BitsMethod, RunsMethod
+
+    m = np.array([1, 1, 0, 1], bool).reshape(1, 1, 4)
+    assert (b"\x00" + BitsMethod.encode(m)).hex(" ") == "00 d0"
+    runs = bytes.fromhex("02 0400000000000000 000104000000 00020101")
+    assert b"\x02" + RunsMethod.encode(m) == runs
+    assert decode_mask(runs, (1, 1, 4)).masked(np.arange(4)).tolist() == [True, True, False, True]
+
+
+def test_cli_pack_fill_value_and_unpack(tmp_path, monkeypatch):
+    from neurvol import cli
+
+    monkeypatch.chdir(tmp_path)
+    vol = (np.indices(SHAPE).sum(0) * 5 + 7).astype(np.int16)
+    vol[:3] = -999
+    np.save("v.npy", vol)
+    assert cli.main(["-q", "pack", "v.npy", "-o", "v.nvol", "--ratio", "1.5", "--steps", "5",
+                     "--arch", "fvsrn", "--fill-value", "-999"]) == 0
+    assert cli.main(["-q", "unpack", "v.nvol", "-o", "r.npy"]) == 0
+    r = np.load("r.npy")
+    assert r.dtype == np.int16 and (r[:3] == -999).all()
+    with neurvol.open("v.nvol") as nv:
+        assert nv.info()["mask"]["masked"] == 3 * 12 * 14
