@@ -101,7 +101,8 @@ def test_golden_generator_never_overwrites():
     spec = importlib.util.spec_from_file_location("make_golden", os.path.join(here, "make_golden.py"))
     make_golden = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_golden)
-    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2", "1.3-mask"]
+    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2", "1.3-mask",
+             "1.3-mask-rows"]
     goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
     assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
 
@@ -150,7 +151,7 @@ MASKED_FILES = sorted(glob.glob(os.path.join(GOLDEN, "masked_*_v*.nvol")))
 
 def test_masked_golden_files_restore_their_masks():
     names = {os.path.basename(p) for p in MASKED_FILES}
-    assert {"masked_nan_v1.3.nvol", "masked_fill_v1.3.nvol"} <= names
+    assert {"masked_nan_v1.3.nvol", "masked_fill_v1.3.nvol", "masked_rows_v1.3.nvol"} <= names
     with neurvol.open(os.path.join(GOLDEN, "masked_nan_v1.3.nvol")) as nv:
         assert nv.info()["format_version"] == "1.3"
         dec = nv.decode()

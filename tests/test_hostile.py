@@ -201,7 +201,9 @@ def test_mask_section_lying_about_its_size(sandbox):
     bits = b"\x01" + zstandard.ZstdCompressor().compress(b"")   # declares 0 bytes
     bomb = b"\x01" + _zstd_zeros((n + 7) // 8)   # declares the real 1 GiB
     runs = b"\x02" + struct.pack("<Q", n) + _stream(1, 4, _zstd_zeros(4 * n // 64))
-    for section in (bits, bomb, runs):
+    # rows: 2^22 rows of change counts (4 MiB of plain symbols) from a tiny zstd frame
+    rows = b"\x03" + _stream(1, 1, _zstd_zeros(2048 * 2048))
+    for section in (bits, bomb, runs, rows):
         assert len(section) < 64 << 10
         res = _check(sandbox, _huge_masked_file(section, 5))
         assert "mask" in res["message"]

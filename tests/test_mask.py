@@ -329,3 +329,36 @@ def test_cli_pack_fill_value_and_unpack(tmp_path, monkeypatch):
     assert r.dtype == np.int16 and (r[:3] == -999).all()
     with neurvol.open("v.nvol") as nv:
         assert nv.info()["mask"]["masked"] == 3 * 12 * 14
+
+
+def test_spec_worked_example_rows():
+    from neurvol.compress.mask import RowsMethod
+
+    m = np.array([1, 1, 0, 1], bool).reshape(1, 1, 4)
+    rows = bytes.fromhex("03 00010100000006 0300000000000000 000103000000000201 "
+                         "0000000000000000 000100000000")
+    assert b"\x03" + RowsMethod.encode(m) == rows
+    assert decode_mask(rows, (1, 1, 4)).masked(np.arange(4)).tolist() == [True, True, False, True]
+
+
+def test_rows_method_wins_on_a_smooth_outline_and_checks_its_streams():
+    from neurvol.compress.mask import RowsMethod
+
+    mask = _ball_mask((30, 40, 50), r2=300)
+    assert mask_method_name(encode_mask(mask)) == "rows"
+    body = RowsMethod.encode(mask)
+    assert len(body) < len(list(m for m in mask_methods() if m.name == "runs")[0].encode(mask))
+    # a row claiming more changes than it has voxels
+    bad_counts = struct.pack("<BBI", 0, 1, 30 * 40) + bytes([2 * 51]) + bytes(30 * 40 - 1)
+    with pytest.raises(NeurvolFormatError, match="change count"):
+        decode_mask(b"\x03" + bad_counts + bytes(20), mask.shape)
+    # positions out of order: one fresh row with changes at 5 then 5
+    one = np.zeros((1, 1, 8), bool)
+    counts = struct.pack("<BBI", 0, 1, 1) + bytes([4])
+    gaps = struct.pack("<Q", 2) + struct.pack("<BBI", 0, 1, 2) + bytes([5, 0])
+    moved = struct.pack("<Q", 0) + struct.pack("<BBI", 0, 1, 0)
+    with pytest.raises(NeurvolFormatError, match="out of order"):
+        decode_mask(b"\x03" + counts + gaps + moved, one.shape)
+    with pytest.raises(NeurvolFormatError, match="after the streams"):
+        decode_mask(b"\x03" + counts + struct.pack("<Q", 2) + struct.pack("<BBI", 0, 1, 2)
+                    + bytes([1, 2]) + moved + b"x", one.shape)

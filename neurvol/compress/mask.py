@@ -9,7 +9,9 @@ the smallest whose decoded form stays within the resource bound (``spec/resource
 * 1 ``bits-zstd``: one zstd frame of the packed bits, content size declared;
 * 2 ``runs``: ``u64 count``, then one stream (``spec/payload.md`` §2.2: raw, zstd or
   rANS, the smallest) of ``count`` run lengths, valid and masked runs alternating from a
-  valid one. Smooth masks (land, the air around a body) are mostly long runs.
+  valid one. Smooth masks (land, the air around a body) are mostly long runs;
+* 3 ``rows``: per row of x, where the bit changes, coded against the previous row: a
+  smooth outline moves by a voxel or so from row to row (:class:`RowsMethod`).
 
 Bits are in C order of the volume's ``(z, y, x)`` voxels, 1 = masked (no data), packed
 most significant bit first (``np.packbits``), pad bits 0. Decoding gives a
@@ -121,9 +123,9 @@ class MaskMethod(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def decode(cls, body: bytes, voxels: int, bound: int) -> VoxelMask:
-        """The mask of ``voxels`` voxels from ``body``; its decoded form is refused above
-        ``bound`` bytes before it is allocated."""
+    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
+        """The mask of a volume of ``shape`` from ``body``; its decoded form is refused
+        above ``bound`` bytes before it is allocated."""
 
 
 _METHODS: Dict[int, Type[MaskMethod]] = {}
@@ -174,8 +176,9 @@ class BitsMethod(MaskMethod):
         return np.packbits(mask.reshape(-1)).tobytes()
 
     @classmethod
-    def decode(cls, body: bytes, voxels: int, bound: int) -> VoxelMask:
+    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
         what = "mask (bits)"
+        voxels = math.prod(shape)
         n = _check_packed(voxels, bound, what)
         if len(body) != n:
             raise NeurvolFormatError(f"{what}: {len(body)} bytes, expected {n}")
@@ -196,8 +199,9 @@ class BitsZstdMethod(MaskMethod):
         return zstd_compress(np.packbits(mask.reshape(-1)).tobytes())
 
     @classmethod
-    def decode(cls, body: bytes, voxels: int, bound: int) -> VoxelMask:
+    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
         what = "mask (bits-zstd)"
+        voxels = math.prod(shape)
         n = _check_packed(voxels, bound, what)
         packed = np.frombuffer(zstd_exact(body, n, what), dtype=np.uint8)
         _pad_bits_clear(packed, voxels, what)
@@ -219,8 +223,9 @@ class RunsMethod(MaskMethod):
         return _COUNT.pack(runs.size) + encode_stream(runs)
 
     @classmethod
-    def decode(cls, body: bytes, voxels: int, bound: int) -> VoxelMask:
+    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
         what = "mask (runs)"
+        voxels = math.prod(shape)
         if len(body) < _COUNT.size:
             raise NeurvolFormatError(f"{what}: truncated")
         (count,) = _COUNT.unpack_from(body)
@@ -258,6 +263,149 @@ class RunsMethod(MaskMethod):
         return _RunsMask(runs, voxels)
 
 
+def _zigzag(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.int64)
+    return np.where(v >= 0, 2 * v, -2 * v - 1)
+
+
+def _unzigzag(u: np.ndarray) -> np.ndarray:
+    u = u.astype(np.int64)
+    return np.where(u & 1, -((u + 1) >> 1), u >> 1)
+
+
+def _grouped_cumsum(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Cumulative sums of ``values`` within each group of equal ``keys``, in the values'
+    order (a stable sort brings each group together)."""
+    order = np.argsort(keys, kind="stable")
+    v = values[order]
+    k = keys[order]
+    c = np.cumsum(v)
+    start = np.ones(k.size, dtype=bool)
+    start[1:] = k[1:] != k[:-1]
+    first = np.flatnonzero(start)
+    base = np.repeat(c[first] - v[first], np.diff(np.append(first, k.size)))
+    out = np.empty_like(c)
+    out[order] = c - base
+    return out
+
+
+@register_mask_method
+class RowsMethod(MaskMethod):
+    """Per row of x, the positions where the bit changes, coded against the row before:
+    a row with as many changes as the previous one stores how far each moved (mostly 0 or
+    1 for a smooth outline), another row its changes afresh. Three streams: the change
+    counts' differences (zigzag), the fresh rows' gaps, the moved rows' shifts (zigzag)."""
+
+    id = 3
+    name = "rows"
+
+    @classmethod
+    def encode(cls, mask: np.ndarray) -> Optional[bytes]:
+        w = int(mask.shape[-1])
+        rows = mask.reshape(-1, w)
+        prev = np.zeros_like(rows)
+        prev[:, 1:] = rows[:, :-1]
+        r, c = np.nonzero(rows != prev)            # row-major: rows in order, columns sorted
+        n = np.bincount(r, minlength=rows.shape[0]).astype(np.int64)
+        fresh, slot_row = cls._fresh(n), r
+        start = np.concatenate([[0], np.cumsum(n)])[:-1]
+        in_fresh = fresh[slot_row]
+        gaps = c.astype(np.int64).copy()
+        later = np.arange(c.size) > start[slot_row]           # not the row's first change
+        gaps[later] -= c[np.flatnonzero(later) - 1]
+        k = np.flatnonzero(~in_fresh)
+        shifts = c[k].astype(np.int64) - c[k - n[slot_row[k]]]
+        parts = [encode_stream(_zigzag(np.diff(np.concatenate([[0], n])))),
+                 _COUNT.pack(int(in_fresh.sum())), encode_stream(gaps[in_fresh]),
+                 _COUNT.pack(k.size), encode_stream(_zigzag(shifts))]
+        return b"".join(parts)
+
+    @staticmethod
+    def _fresh(n: np.ndarray) -> np.ndarray:
+        """Rows coded afresh: the first, and each whose change count differs from the
+        previous row's."""
+        fresh = np.ones(n.size, dtype=bool)
+        fresh[1:] = n[1:] != n[:-1]
+        return fresh
+
+    @classmethod
+    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
+        what = "mask (rows)"
+        voxels = math.prod(shape)
+        w = int(shape[-1])
+        n_rows = voxels // w
+        pos = [0]
+
+        def take(nbytes: int, label: str) -> bytes:
+            if nbytes > len(body) - pos[0]:
+                raise NeurvolFormatError(f"{label}: truncated")
+            out = body[pos[0]:pos[0] + nbytes]
+            pos[0] += nbytes
+            return out
+
+        def stream(n: int, label: str) -> np.ndarray:
+            head = body[pos[0]:pos[0] + 2]
+            width = head[1] if len(head) == 2 else 1
+            if n * max(1, width) > bound:
+                raise NeurvolFormatError(
+                    f"{label}: {n} symbols of {width} bytes exceed the section's bound of "
+                    f"{bound} bytes (spec/resources.md §3.2)")
+            return decode_stream(take, n, label)[0]
+
+        def count(label: str) -> int:
+            (v,) = _COUNT.unpack(take(_COUNT.size, label))
+            return int(v)
+
+        n = np.cumsum(_unzigzag(stream(n_rows, f"{what} counts")))
+        if n.size and (int(n.min()) < 0 or int(n.max()) > w):
+            raise NeurvolFormatError(f"{what}: a row has a change count outside [0, {w}]")
+        fresh = cls._fresh(n)
+        total = int(n.sum())
+        n_fresh, n_moved = int(n[fresh].sum()), total - int(n[fresh].sum())
+        if count(what) != n_fresh:
+            raise NeurvolFormatError(f"{what}: the fresh rows' count disagrees with their rows")
+        gaps = stream(n_fresh, f"{what} gaps").astype(np.int64)
+        if count(what) != n_moved:
+            raise NeurvolFormatError(f"{what}: the moved rows' count disagrees with their rows")
+        shifts = _unzigzag(stream(n_moved, f"{what} shifts"))
+        if pos[0] != len(body):
+            raise NeurvolFormatError(f"{what}: {len(body) - pos[0]} bytes after the streams")
+        slot_row = np.repeat(np.arange(n_rows, dtype=np.int64), n)
+        start = np.concatenate([[0], np.cumsum(n)])[:-1]
+        slot_in_row = np.arange(total, dtype=np.int64) - start[slot_row]
+        in_fresh = fresh[slot_row]
+        values = np.empty(total, dtype=np.int64)
+        values[in_fresh] = gaps
+        values[~in_fresh] = shifts
+        # Fresh rows: positions are the gaps' running sums within the row.
+        fresh_pos = _grouped_cumsum(values[in_fresh], slot_row[in_fresh])
+        values[in_fresh] = fresh_pos
+        # Moved rows: a slot is the same slot of the segment's fresh row plus the shifts
+        # since (a segment: a fresh row and the moved rows after it, all with n changes).
+        segment = np.cumsum(fresh) - 1
+        c = _grouped_cumsum(values, segment[slot_row] * (w + 1) + slot_in_row)
+        if c.size:
+            later = slot_in_row > 0
+            if int(c.min()) < 0 or int(c.max()) >= w or (np.diff(c)[later[1:]] <= 0).any():
+                raise NeurvolFormatError(f"{what}: change positions out of order or outside "
+                                         "their row")
+        return _RunsMask(_runs_from_changes(slot_row, c, n, w, voxels), voxels)
+
+
+def _runs_from_changes(slot_row: np.ndarray, cols: np.ndarray, n: np.ndarray, w: int,
+                       voxels: int) -> np.ndarray:
+    """The flat mask's runs (:func:`mask_runs`) from each row's change positions (each
+    row starting from a valid voxel): a row after one that ended masked starts with an
+    implied change, which cancels a change at its first voxel."""
+    flat = slot_row * w + cols
+    ended_masked = np.flatnonzero(n[:-1] % 2 == 1) + 1       # rows after an odd row
+    pos = np.concatenate([flat, ended_masked.astype(np.int64) * w])
+    uniq, times = np.unique(pos, return_counts=True)
+    changes = uniq[times % 2 == 1]
+    # A change at voxel 0 gives the leading valid run of length 0 (mask_runs' convention).
+    return np.diff(np.concatenate([[0], changes, [voxels]]))
+
+
 def mask_runs(mask: np.ndarray) -> np.ndarray:
     """Run lengths of a bool mask in C order: valid (0) and masked (1) runs alternating,
     starting with a valid run (0 long when the first voxel is masked)."""
@@ -275,26 +423,23 @@ def encode_mask(mask: np.ndarray) -> bytes:
     """The ``"mask"`` section of a bool mask (True: masked): the smallest method whose
     decoded form is within the bound for its length (``bits`` always is)."""
     best: Optional[bytes] = None
-    voxels = int(mask.size)
     for method in mask_methods():
         body = method.encode(mask)
         if body is None:
             continue
         section = bytes([method.id]) + body
-        if method is not BitsMethod and _decoded_size(method, body, voxels) > \
-                decoded_bound(len(section)):
+        if best is not None and len(section) >= len(best):
             continue
-        if best is None or len(section) < len(best):
-            best = section
+        if method is not BitsMethod:
+            # What a reader will accept: decoded within the bound, to this very mask.
+            try:
+                got = decode_mask(section, mask.shape)
+            except NeurvolFormatError:
+                continue
+            assert got.count() == int(np.count_nonzero(mask))
+        best = section
     assert best is not None   # bits always applies
     return best
-
-
-def _decoded_size(method: Type[MaskMethod], body: bytes, voxels: int) -> int:
-    if method is RunsMethod:
-        (count,) = _COUNT.unpack_from(body)
-        return int(count) * body[_COUNT.size + 1]
-    return _packed_bytes(voxels)
 
 
 def decode_mask(section: bytes, shape: Sequence[int]) -> VoxelMask:
@@ -307,7 +452,7 @@ def decode_mask(section: bytes, shape: Sequence[int]) -> VoxelMask:
         raise NeurvolFormatError(
             f"mask method {section[0]} is unknown (a newer neurvol may read it, else the "
             "file is damaged)")
-    return method.decode(section[1:], math.prod(int(n) for n in shape),
+    return method.decode(section[1:], tuple(int(n) for n in shape),
                          decoded_bound(len(section)))
 
 

@@ -12,6 +12,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
     python tests/golden/make_golden.py 1.3-mask  # masked volumes (spec/mask.md)
+    python tests/golden/make_golden.py 1.3-mask-rows  # + a rows-coded mask
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def outputs(mode: str) -> List[str]:
         return [f for name in BOUNDED_CASES for f in _pair(name) + [f"{name}.original.npy"]]
     if mode == "1.3-mask":
         return [f for name in MASKED_CASES for f in _pair(name)]
+    if mode == "1.3-mask-rows":
+        return _pair("masked_rows_v1.3")
     if mode == "codec2":
         return [f for case in CODEC2_CASES for f in _pair(f"codec2_{case}")]
     return _pair(f"fvsrn_v{mode}") + [f"constant_v{mode}.nvol"]
@@ -156,6 +159,19 @@ def write_masked() -> None:
         _save(nv, name)
 
 
+def write_masked_rows() -> None:
+    # Format 1.3, the rows mask method: NaN beyond a wavy "coastline" (a smooth outline).
+    import neurvol
+    from neurvol.compress.mask import mask_method_name
+
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48]).astype(np.float32)
+    z, y, x = np.indices(crop.shape)
+    crop[x + 0.3 * y + 4 * np.sin(z / 5.0) > 18] = np.nan
+    nv = neurvol.encode(crop, ratio=16, steps=40, seed=0, quiet=True, arch="fvsrn")
+    assert mask_method_name(nv._reader.read_section("mask")) == "rows"
+    _save(nv, "masked_rows_v1.3")
+
+
 def write_version(version: str) -> None:
     import neurvol
 
@@ -167,7 +183,8 @@ def write_version(version: str) -> None:
 
 WRITERS: Dict[str, Callable[[], None]] = {
     "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
-    "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.3-mask": write_masked}
+    "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.3-mask": write_masked,
+    "1.3-mask-rows": write_masked_rows}
 
 
 def main(argv: List[str]) -> int:
