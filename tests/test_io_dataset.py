@@ -31,7 +31,8 @@ def _netcdf4_file(path):
         nc.title = "two variables, three steps"
         nc.history = "made by a test"
         nc.version = 3
-        for name, n in (("time", T), ("z", Z), ("y", Y), ("x", X)):
+        nc.createDimension("time", None)      # unlimited, as simulation output often is
+        for name, n in (("z", Z), ("y", Y), ("x", X)):
             nc.createDimension(name, n)
         t = nc.createVariable("time", "f8", ("time",))
         t.units = "hours since 2005-09-01 00:00:00"
