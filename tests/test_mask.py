@@ -109,6 +109,7 @@ def test_nan_volume_round_trips_with_the_mask_exact(nan_file):
     again = NeuralVolume(NvolReader(nv.to_bytes()))
     assert np.array_equal(again.decode(), dec, equal_nan=True)
     assert nv.byte_breakdown()["mask"] == len(encode_mask(mask))
+    assert nv.nbytes_file <= vol.nbytes / 4          # the mask counts in the budget
 
 
 def test_region_reads_and_resampled_decodes_apply_the_mask(nan_file):
@@ -362,3 +363,18 @@ def test_rows_method_wins_on_a_smooth_outline_and_checks_its_streams():
     with pytest.raises(NeurvolFormatError, match="after the streams"):
         decode_mask(b"\x03" + counts + struct.pack("<Q", 2) + struct.pack("<BBI", 0, 1, 2)
                     + bytes([1, 2]) + moved + b"x", one.shape)
+
+
+def test_masked_voxels_do_not_influence_the_model():
+    """Two volumes equal on the valid voxels, with different fill values: the same model
+    (the fit never sees masked voxels; their dense fill comes from valid ones)."""
+    base = _volume()
+    mask = _ball_mask()
+    payloads = []
+    for fill in (-2.0, -7.0):     # same header length, so the same budget for the model
+        vol = base.copy()
+        vol[mask] = fill
+        nv = neurvol.encode(vol, ratio=4, steps=10, seed=0, arch="fvsrn", quiet=True,
+                            fill_value=fill)
+        payloads.append(nv._reader.read_brick(0))
+    assert payloads[0] == payloads[1]
