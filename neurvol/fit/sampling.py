@@ -166,11 +166,18 @@ class ErrorSampler(VoxelSampler):
         return (zyx.float().mul_(self._scale).sub_(1.0), self.flat.index_select(0, lin),
                 weights, blocks)
 
-    def record_error(self, blocks: torch.Tensor, sq_err: torch.Tensor) -> None:
-        """Fold one batch's squared errors into the blocks' running means."""
-        self.err_sum.mul_(self.decay).index_add_(0, blocks, sq_err.detach().to(self.err_sum))
-        self.err_weight.mul_(self.decay).index_add_(
-            0, blocks, torch.ones(blocks.shape[0], dtype=self.err_weight.dtype))
+    def record_error(self, blocks: torch.Tensor, sq_err: torch.Tensor,
+                     counted: Optional[torch.Tensor] = None) -> None:
+        """Fold one batch's squared errors into the blocks' running means; ``counted``
+        (bool, per sample; default all): the samples that count (a masked volume's valid
+        draws)."""
+        err = sq_err.detach().to(self.err_sum)
+        ones = torch.ones(blocks.shape[0], dtype=self.err_weight.dtype)
+        if counted is not None:
+            err = err * counted.to(err.dtype)
+            ones = counted.to(ones.dtype)
+        self.err_sum.mul_(self.decay).index_add_(0, blocks, err)
+        self.err_weight.mul_(self.decay).index_add_(0, blocks, ones)
 
     def _block_probabilities(self) -> torch.Tensor:
         mse = self.err_sum / self.err_weight.clamp(min=1e-12)

@@ -171,10 +171,9 @@ class Fitting:
             else:
                 sq_err = (pred - target).square()
                 loss = (weights * sq_err).mean()
-                err = sq_err.detach().cpu()
-                if sampler.valid is not None:
-                    err = err * (weights.detach().cpu() > 0)   # masked draws carry no error
-                sampler.record_error(blocks, err)
+                # A masked volume's invalid draws (weight 0) carry no error.
+                counted = None if sampler.valid is None else weights.detach().cpu() > 0
+                sampler.record_error(blocks, sq_err.detach().cpu(), counted)
             if regularizer is not None:
                 loss = loss + regularizer.penalty(loss.detach())
             if grad_target is not None:
