@@ -2,14 +2,16 @@
 read into a plain structure, write back, and agree with the netCDF4 library."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 h5py = pytest.importorskip("h5py")
 
 from neurvol import NeurvolIOError  # noqa: E402
-from neurvol.io import (DatasetVariable, VolumeDataset, read_dataset,  # noqa: E402
-                        write_dataset)
+from neurvol.io import (DatasetVariable, VolumeDataset, json_attrs,  # noqa: E402
+                        read_dataset, write_dataset)
 
 T, Z, Y, X = 3, 4, 5, 6
 
@@ -49,6 +51,7 @@ def _netcdf4_file(path):
         v = nc.createVariable("velocity_x", "i2", ("time", "z", "y", "x"), fill_value=-32768)
         v.units = "cm s-1"
         v.scale_factor_note = "none"
+        v.missing_value = np.float32(np.nan)
         v[:] = vx
         s = nc.createVariable("snapshot", "f8", ("z", "y", "x"))
         s.units = "K"
@@ -71,6 +74,9 @@ def test_reads_a_netcdf4_file_written_by_the_netcdf4_library(tmp_path):
         np.testing.assert_array_equal(d.data[1], density[1])    # one step read alone
         v = ds.variables["velocity_x"]
         assert v.dtype == np.int16 and v.fill_value == -32768 and v.units == "cm s-1"
+        assert np.isnan(v.attrs["missing_value"])
+        assert json_attrs(v.attrs)["missing_value"] == "nan"
+        json.dumps(json_attrs(d.attrs), allow_nan=False)
         np.testing.assert_array_equal(v.values(), vx)
         s = ds.variables["snapshot"]
         assert s.dims == ("z", "y", "x") and not s.has_time
@@ -89,8 +95,8 @@ def _same(a: VolumeDataset, b: VolumeDataset):
     for group_a, group_b in ((a.variables, b.variables), (a.coords, b.coords)):
         for name, va in group_a.items():
             vb = group_b[name]
-            assert (va.dims, va.attrs, va.fill_value, va.dtype) == \
-                (vb.dims, vb.attrs, vb.fill_value, vb.dtype), name
+            assert (va.dims, json_attrs(va.attrs), va.fill_value, va.dtype) == \
+                (vb.dims, json_attrs(vb.attrs), vb.fill_value, vb.dtype), name
             np.testing.assert_array_equal(va.values(), vb.values())
 
 

@@ -11,9 +11,10 @@ value and an attribute of the variable's type), so ``netCDF4``, xarray and ncdum
 
 Only the root group is read (NetCDF-4 groups are not), and only plain numeric variables
 (string, compound and variable-length ones are left out with a log line). Attribute
-values come back as JSON-able Python values (``str``, ``int``, ``float`` or lists of
-them), so they can go into a ``.nvol`` header as they are; numeric attributes are written
-back as float64 / int64 (``_FillValue`` in the variable's own dtype).
+values come back as plain Python values (``str``, ``int``, ``float`` or lists of them;
+:func:`json_attrs` turns the non-finite floats JSON lacks into strings for a ``.nvol``
+header); numeric attributes are written back as float64 / int64 (``_FillValue`` in the
+variable's own dtype).
 
 Needs the ``hdf5`` extra (h5py): ``pip install 'neurvol[hdf5]'``. No torch here.
 """
@@ -130,9 +131,20 @@ def _plain_value(v: Any) -> Any:
         return items[0] if v.size == 1 else items
     if isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)      # NaN / inf: not JSON; "nan" reads back through float()
     return v
+
+
+def json_attrs(attrs: Mapping[str, Any]) -> Dict[str, Any]:
+    """``attrs`` with NaN and infinite floats (e.g. ``missing_value = NaN``) as the
+    strings ``"nan"``, ``"inf"``, ``"-inf"``, which ``float()`` reads back: JSON (a
+    ``.nvol`` header) has no such numbers."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return v
+    return {k: conv(v) for k, v in attrs.items()}
 
 
 def _attrs(obj: Any) -> Dict[str, Any]:
@@ -152,8 +164,11 @@ def _fill(obj: Any, dtype: np.dtype) -> Optional[Union[int, float]]:
         if key in obj.attrs:
             v = np.asarray(obj.attrs[key]).reshape(-1)
             if v.size and v.dtype.kind in "biuf":
-                x = v[0].item()
-                return float(x) if dtype.kind == "f" else int(x)
+                x = float(v[0])
+                if dtype.kind == "f":
+                    return x
+                if math.isfinite(x) and x == int(x):
+                    return int(x)
     return None
 
 
