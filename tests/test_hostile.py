@@ -597,3 +597,55 @@ def test_error_messages_never_fail_on_huge_values():
     assert brief(10 ** 5000) == "<int of 16610 bits>"
     assert "bits>" in brief({"a": [10 ** 4000]})
     assert len(brief("x" * 10 ** 6)) < 200
+
+
+# ---------------------------------------------------------------------------------------
+# compact headers (format 1.4, spec/nvol.md §3.3): sizes checked before decompressing
+
+
+def _compact_frame(text: bytes, content_size: bool = True) -> bytes:
+    from neurvol.container import compact
+    return zstandard.ZstdCompressor(dict_data=compact._dictionary(1), write_dict_id=False,
+                                    write_checksum=False,
+                                    write_content_size=content_size).compress(text)
+
+
+def _compact_parts():
+    hdr, crc, brick = F.split_compact(F.tiny_model_file(compact=True))
+    return hdr, crc, brick
+
+
+def test_compact_header_lying_about_its_size(sandbox):
+    """A frame declaring 60 KiB (under the cap) that holds 64 MiB: decompression stops
+    one byte past the declared size."""
+    _, crc, brick = _compact_parts()
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, size=64 << 20,
+                                                          closefd=False) as w:
+        for _ in range(16):
+            w.write(b" " * (4 << 20))
+    bomb = out.getvalue()
+    fhd = bomb[4]
+    assert fhd >> 6 == 2 and fhd & 0x03 == 0          # a 4-byte size field, no dict id
+    start = 5 + (0 if fhd & 0x20 else 1)              # after the window descriptor, if any
+    assert struct.unpack_from("<I", bomb, start)[0] == 64 << 20
+    lying = bomb[:start] + struct.pack("<I", 60 << 10) + bomb[start + 4:]
+    res = _check(sandbox, F.forge_compact(None, crc, brick, frame=lying))
+    assert res["type"] == "NeurvolFormatError", res
+
+
+def test_compact_header_past_the_cap(sandbox):
+    hdr, crc, brick = _compact_parts()
+    big = _compact_frame(b'{"a":"' + b" " * (1 << 24) + b'"}')
+    res = _check(sandbox, F.forge_compact(None, crc, brick, frame=big))
+    assert "at most 65536" in res["message"], res
+    hidden = _compact_frame(b'{"a":"' + b" " * (1 << 24) + b'"}', content_size=False)
+    res = _check(sandbox, F.forge_compact(None, crc, brick, frame=hidden))
+    assert "declares no size" in res["message"], res
+
+
+@pytest.mark.parametrize("dict_id", [0, 2, 255])
+def test_compact_header_of_an_unknown_dictionary(sandbox, dict_id):
+    hdr, crc, brick = _compact_parts()
+    res = _check(sandbox, F.forge_compact(hdr, crc, brick, dict_id=dict_id))
+    assert res["type"] == "NeurvolVersionError" and "upgrade" in res["message"], res

@@ -19,6 +19,7 @@ import torch
 
 from ..compress import encode_constant
 from ..container import NvolReader, serialize_nvol
+from ..container.format import COMPACT_MINOR
 from ..errors import NeurvolBudgetError
 from ..fit import FitSettings, Fitting
 from ..fit import finetune as _finetune
@@ -27,7 +28,7 @@ from ..models import Architecture, ModelConfig, VolumeModel
 from ..neural_volume import NeuralVolume
 from ..pipeline import CodecSettings, Compressed, compress_model, fit_regularizer
 from .masked import MaskedInput
-from .plan import CODEC, FINETUNE_LR, FIT_PLACEHOLDER
+from .plan import CODEC, FINETUNE_LR, FIT_JITTER, FIT_PLACEHOLDER
 
 log = logging.getLogger("neurvol")
 
@@ -128,7 +129,10 @@ def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k
     a masked volume's mask, stored in the file (its bytes count in the budget) and the
     PSNR taken over the valid voxels."""
     sections = None if masked is None else masked.sections
-    minor = None if masked is None else masked.minor
+    # A masked file keeps a JSON header (an extra section, spec/nvol.md §3.3): no compact
+    # header whose size could move with the final "fit".
+    minor = COMPACT_MINOR if masked is None else masked.minor
+    jitter = FIT_JITTER if masked is None else 0
     valid = None if masked is None else ~masked.mask
     header["model"] = {"arch": run.architecture.name, "config": run.config.to_dict()}
     header["codec"] = dict(CODEC, pipeline=run.codec.pipeline_configs(run.model))
@@ -140,8 +144,9 @@ def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k
         return -psnr(volume, decoded, valid)
 
     packed = compress_fitted(
-        run, file_size=lambda payload: len(serialize_nvol(header, [payload], sections,
-                                                          minor=minor)), budget=budget,
+        run, budget=budget,
+        file_size=lambda payload: jitter + len(
+            serialize_nvol(header, [payload], sections, minor=minor)),
         k0=k0, score=stored_error,
         too_large="the model does not fit the budget of {budget} bytes even at the coarsest "
                   "quantization; use a smaller ratio")
@@ -162,9 +167,10 @@ def constant_file(header: Dict[str, Any], value: float, budget: int,
 
 def finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int],
            sections: Optional[Dict[str, bytes]] = None,
-           minor: Optional[int] = None) -> NeuralVolume:
+           minor: int = COMPACT_MINOR) -> NeuralVolume:
     """The file of ``header``, brick payloads and extra ``sections`` (format ``minor``),
-    refused if over ``budget`` bytes."""
+    refused if over ``budget`` bytes; a one-brick file without extra sections gets the
+    compact header of format 1.4 (spec/nvol.md §3.3)."""
     data = serialize_nvol(header, bricks, sections, minor=minor)
     if budget is not None and len(data) > budget:
         raise NeurvolBudgetError(

@@ -13,6 +13,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
     python tests/golden/make_golden.py 1.3-mask  # masked volumes (spec/mask.md)
     python tests/golden/make_golden.py 1.3-mask-rows  # + a rows-coded mask
+    python tests/golden/make_golden.py 1.4     # compact header (spec/nvol.md §3.3)
 """
 from __future__ import annotations
 
