@@ -72,12 +72,15 @@ def float_psnr(model: VolumeModel, data: torch.Tensor,
 
 
 def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
-                coded_psnr: Callable[[ModelFit], float]) -> bool:
+                coded_psnr: Callable[[ModelFit], float],
+                max_coding_loss: Optional[float] = None) -> bool:
     """Whether to finish the rate-aware fit ``run``: fit it to :data:`RATE_PILOT` of its
     steps (``advance_to(step)``) and code a copy as the file would store it (no
     fine-tune; ``coded_psnr(copy)``); keep it if its fit was stable (float PSNR at most
     :data:`RATE_PILOT_DECLINE_DB` below that at :data:`RATE_PILOT_EARLY`) and coding cost
-    at most :data:`RATE_CODING_LOSS_DB`. The one rule of single models and bricks."""
+    at most ``max_coding_loss`` dB (default :data:`RATE_CODING_LOSS_DB`). The one rule of
+    single models and bricks (bricks pass their own bound,
+    :data:`.brick_job.BRICK_CODING_LOSS_DB`)."""
     advance_to(int(RATE_PILOT_EARLY * run.settings.steps))
     early_psnr = float_psnr(copy.deepcopy(run.model).cpu().eval(), run.data, run.valid)
     advance_to(int(RATE_PILOT * run.settings.steps))
@@ -90,7 +93,8 @@ def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
     fitted_psnr = float_psnr(probe.model, run.data, run.valid)
     coded = coded_psnr(probe)
     stable = fitted_psnr >= early_psnr - RATE_PILOT_DECLINE_DB
-    keep = stable and fitted_psnr - coded <= RATE_CODING_LOSS_DB
+    bound = RATE_CODING_LOSS_DB if max_coding_loss is None else max_coding_loss
+    keep = stable and fitted_psnr - coded <= bound
     log.info("encode: rate='auto' pilot at %d%% of the steps: the rate-aware model codes "
              "at %.2f dB from %.2f dB in float (%.2f dB at %d%%); %s",
              round(100 * RATE_PILOT), coded, fitted_psnr, early_psnr,
