@@ -149,6 +149,7 @@ PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "bricks": lambda a: run_script("bricks", "run_bricks.py", ["--acceptance"]),
     "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
     "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
+    "series": lambda a: run_script("series", "run_series.py", []),
 }
 
 
@@ -232,13 +233,18 @@ def render_bounded(part: Dict[str, Any]) -> str:
                     part["machine"]) + _note(part) + "\n" + part["markdown"]
 
 
+def render_series(part: Dict[str, Any]) -> str:
+    return _heading("Time series: one series encode against independent steps "
+                    "(`benchmarks/run_series.py`)", part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
 def _note(part: Dict[str, Any]) -> str:
     return f"\n{part['note']}\n" if part.get("note") else ""
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader}
+    "reader": render_reader, "series": render_series}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:

@@ -56,7 +56,7 @@ DEFAULT_VARIABLE = "data"
 KEY_WORTH = 2.5
 KEY_WORTH_PER_STEP = 0.3
 #: A delta's fine-tune: this fraction of the fit's steps ...
-DELTA_FIT = 0.2
+DELTA_FIT = 0.3
 #: ... at this fraction of its learning rate, without warm-up (the weights start close).
 DELTA_LR = 0.1
 #: Weight of the L1 pull of the grids towards the predecessor's, relative to the running
