@@ -307,3 +307,11 @@ def test_delta_codec_roundtrip_and_closed_loop():
     np.testing.assert_array_equal(back["w"], prev["w"])      # not coded: unchanged
     with pytest.raises(NeurvolFormatError):
         decode_delta(payload, {"g": prev["g"][:1], "w": prev["w"]}, specs)
+
+
+def test_a_jump_in_time_starts_a_new_group(data):
+    """Where a step is far from the one before (another run), it becomes a key."""
+    jumpy = np.concatenate([data[:3], data[:3, ::-1, ::-1] * 3.0])
+    nv = neurvol.encode(jumpy, ratio=RATIO, steps=FIT_STEPS, group=8, seed=0, quiet=True,
+                        arch="fvsrn")
+    assert nv.info()["variables"][0]["groups"] == [[0, 3], [3, 6]]

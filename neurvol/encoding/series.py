@@ -63,6 +63,10 @@ DELTA_LR = 0.1
 #: MSE (so it scales with the data): larger keeps more grid values unchanged (cheaper
 #: deltas), too large stops the grids following the data.
 DELTA_L1 = 100.0
+#: A step further than this PSNR (dB, over its own range) from the step before starts a
+#: new group: consecutive steps of one run are typically 30-45 dB apart, a jump between
+#: runs or after a restart far less (spec/series.md §5).
+CUT_PSNR = 25.0
 #: Running-MSE smoothing of the L1 pull.
 _LOSS_DECAY = 0.98
 #: Bisection of a delta's quantization step (log scale), in grid units.
@@ -72,6 +76,8 @@ _STEP_SEARCH = 24
 #: longer than the first group's).
 _SLACK_PER_GROUP = 24
 _SLACK = 64
+#: Header bytes reserved before the first group's model entry is known.
+_UNKNOWN_MODEL_BYTES = 2048
 
 
 @dataclasses.dataclass
@@ -169,8 +175,17 @@ def _key_worth(length: int) -> float:
     return min(KEY_WORTH, 1.0 + KEY_WORTH_PER_STEP * (length - 1))
 
 
-def _groups(steps: int, group: int) -> List[Tuple[int, int]]:
-    return [(s, min(steps, s + group)) for s in range(0, steps, group)]
+def _groups(var: _Var, group: int) -> List[Tuple[int, int]]:
+    """Groups of at most ``group`` steps; a new group also starts where a step is further
+    from the one before than :data:`CUT_PSNR` (a jump in time: a delta would cost more
+    than a key)."""
+    out, start = [], 0
+    for t in range(1, len(var.steps)):
+        if t - start >= group or psnr(var.steps[t], var.steps[t - 1]) < CUT_PSNR:
+            out.append((start, t))
+            start = t
+    out.append((start, len(var.steps)))
+    return out
 
 
 def _member_header(shape: Sequence[int], var: _Var, spacing: List[float],
@@ -238,13 +253,13 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
     voxels = math.prod(shape)
     original = sum(n_steps * voxels * v.dtype.itemsize for v in variables)
     budget = int(original // ratio)
-    groups = _groups(n_steps, group)
+    var_groups = [_groups(var, group) for var in variables]
 
     # Nominal shares, in "average step" units per variable.
     plan: List[Tuple[int, int, float]] = []    # (variable, step, nominal bytes)
     for vi, var in enumerate(variables):
         per_step = voxels * var.dtype.itemsize / ratio
-        for s, e in groups:
+        for s, e in var_groups[vi]:
             worth = _key_worth(e - s)
             plan.append((vi, s, worth * per_step))
             for t in range(s + 1, e):
@@ -262,7 +277,7 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
         first known one, psnr values at their widest."""
         known = next((g for e in var_entries for g in e["groups"]), None)
         entries = []
-        for e in var_entries:
+        for e, groups in zip(var_entries, var_groups):
             gs = list(e["groups"])
             for s, stop in groups[len(gs):]:
                 gs.append({"start": s, "stop": stop,
@@ -272,14 +287,14 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
         header = build_series_header(shape, spacing_t, origin_t, n_steps, time_axis, entries,
                                      ratio, budget)
         size = len(serialize_nvol(header, [b""] * (len(variables) * n_steps), minor=SERIES_MINOR))
-        return size + _SLACK + _SLACK_PER_GROUP * len(groups) * len(variables) + (
-            0 if known else 2048)
+        return size + _SLACK + _SLACK_PER_GROUP * sum(map(len, var_groups)) + (
+            0 if known else _UNKNOWN_MODEL_BYTES)
 
     used = 0
     plan_pos = 0
     fit_base = None
     for vi, var in enumerate(variables):
-        for gi, (s, e) in enumerate(groups):
+        for gi, (s, e) in enumerate(var_groups[vi]):
             if var.lo == var.hi:     # a constant variable: every member exact, no model
                 for t in range(s, e):
                     payloads[(vi, t)] = encode_constant(var.lo)
