@@ -315,3 +315,19 @@ def test_a_jump_in_time_starts_a_new_group(data):
     nv = neurvol.encode(jumpy, ratio=RATIO, steps=FIT_STEPS, group=8, seed=0, quiet=True,
                         arch="fvsrn")
     assert nv.info()["variables"][0]["groups"] == [[0, 3], [3, 6]]
+
+
+def test_xarray_backend_exposes_variables_and_time(multi, series):
+    xr = pytest.importorskip("xarray")
+    from neurvol.integrations.xarray_backend import NeurvolBackendEntrypoint
+
+    ds = xr.open_dataset(multi.to_bytes(), engine=NeurvolBackendEntrypoint)
+    assert set(ds.data_vars) == {"density", "velocity_x"}
+    assert ds["velocity_x"].dims == ("time", "z", "y", "x")
+    assert ds["velocity_x"].attrs["units"] == "m/s" and ds["velocity_x"].attrs["axis"] == "x"
+    assert ds["density"].dtype == np.uint8
+    np.testing.assert_array_equal(ds["velocity_x"].isel(time=2, z=slice(3, 6)).values,
+                                  multi["velocity_x"][2, 3:6])
+    ds2 = xr.open_dataset(series, engine=NeurvolBackendEntrypoint)
+    np.testing.assert_array_equal(ds2["time"].values, [0.0, 1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(ds2["data"].sel(time=3.0).values, series[3])
