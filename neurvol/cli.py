@@ -292,6 +292,11 @@ def _api() -> Any:
 def cmd_pack(args: argparse.Namespace) -> int:
     """Fit a network to a volume and save it as ``.nvol``."""
     out = _check_output(args.output, args.force)
+    series_input = _series_input(args)
+    if series_input is not None:
+        return _pack_series(args, out, series_input)
+    if args.group is not None:
+        raise NeurvolInputError("--group applies to time series: give a [t, z, y, x] .npy")
     loaded = nvio.load_volume(args.input, shape=args.shape, dtype=args.dtype,
                               byte_order=args.byte_order, format=args.format)
     volume = loaded.data
@@ -342,6 +347,43 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _series_input(args: argparse.Namespace) -> Optional[Any]:
+    """A time series to pack (spec/series.md): a ``[t, z, y, x]`` .npy (memmapped), or
+    None for a single volume."""
+    path = str(args.input)
+    if not path.lower().endswith(".npy") or args.format not in (None, "npy"):
+        return None
+    from .io.npy import load_npy
+
+    arr = load_npy(Path(path))
+    return arr if arr.ndim == 4 else None
+
+
+def _pack_series(args: argparse.Namespace, out: Path, data: Any) -> int:
+    """``pack`` of a time series: one file, the ratio over all steps."""
+    given = [flag for flag, v in (("--psnr", args.psnr), ("--max-error", args.max_error),
+                                  ("--rel-error", args.rel_error), ("--brick", args.brick),
+                                  ("--bricks", args.bricks), ("--scheduler", args.scheduler))
+             if v is not None]
+    if given:
+        raise NeurvolInputError(f"{', '.join(given)} do not apply to a time series; give --ratio")
+    t0 = time.perf_counter()
+    nv = _api().encode(data, ratio=args.ratio, arch=args.arch, seed=args.seed,
+                       device=args.device, steps=args.steps, quiet=args.quiet,
+                       group=args.group, codec=_codec_options(args),
+                       **_given_arch_options(args))
+    nv.save(out)
+    if not args.quiet:
+        size = out.stat().st_size
+        psnrs = [p for v in nv.info()["variables"] for p in v["psnr"] if p is not None]
+        _out(f"wrote {out}: {nv.shape[0]} steps, {_human_bytes(size)}, ratio "
+             f"{nv.original_bytes / size:.1f}:1 (asked {args.ratio:g})")
+        if psnrs:
+            _out(f"PSNR per step: mean {sum(psnrs) / len(psnrs):.2f} dB, min {min(psnrs):.2f} dB, "
+                 f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def _codec_options(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """The CodecSettings fields given on the command line (None: all defaults)."""
     given = {"prune": args.prune, "prune_method": args.prune_method, "grids": args.grid_coding,
@@ -364,6 +406,15 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     nvio.resolve_format(out, args.format, mode="write")  # fail on a bad extension before decoding
     t0 = time.perf_counter()
     with _api().open(args.input) as nv:
+        if hasattr(nv, "variables"):      # a time series (spec/series.md)
+            nv = _series_volume(nv, args, out)
+            if nv is None:
+                if not args.quiet:
+                    _out(f"wrote {out}: all steps, {time.perf_counter() - t0:.1f} s")
+                return 0
+        elif args.step is not None or args.variable is not None:
+            raise NeurvolInputError("--step and --variable apply to time-series files; "
+                                    f"{args.input} holds one volume")
         volume = nv.decode(shape=args.shape, dtype=args.dtype)
         spacing, origin = _output_geometry(nv, volume.shape)
     nvio.write_volume(out, volume, format=args.format, spacing=spacing, origin=origin)
@@ -371,6 +422,30 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, volume.shape))
         _out(f"wrote {out}: {shape} {volume.dtype}, {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _series_volume(series: Any, args: argparse.Namespace, out: Path) -> Any:
+    """For ``unpack`` of a time series: the single volume to write (``--step k`` of
+    ``--variable``, or of the only variable), or None after writing every step of one
+    variable to a ``[t, z, y, x]`` .npy."""
+    if args.variable is not None:
+        var = series[args.variable]
+    elif len(series.variables) == 1:
+        var = series[series.variables[0]]
+    else:
+        raise NeurvolInputError(
+            f"{args.input} holds {len(series.variables)} variables {series.variables}; "
+            "choose one with --variable NAME")
+    if args.step is not None:
+        return var.step(args.step)
+    if out.suffix.lower() != ".npy" or args.shape is not None:
+        raise NeurvolInputError(
+            f"{args.input} is a time series of {series.steps} steps: give --step K to write "
+            "one step, or write all steps (at their own shape) to a .npy")
+    from .io.npy import write_npy
+
+    write_npy(out, var.decode(dtype=args.dtype))
+    return None
 
 
 def _output_geometry(nv: Any, shape: Sequence[int]) -> tuple:
@@ -389,7 +464,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     with _api().open(args.input) as nv:
         info = nv.info()
         # Where the bytes go needs every brick read: by default only for small ensembles.
-        if args.bytes or nv.brick_count <= INFO_BYTES_MAX_BRICKS:
+        if hasattr(nv, "variables"):       # a time series: no per-brick breakdown
+            pass
+        elif args.bytes or nv.brick_count <= INFO_BYTES_MAX_BRICKS:
             info["bytes"] = nv.byte_breakdown()
     if args.json:
         _out(json.dumps(info, indent=2, default=_json_default))
@@ -406,7 +483,16 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise NeurvolIOError(f"cannot write values to {args.output!r}: use .npy, .csv or .txt")
     points = nvio.read_points(args.points)
     with _api().open(args.input) as nv:
-        values = np.asarray(nv.query(points, space=args.space, clamp=args.clamp)).reshape(-1)
+        if hasattr(nv, "variables"):      # a time series: at step (or time) --t
+            target = nv[args.variable] if args.variable is not None else nv
+            values = target.query(points, t=0 if args.t is None else args.t, space=args.space,
+                                  clamp=args.clamp)
+        elif args.t is not None or args.variable is not None:
+            raise NeurvolInputError("--t and --variable apply to time-series files; "
+                                    f"{args.input} holds one volume")
+        else:
+            values = nv.query(points, space=args.space, clamp=args.clamp)
+        values = np.asarray(values).reshape(-1)
     if out is not None:
         nvio.write_values(out, values)
         if not args.quiet:
@@ -737,6 +823,9 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
     p.add_argument("--byte-order", choices=("little", "big"), default="little",
                    help="raw input byte order (default: %(default)s)")
     p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("--group", type=_positive_int, default=None, metavar="N",
+                   help="time series ([t, z, y, x] .npy input): steps per group of a key step "
+                        "and its deltas (default 8; spec/series.md)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
 
 
@@ -819,6 +908,10 @@ def build_parser(*, models: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X",
                    help="decode on another grid (default: the input's shape)")
     p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("--step", type=int, default=None, metavar="K",
+                   help="time-series files: write step K only (decodes only its group up to K)")
+    p.add_argument("--variable", default=None, metavar="NAME",
+                   help="time-series files with several variables: the one to write")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_unpack)
 
@@ -843,6 +936,11 @@ def build_parser(*, models: bool = True) -> argparse.ArgumentParser:
                    help="clamp points outside the volume to its boundary instead of failing")
     p.add_argument("-o", "--output", default=None, metavar="VALUES",
                    help="write values to .npy or .csv/.txt instead of printing them")
+    p.add_argument("--t", type=_finite_float, default=None, metavar="T",
+                   help="time-series files: the step (default 0); between steps, e.g. 2.5, "
+                        "linear in time")
+    p.add_argument("--variable", default=None, metavar="NAME",
+                   help="time-series files with several variables: the one to query")
     p.add_argument("-f", "--force", action="store_true", help="overwrite VALUES if it exists")
     p.set_defaults(func=cmd_query)
 

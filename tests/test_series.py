@@ -331,3 +331,41 @@ def test_xarray_backend_exposes_variables_and_time(multi, series):
     ds2 = xr.open_dataset(series, engine=NeurvolBackendEntrypoint)
     np.testing.assert_array_equal(ds2["time"].values, [0.0, 1.0, 2.0, 3.0, 4.0])
     np.testing.assert_array_equal(ds2["data"].sel(time=3.0).values, series[3])
+
+
+def test_docs_timeseries_example_runs(tmp_path, monkeypatch, capsys):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "timeseries.md").read_text()
+    code = re.search(r"## Example.*?```python\n(.*?)```", text, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/timeseries.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "(6, 24, 24, 24) ['density', 'speed']" in out
+    assert "'members_decoded': 5" in out and "m/s {'solver': 'demo'}" in out
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_pack_unpack_step_query_info(data, tmp_path, capsys):
+    from neurvol.cli import main
+
+    np.save(tmp_path / "run.npy", data)
+    out = tmp_path / "run.nvol"
+    assert main(["pack", str(tmp_path / "run.npy"), "-o", str(out), "--ratio", "8", "--steps",
+                 "30", "--seed", "0", "--arch", "fvsrn", "--group", "3", "--device", "cpu"]) == 0
+    assert "5 steps" in capsys.readouterr().out
+    nv = neurvol.open(out)
+    assert isinstance(nv, NeuralSeries) and nv.shape == data.shape
+    assert main(["unpack", str(out), "-o", str(tmp_path / "s4.npy"), "--step", "4"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "s4.npy"), nv[4])
+    assert main(["unpack", str(out), "-o", str(tmp_path / "all.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "all.npy"), nv.decode())
+    assert main(["unpack", str(out), "-o", str(tmp_path / "all.nii")]) == 1   # needs --step
+    np.save(tmp_path / "pts.npy", np.array([[3.0, 4.0, 5.0]]))
+    capsys.readouterr()
+    assert main(["query", str(out), "--points", str(tmp_path / "pts.npy"), "--t", "2.5"]) == 0
+    got = float(capsys.readouterr().out.split()[0])
+    assert got == pytest.approx(float(nv.query([[3.0, 4.0, 5.0]], t=2.5)[0]), rel=1e-5, abs=1e-5)
+    assert main(["info", str(out)]) == 0
+    assert "steps: 5" in capsys.readouterr().out
