@@ -351,8 +351,9 @@ def _series_input(args: argparse.Namespace) -> Optional[Any]:
     """A time series to pack (spec/series.md): a ``[t, z, y, x]`` .npy (memmapped), or
     None for a single volume."""
     path = str(args.input)
-    if not path.lower().endswith(".npy") or args.format not in (None, "npy"):
-        return None
+    if not path.lower().endswith(".npy") or args.format not in (None, "npy") \
+            or not os.path.isfile(path):
+        return None     # the single-volume loader says what is wrong
     from .io.npy import load_npy
 
     arr = load_npy(Path(path))
