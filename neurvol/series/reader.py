@@ -28,6 +28,8 @@ from .layout import KEY_SERIES, SeriesLayout, Variable, parse_series
 
 #: Most bytes of decoded member weights kept for later steps of a chain.
 MAX_CHAIN_CACHE_BYTES = 128 << 20
+#: Most member volumes (each holding its evaluated model) kept for reuse.
+MAX_MEMBER_VOLUMES = 64
 #: The longest a constant member's payload is (kind byte + float64).
 _CONSTANT_PAYLOAD = 9
 #: Codec entry of the per-member header of a constant group (no model).
@@ -227,7 +229,7 @@ class NeuralSeries:
         self._lock = threading.RLock()
         self._weights: "OrderedDict[Key, Tuple[Any, int]]" = OrderedDict()
         self._cache_bytes = 0
-        self._members: Dict[Key, MemberVolume] = {}
+        self._members: "OrderedDict[Key, MemberVolume]" = OrderedDict()
         self._specs: Dict[str, Any] = {}
         self._decoded = 0
         self.encode_seconds: Optional[float] = None    # set by encode(); not in the file
@@ -382,6 +384,10 @@ class NeuralSeries:
                     header["model"] = group.model
                 hit = MemberVolume(self, variable, step, header, self._backend, self._device)
                 self._members[(variable, step)] = hit
+                while len(self._members) > MAX_MEMBER_VOLUMES:
+                    self._members.popitem(last=False)
+            else:
+                self._members.move_to_end((variable, step))
             return hit
 
     def member_weights(self, variable: int, step: int) -> Union[float, Dict[str, np.ndarray]]:
