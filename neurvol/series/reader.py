@@ -432,7 +432,10 @@ class NeuralSeries:
             raise NeurvolFormatError(
                 f"member {brick} is {length:,} bytes, longer than any valid payload for its "
                 f"model ({limit:,} bytes); the file is corrupted or hostile")
-        check_model_cost(arch.name, specs, max(length, 1))
+        # The model's cost is judged against its key's payload, as for a single-model
+        # file: a delta that changes little is short but evaluates the same model.
+        check_model_cost(arch.name, specs,
+                         self._reader.brick_length(self.layout.member(variable, group.start)))
         payload = self._reader.read_brick(brick)
         if step == group.start:
             if payload[:1] == bytes([KIND_DELTA]):
