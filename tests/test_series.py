@@ -238,6 +238,8 @@ HOSTILE = {
     "name duplicate": lambda h: h["series"]["variables"].append(
         dict(h["series"]["variables"][0])),
     "no series object": _set(["series"], [1, 2]),
+    "also a volume": _set(["volume"], {"shape": [16, 16, 16], "dtype": "<f4", "min": 0,
+                                       "max": 1}),
 }
 
 

@@ -190,6 +190,10 @@ def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int]) -> SeriesLa
     s = header.get(KEY_SERIES)
     if not isinstance(s, dict):
         raise NeurvolFormatError("header has no 'series' object; this is not a time-series file")
+    if "volume" in header:
+        raise NeurvolFormatError(
+            "header has both 'series' and 'volume' (spec/series.md §1: a series file has no "
+            "'volume'); the file is corrupted")
     if s.get("version") != SERIES_VERSION or type(s.get("version")) is not int:
         raise NeurvolFormatError(
             f"header 'series.version' is {brief(s.get('version'))}; this neurvol reads "
