@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from ..compress import TensorPlan, decode_payload, encode_constant, encode_records
-from ..compress.delta import encode_delta
+from ..compress.delta import decode_delta, delta_steps, encode_delta
 from ..container import NvolReader, serialize_nvol
-from ..errors import NeurvolBudgetError, NeurvolInputError
+from ..errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
 from ..fit import Fitting
 from ..fit.trainer import Regularizer
 from ..metrics import psnr
@@ -76,6 +76,8 @@ _STEP_SEARCH = 24
 #: longer than the first group's).
 _SLACK_PER_GROUP = 24
 _SLACK = 64
+#: Stream coders of a delta whose rANS stream the reader's bounds refuse.
+_FALLBACK_CODERS = ("raw", "zstd")
 #: Header bytes reserved before the first group's model entry is known.
 _UNKNOWN_MODEL_BYTES = 2048
 
@@ -407,6 +409,23 @@ def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int,
     best = code(hi_s)
     if len(best[0]) > target:     # even the coarsest step does not fit: keep the predecessor
         return encode_delta(prev, new, specs, {})
+    best = _search_step(code, best, target, lo_s, hi_s)
+    try:      # what the reader will accept: a stream its bounds refuse is coded without rANS
+        decode_delta(best[0], prev, specs)
+    except NeurvolFormatError:
+        log.warning("series: a delta's rANS stream fails the reader's bounds; coding it "
+                    "with zstd instead")
+        payload, decoded = encode_delta(prev, new, specs, delta_steps(best[0], specs),
+                                        coders=_FALLBACK_CODERS)
+        if len(payload) > target:
+            return encode_delta(prev, new, specs, {})
+        best = (payload, decoded)
+    return best
+
+
+def _search_step(code: Any, best: Tuple[bytes, Dict[str, np.ndarray]], target: int,
+                 lo_s: float, hi_s: float) -> Tuple[bytes, Dict[str, np.ndarray]]:
+    """The finest quantization step whose delta fits ``target`` bytes (bisection)."""
     for _ in range(_STEP_SEARCH):
         mid = math.sqrt(lo_s * hi_s)
         try:
