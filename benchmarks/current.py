@@ -150,6 +150,7 @@ PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
     "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
     "series": lambda a: run_script("series", "run_series.py", []),
+    "masked": lambda a: run_script("masked", "run_masked.py", []),
 }
 
 
@@ -238,13 +239,18 @@ def render_series(part: Dict[str, Any]) -> str:
                     "(`benchmarks/run_series.py`)", part["machine"]) + _note(part) + "\n" + part["markdown"]
 
 
+def render_masked(part: Dict[str, Any]) -> str:
+    return _heading("Masked volumes: NaN regions as a lossless mask (`benchmarks/run_masked.py`)",
+                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
 def _note(part: Dict[str, Any]) -> str:
     return f"\n{part['note']}\n" if part.get("note") else ""
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader, "series": render_series}
+    "reader": render_reader, "series": render_series, "masked": render_masked}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:

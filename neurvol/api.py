@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .encoding import encode_volume
+from .errors import NeurvolInputError
 from .encoding.bounded import encode_bounded_volume
 from .encoding.pilot import AUTO_RATE, RATE_CODING_LOSS_DB, RATE_PILOT, RATE_PILOT_DECLINE_DB
 from .encoding.plan import (AUTO_ARCH, AUTO_BRICK, AUTO_BRICK_VOXELS, AUTO_ORDER,
@@ -54,6 +55,7 @@ def encode(
     max_error: Optional[float] = None,
     rel_error: Optional[float] = None,
     model_ratios: Optional[Sequence[float]] = None,
+    fill_value: Optional[float] = None,
     time: Optional[Sequence[float]] = None,
     group: Optional[int] = None,
     metadata: Optional[Dict[str, Any]] = None,
@@ -110,6 +112,14 @@ def encode(
     no model) plus its correction stream; ``ratio``, ``psnr`` and the brick options do
     not apply.
 
+    Masked volumes (``spec/mask.md``): NaN voxels of a float volume, or the voxels equal
+    to ``fill_value``, hold no data. They are stored as a lossless, entropy-coded mask
+    (its bytes count in the budget), the model is fitted on the valid voxels only, and
+    ``decode()`` gives NaN / the fill value back there exactly; ``query()`` answers NaN at
+    points whose nearest voxel is masked. The value range, ``fit_psnr`` and
+    :func:`neurvol.metrics.psnr` are over the valid voxels. Masks need one model: not
+    with bricks or ``max_error``.
+
     Time series and several variables (``spec/series.md``, ``docs/timeseries.md``): a
     ``[t, z, y, x]`` array, a list of ``[z, y, x]`` volumes (arrays, memmaps, h5py
     datasets) or a dict ``{name: either}`` of variables sharing the time and grid gives a
@@ -129,10 +139,12 @@ def encode(
     """
     if is_series_input(volume):
         if psnr is not None or max_error is not None or rel_error is not None or \
-                brick is not None or bricks is not None or model_ratios is not None:
+                brick is not None or bricks is not None or model_ratios is not None or \
+                fill_value is not None:
             raise NeurvolInputError(
-                "psnr=, max_error=, rel_error=, model_ratios=, brick= and bricks= do not "
-                "apply to a time series or several variables; give ratio=")
+                "psnr=, max_error=, rel_error=, model_ratios=, brick=, bricks= and "
+                "fill_value= do not apply to a time series or several variables (steps with "
+                "NaN regions are not supported yet); give ratio=")
         data, seconds = encode_series(
             volume, ratio, time_axis=time, group=group, metadata=metadata, arch=arch,
             seed=seed, device=device, steps=steps, bits=bits, spacing=spacing, origin=origin,
@@ -146,6 +158,10 @@ def encode(
             "time=, group= and metadata= apply to time series: give a [t, z, y, x] array, a "
             "list of volumes or a dict of variables")
     if max_error is not None or rel_error is not None or model_ratios is not None:
+        if fill_value is not None:
+            raise NeurvolInputError(
+                "fill_value (a masked volume) does not combine with max_error/rel_error: "
+                "the error-bounded mode has no masks yet; encode with ratio= or psnr=")
         return encode_bounded_volume(
             volume, max_error, rel_error, model_ratios, psnr=psnr, brick=brick, bricks=bricks,
             arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
@@ -156,7 +172,7 @@ def encode(
         volume, ratio, psnr=psnr, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
         brick=brick, ghost=ghost, bricks=bricks, blend=blend, workers=workers, devices=devices,
-        executor=executor, retries=retries, **arch_options)
+        executor=executor, retries=retries, fill_value=fill_value, **arch_options)
 
 
 def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None,

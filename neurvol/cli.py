@@ -313,7 +313,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
             executor = stack.enter_context(Client(args.scheduler))
         bounded = {k: v for k, v in (("max_error", args.max_error),
                                      ("rel_error", args.rel_error),
-                                     ("model_ratios", args.model_ratios)) if v is not None}
+                                     ("model_ratios", args.model_ratios),
+                                     ("fill_value", args.fill_value)) if v is not None}
         nv = nv_mod.encode(volume, ratio=args.ratio, arch=args.arch, seed=args.seed,
                            device=args.device, steps=args.steps, quiet=args.quiet,
                            spacing=loaded.spacing, origin=loaded.origin,
@@ -343,7 +344,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
             psnr = _find(info, "fit_psnr", "psnr")
         _out(f"wrote {out}: {_human_bytes(size)}, ratio {nbytes / size:.1f}:1 "
              f"(asked {args.ratio:g}, budget {_human_bytes(int(nbytes // args.ratio))})")
-        _out(f"fit PSNR {_fmt_db(psnr)}, {seconds:.1f} s")
+        masked = f", {info['mask']['masked']} voxels masked" if "mask" in info else ""
+        _out(f"fit PSNR {_fmt_db(psnr)}{masked}, {seconds:.1f} s")
     return 0
 
 
@@ -796,6 +798,10 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
                         "40%% of the steps, finish it unless coding costs it over 2.4 dB, "
                         "else fit the default (default for one model unless --grid-bits or "
                         "--grid-coding is given; 0 turns it off)")
+    p.add_argument("--fill-value", type=_finite_float, default=None, metavar="V",
+                   help="voxels equal to V hold no data: stored as a lossless mask and "
+                        "restored exactly (NaN voxels of float volumes always are; "
+                        "spec/mask.md); one model, not with bricks or --max-error")
     g = p.add_argument_group("error-bounded mode (spec/correction.md)")
     bound = g.add_mutually_exclusive_group()
     bound.add_argument("--max-error", type=_nonnegative_float, default=None, metavar="E",

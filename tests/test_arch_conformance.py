@@ -1,6 +1,7 @@
 """What every architecture must do, checked the same way for each (one table, one place).
 
-Per architecture: a fitted file saves, reopens and answers queries as the model in memory
+Per architecture: the config round-trips through the header and matches the module's
+tensor list; a fitted file saves, reopens and answers queries as the model in memory
 and as a full decode; files meet the byte budget; a damaged or incomplete config in a file
 is a format error; and, where the architecture's page under ``spec/arch/`` has an
 independent numpy evaluator (in ``tests/test_arch_<name>.py``), the stored tensors
@@ -72,6 +73,22 @@ def test_every_architecture_has_a_case() -> None:
 
 def _cases(with_attr: Optional[str] = None):
     return [a for a, c in CASES.items() if with_attr is None or getattr(c, with_attr) is not None]
+
+
+@pytest.mark.parametrize("arch", _cases())
+def test_config_round_trip_and_tensor_list(arch_nv, arch):
+    """The header's config reads back to itself (also through JSON), and the module built
+    from it has exactly the config's tensor list (the torch-free ``tensor_specs``, which
+    a reader uses) and ``param_count()`` parameters."""
+    spec = arch_nv(arch).header["model"]
+    architecture = get_architecture(arch)
+    cfg = architecture.config_cls.from_dict(spec["config"])
+    assert cfg.to_dict() == spec["config"]
+    assert architecture.config_cls.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    model = architecture.build(cfg)
+    assert [(n, tuple(t.shape)) for n, t in model.state_dict().items()] == \
+        [(n, tuple(shape)) for n, shape in cfg.tensor_specs()]
+    assert sum(p.numel() for p in model.parameters()) == cfg.param_count()
 
 
 @pytest.mark.parametrize("arch", _cases())

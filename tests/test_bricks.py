@@ -61,7 +61,7 @@ def test_single_brick_request_is_the_single_model_file(sample):
     # codec.pipeline configs (spec/payload.md §1.3).
     a = neurvol.encode(sample[:24, :24, :24], bricks=(1, 1, 1), **OPTS).to_bytes()
     b = neurvol.encode(sample[:24, :24, :24], **OPTS).to_bytes()
-    assert a == b and NvolReader(a).version == (1, 0)
+    assert a == b and NvolReader(a).version == (1, 4)    # compact header (spec/nvol.md §3.3)
 
 
 def test_hash_matches_spec_on_faces_corners_and_random_points():

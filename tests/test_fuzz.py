@@ -90,6 +90,16 @@ def test_fuzz_header_edits_behind_valid_crc(seeds, data):
     _run(seeds, data, ["header"], 2)
 
 
+@_settings(300)
+@given(data=st.data())
+def test_fuzz_compact_header_edits_behind_valid_crc(seeds, data):
+    """Compact headers (format 1.4): edited reduced JSON, declared sizes, dictionary ids,
+    junk after the frame, all behind a valid header CRC."""
+    compact = [(n, d) for n, d in seeds if F.split_compact(d) is not None]
+    assert compact
+    _run(compact, data, ["compact"], 2)
+
+
 @_settings(500)
 @given(data=st.data())
 def test_fuzz_payload_and_record_edits_rechecksummed(seeds, data):

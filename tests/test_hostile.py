@@ -184,6 +184,44 @@ def test_one_gib_raw_float_payload(sandbox):
     _check(sandbox, data)
 
 
+def _huge_masked_file(mask_section: bytes, masked: int) -> bytes:
+    """The tiny masked seed (spec/mask.md) declaring a 2048^3 volume (2^33 voxels, a
+    1 GiB bit mask) with ``mask_section`` as its mask."""
+    hdr, _ = F.split_head(F.masked_file())
+    hdr = {k: v for k, v in hdr.items() if k != "sections"}
+    hdr["volume"] = dict(hdr["volume"], shape=[2048, 2048, 2048])
+    hdr["mask"] = dict(hdr["mask"], masked=masked)
+    return serialize_nvol(hdr, F.bricks_of(F.masked_file()), {"mask": mask_section}, minor=3)
+
+
+def test_mask_section_lying_about_its_size(sandbox):
+    """A few-byte mask section for 2^33 voxels: a zstd frame declaring the 1 GiB of bits,
+    and a run stream declaring 2^33 runs: refused from the section's length, unallocated."""
+    n = 2048 ** 3
+    bits = b"\x01" + zstandard.ZstdCompressor().compress(b"")   # declares 0 bytes
+    bomb = b"\x01" + _zstd_zeros((n + 7) // 8)   # declares the real 1 GiB
+    runs = b"\x02" + struct.pack("<Q", n) + _stream(1, 4, _zstd_zeros(4 * n // 64))
+    # rows: 2^22 rows of change counts (4 MiB of plain symbols) from a tiny zstd frame
+    rows = b"\x03" + _stream(1, 1, _zstd_zeros(2048 * 2048))
+    for section in (bits, bomb, runs, rows):
+        assert len(section) < 64 << 10
+        res = _check(sandbox, _huge_masked_file(section, 5))
+        assert "mask" in res["message"]
+
+
+def test_huge_volume_with_a_small_runs_mask_reads_in_small_memory(sandbox):
+    """Runs stay runs: a 2^33-voxel mask of two runs reads in O(runs) memory."""
+    n = 2048 ** 3
+    runs = np.array([n - 5, 5], dtype="<u8")
+    section = b"\x02" + struct.pack("<Q", 2) + _stream(0, 8, runs.tobytes())
+    # width 8 is not a stream width: refused cleanly
+    _check(sandbox, _huge_masked_file(section, 5))
+    section = b"\x02" + struct.pack("<Q", 3) + _stream(0, 4, np.array(
+        [2 ** 32 - 1, 5, n - 5 - (2 ** 32 - 1)], "<u4").tobytes())
+    res = _check(sandbox, _huge_masked_file(section, 5), expect_error=False)
+    assert res["outcome"] == "ok", res
+
+
 def test_element_and_compute_budgets_accept_real_files():
     """The amplification and compute caps are far above what the encoder writes: every
     golden file and seed model (each architecture, vq, pruned) holds at most a few
@@ -559,3 +597,55 @@ def test_error_messages_never_fail_on_huge_values():
     assert brief(10 ** 5000) == "<int of 16610 bits>"
     assert "bits>" in brief({"a": [10 ** 4000]})
     assert len(brief("x" * 10 ** 6)) < 200
+
+
+# ---------------------------------------------------------------------------------------
+# compact headers (format 1.4, spec/nvol.md §3.3): sizes checked before decompressing
+
+
+def _compact_frame(text: bytes, content_size: bool = True) -> bytes:
+    from neurvol.container import compact
+    return zstandard.ZstdCompressor(dict_data=compact._dictionary(1), write_dict_id=False,
+                                    write_checksum=False,
+                                    write_content_size=content_size).compress(text)
+
+
+def _compact_parts():
+    hdr, crc, brick = F.split_compact(F.tiny_model_file(compact=True))
+    return hdr, crc, brick
+
+
+def test_compact_header_lying_about_its_size(sandbox):
+    """A frame declaring 60 KiB (under the cap) that holds 64 MiB: decompression stops
+    one byte past the declared size."""
+    _, crc, brick = _compact_parts()
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, size=64 << 20,
+                                                          closefd=False) as w:
+        for _ in range(16):
+            w.write(b" " * (4 << 20))
+    bomb = out.getvalue()
+    fhd = bomb[4]
+    assert fhd >> 6 == 2 and fhd & 0x03 == 0          # a 4-byte size field, no dict id
+    start = 5 + (0 if fhd & 0x20 else 1)              # after the window descriptor, if any
+    assert struct.unpack_from("<I", bomb, start)[0] == 64 << 20
+    lying = bomb[:start] + struct.pack("<I", 60 << 10) + bomb[start + 4:]
+    res = _check(sandbox, F.forge_compact(None, crc, brick, frame=lying))
+    assert res["type"] == "NeurvolFormatError", res
+
+
+def test_compact_header_past_the_cap(sandbox):
+    hdr, crc, brick = _compact_parts()
+    big = _compact_frame(b'{"a":"' + b" " * (1 << 24) + b'"}')
+    res = _check(sandbox, F.forge_compact(None, crc, brick, frame=big))
+    assert "at most 65536" in res["message"], res
+    hidden = _compact_frame(b'{"a":"' + b" " * (1 << 24) + b'"}', content_size=False)
+    res = _check(sandbox, F.forge_compact(None, crc, brick, frame=hidden))
+    assert "declares no size" in res["message"], res
+
+
+@pytest.mark.parametrize("dict_id", [0, 2, 255])
+def test_compact_header_of_an_unknown_dictionary(sandbox, dict_id):
+    hdr, crc, brick = _compact_parts()
+    res = _check(sandbox, F.forge_compact(hdr, crc, brick, dict_id=dict_id))
+    assert res["type"] == "NeurvolVersionError" and "upgrade" in res["message"], res

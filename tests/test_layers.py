@@ -44,6 +44,8 @@ LAYERS: Dict[str, int] = {
     "compress": 4,
     # SRN architectures (torch for training, numpy for reading)
     "models": 5, "model_limits": 5,
+    # a masked volume's header entry and where its mask applies (decoded grids, queries)
+    "masking": 5,
     # sampling, training, losses, rate terms
     "fit": 6,
     # a trained model -> payload (pruning, quantization, fine-tuning)

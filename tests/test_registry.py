@@ -76,6 +76,55 @@ def test_builtin_ids_are_the_specs() -> None:
         get_coder(7)
 
 
+#: A subsection heading of spec/payload.md that defines one registry entry.
+_ENTRY_HEADING = re.compile(r"^(#{2,5}) (\d+(?:\.\d+)*) (Method|Coder) (\d+): `(\w+)`\s*$", re.M)
+
+
+def _spec_subsections() -> dict:
+    """``{(kind, id): (section number, name, text)}`` of the entry subsections; a
+    subsection's text runs to the next heading of its level or above."""
+    text = SPEC.read_text(encoding="utf-8")
+    out = {}
+    for m in _ENTRY_HEADING.finditer(text):
+        key = (m.group(3), int(m.group(4)))
+        assert key not in out, f"two subsections define {key}"
+        nxt = re.compile(rf"^#{{1,{len(m.group(1))}}} ", re.M).search(text, m.end())
+        out[key] = (m.group(2), m.group(5), text[m.end():nxt.start() if nxt else len(text)])
+    return out
+
+
+@pytest.mark.parametrize("cls", methods() + coders(), ids=lambda c: c.name)
+def test_every_id_has_its_own_spec_subsection(cls) -> None:
+    """Adding a method or coder = one module + one spec section: each registered id has a
+    subsection headed ``<section> Method|Coder <id>: `<name>` `` at the section the class
+    declares, and a method's subsection states its masking and axis rules as the class
+    enforces them."""
+    kind = "Method" if issubclass(cls, RecordMethod) else "Coder"
+    subsections = _spec_subsections()
+    assert (kind, cls.id) in subsections, f"spec/payload.md has no subsection for {kind} {cls.id}"
+    number, name, body = subsections[(kind, cls.id)]
+    assert (f"§{number}", name) == (cls.section, cls.name)
+    assert "MUST" in body or kind == "Method", f"{cls.name}: no decoder requirement"
+    if kind == "Method":
+        rule = ("Maskable." if cls.maskable else
+                f"Never masked; the tensor MUST have at least {cls.min_axes} axes")
+        assert body.strip().startswith(rule), f"{cls.name}: the subsection should open {rule!r}"
+    informative_heading = False
+    for para in body.split("\n\n"):
+        if para.lstrip().startswith("#"):
+            informative_heading = "informative" in para.splitlines()[0].lower()
+        if ("reference" in para.lower() and not informative_heading
+                and "informative" not in para.lower()):
+            pytest.fail(f"{cls.name}: an encoder note not marked informative: {para[:80]!r}")
+
+
+def test_spec_subsections_are_all_registered() -> None:
+    """No subsection describes an id the registry lacks (a removed or renamed entry)."""
+    registered = {("Method" if issubclass(c, RecordMethod) else "Coder", c.id)
+                  for c in methods() + coders()}
+    assert set(_spec_subsections()) == registered
+
+
 @pytest.mark.parametrize("cls", methods() + coders(), ids=lambda c: c.name)
 def test_config_round_trip(cls) -> None:
     params = CONFIGS.get(cls.name, {})

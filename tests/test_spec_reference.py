@@ -3,8 +3,10 @@
 If the reference implementation and this reading of the spec disagree, one of them is
 wrong: the spec is normative, so fix whichever departs from it.
 """
+import hashlib
 import io
 import json
+import os
 import struct
 import zlib
 
@@ -15,12 +17,46 @@ import zstandard
 import neurvol
 
 
+SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "spec")
+
+
+def _compact_header(raw: bytes, minor: int):
+    """spec/nvol.md §3.3: (expanded header, brick CRC) of a compact header."""
+    assert minor >= 4 and raw[:2] == b"\xff\x01"
+    (crc,) = struct.unpack_from("<I", raw, 2)
+    with open(os.path.join(SPEC_DIR, "nvol-header-dict-1.bin"), "rb") as f:
+        dictionary = f.read()
+    assert hashlib.sha256(dictionary).hexdigest() == (
+        "eb87779be9a8151f913a903d8e854c30f50a1100e3e9811abd3451923e0d7513")
+    frame = b"\x28\xb5\x2f\xfd" + raw[6:]
+    size = zstandard.get_frame_parameters(frame).content_size
+    assert 0 <= size <= 65536
+    d = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
+        dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
+    text = d.decompress(frame)
+    assert len(text) == size
+    header = json.loads(text)
+    assert "bricks" not in header and "sections" not in header
+    defaults = {"volume": {"spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0]},
+                "codec": {"name": "neurvol", "version": 2}}
+    for key, members in defaults.items():
+        if key in header:
+            header[key] = {**members, **header[key]}
+    header["bricks"] = {"grid": [1, 1, 1]}
+    return header, crc
+
+
 def _parse_container(data: bytes):
     assert data[:8] == b"\x89NVL\r\n\x1a\n"
     major, minor, n = struct.unpack_from("<HHI", data, 8)
-    assert (major, minor) == (1, 0)
-    header = json.loads(data[16:16 + n])
+    assert major == 1 and minor in (0, 4)
     assert struct.unpack_from("<I", data, 16 + n)[0] == zlib.crc32(data[:16 + n])
+    if data[16] == 0xFF:
+        header, crc = _compact_header(data[16:16 + n], minor)
+        payload = data[20 + n:]
+        assert zlib.crc32(payload) == crc
+        return header, [payload]
+    header = json.loads(data[16:16 + n])
     sections = {s["name"]: s for s in header["sections"]}
     idx = sections["brick_index"]
     bricks = sections["bricks"]

@@ -1,5 +1,5 @@
 """Codebooks shared by the kmeans and vq record methods: a book kind byte, ``k`` and the
-values as binary16 or float32 (``spec/payload.md`` §2.2)."""
+values as binary16 or float32 (``spec/payload.md`` §2.2.6, §2.2.9)."""
 from __future__ import annotations
 
 import struct

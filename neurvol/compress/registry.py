@@ -56,7 +56,7 @@ class _Registered:
     name: ClassVar[str]
     #: One line for the spec's id table.
     summary: ClassVar[str]
-    #: The section of ``spec/payload.md`` that defines the layout, e.g. ``"§2.2"``.
+    #: The section of ``spec/payload.md`` that defines the layout, e.g. ``"§2.2.4"``.
     section: ClassVar[str]
     #: Config parameters (constructor keywords), in the order configs list them.
     params: ClassVar[Tuple[str, ...]] = ()
@@ -207,6 +207,15 @@ class _Registry:
             raise KeyError(f"unknown {self.kind} {key!r} (known: {known})")
         return table[key]
 
+    def read(self, key: int, what: str) -> type:
+        """The entry of an id byte read from a file (an unknown id is a format error)."""
+        try:
+            return self.get(key)
+        except KeyError:
+            raise NeurvolFormatError(
+                f"{what}: unknown {self.kind} {key} (the file may need a newer neurvol, "
+                "or it is damaged)") from None
+
     def all(self) -> Tuple[type, ...]:
         self.load()
         return tuple(self.by_id[i] for i in sorted(self.by_id))
@@ -289,22 +298,12 @@ def grid_codings() -> Tuple[str, ...]:
 
 def read_method(method_id: int, what: str) -> Type[RecordMethod]:
     """The method of a record's method byte (an unknown id is a format error)."""
-    try:
-        return get_method(method_id)
-    except KeyError:
-        raise NeurvolFormatError(
-            f"{what}: unknown record method {method_id} (the file may need a newer neurvol, "
-            "or it is damaged)") from None
+    return _METHODS.read(method_id, what)
 
 
 def read_coder(coder_id: int, what: str) -> Type[StreamCoder]:
     """The coder of a stream's coder byte (an unknown id is a format error)."""
-    try:
-        return get_coder(coder_id)
-    except KeyError:
-        raise NeurvolFormatError(
-            f"{what}: unknown stream coder {coder_id} (the file may need a newer neurvol, "
-            "or it is damaged)") from None
+    return _CODERS.read(coder_id, what)
 
 
 #: The generated part of spec/payload.md §2.4 sits between these lines.

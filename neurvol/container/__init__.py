@@ -11,13 +11,13 @@ Example:
     ((1, 1, 2), b'ab', b'')
 """
 from .brickhash import brick_ids
-from .format import (FORMAT_VERSION, INDEX_RECORD_SIZE, MAGIC, MAX_BRICKS,
+from .format import (COMPACT_MINOR, FORMAT_VERSION, INDEX_RECORD_SIZE, MAGIC, MAX_BRICKS,
                      MAX_HEADER_BYTES, MAX_SECTIONS, MIN_FILE_SIZE)
 from .reader import NvolReader, Section, read_nvol_bytes
 from .writer import serialize_nvol, write_nvol
 
 __all__ = [
-    "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_BRICKS", "MAX_SECTIONS",
+    "MAGIC", "FORMAT_VERSION", "COMPACT_MINOR", "MAX_HEADER_BYTES", "MAX_BRICKS", "MAX_SECTIONS",
     "MIN_FILE_SIZE", "INDEX_RECORD_SIZE",
     "serialize_nvol", "write_nvol", "NvolReader", "Section", "read_nvol_bytes",
     "brick_ids",

@@ -9,18 +9,19 @@ from ..errors import NeurvolInputError
 from .format import MAX_BRICKS
 
 
-def check_grid(grid: Sequence[int]) -> Tuple[int, int, int]:
-    """Return *grid* as a tuple (K, J, I) of positive ints, or raise NeurvolInputError."""
+def check_grid(grid: Sequence[int], what: str = "brick grid") -> Tuple[int, int, int]:
+    """Return *grid* as a tuple (K, J, I) of positive ints, or raise NeurvolInputError
+    (whose message calls it *what*: the user's name for it)."""
     try:
         k, j, i = grid
     except (TypeError, ValueError):
-        raise NeurvolInputError(f"brick grid must be 3 ints (K, J, I), got {grid!r}") from None
+        raise NeurvolInputError(f"{what} must be 3 ints (K, J, I), got {grid!r}") from None
     out = []
     for n in (k, j, i):
         # numpy integers are fine here; bools and floats are not.
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
             raise NeurvolInputError(
-                f"brick grid must be 3 positive ints (K, J, I), got {grid!r}")
+                f"{what} must be 3 positive ints (K, J, I), got {grid!r}")
         out.append(int(n))
     if out[0] * out[1] * out[2] > MAX_BRICKS:
         raise NeurvolInputError(

@@ -54,3 +54,7 @@ KEY_BRICKS = "bricks"
 KEY_GRID = "grid"
 
 U32_MAX = 2 ** 32 - 1
+
+#: Minor version of the compact header (spec/nvol.md §3.3): a one-brick file without
+#: extra sections may store its header as a dictionary-compressed frame.
+COMPACT_MINOR = 4

@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import (NeurvolFormatError, NeurvolInputError, NeurvolIOError,
                       NeurvolVersionError, brief)
 from ._json import parse_header
-from .format import (FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, INDEX_RECORD_SIZE,
+from .compact import COMPACT_MARKER, RESERVED_MARKERS, decode_compact, is_compact
+from .format import (COMPACT_MINOR, FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, INDEX_RECORD_SIZE,
                      KEY_BRICKS, KEY_GRID, KEY_SECTIONS, MAGIC, MAX_BRICKS,
                      MAX_HEADER_BYTES, MAX_SECTIONS, MIN_FILE_SIZE, PREAMBLE,
                      PREAMBLE_SIZE, REQUIRED_SECTIONS, SECTION_BRICK_INDEX,
@@ -121,13 +122,48 @@ class NvolReader:
             raise NeurvolFormatError(
                 f"{self.name}: header checksum mismatch (stored {stored:#010x}, computed "
                 f"{computed:#010x}); the file is corrupted")
-        self.header: Dict[str, Any] = parse_header(raw[:n])
         self._data_start = MIN_FILE_SIZE + n
+        if is_compact(raw[:n]):
+            self._open_compact(raw[:n], minor, size)
+            return
+        if n and raw[0] >= RESERVED_MARKERS:
+            raise NeurvolVersionError(
+                f"{self.name}: the header starts with byte {raw[0]:#04x}, a header encoding "
+                f"this neurvol does not know (it reads JSON and the compact header {COMPACT_MARKER:#04x}); "
+                "the file was written by a newer neurvol - upgrade neurvol (pip install -U "
+                "neurvol), or the file is corrupted")
+        self.header: Dict[str, Any] = parse_header(raw[:n])
         self._sections = self._check_sections(self.header.get(KEY_SECTIONS), size)
         self.grid = self._check_grid(self.header.get(KEY_BRICKS))
         self.brick_count = self.grid[0] * self.grid[1] * self.grid[2]
         self._index = self._check_index()
         self._bricks_offset = self._sections[SECTION_BRICKS].offset
+
+    def _open_compact(self, raw: bytes, minor: int, size: int) -> None:
+        """A compact header (spec/nvol.md §3.3): one brick, the rest of the file."""
+        if minor < COMPACT_MINOR:
+            raise NeurvolFormatError(
+                f"{self.name}: the file has a compact header but declares version 1.{minor} "
+                f"(compact headers are format 1.{COMPACT_MINOR}); the file is corrupted")
+        header, crc = decode_compact(raw, self.name)
+        start, length = self._data_start, size - self._data_start
+        if length > U32_MAX:
+            raise NeurvolFormatError(
+                f"{self.name}: the brick of a compact file is {length} bytes, more than the "
+                f"{U32_MAX} a brick may hold; the file is corrupted")
+        if length == 0 and crc != 0:
+            raise NeurvolFormatError(f"{self.name}: empty brick 0 has a non-zero crc32")
+        # The implied section table, as a JSON header would list it: an empty index (the
+        # brick's record is the header's CRC and the file's length) and the brick.
+        table = [{"name": SECTION_BRICK_INDEX, "offset": start, "length": 0, "crc32": 0},
+                 {"name": SECTION_BRICKS, "offset": start, "length": length, "crc32": None}]
+        self.header = {**header, KEY_SECTIONS: table}
+        self._sections = {e["name"]: Section(e["name"], e["offset"], e["length"], e["crc32"])
+                          for e in table}
+        self.grid = (1, 1, 1)
+        self.brick_count = 1
+        self._index = np.array([(0, length, crc)], dtype=INDEX_DTYPE)
+        self._bricks_offset = start
 
     def _fail_small(self, size: int, head: bytes) -> None:
         if size == 0:

@@ -13,7 +13,8 @@ import torch
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..models.base import resolve_device
 from ..neural_volume import NeuralVolume
-from ..volume_checks import check_ratio, check_volume
+from ..volume_checks import check_masked_volume, check_ratio
+from .masked import MaskedInput, fill_normalized, masked_input
 from .plan import (CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
                    first_solvable, fit_settings_for, normalized_tensor, triple,
                    volume_header)
@@ -34,20 +35,27 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                   quiet: bool, brick: Optional[int], ghost: int,
                   bricks: Optional[Sequence[int]], blend: bool, workers: Optional[int],
                   devices: Optional[Sequence[str]], executor: Any, retries: int,
-                  **arch_options: Any) -> NeuralVolume:
+                  fill_value: Optional[float] = None, **arch_options: Any) -> NeuralVolume:
     """:func:`neurvol.encode` (see its docstring for the arguments)."""
     explicit_auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
     kwargs = dict(
         psnr=None, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
         brick=brick, ghost=ghost, bricks=bricks, blend=blend, workers=workers,
-        devices=devices, executor=executor, retries=retries, **arch_options)
+        devices=devices, executor=executor, retries=retries, fill_value=fill_value,
+        **arch_options)
     if psnr is not None:     # a search: several encodes with these arguments
         return encode_to_psnr(encode_volume, volume, psnr, ratio, kwargs)
     t_start = time.perf_counter()
     grid = brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
+    masked: Optional[MaskedInput] = None
     if grid is None:
-        volume, lo, hi = check_volume(volume)
+        volume, lo, hi, mask = check_masked_volume(volume, fill_value)
+        masked = masked_input(mask, fill_value)
+    elif fill_value is not None:
+        raise NeurvolInputError(
+            "masked volumes (fill_value=, NaN regions) are stored with one model: bricked "
+            f"files do not take masks; pass bricks=(1, 1, 1) (asked for a {grid} grid)")
     ratio = check_ratio(ratio)
     check_int(seed, "seed", 0, what="a non-negative int")
     if not 0 <= seed < 2 ** 63:
@@ -72,7 +80,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
             devices = [str(resolve_device(d)) for d in devices]
             if not devices:
                 raise NeurvolInputError("devices must list at least one device, e.g. ['cuda:0']")
-        return encode_bricked(
+        return encode_bricked(  # NaN is refused per brick (spec/mask.md: no bricked masks)
             volume, ratio=ratio, grid=grid, ghost=ghost, blend=bool(blend),
             candidates=candidates, arch_options=arch_options, seed=seed, device=str(dev),
             devices=devices, steps=steps, bits=bits, spacing=spacing_t, origin=origin_t,
@@ -84,7 +92,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                         arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
                         spacing=spacing_t, origin=origin_t, fit_settings=fit_settings,
                         codec=codec, auto_rate=explicit_auto_rate or rate_is_default(codec),
-                        quiet=quiet)
+                        quiet=quiet, masked=masked)
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
@@ -94,17 +102,23 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
                    arch_options: Dict[str, Any], seed: int, dev: torch.device,
                    steps: Optional[int], bits: int, spacing: Sequence[float],
                    origin: Sequence[float], fit_settings: Optional[Dict[str, Any]],
-                   codec: Optional[Dict[str, Any]], auto_rate: bool, quiet: bool
-                   ) -> NeuralVolume:
-    """One model of the whole volume (a format 1.0 file)."""
+                   codec: Optional[Dict[str, Any]], auto_rate: bool, quiet: bool,
+                   masked: Optional[MaskedInput] = None) -> NeuralVolume:
+    """One model of the whole volume (a format 1.0 file; 1.3 with a mask)."""
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
     budget = int(math.prod(shape) * dtype.itemsize // ratio)
     header = volume_header(shape, dtype, lo, hi, list(spacing), list(origin),
                            {"grid": [1, 1, 1]}, ratio, budget)
+    if masked is not None:
+        masked.add_to(header)
     if lo == hi:  # constant volume: stored exactly, no model
-        return constant_file(header, lo, budget)
+        return constant_file(header, lo, budget, masked)
     data = normalized_tensor(volume, lo, hi)
+    valid = None
+    if masked is not None:
+        fill_normalized(data.numpy(), masked)
+        valid = torch.from_numpy(~masked.mask)
     k0 = 2 ** bits
 
     def start(codec_fields: Optional[Dict[str, Any]]) -> ModelFit:
@@ -112,7 +126,7 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
         architecture, config = first_solvable(candidates, header, tuple(data.shape), budget,
                                               bits, arch_options, settings)
         fit = fit_settings_for(architecture, fit_settings, steps)
-        run = start_fit(architecture, config, fit, settings, data, seed, dev)
+        run = start_fit(architecture, config, fit, settings, data, seed, dev, valid)
         log.info("encode: %s %s, budget %d bytes, %d parameters, %d steps on %s",
                  architecture.name, config.to_dict(), budget,
                  sum(p.numel() for p in run.model.parameters()), fit.steps, dev)
@@ -128,9 +142,9 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
         except (NeurvolInputError, NeurvolBudgetError):
             rated = None     # an architecture without feature grids: the default it is
         run = start(default_codec) if rated is None else rate_pilot(
-            rated, lambda: start(default_codec), volume, header, budget, k0, quiet)
+            rated, lambda: start(default_codec), volume, header, budget, k0, quiet, masked)
     else:
         run = start(codec)
     advance_with_bar(run, None, quiet, "fitting")
     result = run.fitting.finish()
-    return pack_file(run, dict(header), volume, budget, k0, steps=result.steps)
+    return pack_file(run, dict(header), volume, budget, k0, steps=result.steps, masked=masked)

@@ -63,10 +63,11 @@ def rate_candidates(codec: Dict[str, Any]) -> List[Optional[Dict[str, Any]]]:
     return [rest or None, {**AUTO_RATE, **rest, "rate": AUTO_RATE["rate"]}]
 
 
-def float_psnr(model: VolumeModel, data: torch.Tensor) -> float:
-    """PSNR of ``model``'s float values (a CPU model in eval mode) on every voxel of
-    ``data`` (normalized)."""
-    sse, voxels = model_sse(model, data.numpy())
+def float_psnr(model: VolumeModel, data: torch.Tensor,
+               valid: Optional[torch.Tensor] = None) -> float:
+    """PSNR of ``model``'s float values (a CPU model in eval mode) on every (``valid``)
+    voxel of ``data`` (normalized)."""
+    sse, voxels = model_sse(model, data.numpy(), valid=None if valid is None else valid.numpy())
     return psnr_from_mse(sse / voxels)
 
 
@@ -78,7 +79,7 @@ def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
     :data:`RATE_PILOT_DECLINE_DB` below that at :data:`RATE_PILOT_EARLY`) and coding cost
     at most :data:`RATE_CODING_LOSS_DB`. The one rule of single models and bricks."""
     advance_to(int(RATE_PILOT_EARLY * run.settings.steps))
-    early_psnr = float_psnr(copy.deepcopy(run.model).cpu().eval(), run.data)
+    early_psnr = float_psnr(copy.deepcopy(run.model).cpu().eval(), run.data, run.valid)
     advance_to(int(RATE_PILOT * run.settings.steps))
     probe = dataclasses.replace(
         run, model=copy.deepcopy(run.model),
@@ -86,7 +87,7 @@ def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
         # same fraction stands in for it here.
         codec=dataclasses.replace(run.codec, finetune=0.0, prune_method="magnitude"))
     probe.model.cpu().eval()
-    fitted_psnr = float_psnr(probe.model, run.data)
+    fitted_psnr = float_psnr(probe.model, run.data, run.valid)
     coded = coded_psnr(probe)
     stable = fitted_psnr >= early_psnr - RATE_PILOT_DECLINE_DB
     keep = stable and fitted_psnr - coded <= RATE_CODING_LOSS_DB
@@ -99,16 +100,17 @@ def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
 
 
 def rate_pilot(rated: ModelFit, start_default: Callable[[], ModelFit], volume: Any,
-               header: Dict[str, Any], budget: int, k0: int, quiet: bool) -> ModelFit:
+               header: Dict[str, Any], budget: int, k0: int, quiet: bool,
+               masked: Any = None) -> ModelFit:
     """A single model's choice (:func:`pilot_keeps`, the coded copy scored by the PSNR of
     the whole file it makes): ``rated``, fitted on to the pilot's end, or the default
     candidate ``start_default()`` starts. ``volume``, ``header``, ``budget``, ``k0``: the
-    encode's."""
+    encode's; ``masked``: its :class:`~neurvol.encoding.masked.MaskedInput` or None."""
     desc = "fitting (rate-aware, pilot)"
 
     def coded_psnr(probe: ModelFit) -> float:
         return pack_file(probe, dict(header), volume, budget, k0,
-                         steps=rated.fitting.step).fit_psnr
+                         steps=rated.fitting.step, masked=masked).fit_psnr
 
     keep = pilot_keeps(rated, lambda step: advance_with_bar(rated, step, quiet, desc),
                        coded_psnr)

@@ -16,6 +16,7 @@ import torch
 
 from ..version import __version__
 from ..container import serialize_nvol
+from ..container.format import COMPACT_MINOR
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..fit import FitSettings
 from ..models import Architecture, ModelConfig, architectures, get_architecture
@@ -42,13 +43,21 @@ CODEC = {"name": "neurvol", "version": 2}
 #: The header's ``writer`` entry.
 WRITER = f"neurvol {__version__}"
 #: Widest values the "fit" header entry can take; sizing reserves them so the real entry
-#: (written after the file's PSNR is known) cannot push the file over budget.
-FIT_PLACEHOLDER = {"steps": 10 ** 9, "k": 65536, "psnr": -999.999}
+#: (written after the file's PSNR is known) cannot push the file over budget. Longer
+#: than any real value, in digits without repeats or shared runs: the compact header is
+#: compressed, and a repetitive placeholder ("1000000000") would compress below the real
+#: value it stands for.
+FIT_PLACEHOLDER = {"steps": 1029384756, "k": 7319046, "psnr": -5827.1953}
+#: Bytes a compact header may still grow by when the real "fit" replaces the placeholder:
+#: zstd's output length is not monotone in its input (tests/test_compact_header.py
+#: measures the worst case, well below this).
+FIT_JITTER = 4
 #: Bytes kept free beyond the probed overhead of a single-model file: a margin for header
 #: fields whose final text the widened probe might not bound.
 HEADER_SLACK = 16
-#: What a number in a config probe is widened to: longer than anything a solver produces.
-_WIDEST_INT = 999999
+#: What a number in a config probe is widened to: longer than anything a solver produces
+#: (digits without repeats, which compress no better than a real number's).
+_WIDEST_INT = 918273
 _WIDEST_FLOAT = -1.2345678901234567e-300      # the longest repr a float has
 #: Most parameters the size solver tries per payload byte (8 bits a byte, one bit a
 #: parameter: no coder here stores less).
@@ -239,8 +248,8 @@ def first_solvable(candidates: Sequence[Architecture], header: Dict[str, Any],
 def overhead_bytes(header: Dict[str, Any], architecture: Architecture,
                    config: Optional[Dict[str, Any]],
                    pipeline: Optional[List[Dict[str, Any]]] = None) -> int:
-    """Bytes a single-model file spends outside the weights: preamble, header JSON, index,
-    frame.
+    """Bytes a single-model file spends outside the weights: preamble, compact header
+    (format 1.4, spec/nvol.md §3.3) and checksums.
 
     Every number of ``config`` (default: the architecture's default config) is widened
     past anything a solver produces, so the real header is never longer than the probe.
@@ -263,7 +272,7 @@ def overhead_bytes(header: Dict[str, Any], architecture: Architecture,
                                 "config": {k: widest(v) for k, v in config.items()}},
                  codec=dict(CODEC, pipeline=WIDEST_PIPELINE if pipeline is None else pipeline),
                  fit=FIT_PLACEHOLDER)
-    return len(serialize_nvol(probe, [b""])) + HEADER_SLACK
+    return len(serialize_nvol(probe, [b""], minor=COMPACT_MINOR)) + HEADER_SLACK
 
 
 def solve_config(architecture: Architecture, shape: Tuple[int, int, int], payload_budget: int,

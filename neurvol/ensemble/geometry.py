@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..container import brick_ids
+from ..container.brickhash import check_grid
 from ..errors import NeurvolFormatError, NeurvolInputError
 
 #: Largest ghost width a file may declare (voxels); far beyond any useful value.
@@ -200,15 +201,5 @@ def parse_layout(shape: Tuple[int, int, int], grid: Tuple[int, int, int],
 
 
 def optional_grid(bricks: Optional[Sequence[int]]) -> Optional[Tuple[int, int, int]]:
-    if bricks is None:
-        return None
-    try:
-        k, j, i = bricks
-    except (TypeError, ValueError):
-        raise NeurvolInputError(f"bricks must be 3 ints (K, J, I), got {bricks!r}") from None
-    out = []
-    for v in (k, j, i):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise NeurvolInputError(f"bricks must be 3 positive ints (K, J, I), got {bricks!r}")
-        out.append(int(v))
-    return out[0], out[1], out[2]
+    """The user's brick counts ``bricks`` as (K, J, I), validated; None stays None."""
+    return None if bricks is None else check_grid(bricks, what="bricks")

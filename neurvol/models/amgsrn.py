@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, VolumeModel, register, validated_options
+from .base import Architecture, VolumeModel, register
 from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
 from .trilinear import atlas_axes, sample_atlas, slice_atlas
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
-from .numpy_eval.amgsrn import (COVERAGE_FLOOR, DESCRIPTION, MAX_GRID_SIDE,  # noqa: F401
+from .numpy_eval.amgsrn import (COVERAGE_FLOOR, MAX_GRID_SIDE,  # noqa: F401
                                 MAX_GRIDS, MAX_WIDTH, AMGSRNConfig)
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
@@ -395,17 +395,14 @@ def solve_amgsrn(shape: Tuple[int, int, int], n_params: int, options: Mapping[st
             f"the byte budget holds about {n_params} parameters, too few for an amgsrn model "
             f"with {grids} grids (its MLP and transforms alone have {fixed}); use a smaller ratio "
             "or fewer grids")
-    cfg = AMGSRNConfig(grids=grids, grid=proportional_grid(shape, vertices), channels=channels,
-                       width=width, hidden_layers=hidden)
-    return validated_options(cfg, options)
+    return AMGSRNConfig(grids=grids, grid=proportional_grid(shape, vertices), channels=channels,
+                        width=width, hidden_layers=hidden)
 
 
 register(Architecture(
     name="amgsrn",
-    config_cls=AMGSRNConfig,
     model_cls=AMGSRN,
-    solve=solve_amgsrn,
-    description=DESCRIPTION,
+    solver=solve_amgsrn,
     options=("grids", "channels", "width", "hidden_layers"),
     # Smaller batches, more steps: at equal samples the grids converge about as well with
     # more, smaller updates, in less time (BENCHMARKS.md, "speed").

@@ -17,6 +17,7 @@ import torch
 from ..errors import NeurvolInputError
 from .config import (MAX_MODEL_PARAMS, ModelConfig, NameRegistry, check_param_cap,  # noqa: F401  (re-exported)
                      validated_options)
+from .numpy_eval import get_numpy_architecture
 
 #: Activations that act on each element alone (see :meth:`VolumeModel.hidden_neurons`).
 _ELEMENTWISE = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Tanh,
@@ -84,18 +85,38 @@ class VolumeModel(torch.nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """A registry entry: how to build, size and rebuild one architecture."""
+    """A registry entry: how to build, size and rebuild one architecture.
+
+    The config class and description are those of the architecture's torch-free entry
+    (:mod:`.numpy_eval`, registered under the same name), so the two halves cannot
+    disagree on how a header's config reads.
+    """
 
     name: str
-    config_cls: Type[ModelConfig]
     model_cls: Type[VolumeModel]
-    # (volume_shape, parameter budget in "value slots", options) -> config
-    solve: Callable[[Tuple[int, int, int], int, Mapping[str, Any]], ModelConfig]
-    description: str = ""
+    # (volume_shape, parameter budget in "value slots", options) -> config; see :meth:`solve`.
+    solver: Callable[[Tuple[int, int, int], int, Mapping[str, Any]], ModelConfig]
     # Names of the sizing options ``solve`` accepts (``encode(..., **options)``).
     options: Tuple[str, ...] = ()
     # Overrides of FitSettings fields (lr, batch, steps, ...) this architecture trains best with.
     fit_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def config_cls(self) -> Type[ModelConfig]:
+        """The config dataclass (shared with the numpy evaluation)."""
+        return get_numpy_architecture(self.name).config_cls
+
+    @property
+    def description(self) -> str:
+        """One line on the architecture (shared with the numpy evaluation)."""
+        return get_numpy_architecture(self.name).description
+
+    def solve(self, shape: Tuple[int, int, int], n_params: int,
+              options: Mapping[str, Any]) -> ModelConfig:
+        """The config ``solver`` sizes for ``n_params`` parameters of a volume of ``shape``
+        from the user's sizing ``options``, validated: a config that breaks a limit came
+        from those options, so it is an input error."""
+        return validated_options(self.solver(shape, n_params, options), options)
 
     def build(self, config: ModelConfig) -> VolumeModel:
         return self.model_cls(config)
@@ -110,21 +131,12 @@ class Architecture:
 
 
 _REGISTRY: NameRegistry[Architecture] = NameRegistry("architecture")
-
-
-def register(arch: Architecture) -> Architecture:
-    """Add an architecture to the registry (names are unique)."""
-    return _REGISTRY.add(arch)
-
-
-def get_architecture(name: str) -> Architecture:
-    """Look up a registered architecture by name."""
-    return _REGISTRY.get(name)
-
-
-def architectures() -> Tuple[str, ...]:
-    """Names of all registered architectures."""
-    return _REGISTRY.names()
+#: Add an architecture to the registry (names are unique).
+register = _REGISTRY.add
+#: Look up a registered architecture by name (an unknown name is an input error).
+get_architecture = _REGISTRY.get
+#: Names of all registered architectures, sorted.
+architectures = _REGISTRY.names
 
 
 def resolve_device(device: Any) -> torch.device:

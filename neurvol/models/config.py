@@ -143,6 +143,7 @@ class NameRegistry(Generic[_Entry]):
         self._entries: Dict[str, _Entry] = {}
 
     def add(self, entry: _Entry) -> _Entry:
+        """Add ``entry`` under its name (a name registered twice is a ValueError)."""
         name = entry.name  # type: ignore[attr-defined]
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} registered twice")
@@ -150,6 +151,7 @@ class NameRegistry(Generic[_Entry]):
         return entry
 
     def get(self, name: str) -> _Entry:
+        """The entry of ``name`` (an unknown name is an input error listing the known)."""
         try:
             return self._entries[name]
         except KeyError:
@@ -158,4 +160,5 @@ class NameRegistry(Generic[_Entry]):
             ) from None
 
     def names(self) -> Tuple[str, ...]:
+        """Every registered name, sorted."""
         return tuple(sorted(self._entries))

@@ -19,7 +19,7 @@ from ..errors import NeurvolBudgetError
 from .base import Architecture, VolumeModel, register
 from .mlp import run_mlp, make_mlp, mlp_param_count, to_grid_sample_coords
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
-from .numpy_eval.fvsrn import (DESCRIPTION, MAX_GRID_SIDE, MAX_GRID_VALUES,  # noqa: F401
+from .numpy_eval.fvsrn import (MAX_GRID_SIDE, MAX_GRID_VALUES,  # noqa: F401
                                 MAX_WIDTH, FVSRNConfig, check_grids_and_mlp)
 
 
@@ -116,10 +116,8 @@ def proportional_grid(shape: Tuple[int, int, int], vertices: int) -> Tuple[int, 
 
 register(Architecture(
     name="fvsrn",
-    config_cls=FVSRNConfig,
     model_cls=FVSRN,
-    solve=solve_fvsrn,
-    description=DESCRIPTION,
+    solver=solve_fvsrn,
     options=("channels", "width", "hidden_layers"),
     # Error-driven sampling helps the grid where the error concentrates (BENCHMARKS.md,
     # "error-driven sampling"; neurcomp, mixed there, stays uniform).

@@ -23,7 +23,7 @@ from ..errors import NeurvolBudgetError, NeurvolInputError
 from .base import Architecture, VolumeModel, register
 from .mlp import make_mlp, mlp_param_count
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
-from .numpy_eval.hashgrid import (DESCRIPTION, MAX_FEATURES, MAX_HIDDEN,  # noqa: F401
+from .numpy_eval.hashgrid import (MAX_FEATURES, MAX_HIDDEN,  # noqa: F401
                                   MAX_LEVELS, MAX_LOG2_TABLE, MAX_RESOLUTION, MAX_WIDTH, PRIME_X,
                                   PRIME_Y, PRIME_Z, HashGridConfig)
 from .numpy_eval.hashgrid import is_int as _is_int
@@ -152,10 +152,8 @@ def _int_option(options: Mapping[str, Any], name: str, default: int, lo: int, hi
 
 register(Architecture(
     name="hashgrid",
-    config_cls=HashGridConfig,
     model_cls=HashGrid,
-    solve=solve_hashgrid,
-    description=DESCRIPTION,
+    solver=solve_hashgrid,
     options=("levels", "features", "base_resolution", "max_resolution", "log2_table",
              "width", "hidden_layers"),
     # The tables train at TABLE_LR_FACTOR times this base rate; see the encoder defaults.

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
-from .base import Architecture, VolumeModel, register, validated_options
+from .base import Architecture, VolumeModel, register
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
-from .numpy_eval.neurcomp import (DEFAULT_LAYERS, DESCRIPTION, MAX_BLOCKS, MAX_WIDTH,  # noqa: F401
+from .numpy_eval.neurcomp import (DEFAULT_LAYERS, MAX_BLOCKS, MAX_WIDTH,  # noqa: F401
                                   NeurcompConfig, neurcomp_param_count)
 from .numpy_eval.neurcomp import finite_number as _finite_number
 
@@ -146,17 +146,14 @@ def solve_neurcomp(shape: Tuple[int, int, int], n_params: int, options: Mapping[
         raise NeurvolBudgetError(
             f"the byte budget holds about {n_params} parameters, too few for a {layers}-layer "
             "neurcomp network; use a smaller ratio or fewer layers")
-    cfg = NeurcompConfig(width=width, residual_blocks=blocks, omega0=float(omega0),
-                         scale=aspect_scale(shape), grad_lambda=float(grad_lambda))
-    return validated_options(cfg, options)
+    return NeurcompConfig(width=width, residual_blocks=blocks, omega0=float(omega0),
+                          scale=aspect_scale(shape), grad_lambda=float(grad_lambda))
 
 
 register(Architecture(
     name="neurcomp",
-    config_cls=NeurcompConfig,
     model_cls=NeurcompModel,
-    solve=solve_neurcomp,
-    description=DESCRIPTION,
+    solver=solve_neurcomp,
     options=("layers", "width", "omega0", "grad_lambda"),
     # In a short fit lr 1e-3 fits far better than the published 5e-5 (which needs the
     # published 75 passes) and larger rates diverge; 16384 samples per step as published.

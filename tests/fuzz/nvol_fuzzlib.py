@@ -45,6 +45,8 @@ from neurvol import NeuralVolume, NeurvolFormatError
 from neurvol.series import NeuralSeries, is_series_header
 from neurvol.cli import _format_info
 from neurvol.container import MAGIC, NvolReader, serialize_nvol
+from neurvol.container import compact as C
+from neurvol.container.format import COMPACT_MINOR
 from neurvol.errors import NeurvolInputError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,18 +57,32 @@ GOLDEN_DIR = os.path.join(os.path.dirname(HERE), "golden")
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model_file(arch: str = "fvsrn", codec: Optional[str] = None) -> bytes:
+def tiny_model_file(arch: str = "fvsrn", codec: Optional[str] = None,
+                    compact: bool = False) -> bytes:
     """A real model file of ~2 KB (10x12x14 float32 crop of the sample, ratio 3);
-    ``codec`` is an ``encode(codec=...)`` dict as JSON."""
+    ``codec`` is an ``encode(codec=...)`` dict as JSON. The encoder writes a compact
+    header (format 1.4); unless ``compact``, the same file with a JSON header (1.0), whose
+    header the mutations and hostile tests edit as JSON."""
     vol = np.ascontiguousarray(neurvol.sample_volume()[26:36, 24:36, 22:36]).astype(np.float32)
-    return neurvol.encode(vol, ratio=3, steps=10, seed=0, arch=arch, quiet=True,
+    data = neurvol.encode(vol, ratio=3, steps=10, seed=0, arch=arch, quiet=True,
                           codec=json.loads(codec) if codec else None).to_bytes()
+    return data if compact else as_json_file(data)
+
+
+def as_json_file(data: bytes) -> bytes:
+    """The file *data* with a JSON header (format 1.0) if it has a compact one."""
+    r = NvolReader(data)
+    if r.version[1] < COMPACT_MINOR:
+        return data
+    hdr = {k: v for k, v in r.header.items() if k != "sections"}
+    return serialize_nvol(hdr, [r.read_brick(b) for b in range(r.brick_count)])
 
 
 @functools.lru_cache(maxsize=None)
 def constant_file() -> bytes:
+    """A constant volume's file, with a JSON header (constant_v1.4.nvol is compact)."""
     vol = np.full((6, 7, 8), -3.25, dtype=np.float32)
-    return neurvol.encode(vol, ratio=2, quiet=True).to_bytes()
+    return as_json_file(neurvol.encode(vol, ratio=2, quiet=True).to_bytes())
 
 
 def golden_files() -> List[str]:
@@ -74,10 +90,22 @@ def golden_files() -> List[str]:
     return sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.nvol")))
 
 
+@functools.lru_cache(maxsize=None)
+def masked_file() -> bytes:
+    """A model file with a mask (format 1.3, spec/mask.md): the tiny crop with a ball of
+    NaN, so mutations reach the mask section's decoder."""
+    vol = np.ascontiguousarray(neurvol.sample_volume()[26:36, 24:36, 22:36]).astype(np.float32)
+    z, y, x = np.mgrid[0:10, 0:12, 0:14]
+    vol[(z - 5) ** 2 + (y - 6) ** 2 + (x - 7) ** 2 > 30] = np.nan
+    return neurvol.encode(vol, ratio=3, steps=10, seed=0, arch="fvsrn", quiet=True).to_bytes()
+
+
 def seed_files() -> List[Tuple[str, bytes]]:
     """(name, bytes) of every seed."""
     seeds = [("tiny_fvsrn", tiny_model_file()), ("tiny_amgsrn", tiny_model_file("amgsrn")),
-             ("constant", constant_file()), ("tiny_series", tiny_series_file())]
+             ("tiny_fvsrn_compact", tiny_model_file(compact=True)),
+             ("constant", constant_file()), ("tiny_masked", masked_file()),
+             ("tiny_series", tiny_series_file())]
     # Architectures and record kinds no golden file has (vq grids, pruned masks), so the
     # mutations reach their decoders too.
     extra = [("tiny_hashgrid", "hashgrid", None), ("tiny_neurcomp", "neurcomp", None),
@@ -227,6 +255,70 @@ def _tweak(ch: Chooser, v: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------
 # file surgery
+
+
+def split_compact(data: bytes) -> Optional[Tuple[Dict[str, Any], int, bytes]]:
+    """(reduced header, brick CRC, brick) of a file with a compact header (format 1.4),
+    or None if it has none or it does not decode."""
+    if len(data) < 20 or data[:8] != MAGIC:
+        return None
+    n = struct.unpack_from("<I", data, 12)[0]
+    raw = data[16:16 + n]
+    if 20 + n > len(data) or not C.is_compact(raw) or len(raw) < C.COMPACT_PREFIX.size:
+        return None
+    _, dict_id, crc = C.COMPACT_PREFIX.unpack_from(raw)
+    try:
+        d = zstandard.ZstdDecompressor(dict_data=C._dictionary(dict_id))
+        hdr = json.loads(d.decompress(C.ZSTD_MAGIC + raw[C.COMPACT_PREFIX.size:]))
+    except (ValueError, zstandard.ZstdError, neurvol.NeurvolError, RecursionError):
+        return None
+    return (hdr, crc, data[20 + n:]) if isinstance(hdr, dict) else None
+
+
+def forge_compact(reduced: Any, brick_crc: int, brick: bytes, *, dict_id: int = 1,
+                  minor: int = 4, frame: Optional[bytes] = None) -> bytes:
+    """A file with a compact header holding *reduced* (any JSON value, stored as given:
+    no defaults left out), or the raw zstd *frame* (with its magic) if given, behind a
+    correct header CRC."""
+    if frame is None:
+        frame = zstandard.ZstdCompressor(
+            level=3, dict_data=C._dictionary(1), write_checksum=False, write_dict_id=False,
+            write_content_size=True).compress(_dumps(reduced))
+    raw = C.COMPACT_PREFIX.pack(C.COMPACT_MARKER, dict_id, brick_crc) + frame[4:]
+    head = struct.pack("<8sHHI", MAGIC, 1, minor, len(raw)) + raw
+    return head + struct.pack("<I", zlib.crc32(head)) + brick
+
+
+def mutate_compact(data: bytes, ch: Chooser) -> Optional[bytes]:
+    """Edit one value of a compact header's reduced JSON, or its frame or prefix (a
+    lying size, an unknown dictionary, junk after the frame), behind a valid CRC."""
+    parts = split_compact(data)
+    if parts is None:
+        return None
+    hdr, crc, brick = parts
+    op = ch.int(0, 5)
+    if op == 0:        # the frame's declared size, as stored, changed
+        frame = bytearray(C.ZSTD_MAGIC + data[22:16 + struct.unpack_from("<I", data, 12)[0]])
+        frame[5] = ch.choice([0, 1, 0x7F, 0xFF, frame[5] ^ 1])
+        return forge_compact(None, crc, brick, frame=bytes(frame))
+    if op == 1:
+        return forge_compact(hdr, crc, brick, dict_id=ch.choice([0, 2, 255]))
+    if op == 2:        # junk or a second frame after the frame
+        frame = C.ZSTD_MAGIC + data[22:16 + struct.unpack_from("<I", data, 12)[0]]
+        return forge_compact(None, crc, brick, frame=frame + ch.choice([ch.bytes(8), frame]))
+    if op == 3:        # a stored implied key, or a missing default restored
+        hdr[ch.choice(["bricks", "sections"])] = hostile_value(ch)
+        return forge_compact(hdr, crc, brick)
+    paths = _paths(hdr)
+    if not paths:
+        return None
+    path = ch.choice(paths)
+    parent = _get(hdr, path[:-1])
+    if op == 4 and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = hostile_value(ch, parent[path[-1]])
+    return forge_compact(hdr, crc if ch.int(0, 3) else zlib.crc32(brick) ^ 1, brick)
 
 
 def split_head(data: bytes) -> Optional[Tuple[Dict[str, Any], bytes]]:
@@ -663,6 +755,7 @@ MUTATORS: List[Tuple[str, Callable[[bytes, Chooser], Optional[bytes]], int]] = [
     ("records", mutate_records, 2),
     ("streams", mutate_streams, 3),
     ("grid", mutate_grid, 1),
+    ("compact", mutate_compact, 2),
 ]
 _WEIGHTED = [m for m in MUTATORS for _ in range(m[2])]
 
@@ -725,11 +818,11 @@ def exercise(data: bytes) -> str:
             small = shape if math.prod(shape) <= DECODE_VOXELS else (3, 4, 5)
             full = nv.decode(shape=small, dtype=np.float32)
             assert full.shape == tuple(small) and full.dtype == np.float32
-            assert np.isfinite(full).all()
+            assert nv.masked or np.isfinite(full).all()   # masked files: NaN regions
             nv.decode(shape=(2, 3, 2))  # the original's dtype (integer casts)
             corners = np.array([[-1, -1, -1], [1, 1, 1], [0, 0, 0], [-1, 0.25, 1]], dtype=np.float64)
             v = nv.query(corners, space="normalized")
-            assert v.shape == (4,) and np.isfinite(v).all()
+            assert v.shape == (4,) and (nv.masked or np.isfinite(v).all())
             pts = np.array([[0, 0, 0], [s - 1 for s in shape], [(s - 1) / 2 for s in shape],
                             [s + 5 for s in shape]], dtype=np.float64)
             nv.query(pts, clamp=True)

@@ -1,4 +1,4 @@
-"""Coder 0, raw: the stream's plain form as it is (``spec/payload.md`` §2.2)."""
+"""Coder 0, raw: the stream's plain form as it is (``spec/payload.md`` §2.2.2)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -16,7 +16,7 @@ class RawCoder(StreamCoder):
     id = 0
     name = "raw"
     summary = "the plain form as it is"
-    section = "§2.2"
+    section = "§2.2.2"
 
     def encode(self, symbols: np.ndarray, plain: bytes) -> Optional[bytes]:
         return plain

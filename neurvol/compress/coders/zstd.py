@@ -1,5 +1,5 @@
 """Coder 1, zstd: one zstandard frame of the plain form, its content size declared
-(``spec/payload.md`` §2.2; the size check is ``spec/resources.md`` §3)."""
+(``spec/payload.md`` §2.2.3; the size check is ``spec/resources.md`` §3)."""
 from __future__ import annotations
 
 import io
@@ -39,7 +39,7 @@ def zstd_exact(frame: bytes, expected: int, what: str) -> bytes:
         shown = "no content size" if declared == zstandard.CONTENTSIZE_UNKNOWN else \
             f"a content size of {declared} bytes"
         raise NeurvolFormatError(
-            f"{what}: zstd frame declares {shown}, expected {expected} (spec/payload.md §2.2)")
+            f"{what}: zstd frame declares {shown}, expected {expected} (spec/payload.md §2.2.3)")
     out = decompress_at_most(frame, expected, f"{what}: not a valid zstd frame")
     if len(out) != expected:
         raise NeurvolFormatError(
@@ -76,7 +76,7 @@ class ZstdCoder(StreamCoder):
     id = 1
     name = "zstd"
     summary = "one zstandard frame of the plain form (content size declared)"
-    section = "§2.2"
+    section = "§2.2.3"
     params = ("level",)
 
     def __init__(self, level: int = ZSTD_LEVEL):

@@ -13,7 +13,9 @@ Adding one is this module plus its subsection of ``spec/payload.md``:
    ``decode(take, shape, m, name, decode_stream) -> (values, coder, codebook bytes)``:
    read every stream through ``decode_stream`` (so the coders' resource bounds apply)
    and refuse every invalid field with a ``NeurvolFormatError``;
-3. the spec subsection, and the id table regenerated with
+3. the spec subsection, headed ``<section> Method <id>: `<name>` `` (it opens with the
+   masking and axis rule; ``tests/test_registry.py`` checks it exists), and the id
+   table regenerated with
    ``python -m neurvol.compress --markdown`` (``tests/test_registry.py`` compares them).
 
 Plans name it like the others: ``TensorPlan(name, k=..., step=..., params=(("x", v),))``.

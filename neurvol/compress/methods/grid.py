@@ -1,6 +1,6 @@
 """What the step-coded grid methods (lorenzo, interp) share: ``f32 step``, then one stream
-of zigzagged integer codes over the tensor's last three axes (``spec/payload.md`` §2.2).
-Not a method itself (it registers nothing)."""
+of zigzagged integer codes over the tensor's last three axes (``spec/payload.md`` §2.2.7,
+§2.2.8). Not a method itself (it registers nothing)."""
 from __future__ import annotations
 
 import abc

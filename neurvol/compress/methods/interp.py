@@ -1,5 +1,5 @@
 """Method 4, interp: multilevel interpolation prediction over the last three axes (the
-predictor of SZ3, :mod:`..interp`); ``spec/payload.md`` §2.2. Every value is within
+predictor of SZ3, :mod:`..interp`); ``spec/payload.md`` §2.2.8. Every value is within
 ``step / 2``. Never masked."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Interp(StepGridMethod):
     id = 4
     name = "interp"
     summary = "`f32 step` + one stream of zigzagged interpolation-prediction codes"
-    section = "§2.2"
+    section = "§2.2.8"
 
     def codes(self, arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         codes, rec = interp_encode(np.asarray(arr, dtype=np.float64), self.step)

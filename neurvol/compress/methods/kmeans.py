@@ -1,4 +1,4 @@
-"""Method 2, kmeans: scalar k-means to ``k`` levels (``spec/payload.md`` §2.2): ``u8
+"""Method 2, kmeans: scalar k-means to ``k`` levels (``spec/payload.md`` §2.2.6): ``u8
 book_kind``, ``u32 k``, the codebook, one stream of indices ``< k``."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Kmeans(RecordMethod):
     id = 2
     name = "kmeans"
     summary = "scalar codebook of `k` values + one stream of indices"
-    section = "§2.2"
+    section = "§2.2.6"
     params = ("k",)
     maskable = True
     grid_coding = True

@@ -1,5 +1,5 @@
 """Method 3, lorenzo: uniform quantization ``q = round(value / step)`` and 3-D Lorenzo
-prediction over the last three axes (:mod:`..lorenzo`); ``spec/payload.md`` §2.2. The
+prediction over the last three axes (:mod:`..lorenzo`); ``spec/payload.md`` §2.2.7. The
 value is ``float32(float64(q) * step)``. Never masked."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Lorenzo(StepGridMethod):
     id = 3
     name = "lorenzo"
     summary = "`f32 step` + one stream of zigzagged 3-D Lorenzo residuals"
-    section = "§2.2"
+    section = "§2.2.7"
 
     def codes(self, arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         x = np.asarray(arr, dtype=np.float64)

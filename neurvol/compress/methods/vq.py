@@ -1,5 +1,5 @@
 """Method 5, vq: each vertex's channel vector -> one of ``k`` codebook vectors
-(:mod:`..vq`, VQRF-style); ``spec/payload.md`` §2.2. The tensor is ``(..., C, D, H, W)``:
+(:mod:`..vq`, VQRF-style); ``spec/payload.md`` §2.2.9. The tensor is ``(..., C, D, H, W)``:
 ``u8 book_kind``, ``u32 k``, the ``k x C`` codebook (row-major), one stream of ``n / C``
 indices ``< k``, one per vertex. Never masked."""
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Vq(GridMethod):
     id = 5
     name = "vq"
     summary = "codebook of `k` channel vectors + one stream of per-vertex indices"
-    section = "§2.2"
+    section = "§2.2.9"
     params = ("k",)
     min_axes = VQ_AXES
     # Codebook sizes 10 % apart are as good as equal, and each probe runs k-means.

@@ -8,7 +8,7 @@ decoder returns. A reader looks the name up here; adding an architecture adds on
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Tuple, Type
+from typing import Mapping, Type
 
 import numpy as np
 
@@ -48,18 +48,9 @@ class NumpyArchitecture:
 
 
 _REGISTRY: NameRegistry[NumpyArchitecture] = NameRegistry("numpy evaluation of")
-
-
-def register_numpy(arch: NumpyArchitecture) -> NumpyArchitecture:
-    """Add an architecture's numpy evaluation (names are unique)."""
-    return _REGISTRY.add(arch)
-
-
-def get_numpy_architecture(name: str) -> NumpyArchitecture:
-    """Look up an architecture's torch-free entry by name."""
-    return _REGISTRY.get(name)
-
-
-def numpy_architectures() -> Tuple[str, ...]:
-    """Names of all architectures with a numpy evaluation."""
-    return _REGISTRY.names()
+#: Add an architecture's numpy evaluation (names are unique).
+register_numpy = _REGISTRY.add
+#: Look up an architecture's torch-free entry by name (an unknown name is an input error).
+get_numpy_architecture = _REGISTRY.get
+#: Names of all architectures with a numpy evaluation, sorted.
+numpy_architectures = _REGISTRY.names
