@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -349,20 +350,93 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _series_input(args: argparse.Namespace) -> Optional[Any]:
-    """A time series to pack (spec/series.md): a ``[t, z, y, x]`` .npy (memmapped), or
-    None for a single volume."""
+#: The attribute a packed variable's declared fill value is kept under (given back as the
+#: NetCDF fill value by unpack).
+FILL_ATTR = "_FillValue"
+#: Extensions of NetCDF-4 / HDF5 files, which may hold a time series of several variables.
+_DATASET_EXTENSIONS = (".nc", ".nc4", ".h5", ".hdf5")
+
+
+@dataclasses.dataclass
+class _SeriesInput:
+    """What ``pack`` encodes as a time series: the variables, and their metadata."""
+
+    data: Any
+    time: Optional[List[float]] = None
+    metadata: Optional[Dict[str, Any]] = None
+    spacing: Optional[List[float]] = None
+    origin: Optional[List[float]] = None
+    dataset: Any = None
+
+
+def _series_input(args: argparse.Namespace) -> Optional[_SeriesInput]:
+    """A time series to pack (spec/series.md): a ``[t, z, y, x]`` .npy (memmapped), or the
+    ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file (all of them, or the one named
+    by ``file.nc:var``); None for a single volume."""
     path = str(args.input)
-    if not path.lower().endswith(".npy") or args.format not in (None, "npy") \
-            or not os.path.isfile(path):
-        return None     # the single-volume loader says what is wrong
-    from .io.npy import load_npy
+    lower = path.lower()
+    if lower.endswith(".npy") and args.format in (None, "npy") and os.path.isfile(path):
+        from .io.npy import load_npy
 
-    arr = load_npy(Path(path))
-    return arr if arr.ndim == 4 else None
+        arr = load_npy(Path(path))
+        return _SeriesInput(arr) if arr.ndim == 4 else None
+    if args.format is None and lower.endswith(_DATASET_EXTENSIONS) and os.path.isfile(path):
+        return _dataset_series(path)
+    return None     # the single-volume loader reads it, or says what is wrong
 
 
-def _pack_series(args: argparse.Namespace, out: Path, data: Any) -> int:
+def _dataset_series(path: str) -> Optional[_SeriesInput]:
+    """The ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file with their units,
+    attributes (fill values included) and time coordinate; None when it has none."""
+    ds = nvio.read_dataset(path)
+    timed = {n: v for n, v in ds.variables.items() if v.has_time}
+    if not timed:
+        ds.close()
+        return None
+    metadata: Dict[str, Any] = {}
+    for name, var in timed.items():
+        attrs = {k: v for k, v in var.attrs.items() if k != "units"}
+        if var.fill_value is not None:
+            for t in range(var.shape[0]):
+                step = np.asarray(var.data[t])
+                if np.any(step == var.fill_value) or (
+                        step.dtype.kind == "f" and np.isnan(step).any()):
+                    ds.close()
+                    raise NeurvolInputError(
+                        f"variable {name!r} has fill values ({var.fill_value!r}) at step {t}: "
+                        "masked steps in a time series are not supported yet; pack one step "
+                        f"at a time ({path}:{name} after slicing) or fill them")
+            attrs[FILL_ATTR] = var.fill_value
+        metadata[name] = {"units": var.units, "attrs": nvio.json_attrs(attrs)}
+    time = None
+    if ds.time is not None:
+        values = np.asarray(ds.time.values(), dtype=np.float64).reshape(-1)
+        if values.size == next(iter(timed.values())).shape[0] and np.isfinite(values).all() \
+                and (values.size < 2 or (np.diff(values) > 0).all()):
+            time = [float(v) for v in values]
+    spacing, origin = _dataset_geometry(ds)
+    return _SeriesInput({n: v.data for n, v in timed.items()}, time, metadata, spacing, origin,
+                        ds)
+
+
+def _dataset_geometry(ds: Any) -> Tuple[Optional[List[float]], Optional[List[float]]]:
+    """Spacing and origin (z, y, x) from evenly spaced ``z``, ``y``, ``x`` coordinates."""
+    spacing, origin = [], []
+    for dim in ("z", "y", "x"):
+        coord = ds.coords.get(dim)
+        if coord is None:
+            return None, None
+        v = np.asarray(coord.values(), dtype=np.float64).reshape(-1)
+        step = np.diff(v)
+        if v.size < 2 or not np.isfinite(v).all() or not np.allclose(step, step[0]) \
+                or step[0] <= 0:
+            return None, None
+        spacing.append(float(step[0]))
+        origin.append(float(v[0]))
+    return spacing, origin
+
+
+def _pack_series(args: argparse.Namespace, out: Path, data: _SeriesInput) -> int:
     """``pack`` of a time series: one file, the ratio over all steps."""
     given = [flag for flag, v in (("--psnr", args.psnr), ("--max-error", args.max_error),
                                   ("--rel-error", args.rel_error), ("--brick", args.brick),
@@ -371,10 +445,15 @@ def _pack_series(args: argparse.Namespace, out: Path, data: Any) -> int:
     if given:
         raise NeurvolInputError(f"{', '.join(given)} do not apply to a time series; give --ratio")
     t0 = time.perf_counter()
-    nv = _api().encode(data, ratio=args.ratio, arch=args.arch, seed=args.seed,
-                       device=args.device, steps=args.steps, quiet=args.quiet,
-                       group=args.group, codec=_codec_options(args),
-                       **_given_arch_options(args))
+    try:
+        nv = _api().encode(data.data, ratio=args.ratio, arch=args.arch, seed=args.seed,
+                           device=args.device, steps=args.steps, quiet=args.quiet,
+                           group=args.group, codec=_codec_options(args), time=data.time,
+                           metadata=data.metadata, spacing=data.spacing, origin=data.origin,
+                           **_given_arch_options(args))
+    finally:
+        if data.dataset is not None:
+            data.dataset.close()
     nv.save(out)
     if not args.quiet:
         size = out.stat().st_size
@@ -431,6 +510,13 @@ def _series_volume(series: Any, args: argparse.Namespace, out: Path) -> Any:
     """For ``unpack`` of a time series: the single volume to write (``--step k`` of
     ``--variable``, or of the only variable), or None after writing every step of one
     variable to a ``[t, z, y, x]`` .npy."""
+    suffix = out.suffix.lower()
+    if args.step is None and suffix in _DATASET_EXTENSIONS and args.shape is None:
+        names = [args.variable] if args.variable is not None else series.variables
+        for name in names:
+            series[name]      # an unknown name: refused before anything is decoded
+        nvio.write_dataset(out, _series_dataset(series, names, args.dtype))
+        return None
     if args.variable is not None:
         var = series[args.variable]
     elif len(series.variables) == 1:
@@ -441,14 +527,39 @@ def _series_volume(series: Any, args: argparse.Namespace, out: Path) -> Any:
             "choose one with --variable NAME")
     if args.step is not None:
         return var.step(args.step)
-    if out.suffix.lower() != ".npy" or args.shape is not None:
+    if args.shape is not None or suffix != ".npy":
         raise NeurvolInputError(
             f"{args.input} is a time series of {series.steps} steps: give --step K to write "
-            "one step, or write all steps (at their own shape) to a .npy")
+            "one step, or write all steps (at their own shape) to a .npy (one variable) or "
+            "a .nc / .h5 (every variable, with units, attributes and the time axis)")
     from .io.npy import write_npy
 
     write_npy(out, var.decode(dtype=args.dtype))
     return None
+
+
+def _series_dataset(series: Any, names: Sequence[str], dtype: Any) -> Any:
+    """The :class:`neurvol.io.VolumeDataset` of a time series' variables: dims
+    ``(time, z, y, x)``, units, attributes, fill values, time and grid coordinates."""
+    lay = series.layout
+    spacing = lay.spacing or [1.0, 1.0, 1.0]
+    origin = lay.origin or [0.0, 0.0, 0.0]
+    coords = {dim: nvio.DatasetVariable(dim, o + s * np.arange(n), (dim,))
+              for dim, n, s, o in zip(("z", "y", "x"), lay.shape, spacing, origin)}
+    times = series.time if series.time is not None else range(series.steps)
+    coords["time"] = nvio.DatasetVariable("time", np.asarray(times, dtype=np.float64),
+                                          ("time",))
+    variables = {}
+    for name in names:
+        var = series[name]
+        attrs = dict(var.attrs)
+        fill = attrs.pop(FILL_ATTR, None)
+        if var.units is not None:
+            attrs["units"] = var.units
+        variables[name] = nvio.DatasetVariable(
+            name, var.decode(dtype=dtype), ("time", "z", "y", "x"), attrs,
+            fill if isinstance(fill, (int, float)) and not isinstance(fill, bool) else None)
+    return nvio.VolumeDataset(variables, coords)
 
 
 def _output_geometry(nv: Any, shape: Sequence[int]) -> tuple:
