@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import NeurvolFormatError
 from .payload import TensorSpec, check_amplification
-from .streams import CoderChoice, decode_stream, encode_stream, stream_length
+from .streams import CoderChoice, decode_stream, encode_stream
 
 #: The payload kind byte of a delta payload (kinds 0-2: spec/payload.md).
 KIND_DELTA = 0x03
@@ -117,24 +117,3 @@ def decode_delta(payload: bytes, prev: Mapping[str, np.ndarray],
         raise NeurvolFormatError(f"delta payload has {len(payload) - pos} unexpected trailing bytes")
     return out
 
-
-def delta_steps(payload: bytes, specs: Sequence[TensorSpec]) -> Dict[str, Optional[float]]:
-    """The quantization step of each tensor of a (valid) delta payload, None where the
-    tensor is not coded: what re-coding it with other stream coders needs."""
-    pos = 1
-
-    def take(n: int, what: str) -> bytes:
-        nonlocal pos
-        if pos + n > len(payload):
-            raise NeurvolFormatError(f"delta payload truncated while reading {what}")
-        pos += n
-        return payload[pos - n:pos]
-
-    out: Dict[str, Optional[float]] = {}
-    for name, _ in specs:
-        if take(1, name)[0] == _FLAG_SAME:
-            out[name] = None
-            continue
-        (out[name],) = _STEP.unpack(take(_STEP.size, name))
-        take(stream_length(take, name)[2], name)
-    return out

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..compress import TensorPlan, decode_payload, encode_constant, encode_records
-from ..compress.delta import decode_delta, delta_steps, encode_delta
+from ..compress.delta import decode_delta, encode_delta
 from ..container import NvolReader, serialize_nvol
 from ..errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
 from ..fit import Fitting
@@ -413,13 +413,16 @@ def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int,
     try:      # what the reader will accept: a stream its bounds refuse is coded without rANS
         decode_delta(best[0], prev, specs)
     except NeurvolFormatError:
-        log.warning("series: a delta's rANS stream fails the reader's bounds; coding it "
-                    "with zstd instead")
-        payload, decoded = encode_delta(prev, new, specs, delta_steps(best[0], specs),
-                                        coders=_FALLBACK_CODERS)
-        if len(payload) > target:
+        log.info("series: a delta's rANS stream fails the reader's bounds; zstd instead")
+
+        def code_zstd(step: float) -> Tuple[bytes, Dict[str, np.ndarray]]:
+            return encode_delta(prev, new, specs, {n: step for n in coded},
+                                coders=_FALLBACK_CODERS)
+
+        best = code_zstd(hi_s)
+        if len(best[0]) > target:
             return encode_delta(prev, new, specs, {})
-        best = (payload, decoded)
+        best = _search_step(code_zstd, best, target, lo_s, hi_s)
     return best
 
 
