@@ -371,8 +371,7 @@ class _SeriesInput:
 
 def _series_input(args: argparse.Namespace) -> Optional[_SeriesInput]:
     """A time series to pack (spec/series.md): a ``[t, z, y, x]`` .npy (memmapped), or the
-    ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file (all of them, or the one named
-    by ``file.nc:var``); None for a single volume."""
+    ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file; None for a single volume."""
     path = str(args.input)
     lower = path.lower()
     if lower.endswith(".npy") and args.format in (None, "npy") and os.path.isfile(path):
