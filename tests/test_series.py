@@ -24,7 +24,7 @@ def _series_data(steps: int = 5, n: int = 16) -> np.ndarray:
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, n)] * 3, indexing="ij")
     out = []
     for t in range(steps):
-        c = -0.3 + 0.1 * t
+        c = -0.3 + 0.03 * t
         out.append(np.exp(-((z - c) ** 2 + y ** 2 + (x + c) ** 2) * 4.0) * 50.0 + 10.0 * y)
     return np.stack(out).astype(np.float32)
 

@@ -869,10 +869,10 @@ def _exercise_series(reader: NvolReader) -> str:
 
 
 def tiny_series_file() -> bytes:
-    """A real time-series file: 4 steps of a drifting crop, one group of a key and three
-    deltas."""
-    vol = neurvol.sample_volume()
-    steps = np.stack([vol[26 + t:36 + t, 24:36, 22:36] for t in range(4)]).astype(np.float32)
+    """A real time-series file: 4 steps of a slowly brightening crop, one group of a key
+    and three deltas."""
+    crop = neurvol.sample_volume()[26:36, 24:36, 22:36].astype(np.float32)
+    steps = np.stack([crop * np.float32(1 + 0.01 * t) for t in range(4)])
     return neurvol.encode(steps, ratio=3, steps=10, seed=0, arch="fvsrn", group=4,
                           quiet=True).to_bytes()
 
