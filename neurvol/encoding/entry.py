@@ -24,6 +24,8 @@ from .single import ModelFit, advance_with_bar, constant_file, pack_file, start_
 
 log = logging.getLogger("neurvol")
 
+#: What the bricked path's refusal of NaN voxels says (neurvol/ensemble/allocate.py).
+_NAN_REFUSAL = "NaN or infinite values in brick"
 #: Largest k-means bits (``2 ** bits`` levels).
 MAX_BITS = 16
 
@@ -80,13 +82,23 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
             devices = [str(resolve_device(d)) for d in devices]
             if not devices:
                 raise NeurvolInputError("devices must list at least one device, e.g. ['cuda:0']")
-        return encode_bricked(  # NaN is refused per brick (spec/mask.md: no bricked masks)
-            volume, ratio=ratio, grid=grid, ghost=ghost, blend=bool(blend),
-            candidates=candidates, arch_options=arch_options, seed=seed, device=str(dev),
-            devices=devices, steps=steps, bits=bits, spacing=spacing_t, origin=origin_t,
-            fit_settings=fit_settings, codec=codec, quiet=quiet,
-            workers=workers, executor=executor, retries=retries,
-            const_psnr=CONSTANT_BRICK_PSNR)
+        try:
+            return encode_bricked(
+                volume, ratio=ratio, grid=grid, ghost=ghost, blend=bool(blend),
+                candidates=candidates, arch_options=arch_options, seed=seed,
+                device=str(dev), devices=devices, steps=steps, bits=bits, spacing=spacing_t,
+                origin=origin_t, fit_settings=fit_settings, codec=codec, quiet=quiet,
+                workers=workers, executor=executor, retries=retries,
+                const_psnr=CONSTANT_BRICK_PSNR)
+        except NeurvolInputError as exc:
+            # Bricks refuse NaN one brick at a time (spec/mask.md: no bricked masks); say
+            # how a masked volume is stored instead.
+            if _NAN_REFUSAL in str(exc):
+                raise NeurvolInputError(
+                    f"{exc}. NaN regions are stored as a mask by a single-model encode: "
+                    f"pass bricks=(1, 1, 1) (CLI: --bricks 1,1,1); asked for a {grid} grid"
+                ) from exc
+            raise
     # One model chooses its rate by default (a pilot, not a second encode).
     nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
                         arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
