@@ -422,3 +422,22 @@ def test_cli_netcdf_time_series_roundtrip(data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["pack", str(tmp_path / "m.nc"), "-o", str(tmp_path / "m.nvol"), "-q"]) == 1
     assert "not supported yet" in capsys.readouterr().err
+
+
+def test_golden_series_reads_alike_with_numpy_and_torch():
+    """The torch-free reader decodes a series as the torch one does (spec/series.md: each
+    member is a single-model evaluation)."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "golden", "series_v1.3.nvol")
+    expected = np.load(path.replace(".nvol", ".expected.npy"))
+    with neurvol.open(path, backend="numpy") as nv:
+        pts = np.array([[1.0, 2.0, 3.0], [10.5, 4.25, 19.0]])
+        for i, name in enumerate(nv.variables):
+            span = float(expected[i].max() - expected[i].min()) or 1.0
+            np.testing.assert_allclose(nv[name].decode(dtype=np.float32), expected[i],
+                                       rtol=0, atol=2e-5 * span)
+            with neurvol.open(path, backend="torch") as ref:
+                np.testing.assert_allclose(nv[name].query(pts, t=1.5),
+                                           ref[name].query(pts, t=1.5), rtol=0, atol=2e-5 * span)
+        assert nv["density"].step(0).backend == "numpy"
