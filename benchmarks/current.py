@@ -151,6 +151,7 @@ PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
     "bounded_access": lambda a: run_script("bounded_access", "run_bounded_access.py",
                                            ["--blocks", "64,32,16"]),
+    "series": lambda a: run_script("series", "run_series.py", []),
     "masked": lambda a: run_script("masked", "run_masked.py", []),
 }
 
@@ -240,6 +241,11 @@ def render_bounded_access(part: Dict[str, Any]) -> str:
                     part["machine"]) + _note(part) + "\n" + part["markdown"]
 
 
+def render_series(part: Dict[str, Any]) -> str:
+    return _heading("Time series: one series encode against independent steps "
+                    "(`benchmarks/run_series.py`)", part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
 def render_masked(part: Dict[str, Any]) -> str:
     return _heading("Masked volumes: NaN regions as a lossless mask (`benchmarks/run_masked.py`)",
                     part["machine"]) + _note(part) + "\n" + part["markdown"]
@@ -251,7 +257,8 @@ def _note(part: Dict[str, Any]) -> str:
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader, "bounded_access": render_bounded_access, "masked": render_masked}
+    "reader": render_reader, "bounded_access": render_bounded_access, "series": render_series,
+    "masked": render_masked}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:

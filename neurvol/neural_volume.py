@@ -905,6 +905,12 @@ def _config_of(spec: Any) -> Tuple[NumpyArchitecture, ModelConfig]:
     return arch, arch.config_cls.from_dict(config)
 
 
+def config_of(spec: Any) -> Tuple[NumpyArchitecture, ModelConfig]:
+    """(torch-free architecture entry, validated config) of a header ``model`` object;
+    :class:`NeurvolFormatError` for anything else (public for :mod:`neurvol.series`)."""
+    return _config_of(spec)
+
+
 def tensor_specs(arch: Any, config: ModelConfig) -> List[Tuple[str, Tuple[int, ...]]]:
     """``[(name, shape)]`` of the model's tensors, in payload order, without allocating
     them (``config.tensor_specs()``, the spec's tensor list); the total size is checked

@@ -109,7 +109,7 @@ def test_constant_volume_is_exact(tmp_path, value, dtype):
 
 @pytest.mark.parametrize("bad,match", [
     (np.zeros((4, 4)), "3-D"),
-    (np.zeros((2, 3, 4, 5)), "3-D"),
+    (np.zeros((2, 2, 3, 4, 5)), "3-D"),     # 4-D is a time series (tests/test_series.py)
     (np.zeros((1, 4, 4)), "at least 2"),
     (np.zeros((0, 4, 4)), "at least 2"),
     (np.array([[[1 + 2j] * 3] * 3] * 3), "complex"),

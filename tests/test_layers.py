@@ -59,6 +59,9 @@ LAYERS: Dict[str, int] = {
     "neural_volume": 9,
     # encode planning: size solving, rate pilot, psnr search, fit -> compress -> pack
     "encoding": 10,
+    # time series and several variables in one file: the reader, composing one
+    # NeuralVolume per member (variable x step); its encoder is part of encoding
+    "series": 10,
     # the facade's stand-in for encode when torch is not installed (raises what to install)
     "_without_torch": 10,
     # thin facades and tools on top

@@ -11,6 +11,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
     python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
+    python tests/golden/make_golden.py 1.3-series  # time series, two variables (spec/series.md)
     python tests/golden/make_golden.py 1.3-mask  # masked volumes (spec/mask.md)
     python tests/golden/make_golden.py 1.3-mask-rows  # + a rows-coded mask
     python tests/golden/make_golden.py 1.4     # compact header (spec/nvol.md §3.3)
@@ -43,6 +44,8 @@ def outputs(mode: str) -> List[str]:
         return _pair("codec2_configs")
     if mode == "1.2":
         return [f for name in BOUNDED_CASES for f in _pair(name) + [f"{name}.original.npy"]]
+    if mode == "1.3-series":
+        return _pair("series_v1.3")
     if mode == "1.3-mask":
         return [f for name in MASKED_CASES for f in _pair(name)]
     if mode == "1.3-mask-rows":
@@ -134,6 +137,26 @@ def write_bounded() -> None:
                 np.save(f, arr)
 
 
+def write_series() -> None:
+    # Format 1.3: a time series of two variables (spec/series.md): 5 steps of a crop
+    # drifting through the sample, groups of 3 (a key, two deltas; a key, one delta), a
+    # uint8 variable and a float32 one with units, attributes and a time axis.
+    import neurvol
+
+    vol = neurvol.sample_volume()
+    steps = np.stack([vol[20 + t:40 + t, 22:42, 22:42] for t in range(5)])
+    data = {"density": np.ascontiguousarray(steps),
+            "scaled": np.ascontiguousarray(steps.astype(np.float32) * np.float32(0.37))}
+    nv = neurvol.encode(data, ratio=6, group=3, steps=40, seed=0, quiet=True, arch="fvsrn",
+                        time=[0.0, 0.5, 1.0, 1.5, 2.0],
+                        metadata={"scaled": {"units": "kg m-3", "attrs": {"source": "neghip"}}})
+    with open(os.path.join(HERE, "series_v1.3.nvol"), "xb") as f:
+        f.write(nv.to_bytes())
+    expected = np.stack([nv[name].decode(dtype=np.float32) for name in data])
+    with open(os.path.join(HERE, "series_v1.3.expected.npy"), "xb") as f:
+        np.save(f, expected)
+
+
 def write_masked() -> None:
     # Format 1.3: masked volumes. A float32 crop whose first 4 slices are NaN (a runs-coded
     # mask starting with a masked voxel), and a uint16 crop whose fill value 0 marks a
@@ -185,7 +208,7 @@ def write_version(version: str) -> None:
 WRITERS: Dict[str, Callable[[], None]] = {
     "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
     "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.3-mask": write_masked,
-    "1.3-mask-rows": write_masked_rows}
+    "1.3-mask-rows": write_masked_rows, "1.3-series": write_series}
 
 
 def main(argv: List[str]) -> int:
