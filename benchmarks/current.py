@@ -16,6 +16,8 @@ Parts:
     speed   ``benchmarks/run_speed.py``: encode s, query Mpts/s, decode s, open + 1k ms, RSS
     bricks  ``benchmarks/run_bricks.py --acceptance``: 256^3 bricked vs one model
     reader  ``benchmarks/run_numpy_reader.py``: numpy (torch-free) reader vs torch
+    bquery  ``benchmarks/run_bricked_query.py``: 64-brick 512^3 vs one 256^3 model: warm
+            query, cold open + 1k points, decode (issue 26)
 
 Run it alone on the machine: two torch processes on two cores slow each other many times.
 """
@@ -149,6 +151,7 @@ PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "bricks": lambda a: run_script("bricks", "run_bricks.py", ["--acceptance"]),
     "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
     "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
+    "bquery": lambda a: run_script("bquery", "run_bricked_query.py", []),
 }
 
 
@@ -232,13 +235,18 @@ def render_bounded(part: Dict[str, Any]) -> str:
                     part["machine"]) + _note(part) + "\n" + part["markdown"]
 
 
+def render_bquery(part: Dict[str, Any]) -> str:
+    return _heading("Bricked against single-model reads (`benchmarks/run_bricked_query.py`)",
+                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
 def _note(part: Dict[str, Any]) -> str:
     return f"\n{part['note']}\n" if part.get("note") else ""
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader}
+    "reader": render_reader, "bquery": render_bquery}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:
