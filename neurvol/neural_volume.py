@@ -21,7 +21,7 @@ from .compress.payload import max_payload_bytes
 from .compress.registry import stage_names
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
-from .ensemble.routing import Router
+from .ensemble.routing import Router, spatial_order
 from .errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
 from .model_limits import check_model_cost, counted_tensors
 from .models.config import MAX_MODEL_PARAMS, ModelConfig
@@ -59,6 +59,13 @@ _DECODE_BLOCK = QUERY_CHUNK * 4
 #: a point while it runs): a query is cut into about one chunk per thread, up to this, so
 #: that each brick gets its points in as few, large batches as the threads allow.
 ROUTE_CHUNK = QUERY_CHUNK * 2
+#: Queries evaluate their points cell by cell (:func:`~neurvol.ensemble.routing.spatial_order`)
+#: of a grid of this many cells a side over a single model, or over each brick: random points
+#: then read a model's grids from the CPU caches (BENCHMARKS.md, "bricked queries").
+QUERY_CELLS = 32
+BRICK_QUERY_CELLS = 8
+#: Fewer points than this are evaluated in their order (sorting would not pay).
+SPATIAL_MIN_POINTS = 4096
 #: Codecs this reader decodes (header key "codec": {"name", "version"}).
 SUPPORTED_CODECS = {("kmeans-zstd", 1), ("neurvol", 2)}
 
@@ -456,7 +463,7 @@ class NeuralVolume:
                     if not clamp:
                         return int(outside.sum()), first   # will raise
             np.clip(norm, -1.0, 1.0, out=norm)
-            out[s:s + step] = self._evaluate(norm, loader)
+            out[s:s + step] = self._evaluate(norm, loader, spatial=True)
             return 0, None
 
         # Memory beyond ``out`` stays O(ROUTE_CHUNK) per thread whatever N is.
@@ -478,17 +485,27 @@ class NeuralVolume:
             out = self._correction_stream().at_points(idx, out).astype(np.float32)
         return out
 
-    def _evaluate(self, norm: np.ndarray, loader: Optional[Executor] = None) -> np.ndarray:
+    def _evaluate(self, norm: np.ndarray, loader: Optional[Executor] = None,
+                  spatial: bool = False) -> np.ndarray:
         """``(N,)`` float32 values at normalized points ``norm (N, 3)`` (float64 in
         [-1, 1]). Bricked files: the points are routed to their bricks in one pass (spatial
         hash and blend bands, :class:`~neurvol.ensemble.routing.Router`), each touched brick
         is evaluated once on all of its points, and the weighted values summed; ``loader``
-        (threads) decodes the touched bricks not yet in the cache side by side first."""
-        if norm.shape[0] == 0:
+        (threads) decodes the touched bricks not yet in the cache side by side first.
+        ``spatial``: the points are in no particular order (a query), so they are evaluated
+        cell by cell (:data:`QUERY_CELLS`); grid decodes are in order already."""
+        n = norm.shape[0]
+        if n == 0:
             return np.empty(0, dtype=np.float32)
+        spatial = spatial and n >= SPATIAL_MIN_POINTS
         if self._router is None:
-            return self._evaluate_brick(0, norm)
-        batches = self._router.batches(norm)
+            if not spatial:
+                return self._evaluate_brick(0, norm)
+            order = spatial_order(norm, QUERY_CELLS)
+            out = np.empty(n, dtype=np.float32)
+            out[order] = self._evaluate_brick(0, np.take(norm, order, axis=0))
+            return out
+        batches = self._router.batches(norm, BRICK_QUERY_CELLS if spatial else 1)
         if loader is not None and batches.bricks.size > 1:
             self._prefetch(batches.bricks.tolist(), loader)
         values = np.empty(batches.point.shape[0], dtype=np.float32)

@@ -12,7 +12,7 @@ import neurvol
 from neurvol import NeurvolFormatError, neural_volume
 from neurvol.container import NvolReader, serialize_nvol
 from neurvol.ensemble import BrickLayout
-from neurvol.ensemble.routing import Router
+from neurvol.ensemble.routing import Router, spatial_order
 from neurvol.neural_volume import NeuralVolume
 
 OPTS = dict(ratio=8, arch="fvsrn", steps=10, seed=1, quiet=True, device="cpu")
@@ -38,6 +38,24 @@ def _points(shape, n=6000, seed=0):
                         2 * top[0] / 3, top[0] - 1e-9, top[0]])
     grid = np.stack(np.meshgrid(special, special, special), -1).reshape(-1, 3)
     return np.concatenate([pts, np.minimum(grid, top)])
+
+
+def spatial_cells(coords, cells):
+    """Cell id (C order) of each point in a cells^3 grid over [-1, 1]^3, written out (in
+    the coordinates' dtype)."""
+    c = np.clip(np.floor((coords + 1.0) * (cells / 2.0)), 0, cells - 1)
+    return ((c[:, 0] * cells + c[:, 1]) * cells + c[:, 2]).astype(int)
+
+
+def test_spatial_order_lists_points_cell_by_cell():
+    coords = np.random.default_rng(3).uniform(-1, 1, (5000, 3))
+    coords[:20] = 1.0
+    order = spatial_order(coords, 8)
+    assert sorted(order.tolist()) == list(range(5000))
+    key = spatial_cells(coords[order], 8)
+    assert (np.diff(key) >= 0).all() and key[-1] == 511
+    same = key[1:] == key[:-1]
+    assert (np.diff(order)[same] > 0).all()        # stable within a cell
 
 
 def _atol(nv: NeuralVolume) -> float:
@@ -81,12 +99,14 @@ def test_query_equals_the_brick_by_brick_evaluation(files, kind, backend):
     ((66, 66, 66), (3, 2, 2), 2, True), ((66, 40, 33), (2, 3, 2), 2, True),
     ((50, 50, 50), (1, 4, 1), 3, True), ((66, 66, 66), (2, 3, 4), 0, False),
     ((66, 66, 66), (2, 2, 2), 2, False)])
-def test_router_gives_the_entries_of_route_and_local_exactly(shape, grid, ghost, blend):
+@pytest.mark.parametrize("cells", [1, 8])
+def test_router_gives_the_entries_of_route_and_local_exactly(shape, grid, ghost, blend, cells):
     """Every (point, brick) pair of BrickLayout.route, with its weight and BrickLayout.local
-    coordinates bit for bit, grouped by ascending brick."""
+    coordinates bit for bit, grouped by ascending brick (within a brick cell by cell, or,
+    without blending, in the points' order)."""
     layout = BrickLayout.checked(shape, grid, ghost, blend)
     norm = np.clip(_points(shape, 3000, seed=1) * (2.0 / (np.asarray(shape) - 1.0)) - 1.0, -1, 1)
-    batches = Router(layout).batches(norm)
+    batches = Router(layout).batches(norm, cells)
     pts, bids, weights = layout.route(norm)
     assert batches.point.shape[0] == pts.shape[0]
     assert batches.bricks.tolist() == sorted(set(bids.tolist()))
@@ -99,8 +119,15 @@ def test_router_gives_the_entries_of_route_and_local_exactly(shape, grid, ghost,
         assert np.array_equal(np.sort(batches.point[a:e]), ref_pts[order])
         mine = np.argsort(batches.point[a:e])
         assert np.array_equal(got_w[a:e][mine], weights[bids == b][order])
-        ref_local = layout.local(b, norm[ref_pts[order]])
+        # the float32 the models take of BrickLayout.local's float64
+        ref_local = layout.local(b, norm[ref_pts[order]]).astype(np.float32)
         assert np.array_equal(batches.local[a:e][mine], ref_local)
+        if cells == 1:
+            if batches.weight is None:        # one entry per point: the points' order
+                assert (np.diff(batches.point[a:e]) > 0).all()
+        else:
+            key = spatial_cells(batches.local[a:e], cells)
+            assert (np.diff(key) >= 0).all()
     if not blend or ghost == 0:
         assert batches.weight is None
     # combine: the weighted sum, as the reference's float64 accumulation

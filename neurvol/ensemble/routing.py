@@ -25,16 +25,38 @@ import numpy as np
 from ..container import axis_bricks
 from .geometry import BrickLayout
 
-#: Brick ids sort as uint16 when they fit: numpy's stable sort of 16-bit keys is a radix
-#: sort, linear in the number of points.
+#: Keys sort as uint16 when they fit: numpy's stable sort of 16-bit keys is a radix sort,
+#: linear in the number of points.
 _RADIX_KEYS = 1 << 16
+
+
+def spatial_order(coords: np.ndarray, cells: int) -> np.ndarray:
+    """A permutation of the points ``coords`` (``(N, 3)``, each axis in [-1, 1]) that
+    lists them cell by cell of a ``cells^3`` grid over the cube (C order; ``cells^3 <=
+    2^16``). Evaluated in this order, neighbouring points read neighbouring parameters:
+    a model's grid lookups then hit the CPU caches instead of memory (random points over
+    a large model are otherwise bound by cache misses)."""
+    key = _cell_key(coords, cells).astype(np.uint16)
+    return np.argsort(key, kind="stable")
+
+
+def _cell_key(coords: np.ndarray, cells: int) -> np.ndarray:
+    """Cell id (C order) of each point of ``coords`` in a ``cells^3`` grid over [-1, 1]^3."""
+    half = cells / 2.0
+    key = np.zeros(coords.shape[0], dtype=np.int64)
+    for axis in range(3):
+        c = ((coords[:, axis] + 1.0) * half).astype(np.int64)
+        np.clip(c, 0, cells - 1, out=c)
+        key *= cells
+        key += c
+    return key
 
 
 @dataclasses.dataclass(frozen=True)
 class BrickBatches:
     """The (point, brick) entries of ``n_points`` points, grouped by brick.
 
-    point: ``(M,)`` the query point of each entry; local: ``(M, 3)`` float64 local
+    point: ``(M,)`` the query point of each entry; local: ``(M, 3)`` float32 local
     coordinates of the point in the entry's brick (clamped to [-1, 1]); weight: ``(M,)``
     float64 blend weights, or None when every point has one entry of weight 1; bricks:
     ``(G,)`` the touched bricks, ascending; bounds: ``(G + 1,)`` entries
@@ -104,52 +126,57 @@ class Router:
                                           ext[:, 1] - ext[:, 0]))
         self._key = np.uint16 if layout.count <= _RADIX_KEYS else np.int64
 
-    def batches(self, norm: np.ndarray) -> BrickBatches:
-        """The entries of ``norm`` (``(N, 3)`` float64 normalized z, y, x in [-1, 1])."""
+    def batches(self, norm: np.ndarray, cells: int = 1) -> BrickBatches:
+        """The entries of ``norm`` (``(N, 3)`` float64 normalized z, y, x in [-1, 1]).
+        ``cells > 1``: within a brick, entries follow :func:`spatial_order` of their local
+        coordinates (``cells^3 <= 2^16``), for random queries; 1: they keep the points'
+        order (grid decodes, already in order)."""
         n_pts = norm.shape[0]
-        cells: List[np.ndarray] = []     # brick index along each axis
+        bricks: List[np.ndarray] = []    # brick index along each axis
         index: List[np.ndarray] = []     # index-space coordinate along each axis
         band: Optional[np.ndarray] = None
         for axis, t in enumerate(self._axes):
             c = axis_bricks(norm[:, axis], t.bricks)
             p = (norm[:, axis] + 1.0) * (t.n - 1) / 2.0
-            cells.append(c)
+            bricks.append(c)
             index.append(p)
             if self.blend and t.bricks > 1:
-                near = (p < t.lower[c]) | (p >= t.upper[c])
-                band = near if band is None else band | near
-        home = self._ids(cells)
+                near = p < t.lower[c]
+                near |= p >= t.upper[c]
+                band = near if band is None else np.logical_or(band, near, out=band)
+        ids = self._ids(bricks)
+        local = self._local(bricks, index)
         if band is None or not band.any():
-            return self._grouped(n_pts, np.arange(n_pts), home, self._local(cells, index), None)
+            return self._grouped(n_pts, None, ids, local, None, cells)
         inside = np.flatnonzero(band)
-        extra_pts, extra_cells, extra_w, home_w = self._blend(inside, cells, index)
+        extra_pts, extra_bricks, extra_w, home_w = self._blend(inside, bricks, index)
         weight = np.ones(n_pts)
         weight[inside] = home_w
         point = np.concatenate([np.arange(n_pts), extra_pts])
-        all_cells = [np.concatenate([c, e]) for c, e in zip(cells, extra_cells)]
-        all_index = [np.concatenate([p, p[extra_pts]]) for p in index]
+        ids = np.concatenate([ids, self._ids(extra_bricks)])
+        local = np.concatenate([local, self._local(extra_bricks,
+                                                   [np.take(p, extra_pts) for p in index])])
         weight = np.concatenate([weight, extra_w])
-        ids = self._ids(all_cells)
-        local = self._local(all_cells, all_index)
         if not (home_w > 0.0).all():     # a zero weight is not evaluated (spec §4)
-            keep = weight > 0.0
-            keep = np.flatnonzero(keep)
+            keep = np.flatnonzero(weight > 0.0)
             point, ids, weight = point[keep], ids[keep], weight[keep]
             local = np.take(local, keep, axis=0)
-        return self._grouped(n_pts, point, ids, local, weight)
+        return self._grouped(n_pts, point, ids, local, weight, cells)
 
-    def _ids(self, cells: List[np.ndarray]) -> np.ndarray:
+    def _ids(self, bricks: List[np.ndarray]) -> np.ndarray:
         _, j_n, i_n = self.layout.grid
-        ids = cells[0] * j_n
-        ids += cells[1]
+        ids = bricks[0] * j_n
+        ids += bricks[1]
         ids *= i_n
-        ids += cells[2]
+        ids += bricks[2]
         return ids
 
-    def _local(self, cells: List[np.ndarray], index: List[np.ndarray]) -> np.ndarray:
-        """Local coordinates (spec §2) ``2 (p - lo) / (hi - lo) - 1``, clamped."""
-        out = np.empty((cells[0].shape[0], 3))
-        for axis, (t, c, p) in enumerate(zip(self._axes, cells, index)):
+    def _local(self, bricks: List[np.ndarray], index: List[np.ndarray]) -> np.ndarray:
+        """Local coordinates (spec §2) ``2 (p - lo) / (hi - lo) - 1``, computed in float64,
+        stored as the float32 the models take, clamped to [-1, 1] (as clamping first:
+        rounding to float32 is monotonic and keeps +-1)."""
+        out = np.empty((bricks[0].shape[0], 3), dtype=np.float32)
+        for axis, (t, c, p) in enumerate(zip(self._axes, bricks, index)):
             if t.bricks == 1:
                 out[:, axis] = 2.0 * (p - t.lo[0]) / t.span[0] - 1.0
             else:
@@ -202,15 +229,28 @@ class Router:
         return (np.concatenate(pts), [np.concatenate(a) for a in per_axis],
                 np.concatenate(ws), home_w)
 
-    def _grouped(self, n_pts: int, point: np.ndarray, ids: np.ndarray, local: np.ndarray,
-                 weight: Optional[np.ndarray]) -> BrickBatches:
-        """The entries sorted by brick (stably: a brick's entries keep their order)."""
-        if ids.size and ids.min() != ids.max():
-            order = np.argsort(ids.astype(self._key), kind="stable")
+    def _grouped(self, n_pts: int, point: Optional[np.ndarray], ids: np.ndarray,
+                 local: np.ndarray, weight: Optional[np.ndarray], cells: int) -> BrickBatches:
+        """The entries (``point`` None: one per point, in order) sorted by brick, and within
+        a brick by cell of ``cells^3`` (1: in their order). A point's entries are in
+        distinct bricks, so its weighted sum runs in ascending brick id whatever the order
+        within bricks."""
+        several = ids.size > 0 and ids.min() != ids.max()
+        order: Optional[np.ndarray] = spatial_order(local, cells) if cells > 1 else None
+        if several:
+            # Least significant key first: stable sorts keep the cell order within a brick.
+            key = ids if order is None else np.take(ids, order)
+            second = np.argsort(key.astype(self._key), kind="stable")
+            order = second if order is None else np.take(order, second)
+        if order is not None:
             # np.take: for rows of a 2-D array many times faster than ``local[order]``.
-            point, ids = np.take(point, order), np.take(ids, order)
+            point = order if point is None else np.take(point, order)
+            ids = np.take(ids, order)
             local = np.take(local, order, axis=0)
             weight = None if weight is None else np.take(weight, order)
+        elif point is None:
+            point = np.arange(n_pts)
+        if several:
             cut = np.flatnonzero(ids[1:] != ids[:-1]) + 1
         else:
             cut = np.zeros(0, dtype=np.int64)
