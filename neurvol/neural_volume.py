@@ -61,7 +61,7 @@ _DECODE_BLOCK = QUERY_CHUNK * 4
 ROUTE_CHUNK = QUERY_CHUNK * 2
 #: Queries evaluate their points cell by cell (:func:`~neurvol.ensemble.routing.spatial_order`)
 #: of a grid of this many cells a side over a single model, or over each brick: random points
-#: then read a model's grids from the CPU caches (BENCHMARKS.md, "bricked queries").
+#: then read a model's grids from the CPU caches (``benchmarks/run_bricked_query.py``).
 QUERY_CELLS = 32
 BRICK_QUERY_CELLS = 8
 #: Fewer points than this are evaluated in their order (sorting would not pay).
