@@ -235,25 +235,40 @@ class Router:
         a brick by cell of ``cells^3`` (1: in their order). A point's entries are in
         distinct bricks, so its weighted sum runs in ascending brick id whatever the order
         within bricks."""
+        count = self.layout.count
+        per_brick = cells ** 3 if cells > 1 else 1
         several = ids.size > 0 and ids.min() != ids.max()
-        order: Optional[np.ndarray] = spatial_order(local, cells) if cells > 1 else None
-        if several:
+        order: Optional[np.ndarray] = None
+        if count * per_brick <= _RADIX_KEYS and (several or cells > 1):
+            # One 16-bit key, brick then cell: one radix sort orders both.
+            key = ids * per_brick
+            if cells > 1:
+                key += _cell_key(local, cells)
+            order = np.argsort(key.astype(np.uint16), kind="stable")
+        elif several or cells > 1:
             # Least significant key first: stable sorts keep the cell order within a brick.
-            key = ids if order is None else np.take(ids, order)
-            second = np.argsort(key.astype(self._key), kind="stable")
-            order = second if order is None else np.take(order, second)
+            order = spatial_order(local, cells) if cells > 1 else None
+            if several:
+                key = ids if order is None else np.take(ids, order)
+                second = np.argsort(key.astype(self._key), kind="stable")
+                order = second if order is None else np.take(order, second)
         if order is not None:
             # np.take: for rows of a 2-D array many times faster than ``local[order]``.
             point = order if point is None else np.take(point, order)
-            ids = np.take(ids, order)
             local = np.take(local, order, axis=0)
             weight = None if weight is None else np.take(weight, order)
         elif point is None:
             point = np.arange(n_pts)
-        if several:
-            cut = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        if not several:
+            bricks = ids[:1]
+            bounds = np.array([0, ids.size], dtype=np.int64)[:bricks.size + 1]
+        elif count <= _RADIX_KEYS:
+            sizes = np.bincount(ids, minlength=count)
+            bricks = np.flatnonzero(sizes)
+            bounds = np.concatenate([[0], np.cumsum(sizes[bricks])]).astype(np.int64)
         else:
-            cut = np.zeros(0, dtype=np.int64)
-        bounds = np.concatenate([[0], cut, [ids.size]]).astype(np.int64)
-        bricks = ids[bounds[:-1]] if ids.size else ids
+            ids = np.take(ids, order)
+            cut = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+            bounds = np.concatenate([[0], cut, [ids.size]]).astype(np.int64)
+            bricks = ids[bounds[:-1]]
         return BrickBatches(n_pts, point, local, weight, bricks, bounds)
