@@ -818,9 +818,9 @@ class NeuralVolume:
                 QUERY_THREADS, thread_name_prefix="neurvol-brick", initializer=init,
                 initargs=initargs)
             try:
-                if len(head) < 2:       # one item: no thread hop
-                    yield from (fn(item, loader) for item in head)
-                    return
+                # A bricked file's single item runs on a pool thread too: its first
+                # evaluations of freshly decoded bricks build their tables, and the
+                # caller's OpenMP team there would spin against the loader threads.
                 window = 2 * QUERY_THREADS
                 with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
                                         initializer=init, initargs=initargs) as pool:
