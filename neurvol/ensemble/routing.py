@@ -70,15 +70,6 @@ class BrickBatches:
     bricks: np.ndarray
     bounds: np.ndarray
 
-    def slices(self, most: int) -> List[Tuple[int, int, int]]:
-        """``(brick, start, stop)`` runs of entries of one brick each, at most ``most``
-        entries long (a large batch is cut so that threads can share it)."""
-        out = []
-        for g, b in enumerate(self.bricks.tolist()):
-            a, e = int(self.bounds[g]), int(self.bounds[g + 1])
-            out += [(b, s, min(e, s + most)) for s in range(a, e, most)]
-        return out
-
     def combine(self, values: np.ndarray) -> np.ndarray:
         """``(n_points,)`` float32 values of the points from ``values (M,)``, the entries'
         brick values: the weighted sum over each point's bricks, in binary64 and in
@@ -114,7 +105,7 @@ class Router:
         self.layout = layout
         self.blend = layout.blend and layout.ghost > 0 and layout.count > 1
         g = float(layout.ghost)
-        self._axes = []
+        self._axes: List[_AxisTables] = []
         for axis, (n, nb) in enumerate(zip(layout.shape, layout.grid)):
             faces = np.arange(nb + 1, dtype=np.int64) * (n - 1) / nb
             lower = faces[:-1] + g
