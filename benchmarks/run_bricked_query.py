@@ -58,7 +58,10 @@ def _encode(volume_spec: Dict[str, Any], path: str) -> None:
 
 
 def _load(spec: Dict[str, Any]) -> np.ndarray:
-    vol = np.load(os.path.join(spec["data_dir"], VOLUME + ".npy"))[::spec["sub"], ::spec["sub"], ::spec["sub"]]
+    """The volume of ``spec``: RM subsampled by ``sub``, then each voxel repeated ``up``
+    times along each axis (float32)."""
+    sub = slice(None, None, spec["sub"])
+    vol = np.load(os.path.join(spec["data_dir"], VOLUME + ".npy"))[sub, sub, sub]
     vol = np.ascontiguousarray(vol, dtype=np.float32)
     for axis in range(3):
         vol = np.repeat(vol, spec["up"], axis=axis)
