@@ -16,12 +16,16 @@ Parts:
     speed   ``benchmarks/run_speed.py``: encode s, query Mpts/s, decode s, open + 1k ms, RSS
     bricks  ``benchmarks/run_bricks.py --acceptance``: 256^3 bricked vs one model
     reader  ``benchmarks/run_numpy_reader.py``: numpy (torch-free) reader vs torch
+    bquery  ``benchmarks/run_bricked_query.py``: 64-brick 512^3 vs one 256^3 model: warm
+            query, cold open + 1k points, decode (issue 26)
 
 Run it alone on the machine: two torch processes on two cores slow each other many times.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -143,16 +147,40 @@ def run_script(part: str, script: str, extra: Sequence[str],
     save_part(part, {"machine": meta, "result": data, "markdown": proc.stdout})
 
 
+@dataclasses.dataclass(frozen=True)
+class ScriptPart:
+    """A part whose script prints its own markdown table (stored and shown as printed)."""
+
+    script: str
+    args: Tuple[str, ...]
+    title: str
+    json_flag: Optional[str] = "--json"
+
+
+SCRIPT_PARTS: Dict[str, ScriptPart] = {
+    "reader": ScriptPart("run_numpy_reader.py", (), "Torch-free (numpy) reader against torch",
+                         None),
+    "bounded": ScriptPart("run_bounded.py", (), "Error-bounded mode: ratio at a fixed bound"),
+    "bounded_access": ScriptPart("run_bounded_access.py", ("--blocks", "64,32,16"),
+                                 "Error-bounded random access"),
+    "bquery": ScriptPart("run_bricked_query.py", (), "Bricked against single-model reads"),
+    "series": ScriptPart("run_series.py", (),
+                         "Time series: one series encode against independent steps"),
+    "masked": ScriptPart("run_masked.py", (), "Masked volumes: NaN regions as a lossless mask"),
+}
+
+
+def _run_script_part(name: str, args: argparse.Namespace) -> None:
+    sp = SCRIPT_PARTS[name]
+    extra = list(sp.args) + (args.bounded_args.split() if name == "bounded" else [])
+    run_script(name, sp.script, extra, sp.json_flag)
+
+
 PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "rd": run_rd,
     "speed": lambda a: run_script("speed", "run_speed.py", [], "--out"),
     "bricks": lambda a: run_script("bricks", "run_bricks.py", ["--acceptance"]),
-    "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
-    "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
-    "bounded_access": lambda a: run_script("bounded_access", "run_bounded_access.py",
-                                           ["--blocks", "64,32,16"]),
-    "series": lambda a: run_script("series", "run_series.py", []),
-    "masked": lambda a: run_script("masked", "run_masked.py", []),
+    **{name: (lambda a, name=name: _run_script_part(name, a)) for name in SCRIPT_PARTS},
 }
 
 
@@ -226,29 +254,10 @@ def render_bricks(part: Dict[str, Any]) -> str:
         _note(part) + "\n" + table
 
 
-def render_reader(part: Dict[str, Any]) -> str:
-    return _heading("Torch-free (numpy) reader against torch (`benchmarks/run_numpy_reader.py`)",
-                    part["machine"]) + _note(part) + "\n" + part["markdown"]
-
-
-def render_bounded(part: Dict[str, Any]) -> str:
-    return _heading("Error-bounded mode: ratio at a fixed bound (`benchmarks/run_bounded.py`)",
-                    part["machine"]) + _note(part) + "\n" + part["markdown"]
-
-
-def render_bounded_access(part: Dict[str, Any]) -> str:
-    return _heading("Error-bounded random access (`benchmarks/run_bounded_access.py`)",
-                    part["machine"]) + _note(part) + "\n" + part["markdown"]
-
-
-def render_series(part: Dict[str, Any]) -> str:
-    return _heading("Time series: one series encode against independent steps "
-                    "(`benchmarks/run_series.py`)", part["machine"]) + _note(part) + "\n" + part["markdown"]
-
-
-def render_masked(part: Dict[str, Any]) -> str:
-    return _heading("Masked volumes: NaN regions as a lossless mask (`benchmarks/run_masked.py`)",
-                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+def render_script_part(name: str, part: Dict[str, Any]) -> str:
+    sp = SCRIPT_PARTS[name]
+    return _heading(f"{sp.title} (`benchmarks/{sp.script}`)", part["machine"]) + _note(part) + \
+        "\n" + part["markdown"]
 
 
 def _note(part: Dict[str, Any]) -> str:
@@ -256,9 +265,9 @@ def _note(part: Dict[str, Any]) -> str:
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
-    "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader, "bounded_access": render_bounded_access, "series": render_series,
-    "masked": render_masked}
+    "rd": render_rd, "speed": render_speed, "bricks": render_bricks,
+    **{name: functools.partial(render_script_part, name) for name in SCRIPT_PARTS},
+}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:

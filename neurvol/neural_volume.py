@@ -9,7 +9,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,6 +21,7 @@ from .compress.payload import max_payload_bytes
 from .compress.registry import stage_names
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
+from .ensemble.routing import Router, spatial_order
 from .errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
 from .masking import LoadedMask, nearest_indices, parse_mask
 from .model_limits import check_model_cost, counted_tensors
@@ -55,6 +56,17 @@ MAX_BRICK_CONFIGS = 4096
 _SPACE_TOL = 1e-6
 # Points per block of a grid decode (decode, region reads): coordinates ~24 bytes/point.
 _DECODE_BLOCK = QUERY_CHUNK * 4
+#: Most points of a bricked query that one thread routes and evaluates at once (~150 bytes
+#: a point while it runs): a query is cut into about one chunk per thread, up to this, so
+#: that each brick gets its points in as few, large batches as the threads allow.
+ROUTE_CHUNK = QUERY_CHUNK * 2
+#: Queries evaluate their points cell by cell (:func:`~neurvol.ensemble.routing.spatial_order`)
+#: of a grid of this many cells a side over a single model, or over each brick: random points
+#: then read a model's grids from the CPU caches (``benchmarks/run_bricked_query.py``).
+QUERY_CELLS = 32
+BRICK_QUERY_CELLS = 8
+#: Fewer points than this are evaluated in their order (sorting would not pay).
+SPATIAL_MIN_POINTS = 4096
 #: Codecs this reader decodes (header key "codec": {"name", "version"}).
 SUPPORTED_CODECS = {("kmeans-zstd", 1), ("neurvol", 2)}
 
@@ -96,6 +108,7 @@ class NeuralVolume:
         self._parse_volume(vol)
         # Bricked files (spec/bricks.md): layout, per-brick model configs. None: one brick.
         self._layout: Optional[BrickLayout] = None
+        self._router: Optional[Router] = None
         self._brick_specs: Optional[List[Any]] = None
         self._model_ids: Optional[List[int]] = None
         self._cache_size = _BRICK_CACHE
@@ -103,10 +116,13 @@ class NeuralVolume:
             self._parse_bricks(self.header.get("bricks"))
         self._models: "OrderedDict[int, Tuple[Any, int]]" = OrderedDict()   # brick -> (float or model, its bytes)
         self._cache_bytes = 0
+        # Bricks being decoded by some thread: others needing them wait for that decode.
+        self._loading: Dict[int, "Future[Any]"] = {}
         # Shapes of each distinct model config, built once per file (spec/resources.md).
         self._specs: Dict[str, Tuple[Any, Any, List[Tuple[str, Tuple[int, ...]]]]] = {}
         self._spec_tensors = 0
         self._lock = threading.Lock()
+        self._spec_lock = threading.Lock()
         # Error-bounded files (spec/correction.md): the bound, and the correction stream
         # once a request needs it.
         self._bound = parse_bound(self.header, reader.section_names)
@@ -213,6 +229,7 @@ class NeuralVolume:
         if not isinstance(bricks, dict):
             raise NeurvolFormatError("header 'bricks' must be an object")
         self._layout = parse_layout(self._shape, self._reader.grid, bricks)
+        self._router = Router(self._layout)
         count = self._reader.brick_count
         self._cache_size = max(_BRICK_CACHE, min(count, _BRICK_CACHE_BRICKED))
         models, ids = bricks.get("models"), bricks.get("model_ids")
@@ -463,11 +480,15 @@ class NeuralVolume:
         n = p.shape[0]
         scale = 2.0 / (np.asarray(self._shape, dtype=np.float64) - 1.0)
         out = np.empty(n, dtype=np.float32)
+        # Bricked files: about one chunk per thread (each routes its points and evaluates
+        # every brick on its share in one batch); one model: many small chunks.
+        step = QUERY_CHUNK if self._layout is None else \
+            min(ROUTE_CHUNK, max(MODEL_CHUNK, -(-n // QUERY_THREADS)))
 
-        def evaluate_chunk(s: int) -> Tuple[int, Optional[List[float]]]:
-            """Points ``[s, s + QUERY_CHUNK)`` into ``out``; the count of those outside the
+        def evaluate_chunk(s: int, loader: Optional[Executor]) -> Tuple[int, Optional[List[float]]]:
+            """Points ``[s, s + step)`` into ``out``; the count of those outside the
             volume and the first of them (then, without ``clamp``, nothing is evaluated)."""
-            chunk = p[s:s + QUERY_CHUNK]
+            chunk = p[s:s + step]
             norm = chunk.astype(np.float64)
             if space == "index":
                 np.multiply(norm, scale, out=norm)
@@ -482,12 +503,12 @@ class NeuralVolume:
                     if not clamp:
                         return int(outside.sum()), first   # will raise
             np.clip(norm, -1.0, 1.0, out=norm)
-            out[s:s + QUERY_CHUNK] = self._evaluate(norm)
+            out[s:s + step] = self._evaluate(norm, loader, spatial=True)
             return 0, None
 
-        # Memory beyond ``out`` stays O(QUERY_CHUNK) per thread whatever N is.
+        # Memory beyond ``out`` stays O(ROUTE_CHUNK) per thread whatever N is.
         n_outside, first_outside = 0, None
-        for count, first in self._map_chunks(evaluate_chunk, range(0, n, QUERY_CHUNK)):
+        for count, first in self._map_chunks(evaluate_chunk, range(0, n, step)):
             n_outside += count
             if first_outside is None:
                 first_outside = first
@@ -510,37 +531,65 @@ class NeuralVolume:
             out[self._mask.at_points(idx)] = np.nan
         return out
 
-    def _evaluate(self, norm: np.ndarray) -> np.ndarray:
-        out = np.empty(norm.shape[0], dtype=np.float32)
-        if norm.shape[0] == 0:
+    def _evaluate(self, norm: np.ndarray, loader: Optional[Executor] = None,
+                  spatial: bool = False) -> np.ndarray:
+        """``(N,)`` float32 values at normalized points ``norm (N, 3)`` (float64 in
+        [-1, 1]). Bricked files: the points are routed to their bricks in one pass (spatial
+        hash and blend bands, :class:`~neurvol.ensemble.routing.Router`), each touched brick
+        is evaluated once on all of its points, and the weighted values summed; ``loader``
+        (threads) decodes the touched bricks not yet in the cache side by side first.
+        ``spatial``: the points are in no particular order (a query), so they are evaluated
+        cell by cell (:data:`QUERY_CELLS`); grid decodes are in order already."""
+        n = norm.shape[0]
+        if n == 0:
+            return np.empty(0, dtype=np.float32)
+        spatial = spatial and n >= SPATIAL_MIN_POINTS
+        if self._router is None:
+            if not spatial:
+                return self._evaluate_brick(0, norm)
+            order = spatial_order(norm, QUERY_CELLS)
+            out = np.empty(n, dtype=np.float32)
+            out[order] = self._evaluate_brick(0, np.take(norm, order, axis=0))
             return out
-        layout = self._layout
-        if layout is None:
-            out[:] = self._evaluate_brick(0, norm)
-            return out
-        # Route (spatial hash + blend bands), then evaluate each touched brick once on all
-        # of its points, in its local coordinates, and sum the weighted values.
-        pts, bids, weights = layout.route(norm)
-        order = np.argsort(bids, kind="stable")
-        sorted_ids = bids[order]
-        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-        ends = np.r_[starts[1:], sorted_ids.size]
-        if starts.size == sorted_ids.size and np.all(weights == 1.0):
-            acc = None
-        else:
-            acc = np.zeros(norm.shape[0], dtype=np.float64)
-        for a, e in zip(starts, ends):
-            sel = order[a:e]
-            b = int(sorted_ids[a])
-            p = pts[sel]
-            vals = self._evaluate_brick(b, layout.local(b, norm[p]))
-            if acc is None:
-                out[p] = vals
-            else:
-                acc[p] += weights[sel] * vals
-        if acc is not None:
-            out[:] = acc
-        return out
+        batches = self._router.batches(norm, BRICK_QUERY_CELLS if spatial else 1)
+        if loader is not None and batches.bricks.size > 1:
+            self._prefetch(batches.bricks.tolist(), loader)
+        values = np.empty(batches.point.shape[0], dtype=np.float32)
+        for g, b in enumerate(batches.bricks.tolist()):
+            a, e = int(batches.bounds[g]), int(batches.bounds[g + 1])
+            values[a:e] = self._evaluate_brick(b, batches.local[a:e])
+        return batches.combine(values)
+
+    def _prefetch(self, bricks: List[int], loader: Executor) -> None:
+        """Decode the bricks of ``bricks`` that are not in the cache on ``loader``'s threads,
+        side by side, as many as the cache holds next to the cached ones among ``bricks``
+        (count and bytes, spec/resources.md), so that none is evicted before it is used; the
+        others are decoded one by one when evaluated. Memory: the cache plus one brick per
+        loader thread, as a serial decode plus one per query thread."""
+        with self._lock:
+            missing = [b for b in bricks if b not in self._models]
+            slots = self._cache_size - (len(bricks) - len(missing))
+            room = MAX_CACHE_BYTES - sum(self._models[b][1] for b in bricks if b in self._models)
+        chosen = []
+        for b in missing[:max(0, slots)]:
+            room -= self._brick_bytes(b)
+            if room < 0:
+                break
+            chosen.append(b)
+        if len(chosen) > 1:
+            for _ in loader.map(self._brick_model, chosen):
+                pass
+
+    def _brick_bytes(self, b: int) -> int:
+        """The parameter bytes brick ``b``'s model takes once decoded (0 for a constant,
+        known from the index; a damaged config counts 0: its decode raises)."""
+        if self._reader.brick_length(b) <= _CONSTANT_PAYLOAD:
+            return 0
+        try:
+            _, _, specs = self._config_specs(self._brick_spec(b))
+        except NeurvolFormatError:
+            return 0
+        return 4 * sum(math.prod(shape) for _, shape in specs)
 
     def _evaluate_brick(self, b: int, norm: np.ndarray) -> np.ndarray:
         model = self._brick_model(b)
@@ -562,35 +611,58 @@ class NeuralVolume:
 
     def _brick_model(self, b: int) -> Any:
         """Brick ``b``'s constant value or its model (a torch module or a numpy model,
-        as the backend builds it), decoded on first use and kept in an LRU."""
-        with self._lock:
-            if b in self._models:
-                self._models.move_to_end(b)
-                return self._models[b][0]
+        as the backend builds it), decoded on first use and kept in an LRU. Threads decode
+        different bricks side by side; a thread needing a brick another one is decoding
+        waits for it (if that decode fails, it tries itself and raises its own error: a
+        shared exception would tie the threads' frames together)."""
+        while True:
+            with self._lock:
+                hit = self._models.get(b)
+                if hit is not None:
+                    self._models.move_to_end(b)
+                    return hit[0]
+                pending = self._loading.get(b)
+                if pending is None:
+                    pending = self._loading[b] = Future()
+                    break
+            model = pending.result()
+            if model is not None:
+                return model
+        try:
             model, nbytes = self._load_brick(b)
-            self._models[b] = (model, nbytes)
-            self._cache_bytes += nbytes
-            # Evict by count and by bytes (spec/resources.md), never the brick just loaded.
-            while len(self._models) > 1 and (len(self._models) > self._cache_size
-                                             or self._cache_bytes > MAX_CACHE_BYTES):
-                self._cache_bytes -= self._models.popitem(last=False)[1][1]
-            return model
+        except BaseException:
+            with self._lock:
+                del self._loading[b]
+            pending.set_result(None)
+            raise
+        with self._lock:
+            del self._loading[b]
+            if not self._reader.closed:
+                self._models[b] = (model, nbytes)
+                self._cache_bytes += nbytes
+                # Evict by count and by bytes (spec/resources.md), never the brick just loaded.
+                while len(self._models) > 1 and (len(self._models) > self._cache_size
+                                                 or self._cache_bytes > MAX_CACHE_BYTES):
+                    self._cache_bytes -= self._models.popitem(last=False)[1][1]
+        pending.set_result(model)
+        return model
 
     def _config_specs(self, spec: Any) -> Tuple[Any, Any, List[Tuple[str, Tuple[int, ...]]]]:
         """(architecture, config, tensor shapes) of a header model entry, validated and
         built once per distinct config; the file's total is capped (spec/resources.md)."""
         key = _spec_key(spec)
-        hit = self._specs.get(key)
-        if hit is None:
-            arch, config = _config_of(spec)
-            specs = tensor_specs(arch, config)
-            self._spec_tensors += len(specs)
-            if self._spec_tensors > MAX_FILE_CONFIG_TENSORS:
-                raise NeurvolFormatError(
-                    f"the model configs of this file have more than {MAX_FILE_CONFIG_TENSORS} "
-                    "tensors in all (the reader's limit, spec/resources.md); the file is "
-                    "corrupted or hostile")
-            hit = self._specs[key] = (arch, config, specs)
+        with self._spec_lock:       # bricks are decoded on several threads
+            hit = self._specs.get(key)
+            if hit is None:
+                arch, config = _config_of(spec)
+                specs = tensor_specs(arch, config)
+                self._spec_tensors += len(specs)
+                if self._spec_tensors > MAX_FILE_CONFIG_TENSORS:
+                    raise NeurvolFormatError(
+                        f"the model configs of this file have more than "
+                        f"{MAX_FILE_CONFIG_TENSORS} tensors in all (the reader's limit, "
+                        "spec/resources.md); the file is corrupted or hostile")
+                hit = self._specs[key] = (arch, config, specs)
         return hit
 
     def _load_brick(self, b: int) -> Tuple[Any, int]:
@@ -754,14 +826,14 @@ class NeuralVolume:
         else:
             step = (1, 1, _DECODE_BLOCK)
 
-        def fill(block: Tuple[int, int, int]) -> None:
+        def fill(block: Tuple[int, int, int], loader: Optional[Executor]) -> None:
             (z0, y0, x0), (sz, sy, sx) = block, step
             z1, y1, x1 = min(d, z0 + sz), min(h, y0 + sy), min(w, x0 + sx)
             coords = np.empty((z1 - z0, y1 - y0, x1 - x0, 3))
             coords[..., 0] = axes[0].coords(z0, z1)[:, None, None]
             coords[..., 1] = axes[1].coords(y0, y1)[None, :, None]
             coords[..., 2] = axes[2].coords(x0, x1)[None, None, :]
-            vals = self._evaluate(coords.reshape(-1, 3))
+            vals = self._evaluate(coords.reshape(-1, 3), loader)
             out[z0:z1, y0:y1, x0:x1] = _cast(vals, dt).reshape(coords.shape[:3])
 
         blocks = itertools.product(range(0, d, step[0]), range(0, h, step[1]),
@@ -769,10 +841,13 @@ class NeuralVolume:
         for _ in self._map_chunks(fill, blocks):
             pass
 
-    def _map_chunks(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        """``map(fn, items)``, in order; on the CPU the items run on :data:`QUERY_THREADS`
-        threads, at most a few per thread in flight, so a huge decode does not queue all
-        of its blocks at once. ``fn`` must write only its own part.
+    def _map_chunks(self, fn: Callable[[Any, Optional[Executor]], Any],
+                    items: Iterable[Any]) -> Iterator[Any]:
+        """``fn(item, loader)`` for each item, in order; on the CPU the items run on
+        :data:`QUERY_THREADS` threads, at most a few per thread in flight, so a huge decode
+        does not queue all of its blocks at once. ``fn`` must write only its own part.
+        ``loader``: for bricked files on the CPU, threads that decode the bricks an item
+        touches side by side (:meth:`_prefetch`), else None.
 
         The threads live for one call: an idle thread that has run torch ops keeps an
         OpenMP team that slows later training in the same process. Each runs torch on one
@@ -782,23 +857,36 @@ class NeuralVolume:
         with self._backend.scope():
             yield from self._map_chunks_in_scope(fn, items)
 
-    def _map_chunks_in_scope(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    def _map_chunks_in_scope(self, fn: Callable[[Any, Optional[Executor]], Any],
+                             items: Iterable[Any]) -> Iterator[Any]:
         items = iter(items)
         head = list(itertools.islice(items, 2))
-        if not self._backend.threaded or QUERY_THREADS < 2 or len(head) < 2:
-            yield from map(fn, itertools.chain(head, items))   # one item: no thread hop
+        if not self._backend.threaded or QUERY_THREADS < 2 or (
+                len(head) < 2 and self._layout is None):     # one model, one item: no threads
+            yield from (fn(item, None) for item in itertools.chain(head, items))
             return
-        window = 2 * QUERY_THREADS
         with self._backend.worker_threads() as (init, initargs):
-            with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
-                                    initializer=init, initargs=initargs) as pool:
-                pending: "deque[Any]" = deque()
-                for item in itertools.chain(head, items):
-                    pending.append(pool.submit(fn, item))
-                    if len(pending) >= window:
+            # Threads start on first use: a query whose bricks are all cached starts none.
+            loader = None if self._layout is None else ThreadPoolExecutor(
+                QUERY_THREADS, thread_name_prefix="neurvol-brick", initializer=init,
+                initargs=initargs)
+            try:
+                # A bricked file's single item runs on a pool thread too: its first
+                # evaluations of freshly decoded bricks build their tables, and the
+                # caller's OpenMP team there would spin against the loader threads.
+                window = 2 * QUERY_THREADS
+                with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
+                                        initializer=init, initargs=initargs) as pool:
+                    pending: "deque[Any]" = deque()
+                    for item in itertools.chain(head, items):
+                        pending.append(pool.submit(fn, item, loader))
+                        if len(pending) >= window:
+                            yield pending.popleft().result()
+                    while pending:
                         yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
+            finally:
+                if loader is not None:
+                    loader.shutdown()
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Numpy-style region decode with outer indexing: ints drop an axis, slices and

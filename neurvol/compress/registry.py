@@ -28,6 +28,7 @@ import abc
 import argparse
 import importlib
 import pkgutil
+import threading
 from typing import (Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple,
                     Type, TypeVar, Union)
 
@@ -176,6 +177,11 @@ class _Registry:
         self.by_id: Dict[int, type] = {}
         self.by_name: Dict[str, type] = {}
         self.loaded = False
+        # Readers decode bricks on several threads: the first lookup imports the package
+        # while the others wait (an RLock: a module that looks up during its import
+        # returns at once, as the table it sees is being filled by its own thread).
+        self._lock = threading.RLock()
+        self._importing = False
 
     def register(self, cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
@@ -194,10 +200,17 @@ class _Registry:
         """Import every module of the package (each registers itself)."""
         if self.loaded:
             return
-        self.loaded = True
-        pkg = importlib.import_module(self.package)
-        for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            importlib.import_module(f"{self.package}.{mod.name}")
+        with self._lock:
+            if self.loaded or self._importing:
+                return
+            self._importing = True
+            try:
+                pkg = importlib.import_module(self.package)
+                for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+                    importlib.import_module(f"{self.package}.{mod.name}")
+            finally:
+                self._importing = False
+            self.loaded = True
 
     def get(self, key: Union[int, str]) -> type:
         self.load()

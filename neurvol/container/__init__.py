@@ -10,7 +10,7 @@ Example:
     >>> r.grid, r.read_brick(0), r.read_brick(1)
     ((1, 1, 2), b'ab', b'')
 """
-from .brickhash import brick_ids
+from .brickhash import axis_bricks, brick_ids
 from .format import (COMPACT_MINOR, FORMAT_VERSION, INDEX_RECORD_SIZE, MAGIC, MAX_BRICKS,
                      MAX_HEADER_BYTES, MAX_SECTIONS, MIN_FILE_SIZE)
 from .reader import NvolReader, Section, read_nvol_bytes
@@ -20,5 +20,5 @@ __all__ = [
     "MAGIC", "FORMAT_VERSION", "COMPACT_MINOR", "MAX_HEADER_BYTES", "MAX_BRICKS", "MAX_SECTIONS",
     "MIN_FILE_SIZE", "INDEX_RECORD_SIZE",
     "serialize_nvol", "write_nvol", "NvolReader", "Section", "read_nvol_bytes",
-    "brick_ids",
+    "brick_ids", "axis_bricks",
 ]

@@ -59,15 +59,17 @@ def brick_ids(points: np.ndarray, grid: Sequence[int]) -> np.ndarray:
     p = p.astype(np.float64, copy=False)
     if not np.isfinite(p).all():
         raise NeurvolInputError("points contain NaN or infinity; pass finite coordinates")
-    ids = _axis(p[:, 0], k_n)
+    ids = axis_bricks(p[:, 0], k_n)
     ids *= j_n
-    ids += _axis(p[:, 1], j_n)
+    ids += axis_bricks(p[:, 1], j_n)
     ids *= i_n
-    ids += _axis(p[:, 2], i_n)
+    ids += axis_bricks(p[:, 2], i_n)
     return ids
 
 
-def _axis(c: np.ndarray, n: int) -> np.ndarray:
+def axis_bricks(c: np.ndarray, n: int) -> np.ndarray:
+    """Brick index along one axis of ``n`` bricks of float64 normalized coordinates ``c``
+    (finite; the caller checks): ``clamp(floor(n * (c + 1) / 2), 0, n - 1)`` as int64."""
     # The exact float64 expression of the spec, in its order, so other implementations
     # put points on a face into the same brick.
     idx = np.floor(n * (c + 1.0) / 2.0)

@@ -100,6 +100,12 @@ class BrickLayout:
         return tuple(self._axis_extent(n, nb, c, self.ghost)  # type: ignore[return-value]
                      for n, nb, c in zip(self.shape, self.grid, self.coords(b)))
 
+    def axis_extents(self, axis: int) -> List[Tuple[int, int]]:
+        """Inclusive voxel ranges ``(lo, hi)`` of the extents of the bricks along ``axis``
+        (0: z, 1: y, 2: x), by brick index along it."""
+        n, nb = self.shape[axis], self.grid[axis]
+        return [self._axis_extent(n, nb, c, self.ghost) for c in range(nb)]
+
     def extent_slices(self, b: int) -> Tuple[slice, slice, slice]:
         return tuple(slice(lo, hi + 1) for lo, hi in self.extent(b))  # type: ignore[return-value]
 
