@@ -184,7 +184,9 @@ def test_side_by_side_decodes_keep_the_cache_cap(files, monkeypatch):
         sizes = [nv._brick_bytes(b) for b in range(nv.brick_count)]
         pts = _points(nv.shape, 3000)
         ref = nv.query(pts)
-    cap = 3 * max(sizes)
+    # Room for the largest brick, but not for all of them (how bytes split across bricks
+    # is the encoder's choice, so the cap follows the sizes).
+    cap = max(max(sizes), sum(sizes) // 2)
     assert sum(sizes) > cap
     monkeypatch.setattr(neural_volume, "MAX_CACHE_BYTES", cap)
     monkeypatch.setattr(neural_volume, "QUERY_THREADS", 2)
