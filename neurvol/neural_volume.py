@@ -247,9 +247,10 @@ class NeuralVolume:
     @property
     def fit_psnr(self) -> float:
         """PSNR in dB of the stored model against the original, measured at encode time
-        (header ``fit.psnr``): ``inf`` for a file without a model (exact), ``nan`` when the
-        writer did not record it."""
-        if self.header.get("model") is None and not self.header.get("bricks", {}).get("models"):
+        (header ``fit.psnr``; of the whole decode for an error-bounded file): ``inf`` for a
+        file without a model or correction (exact), ``nan`` when the writer did not record it."""
+        if (self.header.get("model") is None and not self.header.get("bricks", {}).get("models")
+                and self._bound is None):
             return math.inf
         fit = self.header.get("fit")
         value = fit.get("psnr") if isinstance(fit, dict) else None
@@ -283,6 +284,9 @@ class NeuralVolume:
         }
         if self._bound is not None:
             out["bound"] = dict(self._bound)
+        # How the bytes are split (spec/correction.md): a model, a correction stream, or both.
+        out["content"] = ("model" if self._bound is None else "predictor"
+                          if out["model"] is None else "model+correction")
         return out
 
     @property

@@ -18,6 +18,7 @@ from .plan import (CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, c
                    first_solvable, fit_settings_for, normalized_tensor, triple,
                    volume_header)
 from .pilot import rate_candidates, rate_is_default, rate_pilot
+from .hybrid import Candidate, predictor_candidate, split_codec
 from .search import encode_to_psnr
 from .single import ModelFit, advance_with_bar, constant_file, pack_file, start_fit
 
@@ -37,6 +38,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                   **arch_options: Any) -> NeuralVolume:
     """:func:`neurvol.encode` (see its docstring for the arguments)."""
     explicit_auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
+    hybrid, codec_only = split_codec(codec)
     kwargs = dict(
         psnr=None, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
@@ -44,6 +46,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
         devices=devices, executor=executor, retries=retries, **arch_options)
     if psnr is not None:     # a search: several encodes with these arguments
         return encode_to_psnr(encode_volume, volume, psnr, ratio, kwargs)
+    codec = codec_only       # bricked volumes keep model-only bricks
     t_start = time.perf_counter()
     grid = brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
     if grid is None:
@@ -79,15 +82,40 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
             fit_settings=fit_settings, codec=codec, quiet=quiet,
             workers=workers, executor=executor, retries=retries,
             const_psnr=CONSTANT_BRICK_PSNR)
+    # A pure predictor file first (numpy, no fit); the model is fitted whenever one fits.
+    pred = _predictor(volume, lo, hi, ratio, spacing_t, origin_t) if hybrid else None
     # One model chooses its rate by default (a pilot, not a second encode).
-    nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
-                        arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
-                        spacing=spacing_t, origin=origin_t, fit_settings=fit_settings,
-                        codec=codec, auto_rate=explicit_auto_rate or rate_is_default(codec),
-                        quiet=quiet)
+    try:
+        nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
+                            arch_options=arch_options, seed=seed, dev=dev, steps=steps,
+                            bits=bits, spacing=spacing_t, origin=origin_t,
+                            fit_settings=fit_settings, codec=codec,
+                            auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet)
+    except NeurvolBudgetError:
+        if pred is None:
+            raise
+        nv = pred.volume       # no model fits this budget; the predictor does
+    else:
+        if pred is not None and pred.psnr > nv.fit_psnr:
+            log.info("encode: the pure predictor (%.2f dB) beats the model (%.2f dB)",
+                     pred.psnr, nv.fit_psnr)
+            nv = pred.volume
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
+
+
+def _predictor(volume: Any, lo: float, hi: float, ratio: float, spacing: Sequence[float],
+               origin: Sequence[float]) -> Optional[Candidate]:
+    """The pure predictor candidate of a single-model encode (None: a constant volume, or
+    a budget below its fixed overhead)."""
+    if lo == hi:
+        return None
+    shape = tuple(int(s) for s in volume.shape)
+    budget = int(math.prod(shape) * np.dtype(volume.dtype).itemsize // ratio)
+    header = volume_header(shape, np.dtype(volume.dtype), lo, hi, list(spacing), list(origin),
+                           {"grid": [1, 1, 1]}, ratio, budget)
+    return predictor_candidate(np.asarray(volume), header, budget)
 
 
 def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidates: Sequence[Any],
