@@ -14,7 +14,7 @@ from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..models.base import resolve_device
 from ..neural_volume import NeuralVolume
 from ..volume_checks import check_ratio, check_volume
-from .plan import (CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
+from .plan import (AUTO_ARCH, CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
                    first_solvable, fit_settings_for, normalized_tensor, triple,
                    volume_header)
 from .pilot import rate_candidates, rate_is_default, rate_pilot
@@ -82,8 +82,10 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
             fit_settings=fit_settings, codec=codec, quiet=quiet,
             workers=workers, executor=executor, retries=retries,
             const_psnr=CONSTANT_BRICK_PSNR)
-    # A pure predictor file first (numpy, no fit); the model is fitted whenever one fits.
-    pred = _predictor(volume, lo, hi, ratio, spacing_t, origin_t) if hybrid else None
+    # arch="auto" lets neurvol choose the model, and no model at all is one choice: a pure
+    # predictor file, first (numpy, no fit); the model is fitted whenever one fits.
+    pred = (_predictor(volume, lo, hi, ratio, spacing_t, origin_t)
+            if hybrid and arch == AUTO_ARCH else None)
     # One model chooses its rate by default (a pilot, not a second encode).
     try:
         nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,

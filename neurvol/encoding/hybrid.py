@@ -97,7 +97,9 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     if final is not None and len(final) <= budget:
         data = final      # else the PSNR's digits did not fit: the placeholder's file
     log.info("encode: pure predictor at max_error %g: %d bytes, %.2f dB", e, len(data), quality)
-    return Candidate(NeuralVolume(NvolReader(data)), quality, "predictor")
+    out = NeuralVolume(NvolReader(data))
+    out.bounded_choice = {"model_ratio": None}      # as an error-bounded encode reports it
+    return Candidate(out, quality, "predictor")
 
 
 def _rounded(quality: float) -> Optional[float]:
