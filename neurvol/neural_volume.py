@@ -113,6 +113,9 @@ class NeuralVolume:
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
         # Set by an error-bounded encode: {"model_ratio": the model kept, or None}.
         self.bounded_choice: Optional[Dict[str, Any]] = None
+        # Set by a ratio= encode that weighed a pure predictor file against a model: each
+        # candidate's PSNR in dB (None: no model fitted the budget), the better one kept.
+        self.hybrid_candidates: Optional[Dict[str, Any]] = None
 
     def _parse_volume(self, vol: Dict[str, Any]) -> None:
         """Validate the header's "volume" object (spec/payload.md §1.1) with JSON types
@@ -252,6 +255,9 @@ class NeuralVolume:
         if (self.header.get("model") is None and not self.header.get("bricks", {}).get("models")
                 and self._bound is None):
             return math.inf
+        bound = None if self._bound is None else float(self._bound["max_error"])
+        if bound == 0 or bound is not None and self._dtype.kind in "iu" and bound < _EXACT_INT_BOUND:
+            return math.inf     # a bound below the rounding of the stored values: exact
         fit = self.header.get("fit")
         value = fit.get("psnr") if isinstance(fit, dict) else None
         if isinstance(value, bool) or not _finite_number(value) and not isinstance(value, float):
@@ -968,6 +974,11 @@ def _axis_selection(k: Any, n: int) -> Tuple[np.ndarray, bool]:
     if arr.size and (arr.min() < -n or arr.max() >= n):
         raise NeurvolInputError(f"index {_short(k)} out of range for axis of length {n}")
     return np.where(arr < 0, arr + n, arr).astype(np.int64), True
+
+
+#: An integer error-bounded file with a bound below this decodes every voxel exactly
+#: (values round to the stored integer).
+_EXACT_INT_BOUND = 0.5
 
 
 def _short(v: Any, limit: int = 120) -> str:

@@ -96,12 +96,16 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
     except NeurvolBudgetError:
         if pred is None:
             raise
-        nv = pred.volume       # no model fits this budget; the predictor does
+        model_psnr, nv = None, pred.volume    # no model fits this budget; the predictor does
     else:
-        if pred is not None and pred.psnr > nv.fit_psnr:
+        model_psnr = nv.fit_psnr
+        if pred is not None and pred.psnr > model_psnr:
             log.info("encode: the pure predictor (%.2f dB) beats the model (%.2f dB)",
-                     pred.psnr, nv.fit_psnr)
+                     pred.psnr, model_psnr)
             nv = pred.volume
+    if pred is not None:
+        nv.hybrid_candidates = {"model": model_psnr, "predictor": pred.psnr,
+                                "predictor_max_error": pred.volume.max_error}
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
