@@ -16,6 +16,8 @@ Parts:
     speed   ``benchmarks/run_speed.py``: encode s, query Mpts/s, decode s, open + 1k ms, RSS
     bricks  ``benchmarks/run_bricks.py --acceptance``: 256^3 bricked vs one model
     reader  ``benchmarks/run_numpy_reader.py``: numpy (torch-free) reader vs torch
+    rd_hybrid ``benchmarks/run_rd_hybrid.py``: the default encode (model or pure predictor,
+            issue 22) vs SZ3 and SPERR at ratios 10-800, the predictor's PSNR beside it
 
 Run it alone on the machine: two torch processes on two cores slow each other many times.
 """
@@ -149,6 +151,7 @@ PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "bricks": lambda a: run_script("bricks", "run_bricks.py", ["--acceptance"]),
     "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
     "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
+    "rd_hybrid": lambda a: run_script("rd_hybrid", "run_rd_hybrid.py", a.rd_hybrid_args.split()),
 }
 
 
@@ -232,13 +235,19 @@ def render_bounded(part: Dict[str, Any]) -> str:
                     part["machine"]) + _note(part) + "\n" + part["markdown"]
 
 
+def render_rd_hybrid(part: Dict[str, Any]) -> str:
+    return _heading("Hybrid rate allocation: model or pure predictor at each ratio "
+                    "(`benchmarks/run_rd_hybrid.py`)", part["machine"]) + _note(part) + "\n" + \
+        part["markdown"]
+
+
 def _note(part: Dict[str, Any]) -> str:
     return f"\n{part['note']}\n" if part.get("note") else ""
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader}
+    "reader": render_reader, "rd_hybrid": render_rd_hybrid}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:
@@ -312,6 +321,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--run", default="", help=f"parts to measure first, of {','.join(PARTS)}")
     ap.add_argument("--volumes", default="", help="rd: only these dev volumes (comma-separated stems)")
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--rd-hybrid-args", default="",
+                    help="rd_hybrid: arguments for run_rd_hybrid.py, e.g. '--ratios 10,20'")
     ap.add_argument("--bounded-args", default="",
                     help="bounded: options for run_bounded.py, e.g. '--methods pure,sz3,zfp,sperr'")
     ap.add_argument("--note", default="", help="a remark stored with the parts run now "

@@ -39,6 +39,8 @@ MIN_REL_BOUND, MAX_REL_BOUND = 1e-7, 0.5
 #: Each trial lands at least this fraction inside the bracket, so a lopsided
 #: interpolation still halves it within a few trials.
 _MIN_STEP = 0.1
+#: Bounds closer than this in log(bound) count as one (0.2 %).
+_SAME_BOUND = 2e-3
 #: The fit entry the search sizes files with: as wide as any PSNR it is replaced by.
 _FIT_PLACEHOLDER = {"psnr": -100.123}
 
@@ -78,6 +80,9 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     streams: Dict[float, bytes] = {}
 
     def file_at(e: float, fit: Optional[Dict[str, Any]] = None) -> Optional[bytes]:
+        if x.dtype.kind in "iu":
+            # Integers are within floor(E) whatever E is: one stream per integer bound.
+            e = float(math.floor(e))
         if e not in streams:
             try:
                 streams[e], _ = encode_correction(x, e, None)
@@ -89,6 +94,8 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     data, e = search_bound(file_at, hi - lo, budget)
     if data is None:
         return None
+    if x.dtype.kind in "iu":
+        e = float(math.floor(e))
     nv = NeuralVolume(NvolReader(data))
     quality = psnr(x, nv.decode())
     # The PSNR goes into the header (as a model's fit PSNR does) so psnr= searches and
@@ -124,6 +131,8 @@ def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
     for _ in range(MAX_BOUND_TRIALS - 1):
         if len(best) >= budget * (1.0 - FILL_TOLERANCE):
             break
+        if over_pt is not None and fit_pt[0] - over_pt[0] < _SAME_BOUND:
+            break       # bracketed to within the bounds' resolution
         if over_pt is None:
             t = 0.5 * (lo_t + fit_pt[0])
         else:
