@@ -152,6 +152,10 @@ PARTS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "reader": lambda a: run_script("reader", "run_numpy_reader.py", [], None),
     "bounded": lambda a: run_script("bounded", "run_bounded.py", a.bounded_args.split()),
     "rd_hybrid": lambda a: run_script("rd_hybrid", "run_rd_hybrid.py", a.rd_hybrid_args.split()),
+    "bounded_access": lambda a: run_script("bounded_access", "run_bounded_access.py",
+                                           ["--blocks", "64,32,16"]),
+    "series": lambda a: run_script("series", "run_series.py", []),
+    "masked": lambda a: run_script("masked", "run_masked.py", []),
 }
 
 
@@ -241,13 +245,29 @@ def render_rd_hybrid(part: Dict[str, Any]) -> str:
         part["markdown"]
 
 
+def render_bounded_access(part: Dict[str, Any]) -> str:
+    return _heading("Error-bounded random access (`benchmarks/run_bounded_access.py`)",
+                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
+def render_series(part: Dict[str, Any]) -> str:
+    return _heading("Time series: one series encode against independent steps "
+                    "(`benchmarks/run_series.py`)", part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
+def render_masked(part: Dict[str, Any]) -> str:
+    return _heading("Masked volumes: NaN regions as a lossless mask (`benchmarks/run_masked.py`)",
+                    part["machine"]) + _note(part) + "\n" + part["markdown"]
+
+
 def _note(part: Dict[str, Any]) -> str:
     return f"\n{part['note']}\n" if part.get("note") else ""
 
 
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "rd": render_rd, "bounded": render_bounded, "speed": render_speed, "bricks": render_bricks,
-    "reader": render_reader, "rd_hybrid": render_rd_hybrid}
+    "reader": render_reader, "rd_hybrid": render_rd_hybrid, "bounded_access": render_bounded_access,
+    "series": render_series, "masked": render_masked}
 
 
 def plot_rd(part: Dict[str, Any]) -> None:

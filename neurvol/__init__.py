@@ -26,9 +26,10 @@ _LAZY: Dict[str, tuple] = {
     "NeurvolIOError": (".errors", "NeurvolIOError"),
     "NeurvolVersionError": (".errors", "NeurvolVersionError"),
     "encode": (".api", "encode"),
-    "open": (".neural_volume", "open_volume"),
+    "open": (".series", "open_any"),
     "sample_volume": (".api", "sample_volume"),
     "NeuralVolume": (".neural_volume", "NeuralVolume"),
+    "NeuralSeries": (".series", "NeuralSeries"),
     "metrics": (".metrics", None),
 }
 

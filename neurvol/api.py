@@ -12,11 +12,17 @@ import numpy as np
 import torch
 
 from .encoding import encode_volume
+from .errors import NeurvolInputError
 from .encoding.bounded import encode_bounded_volume
 from .encoding.pilot import AUTO_RATE, RATE_CODING_LOSS_DB, RATE_PILOT, RATE_PILOT_DECLINE_DB
 from .encoding.plan import (AUTO_ARCH, AUTO_BRICK, AUTO_BRICK_VOXELS, AUTO_ORDER,
                             CONSTANT_BRICK_PSNR, DEFAULT_ARCH, DEFAULT_BITS, DEFAULT_STEPS)
-from .neural_volume import NeuralVolume, open_volume
+from .container import NvolReader
+from .encoding.series import encode_series
+from .errors import NeurvolInputError
+from .neural_volume import NeuralVolume
+from .series import (MAX_GROUP_STEPS, MAX_NAME, MAX_STEPS, MAX_VARIABLES, NeuralSeries,
+                     open_any)
 
 __all__ = ["encode", "open", "sample_volume", "AUTO_ARCH", "AUTO_BRICK", "AUTO_BRICK_VOXELS",
            "AUTO_ORDER", "AUTO_RATE", "CONSTANT_BRICK_PSNR", "DEFAULT_ARCH", "DEFAULT_BITS",
@@ -49,8 +55,12 @@ def encode(
     max_error: Optional[float] = None,
     rel_error: Optional[float] = None,
     model_ratios: Optional[Sequence[float]] = None,
+    fill_value: Optional[float] = None,
+    time: Optional[Sequence[float]] = None,
+    group: Optional[int] = None,
+    metadata: Optional[Dict[str, Any]] = None,
     **arch_options: Any,
-) -> NeuralVolume:
+) -> Union[NeuralVolume, NeuralSeries]:
     """Compress a 3-D volume into a :class:`NeuralVolume` whose file fits the byte budget.
 
     volume: ``(D, H, W)`` array indexed ``[z, y, x]`` (numpy array, memmap, h5py dataset,
@@ -109,6 +119,24 @@ def encode(
     no model) plus its correction stream; ``ratio``, ``psnr`` and the brick options do
     not apply.
 
+    Masked volumes (``spec/mask.md``): NaN voxels of a float volume, or the voxels equal
+    to ``fill_value``, hold no data. They are stored as a lossless, entropy-coded mask
+    (its bytes count in the budget), the model is fitted on the valid voxels only, and
+    ``decode()`` gives NaN / the fill value back there exactly; ``query()`` answers NaN at
+    points whose nearest voxel is masked. The value range, ``fit_psnr`` and
+    :func:`neurvol.metrics.psnr` are over the valid voxels. Masks need one model: not
+    with bricks or ``max_error``.
+
+    Time series and several variables (``spec/series.md``, ``docs/timeseries.md``): a
+    ``[t, z, y, x]`` array, a list of ``[z, y, x]`` volumes (arrays, memmaps, h5py
+    datasets) or a dict ``{name: either}`` of variables sharing the time and grid gives a
+    :class:`neurvol.series.NeuralSeries`; ``ratio`` is over the whole series. Steps are
+    coded in groups of ``group`` (default ``neurvol.encoding.series.DEFAULT_GROUP``): a
+    key step, then each step as a difference from its predecessor; reading a step decodes
+    only its group up to it. ``time``: one coordinate per step (stored, shown by the
+    xarray backend); ``metadata``: ``{name: {"units": str, "attrs": dict}}``. The brick,
+    error-bound and ``psnr`` options do not apply to series.
+
     Example::
 
         >>> import neurvol
@@ -116,7 +144,31 @@ def encode(
         >>> nv.nbytes_file <= neurvol.sample_volume().nbytes / 100
         True
     """
+    if is_series_input(volume):
+        if psnr is not None or max_error is not None or rel_error is not None or \
+                brick is not None or bricks is not None or model_ratios is not None or \
+                fill_value is not None:
+            raise NeurvolInputError(
+                "psnr=, max_error=, rel_error=, model_ratios=, brick=, bricks= and "
+                "fill_value= do not apply to a time series or several variables (steps with "
+                "NaN regions are not supported yet); give ratio=")
+        data, seconds = encode_series(
+            volume, ratio, time_axis=time, group=group, metadata=metadata, arch=arch,
+            seed=seed, device=device, steps=steps, bits=bits, spacing=spacing, origin=origin,
+            fit_settings=fit_settings, codec=codec, quiet=quiet,
+            limits=(MAX_STEPS, MAX_VARIABLES, MAX_GROUP_STEPS, MAX_NAME), **arch_options)
+        series = NeuralSeries(NvolReader(data), device=device)
+        series.encode_seconds = seconds
+        return series
+    if time is not None or group is not None or metadata is not None:
+        raise NeurvolInputError(
+            "time=, group= and metadata= apply to time series: give a [t, z, y, x] array, a "
+            "list of volumes or a dict of variables")
     if max_error is not None or rel_error is not None or model_ratios is not None:
+        if fill_value is not None:
+            raise NeurvolInputError(
+                "fill_value (a masked volume) does not combine with max_error/rel_error: "
+                "the error-bounded mode has no masks yet; encode with ratio= or psnr=")
         return encode_bounded_volume(
             volume, max_error, rel_error, model_ratios, psnr=psnr, brick=brick, bricks=bricks,
             arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
@@ -127,17 +179,29 @@ def encode(
         volume, ratio, psnr=psnr, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
         brick=brick, ghost=ghost, bricks=bricks, blend=blend, workers=workers, devices=devices,
-        executor=executor, retries=retries, **arch_options)
+        executor=executor, retries=retries, fill_value=fill_value, **arch_options)
 
 
 def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None,
-         backend: Optional[str] = None) -> NeuralVolume:
-    """Open a ``.nvol`` file lazily: reads the header and brick index only.
+         backend: Optional[str] = None) -> Union[NeuralVolume, NeuralSeries]:
+    """Open a ``.nvol`` file lazily: reads the header and brick index only. A time-series
+    file gives a :class:`neurvol.series.NeuralSeries`, any other a :class:`NeuralVolume`.
 
     backend: ``"torch"``, ``"numpy"`` or None (``$NEURVOL_BACKEND``, else torch when it is
-    installed); see :func:`neurvol.neural_volume.open_volume`, which this is.
+    installed); see :func:`neurvol.neural_volume.open_volume`.
     """
-    return open_volume(path, device=device, backend=backend)
+    return open_any(path, device=device, backend=backend)
+
+
+def is_series_input(volume: Any) -> bool:
+    """Whether an encode's input is a time series: a dict of variables, a 4-D array, or a
+    list/tuple of 3-D arrays (a nested list of numbers stays one volume)."""
+    if isinstance(volume, dict):
+        return True
+    if isinstance(volume, (list, tuple)):
+        return bool(volume) and len(getattr(volume[0], "shape", ())) == 3
+    shape = getattr(volume, "shape", None)
+    return shape is not None and len(shape) == 4
 
 
 def sample_volume() -> np.ndarray:

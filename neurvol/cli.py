@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -292,6 +293,11 @@ def _api() -> Any:
 def cmd_pack(args: argparse.Namespace) -> int:
     """Fit a network to a volume and save it as ``.nvol``."""
     out = _check_output(args.output, args.force)
+    series_input = _series_input(args)
+    if series_input is not None:
+        return _pack_series(args, out, series_input)
+    if args.group is not None:
+        raise NeurvolInputError("--group applies to time series: give a [t, z, y, x] .npy")
     loaded = nvio.load_volume(args.input, shape=args.shape, dtype=args.dtype,
                               byte_order=args.byte_order, format=args.format)
     volume = loaded.data
@@ -308,7 +314,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
             executor = stack.enter_context(Client(args.scheduler))
         bounded = {k: v for k, v in (("max_error", args.max_error),
                                      ("rel_error", args.rel_error),
-                                     ("model_ratios", args.model_ratios)) if v is not None}
+                                     ("model_ratios", args.model_ratios),
+                                     ("fill_value", args.fill_value)) if v is not None}
         nv = nv_mod.encode(volume, ratio=args.ratio, arch=args.arch, seed=args.seed,
                            device=args.device, steps=args.steps, quiet=args.quiet,
                            spacing=loaded.spacing, origin=loaded.origin,
@@ -338,7 +345,127 @@ def cmd_pack(args: argparse.Namespace) -> int:
             psnr = _find(info, "fit_psnr", "psnr")
         _out(f"wrote {out}: {_human_bytes(size)}, ratio {nbytes / size:.1f}:1 "
              f"(asked {args.ratio:g}, budget {_human_bytes(int(nbytes // args.ratio))})")
-        _out(f"fit PSNR {_fmt_db(psnr)}, {seconds:.1f} s")
+        # The file's worst voxel needs a decode; users compare codecs on it.
+        from .metrics import max_abs_error
+
+        err = max_abs_error(volume, nv.decode(), valid=nv.valid_mask())
+        masked = f", {info['mask']['masked']} voxels masked" if "mask" in info else ""
+        _out(f"fit PSNR {_fmt_db(psnr)}, max error {err:.6g}{masked}, {seconds:.1f} s")
+    return 0
+
+
+#: The attribute a packed variable's declared fill value is kept under (given back as the
+#: NetCDF fill value by unpack).
+FILL_ATTR = "_FillValue"
+#: Extensions of NetCDF-4 / HDF5 files, which may hold a time series of several variables.
+_DATASET_EXTENSIONS = (".nc", ".nc4", ".h5", ".hdf5")
+
+
+@dataclasses.dataclass
+class _SeriesInput:
+    """What ``pack`` encodes as a time series: the variables, and their metadata."""
+
+    data: Any
+    time: Optional[List[float]] = None
+    metadata: Optional[Dict[str, Any]] = None
+    spacing: Optional[List[float]] = None
+    origin: Optional[List[float]] = None
+    dataset: Any = None
+
+
+def _series_input(args: argparse.Namespace) -> Optional[_SeriesInput]:
+    """A time series to pack (spec/series.md): a ``[t, z, y, x]`` .npy (memmapped), or the
+    ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file; None for a single volume."""
+    path = str(args.input)
+    lower = path.lower()
+    if lower.endswith(".npy") and args.format in (None, "npy") and os.path.isfile(path):
+        from .io.npy import load_npy
+
+        arr = load_npy(Path(path))
+        return _SeriesInput(arr) if arr.ndim == 4 else None
+    if args.format is None and lower.endswith(_DATASET_EXTENSIONS) and os.path.isfile(path):
+        return _dataset_series(path)
+    return None     # the single-volume loader reads it, or says what is wrong
+
+
+def _dataset_series(path: str) -> Optional[_SeriesInput]:
+    """The ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file with their units,
+    attributes (fill values included) and time coordinate; None when it has none."""
+    ds = nvio.read_dataset(path)
+    timed = {n: v for n, v in ds.variables.items() if v.has_time}
+    if not timed:
+        ds.close()
+        return None
+    metadata: Dict[str, Any] = {}
+    for name, var in timed.items():
+        attrs = {k: v for k, v in var.attrs.items() if k != "units"}
+        if var.fill_value is not None:
+            for t in range(var.shape[0]):
+                step = np.asarray(var.data[t])
+                if np.any(step == var.fill_value) or (
+                        step.dtype.kind == "f" and np.isnan(step).any()):
+                    ds.close()
+                    raise NeurvolInputError(
+                        f"variable {name!r} has fill values ({var.fill_value!r}) at step {t}: "
+                        "masked steps in a time series are not supported yet; pack one step "
+                        f"at a time ({path}:{name} after slicing) or fill them")
+            attrs[FILL_ATTR] = var.fill_value
+        metadata[name] = {"units": var.units, "attrs": nvio.json_attrs(attrs)}
+    time = None
+    if ds.time is not None:
+        values = np.asarray(ds.time.values(), dtype=np.float64).reshape(-1)
+        if values.size == next(iter(timed.values())).shape[0] and np.isfinite(values).all() \
+                and (values.size < 2 or (np.diff(values) > 0).all()):
+            time = [float(v) for v in values]
+    spacing, origin = _dataset_geometry(ds)
+    return _SeriesInput({n: v.data for n, v in timed.items()}, time, metadata, spacing, origin,
+                        ds)
+
+
+def _dataset_geometry(ds: Any) -> Tuple[Optional[List[float]], Optional[List[float]]]:
+    """Spacing and origin (z, y, x) from evenly spaced ``z``, ``y``, ``x`` coordinates."""
+    spacing, origin = [], []
+    for dim in ("z", "y", "x"):
+        coord = ds.coords.get(dim)
+        if coord is None:
+            return None, None
+        v = np.asarray(coord.values(), dtype=np.float64).reshape(-1)
+        step = np.diff(v)
+        if v.size < 2 or not np.isfinite(v).all() or not np.allclose(step, step[0]) \
+                or step[0] <= 0:
+            return None, None
+        spacing.append(float(step[0]))
+        origin.append(float(v[0]))
+    return spacing, origin
+
+
+def _pack_series(args: argparse.Namespace, out: Path, data: _SeriesInput) -> int:
+    """``pack`` of a time series: one file, the ratio over all steps."""
+    given = [flag for flag, v in (("--psnr", args.psnr), ("--max-error", args.max_error),
+                                  ("--rel-error", args.rel_error), ("--brick", args.brick),
+                                  ("--bricks", args.bricks), ("--scheduler", args.scheduler))
+             if v is not None]
+    if given:
+        raise NeurvolInputError(f"{', '.join(given)} do not apply to a time series; give --ratio")
+    t0 = time.perf_counter()
+    try:
+        nv = _api().encode(data.data, ratio=args.ratio, arch=args.arch, seed=args.seed,
+                           device=args.device, steps=args.steps, quiet=args.quiet,
+                           group=args.group, codec=_codec_options(args), time=data.time,
+                           metadata=data.metadata, spacing=data.spacing, origin=data.origin,
+                           **_given_arch_options(args))
+    finally:
+        if data.dataset is not None:
+            data.dataset.close()
+    nv.save(out)
+    if not args.quiet:
+        size = out.stat().st_size
+        psnrs = [p for v in nv.info()["variables"] for p in v["psnr"] if p is not None]
+        _out(f"wrote {out}: {nv.shape[0]} steps, {_human_bytes(size)}, ratio "
+             f"{nv.original_bytes / size:.1f}:1 (asked {args.ratio:g})")
+        if psnrs:
+            _out(f"PSNR per step: mean {sum(psnrs) / len(psnrs):.2f} dB, min {min(psnrs):.2f} dB, "
+                 f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -364,6 +491,15 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     nvio.resolve_format(out, args.format, mode="write")  # fail on a bad extension before decoding
     t0 = time.perf_counter()
     with _api().open(args.input) as nv:
+        if hasattr(nv, "variables"):      # a time series (spec/series.md)
+            nv = _series_volume(nv, args, out)
+            if nv is None:
+                if not args.quiet:
+                    _out(f"wrote {out}: all steps, {time.perf_counter() - t0:.1f} s")
+                return 0
+        elif args.step is not None or args.variable is not None:
+            raise NeurvolInputError("--step and --variable apply to time-series files; "
+                                    f"{args.input} holds one volume")
         volume = nv.decode(shape=args.shape, dtype=args.dtype)
         spacing, origin = _output_geometry(nv, volume.shape)
     nvio.write_volume(out, volume, format=args.format, spacing=spacing, origin=origin)
@@ -371,6 +507,62 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, volume.shape))
         _out(f"wrote {out}: {shape} {volume.dtype}, {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _series_volume(series: Any, args: argparse.Namespace, out: Path) -> Any:
+    """For ``unpack`` of a time series: the single volume to write (``--step k`` of
+    ``--variable``, or of the only variable), or None after writing every step of one
+    variable to a ``[t, z, y, x]`` .npy."""
+    suffix = out.suffix.lower()
+    if args.step is None and suffix in _DATASET_EXTENSIONS and args.shape is None:
+        names = [args.variable] if args.variable is not None else series.variables
+        for name in names:
+            series[name]      # an unknown name: refused before anything is decoded
+        nvio.write_dataset(out, _series_dataset(series, names, args.dtype))
+        return None
+    if args.variable is not None:
+        var = series[args.variable]
+    elif len(series.variables) == 1:
+        var = series[series.variables[0]]
+    else:
+        raise NeurvolInputError(
+            f"{args.input} holds {len(series.variables)} variables {series.variables}; "
+            "choose one with --variable NAME")
+    if args.step is not None:
+        return var.step(args.step)
+    if args.shape is not None or suffix != ".npy":
+        raise NeurvolInputError(
+            f"{args.input} is a time series of {series.steps} steps: give --step K to write "
+            "one step, or write all steps (at their own shape) to a .npy (one variable) or "
+            "a .nc / .h5 (every variable, with units, attributes and the time axis)")
+    from .io.npy import write_npy
+
+    write_npy(out, var.decode(dtype=args.dtype))
+    return None
+
+
+def _series_dataset(series: Any, names: Sequence[str], dtype: Any) -> Any:
+    """The :class:`neurvol.io.VolumeDataset` of a time series' variables: dims
+    ``(time, z, y, x)``, units, attributes, fill values, time and grid coordinates."""
+    lay = series.layout
+    spacing = lay.spacing or [1.0, 1.0, 1.0]
+    origin = lay.origin or [0.0, 0.0, 0.0]
+    coords = {dim: nvio.DatasetVariable(dim, o + s * np.arange(n), (dim,))
+              for dim, n, s, o in zip(("z", "y", "x"), lay.shape, spacing, origin)}
+    times = series.time if series.time is not None else range(series.steps)
+    coords["time"] = nvio.DatasetVariable("time", np.asarray(times, dtype=np.float64),
+                                          ("time",))
+    variables = {}
+    for name in names:
+        var = series[name]
+        attrs = dict(var.attrs)
+        fill = attrs.pop(FILL_ATTR, None)
+        if var.units is not None:
+            attrs["units"] = var.units
+        variables[name] = nvio.DatasetVariable(
+            name, var.decode(dtype=dtype), ("time", "z", "y", "x"), attrs,
+            fill if isinstance(fill, (int, float)) and not isinstance(fill, bool) else None)
+    return nvio.VolumeDataset(variables, coords)
 
 
 def _output_geometry(nv: Any, shape: Sequence[int]) -> tuple:
@@ -389,7 +581,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     with _api().open(args.input) as nv:
         info = nv.info()
         # Where the bytes go needs every brick read: by default only for small ensembles.
-        if args.bytes or nv.brick_count <= INFO_BYTES_MAX_BRICKS:
+        if hasattr(nv, "variables"):       # a time series: no per-brick breakdown
+            pass
+        elif args.bytes or nv.brick_count <= INFO_BYTES_MAX_BRICKS:
             info["bytes"] = nv.byte_breakdown()
     if args.json:
         _out(json.dumps(info, indent=2, default=_json_default))
@@ -406,7 +600,16 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise NeurvolIOError(f"cannot write values to {args.output!r}: use .npy, .csv or .txt")
     points = nvio.read_points(args.points)
     with _api().open(args.input) as nv:
-        values = np.asarray(nv.query(points, space=args.space, clamp=args.clamp)).reshape(-1)
+        if hasattr(nv, "variables"):      # a time series: at step (or time) --t
+            target = nv[args.variable] if args.variable is not None else nv
+            values = target.query(points, t=0 if args.t is None else args.t, space=args.space,
+                                  clamp=args.clamp)
+        elif args.t is not None or args.variable is not None:
+            raise NeurvolInputError("--t and --variable apply to time-series files; "
+                                    f"{args.input} holds one volume")
+        else:
+            values = nv.query(points, space=args.space, clamp=args.clamp)
+        values = np.asarray(values).reshape(-1)
     if out is not None:
         nvio.write_values(out, values)
         if not args.quiet:
@@ -709,6 +912,10 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
                         "40%% of the steps, finish it unless coding costs it over 2.4 dB, "
                         "else fit the default (default for one model unless --grid-bits or "
                         "--grid-coding is given; 0 turns it off)")
+    p.add_argument("--fill-value", type=_finite_float, default=None, metavar="V",
+                   help="voxels equal to V hold no data: stored as a lossless mask and "
+                        "restored exactly (NaN voxels of float volumes always are; "
+                        "spec/mask.md); one model, not with bricks or --max-error")
     g = p.add_argument_group("error-bounded mode (spec/correction.md)")
     bound = g.add_mutually_exclusive_group()
     bound.add_argument("--max-error", type=_nonnegative_float, default=None, metavar="E",
@@ -737,6 +944,9 @@ def _add_pack_options(p: argparse.ArgumentParser, fmt_help: str) -> None:
     p.add_argument("--byte-order", choices=("little", "big"), default="little",
                    help="raw input byte order (default: %(default)s)")
     p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("--group", type=_positive_int, default=None, metavar="N",
+                   help="time series ([t, z, y, x] .npy input): steps per group of a key step "
+                        "and its deltas (default 8; spec/series.md)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
 
 
@@ -819,6 +1029,10 @@ def build_parser(*, models: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_shape, default=None, metavar="Z,Y,X",
                    help="decode on another grid (default: the input's shape)")
     p.add_argument("--format", default=None, help=fmt_help)
+    p.add_argument("--step", type=int, default=None, metavar="K",
+                   help="time-series files: write step K only (decodes only its group up to K)")
+    p.add_argument("--variable", default=None, metavar="NAME",
+                   help="time-series files with several variables: the one to write")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_unpack)
 
@@ -843,6 +1057,11 @@ def build_parser(*, models: bool = True) -> argparse.ArgumentParser:
                    help="clamp points outside the volume to its boundary instead of failing")
     p.add_argument("-o", "--output", default=None, metavar="VALUES",
                    help="write values to .npy or .csv/.txt instead of printing them")
+    p.add_argument("--t", type=_finite_float, default=None, metavar="T",
+                   help="time-series files: the step (default 0); between steps, e.g. 2.5, "
+                        "linear in time")
+    p.add_argument("--variable", default=None, metavar="NAME",
+                   help="time-series files with several variables: the one to query")
     p.add_argument("-f", "--force", action="store_true", help="overwrite VALUES if it exists")
     p.set_defaults(func=cmd_query)
 

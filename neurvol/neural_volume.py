@@ -22,6 +22,7 @@ from .compress.registry import stage_names
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
 from .errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
+from .masking import LoadedMask, nearest_indices, parse_mask
 from .model_limits import check_model_cost, counted_tensors
 from .models.config import MAX_MODEL_PARAMS, ModelConfig
 from .models.numpy_eval import NumpyArchitecture, get_numpy_architecture
@@ -110,12 +111,45 @@ class NeuralVolume:
         # once a request needs it.
         self._bound = parse_bound(self.header, reader.section_names)
         self._corrections: Optional[Corrections] = None
+        # Masked files (spec/mask.md): NaN / fill regions, decoded on first use.
+        self._mask = self._parse_mask()
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
         # Set by an error-bounded encode: {"model_ratio": the model kept, or None}.
         self.bounded_choice: Optional[Dict[str, Any]] = None
         # Set by a ratio= encode that weighed a pure predictor file against a model: each
         # candidate's PSNR in dB (None: no model fitted the budget), the better one kept.
         self.hybrid_candidates: Optional[Dict[str, Any]] = None
+
+    def _parse_mask(self) -> Optional[LoadedMask]:
+        spec = parse_mask(self.header, self._reader.section_names, self._shape, self._dtype)
+        if spec is None:
+            return None
+        if self._bound is not None or self._reader.brick_count > 1:
+            raise NeurvolFormatError(
+                "this file has a mask and bricks or an error bound, which format 1.3 does "
+                "not combine (spec/mask.md); the file is damaged")
+        return LoadedMask(spec, self._shape,
+                          lambda: self._reader.read_section(spec.to_header()["section"]))
+
+    @property
+    def masked(self) -> bool:
+        """Whether the volume has masked (NaN / fill value) regions (spec/mask.md)."""
+        return self._mask is not None
+
+    @property
+    def fill_value(self) -> Optional[float]:
+        """The fill value of a masked volume (NaN for NaN regions); None without a mask."""
+        if self._mask is None:
+            return None
+        return math.nan if self._mask.spec.fill is None else self._mask.spec.fill
+
+    def valid_mask(self) -> Optional[np.ndarray]:
+        """Bool array of the volume's shape, True where the volume has data (None for a
+        file without a mask)."""
+        if self._mask is None:
+            return None
+        self._check_open()
+        return ~self._mask.region([np.arange(n) for n in self._shape])
 
     def _parse_volume(self, vol: Dict[str, Any]) -> None:
         """Validate the header's "volume" object (spec/payload.md §1.1) with JSON types
@@ -293,7 +327,13 @@ class NeuralVolume:
         # How the bytes are split (spec/correction.md): a model, a correction stream, or both.
         out["content"] = ("model" if self._bound is None else "predictor"
                           if out["model"] is None else "model+correction")
+        if self._mask is not None:
+            out["mask"] = {"fill": self._mask.spec.fill, "masked": self._mask.spec.masked,
+                           "bytes": self._section_length(self._mask.spec.to_header()["section"])}
         return out
+
+    def _section_length(self, name: str) -> int:
+        return next(x.length for x in self._reader.sections if x.name == name)
 
     @property
     def max_error(self) -> Optional[float]:
@@ -472,6 +512,12 @@ class NeuralVolume:
             if space == "normalized":
                 idx = (idx + 1.0) * ((np.asarray(self._shape, dtype=np.float64) - 1.0) / 2.0)
             out = self._correction_stream().at_points(idx, out).astype(np.float32)
+        if self._mask is not None and n:
+            # NaN where the nearest voxel is masked (spec/mask.md).
+            idx = p.astype(np.float64)
+            if space == "normalized":
+                idx = (idx + 1.0) * ((np.asarray(self._shape, dtype=np.float64) - 1.0) / 2.0)
+            out[self._mask.at_points(idx)] = np.nan
         return out
 
     def _evaluate(self, norm: np.ndarray) -> np.ndarray:
@@ -610,6 +656,9 @@ class NeuralVolume:
             sec = next(x for x in self._reader.sections if x.name == name)
             out["correction"] = sec.length
             out["header"] -= sec.length
+        if self._mask is not None:
+            out["mask"] = self._section_length(self._mask.spec.to_header()["section"])
+            out["header"] -= out["mask"]
         for b in range(self._reader.brick_count):
             payload = self._reader.read_brick(b)
             out["header"] -= len(payload)
@@ -682,6 +731,8 @@ class NeuralVolume:
                 raise NeurvolInputError(f"out has dtype {out.dtype}, but dtype={dt} was asked for")
         else:
             dt = out.dtype if out is not None else self._dtype
+        if self._mask is not None:
+            self._mask.fill_for(dt)    # refuses NaN regions in an integer dtype up front
         if out is None:
             try:
                 out = np.empty(target, dtype=dt)
@@ -695,6 +746,8 @@ class NeuralVolume:
             out[...] = _cast(self._decode_bounded(target), dt)
             return out
         self._fill_grid([_LinspaceAxis(n) for n in target], out, dt)
+        if self._mask is not None:
+            self._mask.apply(out, [nearest_indices(t, n) for t, n in zip(target, self._shape)])
         return out
 
     def _fill_grid(self, axes: Sequence["_Axis"], out: np.ndarray, dt: np.dtype) -> None:
@@ -775,6 +828,8 @@ class NeuralVolume:
         # Normalized coordinates exactly as query() computes them for index space.
         axes = [_IndexAxis(i, n) for i, n in zip(idx, self._shape)]
         self._fill_grid(axes, full, self._dtype)
+        if self._mask is not None:
+            self._mask.apply(full, idx)
         return full.reshape([len(i) for i, k in zip(idx, keep) if k])
 
     # ------------------------------------------------------------------ array protocol
@@ -858,6 +913,12 @@ def _config_of(spec: Any) -> Tuple[NumpyArchitecture, ModelConfig]:
         raise NeurvolFormatError(
             f"header 'model.config' must be an object, got {_short(config)}")
     return arch, arch.config_cls.from_dict(config)
+
+
+def config_of(spec: Any) -> Tuple[NumpyArchitecture, ModelConfig]:
+    """(torch-free architecture entry, validated config) of a header ``model`` object;
+    :class:`NeurvolFormatError` for anything else (public for :mod:`neurvol.series`)."""
+    return _config_of(spec)
 
 
 def tensor_specs(arch: Any, config: ModelConfig) -> List[Tuple[str, Tuple[int, ...]]]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -84,8 +84,49 @@ def check_decode_dtype(dtype: Any) -> np.dtype:
 def check_volume(volume: Any) -> Tuple[Any, float, float]:
     """Validate a volume (ndarray, memmap, h5py dataset, array-like with shape/dtype/slicing).
 
-    Returns ``(volume, min, max)``; scans in slabs so memmapped inputs stay lazy.
+    Returns ``(volume, min, max)``; scans in slabs so memmapped inputs stay lazy. NaN is
+    refused here (paths that store masks use :func:`check_masked_volume`).
     """
+    volume, lo, hi, _ = _scan_volume(volume, None, masks=False)
+    return volume, lo, hi
+
+
+def check_masked_volume(volume: Any, fill_value: Any = None
+                        ) -> Tuple[Any, float, float, Optional[np.ndarray]]:
+    """Validate a volume that may hold masked voxels (spec/mask.md): NaN, or voxels equal
+    to ``fill_value`` when one is given. Returns ``(volume, min, max, mask)``: the range
+    over the valid voxels and a bool mask (True: masked), or None when every voxel is
+    valid. Infinities, a fill value the dtype cannot hold, NaN beside a fill value and a
+    volume with no valid voxel are refused."""
+    return _scan_volume(volume, fill_value, masks=True)
+
+
+def check_fill_value(fill_value: Any, dtype: np.dtype) -> float:
+    """A fill value for a volume of ``dtype``: a finite real number that the dtype holds
+    exactly (a NaN volume needs none: NaN is always masked in float volumes)."""
+    if isinstance(fill_value, (bool, np.bool_)) or not isinstance(
+            fill_value, (int, float, np.integer, np.floating)):
+        raise NeurvolInputError(f"fill_value must be a number, got {fill_value!r}")
+    f = float(fill_value)
+    if not math.isfinite(f):
+        raise NeurvolInputError(
+            f"fill_value must be finite, got {fill_value!r} (NaN voxels are masked without "
+            "a fill value)")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if f != math.floor(f) or not info.min <= int(f) <= info.max:
+            raise NeurvolInputError(
+                f"fill_value {fill_value!r} is not a {dtype} value; give one in "
+                f"[{info.min}, {info.max}]")
+    elif float(dtype.type(f)) != f:
+        raise NeurvolInputError(
+            f"fill_value {fill_value!r} is not exactly representable in {dtype}; give the "
+            f"value the volume holds ({float(dtype.type(f))!r})")
+    return f
+
+
+def _scan_volume(volume: Any, fill_value: Any, masks: bool
+                 ) -> Tuple[Any, float, float, Optional[np.ndarray]]:
     if not (hasattr(volume, "shape") and hasattr(volume, "dtype")):
         try:
             volume = np.asarray(volume)
@@ -110,24 +151,54 @@ def check_volume(volume: Any) -> Tuple[Any, float, float]:
         raise NeurvolInputError("complex volumes are not supported; compress .real and .imag separately")
     if dtype.kind not in "iuf":
         raise NeurvolInputError(f"dtype {dtype} is not numeric; neurvol compresses integer and float volumes")
+    fill = None if fill_value is None else check_fill_value(fill_value, dtype)
     lo, hi = math.inf, -math.inf
+    mask: Optional[np.ndarray] = None
     per_slab = max(1, CHUNK_VOXELS // (shape[1] * shape[2]))
     for z in range(0, shape[0], per_slab):
         slab = np.asarray(volume[z:z + per_slab])
+        last = z + slab.shape[0] - 1
+        bad = None
         if dtype.kind == "f" and not np.all(np.isfinite(slab)):
-            bad = int(np.count_nonzero(~np.isfinite(slab)))
-            raise NeurvolInputError(
-                f"the volume contains {bad} NaN or infinite values in slices {z}..{z + slab.shape[0] - 1}; "
-                "replace them (e.g. np.nan_to_num) before compressing"
-            )
+            if not masks or np.isinf(slab).any() or fill is not None:
+                n_bad = int(np.count_nonzero(~np.isfinite(slab)))
+                raise NeurvolInputError(
+                    f"the volume contains {n_bad} NaN or infinite values in slices "
+                    f"{z}..{last}; " + _NAN_ADVICE[(masks, fill is not None)])
+            bad = np.isnan(slab)
+        if fill is not None:
+            eq = slab == fill
+            bad = eq if bad is None else bad | eq
+        if bad is not None and bad.any():
+            if mask is None:
+                mask = np.zeros(shape, dtype=bool)
+            mask[z:z + slab.shape[0]] = bad
+            slab = slab[~bad]
+            if slab.size == 0:
+                continue
         lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
+    if mask is not None and lo > hi:
+        raise NeurvolInputError(
+            "every voxel of the volume is masked (NaN or the fill value); there is nothing "
+            "to compress")
     if not math.isfinite(hi - lo):
         raise NeurvolInputError("the volume's value range overflows float64; rescale it first")
     if max(abs(lo), abs(hi), hi - lo) > FLOAT32_MAX:
         raise NeurvolInputError(
             f"the volume's values [{lo:g}, {hi:g}] exceed the float32 range that decoding "
             f"computes in (|value| and max - min <= {FLOAT32_MAX:g}); rescale it first")
-    return volume, lo, hi
+    return volume, lo, hi, mask
+
+
+#: What to do about NaN/infinite values, by (the caller stores masks, a fill value given).
+_NAN_ADVICE = {
+    (False, False): "replace them (e.g. np.nan_to_num) before compressing; NaN regions are "
+                    "stored as a mask by a single-model encode (no bricks, no max_error)",
+    (False, True): "replace them (e.g. np.nan_to_num) before compressing",
+    (True, False): "NaN is stored as a mask, but infinities are not: replace them first",
+    (True, True): "with a fill_value only voxels equal to it are masked: replace NaN and "
+                  "infinities by the fill value first",
+}
 
 
 #: The message of every refused ratio, API and CLI alike.

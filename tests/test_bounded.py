@@ -135,7 +135,7 @@ def test_exceptions_repair_what_quantization_breaks(monkeypatch):
     vol = _smooth(rng, (16, 16, 16), "float32")
     e = _bound(vol, 1e-3)
     real = C.quantization_bound
-    monkeypatch.setattr(C, "quantization_bound", lambda *a, **k: 2.0 * real(*a, **k))
+    monkeypatch.setattr(C.encode, "quantization_bound", lambda *a, **k: 2.0 * real(*a, **k))
     data, stats = C.encode_correction(vol, e, block=8)
     assert stats.exceptions > 0
     assert _max_err(C.decode_correction(data, vol.shape, vol.dtype), vol) <= e
@@ -263,14 +263,14 @@ def test_model_plus_correction_file(dtype):
 def test_encode_checks_every_voxel_before_returning(monkeypatch):
     """A stream that decodes outside the bound (simulated) is refused, not returned."""
     vol = _neghip_crop()
-    real = C.CorrectionStream.decode_block
+    real = C.CorrectionStream.decode
 
-    def off_by_ten(self, i, base, **kw):
-        out = real(self, i, base, **kw)
-        return out if kw.get("before_cast") else (out.astype(np.int64) + 10).clip(0, 255).astype(out.dtype)
+    def off_by_ten(self, base=None):
+        out = real(self, base)
+        return (out.astype(np.int64) + 10).clip(0, 255).astype(out.dtype)
 
     nv = B.encode_bounded(vol, 2.0, None, model_ratios=())
-    monkeypatch.setattr(C.CorrectionStream, "decode_block", off_by_ten)
+    monkeypatch.setattr(C.CorrectionStream, "decode", off_by_ten)
     with pytest.raises(NeurvolFormatError, match="nothing was written"):
         B.check_bound(nv, vol, 2.0)
     with pytest.raises(NeurvolFormatError, match="nothing was written"):

@@ -397,6 +397,29 @@ def test_rd_shares_follow_predicted_error():
     np.testing.assert_allclose(twin, [0.5, 0.5])
 
 
+def test_rd_shares_widen_the_probe_spread_to_the_fits():
+    """Fitted models differ more across bricks than the resampling probe predicts, so the
+    shares are set from the probe's difficulty raised to FIT_SPREAD: the hardest brick
+    gets more than the probe alone would give it, the easiest less."""
+    from neurvol.ensemble import BrickLayout
+    from neurvol.ensemble.allocate import FIT_SPREAD, rd_shares as _rd_shares, scan_bricks
+
+    assert FIT_SPREAD > 1.0
+    rng = np.random.default_rng(6)
+    vol = np.full((40, 40, 120), 10.0, np.float32)
+    for i, sd in enumerate((4.0, 12.0, 36.0)):                # three bricks, ever busier
+        vol[:, :, 40 * i:40 * (i + 1)] += rng.normal(0, sd, (40, 40, 40))
+    layout = BrickLayout.checked(vol.shape, (1, 1, 3), 2, True)
+    stats = scan_bricks(vol, layout, probe=3000)
+    probe_only = _rd_shares(stats, floor=0.01, spread=1.0)
+    widened = _rd_shares(stats, floor=0.01)
+    assert widened.sum() == pytest.approx(1.0)
+    assert list(np.argsort(widened)) == list(np.argsort(probe_only)) == [0, 1, 2]
+    assert widened[2] > probe_only[2] and widened[0] < probe_only[0]
+    # identical bricks still share equally, whatever the spread
+    np.testing.assert_allclose(_rd_shares([stats[1]] * 3, floor=0.01), [1 / 3] * 3)
+
+
 def test_plateau_stops_only_in_the_tail():
     from neurvol.ensemble.job import Plateau
 
@@ -457,19 +480,22 @@ def test_auto_arch_bricks_fit_the_budget_with_refits(sample, monkeypatch):
 
 def test_bricks_choose_rate_aware_fitting_by_the_single_model_rule(sample, monkeypatch):
     """Bricks get the single models' default codec: interp grids, and rate-aware fitting
-    where the pilot's rule (encoding.pilot) keeps it, brick by brick."""
-    from neurvol.encoding import pilot
+    where the pilot's rule (encoding.pilot) keeps it, brick by brick, with the bricks'
+    own bound on the pilot's coding loss."""
+    from neurvol.encoding import brick_job, pilot
 
     vol = sample[:34, :34, :34]
     kw = dict(OPTS, steps=30, bricks=(2, 1, 1))
     plain = neurvol.encode(vol, codec={"rate": 0}, **kw)
     assert "interp" in plain.info()["codec"]["stages"]
     assert "rate" not in plain.info()["codec"]["stages"]
-    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", 1000.0)     # rate-aware always kept
+    monkeypatch.setattr(brick_job, "BRICK_CODING_LOSS_DB", 1000.0)  # rate-aware always kept
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", -1000.0)      # (the single models' bound)
     monkeypatch.setattr(pilot, "RATE_PILOT_DECLINE_DB", 1000.0)
     kept = neurvol.encode(vol, **kw)
     assert "rate" in kept.info()["codec"]["stages"]
-    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", -1000.0)    # the default always fitted
+    monkeypatch.setattr(brick_job, "BRICK_CODING_LOSS_DB", -1000.0)  # the default always fitted
+    monkeypatch.setattr(pilot, "RATE_CODING_LOSS_DB", 1000.0)
     rejected = neurvol.encode(vol, **kw)
     assert "rate" not in rejected.info()["codec"]["stages"]
     # Rate-aware models are sized for fewer bits per grid value: larger grids.

@@ -58,7 +58,7 @@ def test_pack_reports_ratio_size_psnr_time(packed):
     assert 0 < size <= 24 ** 3 // 8
     assert f"{size:,} bytes" in text
     assert "ratio" in text and ":1" in text
-    assert "PSNR" in text and "dB" in text
+    assert "PSNR" in text and "dB" in text and "max error " in text
     assert text.rstrip().endswith(" s")
 
 

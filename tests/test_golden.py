@@ -9,7 +9,8 @@ import neurvol
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 MODEL_FILES = sorted(glob.glob(os.path.join(GOLDEN, "fvsrn_v*.nvol"))
-                     + glob.glob(os.path.join(GOLDEN, "codec2_*.nvol")))
+                     + glob.glob(os.path.join(GOLDEN, "codec2_*.nvol"))
+                     + glob.glob(os.path.join(GOLDEN, "masked_*_v*.nvol")))
 CONSTANT_FILES = sorted(glob.glob(os.path.join(GOLDEN, "constant_v*.nvol")))
 
 
@@ -57,7 +58,9 @@ def test_model_golden_decodes_as_recorded(path):
         # The spec allows any float32-or-wider evaluation, so decoders may differ in
         # rounding (e.g. amgsrn's atlas lookup, ~1e-5 of the range): 2e-5 of the data
         # range is an error PSNR of ~94 dB; a real format change moves values by far more.
-        span = float(expected.max() - expected.min()) or 1.0
+        span = float(np.nanmax(expected) - np.nanmin(expected)) or 1.0
+        # masked files (spec/mask.md): NaN exactly where it was recorded
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
         np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * span)
         # re-writing an old file keeps its bytes
         with open(path, "rb") as f:
@@ -127,7 +130,8 @@ def test_golden_generator_never_overwrites():
     spec = importlib.util.spec_from_file_location("make_golden", os.path.join(here, "make_golden.py"))
     make_golden = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_golden)
-    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2", "1.4"]
+    modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2", "1.3-mask",
+             "1.3-mask-rows", "1.4", "1.3-series"]
     goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
     assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
 
@@ -169,3 +173,46 @@ def test_bounded_golden_keeps_its_bound(path):
             np.testing.assert_allclose(got, expected, rtol=0, atol=2 * tol + 1e-6 * e)
         with open(path, "rb") as f:
             assert nv.to_bytes() == f.read()
+
+
+SERIES_FILES = sorted(glob.glob(os.path.join(GOLDEN, "series_v*.nvol")))
+
+
+def test_series_golden_files_exist():
+    assert SERIES_FILES, "time-series golden files (format 1.3) are missing"
+
+
+@pytest.mark.parametrize("path", SERIES_FILES, ids=os.path.basename)
+def test_series_golden_decodes_as_recorded(path):
+    """A time series of two variables (spec/series.md): every step of both decodes as
+    recorded, the metadata reads back, and re-writing keeps the bytes."""
+    expected = np.load(path.replace(".nvol", ".expected.npy"))
+    with neurvol.open(path) as nv:
+        assert isinstance(nv, neurvol.NeuralSeries)
+        assert nv.variables == ["density", "scaled"] and nv.time == (0.0, 0.5, 1.0, 1.5, 2.0)
+        assert nv["scaled"].units == "kg m-3" and nv["scaled"].attrs == {"source": "neghip"}
+        assert nv["density"].dtype == np.uint8
+        for i, name in enumerate(nv.variables):
+            got = nv[name].decode(dtype=np.float32)
+            span = float(expected[i].max() - expected[i].min()) or 1.0
+            np.testing.assert_allclose(got, expected[i], rtol=0, atol=2e-5 * span)
+        with open(path, "rb") as f:
+            assert nv.to_bytes() == f.read()
+
+
+MASKED_FILES = sorted(glob.glob(os.path.join(GOLDEN, "masked_*_v*.nvol")))
+
+
+def test_masked_golden_files_restore_their_masks():
+    names = {os.path.basename(p) for p in MASKED_FILES}
+    assert {"masked_nan_v1.3.nvol", "masked_fill_v1.3.nvol", "masked_rows_v1.3.nvol"} <= names
+    with neurvol.open(os.path.join(GOLDEN, "masked_nan_v1.3.nvol")) as nv:
+        assert nv.info()["format_version"] == "1.3"
+        dec = nv.decode()
+        assert np.isnan(dec[:4]).all() and not np.isnan(dec[4:]).any()
+    with neurvol.open(os.path.join(GOLDEN, "masked_fill_v1.3.nvol")) as nv:
+        dec = nv.decode()
+        assert dec.dtype == np.uint16 and nv.fill_value == 0.0
+        z, y, x = np.indices(nv.shape)
+        masked = (z < 3) | ((z * 7 + y * 3 + x) % 11 == 0)
+        assert (dec[masked] == 0).all() and np.array_equal(~nv.valid_mask(), masked)

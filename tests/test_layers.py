@@ -44,6 +44,8 @@ LAYERS: Dict[str, int] = {
     "compress": 4,
     # SRN architectures (torch for training, numpy for reading)
     "models": 5, "model_limits": 5,
+    # a masked volume's header entry and where its mask applies (decoded grids, queries)
+    "masking": 5,
     # sampling, training, losses, rate terms
     "fit": 6,
     # a trained model -> payload (pruning, quantization, fine-tuning)
@@ -57,6 +59,9 @@ LAYERS: Dict[str, int] = {
     "neural_volume": 9,
     # encode planning: size solving, rate pilot, psnr search, fit -> compress -> pack
     "encoding": 10,
+    # time series and several variables in one file: the reader, composing one
+    # NeuralVolume per member (variable x step); its encoder is part of encoding
+    "series": 10,
     # the facade's stand-in for encode when torch is not installed (raises what to install)
     "_without_torch": 10,
     # thin facades and tools on top

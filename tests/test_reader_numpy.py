@@ -27,7 +27,9 @@ from neurvol.models.numpy_eval import get_numpy_architecture, numpy_architecture
 from reader_cases import FIXTURES_ENV, TOLERANCE, compare, record
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-GOLDEN_FILES = sorted(glob.glob(os.path.join(GOLDEN, "*.nvol")))
+# Time series (series_*) read through NeuralSeries: tests/test_series.py compares backends.
+GOLDEN_FILES = sorted(p for p in glob.glob(os.path.join(GOLDEN, "*.nvol"))
+                      if not os.path.basename(p).startswith("series_"))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(steps=30, seed=1, quiet=True, device="cpu")

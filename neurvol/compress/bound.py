@@ -4,6 +4,7 @@ the correction stream decoded block by block, on demand, for ``decode()``, regio
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -21,6 +22,11 @@ BOUNDED_MINOR = 2
 #: blocks coded against the base), least recently used evicted first; the block in use is
 #: kept whatever its size.
 BLOCK_CACHE_BYTES = 256 << 20
+#: A query that needs the corrections of a block coded without the base at more than this
+#: fraction of its voxels evaluates the base on the whole block once and keeps the
+#: corrections (later queries there read them); fewer voxels evaluate the base at those
+#: voxels only (a scattered cold query touches many blocks at one or two points each).
+DENSE_FRACTION = 1.0 / 8
 
 
 def parse_bound(header: Dict[str, Any], section_names: Sequence[str]) -> Optional[Dict[str, Any]]:
@@ -47,7 +53,11 @@ class Corrections:
     ``evaluate_base(zyx_slices)`` returns the base (the model's float32 values, before
     the cast) on the voxel grid of those slices, ``base_at(zyx)`` at integer voxels
     ``(N, 3)``. A block whose mode ignores the base decodes without it; its corrections
-    then need the base only at the voxels a query interpolates."""
+    then need the base only at the voxels a query interpolates.
+
+    Decoded blocks live in a pool of ``B^3`` slots (values, and float64 corrections for
+    blocks coded against the base) of at most :data:`BLOCK_CACHE_BYTES`, least recently
+    used evicted first, so a query reads every voxel it needs with one gather."""
 
     def __init__(self, data: bytes, shape: Sequence[int], dtype: np.dtype, max_error: float,
                  evaluate_base: Callable[[Tuple[slice, slice, slice]], np.ndarray],
@@ -62,29 +72,78 @@ class Corrections:
         self.max_error = max_error
         self._base = evaluate_base
         self._base_at = base_at
-        self._cache: "OrderedDict[int, Tuple[np.ndarray, Optional[np.ndarray]]]" = OrderedDict()
-        self._cache_bytes = 0
+        B = self.stream.block
+        slot_bytes = B ** 3 * (self.dtype.itemsize + np.dtype(np.float64).itemsize)
+        self._nslots = int(min(self.stream.nblocks, max(1, BLOCK_CACHE_BYTES // slot_bytes)))
+        self._slot_of = np.full(self.stream.nblocks, -1, dtype=np.int64)
+        self._has_corr = np.zeros(self.stream.nblocks, dtype=bool)
+        self._lru: "OrderedDict[int, int]" = OrderedDict()     # block -> slot, oldest first
+        self._free = list(range(self._nslots))
+        # np.empty: pages are touched only as slots fill.
+        self._values = np.empty((self._nslots, B, B, B), dtype=self.dtype)
+        self._corr: Optional[np.ndarray] = None               # allocated on first need
+        # Queries from several threads share the pool: one fills or reads it at a time.
+        self._lock = threading.RLock()
 
     def block(self, i: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """``(decoded values, corrections = decoded - base)`` of block ``i`` (cached); the
-        corrections are ``None`` for a block coded without the base."""
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        if self.stream.block_mode(i) in BASE_MODES:
-            sl = block_slices(self.shape, self.stream.block, i)
-            base = np.asarray(self._base(sl), dtype=np.float64)
-            values = self.stream.decode_block(i, base)
-            entry: Tuple[np.ndarray, Optional[np.ndarray]] = (
-                values, values.astype(np.float64) - base)
-        else:
-            entry = (self.stream.decode_block(i, None), None)
-        self._cache[i] = entry
-        self._cache_bytes += _nbytes(entry)
-        while self._cache_bytes > BLOCK_CACHE_BYTES and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= _nbytes(old)
-        return entry
+        """``(decoded values, corrections = decoded - base)`` of block ``i`` (decoded if
+        not cached); the corrections are ``None`` for a block coded without the base.
+        Views into the cache: valid until the next block is decoded."""
+        sl = tuple(slice(0, s.stop - s.start)
+                   for s in block_slices(self.shape, self.stream.block, int(i)))
+        with self._lock:
+            self._ensure([int(i)])
+            slot = int(self._slot_of[i])
+            values = self._values[slot][sl]
+            return values, (self._corr[slot][sl] if self._has_corr[i] else None)
+
+    def _corrections(self) -> np.ndarray:
+        if self._corr is None:
+            self._corr = np.empty(self._values.shape, dtype=np.float64)
+        return self._corr
+
+    def _keep_corrections(self, i: int) -> None:
+        """Corrections of cached block ``i`` (coded without the base) from the base on the
+        whole block."""
+        sl = block_slices(self.shape, self.stream.block, i)
+        local = (int(self._slot_of[i]),) + tuple(slice(0, s.stop - s.start) for s in sl)
+        base = np.asarray(self._base(sl), dtype=np.float64)
+        self._corrections()[local] = self._values[local].astype(np.float64) - base
+        self._has_corr[i] = True
+
+    def _ensure(self, ids: Sequence[int]) -> None:
+        """Blocks ``ids`` (at most the pool's slots) in the cache: the missing ones decoded
+        side by side, into the least recently used slots not among ``ids``."""
+        for i in ids:
+            if i in self._lru:
+                self._lru.move_to_end(i)
+        missing = [i for i in ids if self._slot_of[i] < 0]
+        if not missing:
+            return
+        keep = set(ids)
+        for old in list(self._lru):
+            if len(self._free) >= len(missing):
+                break
+            if old not in keep:
+                self._free.append(self._lru.pop(old))
+                self._slot_of[old] = -1
+        for dec in self.stream.decode_blocks(missing):
+            for j, i in enumerate(dec.ids):
+                slot = self._free[-1]
+                sl = block_slices(self.shape, self.stream.block, i)
+                local = (slot,) + tuple(slice(0, s.stop - s.start) for s in sl)
+                if int(dec.modes[j]) in BASE_MODES:
+                    base = np.asarray(self._base(sl), dtype=np.float64)
+                    values = dec.values(j, base, self.dtype)
+                    self._corrections()[local] = values.astype(np.float64) - base
+                    self._has_corr[i] = True
+                else:
+                    values = dec.values(j, None, self.dtype)
+                    self._has_corr[i] = False
+                self._values[local] = values
+                self._free.pop()
+                self._slot_of[i] = slot
+                self._lru[i] = slot
 
     def decode(self, base: np.ndarray) -> np.ndarray:
         """The whole volume given the whole base (no cache)."""
@@ -94,13 +153,24 @@ class Corrections:
         """Decoded values at the outer product of per-axis voxel indices."""
         out = np.empty([len(i) for i in idx], dtype=self.dtype)
         B = self.stream.block
+        g = block_grid(self.shape, B)
+        touched = [int((bz * g[1] + by) * g[2] + bx) for bz in np.unique(idx[0] // B)
+                   for by in np.unique(idx[1] // B) for bx in np.unique(idx[2] // B)]
+        with self._lock:
+            return self._region_locked(idx, out, touched)
+
+    def _region_locked(self, idx: Sequence[np.ndarray], out: np.ndarray,
+                       touched: Sequence[int]) -> np.ndarray:
+        B = self.stream.block
+        g = block_grid(self.shape, B)
+        if len(touched) <= self._nslots:
+            self._ensure(touched)         # decoded side by side, then read from the cache
         for bz in np.unique(idx[0] // B):
             mz = np.flatnonzero(idx[0] // B == bz)
             for by in np.unique(idx[1] // B):
                 my = np.flatnonzero(idx[1] // B == by)
                 for bx in np.unique(idx[2] // B):
                     mx = np.flatnonzero(idx[2] // B == bx)
-                    g = block_grid(self.shape, B)
                     values, _ = self.block(int((bz * g[1] + by) * g[2] + bx))
                     sub = values[np.ix_(idx[0][mz] - bz * B, idx[1][my] - by * B,
                                         idx[2][mx] - bx * B)]
@@ -116,41 +186,79 @@ class Corrections:
                     np.asarray(self.shape, dtype=np.float64) - 1.0)
         out = np.asarray(model_values, dtype=np.float64).copy()
         r = np.rint(p)
-        exact = np.all(p == r, axis=1)
-        q = p[~exact]
+        exact = (p == r).all(axis=1)
+        if exact.any():
+            out[exact] = self._lookup(r[exact].astype(np.int64), corrections=False)
+            if exact.all():
+                return out
+            between = ~exact
+            q = p[between]
+        else:
+            between, q = slice(None), p
         top = np.asarray(self.shape, dtype=np.int64) - 1
         i0 = np.minimum(np.floor(q).astype(np.int64), np.maximum(top - 1, 0))
-        corners = np.asarray(list(np.ndindex(2, 2, 2)))
-        voxels = np.concatenate([r[exact].astype(np.int64)]
-                                + [np.minimum(i0 + c, top) for c in corners])
-        corr, vals = self._lookup(voxels)
-        n_exact = int(exact.sum())
-        out[exact] = vals[:n_exact]
-        if len(q):
-            f = q - i0
-            acc = np.zeros(len(q))
-            for k, c in enumerate(corners):
-                w = np.prod(np.where(c == 1, f, 1.0 - f), axis=1)
-                acc += w * corr[n_exact + k * len(q):n_exact + (k + 1) * len(q)]
-            out[~exact] += acc
+        f = q - i0
+        voxels = i0[:, None, :] + _CORNERS[None]                          # (M, 8, 3)
+        if (top == 0).any():                                              # a flat axis
+            np.minimum(voxels, top, out=voxels)
+        corr = self._lookup(voxels.reshape(-1, 3), corrections=True).reshape(-1, 2, 2, 2)
+        wz, wy, wx = (np.stack([1.0 - f[:, a], f[:, a]], axis=1) for a in range(3))
+        corr *= wz[:, :, None, None]
+        corr *= wy[:, None, :, None]
+        corr *= wx[:, None, None, :]
+        out[between] += corr.reshape(-1, 8).sum(axis=1)
         return out
 
-    def _lookup(self, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(correction, decoded value) at integer voxels ``v`` (N, 3)."""
-        blocks = self.stream.block_of(v)
-        corr = np.empty(len(v))
-        vals = np.empty(len(v))
+    def _lookup(self, v: np.ndarray, corrections: bool) -> np.ndarray:
+        with self._lock:
+            return self._lookup_locked(v, corrections)
+
+    def _lookup_locked(self, v: np.ndarray, corrections: bool) -> np.ndarray:
+        """Decoded values (float64) at integer voxels ``v`` (N, 3), or the corrections
+        there (``corrections``). The blocks they touch are decoded side by side, as many
+        at a time as the cache holds."""
         B = self.stream.block
-        for b in np.unique(blocks):
-            m = blocks == b
-            values, c = self.block(int(b))
-            local = v[m] - (v[m] // B) * B
-            vals[m] = values[local[:, 0], local[:, 1], local[:, 2]]
-            if c is None:
-                corr[m] = vals[m] - np.asarray(self._base_at(v[m]), dtype=np.float64)
-            else:
-                corr[m] = c[local[:, 0], local[:, 1], local[:, 2]]
-        return corr, vals
+        k = v // B
+        g = block_grid(self.shape, B)
+        blocks = (k[:, 0] * g[1] + k[:, 1]) * g[2] + k[:, 2]
+        local = v - k * B
+        # Offset of each voxel within its slot (slots are B^3, C order).
+        within = (local[:, 0] * B + local[:, 1]) * B + local[:, 2]
+        counts = np.bincount(blocks, minlength=self.stream.nblocks)
+        uniq = np.flatnonzero(counts).tolist()
+        out = np.empty(len(v))
+        sparse = np.zeros(len(v), dtype=bool)       # corrections from the base at the voxel
+        values = self._values.reshape(-1)
+        for c in range(0, len(uniq), self._nslots):
+            chunk = uniq[c:c + self._nslots]
+            self._ensure(chunk)
+            m = slice(None) if len(chunk) == len(uniq) else np.flatnonzero(np.isin(blocks, chunk))
+            bl = blocks[m]
+            flat = self._slot_of[bl] * B ** 3 + within[m]
+            if not corrections:
+                out[m] = values.take(flat)
+                continue
+            dense = B ** 3 * DENSE_FRACTION
+            for i in chunk:
+                if not self._has_corr[i] and counts[i] >= dense:
+                    self._keep_corrections(i)
+            has = self._has_corr[bl]
+            if has.all():
+                out[m] = self._corr.reshape(-1).take(flat)
+                continue
+            got = values.take(flat).astype(np.float64)
+            if has.any():
+                got[has] = self._corr.reshape(-1).take(flat[has])
+            out[m] = got
+            idx = np.arange(len(v)) if isinstance(m, slice) else m
+            sparse[idx[~has]] = True
+        if sparse.any():    # blocks coded without the base, few voxels: the model there
+            out[sparse] -= np.asarray(self._base_at(v[sparse]), dtype=np.float64)
+        return out
+
+
+#: The eight corners of a voxel cell, (z, y, x) offsets.
+_CORNERS = np.asarray(list(np.ndindex(2, 2, 2)), dtype=np.int64)
 
 
 def resample_linear(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -168,8 +276,3 @@ def resample_linear(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         out = (np.take(out, i0, axis=axis) * (1.0 - w)
                + np.take(out, np.minimum(i0 + 1, n - 1), axis=axis) * w)
     return out
-
-
-def _nbytes(entry: Tuple[np.ndarray, Optional[np.ndarray]]) -> int:
-    return sum(a.nbytes for a in entry if a is not None)
-

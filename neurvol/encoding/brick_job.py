@@ -35,6 +35,14 @@ from .single import ModelFit, advance, compress_fitted, start_fit
 #: whose grids left much of the brick uncovered do not (BENCHMARKS.md, "bricked
 #: ensembles").
 FALLBACK_MARGIN_DB = 1.5
+#: The pilot's largest coding loss (dB) for a brick's rate-aware fit to be finished (single
+#: models: :data:`.pilot.RATE_CODING_LOSS_DB`). A brick's pilot codes a model of a fraction
+#: of the volume's bytes, fitted with a proportionally smaller batch, and loses more at
+#: 40 % of its steps than a whole-volume model of the same field, yet its finished
+#: rate-aware fit still beats the default; the smooth fields where rate-aware fitting
+#: loses code several dB worse still (BENCHMARKS.md, "bricked ensembles against one
+#: model").
+BRICK_CODING_LOSS_DB = 6.0
 #: ... unless the model is this good anyway (the tolerance of constant bricks, 50 dB) or
 #: its error is negligible in the volume's (``BrickJob.negligible_mse``).
 _GOOD_ENOUGH_MSE = 1e-5
@@ -80,7 +88,8 @@ def _fit_first(job: BrickJob, target: np.ndarray) -> BrickResult:
         return psnr_from_mse(_stored_sse(probe.model, packed.payload, target, None)
                              / target.size)
 
-    if pilot_keeps(run, lambda step: advance(run, step, stop=stop), coded_psnr):
+    if pilot_keeps(run, lambda step: advance(run, step, stop=stop), coded_psnr,
+                   max_coding_loss=BRICK_CODING_LOSS_DB):
         return dataclasses.replace(_finish(job, run, stop, target, config), rate_aware=True)
     pilot_steps = run.fitting.step
     res = _fit_quantized(job, job.arch, job.config, job.fit, job.codec, target, job.seed)

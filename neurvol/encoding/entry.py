@@ -13,7 +13,8 @@ import torch
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..models.base import resolve_device
 from ..neural_volume import NeuralVolume
-from ..volume_checks import check_ratio, check_volume
+from ..volume_checks import check_masked_volume, check_ratio
+from .masked import MaskedInput, fill_normalized, masked_input
 from .plan import (AUTO_ARCH, CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
                    first_solvable, fit_settings_for, normalized_tensor, triple,
                    volume_header)
@@ -24,6 +25,8 @@ from .single import ModelFit, advance_with_bar, constant_file, pack_file, start_
 
 log = logging.getLogger("neurvol")
 
+#: What the bricked path's refusal of NaN voxels says (neurvol/ensemble/allocate.py).
+_NAN_REFUSAL = "NaN or infinite values in brick"
 #: Largest k-means bits (``2 ** bits`` levels).
 MAX_BITS = 16
 
@@ -35,7 +38,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                   quiet: bool, brick: Optional[int], ghost: int,
                   bricks: Optional[Sequence[int]], blend: bool, workers: Optional[int],
                   devices: Optional[Sequence[str]], executor: Any, retries: int,
-                  **arch_options: Any) -> NeuralVolume:
+                  fill_value: Optional[float] = None, **arch_options: Any) -> NeuralVolume:
     """:func:`neurvol.encode` (see its docstring for the arguments)."""
     explicit_auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
     hybrid, codec_only = split_codec(codec)
@@ -43,14 +46,21 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
         psnr=None, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
         brick=brick, ghost=ghost, bricks=bricks, blend=blend, workers=workers,
-        devices=devices, executor=executor, retries=retries, **arch_options)
+        devices=devices, executor=executor, retries=retries, fill_value=fill_value,
+        **arch_options)
     if psnr is not None:     # a search: several encodes with these arguments
         return encode_to_psnr(encode_volume, volume, psnr, ratio, kwargs)
     codec = codec_only       # bricked volumes keep model-only bricks
     t_start = time.perf_counter()
     grid = brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
+    masked: Optional[MaskedInput] = None
     if grid is None:
-        volume, lo, hi = check_volume(volume)
+        volume, lo, hi, mask = check_masked_volume(volume, fill_value)
+        masked = masked_input(mask, fill_value)
+    elif fill_value is not None:
+        raise NeurvolInputError(
+            "masked volumes (fill_value=, NaN regions) are stored with one model: bricked "
+            f"files do not take masks; pass bricks=(1, 1, 1) (asked for a {grid} grid)")
     ratio = check_ratio(ratio)
     check_int(seed, "seed", 0, what="a non-negative int")
     if not 0 <= seed < 2 ** 63:
@@ -75,24 +85,36 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
             devices = [str(resolve_device(d)) for d in devices]
             if not devices:
                 raise NeurvolInputError("devices must list at least one device, e.g. ['cuda:0']")
-        return encode_bricked(
-            volume, ratio=ratio, grid=grid, ghost=ghost, blend=bool(blend),
-            candidates=candidates, arch_options=arch_options, seed=seed, device=str(dev),
-            devices=devices, steps=steps, bits=bits, spacing=spacing_t, origin=origin_t,
-            fit_settings=fit_settings, codec=codec, quiet=quiet,
-            workers=workers, executor=executor, retries=retries,
-            const_psnr=CONSTANT_BRICK_PSNR)
+        try:
+            return encode_bricked(
+                volume, ratio=ratio, grid=grid, ghost=ghost, blend=bool(blend),
+                candidates=candidates, arch_options=arch_options, seed=seed,
+                device=str(dev), devices=devices, steps=steps, bits=bits, spacing=spacing_t,
+                origin=origin_t, fit_settings=fit_settings, codec=codec, quiet=quiet,
+                workers=workers, executor=executor, retries=retries,
+                const_psnr=CONSTANT_BRICK_PSNR)
+        except NeurvolInputError as exc:
+            # Bricks refuse NaN one brick at a time (spec/mask.md: no bricked masks); say
+            # how a masked volume is stored instead.
+            if _NAN_REFUSAL in str(exc):
+                raise NeurvolInputError(
+                    f"{exc}. NaN regions are stored as a mask by a single-model encode: "
+                    f"pass bricks=(1, 1, 1) (CLI: --bricks 1,1,1); asked for a {grid} grid"
+                ) from exc
+            raise
     # arch="auto" lets neurvol choose the model, and no model at all is one choice: a pure
     # predictor file, first (numpy, no fit); the model is fitted whenever one fits.
+    # Masked volumes stay model-only: error-bounded files do not combine with masks.
     pred = (_predictor(volume, lo, hi, ratio, spacing_t, origin_t)
-            if hybrid and arch == AUTO_ARCH else None)
+            if hybrid and arch == AUTO_ARCH and masked is None else None)
     # One model chooses its rate by default (a pilot, not a second encode).
     try:
         nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
                             arch_options=arch_options, seed=seed, dev=dev, steps=steps,
                             bits=bits, spacing=spacing_t, origin=origin_t,
                             fit_settings=fit_settings, codec=codec,
-                            auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet)
+                            auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet,
+                            masked=masked)
     except NeurvolBudgetError:
         if pred is None:
             raise
@@ -128,17 +150,23 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
                    arch_options: Dict[str, Any], seed: int, dev: torch.device,
                    steps: Optional[int], bits: int, spacing: Sequence[float],
                    origin: Sequence[float], fit_settings: Optional[Dict[str, Any]],
-                   codec: Optional[Dict[str, Any]], auto_rate: bool, quiet: bool
-                   ) -> NeuralVolume:
-    """One model of the whole volume (a format 1.0 file)."""
+                   codec: Optional[Dict[str, Any]], auto_rate: bool, quiet: bool,
+                   masked: Optional[MaskedInput] = None) -> NeuralVolume:
+    """One model of the whole volume (a format 1.0 file; 1.3 with a mask)."""
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
     budget = int(math.prod(shape) * dtype.itemsize // ratio)
     header = volume_header(shape, dtype, lo, hi, list(spacing), list(origin),
                            {"grid": [1, 1, 1]}, ratio, budget)
+    if masked is not None:
+        masked.add_to(header)
     if lo == hi:  # constant volume: stored exactly, no model
-        return constant_file(header, lo, budget)
+        return constant_file(header, lo, budget, masked)
     data = normalized_tensor(volume, lo, hi)
+    valid = None
+    if masked is not None:
+        fill_normalized(data.numpy(), masked)
+        valid = torch.from_numpy(~masked.mask)
     k0 = 2 ** bits
 
     def start(codec_fields: Optional[Dict[str, Any]]) -> ModelFit:
@@ -146,7 +174,7 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
         architecture, config = first_solvable(candidates, header, tuple(data.shape), budget,
                                               bits, arch_options, settings)
         fit = fit_settings_for(architecture, fit_settings, steps)
-        run = start_fit(architecture, config, fit, settings, data, seed, dev)
+        run = start_fit(architecture, config, fit, settings, data, seed, dev, valid)
         log.info("encode: %s %s, budget %d bytes, %d parameters, %d steps on %s",
                  architecture.name, config.to_dict(), budget,
                  sum(p.numel() for p in run.model.parameters()), fit.steps, dev)
@@ -162,9 +190,9 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
         except (NeurvolInputError, NeurvolBudgetError):
             rated = None     # an architecture without feature grids: the default it is
         run = start(default_codec) if rated is None else rate_pilot(
-            rated, lambda: start(default_codec), volume, header, budget, k0, quiet)
+            rated, lambda: start(default_codec), volume, header, budget, k0, quiet, masked)
     else:
         run = start(codec)
     advance_with_bar(run, None, quiet, "fitting")
     result = run.fitting.finish()
-    return pack_file(run, dict(header), volume, budget, k0, steps=result.steps)
+    return pack_file(run, dict(header), volume, budget, k0, steps=result.steps, masked=masked)

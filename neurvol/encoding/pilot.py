@@ -63,22 +63,26 @@ def rate_candidates(codec: Dict[str, Any]) -> List[Optional[Dict[str, Any]]]:
     return [rest or None, {**AUTO_RATE, **rest, "rate": AUTO_RATE["rate"]}]
 
 
-def float_psnr(model: VolumeModel, data: torch.Tensor) -> float:
-    """PSNR of ``model``'s float values (a CPU model in eval mode) on every voxel of
-    ``data`` (normalized)."""
-    sse, voxels = model_sse(model, data.numpy())
+def float_psnr(model: VolumeModel, data: torch.Tensor,
+               valid: Optional[torch.Tensor] = None) -> float:
+    """PSNR of ``model``'s float values (a CPU model in eval mode) on every (``valid``)
+    voxel of ``data`` (normalized)."""
+    sse, voxels = model_sse(model, data.numpy(), valid=None if valid is None else valid.numpy())
     return psnr_from_mse(sse / voxels)
 
 
 def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
-                coded_psnr: Callable[[ModelFit], float]) -> bool:
+                coded_psnr: Callable[[ModelFit], float],
+                max_coding_loss: Optional[float] = None) -> bool:
     """Whether to finish the rate-aware fit ``run``: fit it to :data:`RATE_PILOT` of its
     steps (``advance_to(step)``) and code a copy as the file would store it (no
     fine-tune; ``coded_psnr(copy)``); keep it if its fit was stable (float PSNR at most
     :data:`RATE_PILOT_DECLINE_DB` below that at :data:`RATE_PILOT_EARLY`) and coding cost
-    at most :data:`RATE_CODING_LOSS_DB`. The one rule of single models and bricks."""
+    at most ``max_coding_loss`` dB (default :data:`RATE_CODING_LOSS_DB`). The one rule of
+    single models and bricks (bricks pass their own bound,
+    :data:`.brick_job.BRICK_CODING_LOSS_DB`)."""
     advance_to(int(RATE_PILOT_EARLY * run.settings.steps))
-    early_psnr = float_psnr(copy.deepcopy(run.model).cpu().eval(), run.data)
+    early_psnr = float_psnr(copy.deepcopy(run.model).cpu().eval(), run.data, run.valid)
     advance_to(int(RATE_PILOT * run.settings.steps))
     probe = dataclasses.replace(
         run, model=copy.deepcopy(run.model),
@@ -86,10 +90,11 @@ def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
         # same fraction stands in for it here.
         codec=dataclasses.replace(run.codec, finetune=0.0, prune_method="magnitude"))
     probe.model.cpu().eval()
-    fitted_psnr = float_psnr(probe.model, run.data)
+    fitted_psnr = float_psnr(probe.model, run.data, run.valid)
     coded = coded_psnr(probe)
     stable = fitted_psnr >= early_psnr - RATE_PILOT_DECLINE_DB
-    keep = stable and fitted_psnr - coded <= RATE_CODING_LOSS_DB
+    bound = RATE_CODING_LOSS_DB if max_coding_loss is None else max_coding_loss
+    keep = stable and fitted_psnr - coded <= bound
     log.info("encode: rate='auto' pilot at %d%% of the steps: the rate-aware model codes "
              "at %.2f dB from %.2f dB in float (%.2f dB at %d%%); %s",
              round(100 * RATE_PILOT), coded, fitted_psnr, early_psnr,
@@ -99,16 +104,17 @@ def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
 
 
 def rate_pilot(rated: ModelFit, start_default: Callable[[], ModelFit], volume: Any,
-               header: Dict[str, Any], budget: int, k0: int, quiet: bool) -> ModelFit:
+               header: Dict[str, Any], budget: int, k0: int, quiet: bool,
+               masked: Any = None) -> ModelFit:
     """A single model's choice (:func:`pilot_keeps`, the coded copy scored by the PSNR of
     the whole file it makes): ``rated``, fitted on to the pilot's end, or the default
     candidate ``start_default()`` starts. ``volume``, ``header``, ``budget``, ``k0``: the
-    encode's."""
+    encode's; ``masked``: its :class:`~neurvol.encoding.masked.MaskedInput` or None."""
     desc = "fitting (rate-aware, pilot)"
 
     def coded_psnr(probe: ModelFit) -> float:
         return pack_file(probe, dict(header), volume, budget, k0,
-                         steps=rated.fitting.step).fit_psnr
+                         steps=rated.fitting.step, masked=masked).fit_psnr
 
     keep = pilot_keeps(rated, lambda step: advance_with_bar(rated, step, quiet, desc),
                        coded_psnr)

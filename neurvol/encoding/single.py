@@ -27,6 +27,7 @@ from ..metrics import psnr
 from ..models import Architecture, ModelConfig, VolumeModel
 from ..neural_volume import NeuralVolume
 from ..pipeline import CodecSettings, Compressed, compress_model, fit_regularizer
+from .masked import MaskedInput
 from .plan import CODEC, FINETUNE_LR, FIT_JITTER, FIT_PLACEHOLDER
 
 log = logging.getLogger("neurvol")
@@ -50,22 +51,24 @@ class ModelFit:
     seed: int
     device: torch.device
     rng_state: torch.Tensor     # its private stream of torch's global RNG
+    valid: Optional[torch.Tensor] = None   # a masked volume's valid voxels (spec/mask.md)
 
 
 def start_fit(architecture: Architecture, config: ModelConfig, settings: FitSettings,
               codec: CodecSettings, data: torch.Tensor, seed: int,
-              device: torch.device) -> ModelFit:
+              device: torch.device, valid: Optional[torch.Tensor] = None) -> ModelFit:
     """Build ``architecture``'s model of ``config`` and start fitting it to ``data`` (no
-    steps run yet). The model is initialised from a private, seeded copy of torch's global
+    steps run yet; ``valid``: a masked volume's valid voxels, the only ones fitted). The model is initialised from a private, seeded copy of torch's global
     RNG, so the same seed gives the same file in any process or thread."""
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = architecture.build(config)
         state = torch.get_rng_state()
     regularizer = fit_regularizer(model, codec, settings.steps)
-    fitting = Fitting(model, data, settings, seed=seed, device=device, regularizer=regularizer)
+    fitting = Fitting(model, data, settings, seed=seed, device=device, regularizer=regularizer,
+                      valid=valid)
     return ModelFit(codec, architecture, config, settings, model, fitting, data, seed, device,
-                    state)
+                    state, valid)
 
 
 def advance(run: ModelFit, until: Optional[int] = None, *,
@@ -107,7 +110,7 @@ def compress_fitted(run: ModelFit, *, file_size: Callable[[bytes], int], budget:
             with torch.random.fork_rng(devices=[]):
                 _finetune(model, run.data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
                           trainable=trainable, batch=settings.batch, seed=run.seed,
-                          device=run.device, regularizer=regularizer)
+                          device=run.device, regularizer=regularizer, valid=run.valid)
             model.cpu()
 
     model.cpu()
@@ -119,41 +122,56 @@ def compress_fitted(run: ModelFit, *, file_size: Callable[[bytes], int], budget:
 
 
 def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k0: int,
-              steps: int) -> NeuralVolume:
+              steps: int, masked: Optional[MaskedInput] = None) -> NeuralVolume:
     """The single-model file of ``run``'s fitted model within ``budget`` bytes; the stored
     model is scored by the PSNR of the whole decoded file. ``header``: the encode's, to
-    which the model's entries are added; ``steps``: the fit steps it records."""
+    which the model's entries are added; ``steps``: the fit steps it records; ``masked``:
+    a masked volume's mask, stored in the file (its bytes count in the budget) and the
+    PSNR taken over the valid voxels."""
+    sections = None if masked is None else masked.sections
+    # A masked file keeps a JSON header (an extra section, spec/nvol.md §3.3): no compact
+    # header whose size could move with the final "fit".
+    minor = COMPACT_MINOR if masked is None else masked.minor
+    jitter = FIT_JITTER if masked is None else 0
+    valid = None if masked is None else ~masked.mask
     header["model"] = {"arch": run.architecture.name, "config": run.config.to_dict()}
     header["codec"] = dict(CODEC, pipeline=run.codec.pipeline_configs(run.model))
     header["fit"] = dict(FIT_PLACEHOLDER, steps=steps)
 
     def stored_error(payload: bytes) -> float:
         """Minus the PSNR of the file a payload makes (the whole volume decoded)."""
-        return -psnr(volume, finish(header, [payload], None).decode(dtype=np.float32))
+        decoded = finish(header, [payload], None, sections, minor).decode(dtype=np.float32)
+        return -psnr(volume, decoded, valid)
 
     packed = compress_fitted(
         run, budget=budget,
-        file_size=lambda payload: FIT_JITTER + len(
-            serialize_nvol(header, [payload], minor=COMPACT_MINOR)),
+        file_size=lambda payload: jitter + len(
+            serialize_nvol(header, [payload], sections, minor=minor)),
         k0=k0, score=stored_error,
         too_large="the model does not fit the budget of {budget} bytes even at the coarsest "
                   "quantization; use a smaller ratio")
     quality = -stored_error(packed.payload)
     header["fit"] = {"steps": steps, "k": packed.k,
                      "psnr": round(quality, 3) if math.isfinite(quality) else None}
-    return finish(header, [packed.payload], budget)
+    return finish(header, [packed.payload], budget, sections, minor)
 
 
-def constant_file(header: Dict[str, Any], value: float, budget: int) -> NeuralVolume:
-    """The file of a constant volume: stored exactly, no model."""
+def constant_file(header: Dict[str, Any], value: float, budget: int,
+                  masked: Optional[MaskedInput] = None) -> NeuralVolume:
+    """The file of a constant volume (over its valid voxels): stored exactly, no model."""
     header["codec"] = CODEC
-    return finish(header, [encode_constant(value)], budget)
+    if masked is None:
+        return finish(header, [encode_constant(value)], budget)
+    return finish(header, [encode_constant(value)], budget, masked.sections, masked.minor)
 
 
-def finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int]) -> NeuralVolume:
-    """The file of ``header`` and brick payloads, refused if over ``budget`` bytes; a
-    one-brick file gets the compact header of format 1.4 (spec/nvol.md §3.3)."""
-    data = serialize_nvol(header, bricks, minor=COMPACT_MINOR)
+def finish(header: Dict[str, Any], bricks: List[bytes], budget: Optional[int],
+           sections: Optional[Dict[str, bytes]] = None,
+           minor: int = COMPACT_MINOR) -> NeuralVolume:
+    """The file of ``header``, brick payloads and extra ``sections`` (format ``minor``),
+    refused if over ``budget`` bytes; a one-brick file without extra sections gets the
+    compact header of format 1.4 (spec/nvol.md §3.3)."""
+    data = serialize_nvol(header, bricks, sections, minor=minor)
     if budget is not None and len(data) > budget:
         raise NeurvolBudgetError(
             f"the smallest file neurvol can make is {len(data)} bytes but the budget is {budget} "

@@ -125,14 +125,24 @@ def _power_laws(stats: Sequence[BrickStats]) -> Tuple[np.ndarray, np.ndarray]:
     return a, logm.mean(axis=1) + a * logx.mean()          # log mse at x = 1
 
 
-def rd_shares(stats: Sequence[BrickStats], floor: float) -> np.ndarray:
+#: How much wider the fitted models' errors spread across bricks than the probe's, as a
+#: power of the probe's error: a model beats resampling by more on a smooth brick than on
+#: a rough one, so the probe alone under-serves the hardest bricks (BENCHMARKS.md,
+#: "bricked ensembles against one model").
+FIT_SPREAD = 1.5
+
+
+def rd_shares(stats: Sequence[BrickStats], floor: float, spread: float = FIT_SPREAD
+              ) -> np.ndarray:
     """Shares of the model bytes that minimise the expected squared error of the volume.
 
     Each brick's error is modelled from its probe as ``c_b * x^-a_b`` (``x``: its share of
-    the vertices relative to the mean; :func:`_power_laws`), weighted by the brick's core
-    voxels. The minimum of the sum under ``sum x = n`` has equal marginal gains,
-    ``x_b = (w_b c_b a_b / lam)^(1 / (a_b + 1))``; ``lam`` is found by bisection, each
-    ``x_b`` kept >= ``floor`` (relative to the mean). (BENCHMARKS.md, "bricked ensembles".)
+    the vertices relative to the mean; :func:`_power_laws`), its difficulty ``c_b``
+    widened to the fitted models' spread (``c_b^spread``, relative to the bricks' geometric
+    mean), weighted by the brick's core voxels. The minimum of the sum under ``sum x = n``
+    has equal marginal gains, ``x_b = (w_b c_b a_b / lam)^(1 / (a_b + 1))``; ``lam`` is
+    found by bisection, each ``x_b`` kept >= ``floor`` (relative to the mean).
+    (BENCHMARKS.md, "bricked ensembles".)
     """
     n = len(stats)
     if n == 0:
@@ -141,6 +151,7 @@ def rd_shares(stats: Sequence[BrickStats], floor: float) -> np.ndarray:
     a, logc = _power_laws(stats)
     if not np.isfinite(logc).all() or max(max(s.rd) for s in stats) <= 0:
         return w / w.sum()
+    logc = spread * (logc - logc.mean())
     logk = np.log(w) + logc + np.log(a)                  # log(w_b c_b a_b)
     floor = min(1.0, floor)
 

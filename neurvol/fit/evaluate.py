@@ -11,10 +11,12 @@ _CHUNK = 1 << 14
 
 
 def model_sse(model: torch.nn.Module, target: np.ndarray,
-              core: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[float, int]:
+              core: Optional[Sequence[Tuple[int, int]]] = None,
+              valid: Optional[np.ndarray] = None) -> Tuple[float, int]:
     """Sum of squared errors of ``model`` (on the CPU) against ``target`` (the normalized
     volume, values in [0, 1]) over the voxels of ``core`` (``((z0, z1), (y0, y1), (x0,
-    x1))``, default: all), and their count. Values are clamped to [0, 1] as the reader
+    x1))``, default: all), and their count; ``valid`` (bool, ``target``'s shape): only
+    those voxels count (a masked volume, spec/mask.md). Values are clamped to [0, 1] as the reader
     clamps them; one z slice at a time, so memory stays one slice.
 
     All of it runs in torch: numpy work between torch's parallel ops competes with
@@ -24,7 +26,9 @@ def model_sse(model: torch.nn.Module, target: np.ndarray,
         core = tuple((0, n) for n in shape)
     axes = [torch.arange(a, b, dtype=torch.float64) * (2.0 / (n - 1)) - 1.0 if n > 1
             else torch.zeros(b - a, dtype=torch.float64) for (a, b), n in zip(core, shape)]
-    sub = torch.from_numpy(np.ascontiguousarray(target[tuple(slice(a, b) for a, b in core)]))
+    box = tuple(slice(a, b) for a, b in core)
+    sub = torch.from_numpy(np.ascontiguousarray(target[box]))
+    keep = None if valid is None else torch.from_numpy(np.ascontiguousarray(valid[box]))
     yy, xx = torch.meshgrid(axes[1].float(), axes[2].float(), indexing="ij")
     plane = torch.stack([torch.zeros_like(yy), yy, xx], -1).reshape(-1, 3)
     sse = torch.zeros((), dtype=torch.float64)
@@ -35,5 +39,7 @@ def model_sse(model: torch.nn.Module, target: np.ndarray,
             for s in range(0, plane.shape[0], _CHUNK):
                 pred = model(plane[s:s + _CHUNK]).float()
                 err = pred.clamp_(0.0, 1.0).sub_(values[s:s + _CHUNK]).double()
+                if keep is not None:
+                    err = err[keep[z].reshape(-1)[s:s + _CHUNK]]
                 sse += err.dot(err)
-    return float(sse), int(sub.numel())
+    return float(sse), int(sub.numel() if keep is None else keep.sum())

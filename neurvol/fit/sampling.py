@@ -1,7 +1,7 @@
 """Training samples: random voxel centres of the target volume."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -10,10 +10,13 @@ class VoxelSampler:
     """Draws batches of voxel-centre coordinates and their target values.
 
     ``volume``: (D, H, W) float32 normalized target. Coordinates come back normalized to
-    [-1, 1] in (z, y, x) order, matching ``VolumeModel.forward``.
+    [-1, 1] in (z, y, x) order, matching ``VolumeModel.forward``. ``valid``: a bool
+    tensor of the volume's shape for masked volumes (spec/mask.md): samples are drawn
+    from the valid voxels only (None: every voxel; the same random stream as before).
     """
 
-    def __init__(self, volume: torch.Tensor, generator: torch.Generator):
+    def __init__(self, volume: torch.Tensor, generator: torch.Generator,
+                 valid: Optional[torch.Tensor] = None):
         if volume.ndim != 3:
             raise ValueError("volume must be 3-D")
         self.volume = volume.contiguous()
@@ -21,16 +24,37 @@ class VoxelSampler:
         self.shape = tuple(volume.shape)
         self.generator = generator
         self._scale = 2.0 / (torch.tensor(self.shape, dtype=torch.float32) - 1.0)
+        self.valid: Optional[torch.Tensor] = None
+        self._valid_index: Optional[torch.Tensor] = None
+        if valid is not None:
+            if tuple(valid.shape) != self.shape:
+                raise ValueError("valid must have the volume's shape")
+            self.valid = valid.reshape(-1).to(torch.bool)
+            self._valid_index = torch.nonzero(self.valid).reshape(-1)
+            if self._valid_index.numel() == 0:
+                raise ValueError("valid selects no voxel")
+
+    @property
+    def voxels(self) -> int:
+        """Number of voxels samples are drawn from (the valid ones of a masked volume)."""
+        return self.flat.numel() if self._valid_index is None else self._valid_index.numel()
+
+    def _draw(self, batch: int) -> torch.Tensor:
+        """``batch`` flat indices, uniformly over the voxels samples come from."""
+        if self._valid_index is None:
+            return torch.randint(0, self.flat.numel(), (batch,), generator=self.generator)
+        pick = torch.randint(0, self._valid_index.numel(), (batch,), generator=self.generator)
+        return self._valid_index.index_select(0, pick)
 
     def sample(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(coords (batch, 3), values (batch,))``, uniformly over all voxels."""
-        lin = torch.randint(0, self.flat.numel(), (batch,), generator=self.generator)
+        """``(coords (batch, 3), values (batch,))``, uniformly over all (valid) voxels."""
+        lin = self._draw(batch)
         return self.coords_of(lin), self.flat.index_select(0, lin)
 
     def sample_with_gradient(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(coords (batch, 3), values (batch,), gradients (batch, 3))``: as :meth:`sample`
         (same random stream) plus the target's gradient at those voxels (:meth:`gradient_of`)."""
-        lin = torch.randint(0, self.flat.numel(), (batch,), generator=self.generator)
+        lin = self._draw(batch)
         return self.coords_of(lin), self.flat[lin], self.gradient_of(lin)
 
     def gradient_of(self, lin: torch.Tensor) -> torch.Tensor:
@@ -75,8 +99,9 @@ class ErrorSampler(VoxelSampler):
     """
 
     def __init__(self, volume: torch.Tensor, generator: torch.Generator, *,
-                 block: int = 4, uniform: float = 0.25, decay: float = 0.98):
-        super().__init__(volume, generator)
+                 block: int = 4, uniform: float = 0.25, decay: float = 0.98,
+                 valid: Optional[torch.Tensor] = None):
+        super().__init__(volume, generator, valid)
         if not 0 < uniform <= 1:
             raise ValueError("uniform must be a fraction in (0, 1]")
         self.uniform, self.decay, self.block = uniform, decay, block
@@ -106,15 +131,23 @@ class ErrorSampler(VoxelSampler):
 
         mean = per_block(vol) / self.count
         var = (per_block(vol.square()) / self.count - mean * mean).clamp(min=0)
+        # Masked volumes: a block draws in proportion to its valid voxels (a block with
+        # none never), and invalid draws weigh 0, so the weighted MSE estimates the MSE
+        # over the valid voxels.
+        self._valid_count = self.count
+        if self.valid is not None:
+            v = torch.zeros(bz * block, by * block, bx * block, dtype=self.volume.dtype)
+            v[:d, :h, :w] = self.valid.reshape(self.shape).to(v.dtype)
+            self._valid_count = per_block(v)
         self.err_sum = var + 1e-12
         self.err_weight = torch.ones_like(var)
-        self._n = float(self.flat.numel())
+        self._n = float(self.voxels)
 
     def sample_weighted(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(coords, values, weights, blocks)``: the mixture's samples, their weights
         ``u / p`` (mean about 1) and block indices (for :meth:`record_error`)."""
         n_uniform = max(1, int(round(self.uniform * batch)))
-        lin_u = torch.randint(0, self.flat.numel(), (n_uniform,), generator=self.generator)
+        lin_u = self._draw(n_uniform)
         _, h, w = self.shape
         zyx_u = torch.stack([lin_u // (h * w), (lin_u // w) % h, lin_u % w], 1)
         q = self._block_probabilities()
@@ -126,21 +159,31 @@ class ErrorSampler(VoxelSampler):
         u = 1.0 / self._n
         # Mixture density per voxel of each block: alpha u + (1 - alpha) q_b / n_b.
         p_voxel = (q / self.count).mul_(1.0 - alpha).add_(alpha * u)
+        weights = u / p_voxel.index_select(0, blocks)
+        if self.valid is not None:
+            weights = weights * self.valid.index_select(0, lin).to(weights.dtype)
         # index_select: cheaper than advanced indexing for these 1-D gathers.
         return (zyx.float().mul_(self._scale).sub_(1.0), self.flat.index_select(0, lin),
-                u / p_voxel.index_select(0, blocks), blocks)
+                weights, blocks)
 
-    def record_error(self, blocks: torch.Tensor, sq_err: torch.Tensor) -> None:
-        """Fold one batch's squared errors into the blocks' running means."""
-        self.err_sum.mul_(self.decay).index_add_(0, blocks, sq_err.detach().to(self.err_sum))
-        self.err_weight.mul_(self.decay).index_add_(
-            0, blocks, torch.ones(blocks.shape[0], dtype=self.err_weight.dtype))
+    def record_error(self, blocks: torch.Tensor, sq_err: torch.Tensor,
+                     counted: Optional[torch.Tensor] = None) -> None:
+        """Fold one batch's squared errors into the blocks' running means; ``counted``
+        (bool, per sample; default all): the samples that count (a masked volume's valid
+        draws)."""
+        err = sq_err.detach().to(self.err_sum)
+        ones = torch.ones(blocks.shape[0], dtype=self.err_weight.dtype)
+        if counted is not None:
+            err = err * counted.to(err.dtype)
+            ones = counted.to(ones.dtype)
+        self.err_sum.mul_(self.decay).index_add_(0, blocks, err)
+        self.err_weight.mul_(self.decay).index_add_(0, blocks, ones)
 
     def _block_probabilities(self) -> torch.Tensor:
         mse = self.err_sum / self.err_weight.clamp(min=1e-12)
-        q = mse.clamp(min=0).sqrt() * self.count
+        q = mse.clamp(min=0).sqrt() * self._valid_count
         total = q.sum()
-        return q / total if float(total) > 0 else self.count / self.count.sum()
+        return q / total if float(total) > 0 else self._valid_count / self._valid_count.sum()
 
     def _systematic(self, q: torch.Tensor, n: int) -> torch.Tensor:
         """``n`` block indices drawn by systematic resampling from ``q`` (one uniform offset,

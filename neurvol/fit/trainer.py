@@ -101,7 +101,8 @@ class Fitting:
 
     def __init__(self, model: VolumeModel, volume: torch.Tensor, settings: FitSettings, *,
                  seed: int = 0, device: torch.device = torch.device("cpu"),
-                 regularizer: Optional["Regularizer"] = None):
+                 regularizer: Optional["Regularizer"] = None,
+                 valid: Optional[torch.Tensor] = None):
         # A model built with training options (e.g. neurcomp's grad_lambda) carries them here.
         overrides = getattr(model, "fit_overrides", None)
         if overrides:
@@ -112,11 +113,13 @@ class Fitting:
         model.init_from_volume(volume)
         model.to(device).train()
         self.weighted = settings.sampling == "error"
-        self.sampler = ErrorSampler(volume, gen) if self.weighted else VoxelSampler(volume, gen)
+        # ``valid``: a masked volume's valid voxels (spec/mask.md), the only ones sampled.
+        self.sampler = (ErrorSampler(volume, gen, valid=valid) if self.weighted
+                        else VoxelSampler(volume, gen, valid))
         groups = list(model.param_groups(settings.lr))
         if regularizer is not None:
             regularizer.to(device).train()
-            regularizer.begin(volume.numel())
+            regularizer.begin(self.sampler.voxels)
             groups += regularizer.param_groups(settings.lr)
         self.opt = torch.optim.Adam(groups)
         if settings.schedule == "step":
@@ -125,7 +128,7 @@ class Fitting:
         else:
             factor = warmup_cosine(settings.steps, settings.warmup)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
-        self.batch = min(settings.batch, volume.numel())
+        self.batch = min(settings.batch, self.sampler.voxels)
         #: Steps run so far.
         self.step = 0
         self.stopped = False
@@ -168,7 +171,9 @@ class Fitting:
             else:
                 sq_err = (pred - target).square()
                 loss = (weights * sq_err).mean()
-                sampler.record_error(blocks, sq_err.detach().cpu())
+                # A masked volume's invalid draws (weight 0) carry no error.
+                counted = None if sampler.valid is None else weights.detach().cpu() > 0
+                sampler.record_error(blocks, sq_err.detach().cpu(), counted)
             if regularizer is not None:
                 loss = loss + regularizer.penalty(loss.detach())
             if grad_target is not None:
@@ -240,6 +245,7 @@ def finetune(
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
     regularizer: Optional[Regularizer] = None,
+    valid: Optional[torch.Tensor] = None,
 ) -> FitResult:
     """Continue training the parameters whose names ``trainable`` accepts, the others held
     fixed (e.g. a feature grid already quantized to what the file will store, so the rest
@@ -248,7 +254,7 @@ def finetune(
     No re-initialisation, no architecture schedule or extra loss: plain MSE, Adam, cosine
     decay from ``lr``; ``regularizer``, when given, adds its penalty to the MSE and trains
     its own parameters along (moved to ``device``; it stays there). The model is left in
-    eval mode.
+    eval mode. ``valid``: a masked volume's valid voxels, the only ones sampled.
     """
     gen = torch.Generator().manual_seed(seed + 1)
     model.to(device).train()
@@ -266,14 +272,14 @@ def finetune(
     loss_value = math.nan
     try:
         if params and steps > 0:
-            sampler = VoxelSampler(volume, gen)
+            sampler = VoxelSampler(volume, gen, valid)
             groups = [{"params": params, "lr": lr}]
             if regularizer is not None:
-                regularizer.begin(volume.numel())
+                regularizer.begin(sampler.voxels)
                 groups += regularizer.param_groups(lr)
             opt = torch.optim.Adam(groups)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0.0))
-            n = min(batch, volume.numel())
+            n = min(batch, sampler.voxels)
             for _ in range(steps):
                 coords, target = sampler.sample(n)
                 loss = F.mse_loss(model(coords.to(device)), target.to(device))

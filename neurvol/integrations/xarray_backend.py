@@ -1,6 +1,8 @@
 """xarray backend: ``xr.open_dataset("f.nvol", engine="neurvol")`` (docs/xarray.md).
 
-The dataset has one data variable, dims ``(z, y, x)``, coordinates ``origin + spacing * i``
+A time-series file (spec/series.md) gives one data variable per variable, dims
+``(time, z, y, x)``, with its units and attributes. Otherwise the dataset has one data
+variable, dims ``(z, y, x)``, coordinates ``origin + spacing * i``
 from the header, and the file's descriptive attributes (:func:`metadata.attributes`).
 Nothing is decoded at open: the variable is a lazily indexed :class:`NeurvolBackendArray`,
 and ``.isel``/``.sel`` become region reads of just the selected voxels, which decode only
@@ -25,6 +27,8 @@ from .metadata import DIMS, EXTENSION, attributes, geometry, looks_like_nvol
 
 #: Name of the data variable unless ``open_dataset(..., name=...)`` says otherwise.
 DEFAULT_NAME = "volume"
+#: The time dimension of a time-series file's variables.
+TIME_DIM = "time"
 
 
 class NeurvolBackendArray(BackendArray):
@@ -44,6 +48,51 @@ class NeurvolBackendArray(BackendArray):
         return self.source[key]
 
 
+class SeriesBackendArray(BackendArray):
+    """One variable of a time-series file, dims ``(time, z, y, x)``: outer indexing, each
+    index decoding only the steps (and their groups' members) it selects."""
+
+    def __init__(self, variable: Any) -> None:
+        self.variable = variable
+        self.shape: Tuple[int, ...] = tuple(variable.shape)
+        self.dtype = np.dtype(variable.dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._raw_indexing_method)
+
+    def _raw_indexing_method(self, key: Tuple[Any, ...]) -> np.ndarray:
+        return self.variable[key]
+
+
+def _series_dataset(series: Any, drop_variables: Optional[Iterable[str]]) -> xr.Dataset:
+    """The dataset of a time-series file (spec/series.md): every variable, dims
+    ``(time, z, y, x)``, with its units and attributes; ``time`` from the file (else step
+    numbers)."""
+    lay = series.layout
+    spacing = lay.spacing or [1.0, 1.0, 1.0]
+    origin = lay.origin or [0.0, 0.0, 0.0]
+    coords = {dim: (dim, o + s * np.arange(n), {"spacing": s})
+              for dim, n, s, o in zip(DIMS, lay.shape, spacing, origin)}
+    coords[TIME_DIM] = (TIME_DIM, np.asarray(series.time if series.time is not None
+                                             else np.arange(series.steps)))
+    dropped = set(drop_variables or ())
+    data_vars = {}
+    for name in series.variables:
+        if name in dropped:
+            continue
+        var = series[name]
+        attrs = dict(var.attrs)
+        if var.units is not None:
+            attrs["units"] = var.units
+        attrs["value_range"] = list(var.value_range)
+        data = indexing.LazilyIndexedArray(SeriesBackendArray(var))
+        data_vars[name] = xr.Variable((TIME_DIM,) + tuple(DIMS), data, attrs=attrs)
+    attrs = {"ratio": round(series.ratio, 3), "file_bytes": series.nbytes_file,
+             "format_version": series.info()["format_version"]}
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
 def open_nvol_dataset(filename_or_obj: Any, *, drop_variables: Optional[Iterable[str]] = None,
                       name: str = DEFAULT_NAME) -> xr.Dataset:
     """A lazy ``xr.Dataset`` of a ``.nvol`` file: a path, the file's bytes, a binary file
@@ -52,7 +101,21 @@ def open_nvol_dataset(filename_or_obj: Any, *, drop_variables: Optional[Iterable
     import neurvol
     from ..container import NvolReader
     from ..neural_volume import NeuralVolume
+    from ..series import NeuralSeries
 
+    if isinstance(filename_or_obj, NeuralSeries):
+        return _series_dataset(filename_or_obj, drop_variables)
+    if isinstance(filename_or_obj, (bytes, bytearray, memoryview)) or hasattr(
+            filename_or_obj, "read"):
+        raw = bytes(filename_or_obj) if not hasattr(filename_or_obj, "read") else \
+            filename_or_obj.read()
+        reader = NvolReader(raw)
+        if "series" in reader.header:
+            series = NeuralSeries(reader)
+            ds = _series_dataset(series, drop_variables)
+            ds.set_close(series.close)
+            return ds
+        filename_or_obj = raw
     if isinstance(filename_or_obj, NeuralVolume):
         nv, owned = filename_or_obj, False
     elif isinstance(filename_or_obj, (bytes, bytearray, memoryview)):
@@ -61,6 +124,10 @@ def open_nvol_dataset(filename_or_obj: Any, *, drop_variables: Optional[Iterable
         nv, owned = NeuralVolume(NvolReader(filename_or_obj.read())), True
     else:
         nv, owned = neurvol.open(filename_or_obj), True
+        if isinstance(nv, NeuralSeries):
+            ds = _series_dataset(nv, drop_variables)
+            ds.set_close(nv.close)
+            return ds
     try:
         spacing, origin = geometry(nv)
         coords = {dim: (dim, o + s * np.arange(n), {"spacing": s})
@@ -96,11 +163,12 @@ class NeurvolBackendEntrypoint(BackendEntrypoint):
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         from ..neural_volume import NeuralVolume
+        from ..series import NeuralSeries
 
-        if isinstance(filename_or_obj, NeuralVolume):
+        if isinstance(filename_or_obj, (NeuralVolume, NeuralSeries)):
             return True
         return looks_like_nvol(filename_or_obj)
 
 
 __all__ = ["DEFAULT_NAME", "EXTENSION", "NeurvolBackendArray", "NeurvolBackendEntrypoint",
-           "open_nvol_dataset"]
+           "SeriesBackendArray", "TIME_DIM", "open_nvol_dataset"]

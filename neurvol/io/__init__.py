@@ -65,6 +65,8 @@ from . import hdf5 as _hdf5  # noqa: F401,E402
 from . import vti as _vti  # noqa: F401,E402
 from . import nifti as _nifti  # noqa: F401,E402
 from .points import POINT_EXTENSIONS, format_value, read_points, write_values  # noqa: E402
+from .dataset import (DatasetVariable, VolumeDataset, json_attrs, read_dataset,  # noqa: E402
+                      write_dataset)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ __all__ = [
     "read_volume", "load_volume", "write_volume", "VolumeData", "split_variable", "read_points", "write_values", "format_value",
     "VolumeFormat", "register_format", "resolve_format", "volume_formats",
     "parse_shape", "parse_dtype", "POINT_EXTENSIONS",
+    "read_dataset", "write_dataset", "VolumeDataset", "DatasetVariable", "json_attrs",
 ]
 
 

@@ -39,9 +39,9 @@ with nv:
     json.dumps(nv.info(), allow_nan=False)
     pts = np.array([[-1, -1, -1], [1, 1, 1], [0, 0, 0], [-1, 0.25, 1]], np.float64)
     v = nv.query(pts, space="normalized")
-    assert v.shape == (4,) and np.isfinite(v).all()
+    assert v.shape == (4,) and (nv.masked or np.isfinite(v).all())   # masked: NaN there
     g = nv.decode(shape=(16, 16, 16), dtype=np.float32)
-    assert np.isfinite(g).all()
+    assert nv.masked or np.isfinite(g).all()
     nv.decode(shape=(2, 3, 2))
 """,
     # what `neurvol info` does (header, model description, where the bytes go)

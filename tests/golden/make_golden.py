@@ -11,6 +11,9 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py codec2-interp   # + interp-coded grids (method 4)
     python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
+    python tests/golden/make_golden.py 1.3-series  # time series, two variables (spec/series.md)
+    python tests/golden/make_golden.py 1.3-mask  # masked volumes (spec/mask.md)
+    python tests/golden/make_golden.py 1.3-mask-rows  # + a rows-coded mask
     python tests/golden/make_golden.py 1.4     # compact header (spec/nvol.md §3.3)
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 CODEC2_CASES = ("amgsrn", "pruned", "rans")
 BOUNDED_CASES = ("bounded_pure_v1.2", "bounded_model_v1.2")
+MASKED_CASES = ("masked_nan_v1.3", "masked_fill_v1.3")
 
 
 def _pair(name: str) -> List[str]:
@@ -40,6 +44,12 @@ def outputs(mode: str) -> List[str]:
         return _pair("codec2_configs")
     if mode == "1.2":
         return [f for name in BOUNDED_CASES for f in _pair(name) + [f"{name}.original.npy"]]
+    if mode == "1.3-series":
+        return _pair("series_v1.3")
+    if mode == "1.3-mask":
+        return [f for name in MASKED_CASES for f in _pair(name)]
+    if mode == "1.3-mask-rows":
+        return _pair("masked_rows_v1.3")
     if mode == "codec2":
         return [f for case in CODEC2_CASES for f in _pair(f"codec2_{case}")]
     return _pair(f"fvsrn_v{mode}") + [f"constant_v{mode}.nvol"]
@@ -127,6 +137,65 @@ def write_bounded() -> None:
                 np.save(f, arr)
 
 
+def write_series() -> None:
+    # Format 1.3: a time series of two variables (spec/series.md): 5 steps of a crop
+    # drifting through the sample, groups of 3 (a key, two deltas; a key, one delta), a
+    # uint8 variable and a float32 one with units, attributes and a time axis.
+    import neurvol
+
+    vol = neurvol.sample_volume()
+    steps = np.stack([vol[20 + t:40 + t, 22:42, 22:42] for t in range(5)])
+    data = {"density": np.ascontiguousarray(steps),
+            "scaled": np.ascontiguousarray(steps.astype(np.float32) * np.float32(0.37))}
+    nv = neurvol.encode(data, ratio=6, group=3, steps=40, seed=0, quiet=True, arch="fvsrn",
+                        time=[0.0, 0.5, 1.0, 1.5, 2.0],
+                        metadata={"scaled": {"units": "kg m-3", "attrs": {"source": "neghip"}}})
+    with open(os.path.join(HERE, "series_v1.3.nvol"), "xb") as f:
+        f.write(nv.to_bytes())
+    expected = np.stack([nv[name].decode(dtype=np.float32) for name in data])
+    with open(os.path.join(HERE, "series_v1.3.expected.npy"), "xb") as f:
+        np.save(f, expected)
+
+
+def write_masked() -> None:
+    # Format 1.3: masked volumes. A float32 crop whose first 4 slices are NaN (a runs-coded
+    # mask starting with a masked voxel), and a uint16 crop whose fill value 0 marks a
+    # slab and scattered voxels (bits-zstd).
+    import neurvol
+    from neurvol.compress.mask import mask_method_name
+
+    crop = np.ascontiguousarray(neurvol.sample_volume()[26:38, 24:38, 22:38])
+    z, y, x = np.indices(crop.shape)
+    nan_vol = crop.astype(np.float32)
+    nan_vol[:4] = np.nan
+    fill_vol = crop.astype(np.uint16) * 100 + 1
+    fill_vol[:3] = 0
+    fill_vol[(z * 7 + y * 3 + x) % 11 == 0] = 0
+    cases = {"masked_nan_v1.3": dict(volume=nan_vol),
+             "masked_fill_v1.3": dict(volume=fill_vol, fill_value=0)}
+    assert tuple(cases) == MASKED_CASES
+    for name, kw in cases.items():
+        nv = neurvol.encode(kw.pop("volume"), ratio=2, steps=40, seed=0, quiet=True,
+                            arch="fvsrn", **kw)
+        assert nv.masked and nv.info()["format_version"] == "1.3"
+        assert mask_method_name(nv._reader.read_section("mask")) == {
+            "masked_nan_v1.3": "runs", "masked_fill_v1.3": "bits-zstd"}[name]
+        _save(nv, name)
+
+
+def write_masked_rows() -> None:
+    # Format 1.3, the rows mask method: NaN beyond a wavy "coastline" (a smooth outline).
+    import neurvol
+    from neurvol.compress.mask import mask_method_name
+
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:48, 16:48, 16:48]).astype(np.float32)
+    z, y, x = np.indices(crop.shape)
+    crop[x + 0.3 * y + 4 * np.sin(z / 5.0) > 18] = np.nan
+    nv = neurvol.encode(crop, ratio=16, steps=40, seed=0, quiet=True, arch="fvsrn")
+    assert mask_method_name(nv._reader.read_section("mask")) == "rows"
+    _save(nv, "masked_rows_v1.3")
+
+
 def write_version(version: str) -> None:
     import neurvol
 
@@ -138,7 +207,8 @@ def write_version(version: str) -> None:
 
 WRITERS: Dict[str, Callable[[], None]] = {
     "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
-    "codec2-configs": write_codec2_configs, "1.2": write_bounded}
+    "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.3-mask": write_masked,
+    "1.3-mask-rows": write_masked_rows, "1.3-series": write_series}
 
 
 def main(argv: List[str]) -> int:

@@ -1,0 +1,207 @@
+"""Encoding a correction stream (``spec/correction.md`` §4, informative): every block
+coded in every mode that applies, the cheapest kept, then every block decoded exactly as a
+reader will and the voxels that still break the bound stored as exceptions."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .entropy import constriction, entropy_bits, rans_model, varints, weight_codes, zstd_compress
+from .layout import (_HEAD, BASE_CLASS, BASE_MODES, CUBIC_MODES, DATA_MODES, DEFAULT_BLOCK,
+                     ESCAPE, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, STREAM_VERSION,
+                     block_grid, block_slices, blocks_by_shape, cast_to, quantization_bound)
+from .predict import interp_passes, quantize
+from .stream import CorrectionStream
+from ..lorenzo import zigzag
+
+Passes = List[Tuple[np.ndarray, np.ndarray]]     # (codes (n, k), classes (n, k)) per pass
+
+
+@dataclasses.dataclass
+class _Block:
+    mode: int
+    segments: List[Tuple[int, np.ndarray]]      # (class, codes) in stream order
+    exceptions: List[Tuple[int, float]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class CorrectionStats:
+    """What an encode produced (informative)."""
+
+    nbytes: int
+    blocks: int
+    modes: Dict[str, int]
+    exceptions: int
+    table_bytes: int
+    index_bytes: int
+
+
+def _segments(passes: Passes, row: int) -> List[Tuple[int, np.ndarray]]:
+    """A block's codes in stream order: pass by pass, within a pass class by class
+    (ascending), within a class in C order."""
+    out = []
+    for codes, classes in passes:
+        q, c = codes[row], classes[row]
+        for k in np.unique(c):
+            out.append((int(k), q[c == k]))
+    return out
+
+
+def _interp_code(x: np.ndarray, step: float, cubic: bool) -> Passes:
+    """Interpolation-code every grid of ``x`` (``(n, d, h, w)``) independently: the passes
+    in stream order (C order within each)."""
+    passes: Passes = []
+    n = len(x)
+
+    def coder(sel, psel, pred, classes):
+        target = x[psel] if sel is None else x[sel][psel]
+        q = quantize(target, pred, step)
+        passes.append((q.reshape(n, -1), np.ascontiguousarray(classes).reshape(n, -1)))
+        return q
+
+    interp_passes(x.shape, step, cubic, coder)
+    return passes
+
+
+def _gather(vol: np.ndarray, shape3: Tuple[int, int, int], ids: List[int],
+            block: int) -> np.ndarray:
+    out = np.empty((len(ids),) + shape3, dtype=np.float64)
+    for j, i in enumerate(ids):
+        out[j] = vol[block_slices(vol.shape, block, i)]
+    return out
+
+
+def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.ndarray] = None,
+                      *, block: int = DEFAULT_BLOCK, base_tolerance: float = 0.0,
+                      modes: Optional[Sequence[int]] = None
+                      ) -> Tuple[bytes, CorrectionStats]:
+    """Code ``volume`` (3-D, integer or float) so that decoding the stream with ``base`` is
+    within ``max_error`` of it on every voxel (checked here, voxel by voxel, through the
+    decoder).
+
+    base: float array of the volume's shape that the decoder will have (e.g. a model's
+    decode; ``None``: zeros, a pure predictor). base_tolerance: how far a decoder's base
+    may differ from this one (a model evaluated on another machine); the bound holds for
+    any base within it. modes: the block modes to try (default: every mode that applies)."""
+    x = np.asarray(volume)
+    if x.ndim != 3 or x.size == 0:
+        raise ValueError(f"expected a non-empty 3-D volume, got shape {x.shape}")
+    dtype = x.dtype
+    if dtype.kind not in "iuf":
+        raise ValueError(f"expected an integer or float volume, got {dtype}")
+    if not (math.isfinite(max_error) and max_error >= 0):
+        raise ValueError(f"max_error must be finite and >= 0, got {max_error}")
+    if not MIN_BLOCK <= block <= MAX_BLOCK:
+        raise ValueError(f"block edge must be in [{MIN_BLOCK}, {MAX_BLOCK}], got {block}")
+    xf = x.astype(np.float64)
+    if not np.isfinite(xf).all():
+        raise ValueError("the volume holds NaN or infinite values; no bound can hold")
+    b = None if base is None else np.asarray(base, dtype=np.float64)
+    if b is not None and (b.shape != x.shape or not np.isfinite(b).all()):
+        raise ValueError("base must be a finite array of the volume's shape")
+    eq = quantization_bound(max_error, dtype, float(np.abs(xf).max()),
+                            base_tolerance if b is not None else 0.0)
+    step = 2.0 * eq
+    if modes is None:
+        modes = DATA_MODES + (BASE_MODES if b is not None else ())
+    modes = tuple(modes)
+    if b is None and any(m in BASE_MODES for m in modes):
+        raise ValueError("residual and base modes need a base")
+
+    nblocks = int(np.prod(block_grid(x.shape, block)))
+    blocks: List[Optional[_Block]] = [None] * nblocks
+    for shape3, ids in blocks_by_shape(x.shape, block, range(nblocks)).items():
+        xs = _gather(xf, shape3, ids, block)
+        bs = None if b is None else _gather(b, shape3, ids, block)
+        cand = []
+        for mode in modes:
+            if mode == MODE_BASE:
+                q = quantize(xs, bs, step).reshape(len(ids), -1)
+                passes = [(q, np.full(q.shape, BASE_CLASS, np.int64))]
+            else:
+                src = xs if mode in DATA_MODES else xs - bs
+                passes = _interp_code(src, step, mode in CUBIC_MODES)
+            codes = np.concatenate([p[0] for p in passes], axis=1)
+            classes = np.concatenate([p[1] for p in passes], axis=1)
+            cand.append((passes, entropy_bits(codes, classes)))
+        best = np.argmin(np.stack([c[1] for c in cand]), axis=0)
+        for j, i in enumerate(ids):
+            k = int(best[j])
+            blocks[i] = _Block(modes[k], _segments(cand[k][0], j))
+    # Decode every block exactly as a reader will and keep the voxels that break the bound
+    # as lossless exceptions (the exceptions do not change any code, so one pass suffices).
+    data, _ = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance)
+    stream = CorrectionStream(data, x.shape, dtype)
+    for dec in stream.decode_blocks(range(nblocks)):
+        for j, i in enumerate(dec.ids):
+            blk = blocks[i]
+            sl = block_slices(x.shape, block, i)
+            pre = dec.pre(j, None if b is None else b[sl])
+            out = cast_to(pre, dtype).astype(np.float64)
+            orig = xf[sl]
+            bad = np.abs(out - orig) > max_error
+            if blk.mode in BASE_MODES and base_tolerance > 0:
+                if dtype.kind in "iu":
+                    # A base off by the tolerance must not move a value across a rounding tie.
+                    bad |= np.abs(pre - orig) >= math.floor(max_error) + 0.5 - base_tolerance
+                else:
+                    bad |= np.abs(out - orig) > max_error - base_tolerance
+            flat = np.flatnonzero(bad.reshape(-1))
+            blk.exceptions = [(int(k), float(orig.reshape(-1)[k])) for k in flat]
+    return _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance)
+
+
+def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float, step: float,
+               base_tolerance: float) -> Tuple[bytes, CorrectionStats]:
+    hist: Dict[int, np.ndarray] = {}
+    block_syms = []
+    for blk in blocks:
+        segs, escapes = [], []
+        for cls, q in blk.segments:
+            z = zigzag(q).astype(np.int64)
+            esc = z >= ESCAPE
+            sym = np.where(esc, ESCAPE, z)
+            escapes.extend(int(e) for e in z[esc])
+            h = np.bincount(sym, minlength=2)
+            old = hist.get(cls, np.zeros(0, np.int64))
+            n = max(old.size, h.size)
+            hist[cls] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
+            segs.append((cls, sym))
+        block_syms.append((segs, escapes))
+    tables = {k: weight_codes(v) for k, v in hist.items()}
+    models = {k: rans_model(v) for k, v in tables.items()}
+    raw = bytearray()
+    for k in sorted(tables):
+        raw += bytes([k]) + varints([tables[k].size]) + tables[k].tobytes()
+    table_blob = zstd_compress(bytes(raw))
+    c = constriction()
+    payloads = []
+    for blk, (segs, escapes) in zip(blocks, block_syms):
+        enc = c.stream.stack.AnsCoder()
+        for cls, sym in reversed(segs):
+            enc.encode_reverse(sym.astype(np.int32), models[cls])
+        words = enc.get_compressed().astype("<u4").tobytes()
+        idx = [k for k, _ in blk.exceptions]
+        deltas = [idx[0]] + [q - p - 1 for p, q in zip(idx, idx[1:])] if idx else []
+        vals = np.asarray([v for _, v in blk.exceptions], np.float64).astype(
+            np.dtype(dtype).newbyteorder("<")).tobytes()
+        payloads.append(bytes([blk.mode]) + varints([len(escapes), len(idx)])
+                        + varints(escapes) + varints(deltas) + vals + words)
+    lengths = np.asarray([len(p) for p in payloads], dtype="<u4")
+    index = zstd_compress(lengths.tobytes())
+    head = _HEAD.pack(STREAM_VERSION, 0, block, max_error, step, base_tolerance, len(tables),
+                      len(raw), len(table_blob))
+    out = head + table_blob + struct.pack("<I", len(index)) + index + b"".join(payloads)
+    modes: Dict[str, int] = {}
+    for blk in blocks:
+        modes[MODE_NAMES[blk.mode]] = modes.get(MODE_NAMES[blk.mode], 0) + 1
+    stats = CorrectionStats(len(out), len(blocks), modes,
+                            sum(len(b.exceptions) for b in blocks), len(table_blob),
+                            4 + len(index))
+    return out, stats
+
+

@@ -1,0 +1,121 @@
+"""The interpolation predictor of a correction block and the classes (rANS tables) of its
+points (``spec/correction.md`` §2.4), shared by the encoder and the decoder: both run
+:func:`interp_passes`, the encoder quantizing, the decoder reading codes."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from ..interp import MAX_CODE, _anchor, prediction_passes
+from .layout import (ANCHOR_CLASS, LEVEL_COARSE, LEVEL_FINE, LEVEL_MID, N_CODE_CONTEXTS,
+                     N_ROUGHNESS, ROUGHNESS_EDGES, BoundTooSmallError)
+
+#: ``coder(sel, psel, pred, classes) -> codes``: the codes (int64, ``pred``'s shape) of
+#: the points ``view[psel]`` of the pass on ``grid[sel]`` (``sel=None``: the anchor).
+Coder = Callable[[object, object, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _along(arr: np.ndarray, ax: int, start: int, stop: Optional[int] = None) -> np.ndarray:
+    """``arr[start:stop]`` along array axis ``ax`` (a view)."""
+    sel = [slice(None)] * arr.ndim
+    sel[ax] = slice(start, stop)
+    return arr[tuple(sel)]
+
+
+def _pass_points(view: np.ndarray, axis: int, h: int) -> Tuple[int, int, np.ndarray]:
+    """A pass along ``axis`` at level ``h`` predicts the points at odd multiples ``p`` of
+    ``h`` from the even ones ``E`` (multiples of ``2h``; ``E[j]`` is ``p_j - h``,
+    ``E[j + 1]`` is ``p_j + h``). Returns the array axis, the number of points ``k`` and
+    ``E`` (a view)."""
+    ax = view.ndim - 3 + axis
+    n = view.shape[ax]
+    sel = [slice(None)] * view.ndim
+    sel[ax] = slice(0, None, 2 * h)
+    return ax, len(range(h, n, 2 * h)), view[tuple(sel)]
+
+
+def _predict(view: np.ndarray, axis: int, h: int, cubic: bool
+             ) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    """Predictions of the points at odd multiples of ``h`` along ``axis`` of ``view``
+    (:mod:`..interp`'s rule): cubic ``(9 (E[j] + E[j+1]) - (E[j-1] + E[j+2])) / 16`` where
+    all four neighbours exist and ``cubic``, else linear ``(E[j] + E[j+1]) / 2`` where the
+    right one exists, else ``E[j]``. The linear-only kernel suits noisy data, where the
+    cubic kernel's overshoot costs more than its accuracy on smooth parts gains. Slices
+    rather than gathers: the same operations on the same values, so the same bits as
+    :func:`..interp._predict`."""
+    ax, k, e = _pass_points(view, axis, h)
+    m = e.shape[ax]
+    kl = min(k, m - 1)                     # points with a right neighbour
+    pred = np.array(_along(e, ax, 0, k), dtype=np.float64)   # the fallback E[j]
+    _along(pred, ax, 0, kl)[...] = (_along(e, ax, 0, kl) + _along(e, ax, 1, kl + 1)) / 2.0
+    kc = min(k, m - 2)                     # cubic for 1 <= j < kc
+    if cubic and kc > 1:
+        _along(pred, ax, 1, kc)[...] = (
+            9.0 * (_along(e, ax, 1, kc) + _along(e, ax, 2, kc + 1))
+            - (_along(e, ax, 0, kc - 1) + _along(e, ax, 3, kc + 2))) / 16.0
+    sel = [slice(None)] * view.ndim
+    sel[ax] = slice(h, None, 2 * h)
+    return pred, tuple(sel)
+
+
+def context(view: np.ndarray, qview: np.ndarray, axis: int, h: int,
+            step: float) -> np.ndarray:
+    """Table (class, uint8) of each point of a pass, from what the decoder already has: its
+    level, how large the codes of its two interpolation neighbours along ``axis`` were, and
+    how far apart their values are (in bins). Both say how rough the data is here, so the
+    many zero codes of smooth regions cost next to nothing. A point past the last
+    neighbour uses the one it has twice. ``qview``: the codes' magnitudes, or those
+    magnitudes capped at ``N_CODE_CONTEXTS - 1`` (all the context uses of them)."""
+    level = LEVEL_FINE if h == 1 else LEVEL_MID if h == 2 else LEVEL_COARSE
+    ax, k, qe = _pass_points(qview, axis, h)
+    _, _, ve = _pass_points(view, axis, h)
+    kl = min(k, qe.shape[ax] - 1)
+    cap = N_CODE_CONTEXTS - 1
+    qa = np.minimum(np.abs(_along(qe, ax, 0, k)), cap).astype(np.uint8)
+    qb = qa.copy()                         # no right neighbour: the left one twice
+    _along(qb, ax, 0, kl)[...] = np.minimum(np.abs(_along(qe, ax, 1, kl + 1)), cap)
+    qa += qb
+    cls = np.minimum(qa, cap)
+    cls += level * N_CODE_CONTEXTS
+    cls *= N_ROUGHNESS
+    dist = np.zeros(cls.shape, dtype=np.float64)
+    _along(dist, ax, 0, kl)[...] = np.abs(_along(ve, ax, 0, kl) - _along(ve, ax, 1, kl + 1))
+    dist /= step
+    for edge in ROUGHNESS_EDGES.tolist():  # + how many edges are <= dist
+        cls += dist >= edge
+    return cls
+
+
+def interp_passes(shape: Tuple[int, ...], step: float, cubic: bool, coder: Coder
+                  ) -> np.ndarray:
+    """Run the interpolation predictor over grids of ``shape`` (``(n, d, h, w)``: ``n``
+    blocks side by side, each its own grid): the anchor, then pass by pass, ``coder``
+    giving each pass's codes. Returns the reconstruction (float64), exactly as decoders
+    compute it: ``prediction + code * step``."""
+    rec = np.zeros(shape, dtype=np.float64)
+    # The codes' magnitudes, capped where the classes stop telling them apart.
+    qgrid = np.zeros(shape, dtype=np.uint8)
+    cap = N_CODE_CONTEXTS - 1
+    anchor = _anchor(shape)
+    anchor_cls = np.full(rec[anchor].shape, ANCHOR_CLASS, np.int64)
+    q = coder(None, anchor, np.zeros(anchor_cls.shape), anchor_cls)
+    rec[anchor] = q * step
+    qgrid[anchor] = np.minimum(np.abs(q), cap)
+    for axis, h, sel in prediction_passes(shape):
+        view, qview = rec[sel], qgrid[sel]     # basic slicing: views into the grids
+        pred, psel = _predict(view, axis, h, cubic)
+        cls = np.broadcast_to(context(view, qview, axis, h, step), pred.shape)
+        q = coder(sel, psel, pred, cls)
+        view[psel] = pred + q * step
+        qview[psel] = np.minimum(np.abs(q), cap)
+    return rec
+
+
+def quantize(target: np.ndarray, pred: np.ndarray, step: float) -> np.ndarray:
+    """``round((target - pred) / step)`` as int64; a code beyond the symbols' range means
+    the step is too small for these values."""
+    q = np.round((target - pred) / step)
+    if q.size and float(np.abs(q).max()) > MAX_CODE:
+        raise BoundTooSmallError(f"step {step:g} is too small for values of this range")
+    return q.astype(np.int64)

@@ -1,0 +1,444 @@
+"""Encoding time series and several variables into one file (``spec/series.md``).
+
+Each variable's steps are cut into groups of ``group`` consecutive steps. A group's first
+step (its *key*) is a single-model encode (:func:`.entry._encode_single`) at a larger
+budget than an average step; every following step warm-starts from its predecessor's
+*decoded* weights, fine-tunes the feature grids only (the decoder MLP and the grid
+placement are the key's) for a fraction of the fit's steps, with an L1 pull towards the
+predecessor so that most grid values do not move, and is stored as the quantized
+difference from the predecessor's decoded grids (:mod:`neurvol.compress.delta`). The
+quantization step is searched so that the delta fits its share of the budget. Because
+each delta is taken against what the decoder has, errors do not accumulate along the chain,
+and decoding step ``k`` needs only the members of its group up to ``k``.
+
+Budget: the whole file (header included) is at most the original bytes / ``ratio``. Each
+member has a nominal share (a key :data:`KEY_WORTH` steps' worth, the deltas the rest of
+their group's); what a member leaves unused is spread over the members after it, so a
+step that changes little gives its bytes to those that change more.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..compress import TensorPlan, decode_payload, encode_constant, encode_records
+from ..compress.delta import decode_delta, encode_delta
+from ..container import NvolReader, serialize_nvol
+from ..errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
+from ..fit import Fitting
+from ..fit.trainer import Regularizer
+from ..metrics import psnr
+from ..models import get_architecture
+from ..models.base import resolve_device
+from ..neural_volume import NeuralVolume, config_of, tensor_specs
+from ..volume_checks import check_ratio, check_volume
+from .entry import _encode_single
+from .pilot import rate_is_default
+from .plan import (CODEC, FIT_PLACEHOLDER, WRITER, candidates_for, check_int,
+                   fit_settings_for, normalized_tensor, triple)
+
+log = logging.getLogger("neurvol")
+
+#: Format minor version of time-series files (spec/nvol.md §6).
+SERIES_MINOR = 3
+#: Default steps per group (a key and its deltas).
+DEFAULT_GROUP = 8
+#: Name of the variable of an encode given one array or a list of steps.
+DEFAULT_VARIABLE = "data"
+#: A key member's nominal budget in average steps' worth (groups of at least
+#: ``1 + (KEY_WORTH - 1) / KEY_WORTH_PER_STEP`` steps; shorter groups give it less).
+KEY_WORTH = 2.5
+KEY_WORTH_PER_STEP = 0.3
+#: A delta's fine-tune: this fraction of the fit's steps ...
+DELTA_FIT = 0.3
+#: ... at this fraction of its learning rate, without warm-up (the weights start close).
+DELTA_LR = 0.1
+#: Weight of the L1 pull of the grids towards the predecessor's, relative to the running
+#: MSE (so it scales with the data): larger keeps more grid values unchanged (cheaper
+#: deltas), too large stops the grids following the data.
+DELTA_L1 = 100.0
+#: A step further than this PSNR (dB, over its own range) from the step before starts a
+#: new group (a key): a delta pays where consecutive steps are close (viscous fingers,
+#: 37-43 dB apart: +3.7 dB over independent steps) and loses where they are not (Isabel,
+#: 31-34 dB apart: -2.3 dB), BENCHMARKS.md "Time series"; a jump between runs is far less.
+CUT_PSNR = 35.0
+#: Running-MSE smoothing of the L1 pull.
+_LOSS_DECAY = 0.98
+#: Bisection of a delta's quantization step (log scale), in grid units.
+_STEP_RANGE = (1e-7, 1.0)
+_STEP_SEARCH = 24
+#: Header bytes kept free beyond the estimate (config numbers of later groups may be
+#: longer than the first group's).
+_SLACK_PER_GROUP = 24
+_SLACK = 64
+#: Stream coders of a delta whose rANS stream the reader's bounds refuse.
+_FALLBACK_CODERS = ("raw", "zstd")
+#: Header bytes reserved before the first group's model entry is known.
+_UNKNOWN_MODEL_BYTES = 2048
+
+
+@dataclasses.dataclass
+class _Var:
+    name: str
+    steps: List[Any]
+    dtype: np.dtype
+    lo: float
+    hi: float
+    units: Optional[str]
+    attrs: Dict[str, Any]
+
+
+class _PullTowards(Regularizer):
+    """``weight x running MSE x mean |grids - reference|`` over the trained tensors."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], reference: Sequence[torch.Tensor],
+                 weight: float) -> None:
+        super().__init__()
+        self.tensors, self.reference, self.weight = list(tensors), list(reference), weight
+        self.loss: Optional[torch.Tensor] = None
+
+    def penalty(self, mse: torch.Tensor) -> torch.Tensor:
+        mse = mse.detach()
+        self.loss = mse if self.loss is None else _LOSS_DECAY * self.loss + (1 - _LOSS_DECAY) * mse
+        l1 = torch.cat([(t - r.to(t.device)).abs().reshape(-1)
+                        for t, r in zip(self.tensors, self.reference)]).mean()
+        return (self.weight * self.loss) * l1
+
+
+def series_inputs(data: Any, metadata: Optional[Mapping[str, Any]], max_name: int) -> List[_Var]:
+    """The variables of an encode's input: a dict ``{name: 4-D array or list of 3-D}``, a
+    4-D array, or a list/tuple of 3-D volumes; checked (finite, same shapes)."""
+    if isinstance(data, Mapping):
+        if not data:
+            raise NeurvolInputError("the dict of variables is empty; give at least one array")
+        items = list(data.items())
+    else:
+        items = [(DEFAULT_VARIABLE, data)]
+    metadata = dict(metadata or {})
+    unknown = sorted(set(metadata) - {str(n) for n, _ in items})
+    if unknown:
+        raise NeurvolInputError(f"metadata names unknown variables {unknown}")
+    out: List[_Var] = []
+    shape = count = None
+    for name, value in items:
+        if not isinstance(name, str) or not 1 <= len(name) <= max_name:
+            raise NeurvolInputError(
+                f"variable names must be strings of 1 to {max_name} characters, got {name!r}")
+        if isinstance(value, (list, tuple)):
+            steps = list(value)
+        else:
+            vshape = getattr(value, "shape", None)
+            if vshape is None:
+                value = np.asarray(value)
+                vshape = value.shape
+            if len(vshape) != 4:
+                raise NeurvolInputError(
+                    f"variable {name!r}: a time series is a [t, z, y, x] array or a list of "
+                    f"[z, y, x] volumes, got shape {tuple(vshape)}")
+            steps = [value[t] for t in range(int(vshape[0]))]
+        if not steps:
+            raise NeurvolInputError(f"variable {name!r} has no steps")
+        checked, lo, hi = [], math.inf, -math.inf
+        for t, step in enumerate(steps):
+            try:
+                vol, a, b = check_volume(step)
+            except NeurvolInputError as exc:
+                raise NeurvolInputError(f"variable {name!r}, step {t}: {exc}") from None
+            checked.append(vol)
+            lo, hi = min(lo, a), max(hi, b)
+        dtypes = {np.dtype(v.dtype) for v in checked}
+        shapes = {tuple(int(n) for n in v.shape) for v in checked}
+        if len(dtypes) != 1 or len(shapes) != 1:
+            raise NeurvolInputError(
+                f"variable {name!r}: every step must have one shape and dtype, got shapes "
+                f"{sorted(shapes)} and dtypes {sorted(str(d) for d in dtypes)}")
+        if shape is not None and (shapes != {shape} or len(checked) != count):
+            raise NeurvolInputError(
+                f"variable {name!r} has {len(checked)} steps of shape {shapes.pop()}, but "
+                f"{out[0].name!r} has {count} of {shape}; all variables share the time and grid")
+        shape, count = shapes.pop() if shape is None else shape, len(checked)
+        meta = metadata.get(name) or {}
+        if not isinstance(meta, Mapping) or set(meta) - {"units", "attrs"}:
+            raise NeurvolInputError(
+                f"metadata[{name!r}] must be a dict with 'units' (str) and/or 'attrs' (dict)")
+        units, attrs = meta.get("units"), dict(meta.get("attrs") or {})
+        if units is not None and not isinstance(units, str):
+            raise NeurvolInputError(f"metadata[{name!r}]['units'] must be a str, got {units!r}")
+        out.append(_Var(name, checked, dtypes.pop(), lo, hi, units, attrs))
+    return out
+
+
+def _key_worth(length: int) -> float:
+    return min(KEY_WORTH, 1.0 + KEY_WORTH_PER_STEP * (length - 1))
+
+
+def _groups(var: _Var, group: int) -> List[Tuple[int, int]]:
+    """Groups of at most ``group`` steps; a new group also starts where a step is further
+    from the one before than :data:`CUT_PSNR` (a jump in time: a delta would cost more
+    than a key)."""
+    out, start = [], 0
+    for t in range(1, len(var.steps)):
+        if t - start >= group or psnr(var.steps[t], var.steps[t - 1]) < CUT_PSNR:
+            out.append((start, t))
+            start = t
+    out.append((start, len(var.steps)))
+    return out
+
+
+def _member_header(shape: Sequence[int], var: _Var, spacing: List[float],
+                   origin: List[float]) -> Dict[str, Any]:
+    return {"volume": {"shape": list(shape), "dtype": var.dtype.str, "min": var.lo,
+                       "max": var.hi, "spacing": spacing, "origin": origin},
+            "bricks": {"grid": [1, 1, 1]}}
+
+
+def _as_volume(header: Dict[str, Any], weights: Dict[str, np.ndarray],
+               specs: Sequence[Tuple[str, Tuple[int, ...]]]) -> NeuralVolume:
+    """A single-volume file holding ``weights`` exactly (float32 records): decodes what a
+    reader of the series decodes for them."""
+    payload = encode_records([(n, weights[n]) for n, _ in specs],
+                             {n: TensorPlan("raw32") for n, _ in specs})
+    return NeuralVolume(NvolReader(serialize_nvol(header, [payload])))
+
+
+def build_series_header(shape: Sequence[int], spacing: List[float], origin: List[float],
+                        steps: int, time_axis: Optional[List[float]],
+                        variables: List[Dict[str, Any]], ratio: float,
+                        budget: int) -> Dict[str, Any]:
+    """The header of a series file (``spec/series.md`` §3)."""
+    return {
+        "bricks": {"grid": [1, 1, len(variables) * steps]},
+        "series": {"version": 1, "shape": list(shape), "spacing": spacing, "origin": origin,
+                   "steps": steps, "time": time_axis, "variables": variables},
+        "budget": {"ratio": ratio, "bytes": budget},
+        "writer": WRITER,
+    }
+
+
+def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float]] = None,
+                  group: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
+                  arch: str, seed: int, device: Any, steps: Optional[int], bits: int,
+                  spacing: Optional[Sequence[float]], origin: Optional[Sequence[float]],
+                  fit_settings: Optional[Dict[str, Any]], codec: Optional[Dict[str, Any]],
+                  quiet: bool, limits: Tuple[int, int, int, int],
+                  **arch_options: Any) -> Tuple[bytes, float]:
+    """The bytes of the series file of ``data`` (see :func:`neurvol.encode`) and the
+    seconds it took. ``limits``: the reader's most steps, variables, steps per group and
+    characters of a name (:mod:`neurvol.series.layout`), refused before anything is fitted."""
+    t_start = time.perf_counter()
+    ratio = check_ratio(ratio)
+    group = DEFAULT_GROUP if group is None else group
+    max_steps, max_variables, max_group, max_name = limits
+    check_int(group, "group", 1, max_group)
+    check_int(seed, "seed", 0, what="a non-negative int")
+    variables = series_inputs(data, metadata, max_name)
+    if len(variables) > max_variables:
+        raise NeurvolInputError(f"{len(variables)} variables given; at most {max_variables}")
+    n_steps = len(variables[0].steps)
+    if n_steps > max_steps:
+        raise NeurvolInputError(f"{n_steps} steps given; at most {max_steps}")
+    shape = tuple(int(n) for n in variables[0].steps[0].shape)
+    if time_axis is not None:
+        time_axis = [float(x) for x in time_axis]
+        if len(time_axis) != n_steps or not all(math.isfinite(x) for x in time_axis) or any(
+                b <= a for a, b in zip(time_axis, time_axis[1:])):
+            raise NeurvolInputError(
+                f"time must be {n_steps} finite, strictly increasing numbers (one per step)")
+    spacing_t, origin_t = triple(spacing, 1.0, "spacing"), triple(origin, 0.0, "origin")
+    candidates = candidates_for(arch, arch_options)
+    dev = resolve_device(device)
+    voxels = math.prod(shape)
+    original = sum(n_steps * voxels * v.dtype.itemsize for v in variables)
+    budget = int(original // ratio)
+    var_groups = [_groups(var, group) for var in variables]
+
+    # Nominal shares, in "average step" units per variable.
+    plan: List[Tuple[int, int, float]] = []    # (variable, step, nominal bytes)
+    for vi, var in enumerate(variables):
+        per_step = voxels * var.dtype.itemsize / ratio
+        for s, e in var_groups[vi]:
+            worth = _key_worth(e - s)
+            plan.append((vi, s, worth * per_step))
+            for t in range(s + 1, e):
+                plan.append((vi, t, (e - s - worth) / (e - s - 1) * per_step))
+    nominal_left = sum(p for _, _, p in plan)
+
+    var_entries: List[Dict[str, Any]] = [
+        {"name": v.name, "dtype": v.dtype.str, "min": v.lo, "max": v.hi, "units": v.units,
+         "attrs": v.attrs, "groups": [], "psnr": [FIT_PLACEHOLDER["psnr"]] * n_steps}
+        for v in variables]
+    payloads: Dict[Tuple[int, int], bytes] = {}
+
+    def reserve() -> int:
+        """Header bytes of the final file: the groups still unknown assumed like the
+        first known one, psnr values at their widest."""
+        known = next((g for e in var_entries for g in e["groups"]), None)
+        entries = []
+        for e, groups in zip(var_entries, var_groups):
+            gs = list(e["groups"])
+            for s, stop in groups[len(gs):]:
+                gs.append({"start": s, "stop": stop,
+                           "model": known["model"] if known else None,
+                           "codec": known["codec"] if known else None})
+            entries.append(dict(e, groups=gs))
+        header = build_series_header(shape, spacing_t, origin_t, n_steps, time_axis, entries,
+                                     ratio, budget)
+        size = len(serialize_nvol(header, [b""] * (len(variables) * n_steps), minor=SERIES_MINOR))
+        return size + _SLACK + _SLACK_PER_GROUP * sum(map(len, var_groups)) + (
+            0 if known else _UNKNOWN_MODEL_BYTES)
+
+    used = 0
+    plan_pos = 0
+    fit_base = None
+    for vi, var in enumerate(variables):
+        for gi, (s, e) in enumerate(var_groups[vi]):
+            if var.lo == var.hi:     # a constant variable: every member exact, no model
+                for t in range(s, e):
+                    payloads[(vi, t)] = encode_constant(var.lo)
+                    var_entries[vi]["psnr"][t] = None
+                    used += len(payloads[(vi, t)])
+                    nominal_left -= plan[plan_pos][2]
+                    plan_pos += 1
+                var_entries[vi]["groups"].append({"start": s, "stop": e, "model": None,
+                                                  "codec": None})
+                continue
+            # The key: a single-model encode to its share of what is left.
+            share = plan[plan_pos][2]
+            available = budget - reserve() - used
+            key_budget = int(available * share / nominal_left)
+            if key_budget <= 0:
+                raise NeurvolBudgetError(
+                    f"a budget of {budget} bytes is too small for {n_steps} steps of "
+                    f"{len(variables)} variable(s); use a smaller ratio")
+            key_file = _encode_single(
+                var.steps[s], var.lo, var.hi, ratio=voxels * var.dtype.itemsize / key_budget,
+                candidates=candidates, arch_options=arch_options, seed=seed, dev=dev,
+                steps=steps, bits=bits, spacing=spacing_t, origin=origin_t,
+                fit_settings=fit_settings, codec=codec, auto_rate=rate_is_default(codec),
+                quiet=True)
+            key_payload = NvolReader(key_file.to_bytes()).read_brick(0)
+            payloads[(vi, s)] = key_payload
+            used += len(key_payload)
+            nominal_left -= share
+            plan_pos += 1
+            if key_file.header.get("model") is None:
+                raise AssertionError("a non-constant range gives a model")
+            model_entry = key_file.header["model"]
+            codec_entry = key_file.header["codec"]
+            var_entries[vi]["groups"].append({"start": s, "stop": e, "model": model_entry,
+                                              "codec": codec_entry})
+            var_entries[vi]["psnr"][s] = key_file.fit_psnr
+            arch_np, config = config_of(model_entry)
+            specs = tensor_specs(arch_np, config)
+            prev = decode_payload(key_payload, specs)
+            assert isinstance(prev, dict)
+            member_header = dict(_member_header(shape, var, spacing_t, origin_t),
+                                 model=model_entry, codec=dict(CODEC))
+            tarch = get_architecture(arch_np.name)
+            fit_base = fit_settings_for(tarch, fit_settings, steps)
+            fit = dataclasses.replace(fit_base, steps=max(1, int(round(fit_base.steps * DELTA_FIT))),
+                                      lr=fit_base.lr * DELTA_LR, warmup=0.0)
+            log.info("series: %s group %d: key %d bytes, %.2f dB", var.name, gi,
+                     len(key_payload), key_file.fit_psnr)
+            for t in range(s + 1, e):
+                share = plan[plan_pos][2]
+                available = budget - reserve() - used
+                target = int(available * share / nominal_left)
+                payload, prev = _delta_member(
+                    tarch, config, specs, prev, var.steps[t], var.lo, var.hi, fit,
+                    seed + t, dev, target)
+                payloads[(vi, t)] = payload
+                used += len(payload)
+                nominal_left -= share
+                plan_pos += 1
+                value = psnr(var.steps[t], _as_volume(member_header, prev, specs).decode())
+                var_entries[vi]["psnr"][t] = value
+                log.info("series: %s step %d: %d of %d bytes, %.2f dB", var.name, t,
+                         len(payload), target, value)
+    for e in var_entries:
+        e["psnr"] = [None if p is None or not math.isfinite(p) else round(float(p), 3)
+                     for p in e["psnr"]]
+    header = build_series_header(shape, spacing_t, origin_t, n_steps, time_axis, var_entries,
+                                 ratio, budget)
+    bricks = [payloads[(vi, t)] for vi in range(len(variables)) for t in range(n_steps)]
+    out = serialize_nvol(header, bricks, minor=SERIES_MINOR)
+    if len(out) > budget:
+        raise NeurvolBudgetError(
+            f"the series file is {len(out)} bytes but the budget is {budget}; use a smaller "
+            "ratio")
+    return out, time.perf_counter() - t_start
+
+
+def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int, ...]]],
+                  prev: Dict[str, np.ndarray], volume: Any, lo: float, hi: float, fit: Any,
+                  seed: int, dev: torch.device, target: int
+                  ) -> Tuple[bytes, Dict[str, np.ndarray]]:
+    """The delta payload of one step (at most ``target`` bytes where any step allows it)
+    and the weights a decoder gets from it."""
+    data = normalized_tensor(volume, lo, hi)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = tarch.build(config)
+        trained = set(model.grid_tensors) or {n for n, _ in specs}
+        params = dict(model.named_parameters())
+        pulled = [params[n] for n in sorted(trained) if n in params]
+        reference = [torch.from_numpy(prev[n]).clone() for n in sorted(trained) if n in params]
+        regularizer = _PullTowards(pulled, reference, DELTA_L1)
+        fitting = Fitting(model, data, fit, seed=seed, device=dev, regularizer=regularizer)
+        with torch.no_grad():   # the predecessor's decoded weights, not the data-driven init
+            model.load_state_dict({n: torch.from_numpy(prev[n]) for n, _ in specs})
+        # Only the grids learn: placement (and anything an architecture trains in phases)
+        # stays the key's.
+        model.on_step = lambda step, total: None     # type: ignore[method-assign]
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in trained)
+        fitting.run()
+        fitting.finish()
+    new = {n: t.detach().cpu().numpy() for n, t in model.state_dict().items()}
+    coded = [n for n, _ in specs if n in trained]
+
+    def code(step: float) -> Tuple[bytes, Dict[str, np.ndarray]]:
+        return encode_delta(prev, new, specs, {n: step for n in coded})
+
+    lo_s, hi_s = _STEP_RANGE
+    best = code(hi_s)
+    if len(best[0]) > target:     # even the coarsest step does not fit: keep the predecessor
+        return encode_delta(prev, new, specs, {})
+    best = _search_step(code, best, target, lo_s, hi_s)
+    try:      # what the reader will accept: a stream its bounds refuse is coded without rANS
+        decode_delta(best[0], prev, specs)
+    except NeurvolFormatError:
+        log.info("series: a delta's rANS stream fails the reader's bounds; zstd instead")
+
+        def code_zstd(step: float) -> Tuple[bytes, Dict[str, np.ndarray]]:
+            return encode_delta(prev, new, specs, {n: step for n in coded},
+                                coders=_FALLBACK_CODERS)
+
+        best = code_zstd(hi_s)
+        if len(best[0]) > target:
+            return encode_delta(prev, new, specs, {})
+        best = _search_step(code_zstd, best, target, lo_s, hi_s)
+    return best
+
+
+def _search_step(code: Any, best: Tuple[bytes, Dict[str, np.ndarray]], target: int,
+                 lo_s: float, hi_s: float) -> Tuple[bytes, Dict[str, np.ndarray]]:
+    """The finest quantization step whose delta fits ``target`` bytes (bisection)."""
+    for _ in range(_STEP_SEARCH):
+        mid = math.sqrt(lo_s * hi_s)
+        try:
+            trial = code(mid)
+        except ValueError:        # a step too small for the values: finer is impossible
+            lo_s = mid
+            continue
+        if len(trial[0]) <= target:
+            hi_s, best = mid, trial
+        else:
+            lo_s = mid
+    return best

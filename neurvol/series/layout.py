@@ -1,0 +1,226 @@
+"""The ``series`` header object of a time-series file (``spec/series.md`` §3), validated.
+
+Every value is checked with its JSON type and bounds before it is used, so a hostile
+header is refused with a :class:`NeurvolFormatError` before anything is allocated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import NeurvolFormatError, brief
+from ..volume_checks import FLOAT32_MAX, MAX_AXIS, MAX_VOXELS
+
+#: Header key of a time-series file.
+KEY_SERIES = "series"
+#: The version of the ``series`` object this reader knows.
+SERIES_VERSION = 1
+#: Most time steps a file may declare.
+MAX_STEPS = 1 << 16
+#: Most variables a file may declare.
+MAX_VARIABLES = 256
+#: Longest chain of a group: decoding one step decodes at most this many members.
+MAX_GROUP_STEPS = 256
+#: Longest variable name and units string.
+MAX_NAME = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Steps ``[start, stop)`` of one variable: a key member, then deltas against it."""
+
+    start: int
+    stop: int
+    model: Optional[Dict[str, Any]]      # None: every member of the group is a constant
+    codec: Optional[Dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One variable of a series: its value range, dtype, metadata and groups."""
+
+    name: str
+    dtype: np.dtype
+    lo: float
+    hi: float
+    units: Optional[str]
+    attrs: Dict[str, Any]
+    groups: Tuple[Group, ...]
+    psnr: Tuple[Optional[float], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesLayout:
+    """The validated ``series`` object."""
+
+    shape: Tuple[int, int, int]
+    spacing: Optional[List[float]]
+    origin: Optional[List[float]]
+    steps: int
+    time: Optional[Tuple[float, ...]]
+    variables: Tuple[Variable, ...]
+
+    def member(self, variable: int, step: int) -> int:
+        """The brick id of a member: variable-major, then step."""
+        return variable * self.steps + step
+
+    def group_of(self, variable: int, step: int) -> Group:
+        """The group holding ``step`` of ``variable``."""
+        for g in self.variables[variable].groups:
+            if g.start <= step < g.stop:
+                return g
+        raise AssertionError("groups partition the steps")   # checked at parse
+
+
+def _fail(what: str, value: Any, expected: str) -> NeurvolFormatError:
+    return NeurvolFormatError(
+        f"header 'series.{what}' must be {expected}, got {brief(value)}; the file is "
+        "corrupted or was not written by neurvol")
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise _fail(what, v, f"an integer in [{lo}, {hi}]")
+    return v
+
+
+def _number(v: Any, what: str) -> float:
+    if type(v) not in (int, float):
+        raise _fail(what, v, "a number")
+    try:
+        x = float(v)
+    except OverflowError:
+        raise _fail(what, v, "a finite number") from None
+    if not math.isfinite(x):
+        raise _fail(what, v, "a finite number")
+    return x
+
+
+def _triple(v: Any, what: str, positive: bool) -> Optional[List[float]]:
+    if v is None:
+        return None
+    if not (isinstance(v, list) and len(v) == 3):
+        raise _fail(what, v, "3 numbers (z, y, x) or null")
+    out = [_number(x, what) for x in v]
+    if positive and min(out) <= 0:
+        raise _fail(what, v, "3 numbers > 0")
+    return out
+
+
+def _dtype(v: Any, what: str) -> np.dtype:
+    if not isinstance(v, str) or len(v) > 32:
+        raise _fail(what, v, "a numpy dtype string")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dt = np.dtype(v)
+    except Exception:  # noqa: BLE001 - numpy raises several types for junk
+        raise _fail(what, v, "a numpy dtype string") from None
+    if dt.kind not in "iuf" or dt.fields is not None or dt.subdtype is not None:
+        raise _fail(what, v, "an integer or float dtype")
+    return dt
+
+
+def _groups(v: Any, what: str, steps: int) -> Tuple[Group, ...]:
+    if not isinstance(v, list) or not 1 <= len(v) <= steps:
+        raise _fail(what, v, f"a list of 1 to {steps} groups")
+    out: List[Group] = []
+    expected = 0
+    for i, g in enumerate(v):
+        w = f"{what}[{i}]"
+        if not isinstance(g, dict):
+            raise _fail(w, g, "an object")
+        start = _int(g.get("start"), f"{w}.start", 0, steps - 1)
+        stop = _int(g.get("stop"), f"{w}.stop", 1, steps)
+        if start != expected or not start < stop <= start + MAX_GROUP_STEPS:
+            raise NeurvolFormatError(
+                f"header 'series.{w}' covers steps [{start}, {stop}) but groups must cover "
+                f"the steps back to back from {expected}, each at most {MAX_GROUP_STEPS} "
+                "long; the file is corrupted")
+        expected = stop
+        model, codec = g.get("model"), g.get("codec")
+        if (model is None) != (codec is None) or not (
+                model is None or isinstance(model, dict) and isinstance(codec, dict)):
+            raise _fail(w, g, "an object with 'model' and 'codec' objects (or both null)")
+        out.append(Group(start, stop, model, codec))
+    if expected != steps:
+        raise NeurvolFormatError(
+            f"header 'series.{what}' covers steps up to {expected}, not all {steps}; the "
+            "file is corrupted")
+    return tuple(out)
+
+
+def _variable(v: Any, i: int, steps: int) -> Variable:
+    what = f"variables[{i}]"
+    if not isinstance(v, dict):
+        raise _fail(what, v, "an object")
+    name = v.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+        raise _fail(f"{what}.name", name, f"a string of 1 to {MAX_NAME} characters")
+    dt = _dtype(v.get("dtype"), f"{what}.dtype")
+    lo, hi = _number(v.get("min"), f"{what}.min"), _number(v.get("max"), f"{what}.max")
+    if not (lo <= hi and max(abs(lo), abs(hi), hi - lo) <= FLOAT32_MAX):
+        raise NeurvolFormatError(
+            f"header 'series.{what}' value range [{lo!r}, {hi!r}] is invalid: min <= max, "
+            "all finite in float32")
+    units = v.get("units")
+    if units is not None and not (isinstance(units, str) and len(units) <= MAX_NAME):
+        raise _fail(f"{what}.units", units, f"a string of at most {MAX_NAME} characters or null")
+    attrs = v.get("attrs", {})
+    if not isinstance(attrs, dict):
+        raise _fail(f"{what}.attrs", attrs, "an object")
+    psnr = v.get("psnr")
+    if not (isinstance(psnr, list) and len(psnr) == steps):
+        raise _fail(f"{what}.psnr", psnr, f"a list of {steps} numbers or nulls")
+    for p in psnr:
+        if p is not None:
+            _number(p, f"{what}.psnr")
+    return Variable(name, dt, lo, hi, units, attrs, _groups(v.get("groups"), f"{what}.groups",
+                                                             steps),
+                    tuple(None if p is None else float(p) for p in psnr))
+
+
+def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int]) -> SeriesLayout:
+    """Validate the header's ``series`` object against the brick grid ``[1, 1, M]``
+    (``M`` = variables x steps)."""
+    s = header.get(KEY_SERIES)
+    if not isinstance(s, dict):
+        raise NeurvolFormatError("header has no 'series' object; this is not a time-series file")
+    if "volume" in header:
+        raise NeurvolFormatError(
+            "header has both 'series' and 'volume' (spec/series.md §1: a series file has no "
+            "'volume'); the file is corrupted")
+    if s.get("version") != SERIES_VERSION or type(s.get("version")) is not int:
+        raise NeurvolFormatError(
+            f"header 'series.version' is {brief(s.get('version'))}; this neurvol reads "
+            f"version {SERIES_VERSION}; upgrade neurvol (pip install -U neurvol)")
+    shape = s.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int for n in shape)
+            and min(shape) >= 2 and max(shape) <= MAX_AXIS and math.prod(shape) <= MAX_VOXELS):
+        raise _fail("shape", shape, f"3 integers in [2, {MAX_AXIS}] (at most {MAX_VOXELS} voxels)")
+    steps = _int(s.get("steps"), "steps", 1, MAX_STEPS)
+    time = s.get("time")
+    if time is not None:
+        if not (isinstance(time, list) and len(time) == steps):
+            raise _fail("time", time, f"a list of {steps} increasing numbers or null")
+        time = tuple(_number(x, "time") for x in time)
+        if any(b <= a for a, b in zip(time, time[1:])):
+            raise _fail("time", list(time), "strictly increasing")
+    variables = s.get("variables")
+    if not (isinstance(variables, list) and 1 <= len(variables) <= MAX_VARIABLES):
+        raise _fail("variables", variables, f"a list of 1 to {MAX_VARIABLES} variables")
+    parsed = tuple(_variable(v, i, steps) for i, v in enumerate(variables))
+    names = [v.name for v in parsed]
+    if len(set(names)) != len(names):
+        raise NeurvolFormatError(f"header 'series.variables' names a variable twice: {brief(names)}")
+    if tuple(grid) != (1, 1, len(parsed) * steps):
+        raise NeurvolFormatError(
+            f"a time-series file's brick grid must be [1, 1, {len(parsed) * steps}] (one "
+            f"member per variable and step), got {list(grid)}; the file is corrupted")
+    return SeriesLayout((shape[0], shape[1], shape[2]),
+                        _triple(s.get("spacing"), "spacing", True),
+                        _triple(s.get("origin"), "origin", False), steps, time, parsed)

@@ -1,0 +1,443 @@
+"""Time series and several variables in one file (spec/series.md, issue 25)."""
+from __future__ import annotations
+
+import json
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+import neurvol
+from neurvol.compress.delta import KIND_DELTA, decode_delta, encode_delta
+from neurvol.container import NvolReader, serialize_nvol
+from neurvol.errors import NeurvolError, NeurvolFormatError, NeurvolInputError
+from neurvol.neural_volume import NeuralVolume
+from neurvol.series import NeuralSeries
+
+RATIO = 8.0
+FIT_STEPS = 30
+
+
+def _series_data(steps: int = 5, n: int = 16) -> np.ndarray:
+    """A blob drifting through a small grid: consecutive steps are close."""
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n)] * 3, indexing="ij")
+    out = []
+    for t in range(steps):
+        c = -0.3 + 0.03 * t
+        out.append(np.exp(-((z - c) ** 2 + y ** 2 + (x + c) ** 2) * 4.0) * 50.0 + 10.0 * y)
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _series_data()
+
+
+@pytest.fixture(scope="module")
+def series(data):
+    return neurvol.encode(data, ratio=RATIO, steps=FIT_STEPS, group=3, seed=0, quiet=True,
+                          arch="fvsrn", time=[0.0, 1.0, 2.0, 3.0, 4.0])
+
+
+@pytest.fixture(scope="module")
+def multi(data):
+    density = (data - data.min()).astype(np.uint8)
+    return neurvol.encode({"density": density, "velocity_x": data[::-1].copy()}, ratio=3,
+                          steps=FIT_STEPS, group=4, seed=0, quiet=True, arch="fvsrn",
+                          metadata={"velocity_x": {"units": "m/s", "attrs": {"axis": "x",
+                                                                              "scale": 2}}})
+
+
+def _rewrite(nv, edit=None, bricks=None) -> bytes:
+    """The file of ``nv`` with its header changed by ``edit(header)`` (CRCs recomputed)."""
+    reader = NvolReader(nv.to_bytes())
+    header = json.loads(json.dumps({k: v for k, v in reader.header.items() if k != "sections"}))
+    if edit is not None:
+        edit(header)
+    payloads = [reader.read_brick(b) for b in range(reader.brick_count)]
+    if bricks is not None:
+        payloads = bricks(payloads)
+    return serialize_nvol(header, payloads, minor=3)
+
+
+# ---------------------------------------------------------------------- time axis
+def test_shape_decode_and_slices(series, data):
+    assert isinstance(series, NeuralSeries)
+    assert series.shape == data.shape and series.ndim == 4 and series.steps == 5
+    assert series.time == (0.0, 1.0, 2.0, 3.0, 4.0)
+    full = series.decode()
+    assert full.shape == data.shape and full.dtype == np.float32
+    np.testing.assert_array_equal(series[3], full[3])
+    np.testing.assert_array_equal(series[1:4], full[1:4])
+    np.testing.assert_array_equal(series[-1], full[4])
+    np.testing.assert_array_equal(series[[0, 2], 3:7, :, 5], full[[0, 2], 3:7, :, 5])
+    np.testing.assert_array_equal(series[2, 4:9, 1, 2:6], full[2, 4:9, 1, 2:6])
+    assert series[4:2].shape == (0, 16, 16, 16)
+
+
+def test_budget_is_over_the_whole_series(series, data):
+    assert series.nbytes_file <= data.nbytes / RATIO
+    assert series.ratio >= RATIO
+    # every step is reconstructed, not copied from another: the file is far from exact
+    psnrs = [neurvol.metrics.psnr(data[t], series[t]) for t in range(5)]
+    assert all(15 < p < 80 for p in psnrs), psnrs
+
+
+def test_query_at_voxel_centres_equals_decode(series):
+    full = series.decode(np.float32)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 16, size=(200, 3))
+    for k in range(5):
+        got = series.query(idx.astype(np.float64), t=k)
+        np.testing.assert_allclose(got, full[k][tuple(idx.T)], rtol=0, atol=1e-4)
+
+
+def test_query_between_steps_is_linear(series):
+    pts = np.array([[3.0, 4.5, 7.25], [8.0, 8.0, 8.0], [15.0, 0.0, 2.0]])
+    a, b = series.query(pts, t=2), series.query(pts, t=3)
+    np.testing.assert_allclose(series.query(pts, t=2.5), 0.5 * a + 0.5 * b, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(series.query(pts, t=2.25), 0.75 * a + 0.25 * b, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(series.query(pts, t=3.0), b)
+
+
+@pytest.mark.parametrize("t", [-0.5, 4.01, math.nan, True, "1", None])
+def test_query_outside_the_steps_is_refused(series, t):
+    with pytest.raises(NeurvolInputError):
+        series.query([[1.0, 1.0, 1.0]], t=t)
+
+
+@pytest.mark.parametrize("key", [5, -6, (1.5,), ("a", 1)])
+def test_bad_step_index_is_refused(series, key):
+    with pytest.raises(NeurvolError):
+        series[key]
+
+
+def test_save_open_roundtrip(series, tmp_path):
+    path = tmp_path / "s.nvol"
+    series.save(path)
+    with neurvol.open(path) as back:
+        assert isinstance(back, NeuralSeries)
+        assert back.to_bytes() == path.read_bytes() == series.to_bytes()
+        np.testing.assert_array_equal(back[4], series[4])
+        assert NvolReader(str(path)).version == (1, 3)
+
+
+def test_one_step_decodes_only_its_group_up_to_it(series):
+    reader = NvolReader(series.to_bytes())
+    nv = NeuralSeries(reader)
+    assert nv.stats == {"members_decoded": 0, "bricks_read": 0, "bytes_read": 0}
+    nv[2]            # group [0, 3): key 0, deltas 1 and 2
+    assert nv.stats["members_decoded"] == 3
+    assert nv.stats["bytes_read"] == sum(reader.brick_length(b) for b in range(3))
+    nv[2]
+    assert nv.stats["members_decoded"] == 3     # kept
+    nv[3]            # the key of the next group: one member more
+    assert nv.stats["members_decoded"] == 4
+    assert nv.stats["bytes_read"] < nv.nbytes_file
+
+
+def test_list_memmap_and_h5py_inputs(data, tmp_path):
+    np.save(tmp_path / "a.npy", data)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["v"] = data[:3]
+    kw = dict(ratio=RATIO, steps=FIT_STEPS, group=2, seed=0, quiet=True, arch="fvsrn")
+    from_list = neurvol.encode([data[0], data[1], data[2]], **kw)
+    from_memmaps = neurvol.encode([mm[0], mm[1], mm[2]], **kw)
+    with h5py.File(tmp_path / "a.h5") as f:
+        from_h5 = neurvol.encode(f["v"], **kw)
+    assert from_list.to_bytes() == from_memmaps.to_bytes() == from_h5.to_bytes()
+    assert from_list.shape == (3, 16, 16, 16)
+
+
+def test_constant_series_is_exact():
+    vol = np.full((3, 14, 15, 16), 42, dtype=np.int16)
+    nv = neurvol.encode(vol, ratio=4, quiet=True)
+    np.testing.assert_array_equal(nv.decode(), vol)
+    assert nv.decode().dtype == np.int16
+
+
+# ---------------------------------------------------------------------- variables
+def test_variables(multi, data):
+    assert multi.variables == ["density", "velocity_x"]
+    d, v = multi["density"], multi["velocity_x"]
+    assert d.shape == v.shape == data.shape
+    assert d.dtype == np.uint8 and v.dtype == np.float32
+    assert d.decode().dtype == np.uint8
+    assert v.units == "m/s" and v.attrs == {"axis": "x", "scale": 2} and d.units is None
+    assert v.value_range == (float(data.min()), float(data.max()))
+    np.testing.assert_array_equal(v[1], v.decode()[1])
+    assert multi.nbytes_file <= (data.nbytes + data.size) / 3
+    # each variable is its own volume: velocity_x is the series reversed in time
+    assert neurvol.metrics.psnr(data[4], v[0]) > 15
+    assert isinstance(v.step(2), NeuralVolume) and v.step(2).shape == (16, 16, 16)
+
+
+def test_a_variable_must_be_named(multi):
+    with pytest.raises(NeurvolInputError, match="pick one"):
+        multi.query([[1.0, 1.0, 1.0]], t=0)
+    with pytest.raises(NeurvolInputError, match="no variable"):
+        multi["pressure"]
+
+
+def test_bad_series_inputs_are_refused(data):
+    kw = dict(ratio=RATIO, steps=5, quiet=True, arch="fvsrn")
+    with pytest.raises(NeurvolInputError, match="share the time and grid"):
+        neurvol.encode({"a": data, "b": data[:3]}, **kw)
+    with pytest.raises(NeurvolInputError, match="one shape"):
+        neurvol.encode([data[0], data[1][:8]], **kw)
+    with pytest.raises(NeurvolInputError, match="time must be"):
+        neurvol.encode(data, time=[0, 1], **kw)
+    with pytest.raises(NeurvolInputError, match="time must be"):
+        neurvol.encode(data, time=[0, 1, 1, 2, 3], **kw)
+    with pytest.raises(NeurvolInputError, match="do not apply"):
+        neurvol.encode(data, psnr=30, **kw)
+    with pytest.raises(NeurvolInputError, match="time series"):
+        neurvol.encode(data[0], group=2, **kw)
+    with pytest.raises(NeurvolInputError, match="NaN"):
+        bad = data.copy()
+        bad[2, 1, 1, 1] = np.nan
+        neurvol.encode(bad, **kw)
+    with pytest.raises(NeurvolInputError, match="metadata"):
+        neurvol.encode({"a": data}, metadata={"b": {"units": "m"}}, **kw)
+
+
+# ---------------------------------------------------------------------- hostile files
+def _set(path, value):
+    def edit(h):
+        obj = h
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+    return edit
+
+
+HOSTILE = {
+    "version": _set(["series", "version"], 2),
+    "steps huge": _set(["series", "steps"], 10 ** 12),
+    "steps str": _set(["series", "steps"], "5"),
+    "shape": _set(["series", "shape"], [16, 16]),
+    "shape huge": _set(["series", "shape"], [2 ** 31, 2 ** 31, 2]),
+    "time short": _set(["series", "time"], [0.0, 1.0]),
+    "time decreasing": _set(["series", "time"], [0.0, 2.0, 1.0, 3.0, 4.0]),
+    "no variables": _set(["series", "variables"], []),
+    "variable not object": _set(["series", "variables"], [7]),
+    "dtype": lambda h: h["series"]["variables"][0].update(dtype="object"),
+    "range": lambda h: h["series"]["variables"][0].update(min=5.0, max=-5.0),
+    "range inf": lambda h: h["series"]["variables"][0].update(max=1e300),
+    "psnr length": lambda h: h["series"]["variables"][0].update(psnr=[1.0]),
+    "groups gap": lambda h: h["series"]["variables"][0]["groups"][1].update(start=4),
+    "groups short": lambda h: h["series"]["variables"][0].update(
+        groups=h["series"]["variables"][0]["groups"][:1]),
+    "group model junk": lambda h: h["series"]["variables"][0]["groups"][0].update(
+        model={"arch": "nope", "config": {}}),
+    "group model huge": lambda h: h["series"]["variables"][0]["groups"][0]["model"][
+        "config"].update(grid=[4096, 4096, 4096]),
+    "group codec missing": lambda h: h["series"]["variables"][0]["groups"][0].update(codec=None),
+    "name duplicate": lambda h: h["series"]["variables"].append(
+        dict(h["series"]["variables"][0])),
+    "no series object": _set(["series"], [1, 2]),
+    "also a volume": _set(["volume"], {"shape": [16, 16, 16], "dtype": "<f4", "min": 0,
+                                       "max": 1}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_series_headers_are_refused(series, case):
+    data = _rewrite(series, HOSTILE[case])
+    with pytest.raises(NeurvolFormatError):
+        nv = NeuralSeries(NvolReader(data))
+        nv.decode()
+
+
+def test_grid_must_hold_one_member_per_step(series):
+    data = _rewrite(series, _set(["bricks", "grid"], [1, 1, 4]), bricks=lambda p: p[:4])
+    with pytest.raises(NeurvolFormatError, match="brick grid"):
+        NeuralSeries(NvolReader(data))
+
+
+def _corrupt(member, fn):
+    def bricks(payloads):
+        payloads = list(payloads)
+        payloads[member] = fn(payloads[member])
+        return payloads
+    return bricks
+
+
+@pytest.mark.parametrize("fn", [
+    lambda p: p[:-3],                                   # truncated
+    lambda p: bytes([0x07]) + p[1:],                    # unknown kind
+    lambda p: p[:1] + bytes([9]) + p[2:],               # unknown tensor flag
+    lambda p: p + b"\x00",                              # trailing bytes
+    lambda p: p[:2] + np.float32(np.nan).tobytes() + p[6:],    # a NaN step
+    lambda p: bytes([0x00]) + np.float64(1.0).tobytes(),       # a constant in a model group
+], ids=["truncated", "kind", "flag", "trailing", "nan-step", "constant"])
+def test_damaged_delta_payloads_are_refused(series, fn):
+    data = _rewrite(series, bricks=_corrupt(1, fn))
+    nv = NeuralSeries(NvolReader(data))
+    nv[0]
+    with pytest.raises(NeurvolFormatError):
+        nv[1]
+
+
+def test_key_holding_a_delta_is_refused(series):
+    data = _rewrite(series, bricks=_corrupt(0, lambda p: bytes([KIND_DELTA]) + p[1:]))
+    with pytest.raises(NeurvolFormatError):
+        NeuralSeries(NvolReader(data))[0]
+
+
+def test_a_single_volume_reader_refuses_a_series_file(series):
+    with pytest.raises(NeurvolFormatError):
+        NeuralVolume(NvolReader(series.to_bytes()))
+
+
+# ---------------------------------------------------------------------- delta codec
+def test_delta_codec_roundtrip_and_closed_loop():
+    rng = np.random.default_rng(1)
+    specs = [("g", (2, 3, 4, 5)), ("w", (7,))]
+    prev = {"g": rng.normal(size=(2, 3, 4, 5)).astype(np.float32),
+            "w": rng.normal(size=7).astype(np.float32)}
+    new = {"g": prev["g"] + rng.normal(scale=0.01, size=(2, 3, 4, 5)).astype(np.float32),
+           "w": prev["w"] + 1.0}
+    payload, decoded = encode_delta(prev, new, specs, {"g": 0.004, "w": None})
+    assert payload[0] == KIND_DELTA
+    back = decode_delta(payload, prev, specs)
+    for name in ("g", "w"):
+        np.testing.assert_array_equal(back[name], decoded[name])
+    assert np.abs(back["g"] - new["g"]).max() <= 0.002 + 1e-6
+    np.testing.assert_array_equal(back["w"], prev["w"])      # not coded: unchanged
+    with pytest.raises(NeurvolFormatError):
+        decode_delta(payload, {"g": prev["g"][:1], "w": prev["w"]}, specs)
+
+
+def test_a_jump_in_time_starts_a_new_group(data):
+    """Where a step is far from the one before (another run), it becomes a key."""
+    jumpy = np.concatenate([data[:3], data[:3, ::-1, ::-1] * 3.0])
+    nv = neurvol.encode(jumpy, ratio=RATIO, steps=FIT_STEPS, group=8, seed=0, quiet=True,
+                        arch="fvsrn")
+    assert nv.info()["variables"][0]["groups"] == [[0, 3], [3, 6]]
+
+
+def test_xarray_backend_exposes_variables_and_time(multi, series):
+    xr = pytest.importorskip("xarray")
+    from neurvol.integrations.xarray_backend import NeurvolBackendEntrypoint
+
+    ds = xr.open_dataset(multi.to_bytes(), engine=NeurvolBackendEntrypoint)
+    assert set(ds.data_vars) == {"density", "velocity_x"}
+    assert ds["velocity_x"].dims == ("time", "z", "y", "x")
+    assert ds["velocity_x"].attrs["units"] == "m/s" and ds["velocity_x"].attrs["axis"] == "x"
+    assert ds["density"].dtype == np.uint8
+    np.testing.assert_array_equal(ds["velocity_x"].isel(time=2, z=slice(3, 6)).values,
+                                  multi["velocity_x"][2, 3:6])
+    ds2 = xr.open_dataset(series, engine=NeurvolBackendEntrypoint)
+    np.testing.assert_array_equal(ds2["time"].values, [0.0, 1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(ds2["data"].sel(time=3.0).values, series[3])
+
+
+def test_docs_timeseries_example_runs(tmp_path, monkeypatch, capsys):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "timeseries.md").read_text()
+    code = re.search(r"## Example.*?```python\n(.*?)```", text, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/timeseries.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "(6, 24, 24, 24) ['density', 'speed']" in out
+    assert "'members_decoded': 5" in out and "m/s {'solver': 'demo'}" in out
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_pack_unpack_step_query_info(data, tmp_path, capsys):
+    from neurvol.cli import main
+
+    np.save(tmp_path / "run.npy", data)
+    out = tmp_path / "run.nvol"
+    assert main(["pack", str(tmp_path / "run.npy"), "-o", str(out), "--ratio", "8", "--steps",
+                 "30", "--seed", "0", "--arch", "fvsrn", "--group", "3", "--device", "cpu"]) == 0
+    assert "5 steps" in capsys.readouterr().out
+    nv = neurvol.open(out)
+    assert isinstance(nv, NeuralSeries) and nv.shape == data.shape
+    assert main(["unpack", str(out), "-o", str(tmp_path / "s4.npy"), "--step", "4"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "s4.npy"), nv[4])
+    assert main(["unpack", str(out), "-o", str(tmp_path / "all.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "all.npy"), nv.decode())
+    assert main(["unpack", str(out), "-o", str(tmp_path / "all.nii")]) == 1   # needs --step
+    np.save(tmp_path / "pts.npy", np.array([[3.0, 4.0, 5.0]]))
+    capsys.readouterr()
+    assert main(["query", str(out), "--points", str(tmp_path / "pts.npy"), "--t", "2.5"]) == 0
+    got = float(capsys.readouterr().out.split()[0])
+    assert got == pytest.approx(float(nv.query([[3.0, 4.0, 5.0]], t=2.5)[0]), rel=1e-5, abs=1e-5)
+    assert main(["info", str(out)]) == 0
+    assert "steps: 5" in capsys.readouterr().out
+
+
+def test_cli_netcdf_time_series_roundtrip(data, tmp_path, capsys):
+    """A NetCDF-4 file of two (time, z, y, x) variables packs into one .nvol and unpacks
+    to NetCDF with names, units, attributes, fill values and the time axis."""
+    pytest.importorskip("h5py")
+    from neurvol import io as nvio
+    from neurvol.cli import main
+
+    src = tmp_path / "sim.nc"
+    coords = {"time": nvio.DatasetVariable("time", np.array([10.0, 10.5, 11.0, 12.0, 13.0]),
+                                           ("time",), {"units": "s"}),
+              "z": nvio.DatasetVariable("z", np.arange(16) * 0.5, ("z",)),
+              "y": nvio.DatasetVariable("y", np.arange(16) * 0.5, ("y",)),
+              "x": nvio.DatasetVariable("x", 2.0 + np.arange(16) * 0.5, ("x",))}
+    dims = ("time", "z", "y", "x")
+    variables = {
+        "density": nvio.DatasetVariable("density", data, dims,
+                                        {"units": "kg m-3", "long_name": "fluid density"},
+                                        fill_value=-999.0),
+        "tracer": nvio.DatasetVariable("tracer", (data[::-1] * 2).astype(np.float32), dims,
+                                       {"units": "1", "scale": 2})}
+    nvio.write_dataset(src, nvio.VolumeDataset(variables, coords))
+    out = tmp_path / "sim.nvol"
+    assert main(["pack", str(src), "-o", str(out), "--ratio", "8", "--steps", "30", "--seed",
+                 "0", "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q"]) == 0
+    nv = neurvol.open(out)
+    assert nv.variables == ["density", "tracer"] and nv.time == (10.0, 10.5, 11.0, 12.0, 13.0)
+    assert nv.layout.spacing == [0.5, 0.5, 0.5] and nv.layout.origin == [0.0, 0.0, 2.0]
+    back = tmp_path / "back.nc"
+    assert main(["unpack", str(out), "-o", str(back)]) == 0
+    with nvio.read_dataset(back, lazy=False) as ds:
+        assert list(ds.variables) == ["density", "tracer"]
+        d, tr = ds.variables["density"], ds.variables["tracer"]
+        assert d.dims == dims and d.units == "kg m-3" and d.attrs["long_name"] == "fluid density"
+        assert d.fill_value == -999.0 and tr.attrs["scale"] == 2 and tr.units == "1"
+        np.testing.assert_array_equal(ds.time.values(), [10.0, 10.5, 11.0, 12.0, 13.0])
+        np.testing.assert_array_equal(ds.coords["x"].values(), 2.0 + np.arange(16) * 0.5)
+        np.testing.assert_array_equal(d.values(), nv["density"].decode())
+    assert main(["unpack", str(out), "-o", str(tmp_path / "t2.nc"), "--step", "2",
+                 "--variable", "tracer"]) == 0
+    np.testing.assert_array_equal(nvio.load_volume(tmp_path / "t2.nc").data[...],
+                                  nv["tracer"][2])
+    # a fill value present in the data: masked steps are refused, saying so
+    masked = data.copy()
+    masked[1, 0, 0, 0] = -999.0
+    variables["density"] = nvio.DatasetVariable("density", masked, dims, {}, fill_value=-999.0)
+    nvio.write_dataset(tmp_path / "m.nc", nvio.VolumeDataset(variables, coords))
+    capsys.readouterr()
+    assert main(["pack", str(tmp_path / "m.nc"), "-o", str(tmp_path / "m.nvol"), "-q"]) == 1
+    assert "not supported yet" in capsys.readouterr().err
+
+
+def test_golden_series_reads_alike_with_numpy_and_torch():
+    """The torch-free reader decodes a series as the torch one does (spec/series.md: each
+    member is a single-model evaluation)."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "golden", "series_v1.3.nvol")
+    expected = np.load(path.replace(".nvol", ".expected.npy"))
+    with neurvol.open(path, backend="numpy") as nv:
+        pts = np.array([[1.0, 2.0, 3.0], [10.5, 4.25, 19.0]])
+        for i, name in enumerate(nv.variables):
+            span = float(expected[i].max() - expected[i].min()) or 1.0
+            np.testing.assert_allclose(nv[name].decode(dtype=np.float32), expected[i],
+                                       rtol=0, atol=2e-5 * span)
+            with neurvol.open(path, backend="torch") as ref:
+                np.testing.assert_allclose(nv[name].query(pts, t=1.5),
+                                           ref[name].query(pts, t=1.5), rtol=0, atol=2e-5 * span)
+        assert nv["density"].step(0).backend == "numpy"
