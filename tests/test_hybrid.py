@@ -125,3 +125,11 @@ def test_psnr_search_can_return_the_predictor():
     nv = neurvol.encode(vol, psnr=45.0, ratio=6, steps=2, quiet=True, device="cpu")
     assert nv.info()["content"] == "predictor"
     assert psnr(vol, nv.decode()) >= 45.0
+
+
+def test_masked_volumes_stay_model_only():
+    vol = _smooth()
+    vol[:3, :4, :5] = np.nan            # a NaN region: stored as a mask, with one model
+    nv = neurvol.encode(vol, ratio=6, steps=2, quiet=True, device="cpu")
+    assert nv.info()["content"] == "model" and nv.masked
+    assert nv.hybrid_candidates is None
