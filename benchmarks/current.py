@@ -18,6 +18,13 @@ Parts:
     reader  ``benchmarks/run_numpy_reader.py``: numpy (torch-free) reader vs torch
     bquery  ``benchmarks/run_bricked_query.py``: 64-brick 512^3 vs one 256^3 model: warm
             query, cold open + 1k points, decode (issue 26)
+    rd_hybrid ``benchmarks/run_rd_hybrid.py``: the default encode (model or pure predictor,
+            issue 22) vs SZ3 and SPERR at ratios 10-800, the predictor's PSNR beside it
+    bounded ``benchmarks/run_bounded.py``: ratio at fixed error bounds vs SZ3/ZFP/SPERR
+    bounded_access ``benchmarks/run_bounded_access.py``: cold open + 1k points and warm
+            queries on error-bounded files against model-only ones
+    series  ``benchmarks/run_series.py``: time series at a total ratio vs independent steps
+    masked  ``benchmarks/run_masked.py``: a NaN-masked CT volume against the unmasked one
 
 Run it alone on the machine: two torch processes on two cores slow each other many times.
 """
@@ -155,12 +162,17 @@ class ScriptPart:
     args: Tuple[str, ...]
     title: str
     json_flag: Optional[str] = "--json"
+    extra_option: Optional[str] = None     # the argparse dest of this part's extra arguments
 
 
 SCRIPT_PARTS: Dict[str, ScriptPart] = {
     "reader": ScriptPart("run_numpy_reader.py", (), "Torch-free (numpy) reader against torch",
                          None),
-    "bounded": ScriptPart("run_bounded.py", (), "Error-bounded mode: ratio at a fixed bound"),
+    "bounded": ScriptPart("run_bounded.py", (), "Error-bounded mode: ratio at a fixed bound",
+                          extra_option="bounded_args"),
+    "rd_hybrid": ScriptPart("run_rd_hybrid.py", (),
+                            "Hybrid rate allocation: model or pure predictor at each ratio",
+                            extra_option="rd_hybrid_args"),
     "bounded_access": ScriptPart("run_bounded_access.py", ("--blocks", "64,32,16"),
                                  "Error-bounded random access"),
     "bquery": ScriptPart("run_bricked_query.py", (), "Bricked against single-model reads"),
@@ -172,7 +184,7 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
 
 def _run_script_part(name: str, args: argparse.Namespace) -> None:
     sp = SCRIPT_PARTS[name]
-    extra = list(sp.args) + (args.bounded_args.split() if name == "bounded" else [])
+    extra = list(sp.args) + (getattr(args, sp.extra_option).split() if sp.extra_option else [])
     run_script(name, sp.script, extra, sp.json_flag)
 
 
@@ -341,6 +353,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--run", default="", help=f"parts to measure first, of {','.join(PARTS)}")
     ap.add_argument("--volumes", default="", help="rd: only these dev volumes (comma-separated stems)")
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--rd-hybrid-args", default="",
+                    help="rd_hybrid: arguments for run_rd_hybrid.py, e.g. '--ratios 10,20'")
     ap.add_argument("--bounded-args", default="",
                     help="bounded: options for run_bounded.py, e.g. '--methods pure,sz3,zfp,sperr'")
     ap.add_argument("--note", default="", help="a remark stored with the parts run now "

@@ -66,6 +66,13 @@ def encode(
     volume: ``(D, H, W)`` array indexed ``[z, y, x]`` (numpy array, memmap, h5py dataset,
     or anything with ``shape``, ``dtype`` and slicing), integer or float.
     ratio: the whole ``.nvol`` file, header included, is at most ``volume.nbytes / ratio``.
+    With ``arch="auto"`` (the default) and one model, the budget goes to whichever of two
+    candidates has the better PSNR over the volume: the model, or a pure predictor file
+    (no model; an error-bounded correction stream whose bound is searched so the file fits,
+    ``spec/correction.md``), which wins on smooth fields and at low ratios and also
+    reaches budgets too small for any model. ``info()["content"]`` says which was kept,
+    ``byte_breakdown()`` splits the bytes, ``hybrid_candidates`` gives both PSNRs;
+    ``codec={"hybrid": False}`` fits a model only. Bricked encodes are model-only.
     psnr: instead of a ratio, a quality target in dB: the smallest file found (by a search
     over ratios, a few encodes, starting at ``ratio``) whose PSNR reaches it; when none
     does, the best one found, with a warning.

@@ -132,6 +132,9 @@ class NeuralVolume:
         self.encode_seconds: Optional[float] = None  # set by encode(); not stored in files
         # Set by an error-bounded encode: {"model_ratio": the model kept, or None}.
         self.bounded_choice: Optional[Dict[str, Any]] = None
+        # Set by a ratio= encode that weighed a pure predictor file against a model: each
+        # candidate's PSNR in dB (None: no model fitted the budget), the better one kept.
+        self.hybrid_candidates: Optional[Dict[str, Any]] = None
 
     def _parse_mask(self) -> Optional[LoadedMask]:
         spec = parse_mask(self.header, self._reader.section_names, self._shape, self._dtype)
@@ -298,10 +301,14 @@ class NeuralVolume:
     @property
     def fit_psnr(self) -> float:
         """PSNR in dB of the stored model against the original, measured at encode time
-        (header ``fit.psnr``): ``inf`` for a file without a model (exact), ``nan`` when the
-        writer did not record it."""
-        if self.header.get("model") is None and not self.header.get("bricks", {}).get("models"):
+        (header ``fit.psnr``; of the whole decode for an error-bounded file): ``inf`` for a
+        file without a model or correction (exact), ``nan`` when the writer did not record it."""
+        if (self.header.get("model") is None and not self.header.get("bricks", {}).get("models")
+                and self._bound is None):
             return math.inf
+        bound = None if self._bound is None else float(self._bound["max_error"])
+        if bound == 0 or bound is not None and self._dtype.kind in "iu" and bound < _EXACT_INT_BOUND:
+            return math.inf     # a bound below the rounding of the stored values: exact
         fit = self.header.get("fit")
         value = fit.get("psnr") if isinstance(fit, dict) else None
         if isinstance(value, bool) or not _finite_number(value) and not isinstance(value, float):
@@ -334,6 +341,9 @@ class NeuralVolume:
         }
         if self._bound is not None:
             out["bound"] = dict(self._bound)
+        # How the bytes are split (spec/correction.md): a model, a correction stream, or both.
+        out["content"] = ("model" if self._bound is None else "predictor"
+                          if out["model"] is None else "model+correction")
         if self._mask is not None:
             out["mask"] = {"fill": self._mask.spec.fill, "masked": self._mask.spec.masked,
                            "bytes": self._section_length(self._mask.spec.to_header()["section"])}
@@ -1113,6 +1123,11 @@ def _axis_selection(k: Any, n: int) -> Tuple[np.ndarray, bool]:
     if arr.size and (arr.min() < -n or arr.max() >= n):
         raise NeurvolInputError(f"index {_short(k)} out of range for axis of length {n}")
     return np.where(arr < 0, arr + n, arr).astype(np.int64), True
+
+
+#: An integer error-bounded file with a bound below this decodes every voxel exactly
+#: (values round to the stored integer).
+_EXACT_INT_BOUND = 0.5
 
 
 def _short(v: Any, limit: int = 120) -> str:

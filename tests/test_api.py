@@ -228,7 +228,7 @@ def test_auto_takes_the_first_architecture_that_fits(small_volume, monkeypatch):
     from neurvol.encoding import plan
 
     monkeypatch.setattr(plan, "AUTO_ORDER", ("hashgrid", "fvsrn"))
-    nv = neurvol.encode(small_volume, ratio=10, steps=5, quiet=True)
+    nv = neurvol.encode(small_volume, ratio=10, steps=5, quiet=True, codec={"hybrid": False})
     assert nv.info()["model"]["arch"] == "fvsrn"
     assert nv.nbytes_file <= small_volume.nbytes / 10
     with pytest.raises(NeurvolBudgetError):

@@ -21,7 +21,7 @@ from ..container import NvolReader, serialize_nvol
 from ..errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
 from ..neural_volume import NeuralVolume
 from ..volume_checks import check_ratio, check_volume
-from .plan import CODEC, DEFAULT_ARCH, DEFAULT_BITS, WRITER, triple
+from .plan import CODEC, DEFAULT_ARCH, HYBRID_KEY, DEFAULT_BITS, WRITER, triple
 
 #: Model ratios the encoder tries besides the pure predictor (each costs a fit).
 DEFAULT_MODEL_RATIOS: Tuple[float, ...] = (200.0, 400.0)
@@ -103,14 +103,9 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
     x = np.asarray(volume)
     lo, hi = float(x.min()), float(x.max())
     stream_kw = {} if block is None else {"block": int(block)}
-    bound = {"max_error": max_error, "rel_error": rel_error, "section": SECTION_CORRECTION}
 
     def finish(header: Dict[str, Any], brick: bytes, stream: bytes) -> bytes:
-        header = {k: v for k, v in header.items() if k not in ("sections", "budget", "fit")}
-        header[KEY_BOUND] = bound
-        header["writer"] = WRITER
-        return serialize_nvol(header, [brick], {SECTION_CORRECTION: stream},
-                              minor=BOUNDED_MINOR)
+        return bounded_file(header, brick, stream, max_error, rel_error)
 
     try:
         pure, _ = encode_correction(x, max_error, None, **stream_kw)
@@ -130,8 +125,11 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
         nv = (models or {}).get(ratio)
         if nv is None:
             try:
-                nv = encode_volume(x, ratio, **dict(_MODEL_DEFAULTS, spacing=spacing,
-                                                    origin=origin, quiet=quiet, **model_kwargs))
+                kw = dict(_MODEL_DEFAULTS, spacing=spacing, origin=origin, quiet=quiet,
+                          **model_kwargs)
+                # The base must be a model: the pure predictor is this encode's own candidate.
+                kw["codec"] = dict(kw["codec"] or {}, **{HYBRID_KEY: False})
+                nv = encode_volume(x, ratio, **kw)
             except NeurvolBudgetError:
                 continue
         if nv.brick_count != 1:
@@ -152,6 +150,19 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
     check_bound(out, x, max_error)
     out.bounded_choice = best_info
     return out
+
+
+def bounded_file(header: Dict[str, Any], brick: bytes, stream: bytes, max_error: float,
+                 rel_error: Optional[float], *, extra: Optional[Dict[str, Any]] = None) -> bytes:
+    """The bytes of an error-bounded file: ``header`` (an encode's; its budget and fit
+    entries dropped), the base's brick payload and the correction ``stream``. ``extra``:
+    header entries to add (a ``ratio=`` encode records its budget and choice)."""
+    header = {k: v for k, v in header.items() if k not in ("sections", "budget", "fit")}
+    header[KEY_BOUND] = {"max_error": max_error, "rel_error": rel_error,
+                         "section": SECTION_CORRECTION}
+    header["writer"] = WRITER
+    header.update(extra or {})
+    return serialize_nvol(header, [brick], {SECTION_CORRECTION: stream}, minor=BOUNDED_MINOR)
 
 
 def check_bound(nv: Any, volume: np.ndarray, max_error: float) -> None:

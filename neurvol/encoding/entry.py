@@ -15,10 +15,11 @@ from ..models.base import resolve_device
 from ..neural_volume import NeuralVolume
 from ..volume_checks import check_masked_volume, check_ratio
 from .masked import MaskedInput, fill_normalized, masked_input
-from .plan import (CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
+from .plan import (AUTO_ARCH, CONSTANT_BRICK_PSNR, brick_grid, candidates_for, check_int, codec_settings,
                    first_solvable, fit_settings_for, normalized_tensor, triple,
                    volume_header)
 from .pilot import rate_candidates, rate_is_default, rate_pilot
+from .hybrid import Candidate, predictor_candidate, split_codec
 from .search import encode_to_psnr
 from .single import ModelFit, advance_with_bar, constant_file, pack_file, start_fit
 
@@ -40,6 +41,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                   fill_value: Optional[float] = None, **arch_options: Any) -> NeuralVolume:
     """:func:`neurvol.encode` (see its docstring for the arguments)."""
     explicit_auto_rate = isinstance(codec, dict) and isinstance(codec.get("rate"), str)
+    hybrid, codec_only = split_codec(codec)
     kwargs = dict(
         psnr=None, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
         spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
@@ -48,6 +50,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
         **arch_options)
     if psnr is not None:     # a search: several encodes with these arguments
         return encode_to_psnr(encode_volume, volume, psnr, ratio, kwargs)
+    codec = codec_only       # bricked volumes keep model-only bricks
     t_start = time.perf_counter()
     grid = brick_grid(volume, brick, bricks)   # None: one model (format 1.0 files)
     masked: Optional[MaskedInput] = None
@@ -99,15 +102,48 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                     f"pass bricks=(1, 1, 1) (CLI: --bricks 1,1,1); asked for a {grid} grid"
                 ) from exc
             raise
+    # arch="auto" lets neurvol choose the model, and no model at all is one choice: a pure
+    # predictor file, first (numpy, no fit); the model is fitted whenever one fits.
+    # Masked volumes stay model-only: error-bounded files do not combine with masks.
+    pred = (_predictor(volume, lo, hi, ratio, spacing_t, origin_t)
+            if hybrid and arch == AUTO_ARCH and masked is None else None)
     # One model chooses its rate by default (a pilot, not a second encode).
-    nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
-                        arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
-                        spacing=spacing_t, origin=origin_t, fit_settings=fit_settings,
-                        codec=codec, auto_rate=explicit_auto_rate or rate_is_default(codec),
-                        quiet=quiet, masked=masked)
+    try:
+        nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
+                            arch_options=arch_options, seed=seed, dev=dev, steps=steps,
+                            bits=bits, spacing=spacing_t, origin=origin_t,
+                            fit_settings=fit_settings, codec=codec,
+                            auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet,
+                            masked=masked)
+    except NeurvolBudgetError:
+        if pred is None:
+            raise
+        model_psnr, nv = None, pred.volume    # no model fits this budget; the predictor does
+    else:
+        model_psnr = nv.fit_psnr
+        if pred is not None and pred.psnr > model_psnr:
+            log.info("encode: the pure predictor (%.2f dB) beats the model (%.2f dB)",
+                     pred.psnr, model_psnr)
+            nv = pred.volume
+    if pred is not None:
+        nv.hybrid_candidates = {"model": model_psnr, "predictor": pred.psnr,
+                                "predictor_max_error": pred.volume.max_error}
     # Timings vary run to run, so they live on the object, not in the (deterministic) file.
     nv.encode_seconds = time.perf_counter() - t_start
     return nv
+
+
+def _predictor(volume: Any, lo: float, hi: float, ratio: float, spacing: Sequence[float],
+               origin: Sequence[float]) -> Optional[Candidate]:
+    """The pure predictor candidate of a single-model encode (None: a constant volume, or
+    a budget below its fixed overhead)."""
+    if lo == hi:
+        return None
+    shape = tuple(int(s) for s in volume.shape)
+    budget = int(math.prod(shape) * np.dtype(volume.dtype).itemsize // ratio)
+    header = volume_header(shape, np.dtype(volume.dtype), lo, hi, list(spacing), list(origin),
+                           {"grid": [1, 1, 1]}, ratio, budget)
+    return predictor_candidate(np.asarray(volume), header, budget)
 
 
 def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidates: Sequence[Any],

@@ -123,6 +123,11 @@ def replace_fields(base: Any, overrides: Any, arg: str, what: str) -> Any:
         raise NeurvolInputError(f"invalid {what} settings {overrides}: {exc}") from exc
 
 
+#: ``encode(codec=)`` key that turns hybrid rate allocation off (``{"hybrid": False}``:
+#: a ``ratio=`` encode fits a model and keeps it, :mod:`.hybrid`).
+HYBRID_KEY = "hybrid"
+
+
 def codec_settings(codec: Optional[Dict[str, Any]]) -> CodecSettings:
     """The :class:`CodecSettings` of an ``encode(codec=)`` dict (lists of coders allowed)."""
     values = dict(codec) if isinstance(codec, dict) else codec
