@@ -18,13 +18,9 @@ from .version import __version__
 
 # public name -> (module relative to this package, attribute or None for the module itself)
 _LAZY: Dict[str, tuple] = {
-    "NeurvolBudgetError": (".errors", "NeurvolBudgetError"),
-    "NeurvolDependencyError": (".errors", "NeurvolDependencyError"),
-    "NeurvolError": (".errors", "NeurvolError"),
-    "NeurvolFormatError": (".errors", "NeurvolFormatError"),
-    "NeurvolInputError": (".errors", "NeurvolInputError"),
-    "NeurvolIOError": (".errors", "NeurvolIOError"),
-    "NeurvolVersionError": (".errors", "NeurvolVersionError"),
+    **{name: (".errors", name) for name in (
+        "NeurvolBudgetError", "NeurvolDependencyError", "NeurvolError", "NeurvolFormatError",
+        "NeurvolInputError", "NeurvolIOError", "NeurvolVersionError")},
     "encode": (".api", "encode"),
     "open": (".series", "open_any"),
     "sample_volume": (".api", "sample_volume"),

@@ -164,48 +164,64 @@ def _pad_bits_clear(packed: np.ndarray, voxels: int, what: str) -> None:
         raise NeurvolFormatError(f"{what}: the mask's pad bits are not 0; the file is damaged")
 
 
+class _PackedBitsMethod(MaskMethod):
+    """Base of the methods that store the packed bits (``np.packbits``, C order), framed
+    by ``_frame`` / ``_unframe``."""
+
+    @classmethod
+    def _frame(cls, packed: bytes) -> bytes:
+        raise NotImplementedError
+
+    @classmethod
+    def _unframe(cls, body: bytes, n: int, what: str) -> bytes:
+        raise NotImplementedError
+
+    @classmethod
+    def encode(cls, mask: np.ndarray) -> Optional[bytes]:
+        return cls._frame(np.packbits(mask.reshape(-1)).tobytes())
+
+    @classmethod
+    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
+        what = f"mask ({cls.name})"
+        voxels = math.prod(shape)
+        n = _check_packed(voxels, bound, what)
+        packed = np.frombuffer(cls._unframe(body, n, what), dtype=np.uint8)
+        _pad_bits_clear(packed, voxels, what)
+        return _BitsMask(packed, voxels)
+
+
 @register_mask_method
-class BitsMethod(MaskMethod):
+class BitsMethod(_PackedBitsMethod):
     """The packed bits as they are: a bound that always holds (no expansion)."""
 
     id = 0
     name = "bits"
 
     @classmethod
-    def encode(cls, mask: np.ndarray) -> Optional[bytes]:
-        return np.packbits(mask.reshape(-1)).tobytes()
+    def _frame(cls, packed: bytes) -> bytes:
+        return packed
 
     @classmethod
-    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
-        what = "mask (bits)"
-        voxels = math.prod(shape)
-        n = _check_packed(voxels, bound, what)
+    def _unframe(cls, body: bytes, n: int, what: str) -> bytes:
         if len(body) != n:
             raise NeurvolFormatError(f"{what}: {len(body)} bytes, expected {n}")
-        packed = np.frombuffer(body, dtype=np.uint8)
-        _pad_bits_clear(packed, voxels, what)
-        return _BitsMask(packed, voxels)
+        return body
 
 
 @register_mask_method
-class BitsZstdMethod(MaskMethod):
+class BitsZstdMethod(_PackedBitsMethod):
     """One zstd frame of the packed bits."""
 
     id = 1
     name = "bits-zstd"
 
     @classmethod
-    def encode(cls, mask: np.ndarray) -> Optional[bytes]:
-        return zstd_compress(np.packbits(mask.reshape(-1)).tobytes())
+    def _frame(cls, packed: bytes) -> bytes:
+        return zstd_compress(packed)
 
     @classmethod
-    def decode(cls, body: bytes, shape: Sequence[int], bound: int) -> VoxelMask:
-        what = "mask (bits-zstd)"
-        voxels = math.prod(shape)
-        n = _check_packed(voxels, bound, what)
-        packed = np.frombuffer(zstd_exact(body, n, what), dtype=np.uint8)
-        _pad_bits_clear(packed, voxels, what)
-        return _BitsMask(packed, voxels)
+    def _unframe(cls, body: bytes, n: int, what: str) -> bytes:
+        return zstd_exact(body, n, what)
 
 
 @register_mask_method

@@ -48,7 +48,7 @@ class NeurvolBackendArray(BackendArray):
         return self.source[key]
 
 
-class SeriesBackendArray(BackendArray):
+class SeriesBackendArray(NeurvolBackendArray):
     """One variable of a time-series file, dims ``(time, z, y, x)``: outer indexing, each
     index decoding only the steps (and their groups' members) it selects."""
 
@@ -56,10 +56,6 @@ class SeriesBackendArray(BackendArray):
         self.variable = variable
         self.shape: Tuple[int, ...] = tuple(variable.shape)
         self.dtype = np.dtype(variable.dtype)
-
-    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
-        return indexing.explicit_indexing_adapter(
-            key, self.shape, indexing.IndexingSupport.OUTER, self._raw_indexing_method)
 
     def _raw_indexing_method(self, key: Tuple[Any, ...]) -> np.ndarray:
         return self.variable[key]
