@@ -49,8 +49,9 @@ def multi(data):
                                                                               "scale": 2}}})
 
 
-def _rewrite(nv, edit=None, bricks=None) -> bytes:
-    """The file of ``nv`` with its header changed by ``edit(header)`` (CRCs recomputed)."""
+def _rewrite(nv, edit=None, bricks=None, sections=None) -> bytes:
+    """The file of ``nv`` with its header changed by ``edit(header)`` and its extra
+    sections by ``sections(dict)`` (CRCs recomputed)."""
     reader = NvolReader(nv.to_bytes())
     header = json.loads(json.dumps({k: v for k, v in reader.header.items() if k != "sections"}))
     if edit is not None:
@@ -58,7 +59,11 @@ def _rewrite(nv, edit=None, bricks=None) -> bytes:
     payloads = [reader.read_brick(b) for b in range(reader.brick_count)]
     if bricks is not None:
         payloads = bricks(payloads)
-    return serialize_nvol(header, payloads, minor=3)
+    extra = {n: reader.read_section(n) for n in reader.section_names
+             if n not in ("brick_index", "bricks")}
+    if sections is not None:
+        extra = sections(extra)
+    return serialize_nvol(header, payloads, extra, minor=3)
 
 
 # ---------------------------------------------------------------------- time axis
@@ -195,12 +200,156 @@ def test_bad_series_inputs_are_refused(data):
         neurvol.encode(data, psnr=30, **kw)
     with pytest.raises(NeurvolInputError, match="time series"):
         neurvol.encode(data[0], group=2, **kw)
-    with pytest.raises(NeurvolInputError, match="NaN"):
+    with pytest.raises(NeurvolInputError, match="infinities"):
         bad = data.copy()
-        bad[2, 1, 1, 1] = np.nan
+        bad[2, 1, 1, 1] = np.inf
         neurvol.encode(bad, **kw)
+    with pytest.raises(NeurvolInputError, match="every voxel"):
+        bad = data.copy()
+        bad[2] = np.nan
+        neurvol.encode(bad, **kw)
+    with pytest.raises(NeurvolInputError, match="fill_value names unknown"):
+        neurvol.encode({"a": data}, fill_value={"b": 1.0}, **kw)
+    with pytest.raises(NeurvolInputError, match="attrs must hold JSON"):
+        neurvol.encode(data, attrs={"x": object()}, **kw)
+    with pytest.raises(NeurvolInputError, match="at most"):
+        neurvol.encode(data, attrs={"x": "a" * 70000}, **kw)
     with pytest.raises(NeurvolInputError, match="metadata"):
         neurvol.encode({"a": data}, metadata={"b": {"units": "m"}}, **kw)
+
+
+# ---------------------------------------------------------------------- masked members
+def _masked_data(data):
+    """``data`` with NaN in its first 3 slices at every step (one mask for all steps) and
+    a corner of its own at step 3 (a delta member with a mask of its own)."""
+    m = data.copy()
+    m[:, :3] = np.nan
+    m[3, 10:, 12:, :6] = np.nan
+    return m
+
+
+@pytest.fixture(scope="module")
+def masked(data):
+    return neurvol.encode(_masked_data(data), ratio=RATIO, steps=FIT_STEPS, group=3, seed=0,
+                          quiet=True, arch="fvsrn")
+
+
+def test_masked_series_restore_nan_exactly(masked, data):
+    m = _masked_data(data)
+    assert masked.nbytes_file <= data.nbytes / RATIO
+    full = masked.decode()
+    assert np.array_equal(np.isnan(full), np.isnan(m))
+    assert math.isnan(masked["data"].fill_value)
+    for k in range(5):      # keys (0, 3) and deltas alike; step 3's own corner included
+        assert np.array_equal(np.isnan(masked[k]), np.isnan(m[k]))
+        np.testing.assert_array_equal(masked[k], full[k])
+    # the fit saw valid voxels only: they are as close as an unmasked series' steps
+    valid = ~np.isnan(m)
+    err = np.abs(full[valid] - data[valid]).max()
+    assert err < 0.2 * float(np.nanmax(m) - np.nanmin(m))
+    assert all(p is not None and p > 20 for p in masked.info()["variables"][0]["psnr"])
+    # queries at voxel centres equal the decode, NaN in masked cells; between steps NaN
+    # where either step is masked
+    pts = np.array([[1.0, 2.0, 3.0], [12.0, 13.0, 2.0], [8.0, 8.0, 8.0], [3.0, 5.0, 5.0]])
+    for k in (2, 3):
+        q = masked.query(pts, t=k)
+        ref = full[k][tuple(pts.astype(int).T)]
+        np.testing.assert_allclose(q, ref, rtol=0, atol=1e-4)
+        assert np.array_equal(np.isnan(q), np.isnan(ref))
+    mid = masked.query(pts, t=2.5)
+    assert np.isnan(mid[:2]).all() and np.isfinite(mid[2:]).all()
+    # between centres: the nearest voxel's mask (z = 2.4 lies in masked slice 2's cell)
+    edge = masked.query(np.array([[2.4, 5.0, 5.0], [2.6, 5.0, 5.0]]), t=1)
+    assert np.isnan(edge[0]) and np.isfinite(edge[1])
+
+
+def test_equal_masks_are_stored_once(masked, data):
+    """Steps with equal masks share one section: two distinct masks, not five."""
+    reader = NvolReader(masked.to_bytes())
+    extra = [n for n in reader.section_names if n not in ("brick_index", "bricks")]
+    entry = reader.header["series"]["variables"][0]["mask"]
+    assert entry["fill"] is None and len(extra) == 2
+    names = [e["section"] for e in entry["steps"]]
+    assert names[0] == names[1] == names[2] == names[4] != names[3]
+    assert entry["steps"][0]["masked"] == 3 * 16 * 16
+    # each mask is far smaller than its packed bits
+    assert all(len(reader.read_section(n)) < 16 ** 3 // 8 // 4 for n in extra)
+    # one step reads its own mask only
+    nv = NeuralSeries(NvolReader(masked.to_bytes()))
+    nv[1]
+    assert nv.stats["bytes_read"] < nv.nbytes_file // 2
+
+
+def test_fill_value_series_and_unmasked_variables(data):
+    counts = (data - data.min()).astype(np.uint16) + 1
+    counts[1:, :, :2] = 0            # steps 1.. share a fill region; step 0 has none
+    nv = neurvol.encode({"counts": counts, "clean": data}, ratio=6, steps=FIT_STEPS, group=2,
+                        seed=0, quiet=True, arch="fvsrn", fill_value={"counts": 0},
+                        attrs={"title": "t", "n": 2}, time_attrs={"units": "s"})
+    back = NeuralSeries(NvolReader(nv.to_bytes()))
+    got = back["counts"].decode()
+    assert got.dtype == np.uint16 and np.array_equal(got == 0, counts == 0)
+    assert back["counts"].fill_value == 0.0 and back["clean"].fill_value is None
+    assert back["counts"].value_range[0] >= 1          # range of the valid voxels
+    assert not np.isnan(back["clean"].decode()).any()
+    assert back.attrs == {"title": "t", "n": 2} and back.time_attrs == {"units": "s"}
+    assert np.isnan(back["counts"].query(np.array([[4.0, 1.0, 4.0]]), t=2)).all()
+    assert not np.isnan(back["counts"].query(np.array([[4.0, 1.0, 4.0]]), t=0)).any()
+
+
+def _mask_edit(fn):
+    def edit(h):
+        fn(h["series"]["variables"][0]["mask"])
+    return edit
+
+
+MASK_HOSTILE = {
+    "mask not object": lambda h: h["series"]["variables"][0].update(mask=5),
+    "steps not list": _mask_edit(lambda m: m.update(steps=7)),
+    "fill nan string": _mask_edit(lambda m: m.update(fill="nan")),
+    "fill bool": _mask_edit(lambda m: m.update(fill=True)),
+    "steps short": _mask_edit(lambda m: m.update(steps=m["steps"][:2])),
+    "steps all null": _mask_edit(lambda m: m.update(steps=[None] * 5)),
+    "entry not object": _mask_edit(lambda m: m["steps"].__setitem__(0, 3)),
+    "masked zero": _mask_edit(lambda m: m["steps"][0].update(masked=0)),
+    "masked all": _mask_edit(lambda m: m["steps"][0].update(masked=16 ** 3)),
+    "masked float": _mask_edit(lambda m: m["steps"][0].update(masked=768.0)),
+    "masked bool": _mask_edit(lambda m: m["steps"][0].update(masked=True)),
+    "section missing": _mask_edit(lambda m: m["steps"][0].update(section="mask.9.9")),
+    "section bricks": _mask_edit(lambda m: m["steps"][0].update(section="bricks")),
+    "section long": _mask_edit(lambda m: m["steps"][0].update(section="m" * 65)),
+    "section counts disagree": _mask_edit(lambda m: m["steps"][1].update(masked=767)),
+    "attrs not object": lambda h: h["series"].update(attrs=[1]),
+    "time_attrs not object": lambda h: h["series"].update(time_attrs="s"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASK_HOSTILE))
+def test_hostile_mask_headers_are_refused(masked, case):
+    data = _rewrite(masked, MASK_HOSTILE[case])
+    with pytest.raises(NeurvolFormatError):
+        NeuralSeries(NvolReader(data))
+
+
+def test_mask_count_and_section_damage_are_refused(masked):
+    # a count that differs from the section's (same for every step naming it)
+    def recount(h):
+        for e in h["series"]["variables"][0]["mask"]["steps"]:
+            if e is not None and e["section"] == "mask.0.0":
+                e["masked"] = 700
+    nv = NeuralSeries(NvolReader(_rewrite(masked, recount)))
+    with pytest.raises(NeurvolFormatError, match="masks"):
+        nv[0]
+    # a mask section that does not decode
+    nv = NeuralSeries(NvolReader(_rewrite(
+        masked, sections=lambda s: dict(s, **{"mask.0.0": b"\x09junk"}))))
+    with pytest.raises(NeurvolFormatError):
+        nv[0]
+    # an integer variable cannot hold NaN
+    def nan_fill_int(h):
+        h["series"]["variables"][0]["dtype"] = "<u2"
+    with pytest.raises(NeurvolFormatError, match="NaN"):
+        NeuralSeries(NvolReader(_rewrite(masked, nan_fill_int)))
 
 
 # ---------------------------------------------------------------------- hostile files
