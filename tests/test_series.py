@@ -563,14 +563,72 @@ def test_cli_netcdf_time_series_roundtrip(data, tmp_path, capsys):
                  "--variable", "tracer"]) == 0
     np.testing.assert_array_equal(nvio.load_volume(tmp_path / "t2.nc").data[...],
                                   nv["tracer"][2])
-    # a fill value present in the data: masked steps are refused, saying so
-    masked = data.copy()
-    masked[1, 0, 0, 0] = -999.0
-    variables["density"] = nvio.DatasetVariable("density", masked, dims, {}, fill_value=-999.0)
-    nvio.write_dataset(tmp_path / "m.nc", nvio.VolumeDataset(variables, coords))
-    capsys.readouterr()
-    assert main(["pack", str(tmp_path / "m.nc"), "-o", str(tmp_path / "m.nvol"), "-q"]) == 1
-    assert "not supported yet" in capsys.readouterr().err
+
+
+def test_netcdf_with_fill_regions_round_trips_with_metadata(data, tmp_path):
+    """Issue 25's acceptance: a multi-variable time-series NetCDF packs and unpacks with
+    names, units, variable and global attributes, fill values and coordinates intact; the
+    fill region exact, the data as the file decodes it, at the PSNR it reports."""
+    from neurvol import io as nvio
+    from neurvol.cli import main
+    from neurvol.metrics import psnr
+
+    times = np.array([10.0, 10.5, 11.0, 12.0, 13.0])
+    coords = {"time": nvio.DatasetVariable("time", times, ("time",),
+                                           {"units": "hours since 2005-09-01", "calendar":
+                                            "standard"}),
+              "z": nvio.DatasetVariable("z", np.arange(16) * 0.5, ("z",)),
+              "y": nvio.DatasetVariable("y", np.arange(16) * 0.5, ("y",)),
+              "x": nvio.DatasetVariable("x", 2.0 + np.arange(16) * 0.5, ("x",))}
+    dims = ("time", "z", "y", "x")
+    land = data.copy()
+    land[:, :, :3, :] = -999.0                  # "land", the same at every step
+    land[4, 12:, 10:, 10:] = -999.0             # and a region of the last step's own
+    tracer = (data[::-1] * 2).astype(np.float32)
+    variables = {
+        "density": nvio.DatasetVariable("density", land, dims,
+                                        {"units": "kg m-3", "long_name": "fluid density",
+                                         "valid_range": [-20.0, 70.0]}, fill_value=-999.0),
+        "tracer": nvio.DatasetVariable("tracer", tracer, dims, {"units": "1", "scale": 2})}
+    global_attrs = {"title": "two variables, five steps", "history": "made by a test",
+                    "version": 3}
+    src = tmp_path / "sim.nc"
+    nvio.write_dataset(src, nvio.VolumeDataset(variables, coords, global_attrs))
+    out = tmp_path / "sim.nvol"
+    assert main(["pack", str(src), "-o", str(out), "--ratio", "8", "--steps", "30", "--seed",
+                 "0", "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q"]) == 0
+    nv = neurvol.open(out)
+    assert nv["density"].fill_value == -999.0 and nv["tracer"].fill_value is None
+    back = tmp_path / "back.nc"
+    assert main(["unpack", str(out), "-o", str(back)]) == 0
+    with nvio.read_dataset(src, lazy=False) as a, nvio.read_dataset(back, lazy=False) as b:
+        assert list(b.variables) == list(a.variables) == ["density", "tracer"]
+        assert b.attrs == a.attrs == global_attrs
+        assert sorted(b.coords) == sorted(a.coords)
+        for name in a.coords:
+            np.testing.assert_array_equal(b.coords[name].values(), a.coords[name].values())
+        assert b.time.attrs == a.time.attrs
+        assert b.time.attrs["units"] == "hours since 2005-09-01"
+        for name in a.variables:
+            va, vb = a.variables[name], b.variables[name]
+            assert vb.dims == va.dims and vb.units == va.units and vb.dtype == va.dtype
+            assert vb.attrs == va.attrs and vb.fill_value == va.fill_value
+            got, orig = vb.values(), va.values()
+            np.testing.assert_array_equal(got, nv[name].decode())
+            fill = orig == -999.0 if va.fill_value is not None else np.zeros(orig.shape, bool)
+            assert np.array_equal(got == -999.0, fill)          # the region, exactly
+            for k in range(orig.shape[0]):
+                reported = nv[name].fit_psnr[k]
+                assert abs(psnr(orig[k], got[k], ~fill[k]) - reported) < 0.01
+                assert reported > 20
+    # "file.nc:var" packs that one variable, its fill region and attributes included
+    one = tmp_path / "one.nvol"
+    assert main(["pack", f"{src}:density", "-o", str(one), "--ratio", "8", "--steps", "30",
+                 "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q"]) == 0
+    with neurvol.open(one) as nv1:
+        assert nv1.variables == ["density"] and nv1.attrs == global_attrs
+        assert nv1.time == tuple(times) and nv1["density"].units == "kg m-3"
+        assert np.array_equal(nv1["density"][4] == -999.0, land[4] == -999.0)
 
 
 def test_golden_series_reads_alike_with_numpy_and_torch():
