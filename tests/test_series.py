@@ -648,3 +648,20 @@ def test_golden_series_reads_alike_with_numpy_and_torch():
                 np.testing.assert_allclose(nv[name].query(pts, t=1.5),
                                            ref[name].query(pts, t=1.5), rtol=0, atol=2e-5 * span)
         assert nv["density"].step(0).backend == "numpy"
+
+
+def test_xarray_backend_shows_global_attributes_and_masks():
+    """The xarray backend gives a masked series' global and time attributes, and NaN
+    where a member is masked."""
+    import os
+
+    xr = pytest.importorskip("xarray")
+    path = os.path.join(os.path.dirname(__file__), "golden", "series_masked_v1.3.nvol")
+    from neurvol.integrations.xarray_backend import NeurvolBackendEntrypoint
+
+    with xr.open_dataset(path, engine=NeurvolBackendEntrypoint) as ds:
+        assert ds.attrs["title"] == "masked golden" and ds.attrs["version"] == 3
+        assert ds["time"].attrs["units"] == "s"
+        density = ds["density"].isel(time=2).values
+        assert np.isnan(density[:3]).all() and np.isnan(density[10:, 12:, 15:]).all()
+        assert not np.isnan(density[3:10]).any()
