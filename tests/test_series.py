@@ -522,6 +522,31 @@ def test_cli_pack_unpack_step_query_info(data, tmp_path, capsys):
     assert "steps: 5" in capsys.readouterr().out
 
 
+def test_cli_pack_masked_npy_series(data, tmp_path):
+    """``pack --fill-value`` of a [t, z, y, x] .npy: voxels holding it are masked at every
+    step and come back exactly; NaN voxels are masked without it."""
+    from neurvol.cli import main
+
+    run = data.copy()
+    run[:, :, :, :2] = -1.0
+    run[2, 5, 5, 5] = -1.0
+    np.save(tmp_path / "run.npy", run)
+    out = tmp_path / "run.nvol"
+    assert main(["pack", str(tmp_path / "run.npy"), "-o", str(out), "--ratio", "8", "--steps",
+                 "30", "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q",
+                 "--fill-value", "-1"]) == 0
+    with neurvol.open(out) as nv:
+        assert nv["data"].fill_value == -1.0
+        assert np.array_equal(nv.decode() == -1.0, run == -1.0)
+    run[run == -1.0] = np.nan
+    np.save(tmp_path / "nan.npy", run)
+    out = tmp_path / "nan.nvol"
+    assert main(["pack", str(tmp_path / "nan.npy"), "-o", str(out), "--ratio", "8", "--steps",
+                 "30", "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q"]) == 0
+    with neurvol.open(out) as nv:
+        assert np.array_equal(np.isnan(nv.decode()), np.isnan(run))
+
+
 def test_cli_netcdf_time_series_roundtrip(data, tmp_path, capsys):
     """A NetCDF-4 file of two (time, z, y, x) variables packs into one .nvol and unpacks
     to NetCDF with names, units, attributes, fill values and the time axis."""
