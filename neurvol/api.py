@@ -55,10 +55,12 @@ def encode(
     max_error: Optional[float] = None,
     rel_error: Optional[float] = None,
     model_ratios: Optional[Sequence[float]] = None,
-    fill_value: Optional[float] = None,
+    fill_value: Union[float, Dict[str, float], None] = None,
     time: Optional[Sequence[float]] = None,
     group: Optional[int] = None,
     metadata: Optional[Dict[str, Any]] = None,
+    attrs: Optional[Dict[str, Any]] = None,
+    time_attrs: Optional[Dict[str, Any]] = None,
     **arch_options: Any,
 ) -> Union[NeuralVolume, NeuralSeries]:
     """Compress a 3-D volume into a :class:`NeuralVolume` whose file fits the byte budget.
@@ -134,8 +136,14 @@ def encode(
     coded in groups of ``group`` (default ``neurvol.encoding.series.DEFAULT_GROUP``): a
     key step, then each step as a difference from its predecessor; reading a step decodes
     only its group up to it. ``time``: one coordinate per step (stored, shown by the
-    xarray backend); ``metadata``: ``{name: {"units": str, "attrs": dict}}``. The brick,
-    error-bound and ``psnr`` options do not apply to series.
+    xarray backend); ``metadata``: ``{name: {"units": str, "attrs": dict}}``; ``attrs``
+    and ``time_attrs``: the global and the time coordinate's attributes (JSON values, at
+    most ``neurvol.encoding.series.MAX_ATTRS_BYTES`` as JSON each), kept in the file.
+    Steps may have masked (NaN / fill) regions: ``fill_value`` is one number for every
+    variable or ``{name: number}``; each member's mask is stored losslessly (steps with
+    equal masks share one copy), the fit sees its valid voxels only, and decodes and
+    queries treat masked voxels as a masked single volume does. The brick, error-bound
+    and ``psnr`` options do not apply to series.
 
     Example::
 
@@ -146,24 +154,27 @@ def encode(
     """
     if is_series_input(volume):
         if psnr is not None or max_error is not None or rel_error is not None or \
-                brick is not None or bricks is not None or model_ratios is not None or \
-                fill_value is not None:
+                brick is not None or bricks is not None or model_ratios is not None:
             raise NeurvolInputError(
-                "psnr=, max_error=, rel_error=, model_ratios=, brick=, bricks= and "
-                "fill_value= do not apply to a time series or several variables (steps with "
-                "NaN regions are not supported yet); give ratio=")
+                "psnr=, max_error=, rel_error=, model_ratios=, brick= and bricks= do not "
+                "apply to a time series or several variables; give ratio=")
         data, seconds = encode_series(
-            volume, ratio, time_axis=time, group=group, metadata=metadata, arch=arch,
+            volume, ratio, time_axis=time, group=group, metadata=metadata,
+            fill_value=fill_value, attrs=attrs, time_attrs=time_attrs, arch=arch,
             seed=seed, device=device, steps=steps, bits=bits, spacing=spacing, origin=origin,
             fit_settings=fit_settings, codec=codec, quiet=quiet,
             limits=(MAX_STEPS, MAX_VARIABLES, MAX_GROUP_STEPS, MAX_NAME), **arch_options)
         series = NeuralSeries(NvolReader(data), device=device)
         series.encode_seconds = seconds
         return series
-    if time is not None or group is not None or metadata is not None:
+    if time is not None or group is not None or metadata is not None or attrs is not None \
+            or time_attrs is not None:
         raise NeurvolInputError(
-            "time=, group= and metadata= apply to time series: give a [t, z, y, x] array, a "
-            "list of volumes or a dict of variables")
+            "time=, group=, metadata=, attrs= and time_attrs= apply to time series: give a "
+            "[t, z, y, x] array, a list of volumes or a dict of variables")
+    if isinstance(fill_value, dict):
+        raise NeurvolInputError(
+            "fill_value as a dict of variables applies to several variables; give one number")
     if max_error is not None or rel_error is not None or model_ratios is not None:
         if fill_value is not None:
             raise NeurvolInputError(

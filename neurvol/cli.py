@@ -371,6 +371,9 @@ class _SeriesInput:
     spacing: Optional[List[float]] = None
     origin: Optional[List[float]] = None
     dataset: Any = None
+    fill_value: Optional[Dict[str, float]] = None    # a variable's declared fill, by name
+    attrs: Optional[Dict[str, Any]] = None           # the file's global attributes
+    time_attrs: Optional[Dict[str, Any]] = None      # the time coordinate's attributes
 
 
 def _series_input(args: argparse.Namespace) -> Optional[_SeriesInput]:
@@ -385,41 +388,44 @@ def _series_input(args: argparse.Namespace) -> Optional[_SeriesInput]:
         return _SeriesInput(arr) if arr.ndim == 4 else None
     if args.format is None and lower.endswith(_DATASET_EXTENSIONS) and os.path.isfile(path):
         return _dataset_series(path)
+    base, var = nvio.split_variable(path)
+    if args.format is None and var is not None and str(base).lower().endswith(
+            _DATASET_EXTENSIONS) and os.path.isfile(base):
+        return _dataset_series(str(base), var.lstrip("/"))     # "file.nc:var"
     return None     # the single-volume loader reads it, or says what is wrong
 
 
-def _dataset_series(path: str) -> Optional[_SeriesInput]:
-    """The ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file with their units,
-    attributes (fill values included) and time coordinate; None when it has none."""
+def _dataset_series(path: str, pick: Optional[str] = None) -> Optional[_SeriesInput]:
+    """The ``(time, z, y, x)`` variables of a NetCDF-4 / HDF5 file (only ``pick`` when
+    given) with their units, attributes, fill values (``_FillValue``, else
+    ``missing_value``: voxels holding it are masked, as NaN voxels are), the global
+    attributes and the time coordinate; None when it has none."""
     ds = nvio.read_dataset(path)
     timed = {n: v for n, v in ds.variables.items() if v.has_time}
+    if pick is not None:     # one variable; a 3-D one (or none) is the volume loader's
+        timed = {pick: timed[pick]} if pick in timed else {}
     if not timed:
         ds.close()
         return None
     metadata: Dict[str, Any] = {}
+    fills: Dict[str, float] = {}
     for name, var in timed.items():
         attrs = {k: v for k, v in var.attrs.items() if k != "units"}
         if var.fill_value is not None:
-            for t in range(var.shape[0]):
-                step = np.asarray(var.data[t])
-                if np.any(step == var.fill_value) or (
-                        step.dtype.kind == "f" and np.isnan(step).any()):
-                    ds.close()
-                    raise NeurvolInputError(
-                        f"variable {name!r} has fill values ({var.fill_value!r}) at step {t}: "
-                        "masked steps in a time series are not supported yet; pack one step "
-                        f"at a time ({path}:{name} after slicing) or fill them")
             attrs[FILL_ATTR] = var.fill_value
+            if math.isfinite(var.fill_value):      # a NaN fill: NaN voxels are masked anyway
+                fills[name] = var.fill_value
         metadata[name] = {"units": var.units, "attrs": nvio.json_attrs(attrs)}
-    time = None
+    time, time_attrs = None, None
     if ds.time is not None:
         values = np.asarray(ds.time.values(), dtype=np.float64).reshape(-1)
         if values.size == next(iter(timed.values())).shape[0] and np.isfinite(values).all() \
                 and (values.size < 2 or (np.diff(values) > 0).all()):
             time = [float(v) for v in values]
+            time_attrs = nvio.json_attrs(ds.time.attrs)
     spacing, origin = _dataset_geometry(ds)
     return _SeriesInput({n: v.data for n, v in timed.items()}, time, metadata, spacing, origin,
-                        ds)
+                        ds, fills or None, nvio.json_attrs(ds.attrs), time_attrs)
 
 
 def _dataset_geometry(ds: Any) -> Tuple[Optional[List[float]], Optional[List[float]]]:
@@ -449,10 +455,12 @@ def _pack_series(args: argparse.Namespace, out: Path, data: _SeriesInput) -> int
         raise NeurvolInputError(f"{', '.join(given)} do not apply to a time series; give --ratio")
     t0 = time.perf_counter()
     try:
+        fill = data.fill_value if data.fill_value is not None else args.fill_value
         nv = _api().encode(data.data, ratio=args.ratio, arch=args.arch, seed=args.seed,
                            device=args.device, steps=args.steps, quiet=args.quiet,
                            group=args.group, codec=_codec_options(args), time=data.time,
                            metadata=data.metadata, spacing=data.spacing, origin=data.origin,
+                           fill_value=fill, attrs=data.attrs, time_attrs=data.time_attrs,
                            **_given_arch_options(args))
     finally:
         if data.dataset is not None:
@@ -551,7 +559,7 @@ def _series_dataset(series: Any, names: Sequence[str], dtype: Any) -> Any:
               for dim, n, s, o in zip(("z", "y", "x"), lay.shape, spacing, origin)}
     times = series.time if series.time is not None else range(series.steps)
     coords["time"] = nvio.DatasetVariable("time", np.asarray(times, dtype=np.float64),
-                                          ("time",))
+                                          ("time",), series.time_attrs)
     variables = {}
     for name in names:
         var = series[name]
@@ -562,7 +570,7 @@ def _series_dataset(series: Any, names: Sequence[str], dtype: Any) -> Any:
         variables[name] = nvio.DatasetVariable(
             name, var.decode(dtype=dtype), ("time", "z", "y", "x"), attrs,
             fill if isinstance(fill, (int, float)) and not isinstance(fill, bool) else None)
-    return nvio.VolumeDataset(variables, coords)
+    return nvio.VolumeDataset(variables, coords, series.attrs)
 
 
 def _output_geometry(nv: Any, shape: Sequence[int]) -> tuple:

@@ -49,8 +49,9 @@ def multi(data):
                                                                               "scale": 2}}})
 
 
-def _rewrite(nv, edit=None, bricks=None) -> bytes:
-    """The file of ``nv`` with its header changed by ``edit(header)`` (CRCs recomputed)."""
+def _rewrite(nv, edit=None, bricks=None, sections=None) -> bytes:
+    """The file of ``nv`` with its header changed by ``edit(header)`` and its extra
+    sections by ``sections(dict)`` (CRCs recomputed)."""
     reader = NvolReader(nv.to_bytes())
     header = json.loads(json.dumps({k: v for k, v in reader.header.items() if k != "sections"}))
     if edit is not None:
@@ -58,7 +59,11 @@ def _rewrite(nv, edit=None, bricks=None) -> bytes:
     payloads = [reader.read_brick(b) for b in range(reader.brick_count)]
     if bricks is not None:
         payloads = bricks(payloads)
-    return serialize_nvol(header, payloads, minor=3)
+    extra = {n: reader.read_section(n) for n in reader.section_names
+             if n not in ("brick_index", "bricks")}
+    if sections is not None:
+        extra = sections(extra)
+    return serialize_nvol(header, payloads, extra, minor=3)
 
 
 # ---------------------------------------------------------------------- time axis
@@ -195,12 +200,156 @@ def test_bad_series_inputs_are_refused(data):
         neurvol.encode(data, psnr=30, **kw)
     with pytest.raises(NeurvolInputError, match="time series"):
         neurvol.encode(data[0], group=2, **kw)
-    with pytest.raises(NeurvolInputError, match="NaN"):
+    with pytest.raises(NeurvolInputError, match="infinities"):
         bad = data.copy()
-        bad[2, 1, 1, 1] = np.nan
+        bad[2, 1, 1, 1] = np.inf
         neurvol.encode(bad, **kw)
+    with pytest.raises(NeurvolInputError, match="every voxel"):
+        bad = data.copy()
+        bad[2] = np.nan
+        neurvol.encode(bad, **kw)
+    with pytest.raises(NeurvolInputError, match="fill_value names unknown"):
+        neurvol.encode({"a": data}, fill_value={"b": 1.0}, **kw)
+    with pytest.raises(NeurvolInputError, match="attrs must hold JSON"):
+        neurvol.encode(data, attrs={"x": object()}, **kw)
+    with pytest.raises(NeurvolInputError, match="at most"):
+        neurvol.encode(data, attrs={"x": "a" * 70000}, **kw)
     with pytest.raises(NeurvolInputError, match="metadata"):
         neurvol.encode({"a": data}, metadata={"b": {"units": "m"}}, **kw)
+
+
+# ---------------------------------------------------------------------- masked members
+def _masked_data(data):
+    """``data`` with NaN in its first 3 slices at every step (one mask for all steps) and
+    a corner of its own at step 3 (a delta member with a mask of its own)."""
+    m = data.copy()
+    m[:, :3] = np.nan
+    m[3, 10:, 12:, :6] = np.nan
+    return m
+
+
+@pytest.fixture(scope="module")
+def masked(data):
+    return neurvol.encode(_masked_data(data), ratio=RATIO, steps=FIT_STEPS, group=3, seed=0,
+                          quiet=True, arch="fvsrn")
+
+
+def test_masked_series_restore_nan_exactly(masked, data):
+    m = _masked_data(data)
+    assert masked.nbytes_file <= data.nbytes / RATIO
+    full = masked.decode()
+    assert np.array_equal(np.isnan(full), np.isnan(m))
+    assert math.isnan(masked["data"].fill_value)
+    for k in range(5):      # keys (0, 3) and deltas alike; step 3's own corner included
+        assert np.array_equal(np.isnan(masked[k]), np.isnan(m[k]))
+        np.testing.assert_array_equal(masked[k], full[k])
+    # the fit saw valid voxels only: they are as close as an unmasked series' steps
+    valid = ~np.isnan(m)
+    err = np.abs(full[valid] - data[valid]).max()
+    assert err < 0.2 * float(np.nanmax(m) - np.nanmin(m))
+    assert all(p is not None and p > 20 for p in masked.info()["variables"][0]["psnr"])
+    # queries at voxel centres equal the decode, NaN in masked cells; between steps NaN
+    # where either step is masked
+    pts = np.array([[1.0, 2.0, 3.0], [12.0, 13.0, 2.0], [8.0, 8.0, 8.0], [3.0, 5.0, 5.0]])
+    for k in (2, 3):
+        q = masked.query(pts, t=k)
+        ref = full[k][tuple(pts.astype(int).T)]
+        np.testing.assert_allclose(q, ref, rtol=0, atol=1e-4)
+        assert np.array_equal(np.isnan(q), np.isnan(ref))
+    mid = masked.query(pts, t=2.5)
+    assert np.isnan(mid[:2]).all() and np.isfinite(mid[2:]).all()
+    # between centres: the nearest voxel's mask (z = 2.4 lies in masked slice 2's cell)
+    edge = masked.query(np.array([[2.4, 5.0, 5.0], [2.6, 5.0, 5.0]]), t=1)
+    assert np.isnan(edge[0]) and np.isfinite(edge[1])
+
+
+def test_equal_masks_are_stored_once(masked, data):
+    """Steps with equal masks share one section: two distinct masks, not five."""
+    reader = NvolReader(masked.to_bytes())
+    extra = [n for n in reader.section_names if n not in ("brick_index", "bricks")]
+    entry = reader.header["series"]["variables"][0]["mask"]
+    assert entry["fill"] is None and len(extra) == 2
+    names = [e["section"] for e in entry["steps"]]
+    assert names[0] == names[1] == names[2] == names[4] != names[3]
+    assert entry["steps"][0]["masked"] == 3 * 16 * 16
+    # each mask is far smaller than its packed bits
+    assert all(len(reader.read_section(n)) < 16 ** 3 // 8 // 4 for n in extra)
+    # one step reads its own mask only
+    nv = NeuralSeries(NvolReader(masked.to_bytes()))
+    nv[1]
+    assert nv.stats["bytes_read"] < nv.nbytes_file // 2
+
+
+def test_fill_value_series_and_unmasked_variables(data):
+    counts = (data - data.min()).astype(np.uint16) + 1
+    counts[1:, :, :2] = 0            # steps 1.. share a fill region; step 0 has none
+    nv = neurvol.encode({"counts": counts, "clean": data}, ratio=6, steps=FIT_STEPS, group=2,
+                        seed=0, quiet=True, arch="fvsrn", fill_value={"counts": 0},
+                        attrs={"title": "t", "n": 2}, time_attrs={"units": "s"})
+    back = NeuralSeries(NvolReader(nv.to_bytes()))
+    got = back["counts"].decode()
+    assert got.dtype == np.uint16 and np.array_equal(got == 0, counts == 0)
+    assert back["counts"].fill_value == 0.0 and back["clean"].fill_value is None
+    assert back["counts"].value_range[0] >= 1          # range of the valid voxels
+    assert not np.isnan(back["clean"].decode()).any()
+    assert back.attrs == {"title": "t", "n": 2} and back.time_attrs == {"units": "s"}
+    assert np.isnan(back["counts"].query(np.array([[4.0, 1.0, 4.0]]), t=2)).all()
+    assert not np.isnan(back["counts"].query(np.array([[4.0, 1.0, 4.0]]), t=0)).any()
+
+
+def _mask_edit(fn):
+    def edit(h):
+        fn(h["series"]["variables"][0]["mask"])
+    return edit
+
+
+MASK_HOSTILE = {
+    "mask not object": lambda h: h["series"]["variables"][0].update(mask=5),
+    "steps not list": _mask_edit(lambda m: m.update(steps=7)),
+    "fill nan string": _mask_edit(lambda m: m.update(fill="nan")),
+    "fill bool": _mask_edit(lambda m: m.update(fill=True)),
+    "steps short": _mask_edit(lambda m: m.update(steps=m["steps"][:2])),
+    "steps all null": _mask_edit(lambda m: m.update(steps=[None] * 5)),
+    "entry not object": _mask_edit(lambda m: m["steps"].__setitem__(0, 3)),
+    "masked zero": _mask_edit(lambda m: m["steps"][0].update(masked=0)),
+    "masked all": _mask_edit(lambda m: m["steps"][0].update(masked=16 ** 3)),
+    "masked float": _mask_edit(lambda m: m["steps"][0].update(masked=768.0)),
+    "masked bool": _mask_edit(lambda m: m["steps"][0].update(masked=True)),
+    "section missing": _mask_edit(lambda m: m["steps"][0].update(section="mask.9.9")),
+    "section bricks": _mask_edit(lambda m: m["steps"][0].update(section="bricks")),
+    "section long": _mask_edit(lambda m: m["steps"][0].update(section="m" * 65)),
+    "section counts disagree": _mask_edit(lambda m: m["steps"][1].update(masked=767)),
+    "attrs not object": lambda h: h["series"].update(attrs=[1]),
+    "time_attrs not object": lambda h: h["series"].update(time_attrs="s"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASK_HOSTILE))
+def test_hostile_mask_headers_are_refused(masked, case):
+    data = _rewrite(masked, MASK_HOSTILE[case])
+    with pytest.raises(NeurvolFormatError):
+        NeuralSeries(NvolReader(data))
+
+
+def test_mask_count_and_section_damage_are_refused(masked):
+    # a count that differs from the section's (same for every step naming it)
+    def recount(h):
+        for e in h["series"]["variables"][0]["mask"]["steps"]:
+            if e is not None and e["section"] == "mask.0.0":
+                e["masked"] = 700
+    nv = NeuralSeries(NvolReader(_rewrite(masked, recount)))
+    with pytest.raises(NeurvolFormatError, match="masks"):
+        nv[0]
+    # a mask section that does not decode
+    nv = NeuralSeries(NvolReader(_rewrite(
+        masked, sections=lambda s: dict(s, **{"mask.0.0": b"\x09junk"}))))
+    with pytest.raises(NeurvolFormatError):
+        nv[0]
+    # an integer variable cannot hold NaN
+    def nan_fill_int(h):
+        h["series"]["variables"][0]["dtype"] = "<u2"
+    with pytest.raises(NeurvolFormatError, match="NaN"):
+        NeuralSeries(NvolReader(_rewrite(masked, nan_fill_int)))
 
 
 # ---------------------------------------------------------------------- hostile files
@@ -373,6 +522,31 @@ def test_cli_pack_unpack_step_query_info(data, tmp_path, capsys):
     assert "steps: 5" in capsys.readouterr().out
 
 
+def test_cli_pack_masked_npy_series(data, tmp_path):
+    """``pack --fill-value`` of a [t, z, y, x] .npy: voxels holding it are masked at every
+    step and come back exactly; NaN voxels are masked without it."""
+    from neurvol.cli import main
+
+    run = data.copy()
+    run[:, :, :, :2] = -1.0
+    run[2, 5, 5, 5] = -1.0
+    np.save(tmp_path / "run.npy", run)
+    out = tmp_path / "run.nvol"
+    assert main(["pack", str(tmp_path / "run.npy"), "-o", str(out), "--ratio", "8", "--steps",
+                 "30", "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q",
+                 "--fill-value", "-1"]) == 0
+    with neurvol.open(out) as nv:
+        assert nv["data"].fill_value == -1.0
+        assert np.array_equal(nv.decode() == -1.0, run == -1.0)
+    run[run == -1.0] = np.nan
+    np.save(tmp_path / "nan.npy", run)
+    out = tmp_path / "nan.nvol"
+    assert main(["pack", str(tmp_path / "nan.npy"), "-o", str(out), "--ratio", "8", "--steps",
+                 "30", "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q"]) == 0
+    with neurvol.open(out) as nv:
+        assert np.array_equal(np.isnan(nv.decode()), np.isnan(run))
+
+
 def test_cli_netcdf_time_series_roundtrip(data, tmp_path, capsys):
     """A NetCDF-4 file of two (time, z, y, x) variables packs into one .nvol and unpacks
     to NetCDF with names, units, attributes, fill values and the time axis."""
@@ -414,14 +588,72 @@ def test_cli_netcdf_time_series_roundtrip(data, tmp_path, capsys):
                  "--variable", "tracer"]) == 0
     np.testing.assert_array_equal(nvio.load_volume(tmp_path / "t2.nc").data[...],
                                   nv["tracer"][2])
-    # a fill value present in the data: masked steps are refused, saying so
-    masked = data.copy()
-    masked[1, 0, 0, 0] = -999.0
-    variables["density"] = nvio.DatasetVariable("density", masked, dims, {}, fill_value=-999.0)
-    nvio.write_dataset(tmp_path / "m.nc", nvio.VolumeDataset(variables, coords))
-    capsys.readouterr()
-    assert main(["pack", str(tmp_path / "m.nc"), "-o", str(tmp_path / "m.nvol"), "-q"]) == 1
-    assert "not supported yet" in capsys.readouterr().err
+
+
+def test_netcdf_with_fill_regions_round_trips_with_metadata(data, tmp_path):
+    """Issue 25's acceptance: a multi-variable time-series NetCDF packs and unpacks with
+    names, units, variable and global attributes, fill values and coordinates intact; the
+    fill region exact, the data as the file decodes it, at the PSNR it reports."""
+    from neurvol import io as nvio
+    from neurvol.cli import main
+    from neurvol.metrics import psnr
+
+    times = np.array([10.0, 10.5, 11.0, 12.0, 13.0])
+    coords = {"time": nvio.DatasetVariable("time", times, ("time",),
+                                           {"units": "hours since 2005-09-01", "calendar":
+                                            "standard"}),
+              "z": nvio.DatasetVariable("z", np.arange(16) * 0.5, ("z",)),
+              "y": nvio.DatasetVariable("y", np.arange(16) * 0.5, ("y",)),
+              "x": nvio.DatasetVariable("x", 2.0 + np.arange(16) * 0.5, ("x",))}
+    dims = ("time", "z", "y", "x")
+    land = data.copy()
+    land[:, :, :3, :] = -999.0                  # "land", the same at every step
+    land[4, 12:, 10:, 10:] = -999.0             # and a region of the last step's own
+    tracer = (data[::-1] * 2).astype(np.float32)
+    variables = {
+        "density": nvio.DatasetVariable("density", land, dims,
+                                        {"units": "kg m-3", "long_name": "fluid density",
+                                         "valid_range": [-20.0, 70.0]}, fill_value=-999.0),
+        "tracer": nvio.DatasetVariable("tracer", tracer, dims, {"units": "1", "scale": 2})}
+    global_attrs = {"title": "two variables, five steps", "history": "made by a test",
+                    "version": 3}
+    src = tmp_path / "sim.nc"
+    nvio.write_dataset(src, nvio.VolumeDataset(variables, coords, global_attrs))
+    out = tmp_path / "sim.nvol"
+    assert main(["pack", str(src), "-o", str(out), "--ratio", "8", "--steps", "30", "--seed",
+                 "0", "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q"]) == 0
+    nv = neurvol.open(out)
+    assert nv["density"].fill_value == -999.0 and nv["tracer"].fill_value is None
+    back = tmp_path / "back.nc"
+    assert main(["unpack", str(out), "-o", str(back)]) == 0
+    with nvio.read_dataset(src, lazy=False) as a, nvio.read_dataset(back, lazy=False) as b:
+        assert list(b.variables) == list(a.variables) == ["density", "tracer"]
+        assert b.attrs == a.attrs == global_attrs
+        assert sorted(b.coords) == sorted(a.coords)
+        for name in a.coords:
+            np.testing.assert_array_equal(b.coords[name].values(), a.coords[name].values())
+        assert b.time.attrs == a.time.attrs
+        assert b.time.attrs["units"] == "hours since 2005-09-01"
+        for name in a.variables:
+            va, vb = a.variables[name], b.variables[name]
+            assert vb.dims == va.dims and vb.units == va.units and vb.dtype == va.dtype
+            assert vb.attrs == va.attrs and vb.fill_value == va.fill_value
+            got, orig = vb.values(), va.values()
+            np.testing.assert_array_equal(got, nv[name].decode())
+            fill = orig == -999.0 if va.fill_value is not None else np.zeros(orig.shape, bool)
+            assert np.array_equal(got == -999.0, fill)          # the region, exactly
+            for k in range(orig.shape[0]):
+                reported = nv[name].fit_psnr[k]
+                assert abs(psnr(orig[k], got[k], ~fill[k]) - reported) < 0.01
+                assert reported > 20
+    # "file.nc:var" packs that one variable, its fill region and attributes included
+    one = tmp_path / "one.nvol"
+    assert main(["pack", f"{src}:density", "-o", str(one), "--ratio", "8", "--steps", "30",
+                 "--arch", "fvsrn", "--group", "3", "--device", "cpu", "-q"]) == 0
+    with neurvol.open(one) as nv1:
+        assert nv1.variables == ["density"] and nv1.attrs == global_attrs
+        assert nv1.time == tuple(times) and nv1["density"].units == "kg m-3"
+        assert np.array_equal(nv1["density"][4] == -999.0, land[4] == -999.0)
 
 
 def test_golden_series_reads_alike_with_numpy_and_torch():
@@ -441,3 +673,20 @@ def test_golden_series_reads_alike_with_numpy_and_torch():
                 np.testing.assert_allclose(nv[name].query(pts, t=1.5),
                                            ref[name].query(pts, t=1.5), rtol=0, atol=2e-5 * span)
         assert nv["density"].step(0).backend == "numpy"
+
+
+def test_xarray_backend_shows_global_attributes_and_masks():
+    """The xarray backend gives a masked series' global and time attributes, and NaN
+    where a member is masked."""
+    import os
+
+    xr = pytest.importorskip("xarray")
+    path = os.path.join(os.path.dirname(__file__), "golden", "series_masked_v1.3.nvol")
+    from neurvol.integrations.xarray_backend import NeurvolBackendEntrypoint
+
+    with xr.open_dataset(path, engine=NeurvolBackendEntrypoint) as ds:
+        assert ds.attrs["title"] == "masked golden" and ds.attrs["version"] == 3
+        assert ds["time"].attrs["units"] == "s"
+        density = ds["density"].isel(time=2).values
+        assert np.isnan(density[:3]).all() and np.isnan(density[10:, 12:, 15:]).all()
+        assert not np.isnan(density[3:10]).any()

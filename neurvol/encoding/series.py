@@ -19,6 +19,7 @@ step that changes little gives its bytes to those that change more.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -37,8 +38,11 @@ from ..metrics import psnr
 from ..models import get_architecture
 from ..models.base import resolve_device
 from ..neural_volume import NeuralVolume, config_of, tensor_specs
-from ..volume_checks import check_ratio, check_volume
+from ..compress.mask import encode_mask
+from ..masking import MASK_KEY
+from ..volume_checks import check_masked_volume, check_ratio
 from .entry import _encode_single
+from .masked import DEFAULT_FILL, FILL_METHODS, masked_input
 from .pilot import rate_is_default
 from .plan import (CODEC, FIT_PLACEHOLDER, WRITER, candidates_for, check_int,
                    fit_settings_for, normalized_tensor, triple)
@@ -81,6 +85,16 @@ _SLACK = 64
 _FALLBACK_CODERS = ("raw", "zstd")
 #: Header bytes reserved before the first group's model entry is known.
 _UNKNOWN_MODEL_BYTES = 2048
+#: Most distinct masks one file stores (one container section each, spec/nvol.md's
+#: section table holds at most 1024 entries).
+MAX_MASK_SECTIONS = 1000
+#: Prefix of the sections holding the members' masks: ``mask.<variable>.<i>``.
+MASK_SECTION_PREFIX = "mask"
+#: Header bytes a masked key's own single-volume file spends on its mask entry (its
+#: budget covers them; the series file does not have them).
+_MASK_ENTRY_BYTES = 64
+#: Largest JSON text of the global or time attributes (spec/series.md §3).
+MAX_ATTRS_BYTES = 1 << 16
 
 
 @dataclasses.dataclass
@@ -92,6 +106,10 @@ class _Var:
     hi: float
     units: Optional[str]
     attrs: Dict[str, Any]
+    #: Each step's mask (True: masked; None: no masked voxel) and the variable's fill
+    #: value (None: masked voxels are NaN).
+    masks: List[Optional[np.ndarray]] = dataclasses.field(default_factory=list)
+    fill: Optional[float] = None
 
 
 class _PullTowards(Regularizer):
@@ -111,9 +129,12 @@ class _PullTowards(Regularizer):
         return (self.weight * self.loss) * l1
 
 
-def series_inputs(data: Any, metadata: Optional[Mapping[str, Any]], max_name: int) -> List[_Var]:
+def series_inputs(data: Any, metadata: Optional[Mapping[str, Any]], max_name: int,
+                  fill_value: Any = None) -> List[_Var]:
     """The variables of an encode's input: a dict ``{name: 4-D array or list of 3-D}``, a
-    4-D array, or a list/tuple of 3-D volumes; checked (finite, same shapes)."""
+    4-D array, or a list/tuple of 3-D volumes; checked (finite or masked, same shapes).
+    ``fill_value``: one number for every variable, or ``{name: number}``; voxels equal to
+    it (and NaN voxels of float variables) are masked (spec/series.md §3.1)."""
     if isinstance(data, Mapping):
         if not data:
             raise NeurvolInputError("the dict of variables is empty; give at least one array")
@@ -124,6 +145,11 @@ def series_inputs(data: Any, metadata: Optional[Mapping[str, Any]], max_name: in
     unknown = sorted(set(metadata) - {str(n) for n, _ in items})
     if unknown:
         raise NeurvolInputError(f"metadata names unknown variables {unknown}")
+    fills = dict(fill_value) if isinstance(fill_value, Mapping) else None
+    if fills is not None:
+        unknown = sorted(set(fills) - {str(n) for n, _ in items})
+        if unknown:
+            raise NeurvolInputError(f"fill_value names unknown variables {unknown}")
     out: List[_Var] = []
     shape = count = None
     for name, value in items:
@@ -144,13 +170,15 @@ def series_inputs(data: Any, metadata: Optional[Mapping[str, Any]], max_name: in
             steps = [value[t] for t in range(int(vshape[0]))]
         if not steps:
             raise NeurvolInputError(f"variable {name!r} has no steps")
-        checked, lo, hi = [], math.inf, -math.inf
+        fill = fills.get(name) if fills is not None else fill_value
+        checked, masks, lo, hi = [], [], math.inf, -math.inf
         for t, step in enumerate(steps):
             try:
-                vol, a, b = check_volume(step)
+                vol, a, b, mask = check_masked_volume(step, fill)
             except NeurvolInputError as exc:
                 raise NeurvolInputError(f"variable {name!r}, step {t}: {exc}") from None
             checked.append(vol)
+            masks.append(mask)
             lo, hi = min(lo, a), max(hi, b)
         dtypes = {np.dtype(v.dtype) for v in checked}
         shapes = {tuple(int(n) for n in v.shape) for v in checked}
@@ -170,8 +198,58 @@ def series_inputs(data: Any, metadata: Optional[Mapping[str, Any]], max_name: in
         units, attrs = meta.get("units"), dict(meta.get("attrs") or {})
         if units is not None and not isinstance(units, str):
             raise NeurvolInputError(f"metadata[{name!r}]['units'] must be a str, got {units!r}")
-        out.append(_Var(name, checked, dtypes.pop(), lo, hi, units, attrs))
+        out.append(_Var(name, checked, dtypes.pop(), lo, hi, units, attrs, masks,
+                        None if fill is None else float(fill)))
     return out
+
+
+def check_attrs(attrs: Optional[Mapping[str, Any]], what: str) -> Dict[str, Any]:
+    """Global or time attributes for the header: a JSON-able dict of bounded size."""
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, Mapping) or not all(isinstance(k, str) for k in attrs):
+        raise NeurvolInputError(f"{what} must be a dict with str keys, got {attrs!r}")
+    try:
+        text = json.dumps(dict(attrs), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise NeurvolInputError(
+            f"{what} must hold JSON values (str, finite numbers, lists, dicts): {exc}; "
+            "neurvol.io.json_attrs converts NetCDF attributes") from None
+    if len(text) > MAX_ATTRS_BYTES:
+        raise NeurvolInputError(
+            f"{what} take {len(text)} bytes as JSON; at most {MAX_ATTRS_BYTES} are stored: "
+            "drop the large ones")
+    return dict(attrs)
+
+
+def mask_sections(variables: Sequence[_Var]) -> Tuple[List[Optional[Dict[str, Any]]],
+                                                       Dict[str, bytes]]:
+    """Each variable's header ``mask`` entry (None: no masked step) and the sections that
+    hold the masks: steps whose masks are equal share one section (spec/series.md §3.1)."""
+    entries: List[Optional[Dict[str, Any]]] = []
+    sections: Dict[str, bytes] = {}
+    for vi, var in enumerate(variables):
+        if all(m is None for m in var.masks):
+            entries.append(None)
+            continue
+        known: Dict[bytes, str] = {}
+        steps: List[Optional[Dict[str, Any]]] = []
+        for mask in var.masks:
+            if mask is None:
+                steps.append(None)
+                continue
+            key = np.packbits(mask).tobytes()
+            name = known.get(key)
+            if name is None:
+                if len(sections) >= MAX_MASK_SECTIONS:
+                    raise NeurvolInputError(
+                        f"the series has more than {MAX_MASK_SECTIONS} distinct masks; a file "
+                        "stores at most that many: encode fewer steps per file")
+                name = known[key] = f"{MASK_SECTION_PREFIX}.{vi}.{len(known)}"
+                sections[name] = encode_mask(mask)
+            steps.append({"masked": int(np.count_nonzero(mask)), "section": name})
+        entries.append({"fill": var.fill, "steps": steps})
+    return entries, sections
 
 
 def _key_worth(length: int) -> float:
@@ -210,12 +288,20 @@ def _as_volume(header: Dict[str, Any], weights: Dict[str, np.ndarray],
 def build_series_header(shape: Sequence[int], spacing: List[float], origin: List[float],
                         steps: int, time_axis: Optional[List[float]],
                         variables: List[Dict[str, Any]], ratio: float,
-                        budget: int) -> Dict[str, Any]:
-    """The header of a series file (``spec/series.md`` §3)."""
+                        budget: int, attrs: Optional[Dict[str, Any]] = None,
+                        time_attrs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The header of a series file (``spec/series.md`` §3); empty attributes are left
+    out (files without them read as before)."""
+    series: Dict[str, Any] = {"version": 1, "shape": list(shape), "spacing": spacing,
+                              "origin": origin, "steps": steps, "time": time_axis,
+                              "variables": variables}
+    if attrs:
+        series["attrs"] = attrs
+    if time_attrs:
+        series["time_attrs"] = time_attrs
     return {
         "bricks": {"grid": [1, 1, len(variables) * steps]},
-        "series": {"version": 1, "shape": list(shape), "spacing": spacing, "origin": origin,
-                   "steps": steps, "time": time_axis, "variables": variables},
+        "series": series,
         "budget": {"ratio": ratio, "bytes": budget},
         "writer": WRITER,
     }
@@ -223,6 +309,8 @@ def build_series_header(shape: Sequence[int], spacing: List[float], origin: List
 
 def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float]] = None,
                   group: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
+                  fill_value: Any = None, attrs: Optional[Mapping[str, Any]] = None,
+                  time_attrs: Optional[Mapping[str, Any]] = None,
                   arch: str, seed: int, device: Any, steps: Optional[int], bits: int,
                   spacing: Optional[Sequence[float]], origin: Optional[Sequence[float]],
                   fit_settings: Optional[Dict[str, Any]], codec: Optional[Dict[str, Any]],
@@ -237,7 +325,8 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
     max_steps, max_variables, max_group, max_name = limits
     check_int(group, "group", 1, max_group)
     check_int(seed, "seed", 0, what="a non-negative int")
-    variables = series_inputs(data, metadata, max_name)
+    variables = series_inputs(data, metadata, max_name, fill_value)
+    attrs_d, time_attrs_d = check_attrs(attrs, "attrs"), check_attrs(time_attrs, "time_attrs")
     if len(variables) > max_variables:
         raise NeurvolInputError(f"{len(variables)} variables given; at most {max_variables}")
     n_steps = len(variables[0].steps)
@@ -269,10 +358,14 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
                 plan.append((vi, t, (e - s - worth) / (e - s - 1) * per_step))
     nominal_left = sum(p for _, _, p in plan)
 
+    mask_entries, sections = mask_sections(variables)
     var_entries: List[Dict[str, Any]] = [
         {"name": v.name, "dtype": v.dtype.str, "min": v.lo, "max": v.hi, "units": v.units,
          "attrs": v.attrs, "groups": [], "psnr": [FIT_PLACEHOLDER["psnr"]] * n_steps}
         for v in variables]
+    for e, m in zip(var_entries, mask_entries):
+        if m is not None:
+            e[MASK_KEY] = m
     payloads: Dict[Tuple[int, int], bytes] = {}
 
     def reserve() -> int:
@@ -288,8 +381,9 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
                            "codec": known["codec"] if known else None})
             entries.append(dict(e, groups=gs))
         header = build_series_header(shape, spacing_t, origin_t, n_steps, time_axis, entries,
-                                     ratio, budget)
-        size = len(serialize_nvol(header, [b""] * (len(variables) * n_steps), minor=SERIES_MINOR))
+                                     ratio, budget, attrs_d, time_attrs_d)
+        size = len(serialize_nvol(header, [b""] * (len(variables) * n_steps), sections,
+                                  minor=SERIES_MINOR))
         return size + _SLACK + _SLACK_PER_GROUP * sum(map(len, var_groups)) + (
             0 if known else _UNKNOWN_MODEL_BYTES)
 
@@ -316,12 +410,17 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
                 raise NeurvolBudgetError(
                     f"a budget of {budget} bytes is too small for {n_steps} steps of "
                     f"{len(variables)} variable(s); use a smaller ratio")
+            # A masked key is fitted on its valid voxels as a masked single volume; that
+            # file's budget also holds its mask, which the series stores (and counts) once.
+            key_mask = masked_input(var.masks[s], var.fill)
+            file_budget = key_budget + (0 if key_mask is None else
+                                        len(key_mask.section) + _MASK_ENTRY_BYTES)
             key_file = _encode_single(
-                var.steps[s], var.lo, var.hi, ratio=voxels * var.dtype.itemsize / key_budget,
+                var.steps[s], var.lo, var.hi, ratio=voxels * var.dtype.itemsize / file_budget,
                 candidates=candidates, arch_options=arch_options, seed=seed, dev=dev,
                 steps=steps, bits=bits, spacing=spacing_t, origin=origin_t,
                 fit_settings=fit_settings, codec=codec, auto_rate=rate_is_default(codec),
-                quiet=True)
+                quiet=True, masked=key_mask)
             key_payload = NvolReader(key_file.to_bytes()).read_brick(0)
             payloads[(vi, s)] = key_payload
             used += len(key_payload)
@@ -352,12 +451,13 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
                 target = int(available * share / nominal_left)
                 payload, prev = _delta_member(
                     tarch, config, specs, prev, var.steps[t], var.lo, var.hi, fit,
-                    seed + t, dev, target)
+                    seed + t, dev, target, var.masks[t])
                 payloads[(vi, t)] = payload
                 used += len(payload)
                 nominal_left -= share
                 plan_pos += 1
-                value = psnr(var.steps[t], _as_volume(member_header, prev, specs).decode())
+                value = psnr(var.steps[t], _as_volume(member_header, prev, specs).decode(),
+                             None if var.masks[t] is None else ~var.masks[t])
                 var_entries[vi]["psnr"][t] = value
                 log.info("series: %s step %d: %d of %d bytes, %.2f dB", var.name, t,
                          len(payload), target, value)
@@ -365,9 +465,9 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
         e["psnr"] = [None if p is None or not math.isfinite(p) else round(float(p), 3)
                      for p in e["psnr"]]
     header = build_series_header(shape, spacing_t, origin_t, n_steps, time_axis, var_entries,
-                                 ratio, budget)
+                                 ratio, budget, attrs_d, time_attrs_d)
     bricks = [payloads[(vi, t)] for vi in range(len(variables)) for t in range(n_steps)]
-    out = serialize_nvol(header, bricks, minor=SERIES_MINOR)
+    out = serialize_nvol(header, bricks, sections, minor=SERIES_MINOR)
     if len(out) > budget:
         raise NeurvolBudgetError(
             f"the series file is {len(out)} bytes but the budget is {budget}; use a smaller "
@@ -377,11 +477,18 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
 
 def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int, ...]]],
                   prev: Dict[str, np.ndarray], volume: Any, lo: float, hi: float, fit: Any,
-                  seed: int, dev: torch.device, target: int
-                  ) -> Tuple[bytes, Dict[str, np.ndarray]]:
+                  seed: int, dev: torch.device, target: int,
+                  mask: Optional[np.ndarray] = None) -> Tuple[bytes, Dict[str, np.ndarray]]:
     """The delta payload of one step (at most ``target`` bytes where any step allows it)
-    and the weights a decoder gets from it."""
+    and the weights a decoder gets from it. ``mask`` (True: masked): the fit sees the
+    valid voxels only, as a masked single volume's does."""
     data = normalized_tensor(volume, lo, hi)
+    valid = None
+    if mask is not None:
+        values = data.numpy()
+        values[mask] = 0.0
+        FILL_METHODS[DEFAULT_FILL](values, mask)
+        valid = torch.from_numpy(~mask)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = tarch.build(config)
@@ -390,7 +497,8 @@ def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int,
         pulled = [params[n] for n in sorted(trained) if n in params]
         reference = [torch.from_numpy(prev[n]).clone() for n in sorted(trained) if n in params]
         regularizer = _PullTowards(pulled, reference, DELTA_L1)
-        fitting = Fitting(model, data, fit, seed=seed, device=dev, regularizer=regularizer)
+        fitting = Fitting(model, data, fit, seed=seed, device=dev, regularizer=regularizer,
+                          valid=valid)
         with torch.no_grad():   # the predecessor's decoded weights, not the data-driven init
             model.load_state_dict({n: torch.from_numpy(prev[n]) for n, _ in specs})
         # Only the grids learn: placement (and anything an architecture trains in phases)

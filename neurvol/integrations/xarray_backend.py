@@ -64,14 +64,14 @@ class SeriesBackendArray(NeurvolBackendArray):
 def _series_dataset(series: Any, drop_variables: Optional[Iterable[str]]) -> xr.Dataset:
     """The dataset of a time-series file (spec/series.md): every variable, dims
     ``(time, z, y, x)``, with its units and attributes; ``time`` from the file (else step
-    numbers)."""
+    numbers) with its attributes; the file's global attributes on the dataset."""
     lay = series.layout
     spacing = lay.spacing or [1.0, 1.0, 1.0]
     origin = lay.origin or [0.0, 0.0, 0.0]
     coords = {dim: (dim, o + s * np.arange(n), {"spacing": s})
               for dim, n, s, o in zip(DIMS, lay.shape, spacing, origin)}
     coords[TIME_DIM] = (TIME_DIM, np.asarray(series.time if series.time is not None
-                                             else np.arange(series.steps)))
+                                             else np.arange(series.steps)), series.time_attrs)
     dropped = set(drop_variables or ())
     data_vars = {}
     for name in series.variables:
@@ -84,8 +84,9 @@ def _series_dataset(series: Any, drop_variables: Optional[Iterable[str]]) -> xr.
         attrs["value_range"] = list(var.value_range)
         data = indexing.LazilyIndexedArray(SeriesBackendArray(var))
         data_vars[name] = xr.Variable((TIME_DIM,) + tuple(DIMS), data, attrs=attrs)
-    attrs = {"ratio": round(series.ratio, 3), "file_bytes": series.nbytes_file,
-             "format_version": series.info()["format_version"]}
+    attrs = dict(series.attrs)      # the file's global attributes, then neurvol's own
+    attrs.update({"ratio": round(series.ratio, 3), "file_bytes": series.nbytes_file,
+                  "format_version": series.info()["format_version"]})
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 

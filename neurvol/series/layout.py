@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..container.format import REQUIRED_SECTIONS
 from ..errors import NeurvolFormatError, brief
 from ..volume_checks import FLOAT32_MAX, MAX_AXIS, MAX_VOXELS
 
@@ -27,6 +28,28 @@ MAX_VARIABLES = 256
 MAX_GROUP_STEPS = 256
 #: Longest variable name and units string.
 MAX_NAME = 256
+#: Longest name of a member's mask section (spec/series.md §3.1).
+MAX_MASK_SECTION_NAME = 64
+#: Sections a series' masks may not name: the container's own.
+_RESERVED_SECTIONS = REQUIRED_SECTIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberMask:
+    """A masked member's mask: the number of masked voxels and the section holding it
+    (``spec/mask.md`` §2); members with equal masks may share a section."""
+
+    masked: int
+    section: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableMask:
+    """A variable's ``mask`` entry: its fill (None: NaN) and each step's mask (None: a step
+    without masked voxels)."""
+
+    fill: Optional[float]
+    steps: Tuple[Optional[MemberMask], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +74,7 @@ class Variable:
     attrs: Dict[str, Any]
     groups: Tuple[Group, ...]
     psnr: Tuple[Optional[float], ...]
+    mask: Optional[VariableMask] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +87,8 @@ class SeriesLayout:
     steps: int
     time: Optional[Tuple[float, ...]]
     variables: Tuple[Variable, ...]
+    attrs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    time_attrs: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def member(self, variable: int, step: int) -> int:
         """The brick id of a member: variable-major, then step."""
@@ -154,7 +180,57 @@ def _groups(v: Any, what: str, steps: int) -> Tuple[Group, ...]:
     return tuple(out)
 
 
-def _variable(v: Any, i: int, steps: int) -> Variable:
+def _mask(v: Any, what: str, steps: int, voxels: int, dtype: np.dtype
+          ) -> Optional[VariableMask]:
+    """A variable's ``mask`` entry (spec/series.md §3.1), or None without one."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise _fail(what, v, "an object with 'fill' and 'steps', or absent")
+    fill = v.get("fill")
+    if fill is None:
+        if dtype.kind != "f":
+            raise _fail(f"{what}.fill", fill, f"a number: {dtype} has no NaN")
+    else:
+        fill = _number(fill, f"{what}.fill")
+    entries = v.get("steps")
+    if not (isinstance(entries, list) and len(entries) == steps):
+        raise _fail(f"{what}.steps", entries, f"a list of {steps} objects or nulls")
+    out: List[Optional[MemberMask]] = []
+    counts: Dict[str, int] = {}
+    for t, e in enumerate(entries):
+        if e is None:
+            out.append(None)
+            continue
+        w = f"{what}.steps[{t}]"
+        if not isinstance(e, dict):
+            raise _fail(w, e, "an object with 'masked' and 'section', or null")
+        masked = _int(e.get("masked"), f"{w}.masked", 1, voxels - 1)
+        section = e.get("section")
+        if not (isinstance(section, str) and 1 <= len(section) <= MAX_MASK_SECTION_NAME) \
+                or section in _RESERVED_SECTIONS:
+            raise _fail(f"{w}.section", section,
+                        f"the name of an extra section (1 to {MAX_MASK_SECTION_NAME} characters)")
+        if counts.setdefault(section, masked) != masked:
+            raise NeurvolFormatError(
+                f"header 'series.{w}' names section {section!r} with {masked} masked voxels, "
+                f"an earlier step the same section with {counts[section]}; the file is "
+                "corrupted")
+        out.append(MemberMask(masked, section))
+    if all(m is None for m in out):
+        raise _fail(f"{what}.steps", entries, "a list with at least one masked step")
+    return VariableMask(None if fill is None else float(fill), tuple(out))
+
+
+def _attrs(v: Any, what: str) -> Dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _fail(what, v, "an object")
+    return v
+
+
+def _variable(v: Any, i: int, steps: int, voxels: int) -> Variable:
     what = f"variables[{i}]"
     if not isinstance(v, dict):
         raise _fail(what, v, "an object")
@@ -181,12 +257,14 @@ def _variable(v: Any, i: int, steps: int) -> Variable:
             _number(p, f"{what}.psnr")
     return Variable(name, dt, lo, hi, units, attrs, _groups(v.get("groups"), f"{what}.groups",
                                                              steps),
-                    tuple(None if p is None else float(p) for p in psnr))
+                    tuple(None if p is None else float(p) for p in psnr),
+                    _mask(v.get("mask"), f"{what}.mask", steps, voxels, dt))
 
 
-def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int]) -> SeriesLayout:
+def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int],
+                 section_names: Sequence[str] = ()) -> SeriesLayout:
     """Validate the header's ``series`` object against the brick grid ``[1, 1, M]``
-    (``M`` = variables x steps)."""
+    (``M`` = variables x steps) and the file's sections (those masks name)."""
     s = header.get(KEY_SERIES)
     if not isinstance(s, dict):
         raise NeurvolFormatError("header has no 'series' object; this is not a time-series file")
@@ -213,7 +291,13 @@ def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int]) -> SeriesLa
     variables = s.get("variables")
     if not (isinstance(variables, list) and 1 <= len(variables) <= MAX_VARIABLES):
         raise _fail("variables", variables, f"a list of 1 to {MAX_VARIABLES} variables")
-    parsed = tuple(_variable(v, i, steps) for i, v in enumerate(variables))
+    parsed = tuple(_variable(v, i, steps, math.prod(shape)) for i, v in enumerate(variables))
+    for v in parsed:
+        for m in (v.mask.steps if v.mask is not None else ()):
+            if m is not None and m.section not in section_names:
+                raise NeurvolFormatError(
+                    f"variable {v.name!r} names mask section {m.section!r}, which the file "
+                    "does not have; the file is corrupted")
     names = [v.name for v in parsed]
     if len(set(names)) != len(names):
         raise NeurvolFormatError(f"header 'series.variables' names a variable twice: {brief(names)}")
@@ -223,4 +307,5 @@ def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int]) -> SeriesLa
             f"member per variable and step), got {list(grid)}; the file is corrupted")
     return SeriesLayout((shape[0], shape[1], shape[2]),
                         _triple(s.get("spacing"), "spacing", True),
-                        _triple(s.get("origin"), "origin", False), steps, time, parsed)
+                        _triple(s.get("origin"), "origin", False), steps, time, parsed,
+                        _attrs(s.get("attrs"), "attrs"), _attrs(s.get("time_attrs"), "time_attrs"))

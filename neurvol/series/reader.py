@@ -21,7 +21,10 @@ from ..compress import decode_payload
 from ..compress.delta import KIND_DELTA, decode_delta
 from ..compress.payload import max_payload_bytes
 from ..container import NvolReader, serialize_nvol, write_nvol
+from ..container.format import REQUIRED_SECTIONS
+from ..compress.mask import MASK_SECTION
 from ..errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
+from ..masking import MASK_KEY, MASK_MINOR
 from ..model_limits import check_model_cost
 from ..neural_volume import NeuralVolume, config_of, tensor_specs
 from .layout import KEY_SERIES, SeriesLayout, Variable, parse_series
@@ -45,9 +48,11 @@ class MemberVolume(NeuralVolume):
     series (:meth:`NeuralSeries.member_weights`)."""
 
     def __init__(self, series: "NeuralSeries", variable: int, step: int, header: Dict[str, Any],
-                 backend: Optional[str], device: Any) -> None:
-        super().__init__(NvolReader(serialize_nvol(header, [b""])), device=device,
-                         backend=backend)
+                 backend: Optional[str], device: Any,
+                 sections: Optional[Dict[str, bytes]] = None) -> None:
+        super().__init__(NvolReader(serialize_nvol(header, [b""], sections,
+                                                   minor=MASK_MINOR if sections else None)),
+                         device=device, backend=backend)
         self._series, self._key = series, (variable, step)
 
     def _load_brick(self, b: int) -> Tuple[Any, int]:
@@ -95,6 +100,14 @@ class SeriesVariable:
     def shape(self) -> Tuple[int, int, int, int]:
         """``(t, z, y, x)``."""
         return (self._series.layout.steps,) + self._series.layout.shape
+
+    @property
+    def fill_value(self) -> Optional[float]:
+        """The value masked voxels decode to (NaN for NaN regions); None when no step has
+        masked voxels (spec/series.md §3.1)."""
+        if self._var.mask is None:
+            return None
+        return math.nan if self._var.mask.fill is None else self._var.mask.fill
 
     @property
     def ndim(self) -> int:
@@ -224,7 +237,7 @@ class NeuralSeries:
                 "neurvol.open(path)")
         self._reader = reader
         self.header: Dict[str, Any] = reader.header
-        self.layout: SeriesLayout = parse_series(self.header, reader.grid)
+        self.layout: SeriesLayout = parse_series(self.header, reader.grid, reader.section_names)
         self._device, self._backend = device, backend
         self._lock = threading.RLock()
         self._weights: "OrderedDict[Key, Tuple[Any, int]]" = OrderedDict()
@@ -255,6 +268,16 @@ class NeuralSeries:
     def time(self) -> Optional[Tuple[float, ...]]:
         """The time coordinate of each step (None: steps 0, 1, ...)."""
         return self.layout.time
+
+    @property
+    def attrs(self) -> Dict[str, Any]:
+        """The series' global attributes (JSON values), as given to encode."""
+        return dict(self.layout.attrs)
+
+    @property
+    def time_attrs(self) -> Dict[str, Any]:
+        """The time coordinate's attributes (e.g. its units), as given to encode."""
+        return dict(self.layout.time_attrs)
 
     @property
     def shape(self) -> Tuple[int, int, int, int]:
@@ -299,10 +322,13 @@ class NeuralSeries:
         lay = self.layout
         return {
             "format_version": ".".join(map(str, self._reader.version)),
+            "attrs": dict(lay.attrs),
             "series": {"steps": lay.steps, "time": None if lay.time is None else list(lay.time),
                        "shape": list(lay.shape), "spacing": lay.spacing, "origin": lay.origin},
             "variables": [{"name": v.name, "dtype": v.dtype.name, "value_range": [v.lo, v.hi],
                            "units": v.units, "attrs": v.attrs,
+                           "masked_steps": 0 if v.mask is None else sum(
+                               m is not None for m in v.mask.steps),
                            "groups": [[g.start, g.stop] for g in v.groups],
                            "model": v.groups[0].model, "psnr": list(v.psnr)}
                           for v in lay.variables],
@@ -382,7 +408,16 @@ class NeuralSeries:
                     del header["volume"]["origin"]
                 if group.model is not None:
                     header["model"] = group.model
-                hit = MemberVolume(self, variable, step, header, self._backend, self._device)
+                sections = None
+                member_mask = None if var.mask is None else var.mask.steps[step]
+                if member_mask is not None:
+                    # The member reads as a masked single volume (spec/mask.md): its mask
+                    # section is read now, and only this member's.
+                    header[MASK_KEY] = {"fill": var.mask.fill, "masked": member_mask.masked,
+                                        "section": MASK_SECTION}
+                    sections = {MASK_SECTION: self._reader.read_section(member_mask.section)}
+                hit = MemberVolume(self, variable, step, header, self._backend, self._device,
+                                   sections)
                 self._members[(variable, step)] = hit
                 while len(self._members) > MAX_MEMBER_VOLUMES:
                     self._members.popitem(last=False)
@@ -468,15 +503,22 @@ class NeuralSeries:
     def _bricks(self) -> List[bytes]:
         return [self._reader.read_brick(b) for b in range(self._reader.brick_count)]
 
+    def _extra_sections(self) -> Dict[str, bytes]:
+        """The sections after the bricks (the members' masks), by name."""
+        return {name: self._reader.read_section(name) for name in self._reader.section_names
+                if name not in REQUIRED_SECTIONS}
+
     def to_bytes(self) -> bytes:
         """The ``.nvol`` file's bytes."""
         header = {k: v for k, v in self.header.items() if k != "sections"}
-        return serialize_nvol(header, self._bricks(), minor=self._reader.version[1])
+        return serialize_nvol(header, self._bricks(), self._extra_sections(),
+                              minor=self._reader.version[1])
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the ``.nvol`` file atomically."""
         header = {k: v for k, v in self.header.items() if k != "sections"}
-        write_nvol(path, header, self._bricks(), minor=self._reader.version[1])
+        write_nvol(path, header, self._bricks(), self._extra_sections(),
+                   minor=self._reader.version[1])
 
     def close(self) -> None:
         """Release the file handle."""

@@ -12,6 +12,7 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py codec2-configs  # codec.pipeline as configs (§1.3)
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
     python tests/golden/make_golden.py 1.3-series  # time series, two variables (spec/series.md)
+    python tests/golden/make_golden.py 1.3-series-masked  # + masked members (series.md §3.1)
     python tests/golden/make_golden.py 1.3-mask  # masked volumes (spec/mask.md)
     python tests/golden/make_golden.py 1.3-mask-rows  # + a rows-coded mask
     python tests/golden/make_golden.py 1.4     # compact header (spec/nvol.md §3.3)
@@ -46,6 +47,8 @@ def outputs(mode: str) -> List[str]:
         return [f for name in BOUNDED_CASES for f in _pair(name) + [f"{name}.original.npy"]]
     if mode == "1.3-series":
         return _pair("series_v1.3")
+    if mode == "1.3-series-masked":
+        return _pair("series_masked_v1.3")
     if mode == "1.3-mask":
         return [f for name in MASKED_CASES for f in _pair(name)]
     if mode == "1.3-mask-rows":
@@ -157,6 +160,36 @@ def write_series() -> None:
         np.save(f, expected)
 
 
+def write_series_masked() -> None:
+    # Format 1.3: a time series with masked members (spec/series.md §3.1): 4 steps of a
+    # drifting crop, groups of 2 (keys and deltas both masked). "density" (float32) has
+    # NaN in its first 3 slices at every step (one shared section) and, at step 2, a
+    # corner of its own; "count" (uint16) has the fill value 0 where a moving stripe is,
+    # a distinct mask per step, and none at step 0. Global and time attributes too.
+    import neurvol
+
+    vol = neurvol.sample_volume()
+    steps = np.stack([vol[20 + t:36 + t, 22:40, 22:42] for t in range(4)]).astype(np.float32)
+    density = steps * np.float32(0.37)
+    density[:, :3] = np.nan
+    density[2, 10:, 12:, 15:] = np.nan
+    count = steps.astype(np.uint16) + 1
+    for t in range(1, 4):
+        count[t, :, 4 + t:6 + t, :] = 0
+    nv = neurvol.encode({"density": density, "count": count}, ratio=5, group=2, steps=40,
+                        seed=0, quiet=True, arch="fvsrn", fill_value={"count": 0},
+                        time=[0.0, 0.5, 1.0, 1.5], time_attrs={"units": "s"},
+                        attrs={"title": "masked golden", "version": 3},
+                        metadata={"density": {"units": "kg m-3", "attrs": {}}})
+    with open(os.path.join(HERE, "series_masked_v1.3.nvol"), "xb") as f:
+        f.write(nv.to_bytes())
+    expected = np.stack([nv[name].decode(dtype=np.float32) for name in ("density", "count")])
+    assert np.array_equal(np.isnan(expected[0]), np.isnan(density))
+    assert np.array_equal(expected[1] == 0, count == 0)
+    with open(os.path.join(HERE, "series_masked_v1.3.expected.npy"), "xb") as f:
+        np.save(f, expected)
+
+
 def write_masked() -> None:
     # Format 1.3: masked volumes. A float32 crop whose first 4 slices are NaN (a runs-coded
     # mask starting with a masked voxel), and a uint16 crop whose fill value 0 marks a
@@ -208,7 +241,8 @@ def write_version(version: str) -> None:
 WRITERS: Dict[str, Callable[[], None]] = {
     "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
     "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.3-mask": write_masked,
-    "1.3-mask-rows": write_masked_rows, "1.3-series": write_series}
+    "1.3-mask-rows": write_masked_rows, "1.3-series": write_series,
+    "1.3-series-masked": write_series_masked}
 
 
 def main(argv: List[str]) -> int:
