@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
+from ._closing import ClosesOnExit
 from .backend import Backend, select_backend
 from .compress import decode_payload, payload_stats
 from .compress.bound import Corrections, parse_bound, resample_linear
@@ -71,7 +72,7 @@ SPATIAL_MIN_POINTS = 4096
 SUPPORTED_CODECS = {("kmeans-zstd", 1), ("neurvol", 2)}
 
 
-class NeuralVolume:
+class NeuralVolume(ClosesOnExit):
     """A compressed neural volume.
 
     Made by :func:`neurvol.encode` or :func:`neurvol.open`; both are backed by the exact
@@ -464,11 +465,6 @@ class NeuralVolume:
             self._models.clear()
             self._cache_bytes = 0
 
-    def __enter__(self) -> "NeuralVolume":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ queries
     def query(self, points: Any, space: str = "index", *, clamp: bool = False) -> np.ndarray:
@@ -956,6 +952,11 @@ def open_volume(path: Union[str, os.PathLike], *, device: Any = None,
     Bricks are decoded when a query first touches them. Use as a context manager to
     close the file handle promptly.
     """
+    return NeuralVolume(NvolReader(existing_file(path)), device=device, backend=backend)
+
+
+def existing_file(path: Union[str, os.PathLike]) -> str:
+    """``path`` as a str, once it names an existing file (errors a user can act on)."""
     try:
         p = os.fspath(path)
     except TypeError:
@@ -964,7 +965,7 @@ def open_volume(path: Union[str, os.PathLike], *, device: Any = None,
         raise NeurvolIOError(f"no such file: {p}")
     if os.path.isdir(p):
         raise NeurvolIOError(f"{p} is a directory, not a .nvol file")
-    return NeuralVolume(NvolReader(p), device=device, backend=backend)
+    return p
 
 
 def build_model(spec: Dict[str, Any]) -> Any:

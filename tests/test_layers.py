@@ -35,7 +35,7 @@ SOURCE = ROOT / PACKAGE
 LAYERS: Dict[str, int] = {
     # shared foundations: error types, atomic writes, input limits, quality metrics
     "errors": 0, "version": 0,
-    "_atomic": 1, "volume_checks": 1,
+    "_atomic": 1, "_closing": 1, "volume_checks": 1,
     # PSNR and error over whole volumes (chunked with volume_checks' chunk size)
     "metrics": 2,
     # bytes and files, alongside each other: the .nvol layout, volume formats, pictures

@@ -31,6 +31,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..errors import NeurvolIOError
 from ._registry import as_path, optional_module
+from .hdf5 import open_hdf5
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +215,7 @@ def read_dataset(path: Union[str, Path], variables: Optional[Sequence[str]] = No
     """
     h5py = _h5py()
     p = as_path(path)
-    try:
-        f = h5py.File(p, "r")
-    except OSError as e:
-        raise NeurvolIOError(
-            f"cannot read {str(p)!r} as NetCDF-4/HDF5 ({e}); NetCDF-3 classic files are not "
-            "HDF5: convert them with 'nccopy -k nc4 in.nc out.nc'") from e
+    f = open_hdf5(p)
     try:
         ds_out = VolumeDataset(variables={}, attrs=_attrs(f), _file=f if lazy else None)
         data_vars: List[Any] = []

@@ -45,6 +45,17 @@ def _h5py() -> Any:
     return optional_module("h5py", "HDF5/NetCDF-4 files", "hdf5")
 
 
+def open_hdf5(path: Any) -> Any:
+    """``h5py.File(path, "r")``, with the error a user can act on (NetCDF-3 is not HDF5)."""
+    h5py = _h5py()
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise NeurvolIOError(
+            f"cannot read {str(path)!r} as HDF5/NetCDF-4 ({e}); NetCDF-3 classic files are not "
+            "HDF5: convert them with 'nccopy -k nc4 in.nc out.nc'") from e
+
+
 class SqueezedDataset:
     """A lazy view of an ``h5py.Dataset`` without its leading length-1 axes.
 
@@ -181,12 +192,7 @@ def read_hdf5(path: Path, *, shape: Optional[Tuple[int, ...]] = None, dtype: Opt
             numeric dataset.
     """
     h5py = _h5py()
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise NeurvolIOError(
-            f"cannot read {str(path)!r} as HDF5/NetCDF-4 ({e}); NetCDF-3 classic files are not "
-            "HDF5: convert them with 'nccopy -k nc4 in.nc out.nc'") from e
+    f = open_hdf5(path)
     try:
         if variable is None:
             good, other = _candidates(h5py, f)

@@ -17,16 +17,17 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .._closing import ClosesOnExit
 from ..compress import decode_payload
 from ..compress.delta import KIND_DELTA, decode_delta
 from ..compress.payload import max_payload_bytes
 from ..container import NvolReader, serialize_nvol, write_nvol
 from ..container.format import REQUIRED_SECTIONS
 from ..compress.mask import MASK_SECTION
-from ..errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
+from ..errors import NeurvolFormatError, NeurvolInputError, brief
 from ..masking import MASK_KEY, MASK_MINOR
 from ..model_limits import check_model_cost
-from ..neural_volume import NeuralVolume, config_of, tensor_specs
+from ..neural_volume import NeuralVolume, config_of, existing_file, tensor_specs
 from .layout import KEY_SERIES, SeriesLayout, Variable, parse_series
 
 #: Most bytes of decoded member weights kept for later steps of a chain.
@@ -220,7 +221,7 @@ class SeriesVariable:
                 f"units={self.units!r}>")
 
 
-class NeuralSeries:
+class NeuralSeries(ClosesOnExit):
     """A compressed time series (``[t, z, y, x]``) of one or more variables.
 
     Made by :func:`neurvol.encode` from a 4-D array, a list of 3-D volumes or a dict of
@@ -527,11 +528,6 @@ class NeuralSeries:
             self._weights.clear()
             self._cache_bytes = 0
 
-    def __enter__(self) -> "NeuralSeries":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def is_series_header(header: Dict[str, Any]) -> bool:
@@ -543,15 +539,7 @@ def open_any(path: Union[str, os.PathLike], *, device: Any = None,
              backend: Optional[str] = None) -> Union[NeuralVolume, NeuralSeries]:
     """Open any ``.nvol`` file lazily (header and index only): a :class:`NeuralSeries` for
     a time-series file, else a :class:`NeuralVolume`."""
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise NeurvolInputError(f"path must be a str or os.PathLike, got {path!r}") from None
-    if not os.path.exists(p):
-        raise NeurvolIOError(f"no such file: {p}")
-    if os.path.isdir(p):
-        raise NeurvolIOError(f"{p} is a directory, not a .nvol file")
-    reader = NvolReader(p)
+    reader = NvolReader(existing_file(path))
     try:
         if is_series_header(reader.header):
             return NeuralSeries(reader, device=device, backend=backend)
