@@ -80,7 +80,7 @@ def encode_row(name: str, vol: np.ndarray, body: np.ndarray, ratio: float, steps
            "mask_bytes": nv.byte_breakdown().get("mask", 0),
            "psnr_valid": round(psnr(vol, dec, body), 3),
            "max_error_valid": round(max_abs_error(vol, dec, body), 3),
-           "encode_s": round(seconds, 1), "arch": nv.header["model"]["arch"]}
+           "encode_s": round(seconds, 1), "arch": nv.header.get("model", {}).get("arch", nv.info().get("content"))}
     if nv.masked:
         row["mask_exact"] = bool(np.array_equal(np.isnan(dec), ~body))
     return row
