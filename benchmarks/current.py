@@ -47,13 +47,8 @@ RESULTS = os.path.join(HERE, "results")
 BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
 RD_PLOT = os.path.join(ROOT, "docs", "rate_distortion.png")
 BEGIN, END = "<!-- current-results:begin -->", "<!-- current-results:end -->"
-DEFAULT_DATA = os.environ.get("NEURVOL_DATA", "/work/shared/data")
-
-# The 7 dev volumes; the 256^3 ones at half resolution so every cell is a 128^3-class fit.
-DEV_VOLUMES: List[Tuple[str, int]] = [
-    ("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
-    ("sim_richtmyer_meshkov_t20", 2), ("bio_embryo", 2), ("ct_chest_lidc2", 2),
-    ("sim_isabel_windspeed_t30", 2)]
+sys.path.insert(0, HERE)
+from dev_volumes import DEFAULT_DATA, DEV_VOLUMES  # noqa: E402  (benchmarks/ is not a package)
 RD_RATIOS = (50.0, 100.0, 200.0, 400.0)
 RD_BASELINES = ("sz3", "zfp", "sperr", "downsample")
 # Query throughput is a speed figure (the speed part measures it properly); the rd part
@@ -262,7 +257,8 @@ def render_bricks(part: Dict[str, Any]) -> str:
     sys.path.insert(0, HERE)
     import run_bricks
     data = part["result"]
-    table = run_bricks.acceptance_markdown(argparse.Namespace(**data["args"]), data["rows"])
+    table = run_bricks.acceptance_markdown(argparse.Namespace(**data["args"]), data["rows"],
+                                         when_and_where=False)
     return _heading("Bricked ensembles against one model at the same bytes "
                     "(`benchmarks/run_bricks.py --acceptance`)", part["machine"]) + \
         _note(part) + "\n" + table

@@ -33,12 +33,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-DEFAULT_DATA = os.environ.get("NEURVOL_DATA", "/work/shared/data")
-# The 7 dev volumes; the 256^3 ones at half resolution (as benchmarks/current.py).
-DEV_VOLUMES: List[Tuple[str, int]] = [
-    ("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
-    ("sim_richtmyer_meshkov_t20", 2), ("bio_embryo", 2), ("ct_chest_lidc2", 2),
-    ("sim_isabel_windspeed_t30", 2)]
+sys.path.insert(0, HERE)
+from dev_volumes import DEFAULT_DATA, DEV_VOLUMES  # noqa: E402  (benchmarks/ is not a package)
 REL_BOUNDS = (1e-2, 1e-3, 1e-4)
 METHODS = ("hybrid", "pure", "sz3", "zfp", "sperr")
 SPERR_CHUNK = 64

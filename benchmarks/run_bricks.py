@@ -173,16 +173,22 @@ def acceptance(args, report) -> list:
     return rows
 
 
-def acceptance_markdown(args, rows: list) -> str:
+def acceptance_markdown(args, rows: list, when_and_where: bool = True) -> str:
+    """The acceptance table; ``when_and_where`` adds this checkout's commit, today's date
+    and the machine (right when printing a fresh run, wrong when re-rendering a stored one,
+    whose heading already says them)."""
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=HERE).stdout.strip()
-    out = [f"Bricked vs one model at the same bytes: ratio {args.ratio:g}, bricks of "
-           f"{args.brick}, ghost {args.ghost}, arch {args.arch}, steps "
-           f"{args.steps or 'default'}, seed 0, {args.workers} worker(s); commit {commit}, "
-           f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} cores, torch {torch.__version__}.", "",
+    settings = (f"Bricked vs one model at the same bytes: ratio {args.ratio:g}, bricks of "
+                f"{args.brick}, ghost {args.ghost}, arch {args.arch}, steps "
+                f"{args.steps or 'default'}, seed 0, {args.workers} worker(s)")
+    if when_and_where:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=HERE).stdout.strip()
+        settings += (f"; commit {commit}, {time.strftime('%Y-%m-%d')}, "
+                     f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                     f"torch {torch.__version__}")
+    out = [settings + ".", "",
            "| volume | bricks | bricked bytes | bricked PSNR dB | bricked max error | one model "
            "bytes | one model PSNR dB | one model max error | difference dB | within 0.5 dB | "
            "bricked s | one model s |",

@@ -26,12 +26,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-DEFAULT_DATA = os.environ.get("NEURVOL_DATA", "/work/shared/data")
-# The 7 dev volumes; the 256^3 ones at half resolution (as benchmarks/current.py).
-DEV_VOLUMES: List[Tuple[str, int]] = [
-    ("sim_viscous_fingers_t64", 1), ("ct_walnut", 1), ("sim_neghip", 1),
-    ("sim_richtmyer_meshkov_t20", 2), ("bio_embryo", 2), ("ct_chest_lidc2", 2),
-    ("sim_isabel_windspeed_t30", 2)]
+sys.path.insert(0, HERE)
+from dev_volumes import DEFAULT_DATA, DEV_VOLUMES  # noqa: E402  (benchmarks/ is not a package)
 RATIOS = (10.0, 20.0, 50.0, 100.0, 200.0, 400.0, 800.0)
 #: The acceptance margin against SZ3 (issue 22), dB.
 SZ3_MARGIN_DB = 0.2
