@@ -25,7 +25,7 @@ from ..errors import NeurvolInputError
 from ..metrics import psnr
 from ..neural_volume import NeuralVolume
 from .bounded import bounded_file
-from .plan import CODEC, HYBRID_KEY
+from .plan import CODEC, FIT_PLACEHOLDER, HYBRID_KEY
 
 log = logging.getLogger("neurvol")
 
@@ -41,8 +41,9 @@ MIN_REL_BOUND, MAX_REL_BOUND = 1e-7, 0.5
 _MIN_STEP = 0.1
 #: Bounds closer than this in log(bound) count as one (0.2 %).
 _SAME_BOUND = 2e-3
-#: The fit entry the search sizes files with: as wide as any PSNR it is replaced by.
-_FIT_PLACEHOLDER = {"psnr": -100.123}
+#: The fit entry the search sizes files with: as wide as any PSNR it is replaced by
+#: (the PSNR of the planner's placeholder: one widest value for every encode path).
+_FIT_PLACEHOLDER = {"psnr": FIT_PLACEHOLDER["psnr"]}
 
 
 @dataclasses.dataclass
