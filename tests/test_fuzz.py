@@ -125,13 +125,7 @@ def _with_header(data: bytes, edit) -> bytes:
     return out if out is not None else F.forge(hdr, F.split_head(data)[1])
 
 
-def _set(path, value):
-    def edit(h):
-        obj = h
-        for p in path[:-1]:
-            obj = obj[p]
-        obj[path[-1]] = value
-    return edit
+_set = F.set_at
 
 
 HOSTILE_HEADERS = [

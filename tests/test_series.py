@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 
 import h5py
 import numpy as np
@@ -14,6 +16,9 @@ from neurvol.container import NvolReader, serialize_nvol
 from neurvol.errors import NeurvolError, NeurvolFormatError, NeurvolInputError
 from neurvol.neural_volume import NeuralVolume
 from neurvol.series import NeuralSeries
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz"))
+import nvol_fuzzlib as F  # noqa: E402
 
 RATIO = 8.0
 FIT_STEPS = 30
@@ -353,13 +358,7 @@ def test_mask_count_and_section_damage_are_refused(masked):
 
 
 # ---------------------------------------------------------------------- hostile files
-def _set(path, value):
-    def edit(h):
-        obj = h
-        for k in path[:-1]:
-            obj = obj[k]
-        obj[path[-1]] = value
-    return edit
+_set = F.set_at
 
 
 HOSTILE = {

@@ -410,6 +410,16 @@ def _get(obj: Any, path: Tuple[Any, ...]) -> Any:
     return obj
 
 
+def set_at(path: Sequence[Any], value: Any) -> Callable[[Dict[str, Any]], None]:
+    """A header edit that sets the value at ``path`` (keys and indexes) to ``value``."""
+    def edit(h: Dict[str, Any]) -> None:
+        obj = h
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+    return edit
+
+
 def _deep_copy(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
