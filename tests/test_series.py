@@ -459,6 +459,41 @@ def test_delta_codec_roundtrip_and_closed_loop():
         decode_delta(payload, {"g": prev["g"][:1], "w": prev["w"]}, specs)
 
 
+def test_a_delta_the_reader_would_refuse_is_never_written(data, monkeypatch, tmp_path):
+    """Where the reader refuses the default coders' delta, the encoder codes it without
+    rANS, and where it refuses every choice, the step keeps its predecessor's weights:
+    either way the file reads back."""
+    from neurvol.encoding import series as series_encoder
+    real = series_encoder.decode_delta
+    seen = []
+
+    def refuse(refused):
+        def check(payload, prev, specs):
+            seen.append(len(seen))
+            if len(seen) in refused:
+                raise NeurvolFormatError("refused by the test")
+            return real(payload, prev, specs)
+        return check
+
+    monkeypatch.setattr(series_encoder, "decode_delta", refuse({1}))
+    nv = neurvol.encode(data[:2], ratio=RATIO, steps=FIT_STEPS, group=2, seed=0, quiet=True,
+                        arch="fvsrn")
+    assert len(seen) == 2        # the default coders refused, the zstd fallback accepted
+    nv.save(tmp_path / "fallback.nvol")
+    with neurvol.open(tmp_path / "fallback.nvol") as read:
+        np.testing.assert_array_equal(read.decode(), nv.decode())
+    assert np.isfinite(nv.info()["variables"][0]["psnr"][1])
+
+    seen.clear()
+    monkeypatch.setattr(series_encoder, "decode_delta", refuse({1, 2}))
+    kept = neurvol.encode(data[:2], ratio=RATIO, steps=FIT_STEPS, group=2, seed=0,
+                          quiet=True, arch="fvsrn")
+    kept.save(tmp_path / "kept.nvol")
+    with neurvol.open(tmp_path / "kept.nvol") as read:
+        back = read.decode()
+    np.testing.assert_array_equal(back[1], back[0])   # the predecessor's weights, unchanged
+
+
 def test_a_jump_in_time_starts_a_new_group(data):
     """Where a step is far from the one before (another run), it becomes a key."""
     jumpy = np.concatenate([data[:3], data[:3, ::-1, ::-1] * 3.0])

@@ -81,8 +81,9 @@ _STEP_SEARCH = 24
 #: longer than the first group's).
 _SLACK_PER_GROUP = 24
 _SLACK = 64
-#: Stream coders of a delta whose rANS stream the reader's bounds refuse.
-_FALLBACK_CODERS = ("raw", "zstd")
+#: Stream coders a delta tries in turn (None: the default choice, rANS included); the
+#: next is used when the reader's bounds refuse what one wrote.
+_DELTA_CODER_CHOICES: Tuple[Optional[Tuple[str, ...]], ...] = (None, ("raw", "zstd"))
 #: Header bytes reserved before the first group's model entry is known.
 _UNKNOWN_MODEL_BYTES = 2048
 #: Most distinct masks one file stores (one container section each, spec/nvol.md's
@@ -511,28 +512,26 @@ def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int,
     new = {n: t.detach().cpu().numpy() for n, t in model.state_dict().items()}
     coded = [n for n, _ in specs if n in trained]
 
-    def code(step: float) -> Tuple[bytes, Dict[str, np.ndarray]]:
-        return encode_delta(prev, new, specs, {n: step for n in coded})
+    keep_predecessor = encode_delta(prev, new, specs, {})
+    # Each coder choice in turn, kept only if the reader accepts what it wrote: a file the
+    # reader's bounds would refuse is never written.
+    for coders in _DELTA_CODER_CHOICES:
+        def code(step: float, coders: Any = coders) -> Tuple[bytes, Dict[str, np.ndarray]]:
+            return encode_delta(prev, new, specs, {n: step for n in coded}, coders=coders)
 
-    lo_s, hi_s = _STEP_RANGE
-    best = code(hi_s)
-    if len(best[0]) > target:     # even the coarsest step does not fit: keep the predecessor
-        return encode_delta(prev, new, specs, {})
-    best = _search_step(code, best, target, lo_s, hi_s)
-    try:      # what the reader will accept: a stream its bounds refuse is coded without rANS
-        decode_delta(best[0], prev, specs)
-    except NeurvolFormatError:
-        log.info("series: a delta's rANS stream fails the reader's bounds; zstd instead")
-
-        def code_zstd(step: float) -> Tuple[bytes, Dict[str, np.ndarray]]:
-            return encode_delta(prev, new, specs, {n: step for n in coded},
-                                coders=_FALLBACK_CODERS)
-
-        best = code_zstd(hi_s)
-        if len(best[0]) > target:
-            return encode_delta(prev, new, specs, {})
-        best = _search_step(code_zstd, best, target, lo_s, hi_s)
-    return best
+        lo_s, hi_s = _STEP_RANGE
+        best = code(hi_s)
+        if len(best[0]) > target:     # even the coarsest step does not fit
+            return keep_predecessor
+        best = _search_step(code, best, target, lo_s, hi_s)
+        try:
+            decode_delta(best[0], prev, specs)
+        except NeurvolFormatError as exc:
+            log.info("series: a delta coded with %s fails the reader's bounds (%s)",
+                     coders or "the default coders", exc)
+            continue
+        return best
+    return keep_predecessor
 
 
 def _search_step(code: Any, best: Tuple[bytes, Dict[str, np.ndarray]], target: int,
