@@ -1,0 +1,63 @@
+"""The reader's fast decode paths give the bits of the straightforward ones: the slice
+form of the interpolation predictor against the gather form of its definition, table
+unzigzag against the arithmetic, partial and concurrent decodes against serial full ones."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neurvol.compress import interp
+from neurvol.compress.lorenzo import unzigzag, zigzag
+
+
+def _gather_predict(view, axis, h):
+    """The predictor as spec/payload.md §2.2.8 states it: gathers and selects."""
+    ax = view.ndim - 3 + axis
+    n = view.shape[ax]
+    p = np.arange(h, n, 2 * h)
+
+    def at(idx):
+        return np.take(view, np.clip(idx, 0, n - 1), axis=ax)
+
+    shape = [1] * view.ndim
+    shape[ax] = p.size
+    cubic = ((p - 3 * h >= 0) & (p + 3 * h < n)).reshape(shape)
+    linear = (p + h < n).reshape(shape)
+    a, b, c, d = at(p - 3 * h), at(p - h), at(p + h), at(p + 3 * h)
+    pred = np.where(cubic, (9.0 * (b + c) - (a + d)) / 16.0,
+                    np.where(linear, (b + c) / 2.0, b))
+    sel = [slice(None)] * view.ndim
+    sel[ax] = slice(h, None, 2 * h)
+    return pred, tuple(sel)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (3, 5, 7), (1, 9, 4, 13), (2, 1, 17, 3, 2),
+                                   (2, 1, 12, 12, 12), (1, 33, 6, 65)])
+def test_interp_slices_equal_gathers(shape, monkeypatch):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape) * 5
+    for step in (0.01, 0.7):
+        codes, rec = interp.interp_encode(x, step)
+        decoded = interp.interp_decode(codes, shape, step)
+        with monkeypatch.context() as m:
+            m.setattr(interp, "_predict", _gather_predict)
+            ref_codes, ref_rec = interp.interp_encode(x, step)
+            ref_decoded = interp.interp_decode(ref_codes, shape, step)
+        np.testing.assert_array_equal(codes, ref_codes)
+        assert rec.tobytes() == ref_rec.tobytes()
+        assert decoded.tobytes() == ref_decoded.tobytes() == rec.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+def test_unzigzag_table_equals_arithmetic(dtype):
+    info = np.iinfo(dtype)
+    r = np.random.default_rng(0).integers(-(1 << 20), 1 << 20, 10_000)
+    z = zigzag(r)
+    z = np.concatenate([z[z <= info.max], [0, 1, 2, min(info.max, (1 << 64) - 1)]]).astype(dtype)
+    got = unzigzag(z)
+    u = z.astype(np.uint64)
+    want = (u >> np.uint64(1)).astype(np.int64) ^ -(u & np.uint64(1)).astype(np.int64)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    got[...] = 7                      # a fresh array: the lookup table is untouched
+    np.testing.assert_array_equal(unzigzag(z), want)
