@@ -92,8 +92,9 @@ class NumpyBackend(Backend):
 
     def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
         res = np.empty(norm.shape[0], dtype=np.float32)
+        pts = _float32(norm)
         for a in range(0, norm.shape[0], step):
-            res[a:a + step] = model(norm[a:a + step].astype(np.float32))
+            res[a:a + step] = model(pts[a:a + step])
         return res
 
     def scope(self) -> ContextManager[Any]:
@@ -133,7 +134,7 @@ class TorchBackend(Backend):
         torch = self._torch
         res = np.empty(norm.shape[0], dtype=np.float32)
         with torch.inference_mode():
-            c = torch.from_numpy(norm.astype(np.float32)).to(self.device)
+            c = torch.from_numpy(_float32(norm)).to(self.device)
             for a in range(0, c.shape[0], step):
                 res[a:a + step] = model(c[a:a + step]).float().cpu().numpy()
         return res
@@ -148,6 +149,14 @@ class TorchBackend(Backend):
             yield self._torch.set_num_threads, (1,)
         finally:
             self._torch.set_num_threads(threads)
+
+
+def _float32(points: np.ndarray) -> np.ndarray:
+    """``points`` as a C-contiguous, writeable float32 array: itself when it is one (a
+    bricked query's local coordinates are), else a copy."""
+    if points.dtype == np.float32 and points.flags.c_contiguous and points.flags.writeable:
+        return points
+    return np.array(points, dtype=np.float32, order="C")
 
 
 @functools.lru_cache(maxsize=1)
