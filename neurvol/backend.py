@@ -10,8 +10,11 @@ Choice, first match wins: ``neurvol.open(path, backend=...)``; the environment v
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
+import threading
+from collections import OrderedDict
 from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional, Tuple, Type
 
 import numpy as np
@@ -22,6 +25,8 @@ from .models.numpy_eval import get_numpy_architecture
 
 #: Environment variable that picks the backend when ``open`` is not told.
 BACKEND_ENV = "NEURVOL_BACKEND"
+#: Built models the torch backend keeps to copy from, one per config, most recent first.
+MODEL_TEMPLATES = 8
 #: What to install for the torch backend (and for encoding).
 TORCH_INSTALL_HINT = ('pip install "neurvol[encode]" (CPU-only torch: pip install torch '
                       '--index-url https://download.pytorch.org/whl/cpu)')
@@ -116,19 +121,39 @@ class TorchBackend(Backend):
         from .models.base import resolve_device
 
         self.device = resolve_device(device or "cpu")
+        # Untouched models, one per recent config: bricks copy one instead of building
+        # their own (a build runs the random initialisation of every tensor).
+        self._templates: "OrderedDict[str, Any]" = OrderedDict()
+        self._templates_lock = threading.Lock()
 
     @property
     def threaded(self) -> bool:
         return self.device.type == "cpu"
 
     def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
+        model = copy.deepcopy(self._template(arch, config))
+        model.load_state_dict({n: self._torch.from_numpy(a) for n, a in arrays.items()})
+        return model.to(self.device).eval()
+
+    def _template(self, arch: str, config: ModelConfig) -> Any:
+        """A freshly built model of ``arch`` and ``config`` (on the CPU), kept for the
+        next bricks of that config; never evaluated or changed, only copied."""
         from .model_limits import tensor_budget
         from .models import get_architecture
 
+        key = f"{arch}:{config!r}"
+        with self._templates_lock:
+            hit = self._templates.get(key)
+            if hit is not None:
+                self._templates.move_to_end(key)
+                return hit
         with tensor_budget():
             model = get_architecture(arch).build(config)
-        model.load_state_dict({n: self._torch.from_numpy(a) for n, a in arrays.items()})
-        return model.to(self.device).eval()
+        with self._templates_lock:
+            self._templates[key] = model
+            while len(self._templates) > MODEL_TEMPLATES:
+                self._templates.popitem(last=False)
+        return model
 
     def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
         torch = self._torch

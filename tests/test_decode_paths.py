@@ -83,3 +83,44 @@ def test_correction_blocks_decode_the_same_on_threads():
     assert all(a[i].tobytes() == b[i].tobytes() for i in ids)
     whole = stream.decode()
     assert np.abs(whole.astype(np.float64) - vol).max() <= 1e-3
+
+
+def test_torch_bricks_copied_from_a_template_equal_fresh_builds():
+    """Bricks of one config are copies of one built model with their own tensors loaded:
+    the same parameters and values as a model built for the brick, and the template is
+    never changed by a load."""
+    torch = pytest.importorskip("torch")
+    import os
+
+    import neurvol
+    from neurvol.models import get_architecture
+
+    path = os.path.join(os.path.dirname(__file__), "golden", "bricked_v1.1.nvol")
+    nv = neurvol.open(path, backend="torch")
+    backend = nv._backend
+    bricks = [b for b in range(nv.brick_count) if nv._reader.brick_length(b) > 9]
+    assert len(bricks) >= 2
+    pts = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (500, 3)).astype(np.float32))
+    from neurvol.compress.payload import decode_payload
+
+    loaded = []
+    for b in bricks:
+        model, _ = nv._load_brick(b)
+        arch, config, specs = nv._config_specs(nv._brick_spec(b))
+        arrays = decode_payload(nv._reader.read_brick(b), specs)
+        fresh = get_architecture(arch.name).build(config)
+        fresh.load_state_dict({n: torch.from_numpy(a) for n, a in arrays.items()})
+        fresh.eval()
+        state = model.state_dict()
+        assert state.keys() == fresh.state_dict().keys()
+        for name, tensor in fresh.state_dict().items():
+            assert torch.equal(tensor, state[name])
+        assert [p.requires_grad for p in model.parameters()] == \
+            [p.requires_grad for p in fresh.parameters()]
+        with torch.inference_mode():
+            assert torch.equal(model(pts), fresh(pts))
+        loaded.append(state)
+    assert 1 <= len(backend._templates) < len(bricks)      # copies, not a build per brick
+    ptrs = {t.data_ptr() for state in loaded for t in state.values()}
+    for template in backend._templates.values():
+        assert not any(t.data_ptr() in ptrs for t in template.state_dict().values())
