@@ -25,8 +25,11 @@ from .models.numpy_eval import get_numpy_architecture
 
 #: Environment variable that picks the backend when ``open`` is not told.
 BACKEND_ENV = "NEURVOL_BACKEND"
-#: Built models the torch backend keeps to copy from, one per config, most recent first.
-MODEL_TEMPLATES = 8
+#: Built models the torch backend keeps to copy from, one per config, most recent first:
+#: at most this many, and this many bytes of parameters (a bricked file has tens of
+#: configs; each template is one brick's model).
+MODEL_TEMPLATES = 64
+MODEL_TEMPLATE_BYTES = 64 << 20
 #: What to install for the torch backend (and for encoding).
 TORCH_INSTALL_HINT = ('pip install "neurvol[encode]" (CPU-only torch: pip install torch '
                       '--index-url https://download.pytorch.org/whl/cpu)')
@@ -121,39 +124,15 @@ class TorchBackend(Backend):
         from .models.base import resolve_device
 
         self.device = resolve_device(device or "cpu")
-        # Untouched models, one per recent config: bricks copy one instead of building
-        # their own (a build runs the random initialisation of every tensor).
-        self._templates: "OrderedDict[str, Any]" = OrderedDict()
-        self._templates_lock = threading.Lock()
 
     @property
     def threaded(self) -> bool:
         return self.device.type == "cpu"
 
     def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
-        model = copy.deepcopy(self._template(arch, config))
+        model = copy.deepcopy(_model_template(arch, config))
         model.load_state_dict({n: self._torch.from_numpy(a) for n, a in arrays.items()})
         return model.to(self.device).eval()
-
-    def _template(self, arch: str, config: ModelConfig) -> Any:
-        """A freshly built model of ``arch`` and ``config`` (on the CPU), kept for the
-        next bricks of that config; never evaluated or changed, only copied."""
-        from .model_limits import tensor_budget
-        from .models import get_architecture
-
-        key = f"{arch}:{config!r}"
-        with self._templates_lock:
-            hit = self._templates.get(key)
-            if hit is not None:
-                self._templates.move_to_end(key)
-                return hit
-        with tensor_budget():
-            model = get_architecture(arch).build(config)
-        with self._templates_lock:
-            self._templates[key] = model
-            while len(self._templates) > MODEL_TEMPLATES:
-                self._templates.popitem(last=False)
-        return model
 
     def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
         torch = self._torch
@@ -174,6 +153,37 @@ class TorchBackend(Backend):
             yield self._torch.set_num_threads, (1,)
         finally:
             self._torch.set_num_threads(threads)
+
+
+# Untouched models, one per recent config, shared by the process's readers: a brick's
+# model is a copy of one (a build runs the random initialisation of every tensor).
+_TEMPLATES: "OrderedDict[str, Tuple[Any, int]]" = OrderedDict()     # key -> (model, bytes)
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def _model_template(arch: str, config: ModelConfig) -> Any:
+    """A freshly built CPU model of ``arch`` and ``config``, kept for the next bricks of
+    that config (:data:`MODEL_TEMPLATES`, :data:`MODEL_TEMPLATE_BYTES`); never evaluated or
+    changed, only copied."""
+    from .model_limits import tensor_budget
+    from .models import get_architecture
+
+    key = f"{arch}:{config!r}"
+    with _TEMPLATES_LOCK:
+        hit = _TEMPLATES.get(key)
+        if hit is not None:
+            _TEMPLATES.move_to_end(key)
+            return hit[0]
+    with tensor_budget():
+        model = get_architecture(arch).build(config)
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with _TEMPLATES_LOCK:
+        _TEMPLATES[key] = (model, nbytes)
+        total = sum(n for _, n in _TEMPLATES.values())
+        while len(_TEMPLATES) > 1 and (len(_TEMPLATES) > MODEL_TEMPLATES
+                                       or total > MODEL_TEMPLATE_BYTES):
+            total -= _TEMPLATES.popitem(last=False)[1][1]
+    return model
 
 
 def _float32(points: np.ndarray) -> np.ndarray:
