@@ -74,10 +74,15 @@ def _predict(view: np.ndarray, axis: int, h: int) -> Tuple[np.ndarray, Tuple[sli
     sel[ax] = slice(0, None, 2 * h)
     e = view[tuple(sel)]
     m = e.shape[ax]
-    pred = np.array(_along(e, ax, 0, k), dtype=np.float64)   # no right neighbour: E[j]
-    kl = min(k, m - 1)
-    _along(pred, ax, 0, kl)[...] = (_along(e, ax, 0, kl) + _along(e, ax, 1, kl + 1)) / 2.0
-    kc = min(k, m - 2)
+    shape = list(e.shape)
+    shape[ax] = k
+    pred = np.empty(shape, dtype=np.float64)
+    kl = min(k, m - 1)                     # j < kl: a right neighbour
+    kc = max(1, min(k, m - 2))             # 1 <= j < kc: cubic
+    _along(pred, ax, kl, k)[...] = _along(e, ax, kl, k)        # no right neighbour: E[j]
+    for a, b in ((0, min(1, kl)), (kc, kl)):                   # linear
+        if a < b:
+            _along(pred, ax, a, b)[...] = (_along(e, ax, a, b) + _along(e, ax, a + 1, b + 1)) / 2.0
     if kc > 1:
         _along(pred, ax, 1, kc)[...] = (
             9.0 * (_along(e, ax, 1, kc) + _along(e, ax, 2, kc + 1))
