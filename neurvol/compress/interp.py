@@ -136,7 +136,8 @@ def interp_decode(codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.
         nonlocal pos
         q = codes[pos:pos + pred.size].reshape(pred.shape)
         pos += pred.size
-        return pred + q * step
+        pred += q * step             # ``pred`` is this pass's own array
+        return pred
 
     anchor = _anchor(rec.shape)
     rec[anchor] = take(np.zeros_like(rec[anchor]))
