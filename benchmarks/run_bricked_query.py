@@ -172,8 +172,11 @@ def stages(path: str, backend: str, runs: int) -> Dict[str, float]:
 
         undo.append((owner, name, fn))
         setattr(owner, name, timed)
-    saved = nvm.QUERY_THREADS, bound.DECODE_THREADS, stream.DECODE_THREADS
-    nvm.QUERY_THREADS = bound.DECODE_THREADS = stream.DECODE_THREADS = 1
+    # Every thread count of the reader set to 1 (readers without one keep their default).
+    counts = [(m, "QUERY_THREADS" if m is nvm else "DECODE_THREADS") for m in (nvm, bound, stream)]
+    saved = [(m, name, getattr(m, name)) for m, name in counts if hasattr(m, name)]
+    for m, name, _ in saved:
+        setattr(m, name, 1)
     try:
         with neurvol.open(path, backend=backend) as nv:
             top = np.asarray(nv.shape, dtype=np.float64) - 1
@@ -189,7 +192,8 @@ def stages(path: str, backend: str, runs: int) -> Dict[str, float]:
                 nv.query(few)
             total += time.process_time() - c0
     finally:
-        nvm.QUERY_THREADS, bound.DECODE_THREADS, stream.DECODE_THREADS = saved
+        for m, name, value in saved:
+            setattr(m, name, value)
         for owner, name, fn in undo:
             setattr(owner, name, fn)
     out = {k: 1e3 * v / runs for k, v in spent.items()}
