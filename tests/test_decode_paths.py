@@ -125,3 +125,34 @@ def test_torch_bricks_copied_from_a_template_equal_fresh_builds():
     assert B._TEMPLATES
     for template, _ in B._TEMPLATES.values():
         assert not any(t.data_ptr() in ptrs for t in template.state_dict().values())
+
+
+def test_cold_bricks_are_evaluated_on_the_loader_threads(monkeypatch):
+    """A cold query decodes and evaluates its bricks on the loader threads; once they are
+    cached, a query evaluates them on its own thread; both give the same values."""
+    import os
+    import threading
+
+    import neurvol
+    from neurvol import neural_volume
+    from neurvol.neural_volume import NeuralVolume
+
+    monkeypatch.setattr(neural_volume, "QUERY_THREADS", 2)
+    where = []
+    real = NeuralVolume._evaluate_brick
+
+    def watched(self, b, norm):
+        where.append(threading.current_thread().name)
+        return real(self, b, norm)
+
+    monkeypatch.setattr(NeuralVolume, "_evaluate_brick", watched)
+    path = os.path.join(os.path.dirname(__file__), "golden", "bricked_v1.1.nvol")
+    with neurvol.open(path, backend="numpy") as nv:
+        top = np.asarray(nv.shape, dtype=np.float64) - 1
+        pts = np.random.default_rng(0).uniform(0, 1, (500, 3)) * top
+        cold = nv.query(pts)
+        assert len(where) > 1 and all(n.startswith("neurvol-brick") for n in where)
+        where.clear()
+        warm = nv.query(pts)
+        assert where and not any(n.startswith("neurvol-brick") for n in where)
+    np.testing.assert_array_equal(cold, warm)
