@@ -10,8 +10,11 @@ Choice, first match wins: ``neurvol.open(path, backend=...)``; the environment v
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
+import threading
+from collections import OrderedDict
 from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional, Tuple, Type
 
 import numpy as np
@@ -22,6 +25,11 @@ from .models.numpy_eval import get_numpy_architecture
 
 #: Environment variable that picks the backend when ``open`` is not told.
 BACKEND_ENV = "NEURVOL_BACKEND"
+#: Built models the torch backend keeps to copy from, one per config, most recent first:
+#: at most this many, and this many bytes of parameters (a bricked file has tens of
+#: configs; each template is one brick's model).
+MODEL_TEMPLATES = 64
+MODEL_TEMPLATE_BYTES = 64 << 20
 #: What to install for the torch backend (and for encoding).
 TORCH_INSTALL_HINT = ('pip install "neurvol[encode]" (CPU-only torch: pip install torch '
                       '--index-url https://download.pytorch.org/whl/cpu)')
@@ -92,8 +100,9 @@ class NumpyBackend(Backend):
 
     def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
         res = np.empty(norm.shape[0], dtype=np.float32)
+        pts = _float32(norm)
         for a in range(0, norm.shape[0], step):
-            res[a:a + step] = model(norm[a:a + step].astype(np.float32))
+            res[a:a + step] = model(pts[a:a + step])
         return res
 
     def scope(self) -> ContextManager[Any]:
@@ -121,11 +130,7 @@ class TorchBackend(Backend):
         return self.device.type == "cpu"
 
     def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
-        from .model_limits import tensor_budget
-        from .models import get_architecture
-
-        with tensor_budget():
-            model = get_architecture(arch).build(config)
+        model = copy.deepcopy(_model_template(arch, config))
         model.load_state_dict({n: self._torch.from_numpy(a) for n, a in arrays.items()})
         return model.to(self.device).eval()
 
@@ -133,7 +138,7 @@ class TorchBackend(Backend):
         torch = self._torch
         res = np.empty(norm.shape[0], dtype=np.float32)
         with torch.inference_mode():
-            c = torch.from_numpy(norm.astype(np.float32)).to(self.device)
+            c = torch.from_numpy(_float32(norm)).to(self.device)
             for a in range(0, c.shape[0], step):
                 res[a:a + step] = model(c[a:a + step]).float().cpu().numpy()
         return res
@@ -148,6 +153,45 @@ class TorchBackend(Backend):
             yield self._torch.set_num_threads, (1,)
         finally:
             self._torch.set_num_threads(threads)
+
+
+# Untouched models, one per recent config, shared by the process's readers: a brick's
+# model is a copy of one (a build runs the random initialisation of every tensor).
+_TEMPLATES: "OrderedDict[str, Tuple[Any, int]]" = OrderedDict()     # key -> (model, bytes)
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def _model_template(arch: str, config: ModelConfig) -> Any:
+    """A freshly built CPU model of ``arch`` and ``config``, kept for the next bricks of
+    that config (:data:`MODEL_TEMPLATES`, :data:`MODEL_TEMPLATE_BYTES`); never evaluated or
+    changed, only copied."""
+    from .model_limits import tensor_budget
+    from .models import get_architecture
+
+    key = f"{arch}:{config!r}"
+    with _TEMPLATES_LOCK:
+        hit = _TEMPLATES.get(key)
+        if hit is not None:
+            _TEMPLATES.move_to_end(key)
+            return hit[0]
+    with tensor_budget():
+        model = get_architecture(arch).build(config)
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with _TEMPLATES_LOCK:
+        _TEMPLATES[key] = (model, nbytes)
+        total = sum(n for _, n in _TEMPLATES.values())
+        while len(_TEMPLATES) > 1 and (len(_TEMPLATES) > MODEL_TEMPLATES
+                                       or total > MODEL_TEMPLATE_BYTES):
+            total -= _TEMPLATES.popitem(last=False)[1][1]
+    return model
+
+
+def _float32(points: np.ndarray) -> np.ndarray:
+    """``points`` as a C-contiguous, writeable float32 array: itself when it is one (a
+    bricked query's local coordinates are), else a copy."""
+    if points.dtype == np.float32 and points.flags.c_contiguous and points.flags.writeable:
+        return points
+    return np.array(points, dtype=np.float32, order="C")
 
 
 @functools.lru_cache(maxsize=1)

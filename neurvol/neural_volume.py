@@ -543,7 +543,8 @@ class NeuralVolume(ClosesOnExit):
         [-1, 1]). Bricked files: the points are routed to their bricks in one pass (spatial
         hash and blend bands, :class:`~neurvol.ensemble.routing.Router`), each touched brick
         is evaluated once on all of its points, and the weighted values summed; ``loader``
-        (threads) decodes the touched bricks not yet in the cache side by side first.
+        (threads): when a touched brick is not in the cache, the bricks are decoded and
+        evaluated on its threads side by side.
         ``spatial``: the points are in no particular order (a query), so they are evaluated
         cell by cell (:data:`QUERY_CELLS`); grid decodes are in order already."""
         n = norm.shape[0]
@@ -558,33 +559,29 @@ class NeuralVolume(ClosesOnExit):
             out[order] = self._evaluate_brick(0, np.take(norm, order, axis=0))
             return out
         batches = self._router.batches(norm, BRICK_QUERY_CELLS if spatial else 1)
-        if loader is not None and batches.bricks.size > 1:
-            self._prefetch(batches.bricks.tolist(), loader)
+        bricks = batches.bricks.tolist()
         values = np.empty(batches.point.shape[0], dtype=np.float32)
-        for g, b in enumerate(batches.bricks.tolist()):
+
+        def run(g: int) -> None:
             a, e = int(batches.bounds[g]), int(batches.bounds[g + 1])
-            values[a:e] = self._evaluate_brick(b, batches.local[a:e])
+            values[a:e] = self._evaluate_brick(bricks[g], batches.local[a:e])
+
+        if loader is not None and len(bricks) > 1 and self._any_missing(bricks):
+            # Cold bricks: each is decoded and evaluated (its first evaluation builds the
+            # model's lookup tables) on the loader's threads side by side; a brick's model
+            # is used as soon as it is decoded, so none waits in the cache. Memory: the
+            # cache plus one brick per loader thread.
+            for _ in loader.map(run, range(len(bricks))):
+                pass
+        else:
+            for g in range(len(bricks)):
+                run(g)
         return batches.combine(values)
 
-    def _prefetch(self, bricks: List[int], loader: Executor) -> None:
-        """Decode the bricks of ``bricks`` that are not in the cache on ``loader``'s threads,
-        side by side, as many as the cache holds next to the cached ones among ``bricks``
-        (count and bytes, spec/resources.md), so that none is evicted before it is used; the
-        others are decoded one by one when evaluated. Memory: the cache plus one brick per
-        loader thread, as a serial decode plus one per query thread."""
+    def _any_missing(self, bricks: List[int]) -> bool:
+        """Whether any of ``bricks`` is not in the cache."""
         with self._lock:
-            missing = [b for b in bricks if b not in self._models]
-            slots = self._cache_size - (len(bricks) - len(missing))
-            room = MAX_CACHE_BYTES - sum(self._models[b][1] for b in bricks if b in self._models)
-        chosen = []
-        for b in missing[:max(0, slots)]:
-            room -= self._brick_bytes(b)
-            if room < 0:
-                break
-            chosen.append(b)
-        if len(chosen) > 1:
-            for _ in loader.map(self._brick_model, chosen):
-                pass
+            return any(b not in self._models for b in bricks)
 
     def _brick_bytes(self, b: int) -> int:
         """The parameter bytes brick ``b``'s model takes once decoded (0 for a constant,
@@ -853,7 +850,7 @@ class NeuralVolume(ClosesOnExit):
         :data:`QUERY_THREADS` threads, at most a few per thread in flight, so a huge decode
         does not queue all of its blocks at once. ``fn`` must write only its own part.
         ``loader``: for bricked files on the CPU, threads that decode the bricks an item
-        touches side by side (:meth:`_prefetch`), else None.
+        touches side by side (:meth:`_evaluate`), else None.
 
         The threads live for one call: an idle thread that has run torch ops keeps an
         OpenMP team that slows later training in the same process. Each runs torch on one

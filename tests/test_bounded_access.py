@@ -27,10 +27,10 @@ def _spy_decoded(monkeypatch) -> list:
     seen: list = []
     real = S.CorrectionStream.decode_blocks
 
-    def spy(self, ids):
+    def spy(self, ids, threads=1):
         ids = list(ids)
         seen.append(ids)
-        return real(self, ids)
+        return real(self, ids, threads)
 
     monkeypatch.setattr(S.CorrectionStream, "decode_blocks", spy)
     return seen

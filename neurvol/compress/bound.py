@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import NeurvolFormatError
 from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices
+from .correction.stream import DECODE_THREADS
 
 #: Header key and section of an error-bounded file.
 KEY_BOUND = "bound"
@@ -127,7 +128,7 @@ class Corrections:
             if old not in keep:
                 self._free.append(self._lru.pop(old))
                 self._slot_of[old] = -1
-        for dec in self.stream.decode_blocks(missing):
+        for dec in self.stream.decode_blocks(missing, DECODE_THREADS):
             for j, i in enumerate(dec.ids):
                 slot = self._free[-1]
                 sl = block_slices(self.shape, self.stream.block, i)

@@ -12,6 +12,8 @@ quantization codes equal these residuals.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: Trailing axes the predictor runs along: (z, y, x) of a ``(..., D, H, W)`` grid.
@@ -44,6 +46,9 @@ def zigzag(r: np.ndarray) -> np.ndarray:
 def unzigzag(z: np.ndarray) -> np.ndarray:
     """Inverse of :func:`zigzag` (int64)."""
     z = np.asarray(z)
+    if z.dtype.kind == "u" and z.dtype.itemsize <= _TABLE_BYTES:
+        # Narrow symbols: one gather from the decoded values of every symbol.
+        return np.take(_unzigzag_table(z.dtype.itemsize), z)
     if z.dtype.kind != "u":
         z = z.astype(np.uint64)
     # r = (z >> 1) XOR -(z AND 1): for odd z that is ~(z >> 1). Computed in one int64
@@ -51,3 +56,16 @@ def unzigzag(z: np.ndarray) -> np.ndarray:
     out = (z >> z.dtype.type(1)).astype(np.int64)
     np.invert(out, out=out, where=(z & z.dtype.type(1)).astype(bool))
     return out
+
+
+#: Symbols of at most this many bytes unzigzag by table lookup (a 2^16-entry table).
+_TABLE_BYTES = 2
+
+
+@functools.lru_cache(maxsize=_TABLE_BYTES)
+def _unzigzag_table(width: int) -> np.ndarray:
+    """The int64 value of every ``width``-byte symbol (read-only)."""
+    z = np.arange(1 << (8 * width), dtype=np.int64)
+    table = (z >> 1) ^ -(z & 1)
+    table.flags.writeable = False
+    return table

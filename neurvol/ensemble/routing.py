@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -40,15 +40,18 @@ def spatial_order(coords: np.ndarray, cells: int) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
-def _cell_key(coords: np.ndarray, cells: int) -> np.ndarray:
-    """Cell id (C order) of each point of ``coords`` in a ``cells^3`` grid over [-1, 1]^3."""
+def _cell_key(coords: np.ndarray, cells: int, dtype: Any = np.int64) -> np.ndarray:
+    """Cell id (C order) of each point of ``coords`` in a ``cells^3`` grid over [-1, 1]^3,
+    as ``dtype``: int64, or uint16 (for keys below 2^16, so ``cells <= 40``: each axis's
+    cell is computed in int16, whose truncation of the in-range values is int64's)."""
     half = cells / 2.0
-    key = np.zeros(coords.shape[0], dtype=np.int64)
+    key = np.zeros(coords.shape[0], dtype=dtype)
+    narrow = np.dtype(dtype) == np.uint16
     for axis in range(3):
-        c = ((coords[:, axis] + 1.0) * half).astype(np.int64)
+        c = ((coords[:, axis] + 1.0) * half).astype(np.int16 if narrow else np.int64)
         np.clip(c, 0, cells - 1, out=c)
         key *= cells
-        key += c
+        key += c.view(np.uint16) if narrow else c
     return key
 
 
@@ -168,10 +171,17 @@ class Router:
         rounding to float32 is monotonic and keeps +-1)."""
         out = np.empty((bricks[0].shape[0], 3), dtype=np.float32)
         for axis, (t, c, p) in enumerate(zip(self._axes, bricks, index)):
+            # ``2 (p - lo) / span - 1`` in that order, in place (one temporary per axis).
             if t.bricks == 1:
-                out[:, axis] = 2.0 * (p - t.lo[0]) / t.span[0] - 1.0
+                d = p - t.lo[0]
+                d *= 2.0
+                d /= t.span[0]
             else:
-                out[:, axis] = 2.0 * (p - t.lo[c]) / t.span[c] - 1.0
+                d = p - np.take(t.lo, c)
+                d *= 2.0
+                d /= np.take(t.span, c)
+            d -= 1.0
+            out[:, axis] = d
         np.clip(out, -1.0, 1.0, out=out)
         return out
 
@@ -200,20 +210,32 @@ class Router:
         pts: List[np.ndarray] = []
         per_axis: List[List[np.ndarray]] = [[], [], []]
         ws: List[np.ndarray] = []
-        home_w = np.ones(inside.size)
+        # The neighbour of an axis can take a share only where its weight is > 0: each
+        # corner is weighed over the points whose chosen axes all have one (the others'
+        # products are 0 and were dropped anyway), in the axes' order, as route() does.
+        has = [o[3] > 0.0 for o in options]
+        home_w = options[0][2] * options[1][2] * options[2][2]
         for sel in itertools.product((0, 1), repeat=3):
-            w = np.ones(inside.size)
-            for axis, s in enumerate(sel):
-                w = w * (options[axis][3] if s else options[axis][2])
             if sel == (0, 0, 0):
-                home_w = w
                 continue
-            keep = w > 0.0
-            if keep.any():
+            mask: Optional[np.ndarray] = None
+            for axis, s in enumerate(sel):
+                if s:
+                    mask = has[axis] if mask is None else mask & has[axis]
+            assert mask is not None
+            sub = np.flatnonzero(mask)
+            if not sub.size:
+                continue
+            w = None
+            for axis, s in enumerate(sel):
+                f = np.take(options[axis][3] if s else options[axis][2], sub)
+                w = f if w is None else w * f
+            keep = sub[w > 0.0]
+            if keep.size:
                 pts.append(inside[keep])
-                ws.append(w[keep])
+                ws.append(w[w > 0.0])
                 for axis, s in enumerate(sel):
-                    per_axis[axis].append(options[axis][1 if s else 0][keep])
+                    per_axis[axis].append(np.take(options[axis][1 if s else 0], keep))
         if not pts:
             empty = np.zeros(0, dtype=np.int64)
             return empty, [empty] * 3, np.zeros(0), home_w
@@ -232,10 +254,11 @@ class Router:
         order: Optional[np.ndarray] = None
         if count * per_brick <= _RADIX_KEYS and (several or cells > 1):
             # One 16-bit key, brick then cell: one radix sort orders both.
-            key = ids * per_brick
+            key = ids.astype(np.uint16)
+            key *= per_brick
             if cells > 1:
-                key += _cell_key(local, cells)
-            order = np.argsort(key.astype(np.uint16), kind="stable")
+                key += _cell_key(local, cells, np.uint16)
+            order = np.argsort(key, kind="stable")
         elif several or cells > 1:
             # Least significant key first: stable sorts keep the cell order within a brick.
             order = spatial_order(local, cells) if cells > 1 else None

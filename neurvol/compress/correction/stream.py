@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +26,9 @@ from ..interp import MAX_CODE
 #: Voxels of the blocks decoded side by side at most (float64 values and int64 codes:
 #: 16 bytes each), so a whole-volume decode holds a bounded working set.
 BATCH_VOXELS = 1 << 21
+#: Threads that decode groups of blocks side by side in a reader (a whole-volume decode,
+#: the blocks a query touches); the encoder's checks decode on the calling thread.
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclasses.dataclass
@@ -224,21 +229,27 @@ class CorrectionStream:
             raise NeurvolFormatError(f"{what}: damaged rans stream: {exc}") from exc
         return mode, _Symbols(coder, escapes, what), (idx, exc_vals)
 
-    def decode_blocks(self, ids: Sequence[int]) -> List[DecodedBlocks]:
+    def decode_blocks(self, ids: Sequence[int], threads: int = 1) -> List[DecodedBlocks]:
         """Blocks ``ids`` decoded side by side, grouped by shape (at most
         :data:`BATCH_VOXELS` voxels per group); the base is added by the caller
-        (:meth:`DecodedBlocks.pre`)."""
+        (:meth:`DecodedBlocks.pre`). ``threads > 1``: the groups (then at least one per
+        thread) decode on that many threads at once; the rANS coder and numpy's array
+        loops release the GIL, and each group's values are the same whichever thread
+        decodes it."""
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.nblocks]
         if bad:
             raise IndexError(f"block {bad[0]} out of range (the stream has {self.nblocks})")
-        out = []
+        jobs = []
         for shape3, group in blocks_by_shape(self.shape, self.block, ids).items():
             n = int(np.prod(shape3))
-            per = max(1, BATCH_VOXELS // n)
-            for s in range(0, len(group), per):
-                out.append(self._decode_group(group[s:s + per], shape3))
-        return out
+            per = max(1, min(BATCH_VOXELS // n, -(-len(group) // max(1, threads))))
+            jobs.extend((group[s:s + per], shape3) for s in range(0, len(group), per))
+        if threads < 2 or len(jobs) < 2:
+            return [self._decode_group(g, shape3) for g, shape3 in jobs]
+        with ThreadPoolExecutor(min(threads, len(jobs)),
+                                thread_name_prefix="neurvol-correction") as pool:
+            return list(pool.map(lambda job: self._decode_group(*job), jobs))
 
     def _decode_group(self, ids: List[int], shape3: Tuple[int, int, int]) -> DecodedBlocks:
         n = int(np.prod(shape3))
@@ -278,7 +289,7 @@ class CorrectionStream:
     def decode(self, base: Optional[np.ndarray] = None) -> np.ndarray:
         """The whole volume (volume dtype); ``base`` as the encoder had it (``None``: zeros)."""
         out = np.empty(self.shape, dtype=self.dtype)
-        for dec in self.decode_blocks(range(self.nblocks)):
+        for dec in self.decode_blocks(range(self.nblocks), DECODE_THREADS):
             for j, i in enumerate(dec.ids):
                 sl = block_slices(self.shape, self.block, i)
                 out[sl] = dec.values(j, None if base is None else base[sl], self.dtype)
