@@ -20,6 +20,7 @@ import numpy as np
 
 from ..compress import encode_constant
 from ..compress.correction import BoundTooSmallError, encode_correction
+from ..compress.correction.levels import OBJECTIVE_QUALITY
 from ..container import NvolReader
 from ..errors import NeurvolInputError
 from ..metrics import psnr
@@ -86,7 +87,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
             e = float(math.floor(e))
         if e not in streams:
             try:
-                streams[e], _ = encode_correction(x, e, None)
+                streams[e], _ = encode_correction(x, e, None, levels=OBJECTIVE_QUALITY)
             except BoundTooSmallError:
                 return None
         return bounded_file(base_header, constant, streams[e], e, None,

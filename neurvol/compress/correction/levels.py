@@ -1,0 +1,98 @@
+"""Choosing the level-wise bin widths of a correction stream (``spec/correction.md`` §4,
+informative): a trial of each candidate ``(alpha, beta)`` on a sample of the volume's
+blocks, as QoZ tunes its level-wise error bounds.
+
+Coarse points predict every finer one, so narrower bins on the coarse levels make the
+fine levels' predictions better: at a fixed bound the codes of the fine levels shrink
+(fewer bytes) and the error of the many interpolated points falls (higher PSNR). How much
+depends on the field; the trial measures it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .entropy import entropy_bits
+from .layout import NO_LEVELS, block_grid, block_slices
+
+#: Candidate ``(alpha, beta)`` pairs, the first one bin width at every level.
+CANDIDATES: Tuple[Tuple[float, float], ...] = (NO_LEVELS, (1.25, 2.0), (1.5, 4.0), (2.0, 4.0))
+
+#: What a choice optimises: the stream's size at the bound (fixed-bound encodes), or the
+#: quality per byte (a ``ratio=`` encode, whose bound is searched to fill a budget).
+OBJECTIVE_SIZE = "size"
+OBJECTIVE_QUALITY = "quality"
+OBJECTIVES = (OBJECTIVE_SIZE, OBJECTIVE_QUALITY)
+
+#: Blocks the trial codes at most (spread over the volume): the trial costs about this many
+#: blocks' encodes per candidate.
+SAMPLE_BLOCKS = 2
+
+#: The quality objective compares candidates of different sizes at one PSNR-per-rate
+#: slope: 6.02 dB per bit per value at high rates (each bit halves the error), i.e.
+#: ``HIGH_RATE_DB * ln 2 * rate`` dB per doubling of the size, but never below
+#: ``MIN_DB_PER_DOUBLING``, the slope of the dev volumes' curves at low rates.
+HIGH_RATE_DB = 6.02
+MIN_DB_PER_DOUBLING = 6.0
+
+
+def _sample(shape: Sequence[int], block: int) -> Sequence[int]:
+    """Block ids of the trial: whole blocks (edge blocks may be thin slabs, unlike most of
+    the volume), evenly spread."""
+    n = int(np.prod(block_grid(shape, block)))
+    sizes = np.array([np.prod([s.stop - s.start for s in block_slices(shape, block, i)])
+                      for i in range(n)])
+    full = np.flatnonzero(sizes == sizes.max())
+    if full.size <= SAMPLE_BLOCKS:
+        return full.tolist()
+    picks = np.linspace(0, full.size - 1, SAMPLE_BLOCKS + 2)[1:-1]
+    return sorted({int(full[int(round(k))]) for k in picks})
+
+
+def choose_levels(values: np.ndarray, step: float, objective: str, block: int,
+                  cubic_too: bool = True,
+                  candidates: Sequence[Tuple[float, float]] = CANDIDATES,
+                  integer: bool = False) -> Tuple[float, float]:
+    """The candidate ``(alpha, beta)`` best for ``objective`` on a sample of the blocks of
+    ``values`` (float64, 3-D: the data, or the data less the base) coded at ``step``.
+    ``integer``: the values are integers, so bins narrower than 1 gain nothing."""
+    from .encode import _interp_code      # the encoder's own coding of a block
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if integer and step < 1.0:
+        return NO_LEVELS                 # lossless already: narrower bins only cost bits
+    ids = _sample(values.shape, block)
+    results = []
+    for levels in candidates:
+        bits, sq, n = 0.0, 0.0, 0
+        for i in ids:
+            x = values[block_slices(values.shape, block, i)][None]
+            best: Optional[Tuple[float, float]] = None
+            for cubic in ((True, False) if cubic_too else (False,)):
+                kept: list = []
+                passes = _interp_code(x, step, cubic, levels, kept)
+                codes = np.concatenate([p[0] for p in passes], axis=1)
+                classes = np.concatenate([p[1] for p in passes], axis=1)
+                b = float(entropy_bits(codes, classes)[0])
+                err = float(np.sum((kept[0] - x) ** 2))
+                if best is None or b < best[0]:
+                    best = (b, err)
+            bits += best[0]
+            sq += best[1]
+            n += x.size
+        results.append((levels, max(bits, 1.0), sq / max(n, 1)))
+    if objective == OBJECTIVE_SIZE:
+        return min(results, key=lambda r: r[1])[0]
+    _, bits0, mse0 = results[0]
+    rate = bits0 / max(n, 1)
+    slope = max(MIN_DB_PER_DOUBLING, HIGH_RATE_DB * math.log(2.0) * rate)
+
+    def gain(r) -> float:
+        _, bits, mse = r
+        db = 10.0 * math.log10(max(mse0, 1e-300) / max(mse, 1e-300))
+        return db - slope * math.log2(bits / bits0)
+
+    return max(results, key=gain)[0]
