@@ -35,8 +35,9 @@ MAX_BOUND_TRIALS = 10
 #: The search stops at a file within this fraction below the budget (bytes left unused).
 FILL_TOLERANCE = 0.03
 #: Bounds searched, as fractions of the data range: the smallest is near float32 rounding
-#: of most fields, the largest codes almost nothing.
-MIN_REL_BOUND, MAX_REL_BOUND = 1e-7, 0.5
+#: of most fields; at the largest (the whole range) only the coarse levels' narrower bins
+#: code anything, so the tightest budgets still get a file.
+MIN_REL_BOUND, MAX_REL_BOUND = 1e-7, 1.0
 #: Each trial lands at least this fraction inside the bracket, so a lopsided
 #: interpolation still halves it within a few trials.
 _MIN_STEP = 0.1
