@@ -190,15 +190,16 @@ def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
 
 def _head(stream: bytes):
     """§2.1: (B, step, levels, n_tables, T_raw, tables' bytes, raw tables?, index length
-    (None: varints; -1: a u32 after the tables), position of the tables)."""
+    (None: varints; -1: a u32 after the tables), position of the tables, one table?)."""
     version = stream[0]
     if version == 1:
         _, flags, B, _e, step, _tol, n_tables, raw_len, frame_len = struct.unpack_from(HEAD, stream)
-        return B, step, (1.0, 1.0), n_tables, raw_len, frame_len, False, -1, struct.calcsize(HEAD)
+        return (B, step, (1.0, 1.0), n_tables, raw_len, frame_len, False, -1,
+                struct.calcsize(HEAD), False)
     if version != 2:
         raise SpecError("version")
     _, flags, B, _e, step = struct.unpack_from("<BBHdd", stream)
-    if flags & ~15:
+    if flags & ~31:
         raise SpecError("flags")
     pos = 20
     if flags & 4:
@@ -215,12 +216,13 @@ def _head(stream: bytes):
     ilen = None
     if not flags & 2:
         ilen, pos = _varint(stream, pos)
-    return B, step, levels, n_tables, raw_len, frame_len, bool(flags & 1), ilen, pos
+    return B, step, levels, n_tables, raw_len, frame_len, bool(flags & 1), ilen, pos, \
+        bool(flags & 16)
 
 
 def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.ndarray:
     """spec/correction.md §2: the whole volume."""
-    B, step, levels, n_tables, raw_len, frame_len, raw_tables, ilen, pos = _head(stream)
+    B, step, levels, n_tables, raw_len, frame_len, raw_tables, ilen, pos, one = _head(stream)
     raw = stream[pos:pos + frame_len]
     if not raw_tables:
         raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=raw_len)
@@ -232,6 +234,10 @@ def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.n
         a, t = _varint(raw, t + 1)
         tables[k] = cumulative_table([_weight(w) for w in raw[t:t + a]])
         t += a
+    if one:                                  # ONE_TABLE: table 0 codes every class
+        if list(tables) != [0]:
+            raise SpecError("one table")
+        tables = {k: tables[0] for k in range(37)}
     if ilen == -1:
         (ilen,) = struct.unpack_from("<I", stream, pos)
         pos += 4

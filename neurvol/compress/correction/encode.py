@@ -172,12 +172,17 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
                     bad |= np.abs(out - orig) > max_error - base_tolerance
             flat = np.flatnonzero(bad.reshape(-1))
             blk.exceptions = [(int(k), float(orig.reshape(-1)[k])) for k in flat]
-    return _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance, levels)
+    # Small streams: one table for every class may cost less than the tables it replaces.
+    return min((_serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance,
+                           levels, one_table) for one_table in (False, True)),
+               key=lambda r: len(r[0]))
 
 
 def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float, step: float,
-               base_tolerance: float, levels: Tuple[float, float]
+               base_tolerance: float, levels: Tuple[float, float], one_table: bool = False
                ) -> Tuple[bytes, CorrectionStats]:
+    """The stream's bytes; ``one_table``: every class coded with one table (stored as
+    class 0, flag ``ONE_TABLE``)."""
     hist: Dict[int, np.ndarray] = {}
     block_syms = []
     for blk in blocks:
@@ -188,10 +193,11 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
             sym = np.where(esc, ESCAPE, z)
             escapes.extend(int(e) for e in z[esc])
             h = np.bincount(sym, minlength=2)
-            old = hist.get(cls, np.zeros(0, np.int64))
+            key = 0 if one_table else cls
+            old = hist.get(key, np.zeros(0, np.int64))
             n = max(old.size, h.size)
-            hist[cls] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
-            segs.append((cls, sym))
+            hist[key] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
+            segs.append((key, sym))
         block_syms.append((segs, escapes))
     tables = {k: weight_codes(v) for k, v in hist.items()}
     models = {k: rans_model(v) for k, v in tables.items()}
@@ -221,7 +227,7 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
     if len(as_varints) <= len(index):
         index, index_len = as_varints, None     # few blocks: varints cost less than a frame
     head = pack_head(block, max_error, step, base_tolerance, levels, len(tables), len(raw),
-                     len(table_blob), index_len)
+                     len(table_blob), index_len, one_table)
     out = head + table_blob + index + b"".join(payloads)
     modes: Dict[str, int] = {}
     for blk in blocks:

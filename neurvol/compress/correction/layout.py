@@ -73,7 +73,8 @@ FLAG_TABLES_RAW = 1       # the tables' content as is (no zstd frame: small tabl
 FLAG_INDEX_RAW = 2        # the block lengths as varints (no zstd frame: few blocks)
 FLAG_TOLERANCE = 4        # a base tolerance follows (else 0)
 FLAG_LEVELS = 8           # level-wise bin widths: alpha, beta follow (else 1, 1)
-KNOWN_FLAGS = FLAG_TABLES_RAW | FLAG_INDEX_RAW | FLAG_TOLERANCE | FLAG_LEVELS
+FLAG_ONE_TABLE = 16       # every class is coded with the one table (stored as class 0)
+KNOWN_FLAGS = FLAG_TABLES_RAW | FLAG_INDEX_RAW | FLAG_TOLERANCE | FLAG_LEVELS | FLAG_ONE_TABLE
 
 #: ``(alpha, beta)`` of one bin width at every level (:func:`.predict.level_step`), and the
 #: range a stream may hold (a wider ratio would only waste codes on the coarse levels).
@@ -113,10 +114,11 @@ def levels_valid(levels: Tuple[float, float]) -> bool:
 
 def pack_head(block: int, max_error: float, step: float, base_tolerance: float,
               levels: Tuple[float, float], n_tables: int, raw_len: int, frame_len: int,
-              index_len: Optional[int]) -> bytes:
+              index_len: Optional[int], one_table: bool = False) -> bytes:
     """A version-2 head: ``frame_len == raw_len`` marks raw tables, ``index_len=None`` an
-    index of varints."""
+    index of varints, ``one_table`` one table for every class."""
     flags = ((FLAG_TABLES_RAW if frame_len == raw_len else 0)
+             | (FLAG_ONE_TABLE if one_table else 0)
              | (FLAG_INDEX_RAW if index_len is None else 0)
              | (FLAG_TOLERANCE if base_tolerance != 0 else 0)
              | (FLAG_LEVELS if tuple(levels) != NO_LEVELS else 0))
