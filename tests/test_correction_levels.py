@@ -123,7 +123,7 @@ def test_stream_head_round_trips_and_is_short():
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda b: b[:1] + bytes([0x20 | b[1]]) + b[2:], "unknown stream flags"),
+    (lambda b: b[:1] + bytes([0x40 | b[1]]) + b[2:], "unknown stream flags"),
     (lambda b: bytes([3]) + b[1:], "version 3"),
     (lambda b: b[:20] + np.float32(0.5).tobytes() + b[24:], "level-wise"),
     (lambda b: b[:20] + np.float32(1.0).tobytes() + np.float32(1.0).tobytes() + b[28:],
@@ -146,14 +146,42 @@ def test_version_1_streams_still_decode():
         assert nv._reader.read_section("correction")[0] == 1
 
 
-def test_a_tiny_stream_may_code_every_class_with_one_table():
+def test_tiny_streams_may_share_tables_between_classes():
     """At a bound of half the range a small field's stream is a few dozen bytes, where
-    one table costs less than the per-class tables; it decodes as the spec says."""
+    coarser table maps cost less than the per-class tables; it decodes as the spec says."""
     vol = _field((13, 31, 29), "float32", noise=0.0)
     e = 0.5 * float(np.ptp(vol))
     data, _ = C.encode_correction(vol, e, levels=L.NO_LEVELS)
     stream = C.CorrectionStream(data, vol.shape, vol.dtype)
-    assert data[1] & L.FLAG_ONE_TABLE and stream._one_table
+    assert stream.table_map != L.MAP_CLASSES
+    assert (data[1] & L.FLAG_TABLE_MAP) >> L.TABLE_MAP_SHIFT == stream.table_map
     got = stream.decode()
     assert np.abs(got.astype(np.float64) - vol.astype(np.float64)).max() <= e
     np.testing.assert_array_equal(got, spec_decode(data, vol.shape, vol.dtype, None))
+
+
+@pytest.mark.parametrize("table_map", L.TABLE_MAPS)
+def test_every_table_map_decodes(table_map):
+    from neurvol.compress.correction import encode as E
+    vol = _field((12, 10, 9), "int16")
+    orig = E._serialize
+
+    def forced(*args, **kw):
+        return orig(*args[:8], table_map)
+    E._serialize = forced
+    try:
+        data, _ = C.encode_correction(vol, 3.0, block=8, levels=(1.5, 4.0))
+    finally:
+        E._serialize = orig
+    stream = C.CorrectionStream(data, vol.shape, vol.dtype)
+    assert stream.table_map == table_map
+    got = stream.decode()
+    assert np.abs(got.astype(np.float64) - vol.astype(np.float64)).max() <= 3.0
+    np.testing.assert_array_equal(got, spec_decode(data, vol.shape, vol.dtype, None))
+    assert all(L.table_of(k, table_map) == k for k in stream._tables)
+
+
+def test_table_maps_group_classes():
+    assert [L.table_of(c, L.MAP_NO_ROUGHNESS) for c in (0, 3, 5, 27, 36)] == [0, 0, 4, 24, 36]
+    assert [L.table_of(c, L.MAP_LEVELS) for c in (0, 11, 12, 24, 35, 36)] == [0, 0, 12, 24, 24, 36]
+    assert {L.table_of(c, L.MAP_ONE) for c in range(L.N_CLASSES)} == {0}

@@ -190,16 +190,16 @@ def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
 
 def _head(stream: bytes):
     """§2.1: (B, step, levels, n_tables, T_raw, tables' bytes, raw tables?, index length
-    (None: varints; -1: a u32 after the tables), position of the tables, one table?)."""
+    (None: varints; -1: a u32 after the tables), position of the tables, table map)."""
     version = stream[0]
     if version == 1:
         _, flags, B, _e, step, _tol, n_tables, raw_len, frame_len = struct.unpack_from(HEAD, stream)
         return (B, step, (1.0, 1.0), n_tables, raw_len, frame_len, False, -1,
-                struct.calcsize(HEAD), False)
+                struct.calcsize(HEAD), 0)
     if version != 2:
         raise SpecError("version")
     _, flags, B, _e, step = struct.unpack_from("<BBHdd", stream)
-    if flags & ~31:
+    if flags & ~63:
         raise SpecError("flags")
     pos = 20
     if flags & 4:
@@ -217,12 +217,12 @@ def _head(stream: bytes):
     if not flags & 2:
         ilen, pos = _varint(stream, pos)
     return B, step, levels, n_tables, raw_len, frame_len, bool(flags & 1), ilen, pos, \
-        bool(flags & 16)
+        (flags >> 4) & 3
 
 
 def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.ndarray:
     """spec/correction.md §2: the whole volume."""
-    B, step, levels, n_tables, raw_len, frame_len, raw_tables, ilen, pos, one = _head(stream)
+    B, step, levels, n_tables, raw_len, frame_len, raw_tables, ilen, pos, tmap = _head(stream)
     raw = stream[pos:pos + frame_len]
     if not raw_tables:
         raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=raw_len)
@@ -234,10 +234,11 @@ def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.n
         a, t = _varint(raw, t + 1)
         tables[k] = cumulative_table([_weight(w) for w in raw[t:t + a]])
         t += a
-    if one:                                  # ONE_TABLE: table 0 codes every class
-        if list(tables) != [0]:
-            raise SpecError("one table")
-        tables = {k: tables[0] for k in range(37)}
+    # §2.2 table maps: the table of class c (level*12 + codes*4 + roughness, or 36).
+    table_of = [lambda c: c, lambda c: 0, lambda c: c - c % 4, lambda c: c - c % 12][tmap]
+    if any(table_of(k) != k for k in tables):
+        raise SpecError("table map")
+    tables = {c: tables[table_of(c)] for c in range(37) if table_of(c) in tables}
     if ilen == -1:
         (ilen,) = struct.unpack_from("<I", stream, pos)
         pos += 4

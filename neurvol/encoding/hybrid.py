@@ -20,6 +20,7 @@ import numpy as np
 
 from ..compress import encode_constant
 from ..compress.correction import BoundTooSmallError, encode_correction
+from ..compress.correction.layout import integer_bound
 from ..compress.correction.levels import OBJECTIVE_QUALITY
 from ..container import NvolReader
 from ..errors import NeurvolInputError
@@ -83,22 +84,20 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     streams: Dict[float, bytes] = {}
 
     def file_at(e: float, fit: Optional[Dict[str, Any]] = None) -> Optional[bytes]:
-        if x.dtype.kind in "iu":
-            # Integers are within floor(E) whatever E is: one stream per integer bound.
-            e = float(math.floor(e))
+        # Integers: ``e`` is the bins' half width, the bound the integer it guarantees.
+        bound, half = integer_bound(e) if x.dtype.kind in "iu" else (e, None)
         if e not in streams:
             try:
-                streams[e], _ = encode_correction(x, e, None, levels=OBJECTIVE_QUALITY)
+                streams[e], _ = encode_correction(x, bound, None, levels=OBJECTIVE_QUALITY,
+                                                  bin_bound=half)
             except BoundTooSmallError:
                 return None
-        return bounded_file(base_header, constant, streams[e], e, None,
+        return bounded_file(base_header, constant, streams[e], bound, None,
                             extra=dict(extra, fit=fit or _FIT_PLACEHOLDER))
 
     data, e = search_bound(file_at, hi - lo, budget)
     if data is None:
         return None
-    if x.dtype.kind in "iu":
-        e = float(math.floor(e))
     nv = NeuralVolume(NvolReader(data))
     quality = psnr(x, nv.decode())
     # The PSNR goes into the header (as a model's fit PSNR does) so psnr= searches and
@@ -106,7 +105,8 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     final = file_at(e, {"psnr": _rounded(quality)})
     if final is not None and len(final) <= budget:
         data = final      # else the PSNR's digits did not fit: the placeholder's file
-    log.info("encode: pure predictor at max_error %g: %d bytes, %.2f dB", e, len(data), quality)
+    log.info("encode: pure predictor at max_error %g: %d bytes, %.2f dB", nv.max_error,
+             len(data), quality)
     out = NeuralVolume(NvolReader(data))
     out.bounded_choice = {"model_ratio": None}      # as an error-bounded encode reports it
     return Candidate(out, quality, "predictor")

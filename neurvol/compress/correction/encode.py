@@ -11,15 +11,19 @@ import numpy as np
 
 from .entropy import constriction, entropy_bits, rans_model, varints, weight_codes, zstd_compress
 from .layout import (BASE_CLASS, BASE_MODES, CUBIC_MODES, DATA_MODES, DEFAULT_BLOCK, ESCAPE,
-                     MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, NO_LEVELS, block_grid,
-                     block_slices, blocks_by_shape, cast_to, levels_valid, pack_head,
-                     quantization_bound)
+                     MAP_CLASSES, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, NO_LEVELS,
+                     TABLE_MAPS, block_grid, block_slices, blocks_by_shape, cast_to,
+                     levels_valid, pack_head, quantization_bound, table_of)
 from .levels import OBJECTIVE_SIZE, choose_levels
 from .predict import interp_passes, quantize
 from .stream import CorrectionStream
 from ..lorenzo import zigzag
 
 Passes = List[Tuple[np.ndarray, np.ndarray]]     # (codes (n, k), classes (n, k)) per pass
+
+#: Streams up to this size also try the coarser table maps (their tables are a large
+#: share of them; the tries cost a few rANS passes over few symbols).
+SMALL_STREAM_BYTES = 16 << 10
 
 
 @dataclasses.dataclass
@@ -85,7 +89,8 @@ def _gather(vol: np.ndarray, shape3: Tuple[int, int, int], ids: List[int],
 def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.ndarray] = None,
                       *, block: int = DEFAULT_BLOCK, base_tolerance: float = 0.0,
                       modes: Optional[Sequence[int]] = None,
-                      levels: Union[Tuple[float, float], str] = OBJECTIVE_SIZE
+                      levels: Union[Tuple[float, float], str] = OBJECTIVE_SIZE,
+                      bin_bound: Optional[float] = None
                       ) -> Tuple[bytes, CorrectionStats]:
     """Code ``volume`` (3-D, integer or float) so that decoding the stream with ``base`` is
     within ``max_error`` of it on every voxel (checked here, voxel by voxel, through the
@@ -98,7 +103,9 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
     levels: ``(alpha, beta)`` of the level-wise bin widths of the interpolation modes
     (:func:`.predict.level_step`), or what :func:`.levels.choose_levels` should choose them
     for: ``"size"`` (the smallest stream at this bound) or ``"quality"`` (the best PSNR per
-    byte, for encodes that search the bound to fill a budget)."""
+    byte, for encodes that search the bound to fill a budget). bin_bound: the half bin
+    width to quantize with, below the widest ``max_error`` allows (an integer volume's
+    bound moves in steps of 1, its bins need not: a budget search uses this)."""
     x = np.asarray(volume)
     if x.ndim != 3 or x.size == 0:
         raise ValueError(f"expected a non-empty 3-D volume, got shape {x.shape}")
@@ -117,6 +124,10 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
         raise ValueError("base must be a finite array of the volume's shape")
     eq = quantization_bound(max_error, dtype, float(np.abs(xf).max()),
                             base_tolerance if b is not None else 0.0)
+    if bin_bound is not None:
+        if not 0 < bin_bound <= eq:
+            raise ValueError(f"bin_bound must be in (0, {eq}], got {bin_bound}")
+        eq = float(bin_bound)
     step = 2.0 * eq
     if modes is None:
         modes = DATA_MODES + (BASE_MODES if b is not None else ())
@@ -172,17 +183,20 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
                     bad |= np.abs(out - orig) > max_error - base_tolerance
             flat = np.flatnonzero(bad.reshape(-1))
             blk.exceptions = [(int(k), float(orig.reshape(-1)[k])) for k in flat]
-    # Small streams: one table for every class may cost less than the tables it replaces.
-    return min((_serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance,
-                           levels, one_table) for one_table in (False, True)),
-               key=lambda r: len(r[0]))
+    # Small streams: coarser table maps may cost less than the tables they replace.
+    full = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance, levels)
+    if full[1].nbytes > SMALL_STREAM_BYTES:
+        return full
+    return min([full] + [_serialize(blocks, x.shape, dtype, block, max_error, step,
+                                    base_tolerance, levels, m)
+                         for m in TABLE_MAPS if m != MAP_CLASSES], key=lambda r: len(r[0]))
 
 
 def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float, step: float,
-               base_tolerance: float, levels: Tuple[float, float], one_table: bool = False
-               ) -> Tuple[bytes, CorrectionStats]:
-    """The stream's bytes; ``one_table``: every class coded with one table (stored as
-    class 0, flag ``ONE_TABLE``)."""
+               base_tolerance: float, levels: Tuple[float, float],
+               table_map: int = MAP_CLASSES) -> Tuple[bytes, CorrectionStats]:
+    """The stream's bytes, each class coded with the table :func:`.layout.table_of` maps
+    it to under ``table_map``."""
     hist: Dict[int, np.ndarray] = {}
     block_syms = []
     for blk in blocks:
@@ -193,7 +207,7 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
             sym = np.where(esc, ESCAPE, z)
             escapes.extend(int(e) for e in z[esc])
             h = np.bincount(sym, minlength=2)
-            key = 0 if one_table else cls
+            key = table_of(cls, table_map)
             old = hist.get(key, np.zeros(0, np.int64))
             n = max(old.size, h.size)
             hist[key] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
@@ -227,7 +241,7 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
     if len(as_varints) <= len(index):
         index, index_len = as_varints, None     # few blocks: varints cost less than a frame
     head = pack_head(block, max_error, step, base_tolerance, levels, len(tables), len(raw),
-                     len(table_blob), index_len, one_table)
+                     len(table_blob), index_len, table_map)
     out = head + table_blob + index + b"".join(payloads)
     modes: Dict[str, int] = {}
     for blk in blocks:

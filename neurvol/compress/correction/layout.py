@@ -73,8 +73,16 @@ FLAG_TABLES_RAW = 1       # the tables' content as is (no zstd frame: small tabl
 FLAG_INDEX_RAW = 2        # the block lengths as varints (no zstd frame: few blocks)
 FLAG_TOLERANCE = 4        # a base tolerance follows (else 0)
 FLAG_LEVELS = 8           # level-wise bin widths: alpha, beta follow (else 1, 1)
-FLAG_ONE_TABLE = 16       # every class is coded with the one table (stored as class 0)
-KNOWN_FLAGS = FLAG_TABLES_RAW | FLAG_INDEX_RAW | FLAG_TOLERANCE | FLAG_LEVELS | FLAG_ONE_TABLE
+#: Bits 4-5: which table codes a class (:func:`table_of`).
+TABLE_MAP_SHIFT = 4
+FLAG_TABLE_MAP = 3 << TABLE_MAP_SHIFT
+KNOWN_FLAGS = FLAG_TABLES_RAW | FLAG_INDEX_RAW | FLAG_TOLERANCE | FLAG_LEVELS | FLAG_TABLE_MAP
+
+#: Table maps: small streams code several classes with one table, whose cost can exceed
+#: what the finer contexts save. Per class; one table; per level and neighbours' codes
+#: (the roughness dropped); per level.
+MAP_CLASSES, MAP_ONE, MAP_NO_ROUGHNESS, MAP_LEVELS = 0, 1, 2, 3
+TABLE_MAPS = (MAP_CLASSES, MAP_ONE, MAP_NO_ROUGHNESS, MAP_LEVELS)
 
 #: ``(alpha, beta)`` of one bin width at every level (:func:`.predict.level_step`), and the
 #: range a stream may hold (a wider ratio would only waste codes on the coarse levels).
@@ -103,6 +111,20 @@ class StreamHead:
     pos: int                     # where the tables start
 
 
+def table_of(cls: int, table_map: int) -> int:
+    """The table (its class byte in the stream) that codes class ``cls`` under
+    ``table_map`` (§2.2): the class itself; 0; the class with its roughness dropped; the
+    first class of its level."""
+    if table_map == MAP_ONE:
+        return 0
+    if table_map == MAP_NO_ROUGHNESS:
+        return cls - cls % N_ROUGHNESS
+    if table_map == MAP_LEVELS:
+        per_level = N_CODE_CONTEXTS * N_ROUGHNESS
+        return cls - cls % per_level
+    return cls
+
+
 def levels_valid(levels: Tuple[float, float]) -> bool:
     """Whether ``(alpha, beta)`` may be stored: finite, ``1 <= alpha <= MAX_LEVEL_ALPHA``,
     ``1 <= beta <= MAX_LEVEL_BETA``, and exact in binary32."""
@@ -114,11 +136,11 @@ def levels_valid(levels: Tuple[float, float]) -> bool:
 
 def pack_head(block: int, max_error: float, step: float, base_tolerance: float,
               levels: Tuple[float, float], n_tables: int, raw_len: int, frame_len: int,
-              index_len: Optional[int], one_table: bool = False) -> bytes:
+              index_len: Optional[int], table_map: int = MAP_CLASSES) -> bytes:
     """A version-2 head: ``frame_len == raw_len`` marks raw tables, ``index_len=None`` an
-    index of varints, ``one_table`` one table for every class."""
+    index of varints; ``table_map`` which table codes each class (:func:`table_of`)."""
     flags = ((FLAG_TABLES_RAW if frame_len == raw_len else 0)
-             | (FLAG_ONE_TABLE if one_table else 0)
+             | (table_map << TABLE_MAP_SHIFT)
              | (FLAG_INDEX_RAW if index_len is None else 0)
              | (FLAG_TOLERANCE if base_tolerance != 0 else 0)
              | (FLAG_LEVELS if tuple(levels) != NO_LEVELS else 0))
@@ -204,6 +226,18 @@ def quantization_bound(max_error: float, dtype: np.dtype, max_abs: float,
         raise BoundTooSmallError(
             f"max_error {max_error:g} is too small for {dtype.name} values up to {max_abs:g}")
     return eq
+
+
+def integer_bound(half_bin: float) -> Tuple[float, float]:
+    """``(max_error, half bin width)`` for an integer volume quantized with bins of half
+    width ``half_bin`` (raised to the lossless one if below it): a value within
+    ``k + 0.5`` (exclusive) of an integer rounds to within ``k`` of it, so the bound is the
+    smallest integer ``k`` whose bins (:func:`quantization_bound`) are at least as wide.
+    Bins between two such widths keep the lower bound and cost more bytes for less error,
+    which lets a budget search use all of a budget."""
+    half = max(float(half_bin), 0.5 - INT_TIE_MARGIN)
+    k = max(0, math.ceil(half - 0.5 + INT_TIE_MARGIN))
+    return float(k), min(half, k + 0.5 - INT_TIE_MARGIN)
 
 
 def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

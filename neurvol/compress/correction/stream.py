@@ -14,10 +14,10 @@ import numpy as np
 from ...errors import NeurvolFormatError
 from ..coders.zstd import zstd_exact
 from .entropy import MAX_WEIGHT_CODE, constriction, rans_model, read_varints
-from .layout import (BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, FLAG_ONE_TABLE,
-                     FLAG_TABLES_RAW, MAX_ALPHABET, MAX_BLOCK, MIN_BLOCK, MODE_BASE,
-                     MODE_NAMES, N_CLASSES, block_grid, block_slices, blocks_by_shape,
-                     cast_to, parse_head)
+from .layout import (BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, FLAG_TABLES_RAW,
+                     MAX_ALPHABET, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, N_CLASSES,
+                     TABLE_MAP_SHIFT, block_grid, block_slices, blocks_by_shape, cast_to,
+                     parse_head, table_of)
 from .predict import interp_passes
 from ..interp import MAX_CODE
 
@@ -149,10 +149,10 @@ class CorrectionStream:
             self._tables[key] = codes
         if tpos != len(raw):
             raise NeurvolFormatError(f"{what}: bytes after the tables; the file is damaged")
-        self._one_table = bool(head.flags & FLAG_ONE_TABLE)
-        if self._one_table and list(self._tables) != [0]:
-            raise NeurvolFormatError(f"{what}: a one-table stream must hold exactly table 0; "
-                                     "the file is damaged")
+        self.table_map = (head.flags >> TABLE_MAP_SHIFT) & 3
+        if any(table_of(k, self.table_map) != k for k in self._tables):
+            raise NeurvolFormatError(f"{what}: a table its table map never uses; the file is "
+                                     "damaged")
         self._models: Dict[int, object] = {}
         self.nblocks = int(np.prod(block_grid(self.shape, block)))
         ilen = head.index_len
@@ -198,8 +198,7 @@ class CorrectionStream:
         return self._data[int(self._offsets[i])] if self.block_bytes(i) else -1
 
     def _model_for(self, key: int):
-        if self._one_table:
-            key = 0
+        key = table_of(key, self.table_map)
         if key not in self._tables:
             raise NeurvolFormatError(f"{self.what}: a block uses table {key}, which the stream "
                                      "does not hold; the file is damaged")
