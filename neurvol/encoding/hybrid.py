@@ -20,7 +20,7 @@ import numpy as np
 
 from ..compress import encode_constant
 from ..compress.correction import BoundTooSmallError, encode_correction
-from ..compress.correction.layout import integer_bound
+from ..compress.correction.layout import NO_LEVELS, integer_bound
 from ..compress.correction.levels import OBJECTIVE_QUALITY
 from ..container import NvolReader
 from ..errors import NeurvolInputError
@@ -81,25 +81,40 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     base_header = {"volume": header["volume"], "bricks": {"grid": [1, 1, 1]},
                    "codec": CODEC}
     constant = encode_constant(0.5 * (lo + hi))
-    streams: Dict[float, bytes] = {}
+    streams: Dict[Tuple[float, Any], Tuple[bytes, Any]] = {}
+    levels: Any = NO_LEVELS
 
     def file_at(e: float, fit: Optional[Dict[str, Any]] = None) -> Optional[bytes]:
         # Integers: ``e`` is the bins' half width, the bound the integer it guarantees.
         bound, half = integer_bound(e) if x.dtype.kind in "iu" else (e, None)
-        if e not in streams:
+        key = (e, levels)
+        if key not in streams:
             try:
-                streams[e], _ = encode_correction(x, bound, None, levels=OBJECTIVE_QUALITY,
-                                                  bin_bound=half)
+                streams[key] = encode_correction(x, bound, None, levels=levels,
+                                                 bin_bound=half)
             except BoundTooSmallError:
                 return None
-        return bounded_file(base_header, constant, streams[e], bound, None,
+        return bounded_file(base_header, constant, streams[key][0], bound, None,
                             extra=dict(extra, fit=fit or _FIT_PLACEHOLDER))
 
+    # Sizes fall as bounds grow only while the level-wise bins stay the same, so the
+    # search runs with them fixed: one bin width first, then the bins that give the best
+    # PSNR at that file's rate (chosen by a trial there); the better file is kept.
     data, e = search_bound(file_at, hi - lo, budget)
     if data is None:
         return None
     nv = NeuralVolume(NvolReader(data))
     quality = psnr(x, nv.decode())
+    levels = levels_for_rate(x, e)
+    if levels != NO_LEVELS:
+        first = (data, e, nv, quality, NO_LEVELS)
+        # Up to the bound whose coarsest bins (``beta`` times narrower) span the range.
+        data, e = search_bound(file_at, (hi - lo) * levels[1], budget)
+        if data is not None:
+            nv = NeuralVolume(NvolReader(data))
+            quality = psnr(x, nv.decode())
+        if data is None or not quality > first[3]:
+            data, e, nv, quality, levels = first
     # The PSNR goes into the header (as a model's fit PSNR does) so psnr= searches and
     # info() see it; the search accounted for these bytes with a placeholder.
     final = file_at(e, {"psnr": _rounded(quality)})
@@ -110,6 +125,19 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     out = NeuralVolume(NvolReader(data))
     out.bounded_choice = {"model_ratio": None}      # as an error-bounded encode reports it
     return Candidate(out, quality, "predictor")
+
+
+def levels_for_rate(volume: np.ndarray, e: float) -> Tuple[float, float]:
+    """The level-wise bins (``(alpha, beta)``) with the best PSNR at the rate of a pure
+    predictor stream of ``volume`` at bound ``e`` with one bin width (a trial on sample
+    blocks: :func:`..compress.correction.levels.choose_levels`)."""
+    bound, half = integer_bound(e) if volume.dtype.kind in "iu" else (e, None)
+    try:
+        _, stats = encode_correction(volume, bound, None, levels=OBJECTIVE_QUALITY,
+                                     bin_bound=half)
+    except BoundTooSmallError:
+        return NO_LEVELS
+    return stats.levels
 
 
 def _rounded(quality: float) -> Optional[float]:

@@ -43,6 +43,7 @@ class CorrectionStats:
     exceptions: int
     table_bytes: int
     index_bytes: int
+    levels: Tuple[float, float] = NO_LEVELS     # (alpha, beta) of the level-wise bins
 
 
 def _segments(passes: Passes, row: int) -> List[Tuple[int, np.ndarray]]:
@@ -248,7 +249,7 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
         modes[MODE_NAMES[blk.mode]] = modes.get(MODE_NAMES[blk.mode], 0) + 1
     stats = CorrectionStats(len(out), len(blocks), modes,
                             sum(len(b.exceptions) for b in blocks), len(table_blob),
-                            len(index))
+                            len(index), levels)
     return out, stats
 
 

@@ -18,7 +18,8 @@ from .entropy import entropy_bits
 from .layout import NO_LEVELS, block_grid, block_slices
 
 #: Candidate ``(alpha, beta)`` pairs, the first one bin width at every level.
-CANDIDATES: Tuple[Tuple[float, float], ...] = (NO_LEVELS, (1.25, 2.0), (1.5, 4.0), (2.0, 4.0))
+CANDIDATES: Tuple[Tuple[float, float], ...] = (NO_LEVELS, (1.25, 2.0), (1.5, 4.0), (2.0, 4.0),
+                                               (2.0, 8.0), (3.0, 8.0), (4.0, 64.0))
 
 #: What a choice optimises: the stream's size at the bound (fixed-bound encodes), or the
 #: quality per byte (a ``ratio=`` encode, whose bound is searched to fill a budget).
@@ -30,12 +31,9 @@ OBJECTIVES = (OBJECTIVE_SIZE, OBJECTIVE_QUALITY)
 #: blocks' encodes per candidate.
 SAMPLE_BLOCKS = 2
 
-#: The quality objective compares candidates of different sizes at one PSNR-per-rate
-#: slope: 6.02 dB per bit per value at high rates (each bit halves the error), i.e.
-#: ``HIGH_RATE_DB * ln 2 * rate`` dB per doubling of the size, but never below
-#: ``MIN_DB_PER_DOUBLING``, the slope of the dev volumes' curves at low rates.
-HIGH_RATE_DB = 6.02
-MIN_DB_PER_DOUBLING = 6.0
+#: The quality objective codes each candidate at two bin widths, this factor apart, and
+#: compares their PSNRs interpolated to one rate.
+QUALITY_STEP_FACTOR = 1.5
 
 
 def _sample(shape: Sequence[int], block: int) -> Sequence[int]:
@@ -51,48 +49,59 @@ def _sample(shape: Sequence[int], block: int) -> Sequence[int]:
     return sorted({int(full[int(round(k))]) for k in picks})
 
 
+def _trial(values: np.ndarray, ids: Sequence[int], block: int, step: float,
+           levels: Tuple[float, float], kernels: Sequence[bool]) -> Tuple[float, float]:
+    """(order-0 bits, mean squared error) of the sample blocks coded with ``levels`` at
+    ``step``, each block with the cheaper of ``kernels`` (cubic or not)."""
+    from .encode import _interp_code      # the encoder's own coding of a block
+
+    bits, sq, n = 0.0, 0.0, 0
+    for i in ids:
+        x = values[block_slices(values.shape, block, i)][None]
+        best: Optional[Tuple[float, float]] = None
+        for cubic in kernels:
+            kept: list = []
+            passes = _interp_code(x, step, cubic, levels, kept)
+            codes = np.concatenate([p[0] for p in passes], axis=1)
+            classes = np.concatenate([p[1] for p in passes], axis=1)
+            b = float(entropy_bits(codes, classes)[0])
+            err = float(np.sum((kept[0] - x) ** 2))
+            if best is None or b < best[0]:
+                best = (b, err)
+        bits += best[0]
+        sq += best[1]
+        n += x.size
+    return max(bits, 1.0), max(sq / max(n, 1), 1e-300)
+
+
 def choose_levels(values: np.ndarray, step: float, objective: str, block: int,
                   cubic_too: bool = True,
                   candidates: Sequence[Tuple[float, float]] = CANDIDATES,
                   integer: bool = False) -> Tuple[float, float]:
     """The candidate ``(alpha, beta)`` best for ``objective`` on a sample of the blocks of
     ``values`` (float64, 3-D: the data, or the data less the base) coded at ``step``.
-    ``integer``: the values are integers, so bins narrower than 1 gain nothing."""
-    from .encode import _interp_code      # the encoder's own coding of a block
+    ``integer``: the values are integers, so bins narrower than 1 gain nothing.
 
+    ``"size"``: the fewest bits at ``step``. ``"quality"``: the best PSNR at the rate of
+    one bin width everywhere, each candidate's PSNR interpolated (in log rate) between
+    ``step`` and ``QUALITY_STEP_FACTOR`` times it."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if integer and step < 1.0:
         return NO_LEVELS                 # lossless already: narrower bins only cost bits
     ids = _sample(values.shape, block)
-    results = []
-    for levels in candidates:
-        bits, sq, n = 0.0, 0.0, 0
-        for i in ids:
-            x = values[block_slices(values.shape, block, i)][None]
-            best: Optional[Tuple[float, float]] = None
-            for cubic in ((True, False) if cubic_too else (False,)):
-                kept: list = []
-                passes = _interp_code(x, step, cubic, levels, kept)
-                codes = np.concatenate([p[0] for p in passes], axis=1)
-                classes = np.concatenate([p[1] for p in passes], axis=1)
-                b = float(entropy_bits(codes, classes)[0])
-                err = float(np.sum((kept[0] - x) ** 2))
-                if best is None or b < best[0]:
-                    best = (b, err)
-            bits += best[0]
-            sq += best[1]
-            n += x.size
-        results.append((levels, max(bits, 1.0), sq / max(n, 1)))
+    kernels = (True, False) if cubic_too else (False,)
     if objective == OBJECTIVE_SIZE:
-        return min(results, key=lambda r: r[1])[0]
-    _, bits0, mse0 = results[0]
-    rate = bits0 / max(n, 1)
-    slope = max(MIN_DB_PER_DOUBLING, HIGH_RATE_DB * math.log(2.0) * rate)
+        return min(candidates, key=lambda c: _trial(values, ids, block, step, c, kernels)[0])
+    ref_bits = math.log2(_trial(values, ids, block, step, NO_LEVELS, kernels)[0])
 
-    def gain(r) -> float:
-        _, bits, mse = r
-        db = 10.0 * math.log10(max(mse0, 1e-300) / max(mse, 1e-300))
-        return db - slope * math.log2(bits / bits0)
+    def quality(levels: Tuple[float, float]) -> float:
+        (b1, m1), (b2, m2) = (_trial(values, ids, block, s, levels, kernels)
+                              for s in (step, step * QUALITY_STEP_FACTOR))
+        x1, x2 = math.log2(b1), math.log2(b2)
+        p1, p2 = -10.0 * math.log10(m1), -10.0 * math.log10(m2)
+        if abs(x1 - x2) < 1e-9:
+            return p1
+        return p1 + (ref_bits - x1) * (p1 - p2) / (x1 - x2)
 
-    return max(results, key=gain)[0]
+    return max(candidates, key=quality)
