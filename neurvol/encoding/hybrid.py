@@ -14,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..compress import encode_constant
 from ..compress.correction import BoundTooSmallError, encode_correction
-from ..compress.correction.layout import NO_LEVELS, integer_bound
-from ..compress.correction.levels import OBJECTIVE_QUALITY
+from ..compress.correction.layout import (DEFAULT_BLOCK, NO_LEVELS, integer_bound,
+                                          quantization_bound)
+from ..compress.correction.levels import OBJECTIVE_QUALITY, rank_levels
 from ..container import NvolReader
 from ..errors import NeurvolInputError
 from ..metrics import psnr
@@ -31,6 +32,10 @@ from .plan import CODEC, FIT_PLACEHOLDER, HYBRID_KEY
 
 log = logging.getLogger("neurvol")
 
+#: Level-wise bins (the best of a trial first) a pure predictor search is run with, besides
+#: one bin width everywhere: the trial on sample blocks ranks them roughly, the searches
+#: measure the file.
+LEVELS_TRIED = 2
 #: Correction-stream encodes the bound search may run (each a numpy pass over the volume).
 MAX_BOUND_TRIALS = 10
 #: The search stops at a file within this fraction below the budget (bytes left unused).
@@ -97,24 +102,34 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
         return bounded_file(base_header, constant, streams[key][0], bound, None,
                             extra=dict(extra, fit=fit or _FIT_PLACEHOLDER))
 
-    # Sizes fall as bounds grow only while the level-wise bins stay the same, so the
-    # search runs with them fixed: one bin width first, then the bins that give the best
-    # PSNR at that file's rate (chosen by a trial there); the better file is kept.
-    data, e = search_bound(file_at, hi - lo, budget)
+    # Sizes fall as bounds grow only while the level-wise bins stay the same, so each
+    # search runs with them fixed: one bin width first, then the best LEVELS_TRIED bins of
+    # a trial at that search's rate; the file with the best PSNR is kept.
+    # The predictor starts from 0 (each block's anchor), so the bound that codes nothing
+    # is the largest magnitude when the values sit away from 0, not the range.
+    span = max(hi - lo, abs(lo), abs(hi))
+    data, e = search_bound(file_at, span, budget)
     if data is None:
         return None
     nv = NeuralVolume(NvolReader(data))
     quality = psnr(x, nv.decode())
-    levels = levels_for_rate(x, e)
-    if levels != NO_LEVELS:
-        first = (data, e, nv, quality, NO_LEVELS)
+    # The trial's rate: the flat-bin file nearest the budget (the one kept may be far
+    # below it where sizes fall off a cliff near the largest bound).
+    room = budget - (len(data) - len(streams[(e, NO_LEVELS)][0]))     # for the stream
+    sizes = {k[0]: len(v[0]) for k, v in streams.items() if k[1] == NO_LEVELS}
+    e_ref = min(sizes, key=lambda k: abs(math.log(sizes[k] / max(room, 1))))
+    kept = NO_LEVELS
+    for levels in levels_for_rate(x, e_ref)[:LEVELS_TRIED]:
+        if levels == NO_LEVELS:
+            continue
         # Up to the bound whose coarsest bins (``beta`` times narrower) span the range.
-        data, e = search_bound(file_at, (hi - lo) * levels[1], budget)
-        if data is not None:
-            nv = NeuralVolume(NvolReader(data))
-            quality = psnr(x, nv.decode())
-        if data is None or not quality > first[3]:
-            data, e, nv, quality, levels = first
+        found, found_e = search_bound(file_at, span * levels[1], budget)
+        if found is not None:
+            found_nv = NeuralVolume(NvolReader(found))
+            found_q = psnr(x, found_nv.decode())
+            if found_q > quality:
+                data, e, nv, quality, kept = found, found_e, found_nv, found_q, levels
+    levels = kept           # file_at's bins: those of the file kept
     # The PSNR goes into the header (as a model's fit PSNR does) so psnr= searches and
     # info() see it; the search accounted for these bytes with a placeholder.
     final = file_at(e, {"psnr": _rounded(quality)})
@@ -127,17 +142,19 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     return Candidate(out, quality, "predictor")
 
 
-def levels_for_rate(volume: np.ndarray, e: float) -> Tuple[float, float]:
-    """The level-wise bins (``(alpha, beta)``) with the best PSNR at the rate of a pure
+def levels_for_rate(volume: np.ndarray, e: float) -> List[Tuple[float, float]]:
+    """The level-wise bins (``(alpha, beta)``) best first for PSNR at the rate of a pure
     predictor stream of ``volume`` at bound ``e`` with one bin width (a trial on sample
-    blocks: :func:`..compress.correction.levels.choose_levels`)."""
-    bound, half = integer_bound(e) if volume.dtype.kind in "iu" else (e, None)
-    try:
-        _, stats = encode_correction(volume, bound, None, levels=OBJECTIVE_QUALITY,
-                                     bin_bound=half)
-    except BoundTooSmallError:
-        return NO_LEVELS
-    return stats.levels
+    blocks: :func:`..compress.correction.levels.rank_levels`)."""
+    if volume.dtype.kind in "iu":
+        step = 2.0 * integer_bound(e)[1]
+    else:
+        try:
+            step = 2.0 * quantization_bound(e, volume.dtype, float(np.abs(volume).max()))
+        except BoundTooSmallError:
+            return [NO_LEVELS]
+    return rank_levels(np.asarray(volume, dtype=np.float64), step, OBJECTIVE_QUALITY,
+                       DEFAULT_BLOCK, integer=volume.dtype.kind in "iu")
 
 
 def _rounded(quality: float) -> Optional[float]:
@@ -159,6 +176,7 @@ def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
     fit_pt = (hi_t, math.log(len(best)))
     over_pt: Optional[Tuple[float, float]] = None
     target = math.log(budget * (1.0 - FILL_TOLERANCE / 2))
+    sides: list = []        # which end each trial moved (True: the fitting one)
     for _ in range(MAX_BOUND_TRIALS - 1):
         if len(best) >= budget * (1.0 - FILL_TOLERANCE):
             break
@@ -172,9 +190,15 @@ def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
             lo_edge, hi_edge = sorted((t1, t2))
             width = hi_edge - lo_edge
             t = min(max(t, lo_edge + _MIN_STEP * width), hi_edge - _MIN_STEP * width)
+            if sides[-2:] == [sides[-1]] * 2:
+                # Two trials moved the same end: a curved size curve that regula falsi
+                # approaches from one side only; halve the bracket instead.
+                t = 0.5 * (t1 + t2)
         data = file_at(math.exp(t))
         if data is not None and len(data) <= budget:
             fit_pt, best, best_e = (t, math.log(len(data))), data, math.exp(t)
+            sides.append(True)
         else:
             over_pt = (t, math.log(len(data)) if data is not None else math.log(budget) + 1.0)
+            sides.append(False)
     return best, best_e

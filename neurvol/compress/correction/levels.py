@@ -10,7 +10,7 @@ depends on the field; the trial measures it.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,13 +74,14 @@ def _trial(values: np.ndarray, ids: Sequence[int], block: int, step: float,
     return max(bits, 1.0), max(sq / max(n, 1), 1e-300)
 
 
-def choose_levels(values: np.ndarray, step: float, objective: str, block: int,
-                  cubic_too: bool = True,
-                  candidates: Sequence[Tuple[float, float]] = CANDIDATES,
-                  integer: bool = False) -> Tuple[float, float]:
-    """The candidate ``(alpha, beta)`` best for ``objective`` on a sample of the blocks of
-    ``values`` (float64, 3-D: the data, or the data less the base) coded at ``step``.
-    ``integer``: the values are integers, so bins narrower than 1 gain nothing.
+def rank_levels(values: np.ndarray, step: float, objective: str, block: int,
+                cubic_too: bool = True,
+                candidates: Sequence[Tuple[float, float]] = CANDIDATES,
+                integer: bool = False) -> List[Tuple[float, float]]:
+    """``candidates`` ``(alpha, beta)`` best first for ``objective`` on a sample of the
+    blocks of ``values`` (float64, 3-D: the data, or the data less the base) coded at
+    ``step``. ``integer``: the values are integers, so bins narrower than 1 gain nothing
+    (below that, one bin width everywhere comes first).
 
     ``"size"``: the fewest bits at ``step``. ``"quality"``: the best PSNR at the rate of
     one bin width everywhere, each candidate's PSNR interpolated (in log rate) between
@@ -88,11 +89,12 @@ def choose_levels(values: np.ndarray, step: float, objective: str, block: int,
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if integer and step < 1.0:
-        return NO_LEVELS                 # lossless already: narrower bins only cost bits
+        # Lossless already: narrower bins only cost bits.
+        return [NO_LEVELS] + [c for c in candidates if c != NO_LEVELS]
     ids = _sample(values.shape, block)
     kernels = (True, False) if cubic_too else (False,)
     if objective == OBJECTIVE_SIZE:
-        return min(candidates, key=lambda c: _trial(values, ids, block, step, c, kernels)[0])
+        return sorted(candidates, key=lambda c: _trial(values, ids, block, step, c, kernels)[0])
     ref_bits = math.log2(_trial(values, ids, block, step, NO_LEVELS, kernels)[0])
 
     def quality(levels: Tuple[float, float]) -> float:
@@ -104,4 +106,12 @@ def choose_levels(values: np.ndarray, step: float, objective: str, block: int,
             return p1
         return p1 + (ref_bits - x1) * (p1 - p2) / (x1 - x2)
 
-    return max(candidates, key=quality)
+    return sorted(candidates, key=quality, reverse=True)
+
+
+def choose_levels(values: np.ndarray, step: float, objective: str, block: int,
+                  cubic_too: bool = True,
+                  candidates: Sequence[Tuple[float, float]] = CANDIDATES,
+                  integer: bool = False) -> Tuple[float, float]:
+    """The best of :func:`rank_levels`."""
+    return rank_levels(values, step, objective, block, cubic_too, candidates, integer)[0]
