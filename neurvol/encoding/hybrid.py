@@ -36,6 +36,9 @@ log = logging.getLogger("neurvol")
 #: one bin width everywhere: the trial on sample blocks ranks them roughly, the searches
 #: measure the file.
 LEVELS_TRIED = 2
+#: Their searches bracket the bound within this factor of where the flat bins meet the
+#: budget (below) and of ``beta`` times that (above).
+LEVELS_BRACKET = 2.0
 #: Correction-stream encodes the bound search may run (each a numpy pass over the volume).
 MAX_BOUND_TRIALS = 10
 #: The search stops at a file within this fraction below the budget (bytes left unused).
@@ -122,8 +125,12 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     for levels in levels_for_rate(x, e_ref)[:LEVELS_TRIED]:
         if levels == NO_LEVELS:
             continue
-        # Up to the bound whose coarsest bins (``beta`` times narrower) span the range.
-        found, found_e = search_bound(file_at, span * levels[1], budget)
+        # Narrower coarse bins (by up to ``beta``) move the bound that fills the budget
+        # up from the flat bins' by up to about ``beta``; at most to the bound whose
+        # coarsest bins span the values.
+        top = min(span * levels[1], e_ref * levels[1] * LEVELS_BRACKET)
+        found, found_e = search_bound(file_at, span, budget,
+                                      bounds=(e_ref / LEVELS_BRACKET, top))
         if found is not None:
             found_nv = NeuralVolume(NvolReader(found))
             found_q = psnr(x, found_nv.decode())
@@ -162,12 +169,17 @@ def _rounded(quality: float) -> Optional[float]:
 
 
 def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
-                 budget: int) -> Tuple[Optional[bytes], float]:
+                 budget: int, bounds: Optional[Tuple[float, float]] = None
+                 ) -> Tuple[Optional[bytes], float]:
     """The file of the smallest bound found whose ``file_at(bound)`` fits ``budget``:
     regula falsi on log(size) against log(bound), bracketed (sizes fall as bounds grow,
-    not strictly). ``(None, nan)`` when the largest bound does not fit."""
+    not strictly). ``(None, nan)`` when the largest bound does not fit. ``bounds``: the
+    smallest and largest bound searched (default: ``MIN_REL_BOUND`` and ``MAX_REL_BOUND``
+    of ``data_range``)."""
     span = data_range if data_range > 0 else 1.0
     lo_t, hi_t = math.log(span * MIN_REL_BOUND), math.log(span * MAX_REL_BOUND)
+    if bounds is not None:
+        lo_t, hi_t = math.log(bounds[0]), math.log(bounds[1])
     best = file_at(math.exp(hi_t))
     if best is None or len(best) > budget:
         return None, math.nan

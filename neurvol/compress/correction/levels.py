@@ -28,24 +28,25 @@ OBJECTIVE_QUALITY = "quality"
 OBJECTIVES = (OBJECTIVE_SIZE, OBJECTIVE_QUALITY)
 
 #: Blocks the trial codes at most (spread over the volume): the trial costs about this many
-#: blocks' encodes per candidate.
-SAMPLE_BLOCKS = 2
+#: blocks' encodes per candidate (the quality objective codes each at two bin widths, so
+#: it samples fewer).
+SAMPLE_BLOCKS = {OBJECTIVE_SIZE: 2, OBJECTIVE_QUALITY: 1}
 
 #: The quality objective codes each candidate at two bin widths, this factor apart, and
 #: compares their PSNRs interpolated to one rate.
 QUALITY_STEP_FACTOR = 1.5
 
 
-def _sample(shape: Sequence[int], block: int) -> Sequence[int]:
+def _sample(shape: Sequence[int], block: int, count: int) -> Sequence[int]:
     """Block ids of the trial: whole blocks (edge blocks may be thin slabs, unlike most of
     the volume), evenly spread."""
     n = int(np.prod(block_grid(shape, block)))
     sizes = np.array([np.prod([s.stop - s.start for s in block_slices(shape, block, i)])
                       for i in range(n)])
     full = np.flatnonzero(sizes == sizes.max())
-    if full.size <= SAMPLE_BLOCKS:
+    if full.size <= count:
         return full.tolist()
-    picks = np.linspace(0, full.size - 1, SAMPLE_BLOCKS + 2)[1:-1]
+    picks = np.linspace(0, full.size - 1, count + 2)[1:-1]
     return sorted({int(full[int(round(k))]) for k in picks})
 
 
@@ -91,7 +92,7 @@ def rank_levels(values: np.ndarray, step: float, objective: str, block: int,
     if integer and step < 1.0:
         # Lossless already: narrower bins only cost bits.
         return [NO_LEVELS] + [c for c in candidates if c != NO_LEVELS]
-    ids = _sample(values.shape, block)
+    ids = _sample(values.shape, block, SAMPLE_BLOCKS[objective])
     kernels = (True, False) if cubic_too else (False,)
     if objective == OBJECTIVE_SIZE:
         return sorted(candidates, key=lambda c: _trial(values, ids, block, step, c, kernels)[0])
