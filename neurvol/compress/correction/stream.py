@@ -162,6 +162,8 @@ class CorrectionStream:
             (ilen,) = struct.unpack_from("<I", data, pos)
             pos += 4
         if ilen is None:
+            if self.nblocks > len(data) - pos:     # each length takes at least one byte
+                raise NeurvolFormatError(f"{what}: truncated block index; the file is damaged")
             lens, pos = read_varints(data, pos, self.nblocks, what)
             if max(lens) >= 1 << 32:
                 raise NeurvolFormatError(f"{what}: invalid block length; the file is damaged")
