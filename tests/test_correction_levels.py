@@ -185,3 +185,39 @@ def test_table_maps_group_classes():
     assert [L.table_of(c, L.MAP_NO_ROUGHNESS) for c in (0, 3, 5, 27, 36)] == [0, 0, 4, 24, 36]
     assert [L.table_of(c, L.MAP_LEVELS) for c in (0, 11, 12, 24, 35, 36)] == [0, 0, 12, 24, 24, 36]
     assert {L.table_of(c, L.MAP_ONE) for c in range(L.N_CLASSES)} == {0}
+
+
+@pytest.mark.parametrize("half,expected", [(0.0, (0.0, 0.484375)), (0.6, (1.0, 0.6)),
+                                           (1.4, (1.0, 1.4)), (1.6, (2.0, 1.6)),
+                                           (3.0, (3.0, 3.0))])
+def test_integer_bins_between_bounds_keep_the_lower_bound(half, expected):
+    assert L.integer_bound(half) == expected
+
+
+def test_integer_bins_narrower_than_the_bound_allows_hold_it():
+    """A budget search codes integers with bins between two integer bounds' widths: the
+    stream holds the lower bound, on every voxel."""
+    vol = _field((20, 18, 22), "uint8")
+    for half in (2.6, 2.9, 3.3):
+        bound, bins = L.integer_bound(half)
+        data, _ = C.encode_correction(vol, bound, bin_bound=bins, block=8)
+        got = C.decode_correction(data, vol.shape, vol.dtype)
+        assert np.abs(got.astype(np.float64) - vol.astype(np.float64)).max() <= bound
+        assert C.CorrectionStream(data, vol.shape, vol.dtype).step == 2 * bins
+    with pytest.raises(ValueError, match="bin_bound"):
+        C.encode_correction(vol, 2.0, bin_bound=2.6)
+
+
+def test_ratio_encodes_of_integer_volumes_use_their_budget():
+    """The predictor candidate of a uint8 volume fills its budget (within the search's
+    tolerance) instead of stopping at the largest integer bound that fits."""
+    from neurvol.encoding.entry import _predictor
+    import neurvol
+    vol = np.ascontiguousarray(neurvol.sample_volume()[8:56, 8:56, 8:56])
+    for ratio in (20.0, 60.0):
+        cand = _predictor(vol, float(vol.min()), float(vol.max()), ratio, (1.0,) * 3, (0.0,) * 3)
+        budget = vol.nbytes // ratio
+        assert 0.9 * budget <= cand.volume.nbytes_file <= budget
+        got = cand.volume.decode().astype(np.float64)
+        assert np.abs(got - vol).max() <= cand.volume.max_error
+        assert cand.volume.max_error == int(cand.volume.max_error)
