@@ -123,7 +123,7 @@ def test_stream_head_round_trips_and_is_short():
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda b: b[:1] + bytes([0x40 | b[1]]) + b[2:], "unknown stream flags"),
+    (lambda b: b[:1] + bytes([0x80 | b[1]]) + b[2:], "unknown stream flags"),
     (lambda b: bytes([3]) + b[1:], "version 3"),
     (lambda b: b[:20] + np.float32(0.5).tobytes() + b[24:], "level-wise"),
     (lambda b: b[:20] + np.float32(1.0).tobytes() + np.float32(1.0).tobytes() + b[28:],
@@ -167,7 +167,8 @@ def test_every_table_map_decodes(table_map):
     orig = E._serialize
 
     def forced(*args, **kw):
-        return orig(*args[:8], table_map)
+        order = args[9] if len(args) > 9 else kw.get("order", 0)
+        return orig(*args[:8], table_map, order)
     E._serialize = forced
     try:
         data, _ = C.encode_correction(vol, 3.0, block=8, levels=(1.5, 4.0))
@@ -221,3 +222,41 @@ def test_ratio_encodes_of_integer_volumes_use_their_budget():
         got = cand.volume.decode().astype(np.float64)
         assert np.abs(got - vol).max() <= cand.volume.max_error
         assert cand.volume.max_error == int(cand.volume.max_error)
+
+
+@pytest.mark.parametrize("order", range(6))
+def test_every_axis_order_holds_the_bound_and_decodes_as_the_spec_says(order):
+    vol = _field((14, 11, 17), "float32")
+    e = 0.03
+    data, stats = C.encode_correction(vol, e, block=8, levels=(1.5, 4.0), order=order)
+    stream = C.CorrectionStream(data, vol.shape, vol.dtype)
+    assert stream.order == stats.order == order
+    assert bool(data[1] & L.FLAG_ORDER) == (order != 0)
+    got = stream.decode()
+    assert np.abs(got.astype(np.float64) - vol.astype(np.float64)).max() <= e
+    np.testing.assert_array_equal(got, spec_decode(data, vol.shape, vol.dtype, None))
+
+
+def test_the_axis_order_is_chosen_by_cost():
+    """A field smooth along z and rough across it: interpolating along z last (it predicts
+    half of each level's points) codes smaller, and the encoder finds such an order."""
+    from neurvol.compress.correction.levels import choose_order
+    from neurvol.compress.correction.predict import AXIS_ORDERS
+    rng = np.random.default_rng(2)
+    z = np.linspace(0, 1, 32)[:, None, None]
+    vol = np.sin(4 * z) + 0.3 * rng.standard_normal((1, 32, 32)).repeat(32, 0)
+    sizes = [len(C.encode_correction(vol, 0.01, block=32, order=k, levels=L.NO_LEVELS)[0])
+             for k in range(6)]
+    chosen = choose_order(vol, 0.02, 32)
+    assert AXIS_ORDERS[chosen][-1] == 0
+    assert sizes[chosen] < sizes[0]
+    with pytest.raises(ValueError, match="order"):
+        C.encode_correction(vol, 0.01, order=6)
+
+
+def test_damaged_axis_order_is_a_format_error():
+    head = L.pack_head(8, 1.0, 1.9, 0.0, L.NO_LEVELS, 1, 10, 10, None, order=3)
+    assert L.parse_head(head, "t").order == 3
+    pos = L._HEAD2.size
+    with pytest.raises(NeurvolFormatError, match="axis order"):
+        L.parse_head(head[:pos] + bytes([7]) + head[pos + 1:], "t")

@@ -73,22 +73,29 @@ class Coder:
         return not self.stack and self.x == 0
 
 
-def _passes(dims: Tuple[int, int, int]):
-    """(axis, h) of every pass, coarse to fine (interp.py's docstring)."""
+#: §2.1: the axis orders, by their index (the permutations of z, y, x in lexicographic order).
+ORDERS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+
+
+def _passes(dims: Tuple[int, int, int], order=(0, 1, 2)):
+    """(axis, h) of every pass, coarse to fine (interp.py's docstring, the axes of each
+    level in ``order``)."""
     top = 1
     while top < max(dims):
         top *= 2
     h = top // 2
     while h >= 1:
-        for a in range(3):
+        for a in order:
             if h < dims[a]:
                 yield a, h
         h //= 2
 
 
-def _sel(a: int, h: int) -> Tuple[slice, ...]:
-    return tuple(slice(None) if b == a else slice(0, None, h if b < a else 2 * h)
-                 for b in range(3))
+def _sel(a: int, h: int, order=(0, 1, 2)) -> Tuple[slice, ...]:
+    """Axes before ``a`` in ``order`` at multiples of ``h``, those after at ``2h``."""
+    rank = {b: i for i, b in enumerate(order)}
+    return tuple(slice(None) if b == a else
+                 slice(0, None, h if rank[b] < rank[a] else 2 * h) for b in range(3))
 
 
 def _level_step(step: float, h: int, alpha: float, beta: float) -> float:
@@ -102,7 +109,7 @@ def _level_step(step: float, h: int, alpha: float, beta: float) -> float:
 
 def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
                   base: np.ndarray, dtype: np.dtype,
-                  levels: Tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+                  levels: Tuple[float, float] = (1.0, 1.0), order=(0, 1, 2)) -> np.ndarray:
     n = int(np.prod(dims))
     mode = data[0]
     if mode > 4:
@@ -146,9 +153,9 @@ def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
             top *= 2
         r[0, 0, 0] = c0[0, 0, 0] * _level_step(step, top, *levels)
         code[0, 0, 0] = c0[0, 0, 0]
-        for a, h in _passes(dims):
+        for a, h in _passes(dims, order):
             s = _level_step(step, h, *levels)
-            view, cview = r[_sel(a, h)], code[_sel(a, h)]
+            view, cview = r[_sel(a, h, order)], code[_sel(a, h, order)]
             m = view.shape[a]
             p = np.arange(h, m, 2 * h)
             at = lambda arr, i: np.take(arr, np.clip(i, 0, m - 1), axis=a)  # noqa: E731
@@ -190,16 +197,17 @@ def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
 
 def _head(stream: bytes):
     """§2.1: (B, step, levels, n_tables, T_raw, tables' bytes, raw tables?, index length
-    (None: varints; -1: a u32 after the tables), position of the tables, table map)."""
+    (None: varints; -1: a u32 after the tables), position of the tables, table map, axis
+    order)."""
     version = stream[0]
     if version == 1:
         _, flags, B, _e, step, _tol, n_tables, raw_len, frame_len = struct.unpack_from(HEAD, stream)
         return (B, step, (1.0, 1.0), n_tables, raw_len, frame_len, False, -1,
-                struct.calcsize(HEAD), 0)
+                struct.calcsize(HEAD), 0, ORDERS[0])
     if version != 2:
         raise SpecError("version")
     _, flags, B, _e, step = struct.unpack_from("<BBHdd", stream)
-    if flags & ~63:
+    if flags & ~127:
         raise SpecError("flags")
     pos = 20
     if flags & 4:
@@ -208,6 +216,12 @@ def _head(stream: bytes):
     if flags & 8:
         levels = struct.unpack_from("<ff", stream, pos)
         pos += 8
+    order = ORDERS[0]
+    if flags & 64:
+        if not 0 < stream[pos] < 6:
+            raise SpecError("order")
+        order = ORDERS[stream[pos]]
+        pos += 1
     n_tables, pos = _varint(stream, pos)
     raw_len, pos = _varint(stream, pos)
     frame_len = raw_len
@@ -217,12 +231,13 @@ def _head(stream: bytes):
     if not flags & 2:
         ilen, pos = _varint(stream, pos)
     return B, step, levels, n_tables, raw_len, frame_len, bool(flags & 1), ilen, pos, \
-        (flags >> 4) & 3
+        (flags >> 4) & 3, order
 
 
 def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.ndarray:
     """spec/correction.md §2: the whole volume."""
-    B, step, levels, n_tables, raw_len, frame_len, raw_tables, ilen, pos, tmap = _head(stream)
+    (B, step, levels, n_tables, raw_len, frame_len, raw_tables, ilen, pos, tmap,
+     order) = _head(stream)
     raw = stream[pos:pos + frame_len]
     if not raw_tables:
         raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=raw_len)
@@ -261,7 +276,7 @@ def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.n
         sl = tuple(slice(k * B, min((k + 1) * B, n)) for k, n in zip((kz, ky, kx), shape))
         dims = tuple(s.stop - s.start for s in sl)
         out[sl] = _decode_block(stream[pos:pos + lengths[b]], dims, step, tables, base[sl], dtype,
-                                levels)
+                                levels, order)
         pos += lengths[b]
     assert pos == len(stream)
     return out

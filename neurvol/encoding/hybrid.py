@@ -22,7 +22,8 @@ from ..compress import encode_constant
 from ..compress.correction import BoundTooSmallError, encode_correction
 from ..compress.correction.layout import (DEFAULT_BLOCK, NO_LEVELS, integer_bound,
                                           quantization_bound)
-from ..compress.correction.levels import OBJECTIVE_QUALITY, rank_levels
+from ..compress.correction.levels import OBJECTIVE_QUALITY, choose_order, rank_levels
+from ..compress.correction.predict import DEFAULT_ORDER
 from ..container import NvolReader
 from ..errors import NeurvolInputError
 from ..metrics import psnr
@@ -39,6 +40,8 @@ LEVELS_TRIED = 2
 #: Their searches bracket the bound within this factor of where the flat bins meet the
 #: budget (below) and of ``beta`` times that (above).
 LEVELS_BRACKET = 2.0
+#: The bound (fraction of the data range) the axis order is chosen at, once per volume.
+ORDER_TRIAL_BOUND = 0.01
 #: Correction-stream encodes the bound search may run (each a numpy pass over the volume).
 MAX_BOUND_TRIALS = 10
 #: The search stops at a file within this fraction below the budget (bytes left unused).
@@ -99,7 +102,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
         if key not in streams:
             try:
                 streams[key] = encode_correction(x, bound, None, levels=levels,
-                                                 bin_bound=half)
+                                                 bin_bound=half, order=order)
             except BoundTooSmallError:
                 return None
         return bounded_file(base_header, constant, streams[key][0], bound, None,
@@ -111,6 +114,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     # The predictor starts from 0 (each block's anchor), so the bound that codes nothing
     # is the largest magnitude when the values sit away from 0, not the range.
     span = max(hi - lo, abs(lo), abs(hi))
+    order = order_for(x, ORDER_TRIAL_BOUND * (hi - lo))
     data, e = search_bound(file_at, span, budget)
     if data is None:
         return None
@@ -122,7 +126,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     sizes = {k[0]: len(v[0]) for k, v in streams.items() if k[1] == NO_LEVELS}
     e_ref = min(sizes, key=lambda k: abs(math.log(sizes[k] / max(room, 1))))
     kept = NO_LEVELS
-    for levels in levels_for_rate(x, e_ref)[:LEVELS_TRIED]:
+    for levels in levels_for_rate(x, e_ref, order)[:LEVELS_TRIED]:
         if levels == NO_LEVELS:
             continue
         # Narrower coarse bins (by up to ``beta``) move the bound that fills the budget
@@ -149,19 +153,35 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     return Candidate(out, quality, "predictor")
 
 
-def levels_for_rate(volume: np.ndarray, e: float) -> List[Tuple[float, float]]:
+def _step_at(volume: np.ndarray, e: float) -> Optional[float]:
+    """The finest bin width of a pure predictor stream of ``volume`` at bound ``e`` (for
+    integers, ``e`` the half width: :func:`integer_bound`); None if none can hold it."""
+    if volume.dtype.kind in "iu":
+        return 2.0 * integer_bound(e)[1]
+    try:
+        return 2.0 * quantization_bound(e, volume.dtype, float(np.abs(volume).max()))
+    except BoundTooSmallError:
+        return None
+
+
+def levels_for_rate(volume: np.ndarray, e: float, order: int) -> List[Tuple[float, float]]:
     """The level-wise bins (``(alpha, beta)``) best first for PSNR at the rate of a pure
     predictor stream of ``volume`` at bound ``e`` with one bin width (a trial on sample
     blocks: :func:`..compress.correction.levels.rank_levels`)."""
-    if volume.dtype.kind in "iu":
-        step = 2.0 * integer_bound(e)[1]
-    else:
-        try:
-            step = 2.0 * quantization_bound(e, volume.dtype, float(np.abs(volume).max()))
-        except BoundTooSmallError:
-            return [NO_LEVELS]
+    step = _step_at(volume, e)
+    if step is None:
+        return [NO_LEVELS]
     return rank_levels(np.asarray(volume, dtype=np.float64), step, OBJECTIVE_QUALITY,
-                       DEFAULT_BLOCK, integer=volume.dtype.kind in "iu")
+                       DEFAULT_BLOCK, integer=volume.dtype.kind in "iu", order=order)
+
+
+def order_for(volume: np.ndarray, e: float) -> int:
+    """The axis order of a volume's pure predictor streams (chosen once, at bound ``e``:
+    sizes fall with the bound only while it stays the same)."""
+    step = _step_at(volume, e)
+    if step is None:
+        return DEFAULT_ORDER
+    return choose_order(np.asarray(volume, dtype=np.float64), step, DEFAULT_BLOCK)
 
 
 def _rounded(quality: float) -> Optional[float]:

@@ -147,8 +147,9 @@ def write_bounded() -> None:
 
 def write_bounded_v15() -> None:
     # Format 1.5: error-bounded files with the compact header and correction stream
-    # version 2. The pure crop forces level-wise bin widths (alpha 1.5, beta 4) so the
-    # file pins them; the model crop is as the encoder chooses (8^3 blocks, several modes).
+    # version 2. The pure crop forces level-wise bin widths (alpha 1.5, beta 4) and a
+    # non-default axis order (index 4: x, z, y) so the file pins them; the model crop is
+    # as the encoder chooses (8^3 blocks, several modes).
     import neurvol
     from neurvol.compress import encode_constant
     from neurvol.compress.correction import encode_correction
@@ -161,7 +162,7 @@ def write_bounded_v15() -> None:
 
     def pure(v):
         lo, hi = float(v.min()), float(v.max())
-        stream, _ = encode_correction(v, 2.0, None, block=8, levels=(1.5, 4.0))
+        stream, _ = encode_correction(v, 2.0, None, block=8, levels=(1.5, 4.0), order=4)
         header = {"volume": {"shape": list(v.shape), "dtype": v.dtype.str, "min": lo,
                              "max": hi, "spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0]},
                   "bricks": {"grid": [1, 1, 1]}, "codec": CODEC}

@@ -14,8 +14,8 @@ from .layout import (BASE_CLASS, BASE_MODES, CUBIC_MODES, DATA_MODES, DEFAULT_BL
                      MAP_CLASSES, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, NO_LEVELS,
                      TABLE_MAPS, block_grid, block_slices, blocks_by_shape, cast_to,
                      levels_valid, pack_head, quantization_bound, table_of)
-from .levels import OBJECTIVE_SIZE, choose_levels
-from .predict import interp_passes, quantize
+from .levels import OBJECTIVE_SIZE, choose_levels, choose_order
+from .predict import AXIS_ORDERS, DEFAULT_ORDER, interp_passes, quantize
 from .stream import CorrectionStream
 from ..lorenzo import zigzag
 
@@ -44,6 +44,7 @@ class CorrectionStats:
     table_bytes: int
     index_bytes: int
     levels: Tuple[float, float] = NO_LEVELS     # (alpha, beta) of the level-wise bins
+    order: int = DEFAULT_ORDER                  # index of the axis order
 
 
 def _segments(passes: Passes, row: int) -> List[Tuple[int, np.ndarray]]:
@@ -59,11 +60,11 @@ def _segments(passes: Passes, row: int) -> List[Tuple[int, np.ndarray]]:
 
 def _interp_code(x: np.ndarray, step: float, cubic: bool,
                  levels: Tuple[float, float] = NO_LEVELS,
-                 keep: Optional[list] = None) -> Passes:
+                 keep: Optional[list] = None, order: int = DEFAULT_ORDER) -> Passes:
     """Interpolation-code every grid of ``x`` (``(n, d, h, w)``) independently: the passes
     in stream order (C order within each). ``levels``: ``(alpha, beta)`` of the level-wise
     bin widths (:func:`.predict.level_step`). ``keep``: a list the reconstruction is
-    appended to."""
+    appended to. ``order``: index of the axis order (:data:`.predict.AXIS_ORDERS`)."""
     passes: Passes = []
     n = len(x)
 
@@ -73,7 +74,7 @@ def _interp_code(x: np.ndarray, step: float, cubic: bool,
         passes.append((q.reshape(n, -1), np.ascontiguousarray(classes).reshape(n, -1)))
         return q
 
-    rec = interp_passes(x.shape, step, cubic, coder, *levels)
+    rec = interp_passes(x.shape, step, cubic, coder, *levels, order=AXIS_ORDERS[order])
     if keep is not None:
         keep.append(rec)
     return passes
@@ -91,7 +92,7 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
                       *, block: int = DEFAULT_BLOCK, base_tolerance: float = 0.0,
                       modes: Optional[Sequence[int]] = None,
                       levels: Union[Tuple[float, float], str] = OBJECTIVE_SIZE,
-                      bin_bound: Optional[float] = None
+                      bin_bound: Optional[float] = None, order: Optional[int] = None
                       ) -> Tuple[bytes, CorrectionStats]:
     """Code ``volume`` (3-D, integer or float) so that decoding the stream with ``base`` is
     within ``max_error`` of it on every voxel (checked here, voxel by voxel, through the
@@ -106,7 +107,9 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
     for: ``"size"`` (the smallest stream at this bound) or ``"quality"`` (the best PSNR per
     byte, for encodes that search the bound to fill a budget). bin_bound: the half bin
     width to quantize with, below the widest ``max_error`` allows (an integer volume's
-    bound moves in steps of 1, its bins need not: a budget search uses this)."""
+    bound moves in steps of 1, its bins need not: a budget search uses this). order:
+    index of the axes' order in the interpolation (:data:`.predict.AXIS_ORDERS`; ``None``:
+    the one whose codes cost least on sample blocks, :func:`.levels.choose_order`)."""
     x = np.asarray(volume)
     if x.ndim != 3 or x.size == 0:
         raise ValueError(f"expected a non-empty 3-D volume, got shape {x.shape}")
@@ -135,10 +138,14 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
     modes = tuple(modes)
     if b is None and any(m in BASE_MODES for m in modes):
         raise ValueError("residual and base modes need a base")
+    src = xf if b is None else xf - b
+    if order is None:
+        order = choose_order(src, step, block)
+    if not 0 <= order < len(AXIS_ORDERS):
+        raise ValueError(f"order must be an index of AXIS_ORDERS, got {order}")
     if isinstance(levels, str):
-        src = xf if b is None else xf - b
         levels = choose_levels(src, step, levels, block, integer=dtype.kind in "iu"
-                               and b is None)
+                               and b is None, order=order)
     levels = (float(levels[0]), float(levels[1]))
     if not levels_valid(levels):
         raise ValueError(f"level-wise bin widths (alpha, beta) = {levels} cannot be stored")
@@ -155,7 +162,7 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
                 passes = [(q, np.full(q.shape, BASE_CLASS, np.int64))]
             else:
                 src = xs if mode in DATA_MODES else xs - bs
-                passes = _interp_code(src, step, mode in CUBIC_MODES, levels)
+                passes = _interp_code(src, step, mode in CUBIC_MODES, levels, order=order)
             codes = np.concatenate([p[0] for p in passes], axis=1)
             classes = np.concatenate([p[1] for p in passes], axis=1)
             cand.append((passes, entropy_bits(codes, classes)))
@@ -166,7 +173,7 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
     # Decode every block exactly as a reader will and keep the voxels that break the bound
     # as lossless exceptions (the exceptions do not change any code, so one pass suffices).
     data, _ = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance,
-                         levels)
+                         levels, order=order)
     stream = CorrectionStream(data, x.shape, dtype)
     for dec in stream.decode_blocks(range(nblocks)):
         for j, i in enumerate(dec.ids):
@@ -185,17 +192,19 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
             flat = np.flatnonzero(bad.reshape(-1))
             blk.exceptions = [(int(k), float(orig.reshape(-1)[k])) for k in flat]
     # Small streams: coarser table maps may cost less than the tables they replace.
-    full = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance, levels)
+    full = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance, levels,
+                      order=order)
     if full[1].nbytes > SMALL_STREAM_BYTES:
         return full
     return min([full] + [_serialize(blocks, x.shape, dtype, block, max_error, step,
-                                    base_tolerance, levels, m)
+                                    base_tolerance, levels, m, order)
                          for m in TABLE_MAPS if m != MAP_CLASSES], key=lambda r: len(r[0]))
 
 
 def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float, step: float,
                base_tolerance: float, levels: Tuple[float, float],
-               table_map: int = MAP_CLASSES) -> Tuple[bytes, CorrectionStats]:
+               table_map: int = MAP_CLASSES, order: int = DEFAULT_ORDER
+               ) -> Tuple[bytes, CorrectionStats]:
     """The stream's bytes, each class coded with the table :func:`.layout.table_of` maps
     it to under ``table_map``."""
     hist: Dict[int, np.ndarray] = {}
@@ -242,14 +251,14 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
     if len(as_varints) <= len(index):
         index, index_len = as_varints, None     # few blocks: varints cost less than a frame
     head = pack_head(block, max_error, step, base_tolerance, levels, len(tables), len(raw),
-                     len(table_blob), index_len, table_map)
+                     len(table_blob), index_len, table_map, order)
     out = head + table_blob + index + b"".join(payloads)
     modes: Dict[str, int] = {}
     for blk in blocks:
         modes[MODE_NAMES[blk.mode]] = modes.get(MODE_NAMES[blk.mode], 0) + 1
     stats = CorrectionStats(len(out), len(blocks), modes,
                             sum(len(b.exceptions) for b in blocks), len(table_blob),
-                            len(index), levels)
+                            len(index), levels, order)
     return out, stats
 
 

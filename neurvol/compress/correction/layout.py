@@ -76,7 +76,11 @@ FLAG_LEVELS = 8           # level-wise bin widths: alpha, beta follow (else 1, 1
 #: Bits 4-5: which table codes a class (:func:`table_of`).
 TABLE_MAP_SHIFT = 4
 FLAG_TABLE_MAP = 3 << TABLE_MAP_SHIFT
-KNOWN_FLAGS = FLAG_TABLES_RAW | FLAG_INDEX_RAW | FLAG_TOLERANCE | FLAG_LEVELS | FLAG_TABLE_MAP
+FLAG_ORDER = 64           # an axis order follows (u8, an index of AXIS_ORDERS; else 0)
+KNOWN_FLAGS = (FLAG_TABLES_RAW | FLAG_INDEX_RAW | FLAG_TOLERANCE | FLAG_LEVELS
+               | FLAG_TABLE_MAP | FLAG_ORDER)
+#: Axis orders a stream may name (the permutations of z, y, x, :data:`.predict.AXIS_ORDERS`).
+N_ORDERS = 6
 
 #: Table maps: small streams code several classes with one table, whose cost can exceed
 #: what the finer contexts save. Per class; one table; per level and neighbours' codes
@@ -103,6 +107,7 @@ class StreamHead:
     step: float
     base_tolerance: float
     levels: Tuple[float, float]
+    order: int                   # index of the axis order (0: z, y, x)
     n_tables: int
     raw_len: int                 # bytes of the tables' content
     frame_len: int               # bytes the tables take in the stream
@@ -136,19 +141,23 @@ def levels_valid(levels: Tuple[float, float]) -> bool:
 
 def pack_head(block: int, max_error: float, step: float, base_tolerance: float,
               levels: Tuple[float, float], n_tables: int, raw_len: int, frame_len: int,
-              index_len: Optional[int], table_map: int = MAP_CLASSES) -> bytes:
+              index_len: Optional[int], table_map: int = MAP_CLASSES,
+              order: int = 0) -> bytes:
     """A version-2 head: ``frame_len == raw_len`` marks raw tables, ``index_len=None`` an
     index of varints; ``table_map`` which table codes each class (:func:`table_of`)."""
     flags = ((FLAG_TABLES_RAW if frame_len == raw_len else 0)
              | (table_map << TABLE_MAP_SHIFT)
              | (FLAG_INDEX_RAW if index_len is None else 0)
              | (FLAG_TOLERANCE if base_tolerance != 0 else 0)
-             | (FLAG_LEVELS if tuple(levels) != NO_LEVELS else 0))
+             | (FLAG_LEVELS if tuple(levels) != NO_LEVELS else 0)
+             | (FLAG_ORDER if order else 0))
     out = _HEAD2.pack(STREAM_VERSION, flags, block, max_error, step)
     if flags & FLAG_TOLERANCE:
         out += _TOLERANCE.pack(base_tolerance)
     if flags & FLAG_LEVELS:
         out += _LEVELS.pack(*levels)
+    if flags & FLAG_ORDER:
+        out += bytes([order])
     sizes = [n_tables, raw_len]
     if not flags & FLAG_TABLES_RAW:
         sizes.append(frame_len)
@@ -172,7 +181,7 @@ def parse_head(data: bytes, what: str) -> StreamHead:
         if len(data) < _HEAD.size:
             raise NeurvolFormatError(f"{what}: truncated header; the file is damaged")
         (_, flags, block, e, step, tol, n_tables, raw_len, frame_len) = _HEAD.unpack_from(data)
-        return StreamHead(1, flags, block, e, step, tol, NO_LEVELS, n_tables, raw_len,
+        return StreamHead(1, flags, block, e, step, tol, NO_LEVELS, 0, n_tables, raw_len,
                           frame_len, -1, _HEAD.size)
     if len(data) < _HEAD2.size:
         raise NeurvolFormatError(f"{what}: truncated header; the file is damaged")
@@ -195,6 +204,15 @@ def parse_head(data: bytes, what: str) -> StreamHead:
         if not levels_valid(levels) or levels == NO_LEVELS:
             raise NeurvolFormatError(f"{what}: invalid level-wise bin widths; the file is "
                                      "damaged")
+    order = 0
+    if flags & FLAG_ORDER:
+        if len(data) <= pos:
+            raise NeurvolFormatError(f"{what}: truncated header; the file is damaged")
+        order = data[pos]
+        pos += 1
+        if not 0 < order < N_ORDERS:
+            raise NeurvolFormatError(f"{what}: invalid axis order {order}; the file is "
+                                     "damaged")
     n_sizes = 2 + (0 if flags & FLAG_TABLES_RAW else 1) + (0 if flags & FLAG_INDEX_RAW else 1)
     sizes, pos = read_varints(data, pos, n_sizes, what)
     if max(sizes) > 1 << 32:
@@ -202,8 +220,8 @@ def parse_head(data: bytes, what: str) -> StreamHead:
     n_tables, raw_len = sizes[0], sizes[1]
     frame_len = raw_len if flags & FLAG_TABLES_RAW else sizes[2]
     index_len = None if flags & FLAG_INDEX_RAW else sizes[-1]
-    return StreamHead(2, flags, block, e, step, tol, levels, n_tables, raw_len, frame_len,
-                      index_len, pos)
+    return StreamHead(2, flags, block, e, step, tol, levels, order, n_tables, raw_len,
+                      frame_len, index_len, pos)
 
 
 class BoundTooSmallError(ValueError):

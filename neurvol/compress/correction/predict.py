@@ -3,11 +3,12 @@ points (``spec/correction.md`` §2.4), shared by the encoder and the decoder: bo
 :func:`interp_passes`, the encoder quantizing, the decoder reading codes."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import itertools
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from ..interp import MAX_CODE, _anchor, prediction_passes
+from ..interp import MAX_CODE, Pass, _anchor
 from .layout import (ANCHOR_CLASS, LEVEL_COARSE, LEVEL_FINE, LEVEL_MID, N_CODE_CONTEXTS,
                      N_ROUGHNESS, ROUGHNESS_EDGES, BoundTooSmallError)
 
@@ -115,13 +116,42 @@ def _top(shape: Tuple[int, ...]) -> int:
     return top
 
 
+#: The axis orders a stream may interpolate in (§2.4), by their index in the stream: at
+#: each level the passes run along these axes in turn. The last axis of a level predicts
+#: half its points, so the order matters on anisotropic data (SZ3 chooses it too).
+AXIS_ORDERS: Tuple[Tuple[int, int, int], ...] = tuple(itertools.permutations(range(3)))
+DEFAULT_ORDER = 0         # z, y, x: :mod:`..interp`'s order
+
+
+def prediction_passes(shape: Tuple[int, ...], order: Tuple[int, int, int] = (0, 1, 2)
+                      ) -> Iterator[Pass]:
+    """(axis, h, selection) of every pass of a grid of ``shape`` (>= 3 axes), the axes of
+    each level in ``order``: :func:`..interp.prediction_passes` with z, y, x replaced by
+    ``order`` (a pass along an axis takes the axes before it in ``order`` at multiples of
+    ``h``, those after it at multiples of ``2h``)."""
+    dims = shape[-3:]
+    top = _top(shape)
+    h = top // 2
+    while h >= 1:
+        for i, a in enumerate(order):
+            sel = [slice(None)] * len(shape)
+            for j, b in enumerate(order):
+                if b != a:
+                    sel[len(shape) - 3 + b] = slice(0, None, h if j < i else 2 * h)
+            if h < dims[a]:
+                yield a, h, tuple(sel)
+        h //= 2
+
+
 def interp_passes(shape: Tuple[int, ...], step: float, cubic: bool, coder: Coder,
-                  alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
+                  alpha: float = 1.0, beta: float = 1.0,
+                  order: Tuple[int, int, int] = (0, 1, 2)) -> np.ndarray:
     """Run the interpolation predictor over grids of ``shape`` (``(n, d, h, w)``: ``n``
     blocks side by side, each its own grid): the anchor, then pass by pass, ``coder``
     giving each pass's codes. Returns the reconstruction (float64), exactly as decoders
     compute it: ``prediction + code * s`` with ``s`` the pass's bin width
-    (:func:`level_step`; ``alpha = beta = 1``: ``step`` at every level)."""
+    (:func:`level_step`; ``alpha = beta = 1``: ``step`` at every level); the axes of each
+    level in ``order``."""
     rec = np.zeros(shape, dtype=np.float64)
     # The codes' magnitudes, capped where the classes stop telling them apart.
     qgrid = np.zeros(shape, dtype=np.uint8)
@@ -132,7 +162,7 @@ def interp_passes(shape: Tuple[int, ...], step: float, cubic: bool, coder: Coder
     q = coder(None, anchor, np.zeros(anchor_cls.shape), anchor_cls, s0)
     rec[anchor] = q * s0
     qgrid[anchor] = np.minimum(np.abs(q), cap)
-    for axis, h, sel in prediction_passes(shape):
+    for axis, h, sel in prediction_passes(shape, order):
         view, qview = rec[sel], qgrid[sel]     # basic slicing: views into the grids
         s = level_step(step, h, alpha, beta)
         pred, psel = _predict(view, axis, h, cubic)

@@ -18,7 +18,7 @@ from .layout import (BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, FLAG_TABLES_RA
                      MAX_ALPHABET, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, N_CLASSES,
                      TABLE_MAP_SHIFT, block_grid, block_slices, blocks_by_shape, cast_to,
                      parse_head, table_of)
-from .predict import interp_passes
+from .predict import AXIS_ORDERS, interp_passes
 from ..interp import MAX_CODE
 
 #: Voxels of the blocks decoded side by side at most (float64 values and int64 codes:
@@ -121,6 +121,7 @@ class CorrectionStream:
         head = parse_head(data, what)
         block, self.max_error, self.step = head.block, head.max_error, head.step
         self.base_tolerance, self.levels = head.base_tolerance, head.levels
+        self.order = head.order
         if not (MIN_BLOCK <= block <= MAX_BLOCK and math.isfinite(self.step) and self.step > 0
                 and math.isfinite(self.max_error) and self.max_error >= 0
                 and math.isfinite(self.base_tolerance) and self.base_tolerance >= 0
@@ -274,7 +275,7 @@ class CorrectionStream:
                 def coder(sel, psel, pred, classes, step, readers=readers):
                     return _read_codes(readers, classes, self._model_for)
                 r[rows] = interp_passes((len(rows),) + shape3, self.step, kind, coder,
-                                        *self.levels)
+                                        *self.levels, order=AXIS_ORDERS[self.order])
             for rd in readers:
                 rd.check_done()
         return DecodedBlocks(list(ids), modes, r, [exc for _, _, exc in opened])
