@@ -202,7 +202,7 @@ def test_encode_pure_predictor_file(tmp_path):
     e = 1e-2 * (float(vol.max()) - float(vol.min()))
     assert nv.max_error == pytest.approx(e)
     info = nv.info()
-    assert info["format_version"] == "1.2"
+    assert info["format_version"] == "1.5"
     assert info["bound"]["max_error"] == pytest.approx(e) and info["bound"]["rel_error"] == 1e-2
     bb = nv.byte_breakdown()
     assert bb["correction"] > 0 and bb["weights"] == 0

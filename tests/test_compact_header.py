@@ -220,7 +220,7 @@ def test_hostile_compact_headers_are_refused(case):
         NvolReader(build())
 
 
-@pytest.mark.parametrize("marker", [0x80, 0xC0, 0xFE])
+@pytest.mark.parametrize("marker", [0x80, 0xC0, 0xFD])
 def test_reserved_header_encodings_are_a_version_error(marker):
     raw = bytes([marker]) + b"\x01anything"
     with pytest.raises(NeurvolVersionError, match=f"{marker:#04x}.*upgrade"):

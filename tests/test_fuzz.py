@@ -100,6 +100,17 @@ def test_fuzz_compact_header_edits_behind_valid_crc(seeds, data):
     _run(compact, data, ["compact"], 2)
 
 
+@_settings(200)
+@given(data=st.data())
+def test_fuzz_compact_sections_header_edits_behind_valid_crc(seeds, data):
+    """Compact headers with sections (format 1.5, the error-bounded golden files): lying
+    brick and section lengths, counts, names and CRCs, edited reduced JSON, all behind a
+    valid header CRC."""
+    compact = [(n, d) for n, d in seeds if F.split_compact_sections(d) is not None]
+    assert compact
+    _run(compact, data, ["compact_sections"], 2)
+
+
 @_settings(500)
 @given(data=st.data())
 def test_fuzz_payload_and_record_edits_rechecksummed(seeds, data):

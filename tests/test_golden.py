@@ -133,7 +133,7 @@ def test_golden_generator_never_overwrites():
     make_golden = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_golden)
     modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2", "1.3-mask",
-             "1.3-mask-rows", "1.4", "1.3-series", "1.3-series-masked"]
+             "1.3-mask-rows", "1.4", "1.3-series", "1.3-series-masked", "1.5"]
     goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
     assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
 
@@ -152,7 +152,8 @@ BOUNDED_FILES = sorted(glob.glob(os.path.join(GOLDEN, "bounded_*_v*.nvol")))
 
 def test_bounded_golden_files_exist():
     names = {os.path.basename(p) for p in BOUNDED_FILES}
-    assert {"bounded_pure_v1.2.nvol", "bounded_model_v1.2.nvol"} <= names
+    assert {"bounded_pure_v1.2.nvol", "bounded_model_v1.2.nvol", "bounded_pure_v1.5.nvol",
+            "bounded_model_v1.5.nvol"} <= names
 
 
 @pytest.mark.parametrize("path", BOUNDED_FILES, ids=os.path.basename)
@@ -160,7 +161,8 @@ def test_bounded_golden_keeps_its_bound(path):
     expected = np.load(path.replace(".nvol", ".expected.npy"))
     original = np.load(path.replace(".nvol", ".original.npy"))
     with neurvol.open(path) as nv:
-        assert nv.info()["format_version"] == "1.2"
+        version = os.path.basename(path)[:-len(".nvol")].rsplit("_v", 1)[1]
+        assert nv.info()["format_version"] == version
         e = nv.max_error
         got = nv.decode()
         assert got.dtype == original.dtype

@@ -73,26 +73,43 @@ class Coder:
         return not self.stack and self.x == 0
 
 
-def _passes(dims: Tuple[int, int, int]):
-    """(axis, h) of every pass, coarse to fine (interp.py's docstring)."""
+#: §2.1: the axis orders, by their index (the permutations of z, y, x in lexicographic order).
+ORDERS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+
+
+def _passes(dims: Tuple[int, int, int], order=(0, 1, 2)):
+    """(axis, h) of every pass, coarse to fine (interp.py's docstring, the axes of each
+    level in ``order``)."""
     top = 1
     while top < max(dims):
         top *= 2
     h = top // 2
     while h >= 1:
-        for a in range(3):
+        for a in order:
             if h < dims[a]:
                 yield a, h
         h //= 2
 
 
-def _sel(a: int, h: int) -> Tuple[slice, ...]:
-    return tuple(slice(None) if b == a else slice(0, None, h if b < a else 2 * h)
-                 for b in range(3))
+def _sel(a: int, h: int, order=(0, 1, 2)) -> Tuple[slice, ...]:
+    """Axes before ``a`` in ``order`` at multiples of ``h``, those after at ``2h``."""
+    rank = {b: i for i, b in enumerate(order)}
+    return tuple(slice(None) if b == a else
+                 slice(0, None, h if rank[b] < rank[a] else 2 * h) for b in range(3))
+
+
+def _level_step(step: float, h: int, alpha: float, beta: float) -> float:
+    """§2.4: ``step / r`` with ``r_0 = 1``, ``r_k = min(r_{k-1} * alpha, beta)``, h = 2^k."""
+    r, k = 1.0, 1
+    while k < h:
+        r = min(r * alpha, beta)
+        k *= 2
+    return step / r
 
 
 def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
-                  base: np.ndarray, dtype: np.dtype) -> np.ndarray:
+                  base: np.ndarray, dtype: np.dtype,
+                  levels: Tuple[float, float] = (1.0, 1.0), order=(0, 1, 2)) -> np.ndarray:
     n = int(np.prod(dims))
     mode = data[0]
     if mode > 4:
@@ -131,9 +148,14 @@ def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
         r = np.zeros(dims)
         code = np.zeros(dims, dtype=np.int64)
         c0 = codes_for(np.full((1, 1, 1), 24))
-        r[0, 0, 0], code[0, 0, 0] = c0[0, 0, 0] * step, c0[0, 0, 0]
-        for a, h in _passes(dims):
-            view, cview = r[_sel(a, h)], code[_sel(a, h)]
+        top = 1
+        while top < max(dims):
+            top *= 2
+        r[0, 0, 0] = c0[0, 0, 0] * _level_step(step, top, *levels)
+        code[0, 0, 0] = c0[0, 0, 0]
+        for a, h in _passes(dims, order):
+            s = _level_step(step, h, *levels)
+            view, cview = r[_sel(a, h, order)], code[_sel(a, h, order)]
             m = view.shape[a]
             p = np.arange(h, m, 2 * h)
             at = lambda arr, i: np.take(arr, np.clip(i, 0, m - 1), axis=a)  # noqa: E731
@@ -152,12 +174,12 @@ def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
             cr = np.where(has_r, cr, cl)
             vl, vr = at(view, p - h), at(view, p + h)
             vr = np.where(has_r, vr, vl)
-            g = sum((np.abs(vl - vr) / step >= e).astype(np.int64) for e in EDGES)
+            g = sum((np.abs(vl - vr) / s >= e).astype(np.int64) for e in EDGES)
             cls = (level * 3 + np.minimum(2, cl + cr)) * 4 + g
             q = codes_for(np.broadcast_to(cls, pred.shape))
             idx = [slice(None)] * 3
             idx[a] = slice(h, None, 2 * h)
-            view[tuple(idx)] = pred + q * step
+            view[tuple(idx)] = pred + q * s
             cview[tuple(idx)] = q
         pre = r if mode in (0, 1) else base + r
     if not coder.done() or next(esc, None) is not None:
@@ -173,14 +195,52 @@ def _decode_block(data: bytes, dims, step: float, tables: Dict[int, List[int]],
     return out
 
 
+def _head(stream: bytes):
+    """§2.1: (B, step, levels, n_tables, T_raw, tables' bytes, raw tables?, index length
+    (None: varints; -1: a u32 after the tables), position of the tables, table map, axis
+    order)."""
+    version = stream[0]
+    if version == 1:
+        _, flags, B, _e, step, _tol, n_tables, raw_len, frame_len = struct.unpack_from(HEAD, stream)
+        return (B, step, (1.0, 1.0), n_tables, raw_len, frame_len, False, -1,
+                struct.calcsize(HEAD), 0, ORDERS[0])
+    if version != 2:
+        raise SpecError("version")
+    _, flags, B, _e, step = struct.unpack_from("<BBHdd", stream)
+    if flags & ~127:
+        raise SpecError("flags")
+    pos = 20
+    if flags & 4:
+        pos += 8
+    levels = (1.0, 1.0)
+    if flags & 8:
+        levels = struct.unpack_from("<ff", stream, pos)
+        pos += 8
+    order = ORDERS[0]
+    if flags & 64:
+        if not 0 < stream[pos] < 6:
+            raise SpecError("order")
+        order = ORDERS[stream[pos]]
+        pos += 1
+    n_tables, pos = _varint(stream, pos)
+    raw_len, pos = _varint(stream, pos)
+    frame_len = raw_len
+    if not flags & 1:
+        frame_len, pos = _varint(stream, pos)
+    ilen = None
+    if not flags & 2:
+        ilen, pos = _varint(stream, pos)
+    return B, step, levels, n_tables, raw_len, frame_len, bool(flags & 1), ilen, pos, \
+        (flags >> 4) & 3, order
+
+
 def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.ndarray:
     """spec/correction.md §2: the whole volume."""
-    version, flags, B, _e, step, _tol, n_tables, raw_len, frame_len = struct.unpack_from(HEAD, stream)
-    if version != 1:
-        raise SpecError("version")
-    pos = struct.calcsize(HEAD)
-    raw = zstandard.ZstdDecompressor().decompress(stream[pos:pos + frame_len],
-                                                  max_output_size=raw_len)
+    (B, step, levels, n_tables, raw_len, frame_len, raw_tables, ilen, pos, tmap,
+     order) = _head(stream)
+    raw = stream[pos:pos + frame_len]
+    if not raw_tables:
+        raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=raw_len)
     pos += frame_len
     tables: Dict[int, List[int]] = {}
     t = 0
@@ -189,13 +249,25 @@ def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.n
         a, t = _varint(raw, t + 1)
         tables[k] = cumulative_table([_weight(w) for w in raw[t:t + a]])
         t += a
-    (ilen,) = struct.unpack_from("<I", stream, pos)
-    pos += 4
+    # §2.2 table maps: the table of class c (level*12 + codes*4 + roughness, or 36).
+    table_of = [lambda c: c, lambda c: 0, lambda c: c - c % 4, lambda c: c - c % 12][tmap]
+    if any(table_of(k) != k for k in tables):
+        raise SpecError("table map")
+    tables = {c: tables[table_of(c)] for c in range(37) if table_of(c) in tables}
+    if ilen == -1:
+        (ilen,) = struct.unpack_from("<I", stream, pos)
+        pos += 4
     grid = [-(-n // B) for n in shape]
     nb = grid[0] * grid[1] * grid[2]
-    lengths = struct.unpack(f"<{nb}I", zstandard.ZstdDecompressor().decompress(
-        stream[pos:pos + ilen], max_output_size=4 * nb))
-    pos += ilen
+    if ilen is None:
+        lengths = []
+        for _ in range(nb):
+            v, pos = _varint(stream, pos)
+            lengths.append(v)
+    else:
+        lengths = struct.unpack(f"<{nb}I", zstandard.ZstdDecompressor().decompress(
+            stream[pos:pos + ilen], max_output_size=4 * nb))
+        pos += ilen
     out = np.empty(shape, dtype=dtype)
     base = np.zeros(shape) if base is None else np.asarray(base, dtype=np.float64)
     for b in range(nb):
@@ -203,13 +275,15 @@ def spec_decode(stream: bytes, shape, dtype, base: Optional[np.ndarray]) -> np.n
         ky, kx = divmod(rem, grid[2])
         sl = tuple(slice(k * B, min((k + 1) * B, n)) for k, n in zip((kz, ky, kx), shape))
         dims = tuple(s.stop - s.start for s in sl)
-        out[sl] = _decode_block(stream[pos:pos + lengths[b]], dims, step, tables, base[sl], dtype)
+        out[sl] = _decode_block(stream[pos:pos + lengths[b]], dims, step, tables, base[sl], dtype,
+                                levels, order)
         pos += lengths[b]
     assert pos == len(stream)
     return out
 
 
-@pytest.mark.parametrize("name", ["bounded_pure_v1.2", "bounded_model_v1.2"])
+@pytest.mark.parametrize("name", ["bounded_pure_v1.2", "bounded_model_v1.2", "bounded_pure_v1.5",
+                                  "bounded_model_v1.5"])
 def test_golden_streams_decode_with_the_spec_decoder(name):
     expected = np.load(os.path.join(GOLDEN, name + ".expected.npy"))
     with neurvol.open(os.path.join(GOLDEN, name + ".nvol")) as nv:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..container.format import COMPACT_SECTIONS_MINOR
 from ..errors import NeurvolFormatError
 from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices
 from .correction.stream import DECODE_THREADS
@@ -17,8 +18,10 @@ from .correction.stream import DECODE_THREADS
 #: Header key and section of an error-bounded file.
 KEY_BOUND = "bound"
 SECTION_CORRECTION = "correction"
-#: Format minor version of error-bounded files (spec/correction.md §1).
-BOUNDED_MINOR = 2
+#: Format minor version writers write for error-bounded files (spec/correction.md §1):
+#: 1.5, the compact header with sections and correction stream version 2 (readers read the
+#: 1.2 files of stream version 1 too).
+BOUNDED_MINOR = COMPACT_SECTIONS_MINOR
 #: Bytes of decoded correction blocks a reader keeps (values, and float64 corrections for
 #: blocks coded against the base), least recently used evicted first; the block in use is
 #: kept whatever its size.

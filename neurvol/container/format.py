@@ -58,3 +58,8 @@ U32_MAX = 2 ** 32 - 1
 #: Minor version of the compact header (spec/nvol.md §3.3): a one-brick file without
 #: extra sections may store its header as a dictionary-compressed frame.
 COMPACT_MINOR = 4
+
+#: Minor version of the compact header with extra sections (spec/nvol.md §3.4): a one-brick
+#: file with extra sections (e.g. an error-bounded file's correction stream) may store its
+#: header and section table compactly.
+COMPACT_SECTIONS_MINOR = 5

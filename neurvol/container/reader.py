@@ -14,8 +14,9 @@ import numpy as np
 from ..errors import (NeurvolFormatError, NeurvolInputError, NeurvolIOError,
                       NeurvolVersionError, brief)
 from ._json import parse_header
-from .compact import COMPACT_MARKER, RESERVED_MARKERS, decode_compact, is_compact
-from .format import (COMPACT_MINOR, FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, INDEX_RECORD_SIZE,
+from .compact import (COMPACT_MARKER, COMPACT_SECTIONS_MARKER, RESERVED_MARKERS,
+                      decode_compact_sections, is_compact)
+from .format import (COMPACT_MINOR, COMPACT_SECTIONS_MINOR, FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, INDEX_RECORD_SIZE,
                      KEY_BRICKS, KEY_GRID, KEY_SECTIONS, MAGIC, MAX_BRICKS,
                      MAX_HEADER_BYTES, MAX_SECTIONS, MIN_FILE_SIZE, PREAMBLE,
                      PREAMBLE_SIZE, REQUIRED_SECTIONS, SECTION_BRICK_INDEX,
@@ -129,7 +130,8 @@ class NvolReader:
         if n and raw[0] >= RESERVED_MARKERS:
             raise NeurvolVersionError(
                 f"{self.name}: the header starts with byte {raw[0]:#04x}, a header encoding "
-                f"this neurvol does not know (it reads JSON and the compact header {COMPACT_MARKER:#04x}); "
+                "this neurvol does not know (it reads JSON and the compact headers "
+                f"{COMPACT_MARKER:#04x}, {COMPACT_SECTIONS_MARKER:#04x}); "
                 "the file was written by a newer neurvol - upgrade neurvol (pip install -U "
                 "neurvol), or the file is corrupted")
         self.header: Dict[str, Any] = parse_header(raw[:n])
@@ -140,13 +142,23 @@ class NvolReader:
         self._bricks_offset = self._sections[SECTION_BRICKS].offset
 
     def _open_compact(self, raw: bytes, minor: int, size: int) -> None:
-        """A compact header (spec/nvol.md §3.3): one brick, the rest of the file."""
-        if minor < COMPACT_MINOR:
+        """A compact header (spec/nvol.md §3.3): one brick, the rest of the file; or, with
+        extra sections (§3.4), the brick and those sections back to back."""
+        needed = COMPACT_SECTIONS_MINOR if raw[0] == COMPACT_SECTIONS_MARKER else COMPACT_MINOR
+        if minor < needed:
             raise NeurvolFormatError(
                 f"{self.name}: the file has a compact header but declares version 1.{minor} "
-                f"(compact headers are format 1.{COMPACT_MINOR}); the file is corrupted")
-        header, crc = decode_compact(raw, self.name)
+                f"(this compact header is format 1.{needed}); the file is corrupted")
+        header, crc, brick_len, extras = decode_compact_sections(raw, self.name)
         start, length = self._data_start, size - self._data_start
+        if brick_len is not None:
+            tail = sum(e.length for e in extras)
+            if brick_len + tail != length:
+                raise NeurvolFormatError(
+                    f"{self.name}: the compact header's sections describe {brick_len + tail} "
+                    f"bytes, the file holds {length} after its header; the file is truncated "
+                    "or corrupted")
+            length = brick_len
         if length > U32_MAX:
             raise NeurvolFormatError(
                 f"{self.name}: the brick of a compact file is {length} bytes, more than the "
@@ -157,6 +169,11 @@ class NvolReader:
         # brick's record is the header's CRC and the file's length) and the brick.
         table = [{"name": SECTION_BRICK_INDEX, "offset": start, "length": 0, "crc32": 0},
                  {"name": SECTION_BRICKS, "offset": start, "length": length, "crc32": None}]
+        offset = start + length
+        for e in extras:
+            table.append({"name": e.name, "offset": offset, "length": e.length,
+                          "crc32": e.crc32})
+            offset += e.length
         self.header = {**header, KEY_SECTIONS: table}
         self._sections = {e["name"]: Section(e["name"], e["offset"], e["length"], e["crc32"])
                           for e in table}

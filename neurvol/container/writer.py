@@ -12,7 +12,7 @@ from ..errors import NeurvolInputError
 from ._json import canonical_json, check_json_value
 from .brickhash import check_grid
 from .compact import encode_compact
-from .format import (COMPACT_MINOR, FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, KEY_BRICKS, KEY_GRID,
+from .format import (COMPACT_MINOR, COMPACT_SECTIONS_MINOR, FORMAT_VERSION, HEADER_CRC, INDEX_DTYPE, KEY_BRICKS, KEY_GRID,
                      KEY_SECTIONS, MAGIC, MAX_HEADER_BYTES, MAX_SECTIONS, MIN_FILE_SIZE,
                      PREAMBLE, REQUIRED_SECTIONS, SECTION_BRICK_INDEX, SECTION_BRICKS,
                      U32_MAX)
@@ -39,7 +39,8 @@ def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
         minor: the minor format version to write (default ``FORMAT_VERSION[1]``, 0); a
             layer that uses keys of a later minor (e.g. bricked ensembles, 1.1) says so.
             From ``COMPACT_MINOR`` (4) on, a one-brick file without extra sections gets
-            the compact header (spec/nvol.md §3.3) where its header allows one.
+            the compact header (spec/nvol.md §3.3) where its header allows one; from
+            ``COMPACT_SECTIONS_MINOR`` (5) on, one with extra sections too (§3.4).
 
     Returns:
         The file content. Deterministic: equal arguments give identical bytes (for a
@@ -66,11 +67,13 @@ def serialize_nvol(header: Mapping[str, Any], bricks: Sequence[BytesLike],
             f"brick grid {list(grid)} needs {count} bricks, got {len(payloads)}")
     index = _build_index(payloads)
     extras = _check_extras(extra_sections)
-    if minor >= COMPACT_MINOR and count == 1 and not extras:
-        compact = encode_compact(hdr, zlib.crc32(payloads[0]))
+    if count == 1 and minor >= (COMPACT_SECTIONS_MINOR if extras else COMPACT_MINOR):
+        sections = (len(payloads[0]), [(n, bytes(d)) for n, d in extras]) if extras else None
+        compact = encode_compact(hdr, zlib.crc32(payloads[0]), sections)
         if compact is not None:
             head = PREAMBLE.pack(MAGIC, FORMAT_VERSION[0], minor, len(compact)) + compact
-            return head + HEADER_CRC.pack(zlib.crc32(head)) + payloads[0]
+            return (head + HEADER_CRC.pack(zlib.crc32(head)) + payloads[0]
+                    + b"".join(bytes(d) for _, d in extras))
 
     blobs: List[tuple] = [(SECTION_BRICK_INDEX, index, zlib.crc32(index)),
                           (SECTION_BRICKS, None, None)]

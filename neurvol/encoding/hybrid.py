@@ -14,12 +14,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..compress import encode_constant
 from ..compress.correction import BoundTooSmallError, encode_correction
+from ..compress.correction.layout import (DEFAULT_BLOCK, NO_LEVELS, integer_bound,
+                                          quantization_bound)
+from ..compress.correction.levels import OBJECTIVE_QUALITY, choose_order, rank_levels
+from ..compress.correction.predict import DEFAULT_ORDER
 from ..container import NvolReader
 from ..errors import NeurvolInputError
 from ..metrics import psnr
@@ -29,13 +33,23 @@ from .plan import CODEC, FIT_PLACEHOLDER, HYBRID_KEY
 
 log = logging.getLogger("neurvol")
 
+#: Level-wise bins (the best of a trial first) a pure predictor search is run with, besides
+#: one bin width everywhere: the trial on sample blocks ranks them roughly, the searches
+#: measure the file.
+LEVELS_TRIED = 2
+#: Their searches bracket the bound within this factor of where the flat bins meet the
+#: budget (below) and of ``beta`` times that (above).
+LEVELS_BRACKET = 2.0
+#: The bound (fraction of the data range) the axis order is chosen at, once per volume.
+ORDER_TRIAL_BOUND = 0.01
 #: Correction-stream encodes the bound search may run (each a numpy pass over the volume).
 MAX_BOUND_TRIALS = 10
 #: The search stops at a file within this fraction below the budget (bytes left unused).
 FILL_TOLERANCE = 0.03
 #: Bounds searched, as fractions of the data range: the smallest is near float32 rounding
-#: of most fields, the largest codes almost nothing.
-MIN_REL_BOUND, MAX_REL_BOUND = 1e-7, 0.5
+#: of most fields; at the largest (the whole range) only the coarse levels' narrower bins
+#: code anything, so the tightest budgets still get a file.
+MIN_REL_BOUND, MAX_REL_BOUND = 1e-7, 1.0
 #: Each trial lands at least this fraction inside the bracket, so a lopsided
 #: interpolation still halves it within a few trials.
 _MIN_STEP = 0.1
@@ -78,36 +92,96 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     base_header = {"volume": header["volume"], "bricks": {"grid": [1, 1, 1]},
                    "codec": CODEC}
     constant = encode_constant(0.5 * (lo + hi))
-    streams: Dict[float, bytes] = {}
+    streams: Dict[Tuple[float, Any], Tuple[bytes, Any]] = {}
+    levels: Any = NO_LEVELS
 
     def file_at(e: float, fit: Optional[Dict[str, Any]] = None) -> Optional[bytes]:
-        if x.dtype.kind in "iu":
-            # Integers are within floor(E) whatever E is: one stream per integer bound.
-            e = float(math.floor(e))
-        if e not in streams:
+        # Integers: ``e`` is the bins' half width, the bound the integer it guarantees.
+        bound, half = integer_bound(e) if x.dtype.kind in "iu" else (e, None)
+        key = (e, levels)
+        if key not in streams:
             try:
-                streams[e], _ = encode_correction(x, e, None)
+                streams[key] = encode_correction(x, bound, None, levels=levels,
+                                                 bin_bound=half, order=order)
             except BoundTooSmallError:
                 return None
-        return bounded_file(base_header, constant, streams[e], e, None,
+        return bounded_file(base_header, constant, streams[key][0], bound, None,
                             extra=dict(extra, fit=fit or _FIT_PLACEHOLDER))
 
-    data, e = search_bound(file_at, hi - lo, budget)
+    # Sizes fall as bounds grow only while the level-wise bins stay the same, so each
+    # search runs with them fixed: one bin width first, then the best LEVELS_TRIED bins of
+    # a trial at that search's rate; the file with the best PSNR is kept.
+    # The predictor starts from 0 (each block's anchor), so the bound that codes nothing
+    # is the largest magnitude when the values sit away from 0, not the range.
+    span = max(hi - lo, abs(lo), abs(hi))
+    order = order_for(x, ORDER_TRIAL_BOUND * (hi - lo))
+    data, e = search_bound(file_at, span, budget)
     if data is None:
         return None
-    if x.dtype.kind in "iu":
-        e = float(math.floor(e))
     nv = NeuralVolume(NvolReader(data))
     quality = psnr(x, nv.decode())
+    # The trial's rate: the flat-bin file nearest the budget (the one kept may be far
+    # below it where sizes fall off a cliff near the largest bound).
+    room = budget - (len(data) - len(streams[(e, NO_LEVELS)][0]))     # for the stream
+    sizes = {k[0]: len(v[0]) for k, v in streams.items() if k[1] == NO_LEVELS}
+    e_ref = min(sizes, key=lambda k: abs(math.log(sizes[k] / max(room, 1))))
+    kept = NO_LEVELS
+    for levels in levels_for_rate(x, e_ref, order)[:LEVELS_TRIED]:
+        if levels == NO_LEVELS:
+            continue
+        # Narrower coarse bins (by up to ``beta``) move the bound that fills the budget
+        # up from the flat bins' by up to about ``beta``; at most to the bound whose
+        # coarsest bins span the values.
+        top = min(span * levels[1], e_ref * levels[1] * LEVELS_BRACKET)
+        found, found_e = search_bound(file_at, span, budget,
+                                      bounds=(e_ref / LEVELS_BRACKET, top))
+        if found is not None:
+            found_nv = NeuralVolume(NvolReader(found))
+            found_q = psnr(x, found_nv.decode())
+            if found_q > quality:
+                data, e, nv, quality, kept = found, found_e, found_nv, found_q, levels
+    levels = kept           # file_at's bins: those of the file kept
     # The PSNR goes into the header (as a model's fit PSNR does) so psnr= searches and
     # info() see it; the search accounted for these bytes with a placeholder.
     final = file_at(e, {"psnr": _rounded(quality)})
     if final is not None and len(final) <= budget:
         data = final      # else the PSNR's digits did not fit: the placeholder's file
-    log.info("encode: pure predictor at max_error %g: %d bytes, %.2f dB", e, len(data), quality)
+    log.info("encode: pure predictor at max_error %g: %d bytes, %.2f dB", nv.max_error,
+             len(data), quality)
     out = NeuralVolume(NvolReader(data))
     out.bounded_choice = {"model_ratio": None}      # as an error-bounded encode reports it
     return Candidate(out, quality, "predictor")
+
+
+def _step_at(volume: np.ndarray, e: float) -> Optional[float]:
+    """The finest bin width of a pure predictor stream of ``volume`` at bound ``e`` (for
+    integers, ``e`` the half width: :func:`integer_bound`); None if none can hold it."""
+    if volume.dtype.kind in "iu":
+        return 2.0 * integer_bound(e)[1]
+    try:
+        return 2.0 * quantization_bound(e, volume.dtype, float(np.abs(volume).max()))
+    except BoundTooSmallError:
+        return None
+
+
+def levels_for_rate(volume: np.ndarray, e: float, order: int) -> List[Tuple[float, float]]:
+    """The level-wise bins (``(alpha, beta)``) best first for PSNR at the rate of a pure
+    predictor stream of ``volume`` at bound ``e`` with one bin width (a trial on sample
+    blocks: :func:`..compress.correction.levels.rank_levels`)."""
+    step = _step_at(volume, e)
+    if step is None:
+        return [NO_LEVELS]
+    return rank_levels(np.asarray(volume, dtype=np.float64), step, OBJECTIVE_QUALITY,
+                       DEFAULT_BLOCK, integer=volume.dtype.kind in "iu", order=order)
+
+
+def order_for(volume: np.ndarray, e: float) -> int:
+    """The axis order of a volume's pure predictor streams (chosen once, at bound ``e``:
+    sizes fall with the bound only while it stays the same)."""
+    step = _step_at(volume, e)
+    if step is None:
+        return DEFAULT_ORDER
+    return choose_order(np.asarray(volume, dtype=np.float64), step, DEFAULT_BLOCK)
 
 
 def _rounded(quality: float) -> Optional[float]:
@@ -115,12 +189,17 @@ def _rounded(quality: float) -> Optional[float]:
 
 
 def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
-                 budget: int) -> Tuple[Optional[bytes], float]:
+                 budget: int, bounds: Optional[Tuple[float, float]] = None
+                 ) -> Tuple[Optional[bytes], float]:
     """The file of the smallest bound found whose ``file_at(bound)`` fits ``budget``:
     regula falsi on log(size) against log(bound), bracketed (sizes fall as bounds grow,
-    not strictly). ``(None, nan)`` when the largest bound does not fit."""
+    not strictly). ``(None, nan)`` when the largest bound does not fit. ``bounds``: the
+    smallest and largest bound searched (default: ``MIN_REL_BOUND`` and ``MAX_REL_BOUND``
+    of ``data_range``)."""
     span = data_range if data_range > 0 else 1.0
     lo_t, hi_t = math.log(span * MIN_REL_BOUND), math.log(span * MAX_REL_BOUND)
+    if bounds is not None:
+        lo_t, hi_t = math.log(bounds[0]), math.log(bounds[1])
     best = file_at(math.exp(hi_t))
     if best is None or len(best) > budget:
         return None, math.nan
@@ -129,6 +208,7 @@ def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
     fit_pt = (hi_t, math.log(len(best)))
     over_pt: Optional[Tuple[float, float]] = None
     target = math.log(budget * (1.0 - FILL_TOLERANCE / 2))
+    sides: list = []        # which end each trial moved (True: the fitting one)
     for _ in range(MAX_BOUND_TRIALS - 1):
         if len(best) >= budget * (1.0 - FILL_TOLERANCE):
             break
@@ -142,9 +222,15 @@ def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
             lo_edge, hi_edge = sorted((t1, t2))
             width = hi_edge - lo_edge
             t = min(max(t, lo_edge + _MIN_STEP * width), hi_edge - _MIN_STEP * width)
+            if sides[-2:] == [sides[-1]] * 2:
+                # Two trials moved the same end: a curved size curve that regula falsi
+                # approaches from one side only; halve the bracket instead.
+                t = 0.5 * (t1 + t2)
         data = file_at(math.exp(t))
         if data is not None and len(data) <= budget:
             fit_pt, best, best_e = (t, math.log(len(data))), data, math.exp(t)
+            sides.append(True)
         else:
             over_pt = (t, math.log(len(data)) if data is not None else math.log(budget) + 1.0)
+            sides.append(False)
     return best, best_e

@@ -321,6 +321,93 @@ def mutate_compact(data: bytes, ch: Chooser) -> Optional[bytes]:
     return forge_compact(hdr, crc if ch.int(0, 3) else zlib.crc32(brick) ^ 1, brick)
 
 
+def split_compact_sections(data: bytes
+                           ) -> Optional[Tuple[Dict[str, Any], bytes, List[list], bytes, bytes]]:
+    """(reduced header, prefix, [[name bytes, crc, length], ...] of the extra sections,
+    the brick length as stored (varint bytes), data area) of a file with a compact header
+    with sections (format 1.5), or None."""
+    if len(data) < 20 or data[:8] != MAGIC:
+        return None
+    n = struct.unpack_from("<I", data, 12)[0]
+    raw = data[16:16 + n]
+    if 20 + n > len(data) or raw[:1] != bytes([C.COMPACT_SECTIONS_MARKER]):
+        return None
+    try:
+        brick_len, pos = C._read_varint(raw, C.COMPACT_PREFIX.size, "fuzz")
+        count = raw[pos]
+        pos += 1
+        entries = []
+        for _ in range(count):
+            k = raw[pos]
+            name = raw[pos + 1:pos + 1 + k]
+            (crc,) = struct.unpack_from("<I", raw, pos + 1 + k)
+            length, pos = C._read_varint(raw, pos + 5 + k, "fuzz")
+            entries.append([name, crc, length])
+        d = zstandard.ZstdDecompressor(dict_data=C._dictionary(raw[1]))
+        hdr = json.loads(d.decompress(C.ZSTD_MAGIC + raw[pos:]))
+    except (ValueError, IndexError, struct.error, zstandard.ZstdError, neurvol.NeurvolError,
+            RecursionError):
+        return None
+    if not isinstance(hdr, dict):
+        return None
+    return hdr, raw[:C.COMPACT_PREFIX.size], entries, C._varint(brick_len), data[20 + n:]
+
+
+def forge_compact_sections(reduced: Any, prefix: bytes, entries: Sequence[list],
+                           brick_len: bytes, area: bytes, *, count: Optional[int] = None,
+                           minor: int = 5) -> bytes:
+    """A file with a compact header with sections: *prefix* (marker, dictionary, brick
+    CRC), the brick length varint, *count* (default: the entries'), the entries, a frame of
+    *reduced*, behind a correct header CRC."""
+    frame = zstandard.ZstdCompressor(
+        level=3, dict_data=C._dictionary(1), write_checksum=False, write_dict_id=False,
+        write_content_size=True).compress(_dumps(reduced))
+    table = bytearray(brick_len) + bytes([len(entries) if count is None else count])
+    for name, crc, length in entries:
+        table += bytes([len(name) & 0xFF]) + bytes(name) + struct.pack("<I", crc & 0xFFFFFFFF)
+        table += C._varint(length)
+    raw = bytes(prefix) + bytes(table) + frame[4:]
+    head = struct.pack("<8sHHI", MAGIC, 1, minor, len(raw)) + raw
+    return head + struct.pack("<I", zlib.crc32(head)) + area
+
+
+def mutate_compact_sections(data: bytes, ch: Chooser) -> Optional[bytes]:
+    """Edit a compact header with sections (format 1.5) behind a valid CRC: a lying brick
+    or section length, a section count, name or CRC changed, the reduced JSON edited."""
+    parts = split_compact_sections(data)
+    if parts is None:
+        return None
+    hdr, prefix, entries, brick_len, area = parts
+    op = ch.int(0, 5)
+    lies = [0, 1, len(area), len(area) + 1, (1 << 32) - 1, ch.int(0, 1 << 20)]
+    if op == 0:
+        return forge_compact_sections(hdr, prefix, entries, C._varint(ch.choice(lies)), area)
+    if op == 1 and entries:
+        ch.choice(entries)[2] = ch.choice(lies)
+        return forge_compact_sections(hdr, prefix, entries, brick_len, area)
+    if op == 2:
+        return forge_compact_sections(hdr, prefix, entries, brick_len, area,
+                                      count=ch.choice([0, len(entries) + 1, 255]))
+    if op == 3 and entries:
+        e = ch.choice(entries)
+        e[0] = ch.choice([b"bricks", b"brick_index", b"", b"\xff\xfe", entries[0][0],
+                          ch.bytes(300)])
+        return forge_compact_sections(hdr, prefix, entries, brick_len, area)
+    if op == 4 and entries:
+        ch.choice(entries)[1] ^= 1 << ch.int(0, 31)
+        return forge_compact_sections(hdr, prefix, entries, brick_len, area)
+    paths = _paths(hdr)
+    if not paths:
+        return None
+    path = ch.choice(paths)
+    parent = _get(hdr, path[:-1])
+    if isinstance(parent, dict) and ch.bool():
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = hostile_value(ch, parent[path[-1]])
+    return forge_compact_sections(hdr, prefix, entries, brick_len, area)
+
+
 def split_head(data: bytes) -> Optional[Tuple[Dict[str, Any], bytes]]:
     """(header dict, bytes after the header CRC), or None if the head is not parseable."""
     if len(data) < 20 or data[:8] != MAGIC:
@@ -766,6 +853,7 @@ MUTATORS: List[Tuple[str, Callable[[bytes, Chooser], Optional[bytes]], int]] = [
     ("streams", mutate_streams, 3),
     ("grid", mutate_grid, 1),
     ("compact", mutate_compact, 2),
+    ("compact_sections", mutate_compact_sections, 1),
 ]
 _WEIGHTED = [m for m in MUTATORS for _ in range(m[2])]
 

@@ -16,6 +16,8 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py 1.3-mask  # masked volumes (spec/mask.md)
     python tests/golden/make_golden.py 1.3-mask-rows  # + a rows-coded mask
     python tests/golden/make_golden.py 1.4     # compact header (spec/nvol.md §3.3)
+    python tests/golden/make_golden.py 1.5     # error-bounded files with the compact header
+                                               # (§3.4) and correction stream version 2
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 CODEC2_CASES = ("amgsrn", "pruned", "rans")
 BOUNDED_CASES = ("bounded_pure_v1.2", "bounded_model_v1.2")
+BOUNDED_V15_CASES = ("bounded_pure_v1.5", "bounded_model_v1.5")
 MASKED_CASES = ("masked_nan_v1.3", "masked_fill_v1.3")
 
 
@@ -45,6 +48,8 @@ def outputs(mode: str) -> List[str]:
         return _pair("codec2_configs")
     if mode == "1.2":
         return [f for name in BOUNDED_CASES for f in _pair(name) + [f"{name}.original.npy"]]
+    if mode == "1.5":
+        return [f for name in BOUNDED_V15_CASES for f in _pair(name) + [f"{name}.original.npy"]]
     if mode == "1.3-series":
         return _pair("series_v1.3")
     if mode == "1.3-series-masked":
@@ -132,6 +137,48 @@ def write_bounded() -> None:
     assert tuple(cases) == BOUNDED_CASES
     for name, (vol, enc) in cases.items():
         nv = enc(vol)
+        path = os.path.join(HERE, name + ".nvol")
+        with open(path, "xb") as f:
+            f.write(nv.to_bytes())
+        for suffix, arr in ((".expected.npy", nv.decode()), (".original.npy", vol)):
+            with open(os.path.join(HERE, name + suffix), "xb") as f:
+                np.save(f, arr)
+
+
+def write_bounded_v15() -> None:
+    # Format 1.5: error-bounded files with the compact header and correction stream
+    # version 2. The pure crop forces level-wise bin widths (alpha 1.5, beta 4) and a
+    # non-default axis order (index 4: x, z, y) so the file pins them; the model crop is
+    # as the encoder chooses (8^3 blocks, several modes).
+    import neurvol
+    from neurvol.compress import encode_constant
+    from neurvol.compress.correction import encode_correction
+    from neurvol.encoding.bounded import bounded_file, encode_bounded
+    from neurvol.encoding.plan import CODEC
+    from neurvol.neural_volume import NeuralVolume
+    from neurvol.container import NvolReader
+
+    crop = np.ascontiguousarray(neurvol.sample_volume()[16:44, 18:44, 20:44])
+
+    def pure(v):
+        lo, hi = float(v.min()), float(v.max())
+        stream, _ = encode_correction(v, 2.0, None, block=8, levels=(1.5, 4.0), order=4)
+        header = {"volume": {"shape": list(v.shape), "dtype": v.dtype.str, "min": lo,
+                             "max": hi, "spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0]},
+                  "bricks": {"grid": [1, 1, 1]}, "codec": CODEC}
+        return NeuralVolume(NvolReader(bounded_file(header, encode_constant(0.5 * (lo + hi)),
+                                                    stream, 2.0, None)))
+
+    cases = {
+        "bounded_pure_v1.5": (crop, pure),
+        "bounded_model_v1.5": (crop.astype(np.float32) * np.float32(0.37), lambda v: encode_bounded(
+            v, 0.2, None, model_ratios=(6.0,), require_model=True, block=8, arch="fvsrn",
+            steps=40, seed=0, quiet=True, device="cpu")),
+    }
+    assert tuple(cases) == BOUNDED_V15_CASES
+    for name, (vol, enc) in cases.items():
+        nv = enc(vol)
+        assert nv.info()["format_version"] == "1.5"
         path = os.path.join(HERE, name + ".nvol")
         with open(path, "xb") as f:
             f.write(nv.to_bytes())
@@ -240,7 +287,8 @@ def write_version(version: str) -> None:
 
 WRITERS: Dict[str, Callable[[], None]] = {
     "1.1": write_bricked, "codec2-interp": write_codec2_interp, "codec2": write_codec2,
-    "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.3-mask": write_masked,
+    "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.5": write_bounded_v15,
+    "1.3-mask": write_masked,
     "1.3-mask-rows": write_masked_rows, "1.3-series": write_series,
     "1.3-series-masked": write_series_masked}
 

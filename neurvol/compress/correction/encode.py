@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import struct
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .entropy import constriction, entropy_bits, rans_model, varints, weight_codes, zstd_compress
-from .layout import (_HEAD, BASE_CLASS, BASE_MODES, CUBIC_MODES, DATA_MODES, DEFAULT_BLOCK,
-                     ESCAPE, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, STREAM_VERSION,
-                     block_grid, block_slices, blocks_by_shape, cast_to, quantization_bound)
-from .predict import interp_passes, quantize
+from .layout import (BASE_CLASS, BASE_MODES, CUBIC_MODES, DATA_MODES, DEFAULT_BLOCK, ESCAPE,
+                     MAP_CLASSES, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, NO_LEVELS,
+                     TABLE_MAPS, block_grid, block_slices, blocks_by_shape, cast_to,
+                     levels_valid, pack_head, quantization_bound, table_of)
+from .levels import OBJECTIVE_SIZE, choose_levels, choose_order
+from .predict import AXIS_ORDERS, DEFAULT_ORDER, interp_passes, quantize
 from .stream import CorrectionStream
 from ..lorenzo import zigzag
 
 Passes = List[Tuple[np.ndarray, np.ndarray]]     # (codes (n, k), classes (n, k)) per pass
+
+#: Streams up to this size also try the coarser table maps (their tables are a large
+#: share of them; the tries cost a few rANS passes over few symbols).
+SMALL_STREAM_BYTES = 16 << 10
 
 
 @dataclasses.dataclass
@@ -38,6 +43,8 @@ class CorrectionStats:
     exceptions: int
     table_bytes: int
     index_bytes: int
+    levels: Tuple[float, float] = NO_LEVELS     # (alpha, beta) of the level-wise bins
+    order: int = DEFAULT_ORDER                  # index of the axis order
 
 
 def _segments(passes: Passes, row: int) -> List[Tuple[int, np.ndarray]]:
@@ -51,19 +58,25 @@ def _segments(passes: Passes, row: int) -> List[Tuple[int, np.ndarray]]:
     return out
 
 
-def _interp_code(x: np.ndarray, step: float, cubic: bool) -> Passes:
+def _interp_code(x: np.ndarray, step: float, cubic: bool,
+                 levels: Tuple[float, float] = NO_LEVELS,
+                 keep: Optional[list] = None, order: int = DEFAULT_ORDER) -> Passes:
     """Interpolation-code every grid of ``x`` (``(n, d, h, w)``) independently: the passes
-    in stream order (C order within each)."""
+    in stream order (C order within each). ``levels``: ``(alpha, beta)`` of the level-wise
+    bin widths (:func:`.predict.level_step`). ``keep``: a list the reconstruction is
+    appended to. ``order``: index of the axis order (:data:`.predict.AXIS_ORDERS`)."""
     passes: Passes = []
     n = len(x)
 
-    def coder(sel, psel, pred, classes):
+    def coder(sel, psel, pred, classes, s):
         target = x[psel] if sel is None else x[sel][psel]
-        q = quantize(target, pred, step)
+        q = quantize(target, pred, s)
         passes.append((q.reshape(n, -1), np.ascontiguousarray(classes).reshape(n, -1)))
         return q
 
-    interp_passes(x.shape, step, cubic, coder)
+    rec = interp_passes(x.shape, step, cubic, coder, *levels, order=AXIS_ORDERS[order])
+    if keep is not None:
+        keep.append(rec)
     return passes
 
 
@@ -77,7 +90,9 @@ def _gather(vol: np.ndarray, shape3: Tuple[int, int, int], ids: List[int],
 
 def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.ndarray] = None,
                       *, block: int = DEFAULT_BLOCK, base_tolerance: float = 0.0,
-                      modes: Optional[Sequence[int]] = None
+                      modes: Optional[Sequence[int]] = None,
+                      levels: Union[Tuple[float, float], str] = OBJECTIVE_SIZE,
+                      bin_bound: Optional[float] = None, order: Optional[int] = None
                       ) -> Tuple[bytes, CorrectionStats]:
     """Code ``volume`` (3-D, integer or float) so that decoding the stream with ``base`` is
     within ``max_error`` of it on every voxel (checked here, voxel by voxel, through the
@@ -86,7 +101,15 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
     base: float array of the volume's shape that the decoder will have (e.g. a model's
     decode; ``None``: zeros, a pure predictor). base_tolerance: how far a decoder's base
     may differ from this one (a model evaluated on another machine); the bound holds for
-    any base within it. modes: the block modes to try (default: every mode that applies)."""
+    any base within it. modes: the block modes to try (default: every mode that applies).
+    levels: ``(alpha, beta)`` of the level-wise bin widths of the interpolation modes
+    (:func:`.predict.level_step`), or what :func:`.levels.choose_levels` should choose them
+    for: ``"size"`` (the smallest stream at this bound) or ``"quality"`` (the best PSNR per
+    byte, for encodes that search the bound to fill a budget). bin_bound: the half bin
+    width to quantize with, below the widest ``max_error`` allows (an integer volume's
+    bound moves in steps of 1, its bins need not: a budget search uses this). order:
+    index of the axes' order in the interpolation (:data:`.predict.AXIS_ORDERS`; ``None``:
+    the one whose codes cost least on sample blocks, :func:`.levels.choose_order`)."""
     x = np.asarray(volume)
     if x.ndim != 3 or x.size == 0:
         raise ValueError(f"expected a non-empty 3-D volume, got shape {x.shape}")
@@ -105,12 +128,27 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
         raise ValueError("base must be a finite array of the volume's shape")
     eq = quantization_bound(max_error, dtype, float(np.abs(xf).max()),
                             base_tolerance if b is not None else 0.0)
+    if bin_bound is not None:
+        if not 0 < bin_bound <= eq:
+            raise ValueError(f"bin_bound must be in (0, {eq}], got {bin_bound}")
+        eq = float(bin_bound)
     step = 2.0 * eq
     if modes is None:
         modes = DATA_MODES + (BASE_MODES if b is not None else ())
     modes = tuple(modes)
     if b is None and any(m in BASE_MODES for m in modes):
         raise ValueError("residual and base modes need a base")
+    src = xf if b is None else xf - b
+    if order is None:
+        order = choose_order(src, step, block)
+    if not 0 <= order < len(AXIS_ORDERS):
+        raise ValueError(f"order must be an index of AXIS_ORDERS, got {order}")
+    if isinstance(levels, str):
+        levels = choose_levels(src, step, levels, block, integer=dtype.kind in "iu"
+                               and b is None, order=order)
+    levels = (float(levels[0]), float(levels[1]))
+    if not levels_valid(levels):
+        raise ValueError(f"level-wise bin widths (alpha, beta) = {levels} cannot be stored")
 
     nblocks = int(np.prod(block_grid(x.shape, block)))
     blocks: List[Optional[_Block]] = [None] * nblocks
@@ -124,7 +162,7 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
                 passes = [(q, np.full(q.shape, BASE_CLASS, np.int64))]
             else:
                 src = xs if mode in DATA_MODES else xs - bs
-                passes = _interp_code(src, step, mode in CUBIC_MODES)
+                passes = _interp_code(src, step, mode in CUBIC_MODES, levels, order=order)
             codes = np.concatenate([p[0] for p in passes], axis=1)
             classes = np.concatenate([p[1] for p in passes], axis=1)
             cand.append((passes, entropy_bits(codes, classes)))
@@ -134,7 +172,8 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
             blocks[i] = _Block(modes[k], _segments(cand[k][0], j))
     # Decode every block exactly as a reader will and keep the voxels that break the bound
     # as lossless exceptions (the exceptions do not change any code, so one pass suffices).
-    data, _ = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance)
+    data, _ = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance,
+                         levels, order=order)
     stream = CorrectionStream(data, x.shape, dtype)
     for dec in stream.decode_blocks(range(nblocks)):
         for j, i in enumerate(dec.ids):
@@ -152,11 +191,22 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
                     bad |= np.abs(out - orig) > max_error - base_tolerance
             flat = np.flatnonzero(bad.reshape(-1))
             blk.exceptions = [(int(k), float(orig.reshape(-1)[k])) for k in flat]
-    return _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance)
+    # Small streams: coarser table maps may cost less than the tables they replace.
+    full = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance, levels,
+                      order=order)
+    if full[1].nbytes > SMALL_STREAM_BYTES:
+        return full
+    return min([full] + [_serialize(blocks, x.shape, dtype, block, max_error, step,
+                                    base_tolerance, levels, m, order)
+                         for m in TABLE_MAPS if m != MAP_CLASSES], key=lambda r: len(r[0]))
 
 
 def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float, step: float,
-               base_tolerance: float) -> Tuple[bytes, CorrectionStats]:
+               base_tolerance: float, levels: Tuple[float, float],
+               table_map: int = MAP_CLASSES, order: int = DEFAULT_ORDER
+               ) -> Tuple[bytes, CorrectionStats]:
+    """The stream's bytes, each class coded with the table :func:`.layout.table_of` maps
+    it to under ``table_map``."""
     hist: Dict[int, np.ndarray] = {}
     block_syms = []
     for blk in blocks:
@@ -167,10 +217,11 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
             sym = np.where(esc, ESCAPE, z)
             escapes.extend(int(e) for e in z[esc])
             h = np.bincount(sym, minlength=2)
-            old = hist.get(cls, np.zeros(0, np.int64))
+            key = table_of(cls, table_map)
+            old = hist.get(key, np.zeros(0, np.int64))
             n = max(old.size, h.size)
-            hist[cls] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
-            segs.append((cls, sym))
+            hist[key] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
+            segs.append((key, sym))
         block_syms.append((segs, escapes))
     tables = {k: weight_codes(v) for k, v in hist.items()}
     models = {k: rans_model(v) for k, v in tables.items()}
@@ -178,6 +229,8 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
     for k in sorted(tables):
         raw += bytes([k]) + varints([tables[k].size]) + tables[k].tobytes()
     table_blob = zstd_compress(bytes(raw))
+    if len(table_blob) >= len(raw):
+        table_blob = bytes(raw)           # small tables: a zstd frame would cost more
     c = constriction()
     payloads = []
     for blk, (segs, escapes) in zip(blocks, block_syms):
@@ -193,15 +246,19 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
                         + varints(escapes) + varints(deltas) + vals + words)
     lengths = np.asarray([len(p) for p in payloads], dtype="<u4")
     index = zstd_compress(lengths.tobytes())
-    head = _HEAD.pack(STREAM_VERSION, 0, block, max_error, step, base_tolerance, len(tables),
-                      len(raw), len(table_blob))
-    out = head + table_blob + struct.pack("<I", len(index)) + index + b"".join(payloads)
+    index_len: Optional[int] = len(index)
+    as_varints = varints(lengths.tolist())
+    if len(as_varints) <= len(index):
+        index, index_len = as_varints, None     # few blocks: varints cost less than a frame
+    head = pack_head(block, max_error, step, base_tolerance, levels, len(tables), len(raw),
+                     len(table_blob), index_len, table_map, order)
+    out = head + table_blob + index + b"".join(payloads)
     modes: Dict[str, int] = {}
     for blk in blocks:
         modes[MODE_NAMES[blk.mode]] = modes.get(MODE_NAMES[blk.mode], 0) + 1
     stats = CorrectionStats(len(out), len(blocks), modes,
                             sum(len(b.exceptions) for b in blocks), len(table_blob),
-                            4 + len(index))
+                            len(index), levels, order)
     return out, stats
 
 

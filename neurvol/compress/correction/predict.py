@@ -3,17 +3,19 @@ points (``spec/correction.md`` §2.4), shared by the encoder and the decoder: bo
 :func:`interp_passes`, the encoder quantizing, the decoder reading codes."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import itertools
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from ..interp import MAX_CODE, _anchor, prediction_passes
+from ..interp import MAX_CODE, Pass, _anchor
 from .layout import (ANCHOR_CLASS, LEVEL_COARSE, LEVEL_FINE, LEVEL_MID, N_CODE_CONTEXTS,
                      N_ROUGHNESS, ROUGHNESS_EDGES, BoundTooSmallError)
 
-#: ``coder(sel, psel, pred, classes) -> codes``: the codes (int64, ``pred``'s shape) of
-#: the points ``view[psel]`` of the pass on ``grid[sel]`` (``sel=None``: the anchor).
-Coder = Callable[[object, object, np.ndarray, np.ndarray], np.ndarray]
+#: ``coder(sel, psel, pred, classes, step) -> codes``: the codes (int64, ``pred``'s shape)
+#: of the points ``view[psel]`` of the pass on ``grid[sel]`` (``sel=None``: the anchor),
+#: quantized with bins of width ``step``.
+Coder = Callable[[object, object, np.ndarray, np.ndarray, float], np.ndarray]
 
 
 def _along(arr: np.ndarray, ax: int, start: int, stop: Optional[int] = None) -> np.ndarray:
@@ -87,27 +89,86 @@ def context(view: np.ndarray, qview: np.ndarray, axis: int, h: int,
     return cls
 
 
-def interp_passes(shape: Tuple[int, ...], step: float, cubic: bool, coder: Coder
-                  ) -> np.ndarray:
+def level_ratio(h: int, alpha: float, beta: float) -> float:
+    """How many times narrower than the finest bins the bins of level ``h`` are
+    (``spec/correction.md`` §2.4): ``r_0 = 1``, ``r_k = min(r_{k-1} * alpha, beta)`` for
+    ``h = 2^k``, in binary64 (one rounded product per level, so every reader computes the
+    same value). Coarse points predict every finer one, so a tighter bin there buys more
+    accuracy downstream than it costs (SZ3's and QoZ's level-wise error bounds)."""
+    r = 1.0
+    while h > 1:
+        r = min(r * alpha, beta)
+        h //= 2
+    return r
+
+
+def level_step(step: float, h: int, alpha: float, beta: float) -> float:
+    """The bin width of level ``h``: ``step / level_ratio(h)`` (at most ``step``, so every
+    value stays within ``step / 2`` of its reconstruction)."""
+    return step / level_ratio(h, alpha, beta)
+
+
+def _top(shape: Tuple[int, ...]) -> int:
+    """The anchor's level: the smallest power of two >= the longest of the last three axes."""
+    top = 1
+    while top < max(shape[-3:]):
+        top *= 2
+    return top
+
+
+#: The axis orders a stream may interpolate in (§2.4), by their index in the stream: at
+#: each level the passes run along these axes in turn. The last axis of a level predicts
+#: half its points, so the order matters on anisotropic data (SZ3 chooses it too).
+AXIS_ORDERS: Tuple[Tuple[int, int, int], ...] = tuple(itertools.permutations(range(3)))
+DEFAULT_ORDER = 0         # z, y, x: :mod:`..interp`'s order
+
+
+def prediction_passes(shape: Tuple[int, ...], order: Tuple[int, int, int] = (0, 1, 2)
+                      ) -> Iterator[Pass]:
+    """(axis, h, selection) of every pass of a grid of ``shape`` (>= 3 axes), the axes of
+    each level in ``order``: :func:`..interp.prediction_passes` with z, y, x replaced by
+    ``order`` (a pass along an axis takes the axes before it in ``order`` at multiples of
+    ``h``, those after it at multiples of ``2h``)."""
+    dims = shape[-3:]
+    top = _top(shape)
+    h = top // 2
+    while h >= 1:
+        for i, a in enumerate(order):
+            sel = [slice(None)] * len(shape)
+            for j, b in enumerate(order):
+                if b != a:
+                    sel[len(shape) - 3 + b] = slice(0, None, h if j < i else 2 * h)
+            if h < dims[a]:
+                yield a, h, tuple(sel)
+        h //= 2
+
+
+def interp_passes(shape: Tuple[int, ...], step: float, cubic: bool, coder: Coder,
+                  alpha: float = 1.0, beta: float = 1.0,
+                  order: Tuple[int, int, int] = (0, 1, 2)) -> np.ndarray:
     """Run the interpolation predictor over grids of ``shape`` (``(n, d, h, w)``: ``n``
     blocks side by side, each its own grid): the anchor, then pass by pass, ``coder``
     giving each pass's codes. Returns the reconstruction (float64), exactly as decoders
-    compute it: ``prediction + code * step``."""
+    compute it: ``prediction + code * s`` with ``s`` the pass's bin width
+    (:func:`level_step`; ``alpha = beta = 1``: ``step`` at every level); the axes of each
+    level in ``order``."""
     rec = np.zeros(shape, dtype=np.float64)
     # The codes' magnitudes, capped where the classes stop telling them apart.
     qgrid = np.zeros(shape, dtype=np.uint8)
     cap = N_CODE_CONTEXTS - 1
     anchor = _anchor(shape)
     anchor_cls = np.full(rec[anchor].shape, ANCHOR_CLASS, np.int64)
-    q = coder(None, anchor, np.zeros(anchor_cls.shape), anchor_cls)
-    rec[anchor] = q * step
+    s0 = level_step(step, _top(shape), alpha, beta)
+    q = coder(None, anchor, np.zeros(anchor_cls.shape), anchor_cls, s0)
+    rec[anchor] = q * s0
     qgrid[anchor] = np.minimum(np.abs(q), cap)
-    for axis, h, sel in prediction_passes(shape):
+    for axis, h, sel in prediction_passes(shape, order):
         view, qview = rec[sel], qgrid[sel]     # basic slicing: views into the grids
+        s = level_step(step, h, alpha, beta)
         pred, psel = _predict(view, axis, h, cubic)
-        cls = np.broadcast_to(context(view, qview, axis, h, step), pred.shape)
-        q = coder(sel, psel, pred, cls)
-        view[psel] = pred + q * step
+        cls = np.broadcast_to(context(view, qview, axis, h, s), pred.shape)
+        q = coder(sel, psel, pred, cls, s)
+        view[psel] = pred + q * s
         qview[psel] = np.minimum(np.abs(q), cap)
     return rec
 

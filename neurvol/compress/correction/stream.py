@@ -16,11 +16,11 @@ import numpy as np
 from ...errors import NeurvolFormatError
 from ..coders.zstd import zstd_exact
 from .entropy import MAX_WEIGHT_CODE, constriction, rans_model, read_varints
-from .layout import (_HEAD, BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, MAX_ALPHABET,
-                     MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, N_CLASSES,
-                     STREAM_VERSION, block_grid, block_slices, blocks_by_shape,
-                     cast_to)
-from .predict import interp_passes
+from .layout import (BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, FLAG_TABLES_RAW,
+                     MAX_ALPHABET, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, N_CLASSES,
+                     TABLE_MAP_SHIFT, block_grid, block_slices, blocks_by_shape, cast_to,
+                     parse_head, table_of)
+from .predict import AXIS_ORDERS, interp_passes
 from ..interp import MAX_CODE
 
 #: Voxels of the blocks decoded side by side at most (float64 values and int64 codes:
@@ -123,27 +123,25 @@ class CorrectionStream:
         self.dtype = np.dtype(dtype)
         self.what = what
         data = bytes(data)
-        if len(data) < _HEAD.size:
-            raise NeurvolFormatError(f"{what}: truncated header; the file is damaged")
-        (version, _flags, block, self.max_error, self.step, self.base_tolerance,
-         n_tables, raw_len, frame_len) = _HEAD.unpack_from(data)
-        if version != STREAM_VERSION:
-            raise NeurvolFormatError(
-                f"{what}: correction stream version {version} is not supported "
-                f"(this reader knows {STREAM_VERSION}); upgrade neurvol")
+        head = parse_head(data, what)
+        block, self.max_error, self.step = head.block, head.max_error, head.step
+        self.base_tolerance, self.levels = head.base_tolerance, head.levels
+        self.order = head.order
         if not (MIN_BLOCK <= block <= MAX_BLOCK and math.isfinite(self.step) and self.step > 0
                 and math.isfinite(self.max_error) and self.max_error >= 0
                 and math.isfinite(self.base_tolerance) and self.base_tolerance >= 0
-                and n_tables <= N_CLASSES and raw_len <= N_CLASSES * (6 + MAX_ALPHABET)
-                and _HEAD.size + frame_len <= len(data)):
+                and head.n_tables <= N_CLASSES
+                and head.raw_len <= N_CLASSES * (6 + MAX_ALPHABET)
+                and head.pos + head.frame_len <= len(data)):
             raise NeurvolFormatError(f"{what}: invalid stream parameters; the file is damaged")
         self.block = block
-        pos = _HEAD.size
-        raw = zstd_exact(data[pos:pos + frame_len], raw_len, what)
-        pos += frame_len
+        pos = head.pos
+        frame = data[pos:pos + head.frame_len]
+        raw = frame if head.flags & FLAG_TABLES_RAW else zstd_exact(frame, head.raw_len, what)
+        pos += head.frame_len
         self._tables: Dict[int, np.ndarray] = {}
         tpos = 0
-        for _ in range(n_tables):
+        for _ in range(head.n_tables):
             if tpos >= len(raw):
                 raise NeurvolFormatError(f"{what}: truncated tables; the file is damaged")
             key = raw[tpos]
@@ -157,16 +155,31 @@ class CorrectionStream:
             self._tables[key] = codes
         if tpos != len(raw):
             raise NeurvolFormatError(f"{what}: bytes after the tables; the file is damaged")
+        self.table_map = (head.flags >> TABLE_MAP_SHIFT) & 3
+        if any(table_of(k, self.table_map) != k for k in self._tables):
+            raise NeurvolFormatError(f"{what}: a table its table map never uses; the file is "
+                                     "damaged")
         self._models: Dict[int, object] = {}
         self.nblocks = int(np.prod(block_grid(self.shape, block)))
-        if pos + 4 > len(data):
-            raise NeurvolFormatError(f"{what}: truncated block index; the file is damaged")
-        (ilen,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if pos + ilen > len(data):
-            raise NeurvolFormatError(f"{what}: truncated block index; the file is damaged")
-        lengths = np.frombuffer(zstd_exact(data[pos:pos + ilen], 4 * self.nblocks, what), "<u4")
-        pos += ilen
+        ilen = head.index_len
+        if ilen == -1:                     # version 1: the frame's length follows the tables
+            if pos + 4 > len(data):
+                raise NeurvolFormatError(f"{what}: truncated block index; the file is damaged")
+            (ilen,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+        if ilen is None:
+            if self.nblocks > len(data) - pos:     # each length takes at least one byte
+                raise NeurvolFormatError(f"{what}: truncated block index; the file is damaged")
+            lens, pos = read_varints(data, pos, self.nblocks, what)
+            if max(lens) >= 1 << 32:
+                raise NeurvolFormatError(f"{what}: invalid block length; the file is damaged")
+            lengths = np.asarray(lens, dtype=np.int64)
+        else:
+            if pos + ilen > len(data):
+                raise NeurvolFormatError(f"{what}: truncated block index; the file is damaged")
+            lengths = np.frombuffer(zstd_exact(data[pos:pos + ilen], 4 * self.nblocks, what),
+                                    "<u4")
+            pos += ilen
         self._offsets = pos + np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         if int(self._offsets[-1]) != len(data):
             raise NeurvolFormatError(
@@ -193,6 +206,7 @@ class CorrectionStream:
         return self._data[int(self._offsets[i])] if self.block_bytes(i) else -1
 
     def _model_for(self, key: int):
+        key = table_of(key, self.table_map)
         if key not in self._tables:
             raise NeurvolFormatError(f"{self.what}: a block uses table {key}, which the stream "
                                      "does not hold; the file is damaged")
@@ -269,9 +283,10 @@ class CorrectionStream:
                 cls = np.full((len(rows),) + shape3, BASE_CLASS, np.uint8)
                 r[rows] = _read_codes(readers, cls, self._model_for) * self.step
             else:
-                def coder(sel, psel, pred, classes, readers=readers):
+                def coder(sel, psel, pred, classes, step, readers=readers):
                     return _read_codes(readers, classes, self._model_for)
-                r[rows] = interp_passes((len(rows),) + shape3, self.step, kind, coder)
+                r[rows] = interp_passes((len(rows),) + shape3, self.step, kind, coder,
+                                        *self.levels, order=AXIS_ORDERS[self.order])
             for rd in readers:
                 rd.check_done()
         return DecodedBlocks(list(ids), modes, r, [exc for _, _, exc in opened])
