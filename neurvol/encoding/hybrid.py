@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from ..compress import encode_constant
-from ..compress.correction import BoundTooSmallError, encode_correction
+from ..compress.correction import (BoundTooSmallError, CorrectionStream, block_slices,
+                                   encode_correction)
+from ..compress.correction.encode import ENCODE_BATCH_VOXELS
 from ..container import NvolReader
 from ..errors import NeurvolInputError
 from ..metrics import psnr
@@ -97,8 +99,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
         return None
     if x.dtype.kind in "iu":
         e = float(math.floor(e))
-    nv = NeuralVolume(NvolReader(data))
-    quality = psnr(x, nv.decode())
+    quality = psnr(x, _decoded(streams[e], x.shape, x.dtype))
     # The PSNR goes into the header (as a model's fit PSNR does) so psnr= searches and
     # info() see it; the search accounted for these bytes with a placeholder.
     final = file_at(e, {"psnr": _rounded(quality)})
@@ -108,6 +109,19 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     out = NeuralVolume(NvolReader(data))
     out.bounded_choice = {"model_ratio": None}      # as an error-bounded encode reports it
     return Candidate(out, quality, "predictor")
+
+
+def _decoded(stream: bytes, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A pure predictor stream decoded as a reader decodes its file (the cast, then the
+    exceptions), a batch of blocks at a time: no float64 copy of the whole volume."""
+    cs = CorrectionStream(stream, shape, dtype)
+    out = np.empty(shape, dtype=dtype)
+    per = max(1, ENCODE_BATCH_VOXELS // cs.block ** 3)
+    for first in range(0, cs.nblocks, per):
+        for dec in cs.decode_blocks(range(first, min(first + per, cs.nblocks))):
+            for j, i in enumerate(dec.ids):
+                out[block_slices(shape, cs.block, i)] = dec.values(j, None, dtype)
+    return out
 
 
 def _rounded(quality: float) -> Optional[float]:
