@@ -117,6 +117,7 @@ class TreeSampler:
         self.interval = interval
         self.peak_rss = self.peak_pss = self.peak_one = 0
         self.peak_procs = 0
+        self.peak_by_pid: Dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -144,6 +145,7 @@ class TreeSampler:
                 rss += m.rss
                 pss += getattr(m, "pss", m.rss)
                 one = max(one, m.rss)
+                self.peak_by_pid[p.pid] = max(self.peak_by_pid.get(p.pid, 0), m.rss)
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self.peak_one, self.peak_procs = max(self.peak_one, one), max(self.peak_procs, len(procs))
             self._stop.wait(self.interval)
@@ -151,10 +153,10 @@ class TreeSampler:
 
 # ---------------------------------------------------------------------- the encode (child)
 def child(args: argparse.Namespace) -> None:
-    """Encode the volume at ``args.path`` and write the figures as JSON to ``args.child``."""
+    """Encode the volume at ``args.path``; write the file to ``args.child + ".nvol"`` and
+    the encode's figures as JSON to ``args.child``."""
     import neurvol
     from neurvol.encoding.bricked import partial_bricks
-    from neurvol.ensemble import BrickLayout
 
     vol = np.load(args.path, mmap_mode="r")
     client = cluster = None
@@ -177,32 +179,45 @@ def child(args: argparse.Namespace) -> None:
             client.close()
             cluster.close()
     seconds = time.perf_counter() - t
-    hdr = nv.header["bricks"]
-    layout = BrickLayout.checked(vol.shape, hdr["grid"], hdr["ghost"], hdr["blend"] != "none")
-    fitted = getattr(nv, "partial_bricks", None)
-    lo, hi = float(nv.info()["value_range"][0]), float(nv.info()["value_range"][1])
-    regions = ([layout.core_slices(b) for b in fitted] if fitted is not None else
-               [(slice(z, min(z + SLAB_PLANES, vol.shape[0])), slice(None), slice(None))
-                for z in range(0, vol.shape[0], SLAB_PLANES)])
-    sq, n, worst = 0.0, 0, 0.0
-    for sl in regions:
-        orig = np.asarray(vol[sl], dtype=np.float64)
-        err = nv[sl].astype(np.float64) - orig
-        sq += float(np.sum(err * err))
-        n += err.size
-        worst = max(worst, float(np.abs(err).max()))
-    per = list(nv.brick_psnr.values())
-    out = {"shape": list(vol.shape), "executor": args.executor, "workers": args.workers,
-           "max_bricks": args.max_bricks, "bricks": layout.count,
-           "fitted": len(per), "partial": fitted is not None,
-           "encode_s": seconds, "jobs_s": nv.jobs_seconds, "file_bytes": nv.nbytes_file,
-           "ratio": nv.ratio,
-           "psnr_db": 10.0 * math.log10((hi - lo) ** 2 / (sq / n)) if sq > 0 else math.inf,
-           "header_psnr_db": nv.fit_psnr, "max_abs_error": worst,
-           "brick_psnr": {"min": min(per), "median": statistics.median(per), "max": max(per),
-                          "std": statistics.pstdev(per)} if per else None}
+    nv.save(args.child + ".nvol")
+    out = {"encode_s": seconds, "jobs_s": nv.jobs_seconds,
+           "brick_psnr": [nv.brick_psnr[b] for b in sorted(nv.brick_psnr)],
+           "fitted_bricks": getattr(nv, "partial_bricks", None)}
     with open(args.child, "w") as f:
         json.dump(out, f)
+
+
+def evaluate(path: str, nvol: str, enc: Dict[str, Any]) -> Dict[str, Any]:
+    """Quality of the encoded file against the volume (after the encode, outside the
+    measured process tree): PSNR and max abs error over the fitted bricks' cores (a
+    partial encode) or the whole volume, slab by slab."""
+    import neurvol
+    from neurvol.ensemble import BrickLayout
+
+    vol = np.load(path, mmap_mode="r")
+    with neurvol.open(nvol) as nv:
+        hdr = nv.header["bricks"]
+        layout = BrickLayout.checked(vol.shape, hdr["grid"], hdr["ghost"],
+                                     hdr["blend"] != "none")
+        fitted = enc["fitted_bricks"]
+        lo, hi = (float(v) for v in nv.info()["value_range"])
+        regions = ([layout.core_slices(b) for b in fitted] if fitted is not None else
+                   [(slice(z, min(z + SLAB_PLANES, vol.shape[0])), slice(None), slice(None))
+                    for z in range(0, vol.shape[0], SLAB_PLANES)])
+        sq, n, worst = 0.0, 0, 0.0
+        for sl in regions:
+            err = nv[sl].astype(np.float64) - np.asarray(vol[sl], dtype=np.float64)
+            sq += float(np.sum(err * err))
+            n += err.size
+            worst = max(worst, float(np.abs(err).max()))
+        per = enc["brick_psnr"]
+        return {"shape": list(vol.shape), "bricks": layout.count, "fitted": len(per),
+                "partial": fitted is not None, "file_bytes": nv.nbytes_file,
+                "ratio": nv.ratio, "header_psnr_db": nv.fit_psnr,
+                "psnr_db": 10.0 * math.log10((hi - lo) ** 2 / (sq / n)) if sq > 0 else math.inf,
+                "max_abs_error": worst,
+                "brick_psnr": {"min": min(per), "median": statistics.median(per),
+                               "max": max(per), "std": statistics.pstdev(per)} if per else None}
 
 
 def measure(path: str, executor: str, workers: int, args: argparse.Namespace) -> Dict[str, Any]:
@@ -221,9 +236,14 @@ def measure(path: str, executor: str, workers: int, args: argparse.Namespace) ->
         if rc != 0:
             raise SystemExit(f"the encode failed (exit {rc}): {' '.join(cmd)}")
         with open(res) as f:
-            row = json.load(f)
+            enc = json.load(f)
+        row = dict(enc, executor=executor, workers=workers, max_bricks=args.max_bricks,
+                   **evaluate(path, res + ".nvol", enc))
     row.update(peak_rss_sum_gib=s.peak_rss / GIB, peak_pss_sum_gib=s.peak_pss / GIB,
-               peak_one_mib=s.peak_one / MIB, processes=s.peak_procs)
+               peak_one_mib=s.peak_one / MIB, processes=s.peak_procs,
+               peak_client_mib=s.peak_by_pid.get(proc.pid, 0) / MIB,
+               peak_others_mib=sorted((v / MIB for k, v in s.peak_by_pid.items()
+                                       if k != proc.pid), reverse=True))
     return row
 
 

@@ -92,6 +92,9 @@ def _fit_first(job: BrickJob, target: np.ndarray) -> BrickResult:
                    max_coding_loss=BRICK_CODING_LOSS_DB):
         return dataclasses.replace(_finish(job, run, stop, target, config), rate_aware=True)
     pilot_steps = run.fitting.step
+    # The pilot's model, optimizer state and sampler go before the default's fit starts
+    # (both at once would double the worker's memory).
+    del run, stop
     res = _fit_quantized(job, job.arch, job.config, job.fit, job.codec, target, job.seed)
     return dataclasses.replace(res, steps=res.steps + pilot_steps)
 
