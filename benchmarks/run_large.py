@@ -53,6 +53,9 @@ DISK_MARGIN = 1 << 30
 #: Output planes decoded per slab of the full-volume PSNR / max error pass.
 SLAB_PLANES = 16
 GIB, MIB = float(1 << 30), float(1 << 20)
+#: Processes of the tree below this peak (MiB) are helpers, not brick workers (the table
+#: lists the workers' peaks).
+WORKER_MIB = 150
 
 
 # ---------------------------------------------------------------------- the volume
@@ -249,7 +252,7 @@ def measure(path: str, executor: str, workers: int, args: argparse.Namespace) ->
 
 def markdown(rows: List[Dict[str, Any]], speedup: Optional[float]) -> str:
     lines = ["| volume | executor | workers | bricks fitted | encode s | fits s | peak RSS, tree (sum) GiB "
-             "| peak PSS, tree GiB | largest process MiB | ratio | PSNR dB | max abs error "
+             "| peak PSS, tree GiB | peak RSS MiB: client / workers | ratio | PSNR dB | max abs error "
              "| brick PSNR min / median / max (std) dB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -257,10 +260,14 @@ def markdown(rows: List[Dict[str, Any]], speedup: Optional[float]) -> str:
         spread = (f"{bp['min']:.2f} / {bp['median']:.2f} / {bp['max']:.2f} ({bp['std']:.2f})"
                   if bp else "–")
         fitted = f"{r['fitted']} / {r['bricks']}" + (" (partial)" if r["partial"] else "")
+        # The tree's other processes over the threshold (brick workers; not the resource
+        # tracker or a Dask nanny's light parent).
+        workers = ", ".join(f"{m:.0f}" for m in r["peak_others_mib"] if m >= WORKER_MIB) or "–"
         lines.append(
             f"| {'x'.join(map(str, r['shape']))} float32 | {r['executor']} | {r['workers']} "
             f"| {fitted} | {r['encode_s']:.1f} | {r['jobs_s']:.1f} | {r['peak_rss_sum_gib']:.2f} "
-            f"| {r['peak_pss_sum_gib']:.2f} | {r['peak_one_mib']:.0f} | {r['ratio']:.1f} "
+            f"| {r['peak_pss_sum_gib']:.2f} | {r['peak_client_mib']:.0f} / {workers} "
+            f"| {r['ratio']:.1f} "
             f"| {r['psnr_db']:.2f} | {r['max_abs_error']:.4g} | {spread} |")
     out = "\n".join(lines) + "\n"
     if speedup is not None:
