@@ -168,15 +168,16 @@ def child(args: argparse.Namespace) -> None:
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)
+    codec = {"rate": 0} if args.no_rate else None
     t = time.perf_counter()
     try:
         if args.max_bricks:
             with partial_bricks(args.max_bricks):
                 nv = neurvol.encode(vol, ratio=RATIO, brick=args.brick, workers=args.workers,
-                                    executor=client, steps=args.steps, quiet=True)
+                                    executor=client, steps=args.steps, codec=codec, quiet=True)
         else:
             nv = neurvol.encode(vol, ratio=RATIO, brick=args.brick, workers=args.workers,
-                                executor=client, steps=args.steps, quiet=True)
+                                executor=client, steps=args.steps, codec=codec, quiet=True)
     finally:
         if client is not None:
             client.close()
@@ -233,6 +234,8 @@ def measure(path: str, executor: str, workers: int, args: argparse.Namespace) ->
             cmd += ["--max-bricks", str(args.max_bricks)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
+        if args.no_rate:
+            cmd += ["--no-rate"]
         proc = subprocess.Popen(cmd)
         with TreeSampler(proc.pid, args.sample) as s:
             rc = proc.wait()
@@ -289,6 +292,8 @@ def main() -> None:
                    help="also encode on a Dask LocalCluster with the largest worker count")
     p.add_argument("--brick", type=int, default=BRICK)
     p.add_argument("--steps", type=int, default=None, help="fit steps per brick (default: encode's)")
+    p.add_argument("--no-rate", action="store_true",
+                   help="encode with codec={'rate': 0} (no rate-aware pilot per brick)")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "neurvol_large"))
     p.add_argument("--data-dir", default=DEFAULT_DATA)
     p.add_argument("--sample", type=float, default=0.5, help="memory sampling interval, s")
