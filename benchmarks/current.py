@@ -25,6 +25,8 @@ Parts:
             queries on error-bounded files against model-only ones
     series  ``benchmarks/run_series.py``: time series at a total ratio vs independent steps
     masked  ``benchmarks/run_masked.py``: a NaN-masked CT volume against the unmasked one
+    large   ``benchmarks/run_large.py``: 1024^3 float32 out of core (a partial encode): peak
+            memory of the process tree, PSNR, brick PSNR spread, 1 -> 2 workers, Dask
 
 Run it alone on the machine: two torch processes on two cores slow each other many times.
 """
@@ -176,6 +178,9 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
     "series": ScriptPart("run_series.py", ("--baseline-every", "4"),
                          "Time series: one series encode against independent steps"),
     "masked": ScriptPart("run_masked.py", (), "Masked volumes: NaN regions as a lossless mask"),
+    # 8 of the 1024^3 volume's 512 bricks (a full encode takes hours on 2 cores).
+    "large": ScriptPart("run_large.py", ("--size", "1024", "--max-bricks", "8", "--dask"),
+                        "Out of core: 1024^3 float32, memory of the encoding process tree"),
 }
 
 

@@ -9,7 +9,8 @@ import torch
 
 import neurvol
 from neurvol.models import get_architecture
-from neurvol.models.amgsrn import AMGSRN, AMGSRNConfig, TRANSFORM_START, TRANSFORM_STOP
+from neurvol.models.amgsrn import (AMGSRN, COVERAGE_FLOOR, AMGSRNConfig, TRANSFORM_START,
+                                   TRANSFORM_STOP)
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +265,36 @@ def test_reference_meets_the_spec_tolerance_in_the_fade():
     for got in (queried, trained):
         err = np.abs(got - exact)
         assert (err <= tol).all(), (err / tol).max()
+
+
+def test_training_forward_matches_module_mlp_and_honours_hooks():
+    """The training forward runs the MLP feature-major; it must give what the modules give
+    (same values and gradients), and a forward hook on an MLP layer (the pruning
+    regularizers install them) must still act."""
+    torch.manual_seed(3)
+    cfg = AMGSRNConfig(grids=4, grid=(6, 7, 8), channels=2, width=16, hidden_layers=2)
+    model = AMGSRN(cfg)
+    with torch.no_grad():
+        model.grids.normal_()
+        model.mlp[-1].weight.normal_()
+    coords = torch.rand(500, 3) * 2.2 - 1.1
+    columns = model(coords)
+    (g_columns,) = torch.autograd.grad(columns.square().sum(), model.mlp[0].weight)
+    # A no-op hook sends the forward through the modules.
+    handle = model.mlp[1].register_forward_hook(lambda mod, args, out: out)
+    modules = model(coords)
+    (g_modules,) = torch.autograd.grad(modules.square().sum(), model.mlp[0].weight)
+    handle.remove()
+    torch.testing.assert_close(columns, modules, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_columns, g_modules, rtol=1e-4, atol=1e-5)
+    # A hook that zeroes the last hidden layer leaves only the last bias and the residual.
+    handle = model.mlp[3].register_forward_hook(lambda mod, args, out: out * 0)
+    zeroed = model(coords)
+    handle.remove()
+    with torch.no_grad():
+        local = model.local_coords(coords)
+        cover = model.coverage(local)
+        feats = model.features(local).view(cfg.grids, cfg.channels, -1) * (cover > 0)[:, None]
+        base = feats[:, 0].sum(0) / cover.sum(0).clamp(min=COVERAGE_FLOOR)
+    assert not torch.allclose(zeroed, columns)
+    torch.testing.assert_close(zeroed.detach(), base + model.mlp[-1].bias, rtol=1e-4, atol=1e-5)

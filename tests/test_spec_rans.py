@@ -272,3 +272,24 @@ def test_all_zero_stream_has_no_words() -> None:
     coded = streams.encode_stream(np.zeros(1000, np.uint64), coders=(streams.CODER_RANS,))
     a, t = struct.unpack_from("<II", coded, 6)
     assert len(coded) == 6 + 8 + t
+
+
+def test_a_trailing_run_of_zeros_is_free_and_read_back() -> None:
+    """Symbols decoded last are coded first, from state 0: a run of symbol 0 there adds no
+    word, so a valid stream can hold far fewer words than its histogram's information.
+    Readers must not refuse it (resources.md §3; the reference once did, on real grid
+    codes ending in zeros)."""
+    rng = np.random.default_rng(7)
+    symbols = np.sort(rng.choice(27, size=60000, p=rng.dirichlet(np.ones(27))))[::-1]
+    symbols = np.ascontiguousarray(symbols).astype(np.uint64)
+    coded = streams.encode_stream(symbols, coders=(streams.CODER_RANS,))
+    assert coded[0] == streams.CODER_RANS
+    a, t = struct.unpack_from("<II", coded, 6)
+    words = (len(coded) - 6 - 8 - t) // 4
+    counts = np.bincount(symbols.astype(np.int64))
+    p = counts[counts > 0] / symbols.size
+    information_bits = float(np.sum(counts[counts > 0] * -np.log2(p)))
+    assert 32 * words + 96 < information_bits - counts[0]   # the zeros coded for free
+    assert spec_decode_stream(coded, symbols.size)[0] == symbols.tolist()
+    back, _ = streams.decode_stream(_take(coded), symbols.size, "trailing zeros")
+    np.testing.assert_array_equal(back, symbols)

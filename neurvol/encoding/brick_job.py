@@ -8,7 +8,10 @@ local process pool or on a Dask worker and gives the same bytes everywhere
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import dataclasses
+import gc
 import time
 import math
 from typing import Any, Dict, Optional, Tuple
@@ -69,8 +72,37 @@ def run_brick_job(job: BrickJob) -> BrickResult:
             steps, tried = steps + alt.steps, tried + 1
             if alt.sse < best.sse:
                 best = alt
-    return dataclasses.replace(best, steps=steps, tried=tried, baseline_sse=baseline,
-                               seconds=time.perf_counter() - t0)
+    out = dataclasses.replace(best, steps=steps, tried=tried, baseline_sse=baseline,
+                              seconds=time.perf_counter() - t0)
+    del best, target
+    release_freed_memory()
+    return out
+
+
+def release_freed_memory() -> None:
+    """Hand the memory a finished brick freed back to the system. glibc's malloc keeps
+    freed heap memory (and raises its mmap threshold after large frees, so later large
+    arrays come from that heap too): a worker's resident memory would creep up brick
+    after brick through fragmentation although what it uses stays flat."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Optional[Any]:
+    """glibc's ``malloc_trim``, or None on other C libraries."""
+    global _TRIM
+    if _TRIM is False:
+        name = ctypes.util.find_library("c")
+        try:
+            _TRIM = getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+        except (OSError, AttributeError):
+            _TRIM = None
+    return _TRIM
+
+
+_TRIM: Any = False      # not looked up yet
 
 
 def _fit_first(job: BrickJob, target: np.ndarray) -> BrickResult:
@@ -92,6 +124,9 @@ def _fit_first(job: BrickJob, target: np.ndarray) -> BrickResult:
                    max_coding_loss=BRICK_CODING_LOSS_DB):
         return dataclasses.replace(_finish(job, run, stop, target, config), rate_aware=True)
     pilot_steps = run.fitting.step
+    # The pilot's model, optimizer state and sampler go before the default's fit starts
+    # (both at once would double the worker's memory).
+    del run, stop
     res = _fit_quantized(job, job.arch, job.config, job.fit, job.codec, target, job.seed)
     return dataclasses.replace(res, steps=res.steps + pilot_steps)
 

@@ -11,12 +11,14 @@ failed fit is redone with the next candidate architecture; the client assembles 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,9 +66,30 @@ CONSTANT_PAYLOAD_BYTES = len(encode_constant(0.0))
 _BITS_PER_BYTE = 8.0
 #: Fewest vertices the rate-distortion probe resamples a brick through.
 _MIN_PROBE_VERTICES = 8.0
+#: Benchmarks of volumes too large to encode in full (``benchmarks/run_large.py``): at
+#: most this many model bricks are fitted (the first ones, in brick order), the others
+#: stored as their mean. Every brick keeps the budget share and model of a full encode,
+#: so the fitted bricks cost (time, memory) what they would in a full encode.
+_BRICK_LIMIT: "contextvars.ContextVar[Optional[int]]" = contextvars.ContextVar(
+    "neurvol_brick_limit", default=None)
 #: Rounds of sizing the header (its model table depends on the configs, and the configs
 #: on the bytes the header leaves).
 _SIZING_ROUNDS = 4
+
+
+@contextlib.contextmanager
+def partial_bricks(max_bricks: int) -> Iterator[None]:
+    """Within this context a bricked encode fits only its first ``max_bricks`` model
+    bricks and stores the others as constants (their mean): a partial file, for measuring
+    the time and memory per brick of volumes too large to encode in full. The encoded
+    volume's ``partial_bricks`` attribute lists the fitted bricks."""
+    if isinstance(max_bricks, bool) or not isinstance(max_bricks, int) or max_bricks < 1:
+        raise NeurvolInputError(f"max_bricks must be a positive int, got {max_bricks!r}")
+    token = _BRICK_LIMIT.set(max_bricks)
+    try:
+        yield
+    finally:
+        _BRICK_LIMIT.reset(token)
 
 
 def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], ghost: int,
@@ -199,10 +222,19 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
             job.data = np.array(read_block(volume, tuple(slice(a, z) for a, z in job.extent)))
         return job
 
+    limit = _BRICK_LIMIT.get()
+    skipped: List[int] = []
+    if limit is not None and len(jobs) > limit:
+        skipped = [j.brick for j in jobs[limit:]]
+        jobs = jobs[:limit]
+        log.info("encode: partial encode, %d of %d model bricks fitted", limit,
+                 len(model_bricks))
     if workers is None:
         workers = len(devs) if devices else 1
+    t_jobs = time.perf_counter()
     results = run_jobs(jobs, with_data, fn=run_brick_job, workers=workers, executor=executor,
                        retries=retries, quiet=quiet)
+    jobs_seconds = time.perf_counter() - t_jobs
 
     # ---- assemble
     models, ids = _config_table({b: (r.arch, r.config) for b, r in results.items()},
@@ -216,6 +248,8 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
         log.info("encode: %d brick(s) refitted after a failed fit (%d now use another "
                  "architecture)", fallen,
                  sum(1 for b, r in results.items() if r.arch != options[b][0][0].name))
+    for b in skipped:
+        constant[b] = True
     payloads: List[bytes] = []
     for b in range(layout.count):
         if constant[b]:
@@ -230,7 +264,12 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
             f"the bricked file is {len(data)} bytes but the budget is {budget}; use a smaller ratio")
     total_steps = sum(r.steps for r in results.values())
     ks = [r.k for r in results.values()]
-    if math.prod(shape) <= EXACT_PSNR_VOXELS:
+    if skipped:
+        # A partial encode's PSNR is the fitted bricks' (on their cores): the constants
+        # standing in for the others say nothing, and scoring them would read them all.
+        quality = psnr_from_mse(sum(r.sse for r in results.values())
+                                / max(1, sum(r.voxels for r in results.values())))
+    elif math.prod(shape) <= EXACT_PSNR_VOXELS:
         quality = _exact_psnr(volume, NeuralVolume(NvolReader(data)), layout, lo, hi)
     else:
         quality = _estimated_psnr(results, stats, constant, layout, volume, lo, hi)
@@ -239,6 +278,13 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     data = serialize_nvol(header, payloads, minor=BRICKED_MINOR)
     nv = NeuralVolume(NvolReader(data))
     nv.encode_seconds = time.perf_counter() - t_start
+    nv.jobs_seconds = jobs_seconds     # the bricks' fits alone (what workers speed up)
+    # Each fitted brick's PSNR on its core (over the volume's range), as the fit measured
+    # it: the spread says how fair the budget's split was.
+    nv.brick_psnr = {b: psnr_from_mse(r.sse / max(r.voxels, 1))
+                     for b, r in sorted(results.items())}
+    if limit is not None:
+        nv.partial_bricks = sorted(results)
     return nv
 
 

@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..compress import encode_constant
-from ..compress.correction import BoundTooSmallError, encode_correction
+from ..compress.correction import (BoundTooSmallError, CorrectionStream, block_slices,
+                                   encode_correction)
+from ..compress.correction.encode import ENCODE_BATCH_VOXELS
 from ..compress.correction.layout import (DEFAULT_BLOCK, NO_LEVELS, integer_bound,
                                           quantization_bound)
 from ..compress.correction.levels import OBJECTIVE_QUALITY, choose_order, rank_levels
@@ -118,8 +120,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     data, e = search_bound(file_at, span, budget)
     if data is None:
         return None
-    nv = NeuralVolume(NvolReader(data))
-    quality = psnr(x, nv.decode())
+    quality = psnr(x, _decoded(streams[(e, NO_LEVELS)][0], x.shape, x.dtype))
     # The trial's rate: the flat-bin file nearest the budget (the one kept may be far
     # below it where sizes fall off a cliff near the largest bound).
     room = budget - (len(data) - len(streams[(e, NO_LEVELS)][0]))     # for the stream
@@ -136,19 +137,18 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
         found, found_e = search_bound(file_at, span, budget,
                                       bounds=(e_ref / LEVELS_BRACKET, top))
         if found is not None:
-            found_nv = NeuralVolume(NvolReader(found))
-            found_q = psnr(x, found_nv.decode())
+            found_q = psnr(x, _decoded(streams[(found_e, levels)][0], x.shape, x.dtype))
             if found_q > quality:
-                data, e, nv, quality, kept = found, found_e, found_nv, found_q, levels
+                data, e, quality, kept = found, found_e, found_q, levels
     levels = kept           # file_at's bins: those of the file kept
     # The PSNR goes into the header (as a model's fit PSNR does) so psnr= searches and
     # info() see it; the search accounted for these bytes with a placeholder.
     final = file_at(e, {"psnr": _rounded(quality)})
     if final is not None and len(final) <= budget:
         data = final      # else the PSNR's digits did not fit: the placeholder's file
-    log.info("encode: pure predictor at max_error %g: %d bytes, %.2f dB", nv.max_error,
-             len(data), quality)
     out = NeuralVolume(NvolReader(data))
+    log.info("encode: pure predictor at max_error %g: %d bytes, %.2f dB", out.max_error,
+             len(data), quality)
     out.bounded_choice = {"model_ratio": None}      # as an error-bounded encode reports it
     return Candidate(out, quality, "predictor")
 
@@ -171,7 +171,7 @@ def levels_for_rate(volume: np.ndarray, e: float, order: int) -> List[Tuple[floa
     step = _step_at(volume, e)
     if step is None:
         return [NO_LEVELS]
-    return rank_levels(np.asarray(volume, dtype=np.float64), step, OBJECTIVE_QUALITY,
+    return rank_levels(volume, step, OBJECTIVE_QUALITY,
                        DEFAULT_BLOCK, integer=volume.dtype.kind in "iu", order=order)
 
 
@@ -181,7 +181,20 @@ def order_for(volume: np.ndarray, e: float) -> int:
     step = _step_at(volume, e)
     if step is None:
         return DEFAULT_ORDER
-    return choose_order(np.asarray(volume, dtype=np.float64), step, DEFAULT_BLOCK)
+    return choose_order(volume, step, DEFAULT_BLOCK)
+
+
+def _decoded(stream: bytes, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A pure predictor stream decoded as a reader decodes its file (the cast, then the
+    exceptions), a batch of blocks at a time: no float64 copy of the whole volume."""
+    cs = CorrectionStream(stream, shape, dtype)
+    out = np.empty(shape, dtype=dtype)
+    per = max(1, ENCODE_BATCH_VOXELS // cs.block ** 3)
+    for first in range(0, cs.nblocks, per):
+        for dec in cs.decode_blocks(range(first, min(first + per, cs.nblocks))):
+            for j, i in enumerate(dec.ids):
+                out[block_slices(shape, cs.block, i)] = dec.values(j, None, dtype)
+    return out
 
 
 def _rounded(quality: float) -> Optional[float]:

@@ -72,6 +72,64 @@ def residual_operator(shape: Sequence[int]) -> torch.Tensor:
     return torch.sparse_coo_tensor(index, value, (size, size), check_invariants=True).coalesce()
 
 
+#: A row's neighbour offsets (in units of the pass's ``h``) in ascending column order,
+#: with their weights where the point is predicted cubically, linearly, or by its left
+#: neighbour alone (:func:`residual_operator`'s stencil).
+_STENCIL = ((-3, 1 / 16, 0.0, 0.0), (-1, -9 / 16, -0.5, -1.0), (0, 1.0, 1.0, 1.0),
+            (1, -9 / 16, -0.5, 0.0), (3, 1 / 16, 0.0, 0.0))
+
+
+def residual_csr(shape: Sequence[int]):
+    """:func:`residual_operator` and its transpose as CSR arrays ``(crow, col, values)``
+    (int64, int64, float32), the same entries in the same order, built without the COO
+    intermediates and their sorts (a fit's largest transient allocation otherwise):
+    each row's columns come out ascending (offsets in ascending order, no two alike),
+    and rows in order, so the entries are already in CSR order."""
+    shape = tuple(int(s) for s in shape)
+    size = math.prod(shape)
+    idx = np.arange(size).reshape(shape)
+    anchor = idx[(Ellipsis, slice(0, 1), slice(0, 1), slice(0, 1))].reshape(-1)
+    cols, vals, counts = [anchor], [np.ones(anchor.size, np.float32)], [np.ones(anchor.size, np.int64)]
+    for axis, h, sel in prediction_passes(shape):
+        view = idx[sel]
+        ax = view.ndim - 3 + axis
+        n = view.shape[ax]
+        p = np.arange(h, n, 2 * h)
+        mask_shape = [1] * view.ndim
+        mask_shape[ax] = p.size
+        cubic = ((p - 3 * h >= 0) & (p + 3 * h < n)).reshape(mask_shape)
+        linear = (p + h < n).reshape(mask_shape) & ~cubic
+        rows = np.take(view, p, axis=ax).size
+        w = np.empty((rows, len(_STENCIL)), np.float32)
+        c = np.empty((rows, len(_STENCIL)), np.int64)
+        ones = np.ones(np.take(view, p, axis=ax).shape, np.float32)
+        for k, (off, wc, wl, wn) in enumerate(_STENCIL):
+            w[:, k] = (np.where(cubic, wc, np.where(linear, wl, wn)) * ones).reshape(-1)
+            c[:, k] = np.take(view, np.clip(p + off * h, 0, n - 1), axis=ax).reshape(-1)
+        keep = w != 0
+        counts.append(keep.sum(axis=1))
+        cols.append(c[keep])
+        vals.append(w[keep])
+        del w, c, keep
+    col = np.concatenate(cols)
+    del cols
+    val = np.concatenate(vals)
+    del vals
+    crow = np.zeros(size + 1, np.int64)
+    np.cumsum(np.concatenate(counts), out=crow[1:])
+    # The transpose: entries ordered by column, then row (a stable sort of the row-ordered
+    # entries by column).
+    order = np.argsort(col, kind="stable")
+    row_of = np.repeat(np.arange(size, dtype=np.int64), np.diff(crow))
+    col_t = row_of[order]
+    del row_of
+    val_t = val[order]
+    crow_t = np.zeros(size + 1, np.int64)
+    np.cumsum(np.bincount(col, minlength=size), out=crow_t[1:])
+    del order
+    return (crow, col, val), (crow_t, col_t, val_t)
+
+
 class _SparseApply(torch.autograd.Function):
     """``op @ x`` with the gradient ``op.T @ g``, both as CSR products (torch's own sparse
     backward is much slower for this operator)."""
@@ -91,11 +149,13 @@ class ResidualOperator:
     grid's device and dtype)."""
 
     def __init__(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype):
-        coo = residual_operator(shape).to(device=device, dtype=dtype)
+        size = math.prod(int(n) for n in shape)
         with warnings.catch_warnings():     # torch's "sparse CSR is in beta" notice
             warnings.simplefilter("ignore", UserWarning)
-            self.op = coo.to_sparse_csr()
-            self.op_t = coo.t().coalesce().to_sparse_csr()
+            self.op, self.op_t = (
+                torch.sparse_csr_tensor(*(torch.from_numpy(a) for a in arrays), (size, size))
+                .to(device=device, dtype=dtype)
+                for arrays in residual_csr(shape))
 
     def __call__(self, grid: torch.Tensor) -> torch.Tensor:
         if self.op.device != grid.device:   # the model moved (fit moves it to its device)

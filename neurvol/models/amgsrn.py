@@ -276,7 +276,12 @@ class AMGSRN(VolumeModel):
             cover = self.coverage(local)
         feats = _zero_outside(self.features(local).view(m, c, -1), cover)
         base = feats[:, 0].sum(0) / cover.sum(0).clamp_(min=COVERAGE_FLOOR)
-        return self.mlp(feats.view(m * c, -1).t()).squeeze(-1) + base
+        feats = feats.view(m * c, -1)
+        if _hooked(self.mlp):
+            return self.mlp(feats.t()).squeeze(-1) + base
+        # Feature-major: the lookup's layout, no transpose copy, and every matmul of the
+        # backward on contiguous (width, N) rows (several times cheaper on CPU).
+        return run_mlp_columns(self.mlp, feats)[0] + base
 
     def _evaluate(self, coords: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` without autograd (queries, decodes), with the lookup done as
@@ -355,6 +360,12 @@ def _trilinear_rows(table: torch.Tensor, base: torch.Tensor, strides: Tuple[int,
     y0 = along_x(base).lerp_(along_x(base + sy), fy)
     top = base + sz
     return y0.lerp_(along_x(top).lerp_(along_x(top + sy), fy), fz)
+
+
+def _hooked(mlp: nn.Sequential) -> bool:
+    """Whether a module of ``mlp`` has forward hooks (e.g. a pruning regularizer's,
+    :mod:`neurvol.fit.sparsify`): those run only when the modules are called."""
+    return any(layer._forward_hooks or layer._forward_pre_hooks for layer in mlp)
 
 
 def _zero_outside(feats: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ words. The reader's bounds (alphabet, table, words) are ``spec/resources.md``'s.
 """
 from __future__ import annotations
 
-import math
 import struct
 from typing import Optional
 
@@ -23,38 +22,12 @@ MIN_ALPHABET = 2         # spec/payload.md §2.3.1: a one-symbol model cannot be
 MIN_SYMBOLS = 256
 _TABLE_HEAD = struct.Struct("<II")
 
-#: Slack on a quantized probability above count / total. constriction's leaky
-#: quantization moves each probability by at most a few units of 2^-24; this is 16 times
-#: more, so the bound below can only err towards accepting.
-_RANS_PROB_SLACK = 2.0 ** -20
-#: Bits the coder's state may hold beyond its words (64-bit state; one word of margin).
-_RANS_STATE_BITS = 96
-
-
 def _constriction():
     try:
         import constriction
     except ImportError:
         return None
     return constriction
-
-
-def rans_min_words(counts: np.ndarray) -> int:
-    """Fewest 32-bit words that can encode a stream with histogram ``counts``.
-
-    Each symbol ``i`` costs at least ``-log2(q_i)`` bits, where ``q_i`` is its quantized
-    probability: at most ``min(1, c_i / total + slack)``. A table whose
-    symbols need more information than the words carry is refused before decoding, so a
-    stream cannot decode to more symbols than its length can produce.
-    """
-    c = counts.astype(np.float64)
-    total = float(c.sum())
-    if total == 0:
-        return 0
-    q = np.minimum(1.0, c / total + _RANS_PROB_SLACK)
-    used = c > 0
-    bits = float(np.dot(c[used], -np.log2(q[used])))
-    return max(0, math.ceil((bits - _RANS_STATE_BITS) / 32))
 
 
 def rans_encode(sym: np.ndarray) -> Optional[bytes]:
@@ -99,10 +72,9 @@ def rans_decode(data: bytes, n: int, width: int, what: str) -> np.ndarray:
     n_words, odd = divmod(len(data) - start - table_len, 4)
     if int(counts.astype(np.int64).sum()) != n or odd:
         raise NeurvolFormatError(f"{what}: rans table does not describe {n} symbols")
-    if n_words < rans_min_words(counts):
-        raise NeurvolFormatError(
-            f"{what}: rans stream of {n_words} words is too short for the {n} symbols its "
-            "table declares; the file is corrupted")
+    # No lower bound on the words: symbol 0 costs nothing while the state is 0 (a trailing
+    # run of it adds no word), so a valid stream may be far shorter than its histogram's
+    # information; the element budget bounds ``n`` instead (spec/resources.md §3).
     words = np.frombuffer(data[start + table_len:], dtype="<u4").astype(np.uint32)
     try:
         # constriction raises plain exceptions on damaged streams and on tables it cannot

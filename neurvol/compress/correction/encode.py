@@ -1,11 +1,16 @@
 """Encoding a correction stream (``spec/correction.md`` §4, informative): every block
 coded in every mode that applies, the cheapest kept, then every block decoded exactly as a
-reader will and the voxels that still break the bound stored as exceptions."""
+reader will and the voxels that still break the bound stored as exceptions.
+
+Memory: blocks are coded and checked a batch at a time (:data:`ENCODE_BATCH_VOXELS`), so
+the float64 and int64 temporaries cover one batch, never the whole volume; what is kept
+for every block until the rANS tables are known is its symbols (uint16, two bytes a
+voxel). Blocks are coded independently, so the batching does not change a byte."""
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -24,12 +29,27 @@ Passes = List[Tuple[np.ndarray, np.ndarray]]     # (codes (n, k), classes (n, k)
 #: Streams up to this size also try the coarser table maps (their tables are a large
 #: share of them; the tries cost a few rANS passes over few symbols).
 SMALL_STREAM_BYTES = 16 << 10
+#: Voxels coded (and decoded for the exception check) per batch of blocks: bounds the
+#: encoder's temporaries (about 60 bytes a voxel of the batch) whatever the volume's size.
+ENCODE_BATCH_VOXELS = 1 << 20
+#: Stored symbols: zigzagged codes below :data:`ESCAPE` fit in 16 bits.
+_SYMBOL_DTYPE = np.uint16
+
+
+@dataclasses.dataclass
+class _Segment:
+    """One class's codes of a block: their symbols (escapes as :data:`ESCAPE`) and the
+    escaped values, in C order."""
+
+    cls: int
+    symbols: np.ndarray
+    escapes: List[int]
 
 
 @dataclasses.dataclass
 class _Block:
     mode: int
-    segments: List[Tuple[int, np.ndarray]]      # (class, codes) in stream order
+    segments: List[_Segment]                    # in stream order
     exceptions: List[Tuple[int, float]] = dataclasses.field(default_factory=list)
 
 
@@ -47,14 +67,18 @@ class CorrectionStats:
     order: int = DEFAULT_ORDER                  # index of the axis order
 
 
-def _segments(passes: Passes, row: int) -> List[Tuple[int, np.ndarray]]:
+def _segments(passes: Passes, row: int) -> List[_Segment]:
     """A block's codes in stream order: pass by pass, within a pass class by class
     (ascending), within a class in C order."""
     out = []
     for codes, classes in passes:
         q, c = codes[row], classes[row]
         for k in np.unique(c):
-            out.append((int(k), q[c == k]))
+            z = zigzag(q[c == k])
+            esc = z >= ESCAPE
+            escapes = [int(e) for e in z[esc]]
+            z[esc] = ESCAPE
+            out.append(_Segment(int(k), z.astype(_SYMBOL_DTYPE), escapes))
     return out
 
 
@@ -80,8 +104,9 @@ def _interp_code(x: np.ndarray, step: float, cubic: bool,
     return passes
 
 
-def _gather(vol: np.ndarray, shape3: Tuple[int, int, int], ids: List[int],
+def _gather(vol: np.ndarray, shape3: Tuple[int, int, int], ids: Sequence[int],
             block: int) -> np.ndarray:
+    """Blocks ``ids`` (all of shape ``shape3``) side by side, as float64."""
     out = np.empty((len(ids),) + shape3, dtype=np.float64)
     for j, i in enumerate(ids):
         out[j] = vol[block_slices(vol.shape, block, i)]
@@ -120,13 +145,15 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
         raise ValueError(f"max_error must be finite and >= 0, got {max_error}")
     if not MIN_BLOCK <= block <= MAX_BLOCK:
         raise ValueError(f"block edge must be in [{MIN_BLOCK}, {MAX_BLOCK}], got {block}")
-    xf = x.astype(np.float64)
-    if not np.isfinite(xf).all():
+    # No float64 copy of the volume or base: blocks are converted as they are gathered
+    # (float64 holds every value of the supported dtypes exactly).
+    if not _all_finite(x):
         raise ValueError("the volume holds NaN or infinite values; no bound can hold")
-    b = None if base is None else np.asarray(base, dtype=np.float64)
-    if b is not None and (b.shape != x.shape or not np.isfinite(b).all()):
+    b = None if base is None else np.asarray(base)
+    if b is not None and (b.shape != x.shape or b.dtype.kind not in "iuf"
+                          or not _all_finite(b)):
         raise ValueError("base must be a finite array of the volume's shape")
-    eq = quantization_bound(max_error, dtype, float(np.abs(xf).max()),
+    eq = quantization_bound(max_error, dtype, _max_abs(x),
                             base_tolerance if b is not None else 0.0)
     if bin_bound is not None:
         if not 0 < bin_bound <= eq:
@@ -138,7 +165,8 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
     modes = tuple(modes)
     if b is None and any(m in BASE_MODES for m in modes):
         raise ValueError("residual and base modes need a base")
-    src = xf if b is None else xf - b
+    # The trials read sample blocks only: the difference is formed a block at a time.
+    src = x if b is None else _BlockDifference(x, b)
     if order is None:
         order = choose_order(src, step, block)
     if not 0 <= order < len(AXIS_ORDERS):
@@ -152,8 +180,8 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
 
     nblocks = int(np.prod(block_grid(x.shape, block)))
     blocks: List[Optional[_Block]] = [None] * nblocks
-    for shape3, ids in blocks_by_shape(x.shape, block, range(nblocks)).items():
-        xs = _gather(xf, shape3, ids, block)
+    for shape3, ids in _batches(x.shape, block, range(nblocks)):
+        xs = _gather(x, shape3, ids, block)
         bs = None if b is None else _gather(b, shape3, ids, block)
         cand = []
         for mode in modes:
@@ -166,22 +194,25 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
             codes = np.concatenate([p[0] for p in passes], axis=1)
             classes = np.concatenate([p[1] for p in passes], axis=1)
             cand.append((passes, entropy_bits(codes, classes)))
+            del codes, classes
         best = np.argmin(np.stack([c[1] for c in cand]), axis=0)
         for j, i in enumerate(ids):
             k = int(best[j])
             blocks[i] = _Block(modes[k], _segments(cand[k][0], j))
+        del cand, xs, bs
     # Decode every block exactly as a reader will and keep the voxels that break the bound
     # as lossless exceptions (the exceptions do not change any code, so one pass suffices).
     data, _ = _serialize(blocks, x.shape, dtype, block, max_error, step, base_tolerance,
                          levels, order=order)
     stream = CorrectionStream(data, x.shape, dtype)
-    for dec in stream.decode_blocks(range(nblocks)):
+    for dec in (d for _, ids in _batches(x.shape, block, range(nblocks))
+                for d in stream.decode_blocks(ids)):
         for j, i in enumerate(dec.ids):
             blk = blocks[i]
             sl = block_slices(x.shape, block, i)
-            pre = dec.pre(j, None if b is None else b[sl])
+            pre = dec.pre(j, None if b is None else np.asarray(b[sl], dtype=np.float64))
             out = cast_to(pre, dtype).astype(np.float64)
-            orig = xf[sl]
+            orig = np.asarray(x[sl], dtype=np.float64)
             bad = np.abs(out - orig) > max_error
             if blk.mode in BASE_MODES and base_tolerance > 0:
                 if dtype.kind in "iu":
@@ -201,6 +232,47 @@ def encode_correction(volume: np.ndarray, max_error: float, base: Optional[np.nd
                          for m in TABLE_MAPS if m != MAP_CLASSES], key=lambda r: len(r[0]))
 
 
+class _BlockDifference:
+    """``x - base`` in float64, computed for the slices read (no whole-volume copy)."""
+
+    def __init__(self, x: np.ndarray, base: np.ndarray) -> None:
+        self.x, self.base, self.shape = x, base, x.shape
+
+    def __getitem__(self, sl: Tuple[slice, ...]) -> np.ndarray:
+        return (np.asarray(self.x[sl], dtype=np.float64)
+                - np.asarray(self.base[sl], dtype=np.float64))
+
+
+def _batches(shape: Sequence[int], block: int, ids: Sequence[int]
+             ) -> Iterator[Tuple[Tuple[int, int, int], List[int]]]:
+    """``ids`` grouped by block shape, each group cut into batches of at most
+    :data:`ENCODE_BATCH_VOXELS` voxels (at least one block)."""
+    for shape3, group in blocks_by_shape(shape, block, ids).items():
+        per = max(1, ENCODE_BATCH_VOXELS // int(np.prod(shape3)))
+        for s in range(0, len(group), per):
+            yield shape3, group[s:s + per]
+
+
+def _slabs(x: np.ndarray) -> Iterator[np.ndarray]:
+    """``x`` a few planes at a time (about :data:`ENCODE_BATCH_VOXELS` voxels each)."""
+    plane = max(1, int(np.prod(x.shape[1:])))
+    per = max(1, ENCODE_BATCH_VOXELS // plane)
+    for z in range(0, x.shape[0], per):
+        yield x[z:z + per]
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    if x.dtype.kind in "iu":
+        return True
+    return all(bool(np.isfinite(s).all()) for s in _slabs(x))
+
+
+def _max_abs(x: np.ndarray) -> float:
+    """Largest magnitude, as float64 (exact: the abs of an integer or float is exact,
+    computed in float64 so the most negative integer does not wrap)."""
+    return max(float(np.abs(s.astype(np.float64)).max()) for s in _slabs(x))
+
+
 def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float, step: float,
                base_tolerance: float, levels: Tuple[float, float],
                table_map: int = MAP_CLASSES, order: int = DEFAULT_ORDER
@@ -211,11 +283,9 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
     block_syms = []
     for blk in blocks:
         segs, escapes = [], []
-        for cls, q in blk.segments:
-            z = zigzag(q).astype(np.int64)
-            esc = z >= ESCAPE
-            sym = np.where(esc, ESCAPE, z)
-            escapes.extend(int(e) for e in z[esc])
+        for seg in blk.segments:
+            cls, sym = seg.cls, seg.symbols
+            escapes.extend(seg.escapes)
             h = np.bincount(sym, minlength=2)
             key = table_of(cls, table_map)
             old = hist.get(key, np.zeros(0, np.int64))

@@ -63,7 +63,8 @@ def _trial(values: np.ndarray, ids: Sequence[int], block: int, step: float,
 
     bits, sq, n = 0.0, 0.0, 0
     for i in ids:
-        x = values[block_slices(values.shape, block, i)][None]
+        # float64 a block at a time: ``values`` may be the stored dtype or a lazy difference.
+        x = np.asarray(values[block_slices(values.shape, block, i)], dtype=np.float64)[None]
         best: Optional[Tuple[float, float]] = None
         for cubic in kernels:
             kept: list = []
@@ -86,7 +87,8 @@ def rank_levels(values: np.ndarray, step: float, objective: str, block: int,
                 integer: bool = False, order: int = DEFAULT_ORDER
                 ) -> List[Tuple[float, float]]:
     """``candidates`` ``(alpha, beta)`` best first for ``objective`` on a sample of the
-    blocks of ``values`` (float64, 3-D: the data, or the data less the base) coded at
+    blocks of ``values`` (3-D, read a block at a time as float64: the data, or the data
+    less the base) coded at
     ``step``. ``integer``: the values are integers, so bins narrower than 1 gain nothing
     (below that, one bin width everywhere comes first).
 

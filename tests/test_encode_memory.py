@@ -1,0 +1,141 @@
+"""Bounded encoder memory (issue 26): the correction encoder codes a batch of blocks at a
+time and gives the bytes of the whole-volume encoder it replaced; a memmapped volume is
+not copied whole; the predictor candidate's PSNR is the reader's; partial bricked encodes
+(benchmarks of volumes too large to encode in full) fit exactly the bricks of a full one."""
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import neurvol
+from neurvol.compress.correction import encode as correction_encode
+from neurvol.compress.correction import decode_correction, encode_correction
+from neurvol.container import NvolReader
+from neurvol.encoding import entry, hybrid
+from neurvol.encoding.bricked import partial_bricks
+from neurvol.errors import NeurvolInputError
+from neurvol.metrics import psnr
+from neurvol.neural_volume import NeuralVolume
+
+
+def _field(shape, seed):
+    """A smooth polynomial plus integer noise (exact IEEE operations only, so the bytes
+    below do not depend on a platform's math library)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    return (x - 13.0) ** 2 / 64.0 + y * z / 32.0 - z / 4.0 + rng.integers(-8, 9, shape) / 64.0
+
+
+def _cases():
+    f = _field((37, 29, 41), 1).astype(np.float32)
+    u8 = np.clip(_field((33, 40, 24), 2) * 4.0 + 20.0, 0, 255).astype(np.uint8)
+    base = (f + np.random.default_rng(3).integers(-4, 5, f.shape) / 32.0).astype(np.float32)
+    return {"f32": (f, 0.02, None, dict(block=16)),
+            "u8": (u8, 1.0, None, dict(block=8)),
+            "f32-base": (f, 0.01, base, dict(block=12, base_tolerance=1e-4))}
+
+
+#: sha256 of these streams (correction stream version 2) from the encoder before batching
+#: (whole-volume float64 temporaries): the batched encoder must give the same bytes.
+_BEFORE_BATCHING = {
+    "f32": "2283fcf823627f11d37e670d1105924855dce096801d6d859bf1776b679f8ebc",
+    "u8": "ef7cdb3ed05f3c448ece27f81dd84db09c5e56c0a0710ce529ec5d38ff64a41b",
+    "f32-base": "e27ec63f212cbbd6085aeaefb4a2ec545f00c2f13c4d301a29bc3e2c5f09d50a",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BEFORE_BATCHING))
+@pytest.mark.parametrize("batch", [None, 1])
+def test_batched_correction_encode_gives_the_previous_bytes(name, batch, monkeypatch):
+    if batch is not None:       # one block per batch (several batches per block shape)
+        monkeypatch.setattr(correction_encode, "ENCODE_BATCH_VOXELS", batch)
+    vol, bound, base, kw = _cases()[name]
+    data, stats = encode_correction(vol, bound, base, **kw)
+    assert hashlib.sha256(data).hexdigest() == _BEFORE_BATCHING[name]
+    assert stats.blocks > 4
+
+
+def test_memmapped_volume_is_not_copied_whole(tmp_path, monkeypatch):
+    # Batches of one 32^3 block: numpy's allocations (tracemalloc sees them) stay below a
+    # float64 copy of the volume (2x its float32 bytes); the encoder before batching
+    # allocated over 20x.
+    monkeypatch.setattr(correction_encode, "ENCODE_BATCH_VOXELS", 32 ** 3)
+    path = tmp_path / "v.npy"
+    np.save(path, _field((128, 128, 128), 4).astype(np.float32))
+    vol = np.load(path, mmap_mode="r")
+    tracemalloc.start()
+    try:
+        data, _ = encode_correction(vol, 0.05, None, block=32)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.75 * vol.nbytes
+    # ... and the stream is the one of the volume in memory.
+    assert data == encode_correction(np.array(vol), 0.05, None, block=32)[0]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_predictor_psnr_is_the_psnr_of_the_file_a_reader_decodes(dtype, monkeypatch):
+    monkeypatch.setattr(correction_encode, "ENCODE_BATCH_VOXELS", 16 ** 3)
+    vol = _field((40, 36, 44), 5)
+    vol = (np.clip(vol * 3.0 + 10.0, 0, 255) if dtype == np.uint8 else vol).astype(dtype)
+    lo, hi = float(vol.min()), float(vol.max())
+    cand = entry._predictor(vol, lo, hi, 12.0, (1.0,) * 3, (0.0,) * 3)
+    assert cand is not None and cand.kind == "predictor"
+    decoded = NeuralVolume(NvolReader(cand.volume.to_bytes())).decode()
+    assert cand.psnr == psnr(vol, decoded)
+    # The batched decode behind that PSNR is the reader's, voxel for voxel.
+    for bound in (0.0 if vol.dtype.kind == "u" else 1e-5, 3.0):
+        stream, _ = encode_correction(vol, bound, None, block=16)
+        assert np.array_equal(hybrid._decoded(stream, vol.shape, vol.dtype),
+                              decode_correction(stream, vol.shape, vol.dtype))
+
+OPTS = dict(ratio=8, arch="fvsrn", steps=20, seed=3, quiet=True, device="cpu")
+
+
+def test_partial_bricked_encode_fits_the_first_bricks_as_a_full_encode_does():
+    sample = neurvol.sample_volume()
+    full = neurvol.encode(sample, bricks=(2, 2, 2), ghost=2, **OPTS)
+    with partial_bricks(3):
+        part = neurvol.encode(sample, bricks=(2, 2, 2), ghost=2, **OPTS)
+    assert part.partial_bricks == [0, 1, 2]
+    assert sorted(part.brick_psnr) == [0, 1, 2]
+    assert sorted(full.brick_psnr) == list(range(8)) and not hasattr(full, "partial_bricks")
+    for b in range(8):
+        payload = part._reader.read_brick(b)
+        if b < 3:      # the same share, model and fit as in the full encode
+            assert payload == full._reader.read_brick(b)
+            assert part.brick_psnr[b] == full.brick_psnr[b]
+        else:          # stored as a constant
+            assert payload[:1] == b"\x00"
+    assert part.nbytes_file <= sample.nbytes / 8
+    assert part.decode().shape == sample.shape
+    assert part.jobs_seconds > 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_partial_bricks_refuses_a_bad_count(bad):
+    with pytest.raises(NeurvolInputError, match="max_bricks"):
+        with partial_bricks(bad):
+            pass
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 5, 6, 7), (2, 1, 1, 1, 9), (1, 2, 3, 2),
+                                   (4, 1, 17, 9, 33), (1, 1, 1)])
+def test_rate_operator_csr_is_the_coo_operator(shape):
+    # The rate penalty's operator is built straight in CSR order (no COO sorts, the fit's
+    # largest transient allocation otherwise): the same entries, in the same order.
+    import warnings
+
+    from neurvol.fit.rate import residual_csr, residual_operator
+
+    coo = residual_operator(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        want = (coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
+    for ref, got in zip(want, residual_csr(shape)):
+        for a, b in zip((ref.crow_indices(), ref.col_indices(), ref.values()), got):
+            assert a.numpy().dtype == b.dtype and np.array_equal(a.numpy(), b)
