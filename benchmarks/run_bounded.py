@@ -57,7 +57,9 @@ def fit_models(volume: np.ndarray, model_ratios: Tuple[float, ...],
     out = {}
     for r in model_ratios:
         try:
-            out[r] = neurvol.encode(volume, ratio=r, steps=steps, quiet=True, bricks=(1, 1, 1))
+            # Model-only (no pure-predictor candidate): the hybrid corrects the model's decode.
+            out[r] = neurvol.encode(volume, ratio=r, steps=steps, quiet=True, bricks=(1, 1, 1),
+                                    codec={"hybrid": False})
         except NeurvolBudgetError:
             pass
     return out

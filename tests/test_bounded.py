@@ -292,6 +292,16 @@ def test_model_ratios_needs_a_bound():
         neurvol.encode(_neghip_crop(), ratio=10, model_ratios=(10,), quiet=True)
 
 
+def test_a_predictor_file_is_refused_as_a_base_model():
+    """A pre-fitted "model" that is itself a predictor or bounded file decodes to more than
+    its brick: correcting it would break the bound, so it is refused, not used."""
+    vol = _neghip_crop()
+    predictor = neurvol.encode(vol, max_error=4.0, model_ratios=(), quiet=True)
+    assert predictor.info()["content"] == "predictor"
+    with pytest.raises(NeurvolInputError, match="hybrid"):
+        B.encode_bounded(vol, 2.0, None, model_ratios=(8.0,), models={8.0: predictor})
+
+
 def test_header_bound_must_name_a_present_section():
     nv = B.encode_bounded(_neghip_crop(), 2.0, None, model_ratios=())
     header = {k: v for k, v in nv.header.items() if k != "sections"}

@@ -123,6 +123,12 @@ def encode_bounded(volume: np.ndarray, max_error: float, rel_error: Optional[flo
         if best is not None and len(best) <= x.nbytes / ratio:
             continue        # the model alone would not fit in the best file so far
         nv = (models or {}).get(ratio)
+        if nv is not None and (nv.max_error is not None or nv.info().get("content") != "model"):
+            # Its decode is not what its brick alone decodes to: a correction on top of it
+            # would be computed against the wrong base.
+            raise NeurvolInputError(
+                f"models[{ratio:g}] is an error-bounded or pure-predictor file, not a model; "
+                "encode it with codec={'hybrid': False}")
         if nv is None:
             try:
                 kw = dict(_MODEL_DEFAULTS, spacing=spacing, origin=origin, quiet=quiet,
