@@ -30,61 +30,22 @@ START = 0.3
 LOSS_DECAY = 0.98
 
 
-def residual_operator(shape: Sequence[int]) -> torch.Tensor:
-    """The sparse ``(N, N)`` COO matrix (``N = prod(shape)``) taking a flattened grid of
-    ``shape`` (``(..., D, H, W)``) to its residuals from the interp coder's predictions,
-    in the coder's stream order, predicted from the grid's own values: the predictions
-    are linear, so one sparse product (and its transpose, backwards) gives them all."""
-    shape = tuple(int(s) for s in shape)
-    idx = np.arange(math.prod(shape)).reshape(shape)
-    rows, cols, vals = [], [], []
-    anchor = idx[(Ellipsis, slice(0, 1), slice(0, 1), slice(0, 1))].reshape(-1)
-    rows.append(np.arange(anchor.size))
-    cols.append(anchor)
-    vals.append(np.ones(anchor.size))
-    start = anchor.size
-    for axis, h, sel in prediction_passes(shape):
-        view = idx[sel]
-        ax = view.ndim - 3 + axis
-        n = view.shape[ax]
-        p = np.arange(h, n, 2 * h)
-        mask_shape = [1] * view.ndim
-        mask_shape[ax] = p.size
-        cubic = ((p - 3 * h >= 0) & (p + 3 * h < n)).reshape(mask_shape)
-        linear = (p + h < n).reshape(mask_shape) & ~cubic
-        target = np.take(view, p, axis=ax)
-        ones = np.ones(target.shape)
-        row = start + np.arange(target.size)
-        start += target.size
-        # (neighbour offset, weight where cubic, where linear, where neither)
-        for off, wc, wl, wn in ((0, 1.0, 1.0, 1.0), (-h, -9 / 16, -0.5, -1.0),
-                                (h, -9 / 16, -0.5, 0.0), (-3 * h, 1 / 16, 0.0, 0.0),
-                                (3 * h, 1 / 16, 0.0, 0.0)):
-            w = (np.where(cubic, wc, np.where(linear, wl, wn)) * ones).reshape(-1)
-            keep = w != 0
-            at = np.take(view, np.clip(p + off, 0, n - 1), axis=ax).reshape(-1)
-            rows.append(row[keep])
-            cols.append(at[keep])
-            vals.append(w[keep])
-    size = math.prod(shape)
-    index = torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(cols)]))
-    value = torch.from_numpy(np.concatenate(vals).astype(np.float32))
-    return torch.sparse_coo_tensor(index, value, (size, size), check_invariants=True).coalesce()
-
-
 #: A row's neighbour offsets (in units of the pass's ``h``) in ascending column order,
 #: with their weights where the point is predicted cubically, linearly, or by its left
-#: neighbour alone (:func:`residual_operator`'s stencil).
+#: neighbour alone (the interp coder's stencil).
 _STENCIL = ((-3, 1 / 16, 0.0, 0.0), (-1, -9 / 16, -0.5, -1.0), (0, 1.0, 1.0, 1.0),
             (1, -9 / 16, -0.5, 0.0), (3, 1 / 16, 0.0, 0.0))
 
 
 def residual_csr(shape: Sequence[int]):
-    """:func:`residual_operator` and its transpose as CSR arrays ``(crow, col, values)``
-    (int64, int64, float32), the same entries in the same order, built without the COO
-    intermediates and their sorts (a fit's largest transient allocation otherwise):
-    each row's columns come out ascending (offsets in ascending order, no two alike),
-    and rows in order, so the entries are already in CSR order."""
+    """The sparse ``(N, N)`` matrix (``N = prod(shape)``) taking a flattened grid of
+    ``shape`` (``(..., D, H, W)``) to its residuals from the interp coder's predictions,
+    in the coder's stream order, predicted from the grid's own values (the predictions
+    are linear, so one sparse product, and its transpose backwards, gives them all), and
+    its transpose: CSR arrays ``(crow, col, values)`` (int64, int64, float32). Built
+    straight in CSR order, without COO intermediates and their sorts (a fit's largest
+    transient allocation otherwise): each row's columns come out ascending (offsets in
+    ascending order, no two alike), and rows in order."""
     shape = tuple(int(s) for s in shape)
     size = math.prod(shape)
     idx = np.arange(size).reshape(shape)
@@ -145,8 +106,8 @@ class _SparseApply(torch.autograd.Function):
 
 
 class ResidualOperator:
-    """:func:`residual_operator` for grids of one shape, ready to apply (CSR, on the
-    grid's device and dtype)."""
+    """:func:`residual_csr` for grids of one shape, ready to apply (on the grid's device
+    and dtype)."""
 
     def __init__(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype):
         size = math.prod(int(n) for n in shape)
@@ -165,7 +126,7 @@ class ResidualOperator:
 
 def interp_residuals(grid: torch.Tensor) -> torch.Tensor:
     """Residuals of ``grid`` (``(..., D, H, W)``) from the interp coder's predictions (see
-    :func:`residual_operator`), differentiable in ``grid``."""
+    :func:`residual_csr`), differentiable in ``grid``."""
     return ResidualOperator(grid.shape, grid.device, grid.dtype)(grid)
 
 
