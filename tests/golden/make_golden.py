@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List
 
 import numpy as np
 
@@ -135,10 +135,16 @@ def write_bounded() -> None:
             steps=40, seed=0, quiet=True, device="cpu")),
     }
     assert tuple(cases) == BOUNDED_CASES
+    _write_bounded(cases)
+
+
+def _write_bounded(cases, version=None) -> None:
+    """Each case's file, its decode and its original (never overwriting a golden)."""
     for name, (vol, enc) in cases.items():
         nv = enc(vol)
-        path = os.path.join(HERE, name + ".nvol")
-        with open(path, "xb") as f:
+        if version is not None:
+            assert nv.info()["format_version"] == version
+        with open(os.path.join(HERE, name + ".nvol"), "xb") as f:
             f.write(nv.to_bytes())
         for suffix, arr in ((".expected.npy", nv.decode()), (".original.npy", vol)):
             with open(os.path.join(HERE, name + suffix), "xb") as f:
@@ -176,15 +182,7 @@ def write_bounded_v15() -> None:
             steps=40, seed=0, quiet=True, device="cpu")),
     }
     assert tuple(cases) == BOUNDED_V15_CASES
-    for name, (vol, enc) in cases.items():
-        nv = enc(vol)
-        assert nv.info()["format_version"] == "1.5"
-        path = os.path.join(HERE, name + ".nvol")
-        with open(path, "xb") as f:
-            f.write(nv.to_bytes())
-        for suffix, arr in ((".expected.npy", nv.decode()), (".original.npy", vol)):
-            with open(os.path.join(HERE, name + suffix), "xb") as f:
-                np.save(f, arr)
+    _write_bounded(cases, "1.5")
 
 
 def write_series() -> None:
