@@ -19,9 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..compress import encode_constant
-from ..compress.correction import (BoundTooSmallError, CorrectionStream, block_slices,
-                                   encode_correction)
-from ..compress.correction.encode import ENCODE_BATCH_VOXELS
+from ..compress.correction import BoundTooSmallError, decode_correction, encode_correction
 from ..compress.correction.layout import (DEFAULT_BLOCK, NO_LEVELS, integer_bound,
                                           quantization_bound)
 from ..compress.correction.levels import OBJECTIVE_QUALITY, choose_order, rank_levels
@@ -120,7 +118,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     data, e = search_bound(file_at, span, budget)
     if data is None:
         return None
-    quality = psnr(x, _decoded(streams[(e, NO_LEVELS)][0], x.shape, x.dtype))
+    quality = psnr(x, decode_correction(streams[(e, NO_LEVELS)][0], x.shape, x.dtype))
     # The trial's rate: the flat-bin file nearest the budget (the one kept may be far
     # below it where sizes fall off a cliff near the largest bound).
     room = budget - (len(data) - len(streams[(e, NO_LEVELS)][0]))     # for the stream
@@ -137,7 +135,8 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
         found, found_e = search_bound(file_at, span, budget,
                                       bounds=(e_ref / LEVELS_BRACKET, top))
         if found is not None:
-            found_q = psnr(x, _decoded(streams[(found_e, levels)][0], x.shape, x.dtype))
+            found_q = psnr(x, decode_correction(streams[(found_e, levels)][0], x.shape,
+                                                x.dtype))
             if found_q > quality:
                 data, e, quality, kept = found, found_e, found_q, levels
     levels = kept           # file_at's bins: those of the file kept
@@ -182,19 +181,6 @@ def order_for(volume: np.ndarray, e: float) -> int:
     if step is None:
         return DEFAULT_ORDER
     return choose_order(volume, step, DEFAULT_BLOCK)
-
-
-def _decoded(stream: bytes, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A pure predictor stream decoded as a reader decodes its file (the cast, then the
-    exceptions), a batch of blocks at a time: no float64 copy of the whole volume."""
-    cs = CorrectionStream(stream, shape, dtype)
-    out = np.empty(shape, dtype=dtype)
-    per = max(1, ENCODE_BATCH_VOXELS // cs.block ** 3)
-    for first in range(0, cs.nblocks, per):
-        for dec in cs.decode_blocks(range(first, min(first + per, cs.nblocks))):
-            for j, i in enumerate(dec.ids):
-                out[block_slices(shape, cs.block, i)] = dec.values(j, None, dtype)
-    return out
 
 
 def _rounded(quality: float) -> Optional[float]:

@@ -304,10 +304,15 @@ class CorrectionStream:
     def decode(self, base: Optional[np.ndarray] = None) -> np.ndarray:
         """The whole volume (volume dtype); ``base`` as the encoder had it (``None``: zeros)."""
         out = np.empty(self.shape, dtype=self.dtype)
-        for dec in self.decode_blocks(range(self.nblocks), DECODE_THREADS):
-            for j, i in enumerate(dec.ids):
-                sl = block_slices(self.shape, self.block, i)
-                out[sl] = dec.values(j, None if base is None else base[sl], self.dtype)
+        # A few groups' worth of blocks at a time: the float64 values of decoded blocks
+        # never span the whole volume.
+        per = max(1, BATCH_VOXELS * DECODE_THREADS // self.block ** 3)
+        for first in range(0, self.nblocks, per):
+            ids = range(first, min(first + per, self.nblocks))
+            for dec in self.decode_blocks(ids, DECODE_THREADS):
+                for j, i in enumerate(dec.ids):
+                    sl = block_slices(self.shape, self.block, i)
+                    out[sl] = dec.values(j, None if base is None else base[sl], self.dtype)
         return out
 
     def block_of(self, zyx: np.ndarray) -> np.ndarray:
