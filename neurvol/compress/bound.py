@@ -12,7 +12,7 @@ import numpy as np
 
 from ..container.format import COMPACT_SECTIONS_MINOR
 from ..errors import NeurvolFormatError
-from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices
+from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices, cast_to
 from .correction.stream import DECODE_THREADS
 
 #: Header key and section of an error-bounded file.
@@ -132,20 +132,30 @@ class Corrections:
                 self._free.append(self._lru.pop(old))
                 self._slot_of[old] = -1
         for dec in self.stream.decode_blocks(missing, DECODE_THREADS):
+            shape3 = dec.r.shape[1:]
+            local = (slice(0, shape3[0]), slice(0, shape3[1]), slice(0, shape3[2]))
+            slots = [self._free.pop() for _ in dec.ids]
+            data_rows = np.flatnonzero(~np.isin(dec.modes, BASE_MODES))
+            if data_rows.size:
+                # The blocks coded without the base, cast side by side (the cast is
+                # elementwise: the same values as block by block), then their exceptions.
+                values = cast_to(dec.r[data_rows], self.dtype)
+                for row, j in enumerate(data_rows.tolist()):
+                    idx, vals = dec.exceptions[j]
+                    if idx.size:
+                        values[row].reshape(-1)[idx] = vals
+                self._values[(np.asarray(slots)[data_rows],) + local] = values
             for j, i in enumerate(dec.ids):
-                slot = self._free[-1]
-                sl = block_slices(self.shape, self.stream.block, i)
-                local = (slot,) + tuple(slice(0, s.stop - s.start) for s in sl)
+                slot = slots[j]
                 if int(dec.modes[j]) in BASE_MODES:
+                    sl = block_slices(self.shape, self.stream.block, i)
                     base = np.asarray(self._base(sl), dtype=np.float64)
                     values = dec.values(j, base, self.dtype)
-                    self._corrections()[local] = values.astype(np.float64) - base
+                    self._corrections()[(slot,) + local] = values.astype(np.float64) - base
+                    self._values[(slot,) + local] = values
                     self._has_corr[i] = True
                 else:
-                    values = dec.values(j, None, self.dtype)
                     self._has_corr[i] = False
-                self._values[local] = values
-                self._free.pop()
                 self._slot_of[i] = slot
                 self._lru[i] = slot
 

@@ -288,8 +288,19 @@ def block_shape(shape: Sequence[int], block: int, index: int) -> Tuple[int, int,
 
 def blocks_by_shape(shape: Sequence[int], block: int,
                     ids: Sequence[int]) -> Dict[Tuple[int, int, int], List[int]]:
-    """``ids`` grouped by block shape (blocks of one shape are coded side by side)."""
+    """``ids`` grouped by block shape (blocks of one shape are coded side by side), each
+    group in the order of ``ids``; groups in order of their first block."""
+    ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if not ids_arr.size:
+        return {}
+    g = block_grid(shape, block)
+    k = np.stack([ids_arr // (g[1] * g[2]), ids_arr // g[2] % g[1], ids_arr % g[2]], axis=1)
+    dims = np.minimum(block, np.asarray(shape, dtype=np.int64) - k * block)
+    # One vectorised pass instead of a block_shape() call per block: a query's decode
+    # groups about a thousand blocks.
+    uniq, first, inverse = np.unique(dims, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
     out: Dict[Tuple[int, int, int], List[int]] = {}
-    for i in ids:
-        out.setdefault(block_shape(shape, block, int(i)), []).append(int(i))
+    for u in np.argsort(first, kind="stable").tolist():
+        out[tuple(int(v) for v in uniq[u])] = ids_arr[inverse == u].tolist()  # type: ignore
     return out

@@ -31,6 +31,10 @@ BATCH_VOXELS = 1 << 21
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
+#: The exceptions of a block that has none: (flat positions, values).
+_NO_EXCEPTIONS = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+
+
 @dataclasses.dataclass
 class DecodedBlocks:
     """Blocks of one shape decoded before the base is added: ``r`` (float64, ``(n, *shape)``)
@@ -71,10 +75,13 @@ class _Symbols:
             raise NeurvolFormatError(f"{self.what}: symbols left over; the file is damaged")
 
 
-def _read_codes(blocks: List[_Symbols], classes: np.ndarray, model_for) -> np.ndarray:
+def _read_codes(blocks: List[_Symbols], classes: np.ndarray, models: List[object],
+                model_for) -> np.ndarray:
     """The codes (int64, ``classes``' shape ``(n, ...)``) of one pass of ``n`` blocks side
     by side: each block's symbols in stream order (§2.4: class by class ascending, each
-    class's points in C order), one rANS call per block and class present."""
+    class's points in C order), one rANS call per block and class present. ``models``:
+    the rANS model of each class where already built (else ``None``; ``model_for(class)``
+    builds it)."""
     n = len(blocks)
     cls = np.ascontiguousarray(classes).reshape(n, -1)
     k = cls.shape[1]
@@ -87,16 +94,22 @@ def _read_codes(blocks: List[_Symbols], classes: np.ndarray, model_for) -> np.nd
     key = cls + (np.arange(n, dtype=np.int64) * N_CLASSES)[:, None]
     counts = np.bincount(key.reshape(-1), minlength=n * N_CLASSES).reshape(n, N_CLASSES)
     rows, keys = np.nonzero(counts)        # C order: block by block, classes ascending
+    ends = np.cumsum(counts[rows, keys]).tolist()
+    coders = [b.coder for b in blocks]
     pos = 0
-    for j, key, cnt in zip(rows.tolist(), keys.tolist(), counts[rows, keys].tolist()):
-        blk = blocks[j]
+    # The hot loop of a query's decode (one pass per block and class present): plain
+    # lists and locals, no per-call lookups beyond the model list.
+    for j, key, end in zip(rows.tolist(), keys.tolist(), ends):
+        model = models[key]
+        if model is None:
+            model = model_for(key)
         try:
-            z[pos:pos + cnt] = blk.coder.decode(model_for(key), cnt)
+            z[pos:end] = coders[j].decode(model, end - pos)
         except NeurvolFormatError:
             raise
         except Exception as exc:   # constriction raises plain exceptions
-            raise NeurvolFormatError(f"{blk.what}: damaged rans stream: {exc}") from exc
-        pos += cnt
+            raise NeurvolFormatError(f"{blocks[j].what}: damaged rans stream: {exc}") from exc
+        pos = end
     esc = np.flatnonzero(z == ESCAPE)
     for e in esc.tolist():                 # rare: codes beyond a table's alphabet
         blk = blocks[e // k]
@@ -159,7 +172,8 @@ class CorrectionStream:
         if any(table_of(k, self.table_map) != k for k in self._tables):
             raise NeurvolFormatError(f"{what}: a table its table map never uses; the file is "
                                      "damaged")
-        self._models: Dict[int, object] = {}
+        # The rANS model of each class, built on first use (shared tables share a model).
+        self._models: List[Optional[object]] = [None] * N_CLASSES
         self.nblocks = int(np.prod(block_grid(self.shape, block)))
         ilen = head.index_len
         if ilen == -1:                     # version 1: the frame's length follows the tables
@@ -186,6 +200,7 @@ class CorrectionStream:
                 f"{what}: the block index describes {int(self._offsets[-1]) - pos} bytes, the "
                 f"stream holds {len(data) - pos}; the file is damaged")
         self._data = data
+        self._view = memoryview(data)
 
     def block_bytes(self, i: int) -> int:
         """Stored bytes of block ``i``."""
@@ -206,37 +221,52 @@ class CorrectionStream:
         return self._data[int(self._offsets[i])] if self.block_bytes(i) else -1
 
     def _model_for(self, key: int):
-        key = table_of(key, self.table_map)
-        if key not in self._tables:
-            raise NeurvolFormatError(f"{self.what}: a block uses table {key}, which the stream "
-                                     "does not hold; the file is damaged")
-        if key not in self._models:
-            self._models[key] = rans_model(self._tables[key])
+        """The rANS model of class ``key`` (built once, then kept in ``self._models``)."""
+        if self._models[key] is None:
+            table = table_of(key, self.table_map)
+            if table not in self._tables:
+                raise NeurvolFormatError(f"{self.what}: a block uses table {table}, which the "
+                                         "stream does not hold; the file is damaged")
+            model = self._models[table]
+            if model is None:
+                model = self._models[table] = rans_model(self._tables[table])
+            self._models[key] = model
         return self._models[key]
 
     def _open_block(self, i: int, n: int) -> Tuple[int, _Symbols, Tuple[np.ndarray, np.ndarray]]:
         """Mode, symbol reader and exceptions of block ``i`` of ``n`` voxels."""
         what = f"{self.what} block {i}"
-        data = self._data[int(self._offsets[i]):int(self._offsets[i + 1])]
+        # A view, not a copy: a query opens about a thousand blocks.
+        data = self._view[int(self._offsets[i]):int(self._offsets[i + 1])]
         if not data or data[0] not in MODE_NAMES:
             raise NeurvolFormatError(f"{what}: unknown block mode; the file is damaged")
         mode = data[0]
-        (n_esc, n_exc), pos = read_varints(data, 1, 2, what)
+        if len(data) >= 3 and data[1] < 0x80 and data[2] < 0x80:   # two one-byte varints
+            n_esc, n_exc, pos = data[1], data[2], 3
+        else:
+            (n_esc, n_exc), pos = read_varints(data, 1, 2, what)
         if (n_esc > n or n_exc > n
                 or pos + n_esc + n_exc * (1 + self.dtype.itemsize) > len(data)):
             raise NeurvolFormatError(f"{what}: more escapes or exceptions than its voxels or "
                                      "bytes allow; the file is damaged")
-        escapes, pos = read_varints(data, pos, n_esc, what)
-        deltas, pos = read_varints(data, pos, n_exc, what)
-        vsize = n_exc * self.dtype.itemsize
-        if pos + vsize > len(data) or (len(data) - pos - vsize) % 4:
+        escapes: List[int] = []
+        if n_esc:
+            escapes, pos = read_varints(data, pos, n_esc, what)
+        idx, exc_vals = _NO_EXCEPTIONS
+        if n_exc:
+            deltas, pos = read_varints(data, pos, n_exc, what)
+            vsize = n_exc * self.dtype.itemsize
+            if pos + vsize > len(data):
+                raise NeurvolFormatError(f"{what}: truncated block; the file is damaged")
+            exc_vals = np.frombuffer(data[pos:pos + vsize], dtype=self.dtype.newbyteorder("<"))
+            pos += vsize
+            idx = np.cumsum(np.asarray(deltas, dtype=np.int64) + 1) - 1
+            if int(idx[-1]) >= n:
+                raise NeurvolFormatError(f"{what}: exception index out of range; the file is "
+                                         "damaged")
+        if (len(data) - pos) % 4:
             raise NeurvolFormatError(f"{what}: truncated block; the file is damaged")
-        exc_vals = np.frombuffer(data[pos:pos + vsize], dtype=self.dtype.newbyteorder("<"))
-        pos += vsize
-        idx = np.cumsum(np.asarray(deltas, dtype=np.int64) + 1) - 1
-        if idx.size and int(idx[-1]) >= n:
-            raise NeurvolFormatError(f"{what}: exception index out of range; the file is damaged")
-        words = np.frombuffer(data[pos:], dtype="<u4").astype(np.uint32)
+        words = np.frombuffer(data[pos:], dtype="<u4")     # the coder copies its words
         try:
             coder = constriction().stream.stack.AnsCoder(words)
         except Exception as exc:   # constriction raises plain exceptions
@@ -281,10 +311,10 @@ class CorrectionStream:
             readers = [opened[j][1] for j in rows]
             if kind is None:
                 cls = np.full((len(rows),) + shape3, BASE_CLASS, np.uint8)
-                r[rows] = _read_codes(readers, cls, self._model_for) * self.step
+                r[rows] = _read_codes(readers, cls, self._models, self._model_for) * self.step
             else:
                 def coder(sel, psel, pred, classes, step, readers=readers):
-                    return _read_codes(readers, classes, self._model_for)
+                    return _read_codes(readers, classes, self._models, self._model_for)
                 r[rows] = interp_passes((len(rows),) + shape3, self.step, kind, coder,
                                         *self.levels, order=AXIS_ORDERS[self.order])
             for rd in readers:
