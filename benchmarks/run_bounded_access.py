@@ -4,7 +4,7 @@ the same volume at about the same ratio.
 
     python benchmarks/run_bounded_access.py                      # RM 256^3, 1e-2 and 1e-3
     python benchmarks/run_bounded_access.py --small              # a quick check (64^3 crop)
-    python benchmarks/run_bounded_access.py --blocks 64,32,16 --json out.json
+    python benchmarks/run_bounded_access.py --blocks 64,16,8 --json out.json
 
 For each relative bound and block edge the script writes a pure-predictor error-bounded
 file (``encode(rel_error=r, model_ratios=())``, the configuration ``encode(max_error=)``
@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -67,6 +67,18 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t
 
 
+def _sz3_ratio(volume: np.ndarray, e: float) -> Optional[float]:
+    """SZ3's ratio at the same absolute bound (``run_bounded.py``'s call), or None without
+    pysz: what a block size's ratio cost is measured against."""
+    from run_bounded import run_sz3
+    try:
+        nbytes, _, _ = run_sz3(volume, e)
+    except Exception as exc:     # pysz missing or failing: the column says n/a
+        print(f"  SZ3 unavailable: {exc}", file=sys.stderr)
+        return None
+    return volume.nbytes / nbytes
+
+
 def measure(volume: np.ndarray, label: str, rels, blocks, args, tmp: str) -> List[Dict[str, Any]]:
     from neurvol.encoding.bounded import encode_bounded, resolve_bound
 
@@ -78,6 +90,7 @@ def measure(volume: np.ndarray, label: str, rels, blocks, args, tmp: str) -> Lis
     for rel in rels:
         e, _ = resolve_bound(volume, None, rel)
         model_ratio, model_row = None, None
+        sz3_ratio = _sz3_ratio(volume, e)
         for block in blocks:
             t = time.perf_counter()
             nv = encode_bounded(volume, e, rel, model_ratios=(), block=block, quiet=True)
@@ -86,6 +99,7 @@ def measure(volume: np.ndarray, label: str, rels, blocks, args, tmp: str) -> Lis
             nv.save(path)
             ratio = volume.nbytes / os.path.getsize(path)
             row = {"volume": label, "rel_error": rel, "block": block, "ratio": ratio,
+                   "sz3_ratio": sz3_ratio,
                    "encode_s": enc_s, "warm_mpts": _warm_mpts(path, warm_pts, args.repeats)}
             row["cold_ms"], row["cold_cpu_ms"] = _cold_ms(path, cold_pts, args.repeats)
             if model_row is None:      # the model-only file at the first block's ratio
@@ -111,12 +125,14 @@ def markdown(rows: List[Dict[str, Any]], cold_points: int, warm_points: int) -> 
            f"threads); warm: {warm_points:,} "
            "points (Mpts/s); model-only: a file of the same volume at about the same ratio.",
            "",
-           "| volume | rel bound | block | ratio | cold ms | cold CPU ms | warm Mpts/s "
+           "| volume | rel bound | block | ratio | SZ3 ratio | cold ms | cold CPU ms | warm Mpts/s "
            "| model-only ratio | model-only cold ms | model-only warm Mpts/s | warm fraction |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["model_only"]
+        sz3 = "n/a" if r.get("sz3_ratio") is None else f"{r['sz3_ratio']:.2f}"
         out.append(f"| {r['volume']} | {r['rel_error']:g} | {r['block']} | {r['ratio']:.2f} | "
+                   f"{sz3} | "
                    f"{r['cold_ms']:.0f} | {r['cold_cpu_ms']:.0f} | {r['warm_mpts']:.2f} | "
                    f"{m['ratio']:.2f} | "
                    f"{m['cold_ms']:.1f} | {m['warm_mpts']:.2f} | {r['warm_fraction']:.2f} |")
