@@ -55,6 +55,7 @@ def encode(
     max_error: Optional[float] = None,
     rel_error: Optional[float] = None,
     model_ratios: Optional[Sequence[float]] = None,
+    correction_block: Optional[int] = None,
     fill_value: Union[float, Dict[str, float], None] = None,
     time: Optional[Sequence[float]] = None,
     group: Optional[int] = None,
@@ -119,7 +120,11 @@ def encode(
     smallest of a pure predictor-coded grid and a model fitted at each ratio of
     ``model_ratios`` (default ``neurvol.encoding.bounded.DEFAULT_MODEL_RATIOS``; ``()``:
     no model) plus its correction stream; ``ratio``, ``psnr`` and the brick options do
-    not apply.
+    not apply. ``correction_block``: the edge of the stream's independently decodable
+    blocks (default ``neurvol.compress.correction.DEFAULT_BLOCK``): a point query decodes
+    the blocks its neighbouring voxels lie in, so smaller blocks (16, 8) answer a cold
+    scattered query several times faster, at a larger file (each block restarts the
+    predictor; see BENCHMARKS.md, "Error-bounded random access").
 
     Masked volumes (``spec/mask.md``): NaN voxels of a float volume, or the voxels equal
     to ``fill_value``, hold no data. They are stored as a lossless, entropy-coded mask
@@ -175,6 +180,9 @@ def encode(
     if isinstance(fill_value, dict):
         raise NeurvolInputError(
             "fill_value as a dict of variables applies to several variables; give one number")
+    if correction_block is not None and max_error is None and rel_error is None:
+        raise NeurvolInputError("correction_block= applies to error-bounded encodes: give "
+                                "max_error= or rel_error= too")
     if max_error is not None or rel_error is not None or model_ratios is not None:
         if fill_value is not None:
             raise NeurvolInputError(
@@ -182,7 +190,7 @@ def encode(
                 "the error-bounded mode has no masks yet; encode with ratio= or psnr=")
         return encode_bounded_volume(
             volume, max_error, rel_error, model_ratios, psnr=psnr, brick=brick, bricks=bricks,
-            arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
+            block=correction_block, arch=arch, seed=seed, device=device, steps=steps, bits=bits, spacing=spacing,
             origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, ghost=ghost,
             blend=blend, workers=workers, devices=devices, executor=executor,
             retries=retries, **arch_options)

@@ -287,6 +287,40 @@ def test_bad_bounds_are_refused(kwargs):
         neurvol.encode(_neghip_crop(), model_ratios=(), quiet=True, **kwargs)
 
 
+def test_correction_block_sets_the_blocks_and_keeps_the_bound():
+    vol = _neghip_crop()
+    nv = neurvol.encode(vol, max_error=1.5, model_ratios=(), correction_block=8, quiet=True)
+    stream = nv._correction_stream().stream
+    assert stream.block == 8
+    assert stream.nblocks == int(np.prod([-(-n // 8) for n in vol.shape]))
+    assert _max_err(nv.decode(), vol) <= 1.5
+    default = neurvol.encode(vol, max_error=1.5, model_ratios=(), quiet=True)
+    assert default._correction_stream().stream.block != 8
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_error=1.0, correction_block=3),
+                                    dict(max_error=1.0, correction_block=1000),
+                                    dict(max_error=1.0, correction_block=8.5),
+                                    dict(ratio=10, correction_block=8)])
+def test_bad_correction_blocks_are_refused(kwargs):
+    with pytest.raises(NeurvolInputError, match="correction_block"):
+        neurvol.encode(_neghip_crop(), quiet=True, **kwargs)
+
+
+def test_cli_correction_block(tmp_path, capsys):
+    from neurvol.cli import main
+
+    src = tmp_path / "crop.npy"
+    np.save(src, _neghip_crop())
+    out = tmp_path / "crop.nvol"
+    assert main(["pack", str(src), "-o", str(out), "--max-error", "1.5", "--model-ratios",
+                 "none", "--correction-block", "16"]) == 0
+    with neurvol.open(out) as nv:
+        assert nv._correction_stream().stream.block == 16
+    assert main(["pack", str(src), "-o", str(out), "--correction-block", "16"]) == 1
+    assert "correction_block" in capsys.readouterr().err
+
+
 def test_model_ratios_needs_a_bound():
     with pytest.raises(NeurvolInputError, match="error-bounded"):
         neurvol.encode(_neghip_crop(), ratio=10, model_ratios=(10,), quiet=True)

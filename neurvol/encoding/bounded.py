@@ -17,6 +17,7 @@ import numpy as np
 from ..compress import encode_constant
 from ..compress.bound import BOUNDED_MINOR, KEY_BOUND, SECTION_CORRECTION
 from ..compress.correction import BoundTooSmallError, encode_correction
+from ..compress.correction.layout import MAX_BLOCK, MIN_BLOCK
 from ..container import NvolReader, serialize_nvol
 from ..errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
 from ..neural_volume import NeuralVolume
@@ -64,7 +65,7 @@ _MODEL_DEFAULTS: Dict[str, Any] = dict(
 def encode_bounded_volume(volume: Any, max_error: Optional[float], rel_error: Optional[float],
                           model_ratios: Optional[Sequence[float]], *, psnr: Optional[float],
                           brick: Optional[int], bricks: Optional[Sequence[int]],
-                          **model_kwargs: Any) -> NeuralVolume:
+                          block: Optional[int] = None, **model_kwargs: Any) -> NeuralVolume:
     """``neurvol.encode(max_error= / rel_error=)``: check the arguments, then
     :func:`encode_bounded`."""
     if psnr is not None or brick is not None or bricks is not None:
@@ -73,13 +74,17 @@ def encode_bounded_volume(volume: Any, max_error: Optional[float], rel_error: Op
     if max_error is None and rel_error is None:
         raise NeurvolInputError("model_ratios= applies to error-bounded encodes only "
                                 "(max_error= or rel_error=)")
+    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer))
+                              or not MIN_BLOCK <= block <= MAX_BLOCK):
+        raise NeurvolInputError(f"correction_block must be an integer in [{MIN_BLOCK}, "
+                                f"{MAX_BLOCK}], got {block!r}")
     ratios = DEFAULT_MODEL_RATIOS if model_ratios is None else tuple(model_ratios)
     for r in ratios:
         check_ratio(r)
     t0 = time.perf_counter()
     volume, _, _ = check_volume(volume)
     e, rel = resolve_bound(volume, max_error, rel_error)
-    nv = encode_bounded(volume, e, rel, model_ratios=ratios, **model_kwargs)
+    nv = encode_bounded(volume, e, rel, model_ratios=ratios, block=block, **model_kwargs)
     nv.encode_seconds = time.perf_counter() - t0
     return nv
 
