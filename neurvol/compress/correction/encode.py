@@ -284,14 +284,19 @@ def _serialize(blocks: List[_Block], shape, dtype, block: int, max_error: float,
     for blk in blocks:
         segs, escapes = [], []
         for seg in blk.segments:
-            cls, sym = seg.cls, seg.symbols
             escapes.extend(seg.escapes)
-            h = np.bincount(sym, minlength=2)
-            key = table_of(cls, table_map)
-            old = hist.get(key, np.zeros(0, np.int64))
-            n = max(old.size, h.size)
-            hist[key] = np.pad(old, (0, n - old.size)) + np.pad(h, (0, n - h.size))
-            segs.append((key, sym))
+            key = table_of(seg.cls, table_map)
+            h = np.bincount(seg.symbols, minlength=2)
+            # Added in place, grown only when a segment holds a larger symbol: tens of
+            # thousands of segments, so no padded copies per segment.
+            acc = hist.get(key)
+            if acc is None or acc.size < h.size:
+                grown = np.zeros(h.size, np.int64)
+                if acc is not None:
+                    grown[:acc.size] = acc
+                hist[key] = acc = grown
+            acc[:h.size] += h
+            segs.append((key, seg.symbols))
         block_syms.append((segs, escapes))
     tables = {k: weight_codes(v) for k, v in hist.items()}
     models = {k: rans_model(v) for k, v in tables.items()}
