@@ -664,7 +664,11 @@ class NeuralVolume(ClosesOnExit):
             return np.full(norm.shape[0], model, dtype=np.float32)
         scale = np.float32(self._hi - self._lo)
         res = np.empty(norm.shape[0], dtype=np.float32)
-        step = MODEL_CHUNK if self._backend.threaded else QUERY_CHUNK
+        step = QUERY_CHUNK
+        if self._backend.threaded:
+            # Calls of about MODEL_CHUNK points: a brick's batch a little over it is one
+            # call, not one and a small one (a call has a fixed cost).
+            step = -(-norm.shape[0] // max(1, round(norm.shape[0] / MODEL_CHUNK)))
         for s in range(0, norm.shape[0], QUERY_CHUNK):
             res[s:s + QUERY_CHUNK] = self._backend.evaluate(model, norm[s:s + QUERY_CHUNK], step)
         if not np.isfinite(res).all():
