@@ -364,13 +364,14 @@ def _trilinear_rows(table: torch.Tensor, base: torch.Tensor, strides: Tuple[int,
     sz, sy, sx = strides
     fz, fy, fx = (f if table.dim() == 1 else f[:, None] for f in frac)
 
-    def along_x(row: torch.Tensor) -> torch.Tensor:
-        lo = table.index_select(0, row)
-        return lo.lerp_(table.index_select(0, row + sx), fx)
+    def along_x(off: int) -> torch.Tensor:
+        # Row ``base + off (+ sx)`` is row ``base`` of the table viewed from ``off``: no
+        # shifted copy of the indices.
+        lo = table[off:].index_select(0, base)
+        return lo.lerp_(table[off + sx:].index_select(0, base), fx)
 
-    y0 = along_x(base).lerp_(along_x(base + sy), fy)
-    top = base + sz
-    return y0.lerp_(along_x(top).lerp_(along_x(top + sy), fy), fz)
+    y0 = along_x(0).lerp_(along_x(sy), fy)
+    return y0.lerp_(along_x(sz).lerp_(along_x(sz + sy), fy), fz)
 
 
 def _hooked(mlp: nn.Sequential) -> bool:
