@@ -61,11 +61,11 @@ _DECODE_BLOCK = QUERY_CHUNK * 4
 #: Most points of a bricked query routed and sorted at once (~40 bytes a point while they
 #: are evaluated): each brick then gets its points in as few, large batches as possible.
 ROUTE_CHUNK = 1 << 20
-#: Points a query thread routes and sorts at once (fewer, larger pieces: fewer segments
-#: per brick to gather), in parts of :data:`ROUTE_PART` (the routing's float64 temporaries
-#: then stay in the CPU's L2 cache).
+#: Points a query thread routes and sorts at once: large enough that the routing's many
+#: short numpy calls do not make the threads contend for the GIL (smaller pieces, even
+#: ones whose temporaries fit the L2 cache, were slower on two threads), small enough
+#: that the pieces spread over the threads.
 ROUTE_PIECE = 1 << 17
-ROUTE_PART = 1 << 15
 #: Most entries of one brick evaluated by one task: a brick holding most of a query's
 #: points is still shared by the threads.
 BRICK_TASK = 1 << 16
@@ -561,17 +561,10 @@ class NeuralVolume(ClosesOnExit):
                                      BRICK_QUERY_CELLS if m >= SPATIAL_MIN_POINTS else 1)
 
                 def route(a: int) -> Tuple[int, Optional[List[float]]]:
-                    norms, n_out, first = [], 0, None
-                    end = min(a + ROUTE_PIECE, m)
-                    for c in range(a, end, ROUTE_PART):
-                        norm, count, where = _normalized(part[c:min(c + ROUTE_PART, end)],
-                                                         index, scale)
-                        norms.append(norm)
-                        n_out += count
-                        first = first if first is not None else where
-                    if n_out and not clamp:
-                        return n_out, first        # will raise
-                    routed.add(a, norms)
+                    norm, count, first = _normalized(part[a:a + ROUTE_PIECE], index, scale)
+                    if count and not clamp:
+                        return count, first        # will raise
+                    routed.add(a, norm)
                     return 0, None
 
                 pieces = range(0, m, ROUTE_PIECE)

@@ -242,10 +242,10 @@ def _fake_model(brick, local):
     ((50, 50, 50), (1, 4, 1), 3, True), ((66, 66, 66), (2, 3, 4), 0, False),
     ((40, 40, 40), (5, 5, 5), 1, True)])
 @pytest.mark.parametrize("cells", [1, 2, 8])
-@pytest.mark.parametrize("piece, part, task", [(50_000, 50_000, 50_000), (700, 300, 900)])
+@pytest.mark.parametrize("piece, task", [(50_000, 50_000), (700, 900)])
 def test_routed_query_sums_the_brick_by_brick_values_exactly(shape, grid, ghost, blend,
-                                                             cells, piece, part, task):
-    """RoutedQuery in pieces, parts and tasks of any size: every task holds entries of its brick
+                                                             cells, piece, task):
+    """RoutedQuery in pieces and tasks of any size: every task holds entries of its brick
     only, with BrickLayout.local's coordinates, cell by cell; the combined values are
     the reference's weighted float64 sums in ascending brick id, bit for bit."""
     layout = BrickLayout.checked(shape, grid, ghost, blend)
@@ -259,8 +259,7 @@ def test_routed_query_sums_the_brick_by_brick_values_exactly(shape, grid, ghost,
     routed = RoutedQuery(Router(layout), cells)
     n = norm.shape[0]
     for a in range(0, n, piece):
-        end = min(a + piece, n)
-        routed.add(a, [norm[c:min(c + part, end)] for c in range(a, end, part)])
+        routed.add(a, norm[a:a + piece])
     seen = []
 
     def evaluate(b, local):
@@ -328,7 +327,6 @@ def test_amgsrn_query_equals_the_brick_by_brick_evaluation(amgsrn_file, backend,
         assert not any(isinstance(nv._brick_model(b), float) for b in range(nv.brick_count))
     monkeypatch.setattr(neural_volume, "ROUTE_CHUNK", 4100)
     monkeypatch.setattr(neural_volume, "ROUTE_PIECE", 999)
-    monkeypatch.setattr(neural_volume, "ROUTE_PART", 400)
     monkeypatch.setattr(neural_volume, "BRICK_TASK", 1500)
     for threads in (1, 2):
         monkeypatch.setattr(neural_volume, "QUERY_THREADS", threads)

@@ -17,7 +17,7 @@ Pure numpy; no torch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -100,19 +100,6 @@ class BandEntries:
     extra_w: np.ndarray
     extra_key: np.ndarray
     extra_local: np.ndarray
-
-    def shifted(self, offset: int) -> "BandEntries":
-        """These entries with point indices ``offset`` further on."""
-        return dataclasses.replace(self, points=self.points + offset,
-                                   extra_points=self.extra_points + offset)
-
-    @staticmethod
-    def joined(parts: Sequence["BandEntries"]) -> "BandEntries":
-        """The entries of ``parts`` (of consecutive pieces, in order) as one."""
-        if len(parts) == 1:
-            return parts[0]
-        return BandEntries(*(np.concatenate([getattr(p, f.name) for p in parts])
-                             for f in dataclasses.fields(BandEntries)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,21 +451,13 @@ class RoutedQuery:
         self._per_brick = per_brick
         self._pieces: Dict[int, _Piece] = {}
 
-    def add(self, start: int, parts: Sequence[np.ndarray]) -> None:
-        """Routes the piece of points from ``start`` on, given as consecutive ``parts``
-        (normalized float64 in [-1, 1]; each small enough for the CPU caches)."""
-        n = sum(part.shape[0] for part in parts)
+    def add(self, start: int, norm: np.ndarray) -> None:
+        """Routes the piece of points ``start .. start + len(norm)`` (normalized float64
+        in [-1, 1])."""
+        n = norm.shape[0]
         key = np.empty(n, dtype=self._dtype)
         local = np.empty((n, 3), dtype=np.float32)
-        bands: List[BandEntries] = []
-        at = 0
-        for part in parts:
-            end = at + part.shape[0]
-            b = self.router.route_piece(part, key[at:end], local[at:end], self.cells)
-            if b is not None:
-                bands.append(b.shifted(at))
-            at = end
-        band = BandEntries.joined(bands) if bands else None
+        band = self.router.route_piece(norm, key, local, self.cells)
         if band is not None:
             key = np.concatenate([key, band.extra_key])
             local = np.concatenate([local, band.extra_local])
