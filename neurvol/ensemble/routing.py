@@ -4,6 +4,9 @@
 (point, brick) pair with a non-zero blend weight, sorted by brick, with the point's local
 coordinates in that brick, so that a reader evaluates each touched brick once on one
 contiguous batch and sums the weighted values per point (:meth:`BrickBatches.combine`).
+Grid decodes go this way. Random-point queries go through :class:`RoutedQuery`: the same
+entries, routed piece by piece on several threads (:meth:`Router.route_piece`) and
+evaluated brick by brick in large, cell-ordered tasks on the same threads.
 
 Only the points in a blend band (a few percent of random points for bricks of 128 voxels
 and ghost 2) go through the per-corner weight products; every other point has its hash
