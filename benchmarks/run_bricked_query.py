@@ -134,7 +134,8 @@ STAGES = (
     ("neurvol.backend", "NumpyBackend.load", "model build (numpy)"),
     ("neurvol.backend", "TorchBackend.evaluate", "model evaluation (torch)"),
     ("neurvol.backend", "NumpyBackend.evaluate", "model evaluation (numpy)"),
-    ("neurvol.ensemble.routing", "Router.batches", "routing"),
+    ("neurvol.ensemble.routing", "RoutedQuery.add", "routing"),
+    ("neurvol.ensemble.routing", "RoutedQuery.combine", "blending"),
     ("neurvol.compress.correction.stream", "CorrectionStream._decode_group", "correction blocks"),
 )
 

@@ -1,6 +1,7 @@
 """``NeuralVolume``: a compressed volume you query like an array, backed by ``.nvol`` bytes."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -22,7 +23,7 @@ from .compress.payload import max_payload_bytes
 from .compress.registry import stage_names
 from .container import NvolReader, serialize_nvol, write_nvol
 from .ensemble.geometry import BrickLayout, parse_layout
-from .ensemble.routing import Router, spatial_order
+from .ensemble.routing import RoutedQuery, Router, spatial_order
 from .errors import NeurvolFormatError, NeurvolInputError, NeurvolIOError, brief
 from .masking import LoadedMask, nearest_indices, parse_mask
 from .model_limits import check_model_cost, counted_tensors
@@ -57,10 +58,17 @@ MAX_BRICK_CONFIGS = 4096
 _SPACE_TOL = 1e-6
 # Points per block of a grid decode (decode, region reads): coordinates ~24 bytes/point.
 _DECODE_BLOCK = QUERY_CHUNK * 4
-#: Most points of a bricked query that one thread routes and evaluates at once (~150 bytes
-#: a point while it runs): a query is cut into about one chunk per thread, up to this, so
-#: that each brick gets its points in as few, large batches as the threads allow.
-ROUTE_CHUNK = QUERY_CHUNK * 2
+#: Most points of a bricked query routed and sorted at once (~40 bytes a point while they
+#: are evaluated): each brick then gets its points in as few, large batches as possible.
+ROUTE_CHUNK = 1 << 20
+#: Points a query thread routes and sorts at once: large enough that the routing's many
+#: short numpy calls do not make the threads contend for the GIL (smaller pieces, even
+#: ones whose temporaries fit the L2 cache, were slower on two threads), small enough
+#: that the pieces spread over the threads.
+ROUTE_PIECE = 1 << 17
+#: Most entries of one brick evaluated by one task: a brick holding most of a query's
+#: points is still shared by the threads.
+BRICK_TASK = 1 << 16
 #: Queries evaluate their points cell by cell (:func:`~neurvol.ensemble.routing.spatial_order`)
 #: of a grid of this many cells a side over a single model, or over each brick: random points
 #: then read a model's grids from the CPU caches (``benchmarks/run_bricked_query.py``).
@@ -486,38 +494,12 @@ class NeuralVolume(ClosesOnExit):
         n = p.shape[0]
         scale = 2.0 / (np.asarray(self._shape, dtype=np.float64) - 1.0)
         out = np.empty(n, dtype=np.float32)
-        # Bricked files: about one chunk per thread (each routes its points and evaluates
-        # every brick on its share in one batch); one model: many small chunks.
-        step = QUERY_CHUNK if self._layout is None else \
-            min(ROUTE_CHUNK, max(MODEL_CHUNK, -(-n // QUERY_THREADS)))
-
-        def evaluate_chunk(s: int, loader: Optional[Executor]) -> Tuple[int, Optional[List[float]]]:
-            """Points ``[s, s + step)`` into ``out``; the count of those outside the
-            volume and the first of them (then, without ``clamp``, nothing is evaluated)."""
-            chunk = p[s:s + step]
-            norm = chunk.astype(np.float64)
-            if space == "index":
-                np.multiply(norm, scale, out=norm)
-                norm -= 1.0
-            # Fast path: two reductions prove every point finite and inside (NaN fails
-            # the comparison); only otherwise are the points checked one by one.
-            if not (chunk.size == 0 or max(norm.max(), -norm.min()) <= 1.0 + _SPACE_TOL):
-                check_finite_points(chunk)
-                outside = (np.abs(norm) > 1.0 + _SPACE_TOL).any(axis=1)
-                if outside.any():
-                    first = chunk[int(np.argmax(outside))].astype(np.float64).tolist()
-                    if not clamp:
-                        return int(outside.sum()), first   # will raise
-            np.clip(norm, -1.0, 1.0, out=norm)
-            out[s:s + step] = self._evaluate(norm, loader, spatial=True)
-            return 0, None
-
-        # Memory beyond ``out`` stays O(ROUTE_CHUNK) per thread whatever N is.
-        n_outside, first_outside = 0, None
-        for count, first in self._map_chunks(evaluate_chunk, range(0, n, step)):
-            n_outside += count
-            if first_outside is None:
-                first_outside = first
+        if self._router is not None:
+            n_outside, first_outside = self._query_bricked(p, space == "index", scale,
+                                                           clamp, out)
+        else:
+            n_outside, first_outside = self._query_model(p, space == "index", scale,
+                                                         clamp, out)
         if n_outside and not clamp:
             raise NeurvolInputError(
                 f"{n_outside} points lie outside the volume (first: {first_outside} "
@@ -536,6 +518,81 @@ class NeuralVolume(ClosesOnExit):
                 idx = (idx + 1.0) * ((np.asarray(self._shape, dtype=np.float64) - 1.0) / 2.0)
             out[self._mask.at_points(idx)] = np.nan
         return out
+
+    def _query_model(self, p: np.ndarray, index: bool, scale: np.ndarray, clamp: bool,
+                     out: np.ndarray) -> Tuple[int, Optional[List[float]]]:
+        """One model: the points ``p`` into ``out`` in chunks of :data:`QUERY_CHUNK` on the
+        query threads; the count of points outside the volume and the first of them (then,
+        without ``clamp``, nothing is evaluated)."""
+        def evaluate_chunk(s: int, loader: Optional[Executor]) -> Tuple[int, Optional[List[float]]]:
+            norm, count, first = _normalized(p[s:s + QUERY_CHUNK], index, scale)
+            if count and not clamp:
+                return count, first                # will raise
+            out[s:s + QUERY_CHUNK] = self._evaluate(norm, loader, spatial=True)
+            return 0, None
+
+        n_outside, first_outside = 0, None
+        for count, first in self._map_chunks(evaluate_chunk, range(0, p.shape[0], QUERY_CHUNK)):
+            n_outside += count
+            if first_outside is None:
+                first_outside = first
+        return n_outside, first_outside
+
+    def _query_bricked(self, p: np.ndarray, index: bool, scale: np.ndarray, clamp: bool,
+                       out: np.ndarray) -> Tuple[int, Optional[List[float]]]:
+        """A bricked file: :meth:`_query_model`'s contract. Up to :data:`ROUTE_CHUNK` points
+        at a time are routed in pieces of :data:`ROUTE_PIECE` side by side on the query
+        threads (:class:`~neurvol.ensemble.routing.RoutedQuery`), sorted by brick and cell
+        in one pass, and each touched brick is evaluated on all of its points in a few
+        tasks of up to :data:`BRICK_TASK` entries on the same threads (which decode the
+        bricks not in the cache side by side); then the values are summed per point."""
+        assert self._router is not None
+        n = p.shape[0]
+        with self._backend.scope(), self._query_pool() as pool:
+            def run(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
+                if pool is None or len(items) < 2:
+                    return [fn(item) for item in items]
+                return list(pool.map(fn, items))
+
+            for s in range(0, n, ROUTE_CHUNK):
+                part = p[s:s + ROUTE_CHUNK]
+                m = part.shape[0]
+                routed = RoutedQuery(self._router,
+                                     BRICK_QUERY_CELLS if m >= SPATIAL_MIN_POINTS else 1)
+
+                def route(a: int) -> Tuple[int, Optional[List[float]]]:
+                    norm, count, first = _normalized(part[a:a + ROUTE_PIECE], index, scale)
+                    if count and not clamp:
+                        return count, first        # will raise
+                    routed.add(a, norm)
+                    return 0, None
+
+                pieces = range(0, m, ROUTE_PIECE)
+                checks = run(route, pieces)
+                n_outside = sum(count for count, _ in checks)
+                if n_outside and not clamp:
+                    first = next(f for count, f in checks if count)
+                    # The whole query's count for the message; nothing more is evaluated.
+                    for a in range(s + ROUTE_CHUNK, n, ROUTE_CHUNK):
+                        n_outside += _normalized(p[a:a + ROUTE_CHUNK], index, scale)[1]
+                    return n_outside, first
+                run(lambda task: routed.run(task, self._evaluate_brick), routed.tasks(BRICK_TASK))
+                part_out = out[s:s + m]
+                run(lambda a: routed.combine(a, part_out[a:a + ROUTE_PIECE]), pieces)
+        return 0, None
+
+    @contextlib.contextmanager
+    def _query_pool(self) -> Iterator[Optional[Executor]]:
+        """:data:`QUERY_THREADS` threads for one call (:meth:`_map_chunks` says why they
+        live for one call and run torch on one thread each), or None on one thread or a
+        GPU."""
+        if not self._backend.threaded or QUERY_THREADS < 2:
+            yield None
+            return
+        with self._backend.worker_threads() as (init, initargs):
+            with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="neurvol-query",
+                                    initializer=init, initargs=initargs) as pool:
+                yield pool
 
     def _evaluate(self, norm: np.ndarray, loader: Optional[Executor] = None,
                   spatial: bool = False) -> np.ndarray:
@@ -600,7 +657,11 @@ class NeuralVolume(ClosesOnExit):
             return np.full(norm.shape[0], model, dtype=np.float32)
         scale = np.float32(self._hi - self._lo)
         res = np.empty(norm.shape[0], dtype=np.float32)
-        step = MODEL_CHUNK if self._backend.threaded else QUERY_CHUNK
+        step = QUERY_CHUNK
+        if self._backend.threaded:
+            # Calls of about MODEL_CHUNK points: a brick's batch a little over it is one
+            # call, not one and a small one (a call has a fixed cost).
+            step = -(-norm.shape[0] // max(1, round(norm.shape[0] / MODEL_CHUNK)))
         for s in range(0, norm.shape[0], QUERY_CHUNK):
             res[s:s + QUERY_CHUNK] = self._backend.evaluate(model, norm[s:s + QUERY_CHUNK], step)
         if not np.isfinite(res).all():
@@ -937,6 +998,29 @@ class NeuralVolume(ClosesOnExit):
         from .arrays import to_dask
 
         return to_dask(self, chunks)
+
+
+def _normalized(chunk: np.ndarray, index: bool, scale: np.ndarray
+                ) -> Tuple[np.ndarray, int, Optional[List[float]]]:
+    """``(norm, n_outside, first_outside)``: the points ``chunk`` (index space when
+    ``index``, with ``scale = 2 / (shape - 1)``, else normalized) as float64 normalized
+    coordinates clamped to [-1, 1], the count of those outside the volume and the first of
+    them (as a list, or None)."""
+    norm = chunk.astype(np.float64)
+    if index:
+        np.multiply(norm, scale, out=norm)
+        norm -= 1.0
+    count, first = 0, None
+    # Fast path: two reductions prove every point finite and inside (NaN fails the
+    # comparison); only otherwise are the points checked one by one.
+    if not (chunk.size == 0 or max(norm.max(), -norm.min()) <= 1.0 + _SPACE_TOL):
+        check_finite_points(chunk)
+        outside = (np.abs(norm) > 1.0 + _SPACE_TOL).any(axis=1)
+        if outside.any():
+            count = int(outside.sum())
+            first = chunk[int(np.argmax(outside))].astype(np.float64).tolist()
+    np.clip(norm, -1.0, 1.0, out=norm)
+    return norm, count, first
 
 
 def open_volume(path: Union[str, os.PathLike], *, device: Any = None,

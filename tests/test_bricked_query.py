@@ -12,7 +12,7 @@ import neurvol
 from neurvol import NeurvolFormatError, neural_volume
 from neurvol.container import NvolReader, serialize_nvol
 from neurvol.ensemble import BrickLayout
-from neurvol.ensemble.routing import Router, spatial_order
+from neurvol.ensemble.routing import RoutedQuery, Router, spatial_order
 from neurvol.neural_volume import NeuralVolume
 
 OPTS = dict(ratio=8, arch="fvsrn", steps=10, seed=1, quiet=True, device="cpu")
@@ -228,3 +228,107 @@ def test_a_damaged_brick_fails_every_query_that_needs_it(files, backend, monkeyp
         clear = np.setdiff1d(np.arange(pts.shape[0]), entry_pts[bids == 5])
         assert 0 < clear.size < pts.shape[0]
         assert np.isfinite(nv.query(pts[clear])).all()
+
+
+def _fake_model(brick, local):
+    """A stand-in for brick ``brick``'s model: float32 values that depend on the brick and
+    on every bit of the local coordinates' float32 sum."""
+    return (np.float32(brick) + local.astype(np.float64) @ np.array([0.5, 0.25, 0.125])
+            ).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape, grid, ghost, blend", [
+    ((66, 66, 66), (3, 2, 2), 2, True), ((66, 40, 33), (2, 3, 2), 2, True),
+    ((50, 50, 50), (1, 4, 1), 3, True), ((66, 66, 66), (2, 3, 4), 0, False),
+    ((40, 40, 40), (5, 5, 5), 1, True)])
+@pytest.mark.parametrize("cells", [1, 2, 8])
+@pytest.mark.parametrize("piece, task", [(50_000, 50_000), (700, 900)])
+def test_routed_query_sums_the_brick_by_brick_values_exactly(shape, grid, ghost, blend,
+                                                             cells, piece, task):
+    """RoutedQuery in pieces and tasks of any size: every task holds entries of its brick
+    only, with BrickLayout.local's coordinates, cell by cell; the combined values are
+    the reference's weighted float64 sums in ascending brick id, bit for bit."""
+    layout = BrickLayout.checked(shape, grid, ghost, blend)
+    norm = np.clip(_points(shape, 5000, seed=4) * (2.0 / (np.asarray(shape) - 1.0)) - 1.0, -1, 1)
+    pts, bids, weights = layout.route(norm)
+    acc = np.zeros(norm.shape[0])
+    for b in np.unique(bids).tolist():          # ascending brick id
+        sel = bids == b
+        local = layout.local(b, norm[pts[sel]]).astype(np.float32)
+        np.add.at(acc, pts[sel], weights[sel] * _fake_model(b, local))
+    routed = RoutedQuery(Router(layout), cells)
+    n = norm.shape[0]
+    for a in range(0, n, piece):
+        routed.add(a, norm[a:a + piece])
+    seen = []
+
+    def evaluate(b, local):
+        seen.append(local.shape[0])
+        return _fake_model(b, local)
+
+    tasks = routed.tasks(task)
+    # A task is one segment, or segments of one brick adding up to at most ``task``.
+    assert all(len(segs) == 1 or sum(e - s for _, s, e in segs) <= task for _, segs in tasks)
+    for t in tasks:
+        routed.run(t, evaluate)
+    assert sum(seen) == pts.shape[0]            # every (point, brick) pair once
+    out = np.empty(norm.shape[0], dtype=np.float32)
+    for a in range(0, norm.shape[0], piece):
+        routed.combine(a, out[a:a + piece])
+    assert np.array_equal(out, acc.astype(np.float32))
+
+
+@pytest.mark.parametrize("shape, grid", [((66, 66, 66), (3, 2, 2)), ((40, 41, 42), (5, 4, 3))])
+@pytest.mark.parametrize("cells", [1, 2, 4, 8, 6])
+def test_route_piece_keys_are_the_hash_brick_and_its_cell(shape, grid, cells):
+    """The key of each point's home entry is its hash brick (spec/nvol.md §5, on faces
+    too) times cells^3 plus its cell of a cells^3 grid over the brick's core, with cells
+    the power of two query_cells picks."""
+    from neurvol.container import brick_ids
+
+    layout = BrickLayout.checked(shape, grid, 2, True)
+    router = Router(layout)
+    c = router.query_cells(cells)
+    assert c & (c - 1) == 0 and c <= cells and layout.count * c ** 3 < 1 << 16
+    norm = np.clip(_points(shape, 4000, seed=5) * (2.0 / (np.asarray(shape) - 1.0)) - 1.0, -1, 1)
+    key = np.empty(norm.shape[0], dtype=router.key_dtype(c))
+    local = np.empty((norm.shape[0], 3), dtype=np.float32)
+    router.route_piece(norm, key, local, c)
+    fine = [np.minimum(np.floor(nb * c * (norm[:, a] + 1.0) / 2.0), nb * c - 1).astype(int)
+            for a, nb in enumerate(grid)]
+    cell = (fine[0] % c * c + fine[1] % c) * c + fine[2] % c
+    assert np.array_equal(key.astype(int), brick_ids(norm, grid) * c ** 3 + cell)
+
+
+@pytest.fixture(scope="module")
+def amgsrn_file():
+    """An amgsrn sample in 2 x 2 x 3 bricks, ghost 2, blended (the architecture the
+    automatic bricking fits)."""
+    opts = dict(OPTS, arch="amgsrn")
+    return neurvol.encode(neurvol.sample_volume(), bricks=(2, 2, 3), ghost=2, **opts).to_bytes()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_amgsrn_query_equals_the_brick_by_brick_evaluation(amgsrn_file, backend, monkeypatch):
+    """Random points (enough to be sorted cell by cell), voxel centres, faces, edges,
+    corners and points outside (clamp=True) give the brick-by-brick values, in one piece
+    or many, with one thread or several."""
+    with NeuralVolume(NvolReader(amgsrn_file), backend=backend) as nv:
+        pts = _points(nv.shape, 9000, seed=6)
+        top = np.asarray(nv.shape, dtype=np.float64) - 1
+        outside = np.array([[-3.0, 5.0, 5.0], [top[0] + 0.5, top[1] + 2, -1e-3],
+                            [2.0, -7.0, top[2] + 9]])
+        pts = np.concatenate([pts, outside])
+        ref = _reference(nv, pts)
+        with pytest.raises(neurvol.NeurvolInputError, match="3 points lie outside"):
+            nv.query(pts)
+        atol = _atol(nv)
+        np.testing.assert_allclose(nv.query(pts, clamp=True), ref, rtol=0, atol=atol)
+        assert not any(isinstance(nv._brick_model(b), float) for b in range(nv.brick_count))
+    monkeypatch.setattr(neural_volume, "ROUTE_CHUNK", 4100)
+    monkeypatch.setattr(neural_volume, "ROUTE_PIECE", 999)
+    monkeypatch.setattr(neural_volume, "BRICK_TASK", 1500)
+    for threads in (1, 2):
+        monkeypatch.setattr(neural_volume, "QUERY_THREADS", threads)
+        with NeuralVolume(NvolReader(amgsrn_file), backend=backend) as nv:
+            np.testing.assert_allclose(nv.query(pts, clamp=True), ref, rtol=0, atol=atol)

@@ -297,11 +297,7 @@ class AMGSRN(VolumeModel):
         cfg = self.config
         m, c, n = cfg.grids, cfg.channels, coords.shape[0]
         table, offsets, strides = self._vertex_table()      # table (V, C), or (V,) for C = 1
-        t = self.transform_matrix().detach().double()                     # (M, 3, 4)
-        half = (torch.tensor(cfg.grid, dtype=torch.float64, device=t.device) - 1) / 2
-        t = (t * half[None, :, None]).transpose(0, 1)                      # (3, M, 4) axis-major
-        t[:, :, 3] += half[:, None]
-        t = t.reshape(3 * m, 4).to(coords.dtype)
+        t = self._vertex_map(coords.dtype)
         u_all = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(3, m, n)
         rows = offsets.expand(m, n).clone()
         cover: Optional[torch.Tensor] = None
@@ -322,6 +318,21 @@ class AMGSRN(VolumeModel):
         base = feats[::c].sum(0).div_(cover.sum(0).clamp_(min=COVERAGE_FLOOR))
         y = run_mlp_columns(self.mlp, feats)
         return y[0].add_(base)
+
+    def _vertex_map(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(3M, 4)`` in ``dtype``: the affine maps from global coordinates to each grid's
+        continuous vertex coordinates ``u = (l + 1) / 2 * (n - 1)``, axis-major rows (all
+        grids' z, then y, then x), folded in float64. Cached until a transform changes."""
+        key = (tuple((p.data_ptr(), p._version) for p in self.transforms), dtype)
+        if getattr(self, "_map_key", None) != key:
+            cfg = self.config
+            t = self.transform_matrix().detach().double()                 # (M, 3, 4)
+            half = (torch.tensor(cfg.grid, dtype=torch.float64, device=t.device) - 1) / 2
+            t = (t * half[None, :, None]).transpose(0, 1)                  # (3, M, 4)
+            t[:, :, 3] += half[:, None]
+            self._map_cache = t.reshape(3 * cfg.grids, 4).to(dtype)
+            self._map_key = key
+        return self._map_cache
 
     def _vertex_table(self) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]:
         """``(table, offsets, strides)`` for :meth:`_evaluate`: the grids zero-padded by
@@ -353,13 +364,14 @@ def _trilinear_rows(table: torch.Tensor, base: torch.Tensor, strides: Tuple[int,
     sz, sy, sx = strides
     fz, fy, fx = (f if table.dim() == 1 else f[:, None] for f in frac)
 
-    def along_x(row: torch.Tensor) -> torch.Tensor:
-        lo = table.index_select(0, row)
-        return lo.lerp_(table.index_select(0, row + sx), fx)
+    def along_x(off: int) -> torch.Tensor:
+        # Row ``base + off (+ sx)`` is row ``base`` of the table viewed from ``off``: no
+        # shifted copy of the indices.
+        lo = table[off:].index_select(0, base)
+        return lo.lerp_(table[off + sx:].index_select(0, base), fx)
 
-    y0 = along_x(base).lerp_(along_x(base + sy), fy)
-    top = base + sz
-    return y0.lerp_(along_x(top).lerp_(along_x(top + sy), fy), fz)
+    y0 = along_x(0).lerp_(along_x(sy), fy)
+    return y0.lerp_(along_x(sz).lerp_(along_x(sz + sy), fy), fz)
 
 
 def _hooked(mlp: nn.Sequential) -> bool:

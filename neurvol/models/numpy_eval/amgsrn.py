@@ -95,8 +95,11 @@ class AMGSRNNumpy(NumpyModel):
         self.mlp = DenseMLP(arrays, "mlp", config.hidden_layers, columns=True)
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:
-        step = max(1, MAX_LOOKUPS // self.m)
-        if coords.shape[0] <= step:
+        # Passes of about MAX_LOOKUPS lookups: a batch a little over is one pass, not one
+        # and a small one (a pass has a fixed cost).
+        n = coords.shape[0]
+        step = -(-n // max(1, round(n * self.m / MAX_LOOKUPS)))
+        if n <= step:
             return self._evaluate(coords)
         return np.concatenate([self._evaluate(coords[a:a + step])
                                for a in range(0, coords.shape[0], step)])

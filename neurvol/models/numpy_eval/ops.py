@@ -80,10 +80,11 @@ def trilinear_rows(table: np.ndarray, base: np.ndarray, strides: Sequence[int],
     sz, sy, sx = strides
     fz, fy, fx = (f if table.ndim == 1 else f[:, None] for f in frac)
 
-    def along_x(row: np.ndarray) -> np.ndarray:
-        return lerp_into(table.take(row, axis=0), table.take(row + sx, axis=0), fx)
+    def along_x(off: int) -> np.ndarray:
+        # Row ``base + off (+ sx)`` is row ``base`` of the table viewed from ``off``: no
+        # shifted copy of the indices.
+        return lerp_into(table[off:].take(base, axis=0), table[off + sx:].take(base, axis=0), fx)
 
-    y0 = lerp_into(along_x(base), along_x(base + sy), fy)
-    top = base + sz
-    y1 = lerp_into(along_x(top), along_x(top + sy), fy)
+    y0 = lerp_into(along_x(0), along_x(sy), fy)
+    y1 = lerp_into(along_x(sz), along_x(sz + sy), fy)
     return lerp_into(y0, y1, fz)
