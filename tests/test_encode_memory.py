@@ -205,3 +205,31 @@ def test_rate_operator_follows_its_grid_and_refuses_another_shape():
     torch.testing.assert_close(op(a), 2.0 * ra)
     with pytest.raises(ValueError, match="residual operator"):
         op(torch.zeros(2, 1, 6, 5, 6, dtype=torch.float64))
+
+
+def test_rate_l1_is_the_residuals_l1_forwards_and_backwards():
+    # The penalty's sum |residual| keeps residuals and signs in the operator's buffer:
+    # the same value and gradient as through the residuals, also after the operator
+    # was given another grid; a second forward before the backward is refused.
+    import torch
+
+    from neurvol.fit.rate import ResidualOperator
+
+    rng = np.random.default_rng(4)
+    x, other = rng.normal(size=(2, 1, 9, 8, 11)), rng.normal(size=(2, 1, 9, 8, 11))
+    op = ResidualOperator(x.shape)
+    ref = torch.from_numpy(x).requires_grad_()
+    op(ref).abs().sum().backward()
+    for rebind in (False, True):
+        grid = torch.from_numpy(x).requires_grad_()
+        total = op.l1(grid)
+        if rebind:
+            op(torch.from_numpy(other))
+        (3.0 * total).backward()
+        torch.testing.assert_close(total, op(ref).abs().sum())
+        torch.testing.assert_close(grid.grad, 3.0 * ref.grad)
+    grid = torch.from_numpy(x).requires_grad_()
+    first = op.l1(grid)
+    op.l1(grid)
+    with pytest.raises(RuntimeError, match="inplace"):
+        first.backward()

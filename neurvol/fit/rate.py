@@ -137,6 +137,8 @@ class ResidualOperator:
     def _bind(self, grid: torch.Tensor) -> None:
         """(Re)makes the views when ``grid`` is a new tensor (a first call, or the fit
         moved the model to its device)."""
+        if tuple(grid.shape) != self.shape:
+            raise ValueError(f"a residual operator of grids {self.shape} got {tuple(grid.shape)}")
         key = (grid.data_ptr(), grid.device, grid.dtype, grid.stride())
         if key == self._key:
             return
@@ -151,27 +153,33 @@ class ResidualOperator:
         self._key = key
 
     def __call__(self, grid: torch.Tensor) -> torch.Tensor:
-        if tuple(grid.shape) != self.shape:
-            raise ValueError(f"a residual operator of grids {self.shape} got {tuple(grid.shape)}")
         self._bind(grid)
         return _ApplyResiduals.apply(grid, self)
+
+    def l1(self, grid: torch.Tensor) -> torch.Tensor:
+        """``self(grid).abs().sum()``, differentiable, with fewer grid-sized tensors."""
+        self._bind(grid)
+        return _ResidualL1.apply(grid, self)
 
     def forward(self) -> torch.Tensor:
         """The bound grid's residuals, in ``self.out``."""
         self.out_anchor.copy_(self.x_anchor)
         for x, o in zip(self.x_views, self.out_views):
+            # In place, term by term: no temporaries the size of a pass.
             torch.sub(x.t, x.left, out=o.r)
             if x.linear is not None:
-                o.linear.sub_(x.linear[1] - x.linear[0], alpha=LINEAR)
+                o.linear.sub_(x.linear[1], alpha=LINEAR).add_(x.linear[0], alpha=LINEAR)
             if x.cubic is not None:
                 e0, e1, e2, e3 = x.cubic
-                o.cubic.sub_(e1 + e2 - e0 - e3, alpha=CUBIC)
+                o.cubic.sub_(e1, alpha=CUBIC).sub_(e2, alpha=CUBIC)
+                o.cubic.add_(e0, alpha=CUBIC).add_(e3, alpha=CUBIC)
         return self.out
 
-    def transpose(self, g: torch.Tensor) -> torch.Tensor:
-        """The operator's transpose applied to ``g`` (a stream-order vector), in
-        ``self.grad``."""
-        self.out.copy_(g)
+    def transpose(self, g: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The operator's transpose applied to ``g`` (a stream-order vector; None: what
+        ``self.out`` holds), in ``self.grad``."""
+        if g is not None:
+            self.out.copy_(g)
         self.grad.zero_()
         self.g_anchor.copy_(self.out_anchor)
         for x, o in zip(self.g_views, self.out_views):
@@ -203,6 +211,28 @@ class _ApplyResiduals(torch.autograd.Function):
         return ctx.op.transpose(g).clone(), None
 
 
+class _ResidualL1(torch.autograd.Function):
+    """``sum |op(grid)|``, its residuals and their signs kept in the operator's own
+    buffer: a step of the fit allocates one grid-sized tensor for the penalty (the
+    gradient it returns) instead of four. The buffer is saved for the backward, so a
+    second forward before it is caught (torch's in-place check), not silently used."""
+
+    @staticmethod
+    def forward(ctx, grid, op):  # type: ignore[override]
+        ctx.op = op
+        out = op.forward()
+        ctx.save_for_backward(out)
+        return out.abs().sum()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        torch.sign(out, out=out)
+        # (``out`` is no longer the operator's buffer if it was bound to another tensor
+        # since: the transpose needs only the signs.)
+        return ctx.op.transpose(None if out is ctx.op.out else out).mul(g), None
+
+
 def interp_residuals(grid: torch.Tensor) -> torch.Tensor:
     """Residuals of ``grid`` (``(..., D, H, W)``) from the interp coder's predictions (see
     :class:`ResidualOperator`), differentiable in ``grid``."""
@@ -229,7 +259,7 @@ class GridRate(Regularizer):
         self.loss = mse if self.loss is None else LOSS_DECAY * self.loss + (1 - LOSS_DECAY) * mse
         if self.step < self.start or not self.grids:
             return mse.new_zeros(())
-        l1 = sum(op(g).abs().sum() for op, g in zip(self.ops, self.grids)) / self.values
+        l1 = sum(op.l1(g) for op, g in zip(self.ops, self.grids)) / self.values
         return (self.weight * self.loss) * l1
 
     def after_step(self) -> None:
