@@ -35,7 +35,7 @@ from ..models import Architecture, ModelConfig, get_architecture
 from ..neural_volume import NeuralVolume
 from ..pipeline import MAX_LEVELS, CodecSettings
 from ..volume_checks import FLOAT32_MAX
-from .brick_job import run_brick_job
+from .brick_job import release_freed_memory, run_brick_job
 from .pilot import rate_candidates, rate_is_default
 from .plan import (CODEC, FIT_PLACEHOLDER, WIDEST_PIPELINE, codec_settings, fit_settings_for,
                    solve_config, volume_header)
@@ -124,6 +124,9 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     # Mean vertices per brick if every brick held a model (bits per value): the probe's scale.
     probe = max(_MIN_PROBE_VERTICES, budget * _BITS_PER_BYTE / bits / layout.count)
     stats = scan_bricks(volume, layout, probe)
+    # The scan's float64 copies of each brick would otherwise stay in the C heap while
+    # the client waits for its workers' fits.
+    release_freed_memory()
     lo = min(s.lo for s in stats)
     hi = max(s.hi for s in stats)
     if max(abs(lo), abs(hi), hi - lo) > FLOAT32_MAX:
