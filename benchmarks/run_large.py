@@ -9,7 +9,8 @@ time so building it never holds more than two upsampled planes. The encode reads
 memmapped (``np.load(mmap_mode="r")``): brick workers open the file themselves.
 
 Each encode runs in a child process; this script samples the child's whole process tree
-(the client and its brick workers, Dask's nanny and worker processes included) every
+(the client and its brick workers, Dask's nanny and worker processes included; with N
+local workers the client fits too, beside a pool of N - 1 processes) every
 ``--sample`` seconds: the sum of RSS (shared library pages counted once per process) and
 the sum of PSS (shared pages split between the processes that map them: the memory the
 tree actually takes), and the largest single process.

@@ -116,8 +116,8 @@ def _run_futures(holder: List[Any], jobs: Sequence[BrickJob],
     """Submit at most ``window`` jobs at a time; resubmit failed ones up to ``retries``.
     ``holder[0]`` is the executor; ``renew`` replaces a broken process pool; ``local``
     (if given) runs a job in this process, which takes the next job whenever the
-    executor has ``window`` of them (in this thread: an interrupt stops it as it stops
-    a one-process encode)."""
+    executor has ``window`` of them, and the last one (in this thread: an interrupt
+    stops it as it stops a one-process encode)."""
     dask = _is_dask(holder[0])
     pending: List[BrickJob] = list(reversed(jobs))
     attempts: Dict[int, int] = {}
@@ -134,7 +134,10 @@ def _run_futures(holder: List[Any], jobs: Sequence[BrickJob],
         running[fut] = job
 
     def fill() -> None:
-        while pending and len(running) < window:
+        # The last job is left to ``local`` rather than queued behind a busy executor
+        # (which would leave this process idle while it waits).
+        while (pending and len(running) < window
+               and (local is None or len(pending) > 1)):
             submit(pending.pop())
 
     try:
