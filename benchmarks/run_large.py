@@ -9,18 +9,22 @@ time so building it never holds more than two upsampled planes. The encode reads
 memmapped (``np.load(mmap_mode="r")``): brick workers open the file themselves.
 
 Each encode runs in a child process; this script samples the child's whole process tree
-(the client and its brick workers, Dask's nanny and worker processes included) every
+(the client and its brick workers, Dask's nanny and worker processes included; with N
+local workers the client fits too, beside a pool of N - 1 processes) every
 ``--sample`` seconds: the sum of RSS (shared library pages counted once per process) and
 the sum of PSS (shared pages split between the processes that map them: the memory the
 tree actually takes), and the largest single process.
 
 ``--max-bricks N`` fits only the first N model bricks (the others stored as their mean,
-:func:`neurvol.encoding.bricked.partial_bricks`): every fitted brick keeps the budget
-share and model of the full encode, so memory and seconds per brick are what a full run
-costs; the PSNR and max abs error are then those of the fitted bricks' cores, and the row
-is marked partial. A full 1024^3 encode (512 bricks) takes hours on 2 cores.
+:func:`neurvol.encoding.bricked.partial_bricks`), or with ``--largest`` the N with the
+largest budget shares (the largest models, where a full encode's memory peaks): every
+fitted brick keeps the budget share and model of the full encode, so memory and seconds
+per brick are what a full run costs; the PSNR and max abs error are then those of the
+fitted bricks' cores, and the row is marked partial. A full 1024^3 encode (512 bricks)
+takes hours on 2 cores.
 
     python benchmarks/run_large.py --size 512 --max-bricks 4          # minutes
+    python benchmarks/run_large.py --size 512 --max-bricks 4 --largest  # the peak bricks
     python benchmarks/run_large.py --size 1024 --max-bricks 4 --dask  # + a Dask LocalCluster
     python benchmarks/run_large.py --size 512                         # full 512^3 (~15 min)
 """
@@ -172,7 +176,7 @@ def child(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     try:
         if args.max_bricks:
-            with partial_bricks(args.max_bricks):
+            with partial_bricks(args.max_bricks, largest=args.largest):
                 nv = neurvol.encode(vol, ratio=RATIO, brick=args.brick, workers=args.workers,
                                     executor=client, steps=args.steps, codec=codec, quiet=True)
         else:
@@ -234,6 +238,8 @@ def measure(path: str, executor: str, workers: int, args: argparse.Namespace) ->
             cmd += ["--max-bricks", str(args.max_bricks)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
+        if args.largest:
+            cmd += ["--largest"]
         if args.no_rate:
             cmd += ["--no-rate"]
         proc = subprocess.Popen(cmd)
@@ -244,6 +250,7 @@ def measure(path: str, executor: str, workers: int, args: argparse.Namespace) ->
         with open(res) as f:
             enc = json.load(f)
         row = dict(enc, executor=executor, workers=workers, max_bricks=args.max_bricks,
+                   largest=bool(args.max_bricks and args.largest),
                    **evaluate(path, res + ".nvol", enc))
     row.update(peak_rss_sum_gib=s.peak_rss / GIB, peak_pss_sum_gib=s.peak_pss / GIB,
                peak_one_mib=s.peak_one / MIB, processes=s.peak_procs,
@@ -262,7 +269,8 @@ def markdown(rows: List[Dict[str, Any]], speedup: Optional[float]) -> str:
         bp = r["brick_psnr"]
         spread = (f"{bp['min']:.2f} / {bp['median']:.2f} / {bp['max']:.2f} ({bp['std']:.2f})"
                   if bp else "–")
-        fitted = f"{r['fitted']} / {r['bricks']}" + (" (partial)" if r["partial"] else "")
+        fitted = f"{r['fitted']} / {r['bricks']}" + (
+            (" (partial, largest)" if r.get("largest") else " (partial)") if r["partial"] else "")
         # The tree's other processes over the threshold (brick workers; not the resource
         # tracker or a Dask nanny's light parent).
         workers = ", ".join(f"{m:.0f}" for m in r["peak_others_mib"] if m >= WORKER_MIB) or "–"
@@ -276,8 +284,9 @@ def markdown(rows: List[Dict[str, Any]], speedup: Optional[float]) -> str:
     if speedup is not None:
         out += f"\n1 -> 2 local workers: the bricks' fits {speedup:.2f}x faster.\n"
     if any(r["partial"] for r in rows):
-        out += ("\nPartial rows fit only the first bricks (the others stored as their mean): "
-                "PSNR and max abs error are those of the fitted bricks' cores.\n")
+        out += ("\nPartial rows fit only some bricks (the first ones, or those with the "
+                "largest budget shares; the others stored as their mean): PSNR and max abs "
+                "error are those of the fitted bricks' cores.\n")
     return out
 
 
@@ -286,6 +295,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024, help="edge of the volume (default 1024)")
     p.add_argument("--max-bricks", type=int, default=None,
                    help="fit only this many bricks (a partial encode, see the docstring)")
+    p.add_argument("--largest", action="store_true",
+                   help="with --max-bricks: fit the bricks with the largest budget shares")
     p.add_argument("--workers", default="1,2",
                    help="local worker counts to run (default 1,2: the speed-up)")
     p.add_argument("--dask", action="store_true",

@@ -300,6 +300,50 @@ def test_failed_brick_is_retried_then_named():
         run_jobs(jobs, lambda j: j, workers=1, retries=2, fn=broken)
 
 
+def test_local_workers_include_the_calling_process(monkeypatch):
+    # workers=N: a pool of N - 1 processes, and the caller fits jobs too (a third torch
+    # process would only add its import's memory); every job runs once, a failure in
+    # the caller is retried, and no job keeps its brick's values afterwards.
+    import concurrent.futures as cf
+    import threading
+
+    from neurvol.ensemble import executors
+    from neurvol.ensemble.job import BrickJob
+
+    pools = []
+
+    class ThreadPool(cf.ThreadPoolExecutor):     # a process pool's interface, no pickling
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            pools.append(max_workers)
+            super().__init__(max_workers=max_workers)
+
+    monkeypatch.setattr(executors.cf, "ProcessPoolExecutor", ThreadPool)
+    jobs = [BrickJob(brick=b, arch="fvsrn", config={}, fit={}, seed=0, budget=1, k0=2, lo=0.0,
+                     hi=1.0, extent=((0, 2),) * 3, core=((0, 2),) * 3) for b in range(9)]
+    where, calls, lock = {}, {}, threading.Lock()
+
+    def fn(job):
+        assert job.data is not None
+        with lock:
+            calls[job.brick] = calls.get(job.brick, 0) + 1
+            here = threading.current_thread() is threading.main_thread()
+            if here and calls[job.brick] == 1 and not any(where.values()):
+                raise RuntimeError("the first job in the caller fails once")
+            where[job.brick] = here
+        return BrickResult(job.brick, b"x", 2, 1, 0.0, 1, 0.0)
+
+    def with_data(job):
+        job.data = np.zeros(2)
+        return job
+
+    out = executors.run_jobs(jobs, with_data, fn=fn, workers=3, retries=1)
+    assert pools == [2]
+    assert sorted(out) == list(range(9)) and sorted(where) == list(range(9))
+    assert any(where.values()) and not all(where.values())
+    assert sorted(calls.values())[-1] == 2 and sum(calls.values()) == 10
+    assert all(j.data is None for j in jobs)
+
+
 def test_failed_encode_leaves_no_file(tmp_path, sample, monkeypatch):
     import neurvol.encoding.bricked as enc
 

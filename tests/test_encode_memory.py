@@ -119,6 +119,35 @@ def test_partial_bricked_encode_fits_the_first_bricks_as_a_full_encode_does():
     assert part.jobs_seconds > 0
 
 
+def test_partial_bricked_encode_can_fit_the_bricks_with_the_largest_shares(monkeypatch):
+    # Memory peaks on the largest models: a partial encode can fit those bricks, each as
+    # a full encode fits it.
+    from neurvol.encoding import bricked
+
+    budgets = {}
+    real = bricked.run_jobs
+
+    def recording(jobs, *args, **kwargs):
+        budgets.update({j.brick: j.budget for j in jobs})
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(bricked, "run_jobs", recording)
+    sample = neurvol.sample_volume()
+    full = neurvol.encode(sample, bricks=(2, 2, 2), ghost=2, **OPTS)
+    assert len(set(budgets.values())) > 2            # shares differ: the choice matters
+    largest = sorted(sorted(budgets, key=lambda b: (-budgets[b], b))[:3])
+    assert largest != [0, 1, 2]
+    with partial_bricks(3, largest=True):
+        part = neurvol.encode(sample, bricks=(2, 2, 2), ghost=2, **OPTS)
+    assert part.partial_bricks == largest
+    for b in range(8):
+        payload = part._reader.read_brick(b)
+        if b in largest:
+            assert payload == full._reader.read_brick(b)
+        else:
+            assert payload[:1] == b"\x00"
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_partial_bricks_refuses_a_bad_count(bad):
     with pytest.raises(NeurvolInputError, match="max_bricks"):
@@ -127,24 +156,80 @@ def test_partial_bricks_refuses_a_bad_count(bad):
 
 
 @pytest.mark.parametrize("shape", [(3, 1, 5, 6, 7), (2, 1, 1, 1, 9), (1, 2, 3, 2),
-                                   (4, 1, 17, 9, 33), (1, 1, 1)])
-def test_rate_operator_csr_is_the_coders_residuals_and_its_transpose(shape):
-    # The rate penalty's operator is built straight in CSR order (no COO sorts, the fit's
-    # largest transient allocation otherwise): applied to a grid it gives the interp
-    # coder's residuals, and its second half is its exact transpose.
+                                   (4, 1, 17, 9, 33), (1, 1, 1), (1, 1, 40, 3, 70)])
+def test_rate_residuals_are_the_coders_and_their_gradient_is_the_transpose(shape):
+    # The rate penalty's residuals come from strided slices of the grid (no operator
+    # matrix, which cost over a hundred bytes per grid value): they are the interp
+    # coder's residuals in its stream order, and the gradient is the exact transpose.
+    import torch
+
     from neurvol.compress.interp import interp_encode
-    from neurvol.fit.rate import residual_csr
+    from neurvol.fit.rate import ResidualOperator
 
-    def dense(crow, col, val):
-        out = np.zeros((crow.size - 1,) * 2, np.float64)
-        rows = np.repeat(np.arange(crow.size - 1), np.diff(crow))
-        assert all(np.all(np.diff(col[crow[r]:crow[r + 1]]) > 0) for r in range(crow.size - 1))
-        out[rows, col] = val
-        return out
-
-    op, op_t = (dense(*arrays) for arrays in residual_csr(shape))
-    np.testing.assert_array_equal(op_t, op.T)
     x = np.random.default_rng(1).normal(size=shape)
     step = 1e-7
     codes, _ = interp_encode(x, step)
-    np.testing.assert_allclose(op @ x.reshape(-1), codes.reshape(-1) * step, atol=1e-5)
+    op = ResidualOperator(shape)
+    grid = torch.from_numpy(x).requires_grad_()
+    r = op(grid)
+    np.testing.assert_allclose(r.detach().numpy(), codes.reshape(-1) * step, atol=1e-5)
+    # The operator as a dense matrix, one column per unit grid; the gradient of
+    # <w, op(grid)> is op.T @ w for any w.
+    n = x.size
+    dense = np.stack([op(torch.from_numpy(np.eye(n)[i].reshape(shape))).detach().numpy()
+                      for i in range(n)], axis=1) if n <= 1000 else None
+    w = np.random.default_rng(2).normal(size=n)
+    (r * torch.from_numpy(w)).sum().backward()
+    if dense is not None:
+        np.testing.assert_allclose(dense @ x.reshape(-1), r.detach().numpy(), atol=1e-12)
+        np.testing.assert_allclose(grid.grad.numpy().reshape(-1), dense.T @ w, atol=1e-12)
+    small = torch.from_numpy(x.reshape((-1,) + x.shape[-3:])[:1, :9, :7, :10].copy())
+    small.requires_grad_()
+    assert torch.autograd.gradcheck(ResidualOperator(small.shape), (small,))
+
+
+def test_rate_operator_follows_its_grid_and_refuses_another_shape():
+    # The operator keeps views of the grid it was last given (the fit's parameter):
+    # a new tensor, or the same one changed in place, gives its own residuals.
+    import torch
+
+    from neurvol.fit.rate import ResidualOperator, interp_residuals
+
+    rng = np.random.default_rng(3)
+    a, b = (torch.from_numpy(rng.normal(size=(2, 1, 6, 5, 7))) for _ in range(2))
+    op = ResidualOperator(a.shape)
+    ra = op(a)
+    assert torch.equal(op(b), interp_residuals(b))
+    assert torch.equal(op(a), ra)
+    a.mul_(2.0)
+    torch.testing.assert_close(op(a), 2.0 * ra)
+    with pytest.raises(ValueError, match="residual operator"):
+        op(torch.zeros(2, 1, 6, 5, 6, dtype=torch.float64))
+
+
+def test_rate_l1_is_the_residuals_l1_forwards_and_backwards():
+    # The penalty's sum |residual| keeps residuals and signs in the operator's buffer:
+    # the same value and gradient as through the residuals, also after the operator
+    # was given another grid; a second forward before the backward is refused.
+    import torch
+
+    from neurvol.fit.rate import ResidualOperator
+
+    rng = np.random.default_rng(4)
+    x, other = rng.normal(size=(2, 1, 9, 8, 11)), rng.normal(size=(2, 1, 9, 8, 11))
+    op = ResidualOperator(x.shape)
+    ref = torch.from_numpy(x).requires_grad_()
+    op(ref).abs().sum().backward()
+    for rebind in (False, True):
+        grid = torch.from_numpy(x).requires_grad_()
+        total = op.l1(grid)
+        if rebind:
+            op(torch.from_numpy(other))
+        (3.0 * total).backward()
+        torch.testing.assert_close(total, op(ref).abs().sum())
+        torch.testing.assert_close(grid.grad, 3.0 * ref.grad)
+    grid = torch.from_numpy(x).requires_grad_()
+    first = op.l1(grid)
+    op.l1(grid)
+    with pytest.raises(RuntimeError, match="inplace"):
+        first.backward()

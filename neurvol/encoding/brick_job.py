@@ -28,7 +28,7 @@ from ..fit.evaluate import model_sse
 from ..models import get_architecture
 from ..metrics import psnr_from_mse
 from ..pipeline import Compressed
-from .pilot import pilot_keeps
+from .pilot import drop_gradients, pilot_keeps
 from .plan import codec_settings
 from .single import ModelFit, advance, compress_fitted, start_fit
 
@@ -180,6 +180,7 @@ def _finish(job: BrickJob, run: ModelFit, stop: Optional[Plateau], target: np.nd
     model's error on the core."""
     advance(run, stop=stop)
     result = run.fitting.finish()
+    drop_gradients(run.model)
     packed = _compress(job, run, target, job.core)
     model = run.model
     sse = _stored_sse(model, packed.payload, target, job.core, into=model)

@@ -35,7 +35,7 @@ from ..models import Architecture, ModelConfig, get_architecture
 from ..neural_volume import NeuralVolume
 from ..pipeline import MAX_LEVELS, CodecSettings
 from ..volume_checks import FLOAT32_MAX
-from .brick_job import run_brick_job
+from .brick_job import release_freed_memory, run_brick_job
 from .pilot import rate_candidates, rate_is_default
 from .plan import (CODEC, FIT_PLACEHOLDER, WIDEST_PIPELINE, codec_settings, fit_settings_for,
                    solve_config, volume_header)
@@ -67,10 +67,11 @@ _BITS_PER_BYTE = 8.0
 #: Fewest vertices the rate-distortion probe resamples a brick through.
 _MIN_PROBE_VERTICES = 8.0
 #: Benchmarks of volumes too large to encode in full (``benchmarks/run_large.py``): at
-#: most this many model bricks are fitted (the first ones, in brick order), the others
-#: stored as their mean. Every brick keeps the budget share and model of a full encode,
-#: so the fitted bricks cost (time, memory) what they would in a full encode.
-_BRICK_LIMIT: "contextvars.ContextVar[Optional[int]]" = contextvars.ContextVar(
+#: most this many model bricks are fitted (the first ones in brick order, or those with
+#: the largest budget shares), the others stored as their mean. Every brick keeps the
+#: budget share and model of a full encode, so the fitted bricks cost (time, memory)
+#: what they would in a full encode.
+_BRICK_LIMIT: "contextvars.ContextVar[Optional[Tuple[int, bool]]]" = contextvars.ContextVar(
     "neurvol_brick_limit", default=None)
 #: Rounds of sizing the header (its model table depends on the configs, and the configs
 #: on the bytes the header leaves).
@@ -78,14 +79,16 @@ _SIZING_ROUNDS = 4
 
 
 @contextlib.contextmanager
-def partial_bricks(max_bricks: int) -> Iterator[None]:
-    """Within this context a bricked encode fits only its first ``max_bricks`` model
-    bricks and stores the others as constants (their mean): a partial file, for measuring
-    the time and memory per brick of volumes too large to encode in full. The encoded
-    volume's ``partial_bricks`` attribute lists the fitted bricks."""
+def partial_bricks(max_bricks: int, largest: bool = False) -> Iterator[None]:
+    """Within this context a bricked encode fits only ``max_bricks`` of its model bricks
+    and stores the others as constants (their mean): a partial file, for measuring the
+    time and memory per brick of volumes too large to encode in full. The fitted bricks
+    are the first ones in brick order, or with ``largest`` those with the largest budget
+    shares (ties in brick order): the largest models, where a full encode's memory peaks.
+    The encoded volume's ``partial_bricks`` attribute lists the fitted bricks."""
     if isinstance(max_bricks, bool) or not isinstance(max_bricks, int) or max_bricks < 1:
         raise NeurvolInputError(f"max_bricks must be a positive int, got {max_bricks!r}")
-    token = _BRICK_LIMIT.set(max_bricks)
+    token = _BRICK_LIMIT.set((max_bricks, bool(largest)))
     try:
         yield
     finally:
@@ -121,6 +124,9 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     # Mean vertices per brick if every brick held a model (bits per value): the probe's scale.
     probe = max(_MIN_PROBE_VERTICES, budget * _BITS_PER_BYTE / bits / layout.count)
     stats = scan_bricks(volume, layout, probe)
+    # The scan's float64 copies of each brick would otherwise stay in the C heap while
+    # the client waits for its workers' fits.
+    release_freed_memory()
     lo = min(s.lo for s in stats)
     hi = max(s.hi for s in stats)
     if max(abs(lo), abs(hi), hi - lo) > FLOAT32_MAX:
@@ -222,11 +228,14 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
             job.data = np.array(read_block(volume, tuple(slice(a, z) for a, z in job.extent)))
         return job
 
-    limit = _BRICK_LIMIT.get()
+    partial = _BRICK_LIMIT.get()
     skipped: List[int] = []
-    if limit is not None and len(jobs) > limit:
-        skipped = [j.brick for j in jobs[limit:]]
-        jobs = jobs[:limit]
+    if partial is not None and len(jobs) > partial[0]:
+        limit, largest = partial
+        chosen = jobs[:limit] if not largest else sorted(
+            sorted(jobs, key=lambda j: (-j.budget, j.brick))[:limit], key=lambda j: j.brick)
+        skipped = sorted(set(j.brick for j in jobs) - set(j.brick for j in chosen))
+        jobs = chosen
         log.info("encode: partial encode, %d of %d model bricks fitted", limit,
                  len(model_bricks))
     if workers is None:
@@ -283,7 +292,7 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     # it: the spread says how fair the budget's split was.
     nv.brick_psnr = {b: psnr_from_mse(r.sse / max(r.voxels, 1))
                      for b, r in sorted(results.items())}
-    if limit is not None:
+    if partial is not None:
         nv.partial_bricks = sorted(results)
     return nv
 

@@ -71,6 +71,13 @@ def float_psnr(model: VolumeModel, data: torch.Tensor,
     return psnr_from_mse(sse / voxels)
 
 
+def drop_gradients(model: VolumeModel) -> None:
+    """Free ``model``'s gradients while it is not training (a fit sets them anew at its
+    next step), so that they are not held beside a copy being coded."""
+    for p in model.parameters():
+        p.grad = None
+
+
 def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
                 coded_psnr: Callable[[ModelFit], float],
                 max_coding_loss: Optional[float] = None) -> bool:
@@ -84,6 +91,7 @@ def pilot_keeps(run: ModelFit, advance_to: Callable[[int], None],
     advance_to(int(RATE_PILOT_EARLY * run.settings.steps))
     early_psnr = float_psnr(copy.deepcopy(run.model).cpu().eval(), run.data, run.valid)
     advance_to(int(RATE_PILOT * run.settings.steps))
+    drop_gradients(run.model)
     probe = dataclasses.replace(
         run, model=copy.deepcopy(run.model),
         # Learned pruning (smallify, vd) trains in the fine-tune; magnitude pruning to the

@@ -1,6 +1,9 @@
 """Run brick jobs: in-process, on a local process pool, or on a Dask cluster.
 
 Every executor gives the same bytes for the same jobs (see :mod:`neurvol.ensemble.job`).
+With ``workers`` local processes, the calling process is one of them: it fits jobs
+between looking after a pool of ``workers - 1`` (it has torch loaded anyway, and a third
+torch process would only add its import to the memory of the encode).
 A job that raises a :class:`~neurvol.NeurvolError` (e.g. its budget share is too small)
 fails the encode at once; any other failure (a crashed or killed worker, a lost Dask
 worker) is retried up to ``retries`` times, then the encode fails naming the brick.
@@ -43,8 +46,9 @@ def run_jobs(jobs: Sequence[BrickJob], make_job_data: Callable[[BrickJob], Brick
 
     make_job_data: called on a job just before it is submitted (fills ``job.data`` for
     inputs workers cannot open themselves), so at most a few bricks are in memory.
-    workers: local processes (1: run in this process). executor: a
-    ``distributed.Client`` or any ``concurrent.futures.Executor`` (overrides workers).
+    workers: local processes fitting, this one included (1: run in this process only).
+    executor: a ``distributed.Client`` or any ``concurrent.futures.Executor`` (overrides
+    workers).
     """
     from tqdm.auto import tqdm
 
@@ -59,6 +63,7 @@ def run_jobs(jobs: Sequence[BrickJob], make_job_data: Callable[[BrickJob], Brick
         if executor is None and workers <= 1:
             for job in jobs:
                 done(_retrying(lambda j=job: fn(make_job_data(j)), job.brick, retries))
+                job.data = None      # the brick's values, read for the job
             return results
         if executor is not None:
             _run_futures([executor], jobs, make_job_data, retries, done, fn,
@@ -68,12 +73,14 @@ def run_jobs(jobs: Sequence[BrickJob], make_job_data: Callable[[BrickJob], Brick
         threads = max(1, int(jobs[0].threads))
 
         def new_pool() -> cf.ProcessPoolExecutor:
-            return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+            return cf.ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx,
                                           initializer=_pool_init, initargs=(threads,))
         holder = [new_pool()]
         try:
-            _run_futures(holder, jobs, make_job_data, retries, done, fn, window=2 * workers,
-                         renew=new_pool)
+            _run_futures(holder, jobs, make_job_data, retries, done, fn,
+                         window=2 * (workers - 1), renew=new_pool,
+                         local=lambda job: _retrying(lambda: fn(make_job_data(job)),
+                                                     job.brick, retries))
         finally:
             holder[0].shutdown(wait=True, cancel_futures=True)
     return results
@@ -104,9 +111,13 @@ def _dask_threads(client: Any) -> int:
 def _run_futures(holder: List[Any], jobs: Sequence[BrickJob],
                  make_job_data: Callable[[BrickJob], BrickJob], retries: int,
                  done: Callable[[BrickResult], None], fn: Callable[[BrickJob], BrickResult],
-                 window: int, renew: Optional[Callable[[], Any]] = None) -> None:
+                 window: int, renew: Optional[Callable[[], Any]] = None,
+                 local: Optional[Callable[[BrickJob], BrickResult]] = None) -> None:
     """Submit at most ``window`` jobs at a time; resubmit failed ones up to ``retries``.
-    ``holder[0]`` is the executor; ``renew`` replaces a broken process pool."""
+    ``holder[0]`` is the executor; ``renew`` replaces a broken process pool; ``local``
+    (if given) runs a job in this process, which takes the next job whenever the
+    executor has ``window`` of them, and the last one (in this thread: an interrupt
+    stops it as it stops a one-process encode)."""
     dask = _is_dask(holder[0])
     pending: List[BrickJob] = list(reversed(jobs))
     attempts: Dict[int, int] = {}
@@ -123,13 +134,22 @@ def _run_futures(holder: List[Any], jobs: Sequence[BrickJob],
         running[fut] = job
 
     def fill() -> None:
-        while pending and len(running) < window:
+        # The last job is left to ``local`` rather than queued behind a busy executor
+        # (which would leave this process idle while it waits).
+        while (pending and len(running) < window
+               and (local is None or len(pending) > 1)):
             submit(pending.pop())
 
     try:
         fill()
-        while running:
-            finished = _wait_first(running, dask)
+        while running or pending:
+            if local is not None and pending:
+                job = pending.pop()
+                done(local(job))
+                job.data = None
+                finished = _finished(running)
+            else:
+                finished = _wait_first(running, dask)
             for fut in finished:
                 job = running.pop(fut)
                 try:
@@ -158,11 +178,17 @@ def _run_futures(holder: List[Any], jobs: Sequence[BrickJob],
                         holder[0] = renew()
                         break
                     continue
+                job.data = None          # the brick's values, read for the job
                 done(res)
             fill()
     finally:
         for fut in running:
             fut.cancel()
+
+
+def _finished(running: Dict[Any, BrickJob]) -> List[Any]:
+    """The futures of ``running`` that are done (no waiting)."""
+    return [fut for fut in running if fut.done()]
 
 
 def _broken(pool: cf.ProcessPoolExecutor) -> bool:
