@@ -179,8 +179,10 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
                          "Time series: one series encode against independent steps"),
     "masked": ScriptPart("run_masked.py", (), "Masked volumes: NaN regions as a lossless mask"),
     # 8 of the 1024^3 volume's 512 bricks (a full encode takes hours on 2 cores).
-    "large": ScriptPart("run_large.py", ("--size", "1024", "--max-bricks", "8", "--dask"),
-                        "Out of core: 1024^3 float32, memory of the encoding process tree"),
+    "large": ScriptPart("run_large.py", ("--size", "512", "--max-bricks", "4", "--largest",
+                                         "--workers", "1,2", "--dask"),
+                        "Out of core: 512^3 float32, memory of the encoding process tree "
+                        "on its hardest bricks"),
 }
 
 
