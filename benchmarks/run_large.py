@@ -168,7 +168,13 @@ def child(args: argparse.Namespace) -> None:
     vol = np.load(args.path, mmap_mode="r")
     client = cluster = None
     if args.executor == "dask":
+        import dask
         from distributed import Client, LocalCluster
+        # distributed's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536 (return
+        # memory to the OS early), which also fixes glibc's otherwise adaptive mmap
+        # threshold: a fit's large per-step buffers are then mapped and unmapped every
+        # step. None unsets it; brick jobs trim the heap themselves after each brick.
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)
