@@ -57,6 +57,16 @@ def _cell_key(coords: np.ndarray, cells: int, dtype: Any = np.int64) -> np.ndarr
     return key
 
 
+def _store_local(p: np.ndarray, lo, span, out: np.ndarray) -> None:
+    """``2 (p - lo) / span - 1`` in float64, in that order (BrickLayout.local's, so the same
+    bits), in place (one temporary), stored into ``out`` (a column of float32 locals)."""
+    d = p - lo
+    d *= 2.0
+    d /= span
+    d -= 1.0
+    out[...] = d
+
+
 @dataclasses.dataclass(frozen=True)
 class BrickBatches:
     """The (point, brick) entries of ``n_points`` points, grouped by brick.
@@ -269,12 +279,7 @@ class Router:
                 near = p < np.take(ct.lower, g)
                 near |= p >= np.take(ct.upper, g)
                 band = near if band is None else np.logical_or(band, near, out=band)
-            # 2 (p - lo) / (hi - lo) - 1 in the order of BrickLayout.local.
-            d = p - np.take(ct.lo, g)
-            d *= 2.0
-            d /= np.take(ct.span, g)
-            d -= 1.0
-            local[:, axis] = d
+            _store_local(p, np.take(ct.lo, g), np.take(ct.span, g), local[:, axis])
         np.clip(local, -1.0, 1.0, out=local)
         if band is None or not band.any():
             return None
@@ -311,17 +316,10 @@ class Router:
         if out is None:
             out = np.empty((bricks[0].shape[0], 3), dtype=np.float32)
         for axis, (t, c, p) in enumerate(zip(self._axes, bricks, index)):
-            # ``2 (p - lo) / span - 1`` in that order, in place (one temporary per axis).
             if t.bricks == 1:
-                d = p - t.lo[0]
-                d *= 2.0
-                d /= t.span[0]
+                _store_local(p, t.lo[0], t.span[0], out[:, axis])
             else:
-                d = p - np.take(t.lo, c)
-                d *= 2.0
-                d /= np.take(t.span, c)
-            d -= 1.0
-            out[:, axis] = d
+                _store_local(p, np.take(t.lo, c), np.take(t.span, c), out[:, axis])
         np.clip(out, -1.0, 1.0, out=out)
         return out
 
