@@ -20,6 +20,7 @@ from .layout import (BASE_CLASS, CUBIC_MODES, DATA_MODES, ESCAPE, FLAG_TABLES_RA
                      MAX_ALPHABET, MAX_BLOCK, MIN_BLOCK, MODE_BASE, MODE_NAMES, N_CLASSES,
                      TABLE_MAP_SHIFT, block_grid, block_slices, blocks_by_shape, cast_to,
                      parse_head, table_of)
+from . import kernels
 from .predict import AXIS_ORDERS, interp_passes
 from ..interp import MAX_CODE
 
@@ -59,6 +60,23 @@ class DecodedBlocks:
         if idx.size:
             out.reshape(-1)[idx] = vals
         return out
+
+
+@dataclasses.dataclass
+class _Opened:
+    """A block's rANS words (its word stack, little-endian u32) and escapes, as stored."""
+
+    words: np.ndarray
+    escapes: List[int]
+    what: str
+
+    def symbols(self) -> "_Symbols":
+        """A reader of the block's symbols (constriction's coder over the words)."""
+        try:
+            coder = constriction().stream.stack.AnsCoder(self.words)   # copies the words
+        except Exception as exc:   # constriction raises plain exceptions
+            raise NeurvolFormatError(f"{self.what}: damaged rans stream: {exc}") from exc
+        return _Symbols(coder, self.escapes, self.what)
 
 
 @dataclasses.dataclass
@@ -174,6 +192,8 @@ class CorrectionStream:
                                      "damaged")
         # The rANS model of each class, built on first use (shared tables share a model).
         self._models: List[Optional[object]] = [None] * N_CLASSES
+        # The compiled decoder's cumulative tables, built on first use.
+        self._class_tables = None
         self.nblocks = int(np.prod(block_grid(self.shape, block)))
         ilen = head.index_len
         if ilen == -1:                     # version 1: the frame's length follows the tables
@@ -233,8 +253,8 @@ class CorrectionStream:
             self._models[key] = model
         return self._models[key]
 
-    def _open_block(self, i: int, n: int) -> Tuple[int, _Symbols, Tuple[np.ndarray, np.ndarray]]:
-        """Mode, symbol reader and exceptions of block ``i`` of ``n`` voxels."""
+    def _open_block(self, i: int, n: int) -> Tuple[int, "_Opened", Tuple[np.ndarray, np.ndarray]]:
+        """Mode, rANS words and escapes, and exceptions of block ``i`` of ``n`` voxels."""
         what = f"{self.what} block {i}"
         # A view, not a copy: a query opens about a thousand blocks.
         data = self._view[int(self._offsets[i]):int(self._offsets[i + 1])]
@@ -266,12 +286,8 @@ class CorrectionStream:
                                          "damaged")
         if (len(data) - pos) % 4:
             raise NeurvolFormatError(f"{what}: truncated block; the file is damaged")
-        words = np.frombuffer(data[pos:], dtype="<u4")     # the coder copies its words
-        try:
-            coder = constriction().stream.stack.AnsCoder(words)
-        except Exception as exc:   # constriction raises plain exceptions
-            raise NeurvolFormatError(f"{what}: damaged rans stream: {exc}") from exc
-        return mode, _Symbols(coder, escapes, what), (idx, exc_vals)
+        words = np.frombuffer(data[pos:], dtype="<u4")
+        return mode, _Opened(words, escapes, what), (idx, exc_vals)
 
     def decode_blocks(self, ids: Sequence[int], threads: int = 1) -> List[DecodedBlocks]:
         """Blocks ``ids`` decoded side by side, grouped by shape (at most
@@ -299,7 +315,39 @@ class CorrectionStream:
         n = int(np.prod(shape3))
         opened = [self._open_block(i, n) for i in ids]
         modes = np.asarray([m for m, _, _ in opened], dtype=np.int64)
-        r = np.empty((len(ids),) + shape3, dtype=np.float64)
+        if kernels.available():
+            r = self._decode_compiled(ids, shape3, opened, modes)
+        else:
+            r = self._decode_numpy(shape3, opened, modes)
+        return DecodedBlocks(list(ids), modes, r, [exc for _, _, exc in opened])
+
+    def _decode_compiled(self, ids: List[int], shape3: Tuple[int, int, int], opened,
+                         modes: np.ndarray) -> np.ndarray:
+        """The blocks' ``r`` from :mod:`.kernels` (the same values as
+        :meth:`_decode_numpy`)."""
+        if self._class_tables is None:
+            self._class_tables = kernels.class_tables(self._tables, self.table_map)
+        kinds = np.where(modes == MODE_BASE, kernels.KIND_BASE,
+                         np.where(np.isin(modes, CUBIC_MODES), kernels.KIND_CUBIC,
+                                  kernels.KIND_LINEAR))
+        blocks = [(o.words, np.asarray(o.escapes, dtype=np.int64), int(k))
+                  for (_, o, _), k in zip(opened, kinds.tolist())]
+        r, status = kernels.decode_blocks(blocks, shape3, self._class_tables, self.step,
+                                          self.levels, AXIS_ORDERS[self.order])
+        bad = np.flatnonzero(status[:, 0] != kernels.OK)
+        if bad.size:
+            j = int(bad[0])
+            raise NeurvolFormatError(f"{self.what} block {ids[j]}: "
+                                     f"{kernels.MESSAGES[int(status[j, 0])]}; the file is "
+                                     "damaged")
+        return r
+
+    def _decode_numpy(self, shape3: Tuple[int, int, int], opened,
+                      modes: np.ndarray) -> np.ndarray:
+        """The blocks' ``r`` with numpy: each pass of the predictor over all blocks side by
+        side, the symbols read through constriction block by block and class by class."""
+        symbols = [o.symbols() for _, o, _ in opened]
+        r = np.empty((len(opened),) + shape3, dtype=np.float64)
         for kind in (True, False, None):     # cubic, linear, base mode
             if kind is None:
                 rows = np.flatnonzero(modes == MODE_BASE)
@@ -308,7 +356,7 @@ class CorrectionStream:
                                       & (np.isin(modes, CUBIC_MODES) == kind))
             if not rows.size:
                 continue
-            readers = [opened[j][1] for j in rows]
+            readers = [symbols[j] for j in rows]
             if kind is None:
                 cls = np.full((len(rows),) + shape3, BASE_CLASS, np.uint8)
                 r[rows] = _read_codes(readers, cls, self._models, self._model_for) * self.step
@@ -319,7 +367,7 @@ class CorrectionStream:
                                         *self.levels, order=AXIS_ORDERS[self.order])
             for rd in readers:
                 rd.check_done()
-        return DecodedBlocks(list(ids), modes, r, [exc for _, _, exc in opened])
+        return r
 
     def decode_block(self, i: int, base: Optional[np.ndarray], *,
                      before_cast: bool = False) -> np.ndarray:

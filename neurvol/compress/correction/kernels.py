@@ -1,0 +1,352 @@
+"""Compiled decoding of correction blocks (``spec/correction.md`` §2.3–§2.4), with numba.
+
+The numpy decoder (:mod:`.stream`) runs the predictor a pass at a time over many blocks
+side by side, but it still does some forty array operations per voxel, and the rANS
+symbols are read class by class through Python calls; a point query touching a thousand
+small blocks pays for that. Here one compiled loop per block reads each symbol, predicts
+each point and computes its class in one go, the rANS coder written from
+``spec/payload.md`` §2.3 (tests check it against constriction and the spec's own
+decoder). The values are the numpy decoder's bit for bit: the same binary64 operations
+in the same order (numba does not contract ``a * b + c`` into fused multiply-adds
+without ``fastmath``).
+
+numba is optional (``pip install "neurvol[fast]"``): without it, or with
+``NEURVOL_NUMBA=0`` in the environment, :func:`available` is false and readers use the
+numpy decoder."""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from .entropy import _WEIGHTS
+from .layout import (ANCHOR_CLASS, BASE_CLASS, ESCAPE, LEVEL_COARSE, LEVEL_FINE, LEVEL_MID,
+                     N_CLASSES, N_CODE_CONTEXTS, N_ROUGHNESS, ROUGHNESS_EDGES, table_of)
+from .predict import _top, level_step, prediction_passes
+from ..interp import MAX_CODE
+
+#: Environment switch: ``NEURVOL_NUMBA=0`` keeps the numpy decoder even where numba is
+#: installed (tests compare the two; a user can rule out the compiled path).
+ENV_SWITCH = "NEURVOL_NUMBA"
+
+#: rANS (payload.md §2.3): probability bits and word size.
+PRECISION = 24
+WORD_BITS = 32
+
+#: How a block is decoded: the interpolation predictor with the cubic or the linear kernel
+#: (modes 0 and 2, 1 and 3), or every voxel alone (mode 4).
+KIND_CUBIC, KIND_LINEAR, KIND_BASE = 0, 1, 2
+
+#: What a block's decode reports (the first field of its status row); the second field
+#: says which class, symbol or count was at fault.
+OK = 0
+BAD_FIRST_WORD = 1      # the last word of the stack is 0
+NO_TABLE = 2            # a class whose table the stream does not hold
+BAD_ESCAPE = 3          # an escape with no value left, or a value out of range
+LEFT_OVER = 4           # words, state or escapes left after the last symbol
+ZERO_WEIGHT = 5         # a symbol whose weight is 0
+MESSAGES = {
+    BAD_FIRST_WORD: "damaged rans stream: its last word is 0",
+    NO_TABLE: "a block uses a class whose table the stream does not hold",
+    BAD_ESCAPE: "bad escape",
+    LEFT_OVER: "symbols left over",
+    ZERO_WEIGHT: "damaged rans stream: a symbol its table gives weight 0",
+}
+
+try:  # numba is optional: the numpy decoder is the fallback
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        raise ImportError(f"{ENV_SWITCH}=0")
+    from numba import njit
+except ImportError:          # pragma: no cover - exercised by the numpy-only CI run
+    njit = None
+
+
+def available() -> bool:
+    """Whether the compiled decoder can be used (numba installed and not switched off)."""
+    return njit is not None
+
+
+def class_tables(tables: dict, table_map: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                        np.ndarray]:
+    """The cumulative tables F (payload.md §2.3.2) of every class, concatenated:
+    ``(F, offset per class (-1: no table), alphabet per class, a flag per F entry for the
+    symbols that need a second look: weight 0, or the escape)``. ``tables``: the stream's weight codes by table class."""
+    chunks: List[np.ndarray] = []
+    zero: List[np.ndarray] = []
+    start = {}
+    pos = 0
+    for key in sorted(tables):
+        w = _WEIGHTS[np.asarray(tables[key], dtype=np.int64)]
+        chunks.append(cumulative(w))
+        special = np.append(w == 0, True)
+        if w.size > ESCAPE:
+            special[ESCAPE] = True
+        zero.append(special.astype(np.uint8))
+        start[key] = (pos, w.size)
+        pos += w.size + 1
+    off = np.full(N_CLASSES, -1, dtype=np.int64)
+    alpha = np.zeros(N_CLASSES, dtype=np.int64)
+    for c in range(N_CLASSES):
+        t = table_of(c, table_map)
+        if t in start:
+            off[c], alpha[c] = start[t]
+    f = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    z = np.concatenate(zero) if zero else np.zeros(0, dtype=np.uint8)
+    return f, off, alpha, z
+
+
+def cumulative(counts: np.ndarray) -> np.ndarray:
+    """F_0 .. F_A of payload.md §2.3.2, in its operation order (binary64, left to right:
+    ``np.cumsum`` adds sequentially, unlike ``np.sum``)."""
+    c = np.asarray(counts, dtype=np.float64)
+    a = c.size
+    p = c / float(np.int64(c.sum()))
+    s = float(np.cumsum(p)[-1])
+    scale = float((1 << PRECISION) - a) / s
+    acc = np.concatenate([[0.0], np.cumsum(p)[:-1]])
+    f = np.empty(a + 1, dtype=np.int64)
+    f[:a] = np.floor(acc * scale).astype(np.int64) + np.arange(a)
+    f[a] = 1 << PRECISION
+    return f
+
+
+def pass_table(shape3: Tuple[int, int, int], order: Tuple[int, int, int], step: float,
+               alpha: float, beta: float) -> Tuple[np.ndarray, np.ndarray, float]:
+    """The passes of a block of ``shape3`` (§2.4) as rows ``(axis, h, level, start_z,
+    stride_z, start_y, stride_y, start_x, stride_x)`` and each pass's bin width; and the
+    anchor's bin width."""
+    rows, steps = [], []
+    for axis, h, sel in prediction_passes((1,) + tuple(shape3), order):
+        level = LEVEL_FINE if h == 1 else LEVEL_MID if h == 2 else LEVEL_COARSE
+        row = [axis, h, level]
+        for b in range(3):
+            s = sel[1 + b]
+            row += [h, 2 * h] if b == axis else [0, s.step or 1]
+        rows.append(row)
+        steps.append(level_step(step, h, alpha, beta))
+    s0 = level_step(step, _top((1,) + tuple(shape3)), alpha, beta)
+    return (np.asarray(rows, dtype=np.int64).reshape(-1, 9),
+            np.asarray(steps, dtype=np.float64), s0)
+
+
+def _kernels():
+    """Compile the kernels (numba's cache keeps them across processes)."""
+
+    @njit(nogil=True, cache=True, inline="always")
+    def read_symbol(x, nxt, words, lo, ftab, off, a):
+        """One symbol (payload.md §2.3.3) from the table at ``ftab[off:]`` of ``a``
+        symbols: returns ``(symbol, state, next word)``. Plain values in and out, so the
+        state stays in registers; the common symbol 0 takes one comparison. Escapes and
+        zero-weight symbols are looked at afterwards (:func:`finish_symbol`), off the
+        coder's chain of dependent operations."""
+        q = np.int64(x & np.uint64((1 << PRECISION) - 1))
+        f1 = ftab[off + 1]
+        if q < f1:
+            i = 0
+            f0 = np.int64(0)
+        else:
+            lo_i, hi_i = 1, a
+            while hi_i - lo_i > 1:
+                mid = (lo_i + hi_i) >> 1
+                if ftab[off + mid] <= q:
+                    lo_i = mid
+                else:
+                    hi_i = mid
+            i = lo_i
+            f0 = ftab[off + i]
+            f1 = ftab[off + i + 1]
+        x = (x >> np.uint64(PRECISION)) * np.uint64(f1 - f0) + np.uint64(q - f0)
+        if x < np.uint64(1 << WORD_BITS) and nxt >= lo:
+            x = (x << np.uint64(WORD_BITS)) | np.uint64(words[nxt])
+            nxt -= 1
+        return i, x, nxt
+
+    @njit(nogil=True, cache=True, inline="always")
+    def finish_symbol(s, special, e, esc, eend):
+        """``(code, next escape, status)`` of symbol ``s`` (``special``: its table flags it
+        as the escape or as weight 0)."""
+        err = OK
+        if special:
+            if s != ESCAPE:
+                err = ZERO_WEIGHT
+            elif e >= eend:
+                err = BAD_ESCAPE
+            else:
+                s = esc[e]
+                e += 1
+                if s < ESCAPE or s > 2 * MAX_CODE + 1:
+                    err = BAD_ESCAPE
+        return (s >> 1) ^ -(s & 1), e, err
+
+    @njit(nogil=True, cache=True)
+    def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fspecial,
+               passes, psteps, s0, step, out, status):
+        """Blocks side by side (one after another): ``kinds`` 0 cubic, 1 linear (the
+        interpolation modes), 2 base; ``out`` (n, d, h, w) float64 receives ``r``."""
+        n, d, hh, w = out.shape
+        npts = d * hh * w
+        qm = np.zeros(npts, dtype=np.uint8)
+        pidx = np.empty(npts, dtype=np.int64)
+        pcls = np.empty(npts, dtype=np.int64)
+        ppred = np.empty(npts, dtype=np.float64)
+        order = np.empty(npts, dtype=np.int64)
+        sym = np.empty(npts, dtype=np.int64)
+        counts = np.zeros(N_CLASSES + 1, dtype=np.int64)
+        dims = np.array([d, hh, w], dtype=np.int64)
+        mul = np.array([hh * w, w, 1], dtype=np.int64)
+        for j in range(n):
+            r = out[j].reshape(npts)
+            lo = wstart[j]
+            k = wend[j]
+            e = estart[j]
+            ee = eend[j]
+            err = OK
+            detail = 0
+            x = np.uint64(0)
+            nxt = k - 1
+            if k > lo:
+                if words[k - 1] == 0:
+                    status[j, 0] = BAD_FIRST_WORD
+                    continue
+                x = np.uint64(words[k - 1])
+                nxt = k - 2
+                if k - lo >= 2:
+                    x = (x << np.uint64(WORD_BITS)) | np.uint64(words[k - 2])
+                    nxt = k - 3
+            if kinds[j] == KIND_BASE:                # base mode: C order, one class
+                off = foff[BASE_CLASS]
+                if off < 0:
+                    status[j, 0] = NO_TABLE
+                    status[j, 1] = BASE_CLASS
+                    continue
+                a = falpha[BASE_CLASS]
+                for p in range(npts):
+                    sym[p], x, nxt = read_symbol(x, nxt, words, lo, ftab, off, a)
+                for p in range(npts):
+                    code, e, err = finish_symbol(sym[p], fspecial[off + sym[p]], e, esc, ee)
+                    if err != OK:
+                        detail = BASE_CLASS
+                        break
+                    r[p] = code * step
+            else:
+                cubic = kinds[j] == KIND_CUBIC
+                off = foff[ANCHOR_CLASS]
+                if off < 0:
+                    status[j, 0] = NO_TABLE
+                    status[j, 1] = ANCHOR_CLASS
+                    continue
+                i0, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[ANCHOR_CLASS])
+                code, e, err = finish_symbol(i0, fspecial[off + i0], e, esc, ee)
+                r[0] = code * s0
+                qm[0] = min(abs(code), N_CODE_CONTEXTS - 1)
+                for ip in range(passes.shape[0]):
+                    if err != OK:
+                        break
+                    axis = passes[ip, 0]
+                    h = passes[ip, 1]
+                    level = passes[ip, 2]
+                    s = psteps[ip]
+                    na = dims[axis]
+                    da = mul[axis] * h
+                    m = 0
+                    for z in range(passes[ip, 3], d, passes[ip, 4]):
+                        for y in range(passes[ip, 5], hh, passes[ip, 6]):
+                            for x_ in range(passes[ip, 7], w, passes[ip, 8]):
+                                p = z * mul[0] + y * mul[1] + x_
+                                c = z if axis == 0 else (y if axis == 1 else x_)
+                                left = p - da
+                                a0 = r[left]
+                                if c + h <= na - 1:
+                                    right = p + da
+                                    a1 = r[right]
+                                    if cubic and c - 3 * h >= 0 and c + 3 * h <= na - 1:
+                                        pred = (9.0 * (a0 + a1)
+                                                - (r[left - 2 * da] + r[right + 2 * da])) / 16.0
+                                    else:
+                                        pred = (a0 + a1) / 2.0
+                                    dist = abs(a0 - a1) / s
+                                else:
+                                    right = left
+                                    pred = a0
+                                    dist = 0.0
+                                cc = min(np.int64(qm[left]) + np.int64(qm[right]),
+                                         N_CODE_CONTEXTS - 1)
+                                g = 0
+                                for ie in range(ROUGH.size):
+                                    if dist >= ROUGH[ie]:
+                                        g += 1
+                                pidx[m] = p
+                                pcls[m] = (level * N_CODE_CONTEXTS + cc) * N_ROUGHNESS + g
+                                ppred[m] = pred
+                                m += 1
+                    # Stream order: class by class ascending, each class's points in C
+                    # order (a counting sort, stable).
+                    counts[:] = 0
+                    for i in range(m):
+                        counts[pcls[i] + 1] += 1
+                    for c in range(N_CLASSES):
+                        counts[c + 1] += counts[c]
+                    for i in range(m):
+                        order[counts[pcls[i]]] = i
+                        counts[pcls[i]] += 1
+                    for c in range(N_CLASSES):
+                        if counts[c] > (counts[c - 1] if c else 0) and foff[c] < 0:
+                            err = NO_TABLE
+                            detail = c
+                    if err != OK:
+                        break
+                    for t in range(m):
+                        i = order[t]
+                        cls = pcls[i]
+                        off = foff[cls]
+                        sy, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[cls])
+                        if fspecial[off + sy]:
+                            code, e, err = finish_symbol(sy, True, e, esc, ee)
+                            if err != OK:
+                                detail = cls
+                                break
+                        else:
+                            code = (sy >> 1) ^ -(sy & 1)
+                        p = pidx[i]
+                        r[p] = ppred[i] + code * s
+                        qm[p] = min(abs(code), N_CODE_CONTEXTS - 1)
+            if err == OK and (nxt >= lo or x != 0 or e != ee):
+                err = LEFT_OVER
+            status[j, 0] = err
+            status[j, 1] = detail
+
+    return decode
+
+
+ROUGH = np.asarray(ROUGHNESS_EDGES, dtype=np.float64)
+_decode = None
+
+
+def decode_blocks(blocks: Sequence[Tuple[np.ndarray, np.ndarray, int]],
+                  shape3: Tuple[int, int, int], tables: Tuple[np.ndarray, ...],
+                  step: float, levels: Tuple[float, float], order: Tuple[int, int, int]
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """Decode blocks of one shape: ``blocks`` holds per block its rANS words (uint32), its
+    escapes (int64) and its kind (0 cubic, 1 linear, 2 base). Returns ``r`` (n, *shape3)
+    float64 and a status row per block (``OK`` or a :data:`MESSAGES` key, and a detail)."""
+    global _decode
+    if _decode is None:
+        _decode = _kernels()
+    n = len(blocks)
+    wl = np.fromiter((b[0].size for b in blocks), dtype=np.int64, count=n)
+    el = np.fromiter((b[1].size for b in blocks), dtype=np.int64, count=n)
+    wend = np.cumsum(wl)
+    eend = np.cumsum(el)
+    words = (np.concatenate([b[0] for b in blocks]) if n else np.zeros(0, np.uint32)
+             ).astype(np.uint32, copy=False)
+    esc = (np.concatenate([b[1] for b in blocks]) if n else np.zeros(0, np.int64)
+           ).astype(np.int64, copy=False)
+    kinds = np.fromiter((b[2] for b in blocks), dtype=np.int64, count=n)
+    passes, psteps, s0 = pass_table(shape3, order, step, *levels)
+    out = np.empty((n,) + tuple(shape3), dtype=np.float64)
+    status = np.zeros((n, 2), dtype=np.int64)
+    f, off, alpha, zero = tables
+    _decode(words, wend - wl, wend, esc, eend - el, eend, kinds, f, off, alpha, zero,
+            passes, psteps, float(s0), float(step), out, status)
+    return out, status
