@@ -12,7 +12,7 @@ import numpy as np
 
 from ..container.format import COMPACT_SECTIONS_MINOR
 from ..errors import NeurvolFormatError
-from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices, cast_to
+from .correction import BASE_MODES, CorrectionStream, block_grid, block_slices, cast_to, kernels
 from .correction.stream import DECODE_THREADS
 
 #: Header key and section of an error-bounded file.
@@ -139,12 +139,15 @@ class Corrections:
             if data_rows.size:
                 # The blocks coded without the base, cast side by side (the cast is
                 # elementwise: the same values as block by block), then their exceptions.
-                values = cast_to(dec.r[data_rows], self.dtype)
-                for row, j in enumerate(data_rows.tolist()):
+                data_slots = np.asarray(slots)[data_rows]
+                if kernels.available():
+                    kernels.cast_rows(dec.r, data_rows, self._values, data_slots)
+                else:
+                    self._values[(data_slots,) + local] = cast_to(dec.r[data_rows], self.dtype)
+                for slot, j in zip(data_slots.tolist(), data_rows.tolist()):
                     idx, vals = dec.exceptions[j]
-                    if idx.size:
-                        values[row].reshape(-1)[idx] = vals
-                self._values[(np.asarray(slots)[data_rows],) + local] = values
+                    if idx.size:     # (a slot's corner is not contiguous for edge blocks)
+                        self._values[slot][np.unravel_index(idx, shape3)] = vals
             for j, i in enumerate(dec.ids):
                 slot = slots[j]
                 if int(dec.modes[j]) in BASE_MODES:

@@ -133,7 +133,7 @@ def pass_table(shape3: Tuple[int, int, int], order: Tuple[int, int, int], step: 
 def _kernels():
     """Compile the kernels (numba's cache keeps them across processes)."""
 
-    @njit(nogil=True, cache=True, inline="always")
+    @njit(nogil=True, cache=True, inline="always", error_model="numpy")
     def read_symbol(x, nxt, words, lo, ftab, off, a):
         """One symbol (payload.md §2.3.3) from the table at ``ftab[off:]`` of ``a``
         symbols: returns ``(symbol, state, next word)``. Plain values in and out, so the
@@ -162,7 +162,7 @@ def _kernels():
             nxt -= 1
         return i, x, nxt
 
-    @njit(nogil=True, cache=True, inline="always")
+    @njit(nogil=True, cache=True, inline="always", error_model="numpy")
     def finish_symbol(s, special, e, esc, eend):
         """``(code, next escape, status)`` of symbol ``s`` (``special``: its table flags it
         as the escape or as weight 0)."""
@@ -179,7 +179,7 @@ def _kernels():
                     err = BAD_ESCAPE
         return (s >> 1) ^ -(s & 1), e, err
 
-    @njit(nogil=True, cache=True)
+    @njit(nogil=True, cache=True, error_model="numpy")
     def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fspecial,
                passes, psteps, s0, step, out, status):
         """Blocks side by side (one after another): ``kinds`` 0 cubic, 1 linear (the
@@ -190,7 +190,9 @@ def _kernels():
         pidx = np.empty(npts, dtype=np.int64)
         pcls = np.empty(npts, dtype=np.int64)
         ppred = np.empty(npts, dtype=np.float64)
-        order = np.empty(npts, dtype=np.int64)
+        spidx = np.empty(npts, dtype=np.int64)
+        spred = np.empty(npts, dtype=np.float64)
+        scls = np.empty(npts, dtype=np.int64)
         sym = np.empty(npts, dtype=np.int64)
         counts = np.zeros(N_CLASSES + 1, dtype=np.int64)
         dims = np.array([d, hh, w], dtype=np.int64)
@@ -272,10 +274,8 @@ def _kernels():
                                     dist = 0.0
                                 cc = min(np.int64(qm[left]) + np.int64(qm[right]),
                                          N_CODE_CONTEXTS - 1)
-                                g = 0
-                                for ie in range(ROUGH.size):
-                                    if dist >= ROUGH[ie]:
-                                        g += 1
+                                g = ((dist >= ROUGH_0) + (dist >= ROUGH_1)
+                                     + (dist >= ROUGH_2))
                                 pidx[m] = p
                                 pcls[m] = (level * N_CODE_CONTEXTS + cc) * N_ROUGHNESS + g
                                 ppred[m] = pred
@@ -288,8 +288,11 @@ def _kernels():
                     for c in range(N_CLASSES):
                         counts[c + 1] += counts[c]
                     for i in range(m):
-                        order[counts[pcls[i]]] = i
-                        counts[pcls[i]] += 1
+                        t = counts[pcls[i]]
+                        spidx[t] = pidx[i]
+                        spred[t] = ppred[i]
+                        scls[t] = pcls[i]
+                        counts[pcls[i]] = t + 1
                     for c in range(N_CLASSES):
                         if counts[c] > (counts[c - 1] if c else 0) and foff[c] < 0:
                             err = NO_TABLE
@@ -297,8 +300,7 @@ def _kernels():
                     if err != OK:
                         break
                     for t in range(m):
-                        i = order[t]
-                        cls = pcls[i]
+                        cls = scls[t]
                         off = foff[cls]
                         sy, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[cls])
                         if fspecial[off + sy]:
@@ -308,19 +310,60 @@ def _kernels():
                                 break
                         else:
                             code = (sy >> 1) ^ -(sy & 1)
-                        p = pidx[i]
-                        r[p] = ppred[i] + code * s
+                        p = spidx[t]
+                        r[p] = spred[t] + code * s
                         qm[p] = min(abs(code), N_CODE_CONTEXTS - 1)
             if err == OK and (nxt >= lo or x != 0 or e != ee):
                 err = LEFT_OVER
             status[j, 0] = err
             status[j, 1] = detail
 
-    return decode
+    @njit(nogil=True, cache=True, error_model="numpy")
+    def cast_into(r, rows, out, slots, is_int, lo, hi):
+        """``out[slots[k], :d, :h, :w] = cast(r[rows[k]])`` (:func:`.layout.cast_to`:
+        integers rounded half to even and clipped to ``[lo, hi]``, floats rounded to
+        ``out``'s dtype by the assignment)."""
+        d, hh, w = r.shape[1], r.shape[2], r.shape[3]
+        for k in range(rows.size):
+            src = r[rows[k]]
+            dst = out[slots[k]]
+            for z in range(d):
+                for y in range(hh):
+                    for x in range(w):
+                        v = src[z, y, x]
+                        if is_int:
+                            v = np.rint(v)
+                            if v < lo:
+                                v = lo
+                            elif v > hi:
+                                v = hi
+                        dst[z, y, x] = v
+
+    return decode, cast_into
 
 
-ROUGH = np.asarray(ROUGHNESS_EDGES, dtype=np.float64)
-_decode = None
+ROUGH_0, ROUGH_1, ROUGH_2 = (float(v) for v in ROUGHNESS_EDGES)
+_compiled = None
+
+
+def _get():
+    global _compiled
+    if _compiled is None:
+        _compiled = _kernels()
+    return _compiled
+
+
+def cast_rows(r: np.ndarray, rows: np.ndarray, out: np.ndarray, slots: np.ndarray) -> None:
+    """Blocks ``r[rows]`` cast to ``out``'s dtype (:func:`.layout.cast_to`'s values) into
+    ``out[slots]`` (the leading corner of each slot: edge blocks are smaller)."""
+    dtype = out.dtype
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        is_int, lo, hi = True, float(info.min), float(info.max)
+    else:
+        is_int, lo, hi = False, 0.0, 0.0
+    _get()[1](r, np.asarray(rows, dtype=np.int64), out, np.asarray(slots, dtype=np.int64),
+              is_int, lo, hi)
 
 
 def decode_blocks(blocks: Sequence[Tuple[np.ndarray, np.ndarray, int]],
@@ -330,9 +373,6 @@ def decode_blocks(blocks: Sequence[Tuple[np.ndarray, np.ndarray, int]],
     """Decode blocks of one shape: ``blocks`` holds per block its rANS words (uint32), its
     escapes (int64) and its kind (0 cubic, 1 linear, 2 base). Returns ``r`` (n, *shape3)
     float64 and a status row per block (``OK`` or a :data:`MESSAGES` key, and a detail)."""
-    global _decode
-    if _decode is None:
-        _decode = _kernels()
     n = len(blocks)
     wl = np.fromiter((b[0].size for b in blocks), dtype=np.int64, count=n)
     el = np.fromiter((b[1].size for b in blocks), dtype=np.int64, count=n)
@@ -347,6 +387,6 @@ def decode_blocks(blocks: Sequence[Tuple[np.ndarray, np.ndarray, int]],
     out = np.empty((n,) + tuple(shape3), dtype=np.float64)
     status = np.zeros((n, 2), dtype=np.int64)
     f, off, alpha, zero = tables
-    _decode(words, wend - wl, wend, esc, eend - el, eend, kinds, f, off, alpha, zero,
+    _get()[0](words, wend - wl, wend, esc, eend - el, eend, kinds, f, off, alpha, zero,
             passes, psteps, float(s0), float(step), out, status)
     return out, status
