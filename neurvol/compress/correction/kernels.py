@@ -34,6 +34,9 @@ ENV_SWITCH = "NEURVOL_NUMBA"
 PRECISION = 24
 WORD_BITS = 32
 
+#: The roughness edges of §2.4's classes, as scalars the compiled loop keeps in registers.
+ROUGH_0, ROUGH_1, ROUGH_2 = (float(v) for v in ROUGHNESS_EDGES)
+
 #: How a block is decoded: the interpolation predictor with the cubic or the linear kernel
 #: (modes 0 and 2, 1 and 3), or every voxel alone (mode 4).
 KIND_CUBIC, KIND_LINEAR, KIND_BASE = 0, 1, 2
@@ -60,6 +63,12 @@ try:  # numba is optional: the numpy decoder is the fallback
     from numba import njit
 except ImportError:          # pragma: no cover - exercised by the numpy-only CI run
     njit = None
+
+
+def _jit(**options):
+    """numba's ``njit`` where numba is installed (compiled on first call, cached on disk
+    beside this module); else the plain function, which nothing calls."""
+    return (lambda fn: fn) if njit is None else njit(**options)
 
 
 def available() -> bool:
@@ -130,227 +139,211 @@ def pass_table(shape3: Tuple[int, int, int], order: Tuple[int, int, int], step: 
             np.asarray(steps, dtype=np.float64), s0)
 
 
-def _kernels():
-    """Compile the kernels (numba's cache keeps them across processes)."""
+@_jit(nogil=True, cache=True, inline="always", error_model="numpy")
+def read_symbol(x, nxt, words, lo, ftab, off, a):
+    """One symbol (payload.md §2.3.3) from the table at ``ftab[off:]`` of ``a``
+    symbols: returns ``(symbol, state, next word)``. Plain values in and out, so the
+    state stays in registers; the common symbol 0 takes one comparison. Escapes and
+    zero-weight symbols are looked at afterwards (:func:`finish_symbol`), off the
+    coder's chain of dependent operations."""
+    q = np.int64(x & np.uint64((1 << PRECISION) - 1))
+    f1 = ftab[off + 1]
+    if q < f1:
+        i = 0
+        f0 = np.int64(0)
+    else:
+        # Branchless search (a select per halving, no mispredicted jumps): the
+        # largest i in [1, a) with F_i <= q.
+        i = 1
+        n = a - 1
+        while n > 1:
+            half = n >> 1
+            i = i + half if ftab[off + i + half] <= q else i
+            n -= half
+        f0 = ftab[off + i]
+        f1 = ftab[off + i + 1]
+    x = (x >> np.uint64(PRECISION)) * np.uint64(f1 - f0) + np.uint64(q - f0)
+    if x < np.uint64(1 << WORD_BITS) and nxt >= lo:
+        x = (x << np.uint64(WORD_BITS)) | np.uint64(words[nxt])
+        nxt -= 1
+    return i, x, nxt
 
-    @njit(nogil=True, cache=True, inline="always", error_model="numpy")
-    def read_symbol(x, nxt, words, lo, ftab, off, a):
-        """One symbol (payload.md §2.3.3) from the table at ``ftab[off:]`` of ``a``
-        symbols: returns ``(symbol, state, next word)``. Plain values in and out, so the
-        state stays in registers; the common symbol 0 takes one comparison. Escapes and
-        zero-weight symbols are looked at afterwards (:func:`finish_symbol`), off the
-        coder's chain of dependent operations."""
-        q = np.int64(x & np.uint64((1 << PRECISION) - 1))
-        f1 = ftab[off + 1]
-        if q < f1:
-            i = 0
-            f0 = np.int64(0)
+@_jit(nogil=True, cache=True, inline="always", error_model="numpy")
+def finish_symbol(s, special, e, esc, eend):
+    """``(code, next escape, status)`` of symbol ``s`` (``special``: its table flags it
+    as the escape or as weight 0)."""
+    err = OK
+    if special:
+        if s != ESCAPE:
+            err = ZERO_WEIGHT
+        elif e >= eend:
+            err = BAD_ESCAPE
         else:
-            lo_i, hi_i = 1, a
-            while hi_i - lo_i > 1:
-                mid = (lo_i + hi_i) >> 1
-                if ftab[off + mid] <= q:
-                    lo_i = mid
-                else:
-                    hi_i = mid
-            i = lo_i
-            f0 = ftab[off + i]
-            f1 = ftab[off + i + 1]
-        x = (x >> np.uint64(PRECISION)) * np.uint64(f1 - f0) + np.uint64(q - f0)
-        if x < np.uint64(1 << WORD_BITS) and nxt >= lo:
-            x = (x << np.uint64(WORD_BITS)) | np.uint64(words[nxt])
-            nxt -= 1
-        return i, x, nxt
-
-    @njit(nogil=True, cache=True, inline="always", error_model="numpy")
-    def finish_symbol(s, special, e, esc, eend):
-        """``(code, next escape, status)`` of symbol ``s`` (``special``: its table flags it
-        as the escape or as weight 0)."""
-        err = OK
-        if special:
-            if s != ESCAPE:
-                err = ZERO_WEIGHT
-            elif e >= eend:
+            s = esc[e]
+            e += 1
+            if s < ESCAPE or s > 2 * MAX_CODE + 1:
                 err = BAD_ESCAPE
-            else:
-                s = esc[e]
-                e += 1
-                if s < ESCAPE or s > 2 * MAX_CODE + 1:
-                    err = BAD_ESCAPE
-        return (s >> 1) ^ -(s & 1), e, err
+    return (s >> 1) ^ -(s & 1), e, err
 
-    @njit(nogil=True, cache=True, error_model="numpy")
-    def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fspecial,
-               passes, psteps, s0, step, out, status):
-        """Blocks side by side (one after another): ``kinds`` 0 cubic, 1 linear (the
-        interpolation modes), 2 base; ``out`` (n, d, h, w) float64 receives ``r``."""
-        n, d, hh, w = out.shape
-        npts = d * hh * w
-        qm = np.zeros(npts, dtype=np.uint8)
-        pidx = np.empty(npts, dtype=np.int64)
-        pcls = np.empty(npts, dtype=np.int64)
-        ppred = np.empty(npts, dtype=np.float64)
-        spidx = np.empty(npts, dtype=np.int64)
-        spred = np.empty(npts, dtype=np.float64)
-        scls = np.empty(npts, dtype=np.int64)
-        sym = np.empty(npts, dtype=np.int64)
-        counts = np.zeros(N_CLASSES + 1, dtype=np.int64)
-        dims = np.array([d, hh, w], dtype=np.int64)
-        mul = np.array([hh * w, w, 1], dtype=np.int64)
-        for j in range(n):
-            r = out[j].reshape(npts)
-            lo = wstart[j]
-            k = wend[j]
-            e = estart[j]
-            ee = eend[j]
-            err = OK
-            detail = 0
-            x = np.uint64(0)
-            nxt = k - 1
-            if k > lo:
-                if words[k - 1] == 0:
-                    status[j, 0] = BAD_FIRST_WORD
-                    continue
-                x = np.uint64(words[k - 1])
-                nxt = k - 2
-                if k - lo >= 2:
-                    x = (x << np.uint64(WORD_BITS)) | np.uint64(words[k - 2])
-                    nxt = k - 3
-            if kinds[j] == KIND_BASE:                # base mode: C order, one class
-                off = foff[BASE_CLASS]
-                if off < 0:
-                    status[j, 0] = NO_TABLE
-                    status[j, 1] = BASE_CLASS
-                    continue
-                a = falpha[BASE_CLASS]
-                for p in range(npts):
-                    sym[p], x, nxt = read_symbol(x, nxt, words, lo, ftab, off, a)
-                for p in range(npts):
-                    code, e, err = finish_symbol(sym[p], fspecial[off + sym[p]], e, esc, ee)
-                    if err != OK:
-                        detail = BASE_CLASS
-                        break
-                    r[p] = code * step
-            else:
-                cubic = kinds[j] == KIND_CUBIC
-                off = foff[ANCHOR_CLASS]
-                if off < 0:
-                    status[j, 0] = NO_TABLE
-                    status[j, 1] = ANCHOR_CLASS
-                    continue
-                i0, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[ANCHOR_CLASS])
-                code, e, err = finish_symbol(i0, fspecial[off + i0], e, esc, ee)
-                r[0] = code * s0
-                qm[0] = min(abs(code), N_CODE_CONTEXTS - 1)
-                for ip in range(passes.shape[0]):
-                    if err != OK:
-                        break
-                    axis = passes[ip, 0]
-                    h = passes[ip, 1]
-                    level = passes[ip, 2]
-                    s = psteps[ip]
-                    na = dims[axis]
-                    da = mul[axis] * h
-                    m = 0
-                    for z in range(passes[ip, 3], d, passes[ip, 4]):
-                        for y in range(passes[ip, 5], hh, passes[ip, 6]):
-                            for x_ in range(passes[ip, 7], w, passes[ip, 8]):
-                                p = z * mul[0] + y * mul[1] + x_
-                                c = z if axis == 0 else (y if axis == 1 else x_)
-                                left = p - da
-                                a0 = r[left]
-                                if c + h <= na - 1:
-                                    right = p + da
-                                    a1 = r[right]
-                                    if cubic and c - 3 * h >= 0 and c + 3 * h <= na - 1:
-                                        pred = (9.0 * (a0 + a1)
-                                                - (r[left - 2 * da] + r[right + 2 * da])) / 16.0
-                                    else:
-                                        pred = (a0 + a1) / 2.0
-                                    dist = abs(a0 - a1) / s
+@_jit(nogil=True, cache=True, error_model="numpy")
+def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fspecial,
+           passes, psteps, s0, step, out, status):
+    """Blocks side by side (one after another): ``kinds`` 0 cubic, 1 linear (the
+    interpolation modes), 2 base; ``out`` (n, d, h, w) float64 receives ``r``."""
+    n, d, hh, w = out.shape
+    npts = d * hh * w
+    qm = np.zeros(npts, dtype=np.uint8)
+    pidx = np.empty(npts, dtype=np.int64)
+    pcls = np.empty(npts, dtype=np.int64)
+    ppred = np.empty(npts, dtype=np.float64)
+    spidx = np.empty(npts, dtype=np.int64)
+    spred = np.empty(npts, dtype=np.float64)
+    scls = np.empty(npts, dtype=np.int64)
+    sym = np.empty(npts, dtype=np.int64)
+    counts = np.zeros(N_CLASSES + 1, dtype=np.int64)
+    dims = np.array([d, hh, w], dtype=np.int64)
+    mul = np.array([hh * w, w, 1], dtype=np.int64)
+    for j in range(n):
+        r = out[j].reshape(npts)
+        lo = wstart[j]
+        k = wend[j]
+        e = estart[j]
+        ee = eend[j]
+        err = OK
+        detail = 0
+        x = np.uint64(0)
+        nxt = k - 1
+        if k > lo:
+            if words[k - 1] == 0:
+                status[j, 0] = BAD_FIRST_WORD
+                continue
+            x = np.uint64(words[k - 1])
+            nxt = k - 2
+            if k - lo >= 2:
+                x = (x << np.uint64(WORD_BITS)) | np.uint64(words[k - 2])
+                nxt = k - 3
+        if kinds[j] == KIND_BASE:                # base mode: C order, one class
+            off = foff[BASE_CLASS]
+            if off < 0:
+                status[j, 0] = NO_TABLE
+                status[j, 1] = BASE_CLASS
+                continue
+            a = falpha[BASE_CLASS]
+            for p in range(npts):
+                sym[p], x, nxt = read_symbol(x, nxt, words, lo, ftab, off, a)
+            for p in range(npts):
+                code, e, err = finish_symbol(sym[p], fspecial[off + sym[p]], e, esc, ee)
+                if err != OK:
+                    detail = BASE_CLASS
+                    break
+                r[p] = code * step
+        else:
+            cubic = kinds[j] == KIND_CUBIC
+            off = foff[ANCHOR_CLASS]
+            if off < 0:
+                status[j, 0] = NO_TABLE
+                status[j, 1] = ANCHOR_CLASS
+                continue
+            i0, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[ANCHOR_CLASS])
+            code, e, err = finish_symbol(i0, fspecial[off + i0], e, esc, ee)
+            r[0] = code * s0
+            qm[0] = min(abs(code), N_CODE_CONTEXTS - 1)
+            for ip in range(passes.shape[0]):
+                if err != OK:
+                    break
+                axis = passes[ip, 0]
+                h = passes[ip, 1]
+                level = passes[ip, 2]
+                s = psteps[ip]
+                na = dims[axis]
+                da = mul[axis] * h
+                m = 0
+                for z in range(passes[ip, 3], d, passes[ip, 4]):
+                    for y in range(passes[ip, 5], hh, passes[ip, 6]):
+                        for x_ in range(passes[ip, 7], w, passes[ip, 8]):
+                            p = z * mul[0] + y * mul[1] + x_
+                            c = z if axis == 0 else (y if axis == 1 else x_)
+                            left = p - da
+                            a0 = r[left]
+                            if c + h <= na - 1:
+                                right = p + da
+                                a1 = r[right]
+                                if cubic and c - 3 * h >= 0 and c + 3 * h <= na - 1:
+                                    pred = (9.0 * (a0 + a1)
+                                            - (r[left - 2 * da] + r[right + 2 * da])) / 16.0
                                 else:
-                                    right = left
-                                    pred = a0
-                                    dist = 0.0
-                                cc = min(np.int64(qm[left]) + np.int64(qm[right]),
-                                         N_CODE_CONTEXTS - 1)
-                                g = ((dist >= ROUGH_0) + (dist >= ROUGH_1)
-                                     + (dist >= ROUGH_2))
-                                pidx[m] = p
-                                pcls[m] = (level * N_CODE_CONTEXTS + cc) * N_ROUGHNESS + g
-                                ppred[m] = pred
-                                m += 1
-                    # Stream order: class by class ascending, each class's points in C
-                    # order (a counting sort, stable).
-                    counts[:] = 0
-                    for i in range(m):
-                        counts[pcls[i] + 1] += 1
-                    for c in range(N_CLASSES):
-                        counts[c + 1] += counts[c]
-                    for i in range(m):
-                        t = counts[pcls[i]]
-                        spidx[t] = pidx[i]
-                        spred[t] = ppred[i]
-                        scls[t] = pcls[i]
-                        counts[pcls[i]] = t + 1
-                    for c in range(N_CLASSES):
-                        if counts[c] > (counts[c - 1] if c else 0) and foff[c] < 0:
-                            err = NO_TABLE
-                            detail = c
-                    if err != OK:
-                        break
-                    for t in range(m):
-                        cls = scls[t]
-                        off = foff[cls]
-                        sy, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[cls])
-                        if fspecial[off + sy]:
-                            code, e, err = finish_symbol(sy, True, e, esc, ee)
-                            if err != OK:
-                                detail = cls
-                                break
-                        else:
-                            code = (sy >> 1) ^ -(sy & 1)
-                        p = spidx[t]
-                        r[p] = spred[t] + code * s
-                        qm[p] = min(abs(code), N_CODE_CONTEXTS - 1)
-            if err == OK and (nxt >= lo or x != 0 or e != ee):
-                err = LEFT_OVER
-            status[j, 0] = err
-            status[j, 1] = detail
+                                    pred = (a0 + a1) / 2.0
+                                dist = abs(a0 - a1) / s
+                            else:
+                                right = left
+                                pred = a0
+                                dist = 0.0
+                            cc = min(np.int64(qm[left]) + np.int64(qm[right]),
+                                     N_CODE_CONTEXTS - 1)
+                            g = ((dist >= ROUGH_0) + (dist >= ROUGH_1)
+                                 + (dist >= ROUGH_2))
+                            pidx[m] = p
+                            pcls[m] = (level * N_CODE_CONTEXTS + cc) * N_ROUGHNESS + g
+                            ppred[m] = pred
+                            m += 1
+                # Stream order: class by class ascending, each class's points in C
+                # order (a counting sort, stable).
+                counts[:] = 0
+                for i in range(m):
+                    counts[pcls[i] + 1] += 1
+                for c in range(N_CLASSES):
+                    counts[c + 1] += counts[c]
+                for i in range(m):
+                    t = counts[pcls[i]]
+                    spidx[t] = pidx[i]
+                    spred[t] = ppred[i]
+                    scls[t] = pcls[i]
+                    counts[pcls[i]] = t + 1
+                for c in range(N_CLASSES):
+                    if counts[c] > (counts[c - 1] if c else 0) and foff[c] < 0:
+                        err = NO_TABLE
+                        detail = c
+                if err != OK:
+                    break
+                for t in range(m):
+                    cls = scls[t]
+                    off = foff[cls]
+                    sy, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[cls])
+                    if fspecial[off + sy]:
+                        code, e, err = finish_symbol(sy, True, e, esc, ee)
+                        if err != OK:
+                            detail = cls
+                            break
+                    else:
+                        code = (sy >> 1) ^ -(sy & 1)
+                    p = spidx[t]
+                    r[p] = spred[t] + code * s
+                    qm[p] = min(abs(code), N_CODE_CONTEXTS - 1)
+        if err == OK and (nxt >= lo or x != 0 or e != ee):
+            err = LEFT_OVER
+        status[j, 0] = err
+        status[j, 1] = detail
 
-    @njit(nogil=True, cache=True, error_model="numpy")
-    def cast_into(r, rows, out, slots, is_int, lo, hi):
-        """``out[slots[k], :d, :h, :w] = cast(r[rows[k]])`` (:func:`.layout.cast_to`:
-        integers rounded half to even and clipped to ``[lo, hi]``, floats rounded to
-        ``out``'s dtype by the assignment)."""
-        d, hh, w = r.shape[1], r.shape[2], r.shape[3]
-        for k in range(rows.size):
-            src = r[rows[k]]
-            dst = out[slots[k]]
-            for z in range(d):
-                for y in range(hh):
-                    for x in range(w):
-                        v = src[z, y, x]
-                        if is_int:
-                            v = np.rint(v)
-                            if v < lo:
-                                v = lo
-                            elif v > hi:
-                                v = hi
-                        dst[z, y, x] = v
-
-    return decode, cast_into
-
-
-ROUGH_0, ROUGH_1, ROUGH_2 = (float(v) for v in ROUGHNESS_EDGES)
-_compiled = None
-
-
-def _get():
-    global _compiled
-    if _compiled is None:
-        _compiled = _kernels()
-    return _compiled
+@_jit(nogil=True, cache=True, error_model="numpy")
+def cast_into(r, rows, out, slots, is_int, lo, hi):
+    """``out[slots[k], :d, :h, :w] = cast(r[rows[k]])`` (:func:`.layout.cast_to`:
+    integers rounded half to even and clipped to ``[lo, hi]``, floats rounded to
+    ``out``'s dtype by the assignment)."""
+    d, hh, w = r.shape[1], r.shape[2], r.shape[3]
+    for k in range(rows.size):
+        src = r[rows[k]]
+        dst = out[slots[k]]
+        for z in range(d):
+            for y in range(hh):
+                for x in range(w):
+                    v = src[z, y, x]
+                    if is_int:
+                        v = np.rint(v)
+                        if v < lo:
+                            v = lo
+                        elif v > hi:
+                            v = hi
+                    dst[z, y, x] = v
 
 
 def cast_rows(r: np.ndarray, rows: np.ndarray, out: np.ndarray, slots: np.ndarray) -> None:
@@ -362,7 +355,7 @@ def cast_rows(r: np.ndarray, rows: np.ndarray, out: np.ndarray, slots: np.ndarra
         is_int, lo, hi = True, float(info.min), float(info.max)
     else:
         is_int, lo, hi = False, 0.0, 0.0
-    _get()[1](r, np.asarray(rows, dtype=np.int64), out, np.asarray(slots, dtype=np.int64),
+    cast_into(r, np.asarray(rows, dtype=np.int64), out, np.asarray(slots, dtype=np.int64),
               is_int, lo, hi)
 
 
@@ -387,6 +380,6 @@ def decode_blocks(blocks: Sequence[Tuple[np.ndarray, np.ndarray, int]],
     out = np.empty((n,) + tuple(shape3), dtype=np.float64)
     status = np.zeros((n, 2), dtype=np.int64)
     f, off, alpha, zero = tables
-    _get()[0](words, wend - wl, wend, esc, eend - el, eend, kinds, f, off, alpha, zero,
+    decode(words, wend - wl, wend, esc, eend - el, eend, kinds, f, off, alpha, zero,
             passes, psteps, float(s0), float(step), out, status)
     return out, status
