@@ -22,7 +22,8 @@ import numpy as np
 
 from .entropy import _WEIGHTS
 from .layout import (ANCHOR_CLASS, BASE_CLASS, ESCAPE, LEVEL_COARSE, LEVEL_FINE, LEVEL_MID,
-                     N_CLASSES, N_CODE_CONTEXTS, N_ROUGHNESS, ROUGHNESS_EDGES, table_of)
+                     MODE_BASE, MODE_DATA_CUBIC, MODE_NAMES, MODE_RESIDUAL_CUBIC, N_CLASSES,
+                     N_CODE_CONTEXTS, N_ROUGHNESS, ROUGHNESS_EDGES, table_of)
 from .predict import _top, level_step, prediction_passes
 from ..interp import MAX_CODE
 
@@ -34,12 +35,11 @@ ENV_SWITCH = "NEURVOL_NUMBA"
 PRECISION = 24
 WORD_BITS = 32
 
+#: The largest mode byte (§2.3).
+MODE_MAX = max(MODE_NAMES)
+
 #: The roughness edges of §2.4's classes, as scalars the compiled loop keeps in registers.
 ROUGH_0, ROUGH_1, ROUGH_2 = (float(v) for v in ROUGHNESS_EDGES)
-
-#: How a block is decoded: the interpolation predictor with the cubic or the linear kernel
-#: (modes 0 and 2, 1 and 3), or every voxel alone (mode 4).
-KIND_CUBIC, KIND_LINEAR, KIND_BASE = 0, 1, 2
 
 #: What a block's decode reports (the first field of its status row); the second field
 #: says which class, symbol or count was at fault.
@@ -49,12 +49,14 @@ NO_TABLE = 2            # a class whose table the stream does not hold
 BAD_ESCAPE = 3          # an escape with no value left, or a value out of range
 LEFT_OVER = 4           # words, state or escapes left after the last symbol
 ZERO_WEIGHT = 5         # a symbol whose weight is 0
+BAD_HEAD = 6            # a block head that is empty, has an unknown mode, or overruns
 MESSAGES = {
     BAD_FIRST_WORD: "damaged rans stream: its last word is 0",
     NO_TABLE: "a block uses a class whose table the stream does not hold",
     BAD_ESCAPE: "bad escape",
     LEFT_OVER: "symbols left over",
     ZERO_WEIGHT: "damaged rans stream: a symbol its table gives weight 0",
+    BAD_HEAD: "unknown mode, or a head that overruns the block",
 }
 
 try:  # numba is optional: the numpy decoder is the fallback
@@ -140,7 +142,7 @@ def pass_table(shape3: Tuple[int, int, int], order: Tuple[int, int, int], step: 
 
 
 @_jit(nogil=True, cache=True, inline="always", error_model="numpy")
-def read_symbol(x, nxt, words, lo, ftab, off, a):
+def read_symbol(x, nxt, data, first, ftab, off, a):
     """One symbol (payload.md §2.3.3) from the table at ``ftab[off:]`` of ``a``
     symbols: returns ``(symbol, state, next word)``. Plain values in and out, so the
     state stays in registers; the common symbol 0 takes one comparison. Escapes and
@@ -163,8 +165,8 @@ def read_symbol(x, nxt, words, lo, ftab, off, a):
         f0 = ftab[off + i]
         f1 = ftab[off + i + 1]
     x = (x >> np.uint64(PRECISION)) * np.uint64(f1 - f0) + np.uint64(q - f0)
-    if x < np.uint64(1 << WORD_BITS) and nxt >= lo:
-        x = (x << np.uint64(WORD_BITS)) | np.uint64(words[nxt])
+    if x < np.uint64(1 << WORD_BITS) and nxt >= 0:
+        x = (x << np.uint64(WORD_BITS)) | word_at(data, first, nxt)
         nxt -= 1
     return i, x, nxt
 
@@ -185,11 +187,38 @@ def finish_symbol(s, special, e, esc, eend):
                 err = BAD_ESCAPE
     return (s >> 1) ^ -(s & 1), e, err
 
+@_jit(nogil=True, cache=True, inline="always", error_model="numpy")
+def read_varint(data, pos, end):
+    """``(value, next position)`` of the LEB128 varint at ``data[pos]`` (§2.2), or
+    ``(-1, pos)`` when it runs past ``end`` or past 63 bits."""
+    v = 0
+    shift = 0
+    while True:
+        if pos >= end or shift > 56:
+            return -1, pos
+        b = np.int64(data[pos])
+        pos += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return v, pos
+
+
+@_jit(nogil=True, cache=True, inline="always", error_model="numpy")
+def word_at(data, first, k):
+    """The ``k``-th little-endian u32 word of the words starting at ``data[first]``."""
+    p = first + 4 * k
+    return (np.uint64(data[p]) | (np.uint64(data[p + 1]) << np.uint64(8))
+            | (np.uint64(data[p + 2]) << np.uint64(16)) | (np.uint64(data[p + 3]) << np.uint64(24)))
+
+
 @_jit(nogil=True, cache=True, error_model="numpy")
-def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fspecial,
-           passes, psteps, s0, step, out, status):
-    """Blocks side by side (one after another): ``kinds`` 0 cubic, 1 linear (the
-    interpolation modes), 2 base; ``out`` (n, d, h, w) float64 receives ``r``."""
+def decode(data, starts, ends, itemsize, ftab, foff, falpha, fspecial, passes, psteps, s0,
+           step, out, modes, n_exc, status):
+    """Blocks ``data[starts[j]:ends[j]]`` (§2.3), one after another, into ``out`` (n, d,
+    h, w; float64 ``r``), their mode bytes into ``modes`` and exception counts into
+    ``n_exc`` (the exceptions themselves are read by the caller, for the rare blocks
+    that have any)."""
     n, d, hh, w = out.shape
     npts = d * hh * w
     qm = np.zeros(npts, dtype=np.uint8)
@@ -198,31 +227,60 @@ def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fs
     ppred = np.empty(npts, dtype=np.float64)
     spidx = np.empty(npts, dtype=np.int64)
     spred = np.empty(npts, dtype=np.float64)
-    scls = np.empty(npts, dtype=np.int64)
     sym = np.empty(npts, dtype=np.int64)
+    esc = np.empty(npts, dtype=np.int64)
     counts = np.zeros(N_CLASSES + 1, dtype=np.int64)
     dims = np.array([d, hh, w], dtype=np.int64)
     mul = np.array([hh * w, w, 1], dtype=np.int64)
     for j in range(n):
         r = out[j].reshape(npts)
-        lo = wstart[j]
-        k = wend[j]
-        e = estart[j]
-        ee = eend[j]
+        end = ends[j]
+        pos = starts[j]
         err = OK
         detail = 0
+        # The block's head (§2.3): mode, escape and exception counts, escapes, exceptions.
+        if pos >= end or data[pos] > MODE_MAX:
+            status[j, 0] = BAD_HEAD
+            continue
+        mode = np.int64(data[pos])
+        modes[j] = mode
+        ne, pos = read_varint(data, pos + 1, end)
+        nx, pos = read_varint(data, pos, end)
+        if ne < 0 or nx < 0 or ne > npts or nx > npts or pos + ne + nx * (1 + itemsize) > end:
+            status[j, 0] = BAD_HEAD
+            continue
+        for t in range(ne):
+            v, pos = read_varint(data, pos, end)
+            if v < 0:
+                err = BAD_HEAD
+                break
+            esc[t] = v
+        for t in range(nx):
+            v, pos = read_varint(data, pos, end)
+            if v < 0:
+                err = BAD_HEAD
+                break
+        pos += nx * itemsize
+        if err != OK or pos > end or (end - pos) % 4:
+            status[j, 0] = BAD_HEAD
+            continue
+        n_exc[j] = nx
+        first = pos
+        k = (end - pos) // 4
+        e = 0
+        ee = ne
         x = np.uint64(0)
         nxt = k - 1
-        if k > lo:
-            if words[k - 1] == 0:
+        if k > 0:
+            x = word_at(data, first, k - 1)
+            if x == 0:
                 status[j, 0] = BAD_FIRST_WORD
                 continue
-            x = np.uint64(words[k - 1])
             nxt = k - 2
-            if k - lo >= 2:
-                x = (x << np.uint64(WORD_BITS)) | np.uint64(words[k - 2])
+            if k >= 2:
+                x = (x << np.uint64(WORD_BITS)) | word_at(data, first, k - 2)
                 nxt = k - 3
-        if kinds[j] == KIND_BASE:                # base mode: C order, one class
+        if mode == MODE_BASE:                      # C order, one class
             off = foff[BASE_CLASS]
             if off < 0:
                 status[j, 0] = NO_TABLE
@@ -230,7 +288,7 @@ def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fs
                 continue
             a = falpha[BASE_CLASS]
             for p in range(npts):
-                sym[p], x, nxt = read_symbol(x, nxt, words, lo, ftab, off, a)
+                sym[p], x, nxt = read_symbol(x, nxt, data, first, ftab, off, a)
             for p in range(npts):
                 code, e, err = finish_symbol(sym[p], fspecial[off + sym[p]], e, esc, ee)
                 if err != OK:
@@ -238,13 +296,13 @@ def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fs
                     break
                 r[p] = code * step
         else:
-            cubic = kinds[j] == KIND_CUBIC
+            cubic = mode == MODE_DATA_CUBIC or mode == MODE_RESIDUAL_CUBIC
             off = foff[ANCHOR_CLASS]
             if off < 0:
                 status[j, 0] = NO_TABLE
                 status[j, 1] = ANCHOR_CLASS
                 continue
-            i0, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[ANCHOR_CLASS])
+            i0, x, nxt = read_symbol(x, nxt, data, first, ftab, off, falpha[ANCHOR_CLASS])
             code, e, err = finish_symbol(i0, fspecial[off + i0], e, esc, ee)
             r[0] = code * s0
             qm[0] = min(abs(code), N_CODE_CONTEXTS - 1)
@@ -297,29 +355,37 @@ def decode(words, wstart, wend, esc, estart, eend, kinds, ftab, foff, falpha, fs
                     t = counts[pcls[i]]
                     spidx[t] = pidx[i]
                     spred[t] = ppred[i]
-                    scls[t] = pcls[i]
                     counts[pcls[i]] = t + 1
+                # Class by class (a contiguous run of the sorted points each), so the
+                # table's place and its F_1 stay in registers through the run.
+                t0 = 0
                 for c in range(N_CLASSES):
-                    if counts[c] > (counts[c - 1] if c else 0) and foff[c] < 0:
+                    t1 = counts[c]
+                    if t1 == t0:
+                        continue
+                    off = foff[c]
+                    if off < 0:
                         err = NO_TABLE
                         detail = c
-                if err != OK:
-                    break
-                for t in range(m):
-                    cls = scls[t]
-                    off = foff[cls]
-                    sy, x, nxt = read_symbol(x, nxt, words, lo, ftab, off, falpha[cls])
-                    if fspecial[off + sy]:
-                        code, e, err = finish_symbol(sy, True, e, esc, ee)
-                        if err != OK:
-                            detail = cls
-                            break
-                    else:
-                        code = (sy >> 1) ^ -(sy & 1)
-                    p = spidx[t]
-                    r[p] = spred[t] + code * s
-                    qm[p] = min(abs(code), N_CODE_CONTEXTS - 1)
-        if err == OK and (nxt >= lo or x != 0 or e != ee):
+                        break
+                    a = falpha[c]
+                    special0 = fspecial[off]
+                    for t in range(t0, t1):
+                        sy, x, nxt = read_symbol(x, nxt, data, first, ftab, off, a)
+                        if (special0 if sy == 0 else fspecial[off + sy]):
+                            code, e, err = finish_symbol(sy, True, e, esc, ee)
+                            if err != OK:
+                                detail = c
+                                break
+                        else:
+                            code = (sy >> 1) ^ -(sy & 1)
+                        p = spidx[t]
+                        r[p] = spred[t] + code * s
+                        qm[p] = min(abs(code), N_CODE_CONTEXTS - 1)
+                    if err != OK:
+                        break
+                    t0 = t1
+        if err == OK and (nxt >= 0 or x != 0 or e != ee):
             err = LEFT_OVER
         status[j, 0] = err
         status[j, 1] = detail
@@ -359,27 +425,22 @@ def cast_rows(r: np.ndarray, rows: np.ndarray, out: np.ndarray, slots: np.ndarra
               is_int, lo, hi)
 
 
-def decode_blocks(blocks: Sequence[Tuple[np.ndarray, np.ndarray, int]],
+def decode_blocks(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, itemsize: int,
                   shape3: Tuple[int, int, int], tables: Tuple[np.ndarray, ...],
                   step: float, levels: Tuple[float, float], order: Tuple[int, int, int]
-                  ) -> Tuple[np.ndarray, np.ndarray]:
-    """Decode blocks of one shape: ``blocks`` holds per block its rANS words (uint32), its
-    escapes (int64) and its kind (0 cubic, 1 linear, 2 base). Returns ``r`` (n, *shape3)
-    float64 and a status row per block (``OK`` or a :data:`MESSAGES` key, and a detail)."""
-    n = len(blocks)
-    wl = np.fromiter((b[0].size for b in blocks), dtype=np.int64, count=n)
-    el = np.fromiter((b[1].size for b in blocks), dtype=np.int64, count=n)
-    wend = np.cumsum(wl)
-    eend = np.cumsum(el)
-    words = (np.concatenate([b[0] for b in blocks]) if n else np.zeros(0, np.uint32)
-             ).astype(np.uint32, copy=False)
-    esc = (np.concatenate([b[1] for b in blocks]) if n else np.zeros(0, np.int64)
-           ).astype(np.int64, copy=False)
-    kinds = np.fromiter((b[2] for b in blocks), dtype=np.int64, count=n)
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Decode the blocks ``data[starts[j]:ends[j]]`` (``data``: the stream as uint8), all
+    of ``shape3``, for a volume of ``itemsize``-byte values. Returns ``r`` (n, *shape3)
+    float64, each block's mode byte and exception count, and a status row per block
+    (``OK`` or a :data:`MESSAGES` key, and a detail)."""
+    n = len(starts)
     passes, psteps, s0 = pass_table(shape3, order, step, *levels)
     out = np.empty((n,) + tuple(shape3), dtype=np.float64)
+    modes = np.zeros(n, dtype=np.int64)
+    n_exc = np.zeros(n, dtype=np.int64)
     status = np.zeros((n, 2), dtype=np.int64)
-    f, off, alpha, zero = tables
-    decode(words, wend - wl, wend, esc, eend - el, eend, kinds, f, off, alpha, zero,
-            passes, psteps, float(s0), float(step), out, status)
-    return out, status
+    f, off, alpha, special = tables
+    decode(data, np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64),
+           int(itemsize), f, off, alpha, special, passes, psteps, float(s0), float(step), out,
+           modes, n_exc, status)
+    return out, modes, n_exc, status

@@ -192,8 +192,9 @@ class CorrectionStream:
                                      "damaged")
         # The rANS model of each class, built on first use (shared tables share a model).
         self._models: List[Optional[object]] = [None] * N_CLASSES
-        # The compiled decoder's cumulative tables, built on first use.
+        # The compiled decoder's cumulative tables and the stream as bytes, on first use.
         self._class_tables = None
+        self._bytes: Optional[np.ndarray] = None
         self.nblocks = int(np.prod(block_grid(self.shape, block)))
         ilen = head.index_len
         if ilen == -1:                     # version 1: the frame's length follows the tables
@@ -312,35 +313,35 @@ class CorrectionStream:
             return list(pool.map(lambda job: self._decode_group(*job), jobs))
 
     def _decode_group(self, ids: List[int], shape3: Tuple[int, int, int]) -> DecodedBlocks:
+        if kernels.available():
+            return self._decode_compiled(ids, shape3)
         n = int(np.prod(shape3))
         opened = [self._open_block(i, n) for i in ids]
         modes = np.asarray([m for m, _, _ in opened], dtype=np.int64)
-        if kernels.available():
-            r = self._decode_compiled(ids, shape3, opened, modes)
-        else:
-            r = self._decode_numpy(shape3, opened, modes)
+        r = self._decode_numpy(shape3, opened, modes)
         return DecodedBlocks(list(ids), modes, r, [exc for _, _, exc in opened])
 
-    def _decode_compiled(self, ids: List[int], shape3: Tuple[int, int, int], opened,
-                         modes: np.ndarray) -> np.ndarray:
-        """The blocks' ``r`` from :mod:`.kernels` (the same values as
-        :meth:`_decode_numpy`)."""
+    def _decode_compiled(self, ids: List[int], shape3: Tuple[int, int, int]) -> DecodedBlocks:
+        """Blocks ``ids`` by :mod:`.kernels`, heads included (the same values as
+        :meth:`_decode_numpy`); only the rare blocks with exceptions are opened here."""
         if self._class_tables is None:
             self._class_tables = kernels.class_tables(self._tables, self.table_map)
-        kinds = np.where(modes == MODE_BASE, kernels.KIND_BASE,
-                         np.where(np.isin(modes, CUBIC_MODES), kernels.KIND_CUBIC,
-                                  kernels.KIND_LINEAR))
-        blocks = [(o.words, np.asarray(o.escapes, dtype=np.int64), int(k))
-                  for (_, o, _), k in zip(opened, kinds.tolist())]
-        r, status = kernels.decode_blocks(blocks, shape3, self._class_tables, self.step,
-                                          self.levels, AXIS_ORDERS[self.order])
+            self._bytes = np.frombuffer(self._data, dtype=np.uint8)
+        at = np.asarray(ids, dtype=np.int64)
+        r, modes, n_exc, status = kernels.decode_blocks(
+            self._bytes, self._offsets[at], self._offsets[at + 1], self.dtype.itemsize, shape3,
+            self._class_tables, self.step, self.levels, AXIS_ORDERS[self.order])
         bad = np.flatnonzero(status[:, 0] != kernels.OK)
         if bad.size:
             j = int(bad[0])
             raise NeurvolFormatError(f"{self.what} block {ids[j]}: "
                                      f"{kernels.MESSAGES[int(status[j, 0])]}; the file is "
                                      "damaged")
-        return r
+        n = int(np.prod(shape3))
+        exceptions = [_NO_EXCEPTIONS] * len(ids)
+        for j in np.flatnonzero(n_exc).tolist():
+            exceptions[j] = self._open_block(ids[j], n)[2]
+        return DecodedBlocks(list(ids), modes, r, exceptions)
 
     def _decode_numpy(self, shape3: Tuple[int, int, int], opened,
                       modes: np.ndarray) -> np.ndarray:
