@@ -170,7 +170,7 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
     "rd_hybrid": ScriptPart("run_rd_hybrid.py", (),
                             "Hybrid rate allocation: model or pure predictor at each ratio",
                             extra_option="rd_hybrid_args"),
-    "bounded_access": ScriptPart("run_bounded_access.py", ("--blocks", "64,16,8"),
+    "bounded_access": ScriptPart("run_bounded_access.py", ("--blocks", "64,16,12,8"),
                                  "Error-bounded random access"),
     "bquery": ScriptPart("run_bricked_query.py", (), "Bricked against single-model reads"),
     # Every 4th step encoded independently as the baseline: all 44 independent encodes

@@ -316,6 +316,7 @@ def decode(data, starts, ends, itemsize, ftab, foff, falpha, fspecial, passes, p
                 na = dims[axis]
                 da = mul[axis] * h
                 m = 0
+                counts[:] = 0
                 for z in range(passes[ip, 3], d, passes[ip, 4]):
                     for y in range(passes[ip, 5], hh, passes[ip, 6]):
                         for x_ in range(passes[ip, 7], w, passes[ip, 8]):
@@ -340,15 +341,14 @@ def decode(data, starts, ends, itemsize, ftab, foff, falpha, fspecial, passes, p
                                      N_CODE_CONTEXTS - 1)
                             g = ((dist >= ROUGH_0) + (dist >= ROUGH_1)
                                  + (dist >= ROUGH_2))
+                            cl = (level * N_CODE_CONTEXTS + cc) * N_ROUGHNESS + g
                             pidx[m] = p
-                            pcls[m] = (level * N_CODE_CONTEXTS + cc) * N_ROUGHNESS + g
+                            pcls[m] = cl
                             ppred[m] = pred
+                            counts[cl + 1] += 1
                             m += 1
                 # Stream order: class by class ascending, each class's points in C
                 # order (a counting sort, stable).
-                counts[:] = 0
-                for i in range(m):
-                    counts[pcls[i] + 1] += 1
                 for c in range(N_CLASSES):
                     counts[c + 1] += counts[c]
                 for i in range(m):
@@ -372,14 +372,18 @@ def decode(data, starts, ends, itemsize, ftab, foff, falpha, fspecial, passes, p
                     special0 = fspecial[off]
                     for t in range(t0, t1):
                         sy, x, nxt = read_symbol(x, nxt, data, first, ftab, off, a)
-                        if (special0 if sy == 0 else fspecial[off + sy]):
+                        p = spidx[t]
+                        if sy == 0 and not special0:     # the common case: code 0
+                            r[p] = spred[t] + 0.0 * s
+                            qm[p] = 0
+                            continue
+                        if fspecial[off + sy]:
                             code, e, err = finish_symbol(sy, True, e, esc, ee)
                             if err != OK:
                                 detail = c
                                 break
                         else:
                             code = (sy >> 1) ^ -(sy & 1)
-                        p = spidx[t]
                         r[p] = spred[t] + code * s
                         qm[p] = min(abs(code), N_CODE_CONTEXTS - 1)
                     if err != OK:
