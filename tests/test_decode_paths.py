@@ -179,13 +179,25 @@ def test_torch_bricks_copied_from_a_template_equal_fresh_builds():
             [p.requires_grad for p in fresh.parameters()]
         with torch.inference_mode():
             assert torch.equal(model(pts), fresh(pts))
-        loaded.append(state)
+        loaded.append((model, state))
     from neurvol import backend as B
 
-    ptrs = {t.data_ptr() for state in loaded for t in state.values()}
+    ptrs = {t.data_ptr() for _, state in loaded for t in state.values()}
     assert B._TEMPLATES
     for template, _ in B._TEMPLATES.values():
         assert not any(t.data_ptr() in ptrs for t in template.state_dict().values())
+    # The copies share no module, and no dict, set or list of one (parameters, buffers,
+    # hooks), with a template or with each other; the templates stay in training mode.
+    templates = [t for t, _ in B._TEMPLATES.values()]
+    assert all(m.training for t in templates for m in t.modules())
+    seen = {id(x) for t in templates for m in t.modules()
+            for x in [m, *(v for v in vars(m).values() if isinstance(v, (dict, set, list)))]}
+    for model, _ in loaded:
+        assert not any(m.training for m in model.modules())
+        own = [x for m in model.modules()
+               for x in [m, *(v for v in vars(m).values() if isinstance(v, (dict, set, list)))]]
+        assert not seen & {id(x) for x in own}
+        seen |= {id(x) for x in own}
 
 
 def test_bricked_queries_evaluate_bricks_on_the_query_threads(monkeypatch):
