@@ -31,6 +31,10 @@ import numpy as np
 MAX_CODE = (1 << 31) - 1
 
 Pass = Tuple[int, int, Tuple[slice, ...]]      # (axis, h, slices of the other axes)
+#: Scalings of the predictor by powers of two, as products: ``v * 0.5`` and ``v * 0.0625``
+#: are exactly ``v / 2`` and ``v / 16`` (same rounding, subnormals included), and faster.
+_HALF = 0.5
+_SIXTEENTH = 0.0625
 
 
 def prediction_passes(shape: Tuple[int, ...]) -> Iterator[Pass]:
@@ -82,11 +86,11 @@ def _predict(view: np.ndarray, axis: int, h: int) -> Tuple[np.ndarray, Tuple[sli
     _along(pred, ax, kl, k)[...] = _along(e, ax, kl, k)        # no right neighbour: E[j]
     for a, b in ((0, min(1, kl)), (kc, kl)):                   # linear
         if a < b:
-            _along(pred, ax, a, b)[...] = (_along(e, ax, a, b) + _along(e, ax, a + 1, b + 1)) / 2.0
+            _along(pred, ax, a, b)[...] = (_along(e, ax, a, b) + _along(e, ax, a + 1, b + 1)) * _HALF
     if kc > 1:
         _along(pred, ax, 1, kc)[...] = (
             9.0 * (_along(e, ax, 1, kc) + _along(e, ax, 2, kc + 1))
-            - (_along(e, ax, 0, kc - 1) + _along(e, ax, 3, kc + 2))) / 16.0
+            - (_along(e, ax, 0, kc - 1) + _along(e, ax, 3, kc + 2))) * _SIXTEENTH
     sel[ax] = slice(h, None, 2 * h)
     return pred, tuple(sel)
 
@@ -171,10 +175,6 @@ def interp_reconstruct(scaled: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray
 
 #: The three predicted axes (z, y, x): the last three of a grid tensor.
 _AXES = (-3, -2, -1)
-#: Scalings of the predictor by powers of two, as products: ``v * 0.5`` and ``v * 0.0625``
-#: are exactly ``v / 2`` and ``v / 16`` (same rounding, subnormals included), and faster.
-_HALF = 0.5
-_SIXTEENTH = 0.0625
 
 
 def _finest_x_pass(buf: np.ndarray, width: int, scaled: np.ndarray) -> None:
