@@ -3,8 +3,9 @@
     python benchmarks/run_bricked_query.py                  # the full run (issue 26's acceptance)
     python benchmarks/run_bricked_query.py --small          # a quick check that it works
 
-Files (built once, in a child process, and cached in ``--cache``; speed depends on the
-models' sizes, not on the fit's quality, so the fits run few steps):
+Files (built once, in a child process, and cached in ``--cache`` under a name that holds
+the settings and the default coder slack; speed depends on the models' sizes and the
+grids' coders, not on the fit's quality, so the fits run few steps):
 
 - *64 bricks*: ``sim_richtmyer_meshkov_t20`` (256^3) upsampled x2 by voxel repetition
   (``np.repeat`` along each axis) to 512^3 float32, encoded at ratio 100 with
@@ -39,6 +40,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 import neurvol
+from neurvol.pipeline import DEFAULT_CODER_SLACK
 
 DATA = os.environ.get("NEURVOL_DATA", "/work/shared/data")
 VOLUME = "sim_richtmyer_meshkov_t20"
@@ -80,7 +82,10 @@ def _encode_here(spec: Dict[str, Any], path: str) -> None:
 
 def build(spec: Dict[str, Any], cache: str) -> str:
     """The cached file for ``spec`` (built when missing)."""
-    name = "bquery_{label}_r{ratio:g}_s{steps}_b{brick}.nvol".format(**spec)
+    # The coder slack is in the name: files coded under another slack decode at another
+    # speed (rANS or zstd grid streams), so they are not reused.
+    name = "bquery_{label}_r{ratio:g}_s{steps}_b{brick}_cs{slack:g}.nvol".format(
+        slack=DEFAULT_CODER_SLACK, **spec)
     path = os.path.join(cache, name)
     if not os.path.exists(path):
         os.makedirs(cache, exist_ok=True)
