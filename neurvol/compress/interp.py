@@ -185,9 +185,10 @@ def _finest_x_pass(buf: np.ndarray, width: int, scaled: np.ndarray) -> None:
 
     Flattened, the even positions of all rows are one stride-2 sequence ``E`` and the
     odd ones another, position ``j`` of the odd ones lying between ``E[j]`` and
-    ``E[j + 1]``. The cubic kernel is computed over the whole flat sequence with long
-    contiguous numpy loops (row by row, rows of ~20 points, it is several times slower),
-    which is right for every point of a row except its first one and its last few: those
+    ``E[j + 1]``. The cubic kernel is computed over the whole flat sequence in long numpy
+    loops (row by row, each loop would be only as long as a row, and numpy's per-loop
+    cost would dominate), which is right for every point of a row except its first and
+    its last few: those
     columns are then set with their own kernels (linear, or the copy of ``v(p-1)``), as
     :func:`_predict` does. Same operations on the same values: the same bits."""
     flat = buf.reshape(-1)
