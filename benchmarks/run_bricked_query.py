@@ -74,8 +74,10 @@ def _load(spec: Dict[str, Any]) -> np.ndarray:
 
 def _encode_here(spec: Dict[str, Any], path: str) -> None:
     vol = _load(spec)
+    # Model only: with so few fit steps a one-model encode would keep the pure predictor
+    # candidate instead (a file with no model to query).
     nv = neurvol.encode(vol, ratio=spec["ratio"], steps=spec["steps"], seed=0, quiet=True,
-                        brick=spec["brick"], workers=spec["workers"])
+                        brick=spec["brick"], workers=spec["workers"], codec={"hybrid": False})
     nv.save(path + ".tmp")
     os.replace(path + ".tmp", path)
 
