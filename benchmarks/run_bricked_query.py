@@ -186,6 +186,10 @@ def stages(path: str, backend: str, runs: int) -> Dict[str, float]:
     saved = [(m, name, getattr(m, name)) for m, name in counts if hasattr(m, name)]
     for m, name, _ in saved:
         setattr(m, name, 1)
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)           # torch's own pool too: the stages' CPU is their own
     try:
         with neurvol.open(path, backend=backend) as nv:
             top = np.asarray(nv.shape, dtype=np.float64) - 1
@@ -201,6 +205,7 @@ def stages(path: str, backend: str, runs: int) -> Dict[str, float]:
                 nv.query(few)
             total += time.process_time() - c0
     finally:
+        torch.set_num_threads(torch_threads)
         for m, name, value in saved:
             setattr(m, name, value)
         for owner, name, fn in undo:
