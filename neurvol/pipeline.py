@@ -70,9 +70,9 @@ _ENTROPY_ROUNDS = 40
 #: Ways to code dense feature grids (CodecSettings.grids): the registry's grid-coding
 #: methods (a GridMethod's step is searched; kmeans codes the grids as the other tensors).
 GRID_CODINGS = grid_codings()
-#: CodecSettings.coder_slack's default: where rANS is smallest, zstd typically costs a few
-#: per cent more bytes (grid streams of bricks) and decodes tens of times faster.
-DEFAULT_CODER_SLACK = 0.1
+#: CodecSettings.coder_slack's default: the grid streams of fully fitted bricks cost zstd
+#: about a fifth more bytes than rANS, and zstd decodes them tens of times faster.
+DEFAULT_CODER_SLACK = 0.25
 #: The largest coder slack accepted (beyond it the budget pays more than it buys).
 MAX_CODER_SLACK = 1.0
 #: How pruning chooses the weights (CodecSettings.prune_method).
