@@ -3,8 +3,9 @@
     python benchmarks/run_bricked_query.py                  # the full run (issue 26's acceptance)
     python benchmarks/run_bricked_query.py --small          # a quick check that it works
 
-Files (built once, in a child process, and cached in ``--cache``; speed depends on the
-models' sizes, not on the fit's quality, so the fits run few steps):
+Files (built once, in a child process, and cached in ``--cache`` under a name that holds
+the settings and the default coder slack; speed depends on the models' sizes and the
+grids' coders, not on the fit's quality, so the fits run few steps):
 
 - *64 bricks*: ``sim_richtmyer_meshkov_t20`` (256^3) upsampled x2 by voxel repetition
   (``np.repeat`` along each axis) to 512^3 float32, encoded at ratio 100 with
@@ -39,6 +40,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 import neurvol
+from neurvol.pipeline import DEFAULT_CODER_SLACK
 
 DATA = os.environ.get("NEURVOL_DATA", "/work/shared/data")
 VOLUME = "sim_richtmyer_meshkov_t20"
@@ -72,15 +74,20 @@ def _load(spec: Dict[str, Any]) -> np.ndarray:
 
 def _encode_here(spec: Dict[str, Any], path: str) -> None:
     vol = _load(spec)
+    # Model only: with so few fit steps a one-model encode would keep the pure predictor
+    # candidate instead (a file with no model to query).
     nv = neurvol.encode(vol, ratio=spec["ratio"], steps=spec["steps"], seed=0, quiet=True,
-                        brick=spec["brick"], workers=spec["workers"])
+                        brick=spec["brick"], workers=spec["workers"], codec={"hybrid": False})
     nv.save(path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
 def build(spec: Dict[str, Any], cache: str) -> str:
     """The cached file for ``spec`` (built when missing)."""
-    name = "bquery_{label}_r{ratio:g}_s{steps}_b{brick}.nvol".format(**spec)
+    # The coder slack is in the name: files coded under another slack decode at another
+    # speed (rANS or zstd grid streams), so they are not reused.
+    name = "bquery_{label}_r{ratio:g}_s{steps}_b{brick}_cs{slack:g}.nvol".format(
+        slack=DEFAULT_CODER_SLACK, **spec)
     path = os.path.join(cache, name)
     if not os.path.exists(path):
         os.makedirs(cache, exist_ok=True)
@@ -128,7 +135,8 @@ STAGES = (
     ("neurvol.compress.coders.rans", "rans_decode", "decode: rANS streams"),
     ("neurvol.compress.coders.zstd", "zstd_exact", "decode: zstd streams"),
     ("neurvol.compress.methods.grid", "unzigzag", "decode: unzigzag"),
-    ("neurvol.compress.methods.interp", "interp_decode", "decode: interp grid prediction"),
+    ("neurvol.compress.methods.interp", "unzigzag_scaled", "decode: unzigzag"),
+    ("neurvol.compress.methods.interp", "interp_reconstruct", "decode: interp grid prediction"),
     ("neurvol.compress.methods.lorenzo", "lorenzo_reconstruct", "decode: lorenzo grid prediction"),
     ("neurvol.backend", "TorchBackend.load", "model build (torch)"),
     ("neurvol.backend", "NumpyBackend.load", "model build (numpy)"),
@@ -178,6 +186,10 @@ def stages(path: str, backend: str, runs: int) -> Dict[str, float]:
     saved = [(m, name, getattr(m, name)) for m, name in counts if hasattr(m, name)]
     for m, name, _ in saved:
         setattr(m, name, 1)
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)           # torch's own pool too: the stages' CPU is their own
     try:
         with neurvol.open(path, backend=backend) as nv:
             top = np.asarray(nv.shape, dtype=np.float64) - 1
@@ -193,6 +205,7 @@ def stages(path: str, backend: str, runs: int) -> Dict[str, float]:
                 nv.query(few)
             total += time.process_time() - c0
     finally:
+        torch.set_num_threads(torch_threads)
         for m, name, value in saved:
             setattr(m, name, value)
         for owner, name, fn in undo:

@@ -130,9 +130,13 @@ class TorchBackend(Backend):
         return self.device.type == "cpu"
 
     def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
-        model = copy.deepcopy(_model_template(arch, config))
-        model.load_state_dict({n: self._torch.from_numpy(a) for n, a in arrays.items()})
-        return model.to(self.device).eval()
+        model = _module_copy(_model_template(arch, config))
+        # The decoded arrays become the parameters (no copy): they are fresh float32
+        # arrays of this brick; one that is not writeable (a view of the payload) is copied.
+        model.load_state_dict({n: self._torch.from_numpy(a if a.flags.writeable else a.copy())
+                               for n, a in arrays.items()}, assign=True)
+        model.eval()
+        return model if self.device.type == "cpu" else model.to(self.device)
 
     def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
         torch = self._torch
@@ -159,6 +163,27 @@ class TorchBackend(Backend):
 # model is a copy of one (a build runs the random initialisation of every tensor).
 _TEMPLATES: "OrderedDict[str, Tuple[Any, int]]" = OrderedDict()     # key -> (model, bytes)
 _TEMPLATES_LOCK = threading.Lock()
+
+
+def _module_copy(module: Any) -> Any:
+    """A copy of an ``nn.Module`` tree whose modules, and their parameter, buffer, hook
+    and other dicts, sets and lists, are its own, while its tensors are still the
+    original's: ``load_state_dict(..., assign=True)`` then gives it its own tensors
+    without copying any. A bricked file builds a model per brick, and ``copy.deepcopy``
+    (hundreds of Python calls per model, and a clone of every tensor that the load then
+    overwrites) took most of a cold query's model builds. The template is never evaluated,
+    so it holds no caches to share."""
+    new = module.__class__.__new__(module.__class__)
+    state = {}
+    for key, value in module.__dict__.items():
+        if key == "_modules":
+            value = {name: None if child is None else _module_copy(child)
+                     for name, child in value.items()}
+        elif isinstance(value, (dict, set, list)):
+            value = value.copy()            # keeps the type (OrderedDict hooks)
+        state[key] = value
+    new.__dict__.update(state)
+    return new
 
 
 def _model_template(arch: str, config: ModelConfig) -> Any:

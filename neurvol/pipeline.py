@@ -70,6 +70,11 @@ _ENTROPY_ROUNDS = 40
 #: Ways to code dense feature grids (CodecSettings.grids): the registry's grid-coding
 #: methods (a GridMethod's step is searched; kmeans codes the grids as the other tensors).
 GRID_CODINGS = grid_codings()
+#: CodecSettings.coder_slack's default: the grid streams of fully fitted bricks cost zstd
+#: about a fifth more bytes than rANS, and zstd decodes them tens of times faster.
+DEFAULT_CODER_SLACK = 0.25
+#: The largest coder slack accepted (beyond it the budget pays more than it buys).
+MAX_CODER_SLACK = 1.0
 #: How pruning chooses the weights (CodecSettings.prune_method).
 PRUNE_METHODS = ("magnitude", "smallify", "vd")
 #: The header's codec.pipeline stage of each pruning method.
@@ -112,6 +117,11 @@ class CodecSettings:
     the codec sets neither ``rate`` nor ``grid_bits`` (:mod:`neurvol.encoding.pilot`);
     this dataclass's own default, 0, is what explicit settings get. Recorded in the
     header as the stage ``rate``.
+    coder_slack: a stream whose smallest coding is rANS (which decodes symbol by symbol)
+    is stored with the smallest fast coder (zstd, raw) instead when that is at most this
+    fraction larger, so readers decode it many times faster (a cold bricked query
+    decodes every touched brick's grids). The budget still holds: the step search sees
+    the larger sizes. 0: always the smallest (spec/payload.md §2.2.1).
     """
 
     grids: str = "interp"
@@ -122,6 +132,7 @@ class CodecSettings:
     coders: Tuple[str, ...] = DEFAULT_CODERS
     vq_ema: float = 0.0
     rate: float = 0.0
+    coder_slack: float = DEFAULT_CODER_SLACK
 
     def __post_init__(self) -> None:
         if self.grids not in GRID_CODINGS:
@@ -152,6 +163,10 @@ class CodecSettings:
         if self.rate > 0 and self.grids != "interp":
             raise ValueError("rate penalises the interp coder's residuals: it needs "
                              "grids='interp'")
+        if not (isinstance(self.coder_slack, (int, float)) and not isinstance(self.coder_slack, bool)
+                and math.isfinite(self.coder_slack) and 0 <= self.coder_slack <= MAX_CODER_SLACK):
+            raise ValueError(f"coder_slack must be a fraction in [0, {MAX_CODER_SLACK:g}] "
+                             "(0: always the smallest coder)")
         known = coder_names()
         bad = set(self.coders) - set(known)
         if not self.coders or bad:
@@ -312,8 +327,9 @@ def _binary_entropy(p: float) -> float:
 class _RecordCache:
     """Records of one model's tensors, memoised by plan (a search re-uses most of them)."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], order: List[str], coders: Tuple[str, ...]):
-        self.arrays, self.order, self.coders = arrays, order, coders
+    def __init__(self, arrays: Mapping[str, np.ndarray], order: List[str], coders: Tuple[str, ...],
+                 slack: float = 0.0):
+        self.arrays, self.order, self.coders, self.slack = arrays, order, coders, slack
         self.cache: Dict[Tuple[str, TensorPlan], bytes] = {}
 
     def payload(self, plans: Mapping[str, TensorPlan]) -> bytes:
@@ -323,7 +339,8 @@ class _RecordCache:
             if key not in self.cache:
                 p = plans[name]
                 self.cache[key] = encode_record(self.arrays[name], p.record_method(),
-                                                masked=p.masked, coders=self.coders)
+                                                masked=p.masked, coders=self.coders,
+                                                slack=self.slack)
             parts.append(self.cache[key])
         return b"".join(parts)
 
@@ -382,7 +399,7 @@ def _compress(model: VolumeModel, file_size: Callable[[bytes], int], budget: int
     grids = codec.grid_names(model)
     arrays = _arrays(model)
     order = list(arrays)
-    cache = _RecordCache(arrays, order, coders)
+    cache = _RecordCache(arrays, order, coders, codec.coder_slack)
     if not grids:
         def trial(k: int) -> Tuple[bytes, int]:
             payload = cache.payload(plans_for(model, k, codec))
@@ -410,7 +427,7 @@ def _compress(model: VolumeModel, file_size: Callable[[bytes], int], budget: int
             finetune(lambda name: name not in grids)
         # Keep the stored grid records unless the grids moved (a learned codebook).
         kept = {key: v for key, v in cache.cache.items() if key[0] in grids and not learned}
-        cache = _RecordCache(_arrays(model), order, coders)
+        cache = _RecordCache(_arrays(model), order, coders, codec.coder_slack)
         cache.cache.update(kept)
         # The grids were trained for (or set to) their values at this step: a finer step
         # would quantize them twice, a coarser one undo what was learned. Re-search only

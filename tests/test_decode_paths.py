@@ -32,7 +32,9 @@ def _gather_predict(view, axis, h):
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (3, 5, 7), (1, 9, 4, 13), (2, 1, 17, 3, 2),
-                                   (2, 1, 12, 12, 12), (1, 33, 6, 65)])
+                                   (2, 1, 12, 12, 12), (1, 33, 6, 65), (4, 3, 1), (3, 2, 3, 5),
+                                   (5, 4, 4), (2, 3, 7, 6), (1, 2, 5, 6, 8), (6, 5, 9),
+                                   (2, 1, 9, 8, 10), (1, 1, 13, 11, 37)])
 def test_interp_slices_equal_gathers(shape, monkeypatch):
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape) * 5
@@ -46,6 +48,65 @@ def test_interp_slices_equal_gathers(shape, monkeypatch):
         np.testing.assert_array_equal(codes, ref_codes)
         assert rec.tobytes() == ref_rec.tobytes()
         assert decoded.tobytes() == ref_decoded.tobytes() == rec.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 3, 4, 5), (1, 1, 6, 7, 9), (3, 8, 8, 8),
+                                   (2, 1, 11, 10, 2), (1, 1, 16, 16, 15)])
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_interp_from_symbols_equals_the_int64_codes_path(shape, width):
+    """The record's fused path (symbols -> codes times the step -> prediction passes,
+    the last in flat form) gives the bits of the plain one (int64 codes, then every
+    pass by slices), for every symbol width and for odd and even last axes."""
+    from neurvol.compress.methods.interp import Interp
+
+    rng = np.random.default_rng(width * 100 + len(shape))
+    top = {1: 120, 2: 30000, 4: 1 << 30}[width]
+    codes = rng.integers(-top // 2, top // 2, int(np.prod(shape)))
+    z = zigzag(codes).astype(f"<u{width}")
+    for step in (1e-3, 0.37, 3.0e5):
+        fused = Interp.reconstruct_symbols(z, shape, step)
+        plain = Interp.reconstruct(unzigzag(z), shape, step)
+        assert fused.dtype == np.float32 and fused.tobytes() == plain.tobytes()
+        # ... and both are the spec's passes, every one by slices (no flat last pass).
+        ref = _passes_by_slices(codes, shape, step)
+        assert plain.tobytes() == ref.astype(np.float32).reshape(-1).tobytes()
+
+
+def _passes_by_slices(codes, shape, step):
+    """spec/payload.md §2.2.8 with every pass through ``interp._predict`` (the decode
+    before the flat last pass)."""
+    rec = np.zeros(shape)
+    pos = 0
+
+    def take(pred):
+        nonlocal pos
+        pred += codes[pos:pos + pred.size].reshape(pred.shape) * step
+        pos += pred.size
+        return pred
+
+    anchor = interp._anchor(shape)
+    rec[anchor] = take(np.zeros_like(rec[anchor]))
+    for axis, h, sel in interp.prediction_passes(shape):
+        view = rec[sel]
+        pred, psel = interp._predict(view, axis, h)
+        view[psel] = take(pred)
+    assert pos == codes.size
+    return rec
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+def test_unzigzag_scaled_equals_unzigzag_times_step(dtype):
+    from neurvol.compress.lorenzo import unzigzag_scaled
+
+    info = np.iinfo(dtype)
+    r = np.random.default_rng(1).integers(-(1 << 20), 1 << 20, 10_000)
+    z = zigzag(r)
+    z = np.concatenate([z[z <= info.max], [0, 1, 2, min(info.max, (1 << 62))]]).astype(dtype)
+    for step in (5e-324, 1e-3, 0.1, 7.0, 1e300):
+        with np.errstate(over="ignore"):
+            want = unzigzag(z) * step
+            got = unzigzag_scaled(z, step)
+        assert got.dtype == np.float64 and got.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
@@ -118,13 +179,25 @@ def test_torch_bricks_copied_from_a_template_equal_fresh_builds():
             [p.requires_grad for p in fresh.parameters()]
         with torch.inference_mode():
             assert torch.equal(model(pts), fresh(pts))
-        loaded.append(state)
+        loaded.append((model, state))
     from neurvol import backend as B
 
-    ptrs = {t.data_ptr() for state in loaded for t in state.values()}
+    ptrs = {t.data_ptr() for _, state in loaded for t in state.values()}
     assert B._TEMPLATES
     for template, _ in B._TEMPLATES.values():
         assert not any(t.data_ptr() in ptrs for t in template.state_dict().values())
+    # The copies share no module, and no dict, set or list of one (parameters, buffers,
+    # hooks), with a template or with each other; the templates stay in training mode.
+    templates = [t for t, _ in B._TEMPLATES.values()]
+    assert all(m.training for t in templates for m in t.modules())
+    seen = {id(x) for t in templates for m in t.modules()
+            for x in [m, *(v for v in vars(m).values() if isinstance(v, (dict, set, list)))]}
+    for model, _ in loaded:
+        assert not any(m.training for m in model.modules())
+        own = [x for m in model.modules()
+               for x in [m, *(v for v in vars(m).values() if isinstance(v, (dict, set, list)))]]
+        assert not seen & {id(x) for x in own}
+        seen |= {id(x) for x in own}
 
 
 def test_bricked_queries_evaluate_bricks_on_the_query_threads(monkeypatch):

@@ -96,6 +96,50 @@ def test_rans_beats_zstd_on_iid_skewed_symbols():
                                           for c in (CODER_RAW, CODER_ZSTD, CODER_RANS))
 
 
+def test_coder_slack_takes_zstd_within_the_slack_and_rans_beyond():
+    """spec/payload.md §2.2.1: with a slack, the smallest fast coder (zstd) wins over a
+    smaller rANS stream when it is at most that fraction larger; without, the smallest."""
+    pytest.importorskip("constriction")
+    rng = np.random.default_rng(4)
+    sym = np.abs(np.round(rng.laplace(0, 3, size=100000))).astype(np.int64)
+    rans = len(encode_stream(sym, (CODER_RANS,)))
+    zstd = len(encode_stream(sym, (CODER_ZSTD,)))
+    extra = (zstd - 6) / (rans - 6) - 1            # data bytes, without the stream head
+    assert extra > 0
+    assert encode_stream(sym)[0] == CODER_RANS
+    assert encode_stream(sym, slack=extra / 2)[0] == CODER_RANS
+    chosen = encode_stream(sym, slack=extra * 1.01)
+    assert chosen == encode_stream(sym, (CODER_ZSTD,))
+    out, name = decode_stream(_take(chosen), sym.size, "s")
+    assert name == "zstd"
+    np.testing.assert_array_equal(out, sym)
+    # A fast coder that is smallest anyway needs no slack; raw counts as fast too.
+    flat = np.arange(300) % 256
+    assert encode_stream(flat, (CODER_RAW, CODER_RANS), slack=10.0)[0] == CODER_RAW
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="slack"):
+            encode_stream(sym, slack=bad)
+
+
+def test_grid_records_follow_the_coder_slack():
+    """The pipeline's records pass CodecSettings.coder_slack to every stream."""
+    pytest.importorskip("constriction")
+    from neurvol.pipeline import DEFAULT_CODER_SLACK, CodecSettings, _RecordCache
+    grid = np.random.default_rng(5).normal(size=(4, 1, 20, 20, 20)).astype(np.float32)
+    plan = TensorPlan("interp", step=0.5)
+
+    def grid_coder(slack):
+        payload = _RecordCache({"g": grid}, ["g"], CodecSettings().coders, slack).payload({"g": plan})
+        return payload_stats(payload, [("g", grid.shape)])[0].coder
+
+    assert grid_coder(0.0) == "rans"
+    assert grid_coder(DEFAULT_CODER_SLACK) == "zstd"
+    assert CodecSettings().coder_slack == DEFAULT_CODER_SLACK > 0
+    for bad in (-0.01, 2.0, float("nan"), True):
+        with pytest.raises(ValueError, match="coder_slack"):
+            CodecSettings(coder_slack=bad)
+
+
 def test_masked_kmeans_keeps_zeros_exact_and_counts_mask_bytes():
     rng = np.random.default_rng(5)
     w = rng.normal(size=(40, 30)).astype(np.float32)

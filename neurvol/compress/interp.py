@@ -31,6 +31,10 @@ import numpy as np
 MAX_CODE = (1 << 31) - 1
 
 Pass = Tuple[int, int, Tuple[slice, ...]]      # (axis, h, slices of the other axes)
+#: Scalings of the predictor by powers of two, as products: ``v * 0.5`` and ``v * 0.0625``
+#: are exactly ``v / 2`` and ``v / 16`` (same rounding, subnormals included), and faster.
+_HALF = 0.5
+_SIXTEENTH = 0.0625
 
 
 def prediction_passes(shape: Tuple[int, ...]) -> Iterator[Pass]:
@@ -82,11 +86,11 @@ def _predict(view: np.ndarray, axis: int, h: int) -> Tuple[np.ndarray, Tuple[sli
     _along(pred, ax, kl, k)[...] = _along(e, ax, kl, k)        # no right neighbour: E[j]
     for a, b in ((0, min(1, kl)), (kc, kl)):                   # linear
         if a < b:
-            _along(pred, ax, a, b)[...] = (_along(e, ax, a, b) + _along(e, ax, a + 1, b + 1)) / 2.0
+            _along(pred, ax, a, b)[...] = (_along(e, ax, a, b) + _along(e, ax, a + 1, b + 1)) * _HALF
     if kc > 1:
         _along(pred, ax, 1, kc)[...] = (
             9.0 * (_along(e, ax, 1, kc) + _along(e, ax, 2, kc + 1))
-            - (_along(e, ax, 0, kc - 1) + _along(e, ax, 3, kc + 2))) / 16.0
+            - (_along(e, ax, 0, kc - 1) + _along(e, ax, 3, kc + 2))) * _SIXTEENTH
     sel[ax] = slice(h, None, 2 * h)
     return pred, tuple(sel)
 
@@ -129,20 +133,91 @@ def interp_decode(codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.
     codes = np.asarray(codes, dtype=np.int64).reshape(-1)
     if len(shape) < 3 or codes.size != int(np.prod(shape)) or codes.size == 0:
         raise ValueError(f"{codes.size} codes do not fill a grid of shape {tuple(shape)}")
-    rec = np.zeros(tuple(shape), dtype=np.float64)
+    # float64(code) * step: the product the definition adds to each prediction.
+    return interp_reconstruct(codes * step, shape)
+
+
+def interp_reconstruct(scaled: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """:func:`interp_decode` from the codes already multiplied by the step (``scaled``:
+    ``float64(code) * step``, float64, stream order): the reconstruction (float64, a view
+    of ``shape``; C-contiguous unless the last axis is odd)."""
+    scaled = np.asarray(scaled, dtype=np.float64).reshape(-1)
+    shape = tuple(shape)
+    if len(shape) < 3 or scaled.size != int(np.prod(shape)) or scaled.size == 0:
+        raise ValueError(f"{scaled.size} codes do not fill a grid of shape {shape}")
+    # Every point is set exactly once (the anchor or one pass), so no zero fill. The last
+    # axis is padded to even length so that the finest pass along it is one flat
+    # stride-2 sequence (:func:`_finest_x_pass`); the padding column is never read.
+    width = shape[-1]
+    buf = np.empty(shape[:-1] + (width + (width & 1),), dtype=np.float64)
+    rec = buf[..., :width]
     pos = 0
 
     def take(pred: np.ndarray) -> np.ndarray:
         nonlocal pos
-        q = codes[pos:pos + pred.size].reshape(pred.shape)
+        pred += scaled[pos:pos + pred.size].reshape(pred.shape)
         pos += pred.size
-        pred += q * step             # ``pred`` is this pass's own array
         return pred
 
-    anchor = _anchor(rec.shape)
-    rec[anchor] = take(np.zeros_like(rec[anchor]))
-    for axis, h, sel in prediction_passes(rec.shape):
+    anchor = _anchor(shape)
+    rec[anchor] = take(np.zeros(rec[anchor].shape))
+    for axis, h, sel in prediction_passes(shape):
+        if axis == len(_AXES) - 1 and h == 1:
+            # The last pass (finest level, last axis): half of all points.
+            _finest_x_pass(buf, width, scaled[pos:])
+            pos = scaled.size
+            continue
         view = rec[sel]
         pred, psel = _predict(view, axis, h)
         view[psel] = take(pred)
     return rec
+
+
+#: The three predicted axes (z, y, x): the last three of a grid tensor.
+_AXES = (-3, -2, -1)
+
+
+def _finest_x_pass(buf: np.ndarray, width: int, scaled: np.ndarray) -> None:
+    """The pass ``h = 1`` along the last axis, in place in ``buf`` (the grid with its last
+    axis padded to even length ``2 * half``): every odd position of every row, from the
+    even positions already set, plus ``scaled`` (this pass's codes times the step, rows
+    in C order).
+
+    Flattened, the even positions of all rows are one stride-2 sequence ``E`` and the
+    odd ones another, position ``j`` of the odd ones lying between ``E[j]`` and
+    ``E[j + 1]``. The cubic kernel is computed over the whole flat sequence in long numpy
+    loops (row by row, each loop would be only as long as a row, and numpy's per-loop
+    cost would dominate), which is right for every point of a row except its first and
+    its last few: those
+    columns are then set with their own kernels (linear, or the copy of ``v(p-1)``), as
+    :func:`_predict` does. Same operations on the same values: the same bits."""
+    flat = buf.reshape(-1)
+    half = buf.shape[-1] // 2
+    rows = flat.size // (2 * half)
+    e = flat[0::2]
+    size = e.size
+    k = width // 2                          # points per row (odd positions < width)
+    m = (width + 1) // 2                    # even positions per row
+    kl = min(k, m - 1)                      # j < kl: a right neighbour
+    kc = max(1, min(k, m - 2))              # 1 <= j < kc: cubic
+    pred = np.empty(size, dtype=np.float64)
+    if kc > 1:
+        inner = pred[1:size - 2]
+        np.add(e[1:size - 2], e[2:size - 1], out=inner)
+        inner *= 9.0
+        inner -= e[0:size - 3] + e[3:size]
+        inner *= _SIXTEENTH
+    p2, e2 = pred.reshape(rows, half), e.reshape(rows, half)
+    for j in [0] + list(range(kc, half)):
+        if j >= k:                          # the padding column
+            p2[:, j] = 0.0
+        elif j >= kl:                       # no right neighbour
+            p2[:, j] = e2[:, j]
+        else:                               # linear
+            np.add(e2[:, j], e2[:, j + 1], out=p2[:, j])
+            p2[:, j] *= _HALF
+    if k == half:
+        pred += scaled
+    else:
+        p2[:, :k] += scaled.reshape(rows, k)
+    flat[1::2] = pred

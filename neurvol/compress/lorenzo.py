@@ -58,6 +58,25 @@ def unzigzag(z: np.ndarray) -> np.ndarray:
     return out
 
 
+def unzigzag_scaled(z: np.ndarray, step: float) -> np.ndarray:
+    """``float64(unzigzag(z)) * step`` (the same bits), without the int64 codes: narrow
+    symbols are unzigzagged in the next wider signed type (exact) and converted once."""
+    z = np.asarray(z)
+    wide = _SIGNED_WIDER.get(z.dtype.itemsize) if z.dtype.kind == "u" else None
+    if wide is None:
+        return unzigzag(z) * step
+    r = z.astype(wide)
+    sign = r & 1
+    r >>= 1
+    np.negative(sign, out=sign)
+    r ^= sign
+    out = r.astype(np.float64)
+    out *= step
+    return out
+
+
+#: The signed type that holds every unzigzagged value of a narrow unsigned symbol.
+_SIGNED_WIDER = {1: np.int16, 2: np.int32}
 #: Symbols of at most this many bytes unzigzag by table lookup (a 2^16-entry table).
 _TABLE_BYTES = 2
 

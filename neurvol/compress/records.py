@@ -58,18 +58,19 @@ def configured(method: Union[str, RecordMethod], **params: Any) -> RecordMethod:
 
 def encode_record(arr: np.ndarray, method: Union[str, RecordMethod], *, k: int = 0,
                   step: float = 0.0, masked: bool = False,
-                  coders: Sequence[CoderChoice] = DEFAULT_CODERS) -> bytes:
+                  coders: Sequence[CoderChoice] = DEFAULT_CODERS, slack: float = 0.0) -> bytes:
     """One record for ``arr`` (float32) with ``method`` (a name, configured by ``k`` /
     ``step``, or a configured :class:`RecordMethod`). ``masked``: store the zero pattern as
     a mask and quantize only the non-zero elements (pruned tensors). ``coders``: entropy
-    coders to try for each stream (the smallest wins)."""
+    coders to try for each stream (the smallest wins; ``slack``: a fast coder within
+    this fraction of a slow smallest one wins, :func:`.streams.encode_stream`)."""
     m = configured(method, k=k, step=step)
     if masked and not m.maskable:
         raise ValueError(f"{m.name} records cannot be masked")
     chosen = tuple(coders)
 
     def encode_stream(sym: np.ndarray) -> bytes:
-        return _encode_stream(sym, chosen)
+        return _encode_stream(sym, chosen, slack=slack)
 
     arr = np.asarray(arr, dtype=np.float32)
     if not masked:

@@ -155,6 +155,11 @@ class GridMethod(RecordMethod):
 class StreamCoder(_Registered, abc.ABC):
     """One entropy coder of a stream (``spec/payload.md`` §2.2, "Stream")."""
 
+    #: Whether decoding runs symbol by symbol (rANS), far slower than copying or zstd:
+    #: the encoder's coder choice may trade a few bytes for a fast coder
+    #: (``streams.encode_stream``'s ``slack``).
+    slow_decode: ClassVar[bool] = False
+
     @abc.abstractmethod
     def encode(self, symbols: np.ndarray, plain: bytes) -> Optional[bytes]:
         """The coded data of ``symbols`` (their plain form: ``plain``), or None where this

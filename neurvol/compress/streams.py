@@ -9,6 +9,7 @@ then ``length`` coded bytes, coded by the registered coder of that id
 """
 from __future__ import annotations
 
+import math
 import struct
 from typing import Callable, Optional, Sequence, Tuple, Union
 
@@ -41,22 +42,34 @@ def coder_instances(choices: Optional[Sequence[CoderChoice]]) -> Tuple[StreamCod
     return tuple(c if isinstance(c, StreamCoder) else get_coder(c)() for c in choices)
 
 
-def encode_stream(symbols: np.ndarray, coders: Optional[Sequence[CoderChoice]] = None) -> bytes:
+def encode_stream(symbols: np.ndarray, coders: Optional[Sequence[CoderChoice]] = None, *,
+                  slack: float = 0.0) -> bytes:
     """Code ``symbols`` (non-negative ints < 2^32) with the smallest of ``coders`` (ids,
     names or instances; default: every registered coder, rANS where ``constriction`` is
-    installed). Ties go to the first listed."""
+    installed). Ties go to the first listed. ``slack``: when the smallest decodes slowly
+    (``StreamCoder.slow_decode``: rANS), the smallest of the fast coders is taken instead
+    if it is at most this fraction larger (0: always the smallest; spec/payload.md §2.2.1)."""
+    if not (isinstance(slack, (int, float)) and math.isfinite(slack) and slack >= 0):
+        raise ValueError(f"slack must be a finite fraction >= 0, got {slack!r}")
     sym = np.asarray(symbols).reshape(-1)
     if sym.size and (int(sym.min()) < 0 or int(sym.max()) >= 1 << 32):
         raise ValueError("stream symbols must be in [0, 2^32)")
     width = width_for(int(sym.max()) if sym.size else 0)
     raw = sym.astype(_DTYPES[width]).tobytes()
-    best: Optional[Tuple[int, bytes]] = None
+    best: Optional[Tuple[StreamCoder, bytes]] = None
+    fast: Optional[Tuple[StreamCoder, bytes]] = None
     for coder in coder_instances(coders):
         coded = coder.encode(sym, raw)
-        if coded is not None and (best is None or len(coded) < len(best[1])):
-            best = (coder.id, coded)
+        if coded is None:
+            continue
+        if best is None or len(coded) < len(best[1]):
+            best = (coder, coded)
+        if not coder.slow_decode and (fast is None or len(coded) < len(fast[1])):
+            fast = (coder, coded)
     assert best is not None, "no coder available"
-    return _HEAD.pack(best[0], width, len(best[1])) + best[1]
+    if fast is not None and best[0].slow_decode and len(fast[1]) <= len(best[1]) * (1 + slack):
+        best = fast
+    return _HEAD.pack(best[0].id, width, len(best[1])) + best[1]
 
 
 def stream_length(take: Callable[[int, str], bytes], what: str) -> Tuple[int, int, int]:

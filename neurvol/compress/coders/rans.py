@@ -99,6 +99,7 @@ class RansCoder(StreamCoder):
     name = "rans"
     summary = "static-model rANS: the symbols' histogram, then 32-bit words"
     section = "§2.3"
+    slow_decode = True
 
     def encode(self, symbols: np.ndarray, plain: bytes) -> Optional[bytes]:
         return rans_encode(symbols)

@@ -88,6 +88,10 @@ class StepGridMethod(GridMethod):
         if not (math.isfinite(step) and step > 0):
             raise NeurvolFormatError(f"tensor {name!r}: invalid {cls.name} step {step}")
         z, coder = decode_stream(take, m, name, max_symbol=_MAX_U32)
-        codes = unzigzag(z)
-        del z
-        return cls.reconstruct(codes, tuple(shape), step), coder, 0
+        return cls.reconstruct_symbols(z, tuple(shape), step), coder, 0
+
+    @classmethod
+    def reconstruct_symbols(cls, z: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
+        """:meth:`reconstruct` from the stream's zigzagged symbols (a method may fuse the
+        two steps; the values are the same)."""
+        return cls.reconstruct(unzigzag(z), shape, step)

@@ -7,7 +7,8 @@ from typing import Tuple
 
 import numpy as np
 
-from ..interp import interp_decode, interp_encode
+from ..interp import interp_decode, interp_encode, interp_reconstruct
+from ..lorenzo import unzigzag_scaled
 from ..registry import register_method
 from .grid import StepGridMethod
 
@@ -27,6 +28,15 @@ class Interp(StepGridMethod):
 
     @classmethod
     def reconstruct(cls, codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
-        rec = interp_decode(codes, shape, step)
-        with np.errstate(over="ignore", invalid="ignore"):  # rejected by the caller: non-finite
-            return rec.astype(np.float32).reshape(-1)
+        return _float32(interp_decode(codes, shape, step))
+
+    @classmethod
+    def reconstruct_symbols(cls, z: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
+        # float64(code) * step straight from the symbols: no int64 codes.
+        return _float32(interp_reconstruct(unzigzag_scaled(z, step), shape))
+
+
+def _float32(rec: np.ndarray) -> np.ndarray:
+    """The record's values: the reconstruction as float32, flat."""
+    with np.errstate(over="ignore", invalid="ignore"):  # rejected by the caller: non-finite
+        return rec.astype(np.float32).reshape(-1)
