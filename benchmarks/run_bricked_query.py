@@ -138,6 +138,8 @@ STAGES = (
     ("neurvol.compress.methods.interp", "unzigzag_scaled", "decode: unzigzag"),
     ("neurvol.compress.methods.interp", "interp_reconstruct", "decode: interp grid prediction"),
     ("neurvol.compress.methods.lorenzo", "lorenzo_reconstruct", "decode: lorenzo grid prediction"),
+    ("neurvol.compress.interp_kernel", "reconstruct_symbols",
+     "decode: interp grid prediction (compiled)"),
     ("neurvol.backend", "TorchBackend.load", "model build (torch)"),
     ("neurvol.backend", "NumpyBackend.load", "model build (numpy)"),
     ("neurvol.backend", "TorchBackend.evaluate", "model evaluation (torch)"),

@@ -15,7 +15,6 @@ numba is optional (``pip install "neurvol[fast]"``): without it, or with
 numpy decoder."""
 from __future__ import annotations
 
-import os
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -26,10 +25,7 @@ from .layout import (ANCHOR_CLASS, BASE_CLASS, ESCAPE, LEVEL_COARSE, LEVEL_FINE,
                      N_CODE_CONTEXTS, N_ROUGHNESS, ROUGHNESS_EDGES, table_of)
 from .predict import _top, level_step, prediction_passes
 from ..interp import MAX_CODE
-
-#: Environment switch: ``NEURVOL_NUMBA=0`` keeps the numpy decoder even where numba is
-#: installed (tests compare the two; a user can rule out the compiled path).
-ENV_SWITCH = "NEURVOL_NUMBA"
+from ..jit import available, jit as _jit  # noqa: F401  (available: the readers' switch)
 
 #: rANS (payload.md §2.3): probability bits and word size.
 PRECISION = 24
@@ -58,25 +54,6 @@ MESSAGES = {
     ZERO_WEIGHT: "damaged rans stream: a symbol its table gives weight 0",
     BAD_HEAD: "unknown mode, or a head that overruns the block",
 }
-
-try:  # numba is optional: the numpy decoder is the fallback
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        raise ImportError(f"{ENV_SWITCH}=0")
-    from numba import njit
-except ImportError:          # pragma: no cover - exercised by the numpy-only CI run
-    njit = None
-
-
-def _jit(**options):
-    """numba's ``njit`` where numba is installed (compiled on first call, cached on disk
-    beside this module); else the plain function, which nothing calls."""
-    return (lambda fn: fn) if njit is None else njit(**options)
-
-
-def available() -> bool:
-    """Whether the compiled decoder can be used (numba installed and not switched off)."""
-    return njit is not None
-
 
 def class_tables(tables: dict, table_map: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
                                                         np.ndarray]:

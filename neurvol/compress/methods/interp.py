@@ -7,6 +7,7 @@ from typing import Tuple
 
 import numpy as np
 
+from .. import interp_kernel
 from ..interp import interp_decode, interp_encode, interp_reconstruct
 from ..lorenzo import unzigzag_scaled
 from ..registry import register_method
@@ -32,6 +33,8 @@ class Interp(StepGridMethod):
 
     @classmethod
     def reconstruct_symbols(cls, z: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
+        if interp_kernel.available():         # compiled, the same bits (numba installed)
+            return interp_kernel.reconstruct_symbols(z, shape, step)
         # float64(code) * step straight from the symbols: no int64 codes.
         return _float32(interp_reconstruct(unzigzag_scaled(z, step), shape))
 
