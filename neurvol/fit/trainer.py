@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import VolumeModel
+from ..models.adam import FUSED_DEVICES, Adam, LambdaSchedule
 from .sampling import ErrorSampler, VoxelSampler
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,23 @@ def warmup_cosine(steps: int, warmup: float, floor: float = 0.01) -> Callable[[i
 
 #: Devices whose Adam has a fused kernel: one pass over each parameter per step instead of
 #: a dozen small ops (the per-step cost of many small tensors, e.g. amgsrn's transforms).
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
+FUSED_ADAM_DEVICES = FUSED_DEVICES
 
 
-def adam(groups: List[Dict[str, Any]], device: torch.device) -> torch.optim.Adam:
-    """Adam over ``groups`` of parameters on ``device``, fused where the device has it."""
-    return torch.optim.Adam(groups, fused=torch.device(device).type in FUSED_ADAM_DEVICES)
+def adam(groups: List[Dict[str, Any]], device: torch.device) -> Any:
+    """Adam over ``groups`` of parameters on ``device``, fused where the device has it:
+    :class:`neurvol.models.adam.Adam` (torch's bits without torch.optim's import of
+    torch._dynamo), or ``torch.optim.Adam`` on devices without the fused kernel."""
+    if torch.device(device).type in FUSED_ADAM_DEVICES:
+        return Adam(groups, fused=True)
+    return torch.optim.Adam(groups, fused=False)
+
+
+def lr_schedule(opt: Any, factor: Callable[[int], float]) -> Any:
+    """``factor(step)`` times each group's initial lr, for an optimizer of :func:`adam`."""
+    if isinstance(opt, Adam):
+        return LambdaSchedule(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def fit(
@@ -137,7 +149,7 @@ class Fitting:
             factor = lambda step: settings.decay ** (step // every)  # noqa: E731
         else:
             factor = warmup_cosine(settings.steps, settings.warmup)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
+        self.sched = lr_schedule(self.opt, factor)
         self.batch = min(settings.batch, self.sampler.voxels)
         #: Steps run so far.
         self.step = 0
@@ -288,7 +300,7 @@ def finetune(
                 regularizer.begin(sampler.voxels)
                 groups += regularizer.param_groups(lr)
             opt = adam(groups, device)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0.0))
+            sched = lr_schedule(opt, warmup_cosine(steps, 0.0))
             n = min(batch, sampler.voxels)
             for _ in range(steps):
                 coords, target = sampler.sample(n)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
+from .adam import Adam
 from .base import Architecture, VolumeModel, register
 from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
@@ -177,7 +178,8 @@ class AMGSRN(VolumeModel):
         was = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=PLACE_LR)
+        # torch.optim.Adam's default on the CPU (single-tensor), without importing torch._dynamo.
+        opt = Adam([{"params": params, "lr": PLACE_LR}], fused=False)
         h, w = volume.shape[1], volume.shape[2]
         for _ in range(PLACE_STEPS):
             lin = torch.randint(0, q_map.numel(), (PLACE_BATCH,), generator=gen)
