@@ -22,11 +22,9 @@ class Interp(StepGridMethod):
     section = "§2.2.8"
 
     def codes(self, arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        codes, rec = interp_encode(np.asarray(arr, dtype=np.float64), self.step)
-        return codes, rec.astype(np.float32)
+        return interp_encode(arr, self.step, dtype=np.float32)
 
     @classmethod
     def reconstruct(cls, codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
-        rec = interp_decode(codes, shape, step)
-        with np.errstate(over="ignore", invalid="ignore"):  # rejected by the caller: non-finite
-            return rec.astype(np.float32).reshape(-1)
+        # Beyond float32's range: inf, rejected by the caller (non-finite).
+        return interp_decode(codes, shape, step, dtype=np.float32).reshape(-1)
