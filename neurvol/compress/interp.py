@@ -23,7 +23,7 @@ prediction here is not an integer, so smooth regions give residuals nearer zero.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -175,10 +175,13 @@ def interp_encode(values: np.ndarray, step: float,
 
 
 def interp_decode(codes: np.ndarray, shape: Tuple[int, ...], step: float,
-                  dtype: "np.typing.DTypeLike" = np.float64) -> np.ndarray:
+                  dtype: "np.typing.DTypeLike" = np.float64,
+                  codes_of: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
     """Inverse of :func:`interp_encode`: the reconstruction of ``shape`` from ``codes``
     (exactly ``prod(shape)`` integers, stream order), computed in float64 and returned as
-    ``dtype`` (values beyond its range become inf, as ``astype`` makes them)."""
+    ``dtype`` (values beyond its range become inf, as ``astype`` makes them).
+    ``codes_of``: maps a piece of ``codes`` to its integer codes (e.g. unzigzags stream
+    symbols), applied a pass at a time."""
     codes = np.asarray(codes).reshape(-1)
     if len(shape) < 3 or codes.size != int(np.prod(shape)) or codes.size == 0:
         raise ValueError(f"{codes.size} codes do not fill a grid of shape {tuple(shape)}")
@@ -188,17 +191,18 @@ def interp_decode(codes: np.ndarray, shape: Tuple[int, ...], step: float,
     passes = list(_stream_offsets(grid, lead))
 
     def take(pred: np.ndarray, q: np.ndarray) -> np.ndarray:
+        q = np.asarray(q if codes_of is None else codes_of(q), dtype=np.int64)
         pred += q.reshape(pred.shape) * step     # ``pred`` is this pass's own array
         return pred
 
     for a, b in batches:
         rec = np.zeros((b - a,) + grid, dtype=np.float64)
         anchor = _anchor(rec.shape)
-        rec[anchor] = take(np.zeros_like(rec[anchor]), codes[a:b].astype(np.int64))
+        rec[anchor] = take(np.zeros_like(rec[anchor]), codes[a:b])
         for (axis, h, sel), pos, count in passes:
             view = rec[sel]
             pred, psel = _predict(view, axis, h)
-            view[psel] = take(pred, codes[pos + a * count:pos + b * count].astype(np.int64))
+            view[psel] = take(pred, codes[pos + a * count:pos + b * count])
         with np.errstate(over="ignore", invalid="ignore"):
             out[a:b] = rec
     return out.reshape(tuple(shape))

@@ -31,8 +31,9 @@ The evaluation math is normative in ``spec/arch/amgsrn.md``.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,8 @@ PLACE_BATCH = 4096
 DEFAULT_GRIDS = 8         # fewer, larger grids fit better at small budgets than 16 or 32
 MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 7^3
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
+# Attributes of the evaluation path's caches (derived from the parameters).
+_EVAL_CACHES = frozenset({"_map_cache", "_map_key", "_table_cache", "_table_key"})
 
 
 class AMGSRN(VolumeModel):
@@ -104,6 +107,17 @@ class AMGSRN(VolumeModel):
             self.mlp[-1].weight.mul_(0.01)
             self.mlp[-1].bias.zero_()
         self._density_active = False
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "AMGSRN":
+        """A deep copy without the evaluation caches (:meth:`_vertex_table`,
+        :meth:`_vertex_map`): they are rebuilt from the parameters when the copy is
+        evaluated, and the encoder copies models beside the one it codes (a cached vertex
+        table is as large as the grids)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__dict__.items() if k not in _EVAL_CACHES}
+        new.__setstate__(copy.deepcopy(state, memo))
+        return new
 
     # ------------------------------------------------------------------ geometry
     def anchor_count(self) -> int:

@@ -8,6 +8,7 @@ from typing import Tuple
 import numpy as np
 
 from ..interp import interp_decode, interp_encode
+from ..lorenzo import unzigzag
 from ..registry import register_method
 from .grid import StepGridMethod
 
@@ -28,3 +29,10 @@ class Interp(StepGridMethod):
     def reconstruct(cls, codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
         # Beyond float32's range: inf, rejected by the caller (non-finite).
         return interp_decode(codes, shape, step, dtype=np.float32).reshape(-1)
+
+    @classmethod
+    def reconstruct_symbols(cls, symbols: np.ndarray, shape: Tuple[int, ...],
+                            step: float) -> np.ndarray:
+        # Each pass's codes unzigzagged as it reads them: no int64 copy of the stream.
+        return interp_decode(symbols, shape, step, dtype=np.float32,
+                             codes_of=unzigzag).reshape(-1)
