@@ -221,14 +221,21 @@ class Fitting:
                     self.stopped = True
         if loss is not None:
             self.loss = float(loss.detach())
+        if regularizer is not None:
+            # Paused (a pilot codes a copy of the model now) or done: its work buffers go.
+            regularizer.release_buffers()
         self.seconds += time.perf_counter() - t0
 
     def finish(self) -> FitResult:
-        """The fit's result; the model (and regularizer) left in eval mode."""
+        """The fit's result; the model (and regularizer) left in eval mode. The optimizer
+        state and the sampler are dropped (the model is coded next, beside them otherwise);
+        the fit cannot be run on."""
         log.debug("fit: %d steps in %.1fs, final loss %.3g", self.step, self.seconds, self.loss)
         self.model.eval()
         if self.regularizer is not None:
             self.regularizer.eval()
+        self.opt = self.sched = self.sampler = None
+        self.stopped = True
         return FitResult(steps=self.step, seconds=self.seconds, final_loss=self.loss)
 
 
@@ -254,6 +261,10 @@ class Regularizer(torch.nn.Module):
 
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. to track parameter statistics)."""
+
+    def release_buffers(self) -> None:
+        """Called when a fit pauses or ends: drop work buffers that the next step makes
+        anew (they would otherwise be held while the model is coded)."""
 
 
 def finetune(
