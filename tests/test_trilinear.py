@@ -54,3 +54,36 @@ def test_amgsrn_evaluation_sees_grid_changes():
     assert (after - before).abs().min() > 0.1
     with torch.enable_grad():
         torch.testing.assert_close(after, model(x).detach(), rtol=0, atol=1e-5)
+
+
+def _pad_and_cat_atlas(grids):
+    """slice_atlas as first written (a padded copy, concatenated halves): the reference
+    the in-place atlas must match bit for bit, values and gradients."""
+    m, c, d, h, w = grids.shape
+    padded = F.pad(grids, (0, 0, 0, 1, 1, 1))
+    return torch.cat([padded[:, :, :-1], padded[:, :, 1:]], 1).reshape(
+        m, 2 * c, (d + 1) * (h + 1), w)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 9, 7, 5), (2, 3, 1, 4, 6), (1, 2, 5, 1, 3)])
+def test_slice_atlas_gives_the_pad_and_cat_bits(shape):
+    from neurvol.models.trilinear import slice_atlas
+
+    gen = torch.Generator().manual_seed(len(shape) + sum(shape))
+    base = torch.randn(*shape, generator=gen)
+    base.view(-1)[::7] = -0.0            # signed zeros pass through unchanged
+    outs, grads = [], []
+    for build in (slice_atlas, _pad_and_cat_atlas):
+        grids = base.clone().requires_grad_(True)
+        atlas = build(grids)
+        # A gradient through grid_sample (as the fit's) plus an elementwise one.
+        pts = (torch.rand(shape[0], 1, 500, 2, generator=torch.Generator().manual_seed(1))
+               * 2.2 - 1.1)
+        w = torch.randn(atlas.shape, generator=torch.Generator().manual_seed(2))
+        loss = F.grid_sample(atlas, pts, align_corners=True).square().sum() + (atlas * w).sum()
+        (g,) = torch.autograd.grad(loss, grids)
+        outs.append(atlas.detach())
+        grads.append(g)
+    assert outs[0].shape == outs[1].shape and torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0].signbit(), outs[1].signbit())
+    assert torch.equal(grads[0], grads[1])

@@ -23,7 +23,7 @@ prediction here is not an integer, so smooth regions give residuals nearer zero.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -99,32 +99,83 @@ def _anchor(shape: Tuple[int, ...]) -> Tuple[slice, ...]:
     return (slice(None),) * (len(shape) - 3) + (slice(0, 1),) * 3
 
 
-def interp_encode(values: np.ndarray, step: float) -> Tuple[np.ndarray, np.ndarray]:
+#: Leading grids are coded this many values at a time (about 2 MiB of float64 per
+#: reconstruction): the stream interleaves the grids pass by pass, but each grid's
+#: prediction reads only itself, so a batch of grids at a time gives the same codes, at a
+#: fraction of a whole tensor's float64 temporaries.
+BATCH_VALUES = 1 << 18
+
+
+def _batches(shape: Tuple[int, ...]) -> Tuple[int, int, Iterator[Tuple[int, int]]]:
+    """(leading grids, values per grid, ``[start, stop)`` ranges of leading grids of about
+    :data:`BATCH_VALUES` values) of a tensor of ``shape``."""
+    lead = int(np.prod(shape[:-3], dtype=np.int64))
+    per = int(np.prod(shape[-3:], dtype=np.int64))
+    n = max(1, BATCH_VALUES // max(per, 1))
+    return lead, per, ((a, min(a + n, lead)) for a in range(0, lead, n))
+
+
+def _stream_offsets(grid: Tuple[int, int, int], lead: int) -> Iterator[Tuple[Pass, int, int]]:
+    """Each pass of a grid of shape ``grid`` with its first position in the stream of
+    ``lead`` such grids side by side (after their ``lead`` anchor codes) and the points it
+    codes per grid."""
+    pos = lead
+    shape = (1,) + tuple(grid)
+    for axis, h, sel in prediction_passes(shape):
+        count = len(range(h, grid[axis], 2 * h))
+        for b in range(3):
+            if b != axis:
+                count *= len(range(0, grid[b], sel[1 + b].step))
+        yield (axis, h, sel), pos, count
+        pos += lead * count
+
+
+def interp_encode(values: np.ndarray, step: float,
+                  dtype: "np.typing.DTypeLike" = np.float64) -> Tuple[np.ndarray, np.ndarray]:
     """Codes (int64, in stream order) of ``values`` (``(..., D, H, W)``) at ``step``, and
-    the reconstruction (float64, same shape) a decoder will produce."""
-    x = np.asarray(values, dtype=np.float64)
+    the reconstruction a decoder will produce (computed in float64, returned as ``dtype``,
+    same shape). float32 values are read as they are (float64 arithmetic widens them
+    exactly)."""
+    x = np.asarray(values)
+    if x.dtype != np.float32:
+        x = np.asarray(x, dtype=np.float64)
     if x.ndim < 3 or x.size == 0:
         raise ValueError("interpolation coding needs a non-empty tensor with >= 3 axes")
     if not (np.isfinite(step) and step > 0):
         raise ValueError("interpolation coding needs a finite step > 0")
-    rec = np.zeros_like(x)
-    codes = []
+    lead, per, batches = _batches(x.shape)
+    grid = x.shape[-3:]
+    flat = x.reshape((lead,) + grid)
+    codes = np.empty(x.size, dtype=np.int64)
+    out = np.empty((lead,) + grid, dtype=dtype)
+    passes = list(_stream_offsets(grid, lead))
 
-    def code(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
-        q = np.round((target - pred) / step)
-        if q.size and float(np.abs(q).max()) > MAX_CODE:
+    def code(target: np.ndarray, pred: np.ndarray, dest: np.ndarray) -> np.ndarray:
+        """``pred`` + the quantized residual (in place), the codes into ``dest``."""
+        d = np.subtract(target, pred, dtype=np.float64)
+        d /= step
+        np.round(d, out=d)
+        if d.size and float(np.abs(d).max()) > MAX_CODE:
             raise ValueError(f"step {step:g} is too small for values of this range")
-        q = q.astype(np.int64)
-        codes.append(q.reshape(-1))
-        return pred + q * step
+        dest.reshape(d.shape)[...] = d
+        # The codes as floats (exact: |code| < 2^31), -0 made +0 as an integer code
+        # converts, so the reconstruction is the decoder's ``pred + code * step``.
+        d += 0.0
+        d *= step
+        pred += d
+        return pred
 
-    anchor = _anchor(x.shape)
-    rec[anchor] = code(x[anchor], np.zeros_like(x[anchor]))
-    for axis, h, sel in prediction_passes(x.shape):
-        view = rec[sel]                  # basic slicing: a view, writes go to ``rec``
-        pred, psel = _predict(view, axis, h)
-        view[psel] = code(x[sel][psel], pred)
-    return np.concatenate(codes), rec
+    for a, b in batches:
+        xb = flat[a:b]
+        rec = np.zeros(xb.shape, dtype=np.float64)
+        anchor = _anchor(rec.shape)
+        rec[anchor] = code(xb[anchor], np.zeros_like(rec[anchor]), codes[a:b])
+        for (axis, h, sel), pos, count in passes:
+            view = rec[sel]              # basic slicing: a view, writes go to ``rec``
+            pred, psel = _predict(view, axis, h)
+            view[psel] = code(xb[sel][psel], pred, codes[pos + a * count:pos + b * count])
+        out[a:b] = rec
+    return codes, out.reshape(x.shape)
 
 
 def interp_decode(codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:

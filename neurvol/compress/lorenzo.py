@@ -37,10 +37,25 @@ def lorenzo_reconstruct(r: np.ndarray, *, overwrite: bool = False) -> np.ndarray
     return q
 
 
-def zigzag(r: np.ndarray) -> np.ndarray:
-    """Signed -> unsigned: 0, -1, 1, -2, 2 ... -> 0, 1, 2, 3, 4 ... (uint64)."""
+#: Values zigzagged per batch (two int64 temporaries of this size, not of the input's).
+ZIGZAG_BATCH = 1 << 18
+
+
+def zigzag(r: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """Signed -> unsigned: 0, -1, 1, -2, 2 ... -> 0, 1, 2, 3, 4 ... (uint64, ``r``'s
+    shape). ``overwrite``: *r* (a contiguous int64 array) may be used as the output (a
+    coder's codes, zigzagged where they are: one array of them, not two)."""
     r = np.asarray(r, dtype=np.int64)
-    return ((r << 1) ^ (r >> 63)).astype(np.uint64)
+    if overwrite and r.flags.c_contiguous and r.flags.writeable:
+        out = r.view(np.uint64)
+    else:
+        out = np.empty(r.shape, dtype=np.uint64)
+    flat_in, flat_out = r.reshape(-1), out.reshape(-1)
+    for a in range(0, flat_in.size, ZIGZAG_BATCH):
+        v = flat_in[a:a + ZIGZAG_BATCH]
+        # The int64 bits reinterpreted as uint64, as ``astype`` converts them.
+        np.bitwise_xor(v << 1, v >> 63, out=flat_out[a:a + ZIGZAG_BATCH].view(np.int64))
+    return out
 
 
 def unzigzag(z: np.ndarray) -> np.ndarray:

@@ -166,6 +166,9 @@ def _start(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
            fit_dict: Dict[str, Any], codec: Optional[Dict[str, Any]], target: np.ndarray,
            seed: int) -> Tuple[ModelFit, Optional[Plateau]]:
     """A model's fit on the brick, started, and its early stop."""
+    # What an earlier model of this brick left (a pilot, a failed fit) goes back first:
+    # its freed buffers would otherwise stay resident beside the new fit's.
+    release_freed_memory()
     arch = get_architecture(arch_name)
     settings = FitSettings(**fit_dict)
     run = start_fit(arch, arch.config_cls.from_dict(config_dict), settings,
@@ -194,6 +197,8 @@ def _compress(job: BrickJob, run: ModelFit, target: np.ndarray,
               core: Optional[Slices3]) -> Compressed:
     """The single-model routine at the brick's budget, scored by the stored model's
     squared error on ``core`` (None: the whole extent)."""
+    # The fit's per-step buffers, freed, go back before coding allocates its own.
+    release_freed_memory()
     model = run.model.cpu()
     return compress_fitted(
         run, file_size=len, budget=job.budget, k0=job.k0,

@@ -241,9 +241,12 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     if workers is None:
         workers = len(devs) if devices else 1
     t_jobs = time.perf_counter()
-    results = run_jobs(jobs, with_data, fn=run_brick_job, workers=workers, executor=executor,
-                       retries=retries, quiet=quiet)
+    results = run_jobs(fit_order(jobs), with_data, fn=run_brick_job, workers=workers,
+                       executor=executor, retries=retries, quiet=quiet)
     jobs_seconds = time.perf_counter() - t_jobs
+    # In brick order whatever order the jobs finished in: the sums over bricks below
+    # (quality) then do not depend on the executor.
+    results = dict(sorted(results.items()))
 
     # ---- assemble
     models, ids = _config_table({b: (r.arch, r.config) for b, r in results.items()},
@@ -295,6 +298,25 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
     if partial is not None:
         nv.partial_bricks = sorted(results)
     return nv
+
+
+def fit_order(jobs: Sequence[BrickJob]) -> List[BrickJob]:
+    """The order to hand the jobs to the executor: the largest budget share (the largest
+    model, the longest fit) first, then the smallest, the second largest, the second
+    smallest, ... A local pool is kept two jobs ahead while the calling process fits one
+    job at a time, and the last job is the caller's; in brick order the caller could end
+    up with the largest ones while the pool idles (bricks of similar content are
+    neighbours). Alternating keeps both sides' work about equal, with few jobs or many.
+    Each job's bytes do not depend on the order."""
+    ranked = sorted(jobs, key=lambda j: (-j.budget, j.brick))
+    out: List[BrickJob] = []
+    lo, hi = 0, len(ranked) - 1
+    while lo <= hi:
+        out.append(ranked[lo])
+        if lo < hi:
+            out.append(ranked[hi])
+        lo, hi = lo + 1, hi - 1
+    return out
 
 
 def _pipeline(used: List[Tuple[Dict[str, Any], Optional[CodecSettings]]]

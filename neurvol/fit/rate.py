@@ -152,6 +152,14 @@ class ResidualOperator:
         self.out_anchor, self.out_views = _stream_views(self.out, self.shape, self.passes)
         self._key = key
 
+    def release(self) -> None:
+        """Drop the buffers and views (made anew at the next call: every value of them is
+        written before it is read)."""
+        for name in ("out", "grad", "x_anchor", "x_views", "g_anchor", "g_views",
+                     "out_anchor", "out_views"):
+            self.__dict__.pop(name, None)
+        self._key = None
+
     def __call__(self, grid: torch.Tensor) -> torch.Tensor:
         self._bind(grid)
         return _ApplyResiduals.apply(grid, self)
@@ -264,3 +272,7 @@ class GridRate(Regularizer):
 
     def after_step(self) -> None:
         self.step += 1
+
+    def release_buffers(self) -> None:
+        for op in self.ops:
+            op.release()

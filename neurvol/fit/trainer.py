@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import VolumeModel
+from ..models.adam import FUSED_DEVICES, Adam, LambdaSchedule
 from .sampling import ErrorSampler, VoxelSampler
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,23 @@ def warmup_cosine(steps: int, warmup: float, floor: float = 0.01) -> Callable[[i
 
 #: Devices whose Adam has a fused kernel: one pass over each parameter per step instead of
 #: a dozen small ops (the per-step cost of many small tensors, e.g. amgsrn's transforms).
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
+FUSED_ADAM_DEVICES = FUSED_DEVICES
 
 
-def adam(groups: List[Dict[str, Any]], device: torch.device) -> torch.optim.Adam:
-    """Adam over ``groups`` of parameters on ``device``, fused where the device has it."""
-    return torch.optim.Adam(groups, fused=torch.device(device).type in FUSED_ADAM_DEVICES)
+def adam(groups: List[Dict[str, Any]], device: torch.device) -> Any:
+    """Adam over ``groups`` of parameters on ``device``, fused where the device has it:
+    :class:`neurvol.models.adam.Adam` (torch's bits without torch.optim's import of
+    torch._dynamo), or ``torch.optim.Adam`` on devices without the fused kernel."""
+    if torch.device(device).type in FUSED_ADAM_DEVICES:
+        return Adam(groups, fused=True)
+    return torch.optim.Adam(groups, fused=False)
+
+
+def lr_schedule(opt: Any, factor: Callable[[int], float]) -> Any:
+    """``factor(step)`` times each group's initial lr, for an optimizer of :func:`adam`."""
+    if isinstance(opt, Adam):
+        return LambdaSchedule(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def fit(
@@ -137,7 +149,7 @@ class Fitting:
             factor = lambda step: settings.decay ** (step // every)  # noqa: E731
         else:
             factor = warmup_cosine(settings.steps, settings.warmup)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
+        self.sched = lr_schedule(self.opt, factor)
         self.batch = min(settings.batch, self.sampler.voxels)
         #: Steps run so far.
         self.step = 0
@@ -209,14 +221,21 @@ class Fitting:
                     self.stopped = True
         if loss is not None:
             self.loss = float(loss.detach())
+        if regularizer is not None:
+            # Paused (a pilot codes a copy of the model now) or done: its work buffers go.
+            regularizer.release_buffers()
         self.seconds += time.perf_counter() - t0
 
     def finish(self) -> FitResult:
-        """The fit's result; the model (and regularizer) left in eval mode."""
+        """The fit's result; the model (and regularizer) left in eval mode. The optimizer
+        state and the sampler are dropped (the model is coded next, beside them otherwise);
+        the fit cannot be run on."""
         log.debug("fit: %d steps in %.1fs, final loss %.3g", self.step, self.seconds, self.loss)
         self.model.eval()
         if self.regularizer is not None:
             self.regularizer.eval()
+        self.opt = self.sched = self.sampler = None
+        self.stopped = True
         return FitResult(steps=self.step, seconds=self.seconds, final_loss=self.loss)
 
 
@@ -242,6 +261,10 @@ class Regularizer(torch.nn.Module):
 
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. to track parameter statistics)."""
+
+    def release_buffers(self) -> None:
+        """Called when a fit pauses or ends: drop work buffers that the next step makes
+        anew (they would otherwise be held while the model is coded)."""
 
 
 def finetune(
@@ -288,7 +311,7 @@ def finetune(
                 regularizer.begin(sampler.voxels)
                 groups += regularizer.param_groups(lr)
             opt = adam(groups, device)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0.0))
+            sched = lr_schedule(opt, warmup_cosine(steps, 0.0))
             n = min(batch, sampler.voxels)
             for _ in range(steps):
                 coords, target = sampler.sample(n)

@@ -31,14 +31,16 @@ The evaluation math is normative in ``spec/arch/amgsrn.md``.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NeurvolBudgetError, NeurvolInputError
+from .adam import Adam
 from .base import Architecture, VolumeModel, register
 from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
@@ -73,6 +75,8 @@ PLACE_BATCH = 4096
 DEFAULT_GRIDS = 8         # fewer, larger grids fit better at small budgets than 16 or 32
 MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 7^3
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
+# Attributes of the evaluation path's caches (derived from the parameters).
+_EVAL_CACHES = frozenset({"_map_cache", "_map_key", "_table_cache", "_table_key"})
 
 
 class AMGSRN(VolumeModel):
@@ -103,6 +107,17 @@ class AMGSRN(VolumeModel):
             self.mlp[-1].weight.mul_(0.01)
             self.mlp[-1].bias.zero_()
         self._density_active = False
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "AMGSRN":
+        """A deep copy without the evaluation caches (:meth:`_vertex_table`,
+        :meth:`_vertex_map`): they are rebuilt from the parameters when the copy is
+        evaluated, and the encoder copies models beside the one it codes (a cached vertex
+        table is as large as the grids)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__dict__.items() if k not in _EVAL_CACHES}
+        new.__setstate__(copy.deepcopy(state, memo))
+        return new
 
     # ------------------------------------------------------------------ geometry
     def anchor_count(self) -> int:
@@ -177,7 +192,8 @@ class AMGSRN(VolumeModel):
         was = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=PLACE_LR)
+        # torch.optim.Adam's default on the CPU (single-tensor), without importing torch._dynamo.
+        opt = Adam([{"params": params, "lr": PLACE_LR}], fused=False)
         h, w = volume.shape[1], volume.shape[2]
         for _ in range(PLACE_STEPS):
             lin = torch.randint(0, q_map.numel(), (PLACE_BATCH,), generator=gen)

@@ -21,10 +21,35 @@ import torch.nn.functional as F
 
 def slice_atlas(grids: torch.Tensor) -> torch.Tensor:
     """``(M, C, D, H, W)`` -> ``(M, 2C, (D + 1) * (H + 1), W)``: the 2-D layout
-    :func:`trilinear_zeros` samples (channels ``C..2C-1`` hold the next slice)."""
-    m, c, d, h, w = grids.shape
-    padded = F.pad(grids, (0, 0, 0, 1, 1, 1))           # zero row per slice, zero end slices
-    return torch.cat([padded[:, :, :-1], padded[:, :, 1:]], 1).reshape(m, 2 * c, (d + 1) * (h + 1), w)
+    :func:`trilinear_zeros` samples (channels ``C..2C-1`` hold the next slice).
+
+    Atlas slot ``s`` (``D + 1`` of them, each ``H`` rows and one zero row) holds slice
+    ``s - 1`` in channels ``0..C-1`` (zeros at ``s = 0``) and slice ``s`` in channels
+    ``C..2C-1`` (zeros at ``s = D``). Built in place, its gradient summed straight from
+    the two halves: a fit builds it every step, and the padded copy and per-half
+    zero-filled gradients of a pad-and-concatenate (the same values, the same sums) would
+    cost three more grid-sized buffers a step."""
+    return _SliceAtlas.apply(grids)
+
+
+class _SliceAtlas(torch.autograd.Function):
+    """:func:`slice_atlas`; the gradient of slice ``k`` is the atlas gradient at slot
+    ``k + 1`` (channels ``0..C-1``) plus that at slot ``k`` (channels ``C..2C-1``)."""
+
+    @staticmethod
+    def forward(ctx, grids):  # type: ignore[override]
+        m, c, d, h, w = grids.shape
+        ctx.dims = (c, d, h)
+        atlas = grids.new_zeros((m, 2 * c, d + 1, h + 1, w))
+        atlas[:, :c, 1:, :h] = grids
+        atlas[:, c:, :d, :h] = grids
+        return atlas.view(m, 2 * c, (d + 1) * (h + 1), w)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        c, d, h = ctx.dims
+        g = g.reshape(g.shape[0], 2 * c, d + 1, h + 1, g.shape[-1])
+        return g[:, :c, 1:, :h] + g[:, c:, :d, :h]
 
 
 def trilinear_zeros(grids: torch.Tensor, local: torch.Tensor) -> torch.Tensor:

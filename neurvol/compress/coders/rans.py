@@ -37,13 +37,26 @@ def rans_encode(sym: np.ndarray) -> Optional[bytes]:
     if c is None or sym.size < MIN_SYMBOLS or int(sym.max()) >= MAX_ALPHABET:
         return None
     # constriction needs two or more entries; a zero count gets the least probability.
-    counts = np.bincount(sym.astype(np.int64), minlength=MIN_ALPHABET)
+    counts = _histogram(sym, max(MIN_ALPHABET, int(sym.max()) + 1))
     model = c.stream.model.Categorical(counts / counts.sum(), perfect=False)
     enc = c.stream.stack.AnsCoder()
     enc.encode_reverse(sym.astype(np.int32), model)
     table = zstd_compress(counts.astype("<u4").tobytes())
     words = enc.get_compressed().astype("<u4").tobytes()
     return _TABLE_HEAD.pack(counts.size, len(table)) + table + words
+
+
+#: Symbols counted per batch (bincount counts through an int64 copy of its input).
+_COUNT_BATCH = 1 << 18
+
+
+def _histogram(sym: np.ndarray, size: int) -> np.ndarray:
+    """``np.bincount(sym, minlength=size)`` (``size`` > every symbol), a batch at a time."""
+    counts = np.zeros(size, dtype=np.int64)
+    flat = sym.reshape(-1)
+    for a in range(0, flat.size, _COUNT_BATCH):
+        counts += np.bincount(flat[a:a + _COUNT_BATCH].astype(np.int64), minlength=size)
+    return counts
 
 
 def rans_decode(data: bytes, n: int, width: int, what: str) -> np.ndarray:

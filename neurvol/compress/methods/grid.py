@@ -24,6 +24,24 @@ BITS_PER_BYTE = 8
 COARSEST_STEP_FACTOR = 4
 #: Floor of the largest |value| when computing the coarsest step (all-zero grids).
 _TINY_PEAK = 1e-20
+#: Codes counted per batch by :func:`code_counts`.
+_COUNT_BATCH = 1 << 18
+
+
+def code_counts(codes: np.ndarray) -> np.ndarray:
+    """How often each distinct value of the int64 ``codes`` occurs, in ascending order of
+    value: ``np.unique(codes, return_counts=True)[1]``, counted a batch at a time where
+    the values span at most as many integers as there are codes (no sorted copy)."""
+    flat = codes.reshape(-1)
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo >= flat.size:
+        return np.unique(flat, return_counts=True)[1]
+    counts = np.zeros(hi - lo + 1, dtype=np.int64)
+    for a in range(0, flat.size, _COUNT_BATCH):
+        counts += np.bincount(flat[a:a + _COUNT_BATCH] - lo, minlength=counts.size)
+    return counts[counts > 0]
 
 
 class StepGridMethod(GridMethod):
@@ -44,12 +62,20 @@ class StepGridMethod(GridMethod):
     @abc.abstractmethod
     def codes(self, arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(codes, stored values as float32) of ``arr`` at this step: what the stream holds
-        before zigzag, and what a decoder returns."""
+        before zigzag (a new int64 array: the encoder zigzags it in place), and what a
+        decoder returns."""
 
     @classmethod
     @abc.abstractmethod
     def reconstruct(cls, codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
         """float32 values (flat) from the decoded codes (int64, C order)."""
+
+    @classmethod
+    def reconstruct_symbols(cls, symbols: np.ndarray, shape: Tuple[int, ...],
+                            step: float) -> np.ndarray:
+        """:meth:`reconstruct` from the stream's zigzagged symbols (methods that read their
+        codes a piece at a time unzigzag them a piece at a time)."""
+        return cls.reconstruct(unzigzag(symbols), shape, step)
 
     @classmethod
     def coarsest_step(cls, arrays: Sequence[np.ndarray]) -> float:
@@ -63,7 +89,7 @@ class StepGridMethod(GridMethod):
     def estimate_bytes(self, arr: np.ndarray) -> float:
         """The codes' zeroth-order entropy, in bytes."""
         codes = self.codes(arr)[0]
-        counts = np.unique(codes, return_counts=True)[1]
+        counts = code_counts(codes)
         p = counts / codes.size
         return float(-(counts * np.log2(p)).sum() / BITS_PER_BYTE)
 
@@ -71,7 +97,7 @@ class StepGridMethod(GridMethod):
         self.check_shape(values.shape)
         stored = type(self)(float(np.float32(self.step)))    # the step as the file holds it
         return self.id, (_STEP.pack(stored.step)
-                         + encode_stream(zigzag(stored.codes(values)[0])))
+                         + encode_stream(zigzag(stored.codes(values)[0], overwrite=True)))
 
     def check_shape(self, shape: Tuple[int, ...]) -> None:
         if len(shape) < self.min_axes:

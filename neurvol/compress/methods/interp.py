@@ -24,8 +24,7 @@ class Interp(StepGridMethod):
     section = "§2.2.8"
 
     def codes(self, arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        codes, rec = interp_encode(np.asarray(arr, dtype=np.float64), self.step)
-        return codes, rec.astype(np.float32)
+        return interp_encode(arr, self.step, dtype=np.float32)
 
     @classmethod
     def reconstruct(cls, codes: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:
