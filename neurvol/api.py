@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .compress import jit
 from .encoding import encode_volume
 from .errors import NeurvolInputError
 from .encoding.bounded import encode_bounded_volume
@@ -194,11 +195,15 @@ def encode(
             origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet, ghost=ghost,
             blend=blend, workers=workers, devices=devices, executor=executor,
             retries=retries, **arch_options)
-    return encode_volume(
-        volume, ratio, psnr=psnr, arch=arch, seed=seed, device=device, steps=steps, bits=bits,
-        spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec, quiet=quiet,
-        brick=brick, ghost=ghost, bricks=bricks, blend=blend, workers=workers, devices=devices,
-        executor=executor, retries=retries, fill_value=fill_value, **arch_options)
+    # numpy decoders inside (the same values): an encode's memory counts, and numba's
+    # LLVM would add ~130 MiB to the process (neurvol/compress/jit.py).
+    with jit.suspended():
+        return encode_volume(
+            volume, ratio, psnr=psnr, arch=arch, seed=seed, device=device, steps=steps,
+            bits=bits, spacing=spacing, origin=origin, fit_settings=fit_settings, codec=codec,
+            quiet=quiet, brick=brick, ghost=ghost, bricks=bricks, blend=blend, workers=workers,
+            devices=devices, executor=executor, retries=retries, fill_value=fill_value,
+            **arch_options)
 
 
 def open(path: Union[str, os.PathLike], *, device: Union[str, torch.device, None] = None,

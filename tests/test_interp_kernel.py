@@ -61,3 +61,22 @@ def test_golden_files_decode_the_same_both_ways(name, monkeypatch):
     with neurvol.open(path, backend="numpy") as nv:
         plain = nv.decode()
     assert fast.tobytes() == plain.tobytes()
+
+
+def test_an_encode_does_not_import_numba(tmp_path):
+    """Encodes decode with numpy (compress/jit.py suspended): numba's LLVM would add
+    ~130 MiB to every encoding process. A read afterwards compiles as usual."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, numpy as np, neurvol\n"
+        "v = np.random.default_rng(0).random((24, 24, 24)).astype(np.float32)\n"
+        f"neurvol.encode(v, ratio=20, steps=20, quiet=True).save({str(tmp_path / 'e.nvol')!r})\n"
+        "assert 'numba' not in sys.modules, 'an encode imported numba'\n"
+        f"nv = neurvol.open({str(tmp_path / 'e.nvol')!r}, backend='numpy')\n"
+        "nv.decode()\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")

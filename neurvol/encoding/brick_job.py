@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..compress import decode_payload
+from ..compress import decode_payload, jit
 from ..ensemble.job import BrickJob, BrickResult, Plateau, Slices3, torch_threads
 from ..ensemble.source import read_spec
 from ..fit import FitSettings
@@ -54,7 +54,9 @@ _GOOD_ENOUGH_MSE = 1e-5
 def run_brick_job(job: BrickJob) -> BrickResult:
     """Fit and quantize one brick. Deterministic for a given job (see module docstring)."""
     t0 = time.perf_counter()
-    with torch_threads(job.threads):
+    # numpy decoders only (the same values): a brick worker's memory counts, numba's
+    # LLVM would add ~130 MiB to it (neurvol/compress/jit.py).
+    with torch_threads(job.threads), jit.suspended():
         sl = tuple(slice(a, b) for a, b in job.extent)
         raw = job.data if job.data is not None else read_spec(job.source, sl)  # type: ignore[arg-type]
         scale = 1.0 / (job.hi - job.lo)
