@@ -5,14 +5,14 @@ side by side, but it still does some forty array operations per voxel, and the r
 symbols are read class by class through Python calls; a point query touching a thousand
 small blocks pays for that. Here one compiled loop per block reads each symbol, predicts
 each point and computes its class in one go, the rANS coder written from
-``spec/payload.md`` §2.3 (tests check it against constriction and the spec's own
-decoder). The values are the numpy decoder's bit for bit: the same binary64 operations
+``spec/payload.md`` §2.3 (tests check it against the numpy decoder, which reads symbols
+through constriction, and the spec's test vector). The values are the numpy decoder's bit for bit: the same binary64 operations
 in the same order (numba does not contract ``a * b + c`` into fused multiply-adds
 without ``fastmath``).
 
-numba is optional (``pip install "neurvol[fast]"``): without it, or with
-``NEURVOL_NUMBA=0`` in the environment, :func:`available` is false and readers use the
-numpy decoder."""
+numba is optional (``pip install "neurvol[fast]"``; the hook is :mod:`..jit`): without
+it, with ``NEURVOL_NUMBA=0``, or inside an encode, :func:`available` is false and readers
+use the numpy decoder."""
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
