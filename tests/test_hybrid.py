@@ -37,6 +37,37 @@ def test_search_bound_fills_the_budget_from_below():
     assert data is None and math.isnan(e)
 
 
+@pytest.mark.parametrize("start", [1e-3, 0.5, 20.0, 99.0, 1e4])
+def test_search_bound_from_a_start_fills_the_budget_in_few_trials(start):
+    calls = []
+
+    def file_at(e):
+        calls.append(e)
+        return b"x" * int(200 + 1e5 / e ** 1.5)     # steeper than the assumed slope
+
+    data, e = hybrid.search_bound(file_at, 100.0, 5000, start=start)
+    assert data is not None and len(data) <= 5000
+    assert len(data) >= 5000 * (1 - hybrid.FILL_TOLERANCE)
+    assert len(calls) <= hybrid.MAX_BOUND_TRIALS
+    # Nothing fits: a start below the largest bound still says so.
+    calls.clear()
+    data, e = hybrid.search_bound(file_at, 100.0, 150, start=start)
+    assert data is None and math.isnan(e)
+
+
+def test_start_bound_lands_near_the_budget():
+    """The sample-block estimate starts the search within a factor of the bound the
+    search ends at (the volume here is one block, so the sample is the volume)."""
+    vol = _smooth((48, 48, 48))
+    lo, hi = float(vol.min()), float(vol.max())
+    budget = vol.nbytes // 40
+    order = hybrid.order_for(vol, hybrid.ORDER_TRIAL_BOUND * (hi - lo))
+    start = hybrid.start_bound(vol, hi - lo, budget, order, hi - lo)
+    from neurvol.compress.correction import encode_correction
+    size = len(encode_correction(vol, start, None, levels=(1.0, 1.0), order=order)[0])
+    assert budget / 3 < size < budget * 3
+
+
 def test_search_bound_treats_a_refused_bound_as_too_large_a_file():
     data, e = hybrid.search_bound(lambda e: None if e < 1.0 else b"x" * 10, 100.0, 1000)
     assert data == b"x" * 10 and e >= 1.0

@@ -22,7 +22,8 @@ from ..compress import encode_constant
 from ..compress.correction import BoundTooSmallError, decode_correction, encode_correction
 from ..compress.correction.layout import (DEFAULT_BLOCK, NO_LEVELS, integer_bound,
                                           quantization_bound)
-from ..compress.correction.levels import OBJECTIVE_QUALITY, choose_order, rank_levels
+from ..compress.correction.levels import (OBJECTIVE_QUALITY, choose_order, rank_levels,
+                                          sample_bits_per_value)
 from ..compress.correction.predict import DEFAULT_ORDER
 from ..container import NvolReader
 from ..errors import NeurvolInputError
@@ -50,6 +51,20 @@ FILL_TOLERANCE = 0.03
 #: of most fields; at the largest (the whole range) only the coarse levels' narrower bins
 #: code anything, so the tightest budgets still get a file.
 MIN_REL_BOUND, MAX_REL_BOUND = 1e-7, 1.0
+#: Until the budget is bracketed, a search steps along this slope of log(size) against
+#: log(bound) (about what pure predictor streams show near their budgets) ...
+ASSUMED_SLOPE = 1.0
+#: ... or along the secant of its last two trials, where it is at least this steep,
+_MIN_SLOPE = 0.2
+#: moving log(bound) by at least / at most this per trial.
+_MIN_MOVE, _MAX_MOVE = 0.05, 4.0
+#: The flat-bin search starts where the sample blocks' rate meets the budget, estimated
+#: from trials at these bounds (fractions of the data range; where most budgets of a
+#: ``ratio=`` encode land).
+START_TRIAL_BOUNDS = (0.1, 0.02)
+#: Sample codings that estimate may take, stopping within this of the target (log rate).
+START_TRIALS = 4
+START_TOLERANCE = 0.1
 #: Each trial lands at least this fraction inside the bracket, so a lopsided
 #: interpolation still halves it within a few trials.
 _MIN_STEP = 0.1
@@ -115,7 +130,8 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
     # is the largest magnitude when the values sit away from 0, not the range.
     span = max(hi - lo, abs(lo), abs(hi))
     order = order_for(x, ORDER_TRIAL_BOUND * (hi - lo))
-    data, e = search_bound(file_at, span, budget)
+    data, e = search_bound(file_at, span, budget,
+                           start=start_bound(x, span, budget, order, hi - lo))
     if data is None:
         return None
     quality = psnr(x, decode_correction(streams[(e, NO_LEVELS)][0], x.shape, x.dtype))
@@ -133,7 +149,7 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
         # coarsest bins span the values.
         top = min(span * levels[1], e_ref * levels[1] * LEVELS_BRACKET)
         found, found_e = search_bound(file_at, span, budget,
-                                      bounds=(e_ref / LEVELS_BRACKET, top))
+                                      bounds=(e_ref / LEVELS_BRACKET, top), start=e_ref)
         if found is not None:
             found_q = psnr(x, decode_correction(streams[(found_e, levels)][0], x.shape,
                                                 x.dtype))
@@ -150,6 +166,40 @@ def predictor_candidate(volume: np.ndarray, header: Dict[str, Any],
              len(data), quality)
     out.bounded_choice = {"model_ratio": None}      # as an error-bounded encode reports it
     return Candidate(out, quality, "predictor")
+
+
+def start_bound(volume: np.ndarray, span: float, budget: int, order: int,
+                data_range: float) -> Optional[float]:
+    """Where the flat-bin bound search starts: the bound at which the sample blocks' rate
+    (:func:`..compress.correction.levels.sample_bits_per_value`) meets the budget's bits
+    per value, by a secant search in log-log from :data:`START_TRIAL_BOUNDS` of
+    ``data_range`` (:data:`START_TRIALS` sample codings at most); None (the search starts
+    at the largest bound) where the samples cannot tell."""
+    if budget <= 0 or volume.size == 0:
+        return None
+    target = math.log(8.0 * budget / volume.size)
+    lo_t, hi_t = math.log(span * MIN_REL_BOUND), math.log(span * MAX_REL_BOUND)
+    rng = data_range if data_range > 0 else span
+    pts: List[Tuple[float, float]] = []
+    t: Optional[float] = math.log(START_TRIAL_BOUNDS[0] * rng)
+    for k in range(START_TRIALS):
+        step = _step_at(volume, math.exp(t))
+        if step is None:
+            return None
+        bits = sample_bits_per_value(volume, step, DEFAULT_BLOCK, NO_LEVELS, order)
+        pts.append((t, math.log(max(bits, 1e-9))))
+        if abs(pts[-1][1] - target) < START_TOLERANCE:
+            break
+        if k + 1 < len(START_TRIAL_BOUNDS):
+            t = math.log(START_TRIAL_BOUNDS[k + 1] * rng)
+            continue
+        # The secant of the two trials nearest the target.
+        (t1, b1), (t2, b2) = sorted(pts, key=lambda p: abs(p[1] - target))[:2]
+        if b1 == b2:
+            break
+        t = min(max(t1 + (target - b1) * (t2 - t1) / (b2 - b1), lo_t), hi_t)
+    best_t, _ = min(pts, key=lambda p: abs(p[1] - target))
+    return math.exp(best_t)
 
 
 def _step_at(volume: np.ndarray, e: float) -> Optional[float]:
@@ -188,48 +238,76 @@ def _rounded(quality: float) -> Optional[float]:
 
 
 def search_bound(file_at: Callable[[float], Optional[bytes]], data_range: float,
-                 budget: int, bounds: Optional[Tuple[float, float]] = None
-                 ) -> Tuple[Optional[bytes], float]:
-    """The file of the smallest bound found whose ``file_at(bound)`` fits ``budget``:
-    regula falsi on log(size) against log(bound), bracketed (sizes fall as bounds grow,
-    not strictly). ``(None, nan)`` when the largest bound does not fit. ``bounds``: the
-    smallest and largest bound searched (default: ``MIN_REL_BOUND`` and ``MAX_REL_BOUND``
-    of ``data_range``)."""
+                 budget: int, bounds: Optional[Tuple[float, float]] = None,
+                 start: Optional[float] = None) -> Tuple[Optional[bytes], float]:
+    """The file of the smallest bound found whose ``file_at(bound)`` fits ``budget``, in
+    log(size) against log(bound) (sizes fall as bounds grow, not strictly): from ``start``
+    (default: the largest bound), steps along :data:`ASSUMED_SLOPE` (then the secant of
+    the last two trials) until the budget is bracketed, then regula falsi. ``(None, nan)``
+    when the largest bound does not fit. ``bounds``: the smallest and largest bound
+    searched (default: ``MIN_REL_BOUND`` and ``MAX_REL_BOUND`` of ``data_range``)."""
     span = data_range if data_range > 0 else 1.0
     lo_t, hi_t = math.log(span * MIN_REL_BOUND), math.log(span * MAX_REL_BOUND)
     if bounds is not None:
         lo_t, hi_t = math.log(bounds[0]), math.log(bounds[1])
-    best = file_at(math.exp(hi_t))
-    if best is None or len(best) > budget:
-        return None, math.nan
-    best_e = math.exp(hi_t)
-    # Brackets: (log bound, log size) that fits / does not fit; the lower one starts open.
-    fit_pt = (hi_t, math.log(len(best)))
-    over_pt: Optional[Tuple[float, float]] = None
+    if budget <= 0:
+        return None, math.nan       # no file is that small
     target = math.log(budget * (1.0 - FILL_TOLERANCE / 2))
-    sides: list = []        # which end each trial moved (True: the fitting one)
-    for _ in range(MAX_BOUND_TRIALS - 1):
-        if len(best) >= budget * (1.0 - FILL_TOLERANCE):
+    t = hi_t if start is None else min(max(math.log(start), lo_t), hi_t)
+    best: Optional[bytes] = None
+    best_e = math.nan
+    # Brackets: (log bound, log size) of the smallest bound that fits and of the largest
+    # one below it that does not.
+    fit_pt: Optional[Tuple[float, float]] = None
+    over_pt: Optional[Tuple[float, float]] = None
+    trials: List[Tuple[float, float]] = []
+    sides: list = []        # which end each bracketed trial moved (True: the fitting one)
+    for _ in range(MAX_BOUND_TRIALS):
+        data = file_at(math.exp(t))
+        fits = data is not None and len(data) <= budget
+        s = math.log(len(data)) if data is not None else math.log(budget) + 1.0
+        trials.append((t, s))
+        if fits and (fit_pt is None or t < fit_pt[0]):
+            fit_pt, best, best_e = (t, s), data, math.exp(t)
+            if over_pt is not None and over_pt[0] >= t:
+                over_pt = None      # sizes not monotone here: bracket anew below
+        elif not fits:
+            if t >= hi_t and fit_pt is None:
+                return None, math.nan       # even the largest bound is over the budget
+            if (fit_pt is None or t < fit_pt[0]) and (over_pt is None or t > over_pt[0]):
+                over_pt = (t, s)
+        if best is not None and len(best) >= budget * (1.0 - FILL_TOLERANCE):
             break
-        if over_pt is not None and fit_pt[0] - over_pt[0] < _SAME_BOUND:
-            break       # bracketed to within the bounds' resolution
-        if over_pt is None:
-            t = 0.5 * (lo_t + fit_pt[0])
-        else:
+        if fit_pt is not None and over_pt is not None:
+            if fit_pt[0] - over_pt[0] < _SAME_BOUND:
+                break       # bracketed to within the bounds' resolution
+            sides.append(fits)
             (t1, s1), (t2, s2) = over_pt, fit_pt
             t = t2 + (target - s2) * (t1 - t2) / (s1 - s2) if s1 != s2 else 0.5 * (t1 + t2)
-            lo_edge, hi_edge = sorted((t1, t2))
-            width = hi_edge - lo_edge
-            t = min(max(t, lo_edge + _MIN_STEP * width), hi_edge - _MIN_STEP * width)
-            if sides[-2:] == [sides[-1]] * 2:
+            width = t2 - t1
+            t = min(max(t, t1 + _MIN_STEP * width), t2 - _MIN_STEP * width)
+            if len(sides) >= 2 and sides[-2:] == [sides[-1]] * 2:
                 # Two trials moved the same end: a curved size curve that regula falsi
                 # approaches from one side only; halve the bracket instead.
                 t = 0.5 * (t1 + t2)
-        data = file_at(math.exp(t))
+            continue
+        # Not bracketed yet: step towards the budget along the secant of the last two
+        # trials where they slope as sizes do, else along the assumed slope.
+        slope = ASSUMED_SLOPE
+        if len(trials) >= 2:
+            (ta, sa), (tb, sb) = trials[-2], trials[-1]
+            if tb != ta and (sa - sb) / (tb - ta) > _MIN_SLOPE:
+                slope = (sa - sb) / (tb - ta)
+        move = (s - target) / slope
+        move = math.copysign(min(max(abs(move), _MIN_MOVE), _MAX_MOVE), move)
+        nxt = min(max(t + move, lo_t), hi_t)
+        if nxt == t:
+            break           # at the end of the range already
+        t = nxt
+    if best is None and t < hi_t:
+        # Out of trials below the budget's bound: the largest bound, if anything fits.
+        data = file_at(math.exp(hi_t))
         if data is not None and len(data) <= budget:
-            fit_pt, best, best_e = (t, math.log(len(data))), data, math.exp(t)
-            sides.append(True)
-        else:
-            over_pt = (t, math.log(len(data)) if data is not None else math.log(budget) + 1.0)
-            sides.append(False)
+            return data, math.exp(hi_t)
+        return None, math.nan
     return best, best_e

@@ -81,6 +81,19 @@ def _trial(values: np.ndarray, ids: Sequence[int], block: int, step: float,
     return max(bits, 1.0), max(sq / max(n, 1), 1e-300)
 
 
+def sample_bits_per_value(values: np.ndarray, step: float, block: int,
+                          levels: Tuple[float, float] = NO_LEVELS,
+                          order: int = DEFAULT_ORDER) -> float:
+    """Order-0 bits per value of the sample blocks of a quality trial (:func:`rank_levels`)
+    coded at ``step`` with ``levels``, each block with the cheaper kernel: a rate estimate
+    for a fraction of a whole stream's cost (a bound search starts from it)."""
+    ids = _sample(values.shape, block, SAMPLE_BLOCKS[OBJECTIVE_QUALITY])
+    n = sum(int(np.prod([s.stop - s.start for s in block_slices(values.shape, block, i)]))
+            for i in ids)
+    bits, _ = _trial(values, ids, block, step, levels, (True, False), order)
+    return bits / max(n, 1)
+
+
 def rank_levels(values: np.ndarray, step: float, objective: str, block: int,
                 cubic_too: bool = True,
                 candidates: Sequence[Tuple[float, float]] = CANDIDATES,
