@@ -138,10 +138,15 @@ def pack_file(run: ModelFit, header: Dict[str, Any], volume: Any, budget: int, k
     header["codec"] = dict(CODEC, pipeline=run.codec.pipeline_configs(run.model))
     header["fit"] = dict(FIT_PLACEHOLDER, steps=steps)
 
+    scores: Dict[bytes, float] = {}
+
     def stored_error(payload: bytes) -> float:
-        """Minus the PSNR of the file a payload makes (the whole volume decoded)."""
-        decoded = finish(header, [payload], None, sections, minor).decode(dtype=np.float32)
-        return -psnr(volume, decoded, valid)
+        """Minus the PSNR of the file a payload makes (the whole volume decoded; each
+        payload once: the kept one is scored again for the header)."""
+        if payload not in scores:
+            decoded = finish(header, [payload], None, sections, minor).decode(dtype=np.float32)
+            scores[payload] = -psnr(volume, decoded, valid)
+        return scores[payload]
 
     packed = compress_fitted(
         run, budget=budget,
