@@ -131,7 +131,7 @@ def test_density_loss_is_finite_and_moves_transforms():
     model = AMGSRN(AMGSRNConfig(grids=3, grid=(4, 4, 4), channels=1, width=8, hidden_layers=1))
     model.init_from_volume(torch.rand(6, 7, 8))
     model.train()
-    model.on_step(50, 100)
+    model.on_step(int(50 * (TRANSFORM_START + TRANSFORM_STOP)), 100)   # inside the window
     coords = torch.rand(500, 3) * 2 - 1
     coords[:20] *= 40  # far outside every grid: the density is 0 there, still no NaN
     target = torch.rand(500)

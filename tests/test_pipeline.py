@@ -290,6 +290,30 @@ def test_interp_residuals_match_the_coder():
     np.testing.assert_allclose(r, codes * step, atol=1e-5)
 
 
+def test_rate_penalty_acts_every_few_steps_at_that_many_times_its_weight(monkeypatch):
+    from neurvol.fit import rate
+
+    monkeypatch.setattr(rate, "PENALTY_EVERY", 2)
+    grid = torch.nn.Parameter(torch.randn(2, 1, 5, 6, 7))
+    reg = rate.GridRate([grid], 3.0, steps=10)          # starts at step 3
+    mse = torch.tensor(0.5)
+    l1 = rate.interp_residuals(grid.detach()).abs().sum() / grid.numel()
+    seen = []
+    for step in range(8):
+        p = reg.penalty(mse)
+        seen.append(float(p))
+        if step >= reg.start and (step - reg.start) % 2 == 0:
+            # Running loss: the same mse every step, so it equals mse.
+            assert float(p) == pytest.approx(2 * 3.0 * 0.5 * float(l1), rel=1e-5)
+            p.backward()
+            assert grid.grad is not None and grid.grad.abs().sum() > 0
+            grid.grad = None
+        else:
+            assert float(p) == 0.0
+        reg.after_step()
+    assert sum(v > 0 for v in seen) == 3          # steps 3, 5 and 7
+
+
 def test_rate_penalty_makes_grids_cheaper_and_files_round_trip(small_volume):
     """rate= fits grids with smaller interp residuals; the file meets its budget, names the
     stage and decodes like any other."""

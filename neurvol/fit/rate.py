@@ -29,6 +29,9 @@ from .trainer import Regularizer
 
 #: Fraction of the fit's steps before the penalty starts.
 START = 0.3
+#: The penalty is applied at every this many steps, times this many (the same mean
+#: gradient; each application is a pass over every grid and back).
+PENALTY_EVERY = 2
 #: Decay of the running mean of the data loss that scales the penalty.
 LOSS_DECAY = 0.98
 
@@ -249,7 +252,8 @@ def interp_residuals(grid: torch.Tensor) -> torch.Tensor:
 
 class GridRate(Regularizer):
     """``weight x running MSE x mean |interp residual|`` of ``grids``, from ``START`` of
-    ``steps`` on (see the module docstring)."""
+    ``steps`` on (see the module docstring), applied at every :data:`PENALTY_EVERY`-th
+    step at that many times its weight."""
 
     def __init__(self, grids: Sequence[torch.Tensor], weight: float, steps: int):
         super().__init__()
@@ -265,10 +269,10 @@ class GridRate(Regularizer):
         # A tensor, not a float: no device sync per step on a GPU.
         mse = mse.detach()
         self.loss = mse if self.loss is None else LOSS_DECAY * self.loss + (1 - LOSS_DECAY) * mse
-        if self.step < self.start or not self.grids:
+        if self.step < self.start or not self.grids or (self.step - self.start) % PENALTY_EVERY:
             return mse.new_zeros(())
         l1 = sum(op.l1(g) for op, g in zip(self.ops, self.grids)) / self.values
-        return (self.weight * self.loss) * l1
+        return (self.weight * PENALTY_EVERY * self.loss) * l1
 
     def after_step(self) -> None:
         self.step += 1

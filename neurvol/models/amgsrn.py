@@ -51,8 +51,8 @@ from .numpy_eval.amgsrn import (COVERAGE_FLOOR, MAX_GRID_SIDE,  # noqa: F401
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
 # [TRANSFORM_START, TRANSFORM_STOP) and are frozen before and after.
-TRANSFORM_START = 0.1
-TRANSFORM_STOP = 0.7
+TRANSFORM_START = 0.05
+TRANSFORM_STOP = 0.3
 TRANSFORM_LR = 0.05       # transforms' lr as a multiple of the base lr (the paper's ratio)
 GRID_LR = 3.0             # feature grids' lr as a multiple of the base lr (as fvsrn)
 DENSITY_WEIGHT = 1e-3     # weight of the density KL next to the MSE (larger pulls grids
