@@ -25,6 +25,8 @@ Parts:
             queries on error-bounded files against model-only ones
     series  ``benchmarks/run_series.py``: time series at a total ratio vs independent steps
     masked  ``benchmarks/run_masked.py``: a NaN-masked CT volume against the unmasked one
+    fit_seeds ``benchmarks/run_fit_seeds.py``: the default encode of the three 128^3
+            volumes over seeds 0-2: mean / min / max PSNR and seconds (issue 26's fit line)
     large   ``benchmarks/run_large.py``: 1024^3 float32 out of core (a partial encode): peak
             memory of the process tree, PSNR, brick PSNR spread, 1 -> 2 workers, Dask
 
@@ -178,6 +180,8 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
     "series": ScriptPart("run_series.py", ("--baseline-every", "4"),
                          "Time series: one series encode against independent steps"),
     "masked": ScriptPart("run_masked.py", (), "Masked volumes: NaN regions as a lossless mask"),
+    "fit_seeds": ScriptPart("run_fit_seeds.py", (),
+                            "Encode time and PSNR over seeds: 128^3 at ratio 100"),
     # 8 of the 1024^3 volume's 512 bricks (a full encode takes hours on 2 cores).
     "large": ScriptPart("run_large.py", ("--size", "512", "--max-bricks", "4", "--largest",
                                          "--workers", "1,2", "--dask"),
