@@ -12,21 +12,26 @@ _CHUNK = 1 << 14
 
 def model_sse(model: torch.nn.Module, target: np.ndarray,
               core: Optional[Sequence[Tuple[int, int]]] = None,
-              valid: Optional[np.ndarray] = None) -> Tuple[float, int]:
+              valid: Optional[np.ndarray] = None, stride: int = 1) -> Tuple[float, int]:
     """Sum of squared errors of ``model`` (on the CPU) against ``target`` (the normalized
     volume, values in [0, 1]) over the voxels of ``core`` (``((z0, z1), (y0, y1), (x0,
     x1))``, default: all), and their count; ``valid`` (bool, ``target``'s shape): only
-    those voxels count (a masked volume, spec/mask.md). Values are clamped to [0, 1] as the reader
-    clamps them; one z slice at a time, so memory stays one slice.
+    those voxels count (a masked volume, spec/mask.md). ``stride``: every ``stride``-th
+    voxel along each axis only (an estimate for ``stride**3`` times less work). Values are
+    clamped to [0, 1] as the reader clamps them; one z slice at a time, so memory stays one
+    slice.
 
     All of it runs in torch: numpy work between torch's parallel ops competes with
     torch's idle OpenMP threads, which spin for a while after each op."""
     shape = target.shape
     if core is None:
         core = tuple((0, n) for n in shape)
-    axes = [torch.arange(a, b, dtype=torch.float64) * (2.0 / (n - 1)) - 1.0 if n > 1
-            else torch.zeros(b - a, dtype=torch.float64) for (a, b), n in zip(core, shape)]
-    box = tuple(slice(a, b) for a, b in core)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    axes = [torch.arange(a, b, stride, dtype=torch.float64) * (2.0 / (n - 1)) - 1.0 if n > 1
+            else torch.zeros(len(range(a, b, stride)), dtype=torch.float64)
+            for (a, b), n in zip(core, shape)]
+    box = tuple(slice(a, b, stride) for a, b in core)
     sub = torch.from_numpy(np.ascontiguousarray(target[box]))
     keep = None if valid is None else torch.from_numpy(np.ascontiguousarray(valid[box]))
     yy, xx = torch.meshgrid(axes[1].float(), axes[2].float(), indexing="ij")
