@@ -181,7 +181,7 @@ def start_bound(volume: np.ndarray, span: float, budget: int, order: int,
     lo_t, hi_t = math.log(span * MIN_REL_BOUND), math.log(span * MAX_REL_BOUND)
     rng = data_range if data_range > 0 else span
     pts: List[Tuple[float, float]] = []
-    t: Optional[float] = math.log(START_TRIAL_BOUNDS[0] * rng)
+    t = math.log(START_TRIAL_BOUNDS[0] * rng)
     for k in range(START_TRIALS):
         step = _step_at(volume, math.exp(t))
         if step is None:
