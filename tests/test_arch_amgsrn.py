@@ -298,3 +298,60 @@ def test_training_forward_matches_module_mlp_and_honours_hooks():
         base = feats[:, 0].sum(0) / cover.sum(0).clamp(min=COVERAGE_FLOOR)
     assert not torch.allclose(zeroed, columns)
     torch.testing.assert_close(zeroed.detach(), base + model.mlp[-1].bias, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("grids,grid", [(3, (5, 6, 7)), (8, (9, 4, 6)), (1, (2, 3, 2))])
+def test_few_points_evaluate_without_the_table_bit_for_bit(grids, grid):
+    """Up to DIRECT_MAX_POINTS points on a model without its vertex table gather from the
+    grids themselves (a cold bricked query evaluates many fresh bricks on a few points
+    each): the same values, bit for bit, as the padded table's path, for points inside,
+    in the fade band and far outside the grids, and for batch sizes that leave lanes
+    over in torch's vector loops."""
+    import copy
+
+    from neurvol.models.amgsrn import DIRECT_MAX_POINTS
+
+    torch.manual_seed(grids)
+    cfg = AMGSRNConfig(grids=grids, grid=grid, channels=1, width=8, hidden_layers=2)
+    model = AMGSRN(cfg).eval()
+    with torch.no_grad():
+        model.grids.normal_()
+        model.grids.view(-1)[::7] = -0.0          # signed zeros travel through unchanged
+        for p in model.mlp.parameters():
+            p.normal_(0, 0.5)
+        for g in range(model.anchor_count(), grids):
+            model.transforms[g].copy_(torch.eye(3, 4) * 2.5 + 0.4 * torch.randn(3, 4))
+    rng = np.random.default_rng(grids)
+    for n in (1, 2, 7, 13, 100, DIRECT_MAX_POINTS):
+        pts = torch.from_numpy(rng.uniform(-1.4, 1.4, (n, 3)).astype(np.float32))
+        fresh = copy.deepcopy(model)
+        with torch.inference_mode():
+            direct = fresh(pts)
+            assert not fresh._has_table()                   # no table for a few points
+            fresh._vertex_table()
+            table = fresh(pts)
+        assert direct.dtype == table.dtype == torch.float32
+        assert direct.numpy().tobytes() == table.numpy().tobytes()
+    # Points beyond every grid's fade band: all features exactly 0, the MLP of zeros.
+    far = torch.full((5, 3), 40.0)
+    with torch.no_grad():
+        direct = copy.deepcopy(model)(far)
+        torch.testing.assert_close(direct, model.mlp(torch.zeros(5, grids))[:, 0])
+
+
+def test_a_large_batch_builds_the_vertex_table_and_later_calls_use_it():
+    from neurvol.models.amgsrn import DIRECT_MAX_POINTS
+
+    torch.manual_seed(0)
+    model = AMGSRN(AMGSRNConfig(grids=4, grid=(6, 6, 6), channels=1, width=8)).eval()
+    few = torch.rand(10, 3) * 2 - 1
+    many = torch.rand(DIRECT_MAX_POINTS + 1, 3) * 2 - 1
+    with torch.no_grad():
+        cold = model(few)
+        assert not model._has_table()
+        model(many)
+        assert model._has_table()
+        assert torch.equal(model(few), cold)
+        with torch.no_grad():
+            model.grids.add_(1.0)                          # a change of the grids drops it
+        assert not model._has_table()

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,7 +77,26 @@ DEFAULT_GRIDS = 8         # fewer, larger grids fit better at small budgets than
 MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 7^3
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
 # Attributes of the evaluation path's caches (derived from the parameters).
-_EVAL_CACHES = frozenset({"_map_cache", "_map_key", "_table_cache", "_table_key"})
+_EVAL_CACHES = frozenset({"_map_cache", "_map_key", "_table_cache", "_table_key",
+                          "_direct_cache"})
+# Evaluations of at most this many points on a model without its vertex table
+# (:meth:`AMGSRN._vertex_table`, a padded copy of the grids) gather from the grids
+# themselves (:meth:`AMGSRN._evaluate_direct`): a cold bricked query gives each of many
+# freshly decoded bricks a few points, far too few to pay for copying its grids. A larger
+# batch builds the table, and every later evaluation uses it.
+DIRECT_MAX_POINTS = 256
+
+
+class _DirectConstants(NamedTuple):
+    """:meth:`AMGSRN._evaluate_direct`'s per-config constants, ``(3, 1, 1)`` per axis
+    (z, y, x): the grid sides and their halves ``(n - 1) / 2`` (float32), the last
+    vertex index and the rows per vertex step; ``grid_row (M, 1)``: each grid's first row."""
+
+    sides: np.ndarray
+    half: np.ndarray
+    top: np.ndarray
+    row_step: np.ndarray
+    grid_row: np.ndarray
 
 
 class AMGSRN(VolumeModel):
@@ -312,6 +332,9 @@ class AMGSRN(VolumeModel):
         amgsrn.py`` (the torch-free reader) takes the same steps."""
         cfg = self.config
         m, c, n = cfg.grids, cfg.channels, coords.shape[0]
+        if (c == 1 and n <= DIRECT_MAX_POINTS and coords.device.type == "cpu"
+                and coords.dtype == torch.float32 and not self._has_table()):
+            return self._evaluate_direct(coords)
         table, offsets, strides = self._vertex_table()      # table (V, C), or (V,) for C = 1
         t = self._vertex_map(coords.dtype)
         u_all = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(3, m, n)
@@ -335,18 +358,89 @@ class AMGSRN(VolumeModel):
         y = run_mlp_columns(self.mlp, feats)
         return y[0].add_(base)
 
+    def _evaluate_direct(self, coords: torch.Tensor) -> torch.Tensor:
+        """:meth:`_evaluate` of a one-channel model on the CPU without its vertex table,
+        for a few points (:data:`DIRECT_MAX_POINTS`): the same values bit for bit.
+
+        The eight corners of every point's cell in every grid are gathered from the grids
+        themselves (indices clamped into the grid, a corner outside it replaced by an
+        exact 0, the padded table's value there). The steps that only move, compare or
+        round values exactly (the coverage weights, cells, fractions and indices: single
+        IEEE operations) run in numpy on all three axes at once, which costs a fraction
+        of torch's per-call overhead at these sizes; the ones whose bits depend on the
+        kernel (the affine product, lerps, sums and the MLP) stay torch's, each on all
+        the corner pairs it blends, in the table path's order."""
+        cfg = self.config
+        m, n = cfg.grids, coords.shape[0]
+        k = self._direct_constants()
+        t = self._vertex_map(coords.dtype)
+        u = torch.addmm(t[:, 3:], t[:, :3], coords.t()).numpy().reshape(3, m, n)
+        # Spec step 5 per axis: clip(1 + h - |u - h|, 0, 1), h = (n - 1) / 2.
+        wts = np.abs(u - k.half)
+        np.subtract(k.half + np.float32(1), wts, out=wts)
+        np.clip(wts, 0, 1, out=wts)
+        cover = wts[0] * wts[1]
+        cover *= wts[2]
+        np.clip(u, -1, k.sides, out=u)
+        i0 = np.minimum(np.floor(u), k.sides - 1)
+        frac = torch.from_numpy(np.subtract(u, i0, out=u))                 # (3, M, N)
+        # Corners (lo, lo + 1) per axis: whether each is in the grid, and its row there.
+        lo = i0.astype(np.intp)
+        corner = np.stack((lo, lo + 1))                                     # (2, 3, M, N)
+        inside = (corner >= 0) & (corner <= k.top)
+        np.clip(corner, 0, k.top, out=corner)
+        corner *= k.row_step
+        corner[:, 0] += k.grid_row
+        # (dx, dy, dz, M, N), dx outermost: each lerp below blends two contiguous halves.
+        rows = corner[:, None, None, 2] + corner[None, :, None, 1] + corner[None, None, :, 0]
+        ok = inside[:, None, None, 2] & inside[None, :, None, 1] & inside[None, None, :, 0]
+        vals = np.take(self.grids.detach().numpy().reshape(-1), rows)
+        np.copyto(vals, np.float32(0), where=~ok)
+        corners = torch.from_numpy(vals)
+        along_x = corners[0].lerp(corners[1], frac[2])                      # (dy, dz, M, N)
+        along_y = along_x[0].lerp(along_x[1], frac[1])                      # (dz, M, N)
+        feats = along_y[0].lerp(along_y[1], frac[0])                        # (M, N)
+        base = feats.sum(0).div_(torch.from_numpy(cover).sum(0).clamp_(min=COVERAGE_FLOOR))
+        y = run_mlp_columns(self.mlp, feats)
+        return y[0].add_(base)
+
+    def _direct_constants(self) -> "_DirectConstants":
+        """The config's constants of :meth:`_evaluate_direct` (built once)."""
+        hit = getattr(self, "_direct_cache", None)
+        if hit is None:
+            d, h, w = self.config.grid
+            sides = np.asarray(self.config.grid, dtype=np.float32).reshape(3, 1, 1)
+            hit = self._direct_cache = _DirectConstants(
+                sides=sides, half=(sides - 1) * np.float32(0.5),
+                top=(sides - 1).astype(np.intp),
+                row_step=np.asarray([h * w, w, 1], dtype=np.intp).reshape(3, 1, 1),
+                grid_row=(np.arange(self.config.grids, dtype=np.intp) * (d * h * w))[:, None])
+        return hit
+
+    def _has_table(self) -> bool:
+        """Whether the vertex table of the current grids is built (:meth:`_vertex_table`)."""
+        return getattr(self, "_table_key", None) == self._table_key_now()
+
+    def _table_key_now(self) -> Tuple[int, int, torch.device]:
+        return (self.grids.data_ptr(), self.grids._version, self.grids.device)
+
     def _vertex_map(self, dtype: torch.dtype) -> torch.Tensor:
         """``(3M, 4)`` in ``dtype``: the affine maps from global coordinates to each grid's
         continuous vertex coordinates ``u = (l + 1) / 2 * (n - 1)``, axis-major rows (all
-        grids' z, then y, then x), folded in float64. Cached until a transform changes."""
-        key = (tuple((p.data_ptr(), p._version) for p in self.transforms), dtype)
+        grids' z, then y, then x), folded in float64. Cached until a transform changes.
+        (Folded in numpy: the same binary64 products and sums as torch's, in a handful of
+        calls; the model is built per brick of a bricked file.)"""
+        # The list's own dict: indexing a ParameterList costs a few Python calls a grid.
+        transforms = list(self.transforms._parameters.values())
+        key = (tuple((p.data_ptr(), p._version) for p in transforms), dtype)
         if getattr(self, "_map_key", None) != key:
             cfg = self.config
-            t = self.transform_matrix().detach().double()                 # (M, 3, 4)
-            half = (torch.tensor(cfg.grid, dtype=torch.float64, device=t.device) - 1) / 2
-            t = (t * half[None, :, None]).transpose(0, 1)                  # (3, M, 4)
+            t = np.stack([p.detach().cpu().numpy() for p in transforms]).astype(np.float64)
+            half = (np.asarray(cfg.grid, dtype=np.float64) - 1) / 2
+            t = (t * half[None, :, None]).transpose(1, 0, 2)               # (3, M, 4)
             t[:, :, 3] += half[:, None]
-            self._map_cache = t.reshape(3 * cfg.grids, 4).to(dtype)
+            self._map_cache = torch.from_numpy(t.reshape(3 * cfg.grids, 4)).to(
+                device=self.grids.device, dtype=dtype)
             self._map_key = key
         return self._map_cache
 
@@ -355,7 +449,7 @@ class AMGSRN(VolumeModel):
         one vertex, vertex-major ``(M * (D'+2)(H'+2)(W'+2), C)``; the row of each grid's
         vertex (0, 0, 0), ``(M, 1)``; and the rows per vertex step along z, y, x. Cached
         until the grids change (torch bumps a tensor's version on every in-place write)."""
-        key = (self.grids.data_ptr(), self.grids._version, self.grids.device)
+        key = self._table_key_now()
         if getattr(self, "_table_key", None) != key:
             m, c, d, h, w = self.grids.shape
             padded = F.pad(self.grids.detach(), (1, 1, 1, 1, 1, 1))
