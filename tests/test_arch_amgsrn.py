@@ -355,3 +355,38 @@ def test_a_large_batch_builds_the_vertex_table_and_later_calls_use_it():
         with torch.no_grad():
             model.grids.add_(1.0)                          # a change of the grids drops it
         assert not model._has_table()
+
+
+@pytest.mark.parametrize("grids,grid", [(3, (5, 6, 7)), (8, (9, 4, 6)), (1, (2, 3, 2))])
+def test_numpy_few_points_evaluate_without_the_table_bit_for_bit(grids, grid):
+    """The torch-free evaluation takes the same two paths: a few points on a model whose
+    table is not built gather from the grids, with the table path's values bit for bit;
+    a batch over DIRECT_MAX_POINTS builds the table."""
+    from neurvol.models.numpy_eval import get_numpy_architecture
+    from neurvol.models.numpy_eval.amgsrn import DIRECT_MAX_POINTS
+
+    torch.manual_seed(grids)
+    cfg = AMGSRNConfig(grids=grids, grid=grid, channels=1, width=8, hidden_layers=2)
+    model = AMGSRN(cfg)
+    with torch.no_grad():
+        model.grids.normal_()
+        model.grids.view(-1)[::7] = -0.0
+        for p in model.mlp.parameters():
+            p.normal_(0, 0.5)
+        for g in range(model.anchor_count(), grids):
+            model.transforms[g].copy_(torch.eye(3, 4) * 2.5 + 0.4 * torch.randn(3, 4))
+    arrays = {n: t.detach().numpy().copy() for n, t in model.state_dict().items()}
+    arch = get_numpy_architecture("amgsrn")
+    rng = np.random.default_rng(grids)
+    for n in (1, 2, 7, 13, 100, DIRECT_MAX_POINTS):
+        pts = rng.uniform(-1.4, 1.4, (n, 3)).astype(np.float32)
+        fresh = arch.build(cfg, arrays)
+        direct = fresh(pts)
+        assert fresh._table is None                          # no table for a few points
+        fresh.table
+        table = fresh(pts)
+        assert direct.dtype == table.dtype == np.float32
+        assert direct.tobytes() == table.tobytes()
+    fresh = arch.build(cfg, arrays)
+    fresh(rng.uniform(-1, 1, (DIRECT_MAX_POINTS + 1, 3)).astype(np.float32))
+    assert fresh._table is not None

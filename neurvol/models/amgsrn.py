@@ -32,6 +32,7 @@ The evaluation math is normative in ``spec/arch/amgsrn.md``.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -47,8 +48,10 @@ from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
 from .trilinear import atlas_axes, sample_atlas, slice_atlas
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
-from .numpy_eval.amgsrn import (COVERAGE_FLOOR, MAX_GRID_SIDE,  # noqa: F401
-                                MAX_GRIDS, MAX_WIDTH, AMGSRNConfig)
+# DIRECT_MAX_POINTS: the most points evaluated without the vertex table (the numpy
+# evaluation takes the same two paths).
+from .numpy_eval.amgsrn import (COVERAGE_FLOOR, DIRECT_MAX_POINTS,  # noqa: F401
+                                MAX_GRID_SIDE, MAX_GRIDS, MAX_WIDTH, AMGSRNConfig)
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
 # [TRANSFORM_START, TRANSFORM_STOP) and are frozen before and after.
@@ -77,14 +80,9 @@ DEFAULT_GRIDS = 8         # fewer, larger grids fit better at small budgets than
 MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 7^3
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
 # Attributes of the evaluation path's caches (derived from the parameters).
-_EVAL_CACHES = frozenset({"_map_cache", "_map_key", "_table_cache", "_table_key",
-                          "_direct_cache"})
-# Evaluations of at most this many points on a model without its vertex table
-# (:meth:`AMGSRN._vertex_table`, a padded copy of the grids) gather from the grids
-# themselves (:meth:`AMGSRN._evaluate_direct`): a cold bricked query gives each of many
-# freshly decoded bricks a few points, far too few to pay for copying its grids. A larger
-# batch builds the table, and every later evaluation uses it.
-DIRECT_MAX_POINTS = 256
+_EVAL_CACHES = frozenset({"_map_cache", "_map_key", "_table_cache", "_table_key"})
+# Configs whose constants of that path are kept (a bricked file has tens of configs).
+DIRECT_CONSTANT_CONFIGS = 256
 
 
 class _DirectConstants(NamedTuple):
@@ -97,6 +95,21 @@ class _DirectConstants(NamedTuple):
     top: np.ndarray
     row_step: np.ndarray
     grid_row: np.ndarray
+
+
+@functools.lru_cache(maxsize=DIRECT_CONSTANT_CONFIGS)
+def _direct_constants(config: AMGSRNConfig) -> _DirectConstants:
+    """The constants of :meth:`AMGSRN._evaluate_direct` for ``config`` (shared, read-only:
+    a bricked file's bricks share a few configs)."""
+    d, h, w = config.grid
+    sides = np.asarray(config.grid, dtype=np.float32).reshape(3, 1, 1)
+    out = _DirectConstants(
+        sides=sides, half=(sides - 1) * np.float32(0.5), top=(sides - 1).astype(np.intp),
+        row_step=np.asarray([h * w, w, 1], dtype=np.intp).reshape(3, 1, 1),
+        grid_row=(np.arange(config.grids, dtype=np.intp) * (d * h * w))[:, None])
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 class AMGSRN(VolumeModel):
@@ -372,7 +385,7 @@ class AMGSRN(VolumeModel):
         the corner pairs it blends, in the table path's order."""
         cfg = self.config
         m, n = cfg.grids, coords.shape[0]
-        k = self._direct_constants()
+        k = _direct_constants(cfg)
         t = self._vertex_map(coords.dtype)
         u = torch.addmm(t[:, 3:], t[:, :3], coords.t()).numpy().reshape(3, m, n)
         # Spec step 5 per axis: clip(1 + h - |u - h|, 0, 1), h = (n - 1) / 2.
@@ -404,19 +417,6 @@ class AMGSRN(VolumeModel):
         y = run_mlp_columns(self.mlp, feats)
         return y[0].add_(base)
 
-    def _direct_constants(self) -> "_DirectConstants":
-        """The config's constants of :meth:`_evaluate_direct` (built once)."""
-        hit = getattr(self, "_direct_cache", None)
-        if hit is None:
-            d, h, w = self.config.grid
-            sides = np.asarray(self.config.grid, dtype=np.float32).reshape(3, 1, 1)
-            hit = self._direct_cache = _DirectConstants(
-                sides=sides, half=(sides - 1) * np.float32(0.5),
-                top=(sides - 1).astype(np.intp),
-                row_step=np.asarray([h * w, w, 1], dtype=np.intp).reshape(3, 1, 1),
-                grid_row=(np.arange(self.config.grids, dtype=np.intp) * (d * h * w))[:, None])
-        return hit
-
     def _has_table(self) -> bool:
         """Whether the vertex table of the current grids is built (:meth:`_vertex_table`)."""
         return getattr(self, "_table_key", None) == self._table_key_now()
@@ -435,7 +435,7 @@ class AMGSRN(VolumeModel):
         key = (tuple((p.data_ptr(), p._version) for p in transforms), dtype)
         if getattr(self, "_map_key", None) != key:
             cfg = self.config
-            t = np.stack([p.detach().cpu().numpy() for p in transforms]).astype(np.float64)
+            t = torch.stack(transforms).detach().cpu().numpy().astype(np.float64)
             half = (np.asarray(cfg.grid, dtype=np.float64) - 1) / 2
             t = (t * half[None, :, None]).transpose(1, 0, 2)               # (3, M, 4)
             t[:, :, 3] += half[:, None]

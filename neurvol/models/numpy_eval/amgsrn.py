@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Mapping, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..config import ModelConfig, TensorSpec, mlp_param_count, mlp_tensor_specs
 from .fvsrn import MAX_GRID_SIDE, MAX_WIDTH, check_grids_and_mlp  # noqa: F401  (shared limits)
-from .ops import F32, DenseMLP, cell, trilinear_rows, vertex_table
+from .ops import F32, DenseMLP, cell, lerp_into, trilinear_rows, vertex_table
 from .registry import NumpyArchitecture, NumpyModel, register_numpy
 
 MAX_GRIDS = 256
@@ -27,6 +27,13 @@ COVERAGE_FLOOR = 1e-3     # denominator floor of the residual's coverage-weighte
 # Grid lookups (points x grids) per pass: the (M, N) work arrays then stay a few MB
 # whatever M is (a model of 256 grids takes fewer points per pass).
 MAX_LOOKUPS = 1 << 17
+# Evaluations of at most this many points on a one-channel model whose vertex table (the
+# grids zero-padded, a copy as large as the grids) is not built yet gather from the grids
+# themselves: a cold bricked query evaluates many freshly decoded bricks on a few points
+# each, far too few to pay for copying their grids. A larger batch builds the table, and
+# every later evaluation uses it. Both paths give the same values bit for bit (the torch
+# module takes the same two paths).
+DIRECT_MAX_POINTS = 256
 DESCRIPTION = "adaptively placed multi-grid SRN: M affine feature grids + small MLP (AMGSRN)"
 
 
@@ -67,16 +74,17 @@ class AMGSRNConfig(ModelConfig):
 class AMGSRNNumpy(NumpyModel):
     """All M grids zero-padded into one vertex-major table; one affine product gives every
     grid's continuous vertex coordinates. Work arrays are ``(M, N)`` (one contiguous row
-    per grid and axis) and the MLP runs feature-major, so no step transposes points."""
+    per grid and axis) and the MLP runs feature-major, so no step transposes points.
+    The table is built on the first evaluation of more than :data:`DIRECT_MAX_POINTS`
+    points (or of a many-channel model); fewer gather from the grids
+    (:meth:`_evaluate_direct`)."""
 
     def __init__(self, config: AMGSRNConfig, arrays: Mapping[str, np.ndarray]) -> None:
         super().__init__(config, arrays)
         m, c = config.grids, config.channels
         d, h, w = config.grid
-        grids = np.asarray(arrays["grids"], dtype=F32).reshape(m, c, d, h, w)
-        self.table = vertex_table(np.pad(grids, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1))))
-        if c == 1:
-            self.table = self.table.reshape(-1)          # gathers of scalars
+        self.grids = np.asarray(arrays["grids"], dtype=F32).reshape(m, c, d, h, w)
+        self._table: Optional[np.ndarray] = None
         padded = (d + 2) * (h + 2) * (w + 2)
         self.strides = ((h + 2) * (w + 2), w + 2, 1)
         self.sides = (d, h, w)
@@ -104,11 +112,26 @@ class AMGSRNNumpy(NumpyModel):
         return np.concatenate([self._evaluate(coords[a:a + step])
                                for a in range(0, coords.shape[0], step)])
 
+    @property
+    def table(self) -> np.ndarray:
+        """The grids zero-padded by one vertex, vertex-major ``(M * (D'+2)(H'+2)(W'+2), C)``
+        (``(V,)`` for one channel: gathers of scalars), built on first use. Threads may
+        build it side by side: each builds the same table, and the last one is kept."""
+        table = self._table
+        if table is None:
+            table = vertex_table(np.pad(self.grids, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1))))
+            if self.c == 1:
+                table = table.reshape(-1)
+            self._table = table
+        return table
+
     def _evaluate(self, coords: np.ndarray) -> np.ndarray:
         n_pts, m, c = coords.shape[0], self.m, self.c
         u_all = self.u_weight @ coords.astype(F32).T                        # (3M, N)
         u_all += self.u_bias
         u_all = u_all.reshape(3, m, n_pts)
+        if c == 1 and n_pts <= DIRECT_MAX_POINTS and self._table is None:
+            return self._evaluate_direct(u_all)
         rows = np.broadcast_to(self.offsets, (m, n_pts)).copy()
         cover = None
         fracs = []
@@ -138,6 +161,51 @@ class AMGSRNNumpy(NumpyModel):
         denom = np.maximum(cover.sum(0), F32(COVERAGE_FLOOR))
         out = self.mlp(feats)[0]
         out += feats[::c].sum(0) / denom
+        return out
+
+
+    def _evaluate_direct(self, u_all: np.ndarray) -> np.ndarray:
+        """:meth:`_evaluate` of a one-channel model from the vertex coordinates ``u_all``
+        ``(3, M, N)`` without the table: the eight corners of every point's cell in every
+        grid gathered from the grids (indices clamped into the grid, a corner outside it
+        an exact 0, the padded table's value there), then the table path's lerps, each on
+        all the corner pairs it blends: the same operations on the same values, the same
+        bits."""
+        m, n_pts = u_all.shape[1], u_all.shape[2]
+        d, h, w = self.sides
+        sides = np.asarray(self.sides, dtype=F32).reshape(3, 1, 1)
+        half = (sides - F32(1)) * F32(0.5)
+        # Spec step 5 per axis: clip(1 + h - |u - h|, 0, 1), h = (n - 1) / 2.
+        wts = np.abs(u_all - half)
+        np.subtract(half + F32(1), wts, out=wts)
+        np.clip(wts, 0, 1, out=wts)
+        cover = wts[0] * wts[1]
+        cover *= wts[2]
+        # Beyond one cell outside, u clamped to -1 or n puts weight 1 on a zero vertex.
+        np.clip(u_all, -1, sides, out=u_all)
+        i0 = np.floor(u_all)
+        np.clip(i0, -1, sides - 1, out=i0)
+        u_all -= i0
+        frac = u_all.reshape(3, m * n_pts)
+        lo = i0.astype(np.intp).reshape(3, m * n_pts)
+        # Corners (lo, lo + 1) per axis: whether each is in the grid, and its index there.
+        top = np.asarray(self.sides, dtype=np.intp).reshape(1, 3, 1) - 1
+        corner = np.stack((lo, lo + 1))                                     # (2, 3, M*N)
+        inside = (corner >= 0) & (corner <= top)
+        np.clip(corner, 0, top, out=corner)
+        corner *= np.asarray([h * w, w, 1], dtype=np.intp).reshape(1, 3, 1)
+        corner[:, 0] += np.repeat(np.arange(m, dtype=np.intp) * (d * h * w), n_pts)
+        # (dx, dy, dz, M*N), dx outermost: each lerp blends two contiguous halves.
+        rows = corner[:, None, None, 2] + corner[None, :, None, 1] + corner[None, None, :, 0]
+        ok = inside[:, None, None, 2] & inside[None, :, None, 1] & inside[None, None, :, 0]
+        vals = np.take(self.grids.reshape(-1), rows)
+        np.copyto(vals, F32(0), where=~ok)
+        along_x = lerp_into(vals[0], vals[1], frac[2])                      # (dy, dz, M*N)
+        along_y = lerp_into(along_x[0], along_x[1], frac[1])                # (dz, M*N)
+        feats = lerp_into(along_y[0], along_y[1], frac[0]).reshape(m, n_pts)
+        denom = np.maximum(cover.sum(0), F32(COVERAGE_FLOOR))
+        out = self.mlp(feats)[0]
+        out += feats.sum(0) / denom
         return out
 
 
