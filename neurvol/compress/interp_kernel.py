@@ -13,6 +13,7 @@ signed index around the array's end, a test and a branch on every access of thes
 and the indices here are never negative (each pass reads only points that exist)."""
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import numpy as np
@@ -24,11 +25,14 @@ from .jit import available, jit
 #: divisions by 2 and 16 (powers of two).
 HALF = 0.5
 SIXTEENTH = 0.0625
+#: Grid shapes whose pass tables are kept (a bricked file's bricks have tens of shapes).
+PASS_TABLES = 256
 
 
+@functools.lru_cache(maxsize=PASS_TABLES)
 def _pass_table(shape3: Tuple[int, int, int]) -> np.ndarray:
     """The passes of a grid of ``shape3``: rows ``(axis, h, start_z, stride_z, start_y,
-    stride_y, start_x, stride_x)``."""
+    stride_y, start_x, stride_x)`` (read-only: shared by every grid of that shape)."""
     rows = []
     for axis, h, sel in prediction_passes((1,) + tuple(shape3)):
         row = [axis, h]
@@ -36,7 +40,9 @@ def _pass_table(shape3: Tuple[int, int, int]) -> np.ndarray:
             s = sel[1 + b]
             row += [h, 2 * h] if b == axis else [0, s.step or 1]
         rows.append(row)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 8)
+    table = np.asarray(rows, dtype=np.int64).reshape(-1, 8)
+    table.flags.writeable = False
+    return table
 
 
 @jit(nogil=True, cache=True, inline="always", error_model="numpy")
