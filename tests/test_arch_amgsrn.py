@@ -390,3 +390,32 @@ def test_numpy_few_points_evaluate_without_the_table_bit_for_bit(grids, grid):
     fresh = arch.build(cfg, arrays)
     fresh(rng.uniform(-1, 1, (DIRECT_MAX_POINTS + 1, 3)).astype(np.float32))
     assert fresh._table is not None
+
+
+@pytest.mark.parametrize("sides", [(5, 6, 7), (2, 3, 2), (1, 4, 1), (40, 40, 39)])
+def test_direct_corners_compiled_matches_numpy(sides):
+    """The compiled kernel of the table-free lookup and its numpy form give the same bits:
+    fractions, coverage and corner values (exact zeros outside a grid), for points inside,
+    on vertices and faces (including -0.0), in the fade band and far outside."""
+    from neurvol.compress import jit
+    from neurvol.models.numpy_eval.amgsrn import _corners_numpy, direct_corners
+
+    if not jit.available():
+        pytest.skip("numba is not installed (pip install 'neurvol[fast]')")
+    rng = np.random.default_rng(sum(sides))
+    m, n = 3, 211
+    grids = rng.normal(size=m * int(np.prod(sides))).astype(np.float32)
+    grids[::5] = -0.0
+    side = np.asarray(sides, dtype=np.float32).reshape(3, 1, 1)
+    u = rng.uniform(-3, 1, (3, m, n)).astype(np.float32) * (side + 2)
+    u[:, :, :40] = np.round(u[:, :, :40])                  # on vertices and faces
+    u[:, :, 40:50] = -0.0
+    u[:, :, 50:60] = side - 1
+    u[:, :, 60:70] = side
+    u[:, :, 70:80] = rng.uniform(-1e6, 1e6, (3, m, 10))
+    got = direct_corners(u.copy(), sides, grids)
+    want = _corners_numpy(u.copy(), sides, grids)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+    assert (want[2] == 0).any() and (want[1] == 0).any() and (want[1] == 1).any()

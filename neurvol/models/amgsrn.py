@@ -32,9 +32,8 @@ The evaluation math is normative in ``spec/arch/amgsrn.md``.
 from __future__ import annotations
 
 import copy
-import functools
 import math
-from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,7 +50,8 @@ from .trilinear import atlas_axes, sample_atlas, slice_atlas
 # DIRECT_MAX_POINTS: the most points evaluated without the vertex table (the numpy
 # evaluation takes the same two paths).
 from .numpy_eval.amgsrn import (COVERAGE_FLOOR, DIRECT_MAX_POINTS,  # noqa: F401
-                                MAX_GRID_SIDE, MAX_GRIDS, MAX_WIDTH, AMGSRNConfig)
+                                MAX_GRID_SIDE, MAX_GRIDS, MAX_WIDTH, AMGSRNConfig,
+                                direct_corners)
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
 # [TRANSFORM_START, TRANSFORM_STOP) and are frozen before and after.
@@ -81,35 +81,6 @@ MIN_GRID_VERTICES = 343   # the solver uses fewer grids rather than grids under 
 _CLAMP_LOCAL = 3.0        # |local| beyond which exp(-x^20 / 2) is exactly 0 in float32
 # Attributes of the evaluation path's caches (derived from the parameters).
 _EVAL_CACHES = frozenset({"_map_cache", "_map_key", "_table_cache", "_table_key"})
-# Configs whose constants of that path are kept (a bricked file has tens of configs).
-DIRECT_CONSTANT_CONFIGS = 256
-
-
-class _DirectConstants(NamedTuple):
-    """:meth:`AMGSRN._evaluate_direct`'s per-config constants, ``(3, 1, 1)`` per axis
-    (z, y, x): the grid sides and their halves ``(n - 1) / 2`` (float32), the last
-    vertex index and the rows per vertex step; ``grid_row (M, 1)``: each grid's first row."""
-
-    sides: np.ndarray
-    half: np.ndarray
-    top: np.ndarray
-    row_step: np.ndarray
-    grid_row: np.ndarray
-
-
-@functools.lru_cache(maxsize=DIRECT_CONSTANT_CONFIGS)
-def _direct_constants(config: AMGSRNConfig) -> _DirectConstants:
-    """The constants of :meth:`AMGSRN._evaluate_direct` for ``config`` (shared, read-only:
-    a bricked file's bricks share a few configs)."""
-    d, h, w = config.grid
-    sides = np.asarray(config.grid, dtype=np.float32).reshape(3, 1, 1)
-    out = _DirectConstants(
-        sides=sides, half=(sides - 1) * np.float32(0.5), top=(sides - 1).astype(np.intp),
-        row_step=np.asarray([h * w, w, 1], dtype=np.intp).reshape(3, 1, 1),
-        grid_row=(np.arange(config.grids, dtype=np.intp) * (d * h * w))[:, None])
-    for a in out:
-        a.flags.writeable = False
-    return out
 
 
 class AMGSRN(VolumeModel):
@@ -376,44 +347,26 @@ class AMGSRN(VolumeModel):
         for a few points (:data:`DIRECT_MAX_POINTS`): the same values bit for bit.
 
         The eight corners of every point's cell in every grid are gathered from the grids
-        themselves (indices clamped into the grid, a corner outside it replaced by an
-        exact 0, the padded table's value there). The steps that only move, compare or
-        round values exactly (the coverage weights, cells, fractions and indices: single
-        IEEE operations) run in numpy on all three axes at once, which costs a fraction
-        of torch's per-call overhead at these sizes; the ones whose bits depend on the
-        kernel (the affine product, lerps, sums and the MLP) stay torch's, each on all
-        the corner pairs it blends, in the table path's order."""
+        themselves, an exact 0 where a corner lies outside its grid (the padded table's
+        value there), by :func:`~.numpy_eval.amgsrn.direct_corners` with the coverage and
+        the fractions: steps that only move, compare or round values once, so numpy (or
+        its compiled kernel) gives torch's bits, at a fraction of torch's per-call cost
+        on a few points. The steps whose bits depend on torch's kernels (the affine
+        product, lerps, sums and the MLP) stay torch's, each on all the corner pairs it
+        blends, in the table path's order."""
         cfg = self.config
         m, n = cfg.grids, coords.shape[0]
-        k = _direct_constants(cfg)
         t = self._vertex_map(coords.dtype)
         u = torch.addmm(t[:, 3:], t[:, :3], coords.t()).numpy().reshape(3, m, n)
-        # Spec step 5 per axis: clip(1 + h - |u - h|, 0, 1), h = (n - 1) / 2.
-        wts = np.abs(u - k.half)
-        np.subtract(k.half + np.float32(1), wts, out=wts)
-        np.clip(wts, 0, 1, out=wts)
-        cover = wts[0] * wts[1]
-        cover *= wts[2]
-        np.clip(u, -1, k.sides, out=u)
-        i0 = np.minimum(np.floor(u), k.sides - 1)
-        frac = torch.from_numpy(np.subtract(u, i0, out=u))                 # (3, M, N)
-        # Corners (lo, lo + 1) per axis: whether each is in the grid, and its row there.
-        lo = i0.astype(np.intp)
-        corner = np.stack((lo, lo + 1))                                     # (2, 3, M, N)
-        inside = (corner >= 0) & (corner <= k.top)
-        np.clip(corner, 0, k.top, out=corner)
-        corner *= k.row_step
-        corner[:, 0] += k.grid_row
-        # (dx, dy, dz, M, N), dx outermost: each lerp below blends two contiguous halves.
-        rows = corner[:, None, None, 2] + corner[None, :, None, 1] + corner[None, None, :, 0]
-        ok = inside[:, None, None, 2] & inside[None, :, None, 1] & inside[None, None, :, 0]
-        vals = np.take(self.grids.detach().numpy().reshape(-1), rows)
-        np.copyto(vals, np.float32(0), where=~ok)
+        frac_np, cover_np, vals = direct_corners(u, cfg.grid,
+                                                 self.grids.detach().numpy().reshape(-1))
+        frac = torch.from_numpy(frac_np)
+        cover = torch.from_numpy(cover_np)
         corners = torch.from_numpy(vals)
         along_x = corners[0].lerp(corners[1], frac[2])                      # (dy, dz, M, N)
         along_y = along_x[0].lerp(along_x[1], frac[1])                      # (dz, M, N)
         feats = along_y[0].lerp(along_y[1], frac[0])                        # (M, N)
-        base = feats.sum(0).div_(torch.from_numpy(cover).sum(0).clamp_(min=COVERAGE_FLOOR))
+        base = feats.sum(0).div_(cover.sum(0).clamp_(min=COVERAGE_FLOOR))
         y = run_mlp_columns(self.mlp, feats)
         return y[0].add_(base)
 
