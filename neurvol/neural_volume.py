@@ -576,10 +576,23 @@ class NeuralVolume(ClosesOnExit):
                     for a in range(s + ROUTE_CHUNK, n, ROUTE_CHUNK):
                         n_outside += _normalized(p[a:a + ROUTE_CHUNK], index, scale)[1]
                     return n_outside, first
-                run(lambda task: routed.run(task, self._evaluate_brick), routed.tasks(BRICK_TASK))
+                run(lambda task: routed.run(task, self._evaluate_brick),
+                    self._cold_first(routed.tasks(BRICK_TASK)))
                 part_out = out[s:s + m]
                 run(lambda a: routed.combine(a, part_out[a:a + ROUTE_PIECE]), pieces)
         return 0, None
+
+    def _cold_first(self, tasks: List[Any]) -> List[Any]:
+        """Brick tasks ``(brick, ...)`` in the order the query threads take them: when
+        some bricks are not in the cache, those first, longest payload first (decoding
+        dominates a cold brick's task, and it grows with the payload), so the threads do
+        not end waiting on one large brick taken last; else as given."""
+        with self._lock:
+            missing = {b for b, _ in tasks if b not in self._models}
+        if not missing:
+            return tasks
+        return sorted(tasks, key=lambda t: -self._reader.brick_length(t[0])
+                      if t[0] in missing else 0)
 
     @contextlib.contextmanager
     def _query_pool(self) -> Iterator[Optional[Executor]]:

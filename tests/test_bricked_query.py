@@ -177,6 +177,35 @@ def test_touched_bricks_are_decoded_side_by_side_each_once(files, monkeypatch):
         np.testing.assert_allclose(got, nv.query(pts), rtol=0, atol=_atol(nv))
 
 
+def test_cold_bricks_are_taken_longest_payload_first(files, monkeypatch):
+    """The query threads take the bricks a cold query touches longest payload first (a
+    large brick taken last would leave the other threads idle), cached bricks after them;
+    the values do not depend on the order."""
+    monkeypatch.setattr(neural_volume, "QUERY_THREADS", 1)
+    calls = []
+    load = NeuralVolume._load_brick
+
+    def logged_load(self, b):
+        calls.append(b)
+        return load(self, b)
+
+    monkeypatch.setattr(NeuralVolume, "_load_brick", logged_load)
+    with NeuralVolume(NvolReader(files["blend"]), backend="numpy") as nv:
+        lengths = [nv._reader.brick_length(b) for b in range(nv.brick_count)]
+        assert len(set(lengths)) > 1
+        pts = _points(nv.shape, 1000)
+        nv.query(pts[:10])                     # a few bricks cached
+        cached = list(calls)
+        got = nv.query(pts)
+        cold = calls[len(cached):]
+        assert sorted(cold) == sorted(set(range(nv.brick_count)) - set(cached))
+        assert [lengths[b] for b in cold] == sorted((lengths[b] for b in cold), reverse=True)
+        tasks = [(b, None) for b in range(nv.brick_count)]
+        assert nv._cold_first(tasks) == tasks  # all cached: the routing order
+    with NeuralVolume(NvolReader(files["blend"]), backend="numpy") as nv:
+        assert nv.query(pts).tobytes() == got.tobytes()
+
+
 def test_side_by_side_decodes_keep_the_cache_cap(files, monkeypatch):
     """With a cap below the touched bricks' bytes, a cold query still decodes each brick
     once and the cache never holds more than the cap."""
