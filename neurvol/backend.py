@@ -131,8 +131,8 @@ class TorchBackend(Backend):
         return self.device.type == "cpu"
 
     def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
-        template, slots = _model_template(arch, config)
-        model = _module_copy(template, training=False)       # eval mode
+        template, slots, copy = _model_template(arch, config)
+        model = copy(False)                                   # eval mode
         # The decoded arrays become the parameters (no copy): they are fresh float32
         # arrays of this brick; one that is not writeable (a view of the payload) is copied.
         tensors = {n: self._torch.from_numpy(a if a.flags.writeable else a.copy())
@@ -164,9 +164,8 @@ class TorchBackend(Backend):
 
 
 # Untouched models, one per recent config, shared by the process's readers: a brick's
-# model is a copy of one (a build runs the random initialisation of every tensor), with
-# the template's state-dict slots (:class:`_Slot`).
-_TEMPLATES: "OrderedDict[str, Tuple[Any, Dict[str, _Slot], int]]" = OrderedDict()
+# model is a copy of one (a build runs the random initialisation of every tensor).
+_TEMPLATES: "OrderedDict[str, _Template]" = OrderedDict()
 _TEMPLATES_LOCK = threading.Lock()
 
 
@@ -190,20 +189,32 @@ def _module_copy(module: Any, training: Optional[bool] = None) -> Any:
     per model, and a clone of every tensor that the load then overwrites) took most of a
     cold query's model builds. The template is never evaluated, so it holds no caches to
     share. ``training``: the copies' mode (``module.eval()`` without another walk), or
-    the original's."""
-    new = module.__class__.__new__(module.__class__)
-    state = {}
-    for key, value in module.__dict__.items():
-        if key == "_modules":
-            value = {name: None if child is None else _module_copy(child, training)
-                     for name, child in value.items()}
-        elif isinstance(value, (dict, set, list)):
-            value = value.copy()            # keeps the type (OrderedDict hooks)
-        state[key] = value
-    if training is not None:
-        state["training"] = training
-    new.__dict__.update(state)
-    return new
+    the original's. (:func:`_copier` makes such copies of one module repeatedly.)"""
+    return _copier(module)(training)
+
+
+def _copier(module: Any) -> Callable[[Optional[bool]], Any]:
+    """A function making :func:`_module_copy`'s copies of ``module``: which attributes
+    are containers to copy and which are shared is worked out once, not per copy."""
+    cls = module.__class__
+    # (name, value, copied?) in the attributes' order; the children are copiers.
+    entries = [(key, value, isinstance(value, (dict, set, list)))
+               for key, value in module.__dict__.items() if key != "_modules"]
+    children = [(name, None if child is None else _copier(child))
+                for name, child in module.__dict__["_modules"].items()]
+
+    def copy(training: Optional[bool] = None) -> Any:
+        new = cls.__new__(cls)
+        state = new.__dict__
+        for key, value, copied in entries:
+            state[key] = value.copy() if copied else value   # keeps the type (OrderedDict hooks)
+        state["_modules"] = {name: None if make is None else make(training)
+                             for name, make in children}
+        if training is not None:
+            state["training"] = training
+        return new
+
+    return copy
 
 
 def _slots(model: Any) -> Dict[str, _Slot]:
@@ -243,10 +254,22 @@ def _assign(model: Any, slots: Mapping[str, _Slot], tensors: Mapping[str, Any]) 
     return True
 
 
-def _model_template(arch: str, config: ModelConfig) -> Tuple[Any, Dict[str, _Slot]]:
-    """A freshly built CPU model of ``arch`` and ``config`` and its slots (:func:`_slots`),
-    kept for the next bricks of that config (:data:`MODEL_TEMPLATES`,
-    :data:`MODEL_TEMPLATE_BYTES`); never evaluated or changed, only copied."""
+class _Template(NamedTuple):
+    """A template model, its state-dict slots (:func:`_slots`), its copier
+    (:func:`_copier`) and its parameter bytes."""
+
+    model: Any
+    slots: Dict[str, "_Slot"]
+    copy: Callable[[Optional[bool]], Any]
+    nbytes: int
+
+
+def _model_template(arch: str, config: ModelConfig) -> Tuple[Any, Dict[str, "_Slot"],
+                                                              Callable[[Optional[bool]], Any]]:
+    """A freshly built CPU model of ``arch`` and ``config``, its slots (:func:`_slots`) and
+    its copier (:func:`_copier`), kept for the next bricks of that config
+    (:data:`MODEL_TEMPLATES`, :data:`MODEL_TEMPLATE_BYTES`); never evaluated or changed,
+    only copied."""
     from .model_limits import tensor_budget
     from .models import get_architecture
 
@@ -255,18 +278,18 @@ def _model_template(arch: str, config: ModelConfig) -> Tuple[Any, Dict[str, _Slo
         hit = _TEMPLATES.get(key)
         if hit is not None:
             _TEMPLATES.move_to_end(key)
-            return hit[0], hit[1]
+            return hit.model, hit.slots, hit.copy
     with tensor_budget():
         model = get_architecture(arch).build(config)
-    slots = _slots(model)
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    entry = _Template(model, _slots(model), _copier(model), nbytes)
     with _TEMPLATES_LOCK:
-        _TEMPLATES[key] = (model, slots, nbytes)
-        total = sum(entry[2] for entry in _TEMPLATES.values())
+        _TEMPLATES[key] = entry
+        total = sum(e.nbytes for e in _TEMPLATES.values())
         while len(_TEMPLATES) > 1 and (len(_TEMPLATES) > MODEL_TEMPLATES
                                        or total > MODEL_TEMPLATE_BYTES):
-            total -= _TEMPLATES.popitem(last=False)[1][2]
-    return model, slots
+            total -= _TEMPLATES.popitem(last=False)[1].nbytes
+    return entry.model, entry.slots, entry.copy
 
 
 def _float32(points: np.ndarray) -> np.ndarray:

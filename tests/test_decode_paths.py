@@ -240,7 +240,7 @@ def test_torch_load_assigns_the_templates_slots_or_lets_load_state_dict_refuse()
     from neurvol.models.amgsrn import AMGSRNConfig
 
     config = AMGSRNConfig(grids=2, grid=(3, 4, 5), channels=1, width=8, hidden_layers=1)
-    template, slots = B._model_template("amgsrn", config)
+    template, slots, _ = B._model_template("amgsrn", config)
     arrays = {n: np.full(s.shape, i, dtype=np.float32) for i, (n, s) in enumerate(slots.items())}
     model = B.TorchBackend().load("amgsrn", config, arrays)
     for name, tensor in model.state_dict().items():
