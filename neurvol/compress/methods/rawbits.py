@@ -32,7 +32,8 @@ class RawBitsMethod(RecordMethod):
                decode_stream: DecodeStream) -> Tuple[np.ndarray, str, int]:
         bits_dtype = cls.bits_dtype()
         bits, coder = decode_stream(take, m, name, max_symbol=(1 << 8 * bits_dtype.itemsize) - 1)
-        return bits.astype(bits_dtype).view(cls.float_dtype).astype(np.float32), coder, 0
+        return (bits.astype(bits_dtype, copy=False).view(cls.float_dtype).astype(np.float32),
+                coder, 0)
 
 
 @functools.lru_cache(maxsize=None)
