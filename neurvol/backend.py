@@ -146,7 +146,17 @@ class TorchBackend(Backend):
         torch = self._torch
         res = np.empty(norm.shape[0], dtype=np.float32)
         with torch.inference_mode():
-            c = torch.from_numpy(_float32(norm)).to(self.device)
+            c = torch.from_numpy(_float32(norm))
+            if self.device.type != "cpu":
+                c = c.to(self.device)
+            if c.shape[0] <= step:
+                # One call, without the slicing and conversions that would return their
+                # input (each a dispatcher call: a cold query makes one per brick).
+                out = model(c)
+                if out.dtype != torch.float32 or out.device.type != "cpu":
+                    out = out.float().cpu()
+                res[:] = out.numpy()
+                return res
             for a in range(0, c.shape[0], step):
                 res[a:a + step] = model(c[a:a + step]).float().cpu().numpy()
         return res
