@@ -548,7 +548,9 @@ class NeuralVolume(ClosesOnExit):
         threads (:class:`~neurvol.ensemble.routing.RoutedQuery`), sorted by brick and cell
         in one pass, and each touched brick is evaluated on all of its points in a few
         tasks of up to :data:`BRICK_TASK` entries on the same threads (which decode the
-        bricks not in the cache side by side); then the values are summed per point."""
+        bricks not in the cache side by side, longest payload first; a query of at most
+        :data:`FEW_POINTS` points decodes them all first, then evaluates on one thread);
+        then the values are summed per point."""
         assert self._router is not None
         n = p.shape[0]
         with self._backend.scope(), self._query_pool() as pool:
