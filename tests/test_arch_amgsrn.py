@@ -389,7 +389,9 @@ def test_numpy_few_points_evaluate_without_the_table_bit_for_bit(grids, grid):
         assert direct.tobytes() == table.tobytes()
     fresh = arch.build(cfg, arrays)
     fresh(rng.uniform(-1, 1, (DIRECT_MAX_POINTS + 1, 3)).astype(np.float32))
-    assert fresh._table is not None
+    assert fresh._table is not None and fresh._grids is None   # the table holds the grids
+    few = rng.uniform(-1.4, 1.4, (7, 3)).astype(np.float32)
+    assert fresh(few).tobytes() == arch.build(cfg, arrays)(few).tobytes()
 
 
 @pytest.mark.parametrize("sides", [(5, 6, 7), (2, 3, 2), (1, 4, 1), (40, 40, 39)])

@@ -84,7 +84,9 @@ class AMGSRNNumpy(NumpyModel):
         super().__init__(config, arrays)
         m, c = config.grids, config.channels
         d, h, w = config.grid
-        self.grids = np.asarray(arrays["grids"], dtype=F32).reshape(m, c, d, h, w)
+        # The grids until the table is built, then only the table (it holds them padded).
+        self._grids: Optional[np.ndarray] = np.asarray(arrays["grids"], dtype=F32).reshape(
+            m, c, d, h, w)
         self._table: Optional[np.ndarray] = None
         padded = (d + 2) * (h + 2) * (w + 2)
         self.strides = ((h + 2) * (w + 2), w + 2, 1)
@@ -116,14 +118,19 @@ class AMGSRNNumpy(NumpyModel):
     @property
     def table(self) -> np.ndarray:
         """The grids zero-padded by one vertex, vertex-major ``(M * (D'+2)(H'+2)(W'+2), C)``
-        (``(V,)`` for one channel: gathers of scalars), built on first use. Threads may
-        build it side by side: each builds the same table, and the last one is kept."""
+        (``(V,)`` for one channel: gathers of scalars), built on first use; the unpadded
+        grids are then dropped. Threads may build it side by side: each builds the same
+        table, and the last one is kept. (The grids are read before the table and dropped
+        after it is set, so a thread that finds no grids finds the table.)"""
+        grids = self._grids
         table = self._table
         if table is None:
-            table = vertex_table(np.pad(self.grids, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1))))
+            assert grids is not None
+            table = vertex_table(np.pad(grids, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1))))
             if self.c == 1:
                 table = table.reshape(-1)
             self._table = table
+            self._grids = None
         return table
 
     def _evaluate(self, coords: np.ndarray) -> np.ndarray:
@@ -131,8 +138,10 @@ class AMGSRNNumpy(NumpyModel):
         u_all = self.u_weight @ coords.astype(F32).T                        # (3M, N)
         u_all += self.u_bias
         u_all = u_all.reshape(3, m, n_pts)
+        grids = self._grids                  # before the table: see :attr:`table`
         if c == 1 and n_pts <= DIRECT_MAX_POINTS and self._table is None:
-            return self._evaluate_direct(u_all)
+            assert grids is not None
+            return self._evaluate_direct(u_all, grids)
         rows = np.broadcast_to(self.offsets, (m, n_pts)).copy()
         cover = None
         fracs = []
@@ -165,13 +174,13 @@ class AMGSRNNumpy(NumpyModel):
         return out
 
 
-    def _evaluate_direct(self, u_all: np.ndarray) -> np.ndarray:
+    def _evaluate_direct(self, u_all: np.ndarray, grids: np.ndarray) -> np.ndarray:
         """:meth:`_evaluate` of a one-channel model from the vertex coordinates ``u_all``
         ``(3, M, N)`` without the table (:func:`direct_corners`), then the table path's
         lerps, each on all the corner pairs it blends: the same operations on the same
         values, the same bits."""
         m, n_pts = u_all.shape[1], u_all.shape[2]
-        frac, cover, vals = direct_corners(u_all, self.sides, self.grids.reshape(-1))
+        frac, cover, vals = direct_corners(u_all, self.sides, grids.reshape(-1))
         frac = frac.reshape(3, m * n_pts)
         vals = vals.reshape(2, 2, 2, m * n_pts)
         along_x = lerp_into(vals[0], vals[1], frac[2])                      # (dy, dz, M*N)
