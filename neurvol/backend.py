@@ -15,7 +15,8 @@ import functools
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional, Tuple, Type
+from typing import (Any, Callable, ContextManager, Dict, Iterator, Mapping, NamedTuple,
+                    Optional, Tuple, Type)
 
 import numpy as np
 
@@ -130,19 +131,32 @@ class TorchBackend(Backend):
         return self.device.type == "cpu"
 
     def load(self, arch: str, config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> Any:
-        model = _module_copy(_model_template(arch, config))
+        template, slots, copy = _model_template(arch, config)
+        model = copy(False)                                   # eval mode
         # The decoded arrays become the parameters (no copy): they are fresh float32
         # arrays of this brick; one that is not writeable (a view of the payload) is copied.
-        model.load_state_dict({n: self._torch.from_numpy(a if a.flags.writeable else a.copy())
-                               for n, a in arrays.items()}, assign=True)
-        model.eval()
+        tensors = {n: self._torch.from_numpy(a if a.flags.writeable else a.copy())
+                   for n, a in arrays.items()}
+        if not _assign(model, slots, tensors):
+            # Names or shapes that are not the template's: load_state_dict says which.
+            model.load_state_dict(tensors, assign=True)
         return model if self.device.type == "cpu" else model.to(self.device)
 
     def evaluate(self, model: Any, norm: np.ndarray, step: int) -> np.ndarray:
         torch = self._torch
         res = np.empty(norm.shape[0], dtype=np.float32)
         with torch.inference_mode():
-            c = torch.from_numpy(_float32(norm)).to(self.device)
+            c = torch.from_numpy(_float32(norm))
+            if self.device.type != "cpu":
+                c = c.to(self.device)
+            if c.shape[0] <= step:
+                # One call, without the slicing and conversions that would return their
+                # input (each a dispatcher call: a cold query makes one per brick).
+                out = model(c)
+                if out.dtype != torch.float32 or out.device.type != "cpu":
+                    out = out.float().cpu()
+                res[:] = out.numpy()
+                return res
             for a in range(0, c.shape[0], step):
                 res[a:a + step] = model(c[a:a + step]).float().cpu().numpy()
         return res
@@ -161,35 +175,111 @@ class TorchBackend(Backend):
 
 # Untouched models, one per recent config, shared by the process's readers: a brick's
 # model is a copy of one (a build runs the random initialisation of every tensor).
-_TEMPLATES: "OrderedDict[str, Tuple[Any, int]]" = OrderedDict()     # key -> (model, bytes)
+_TEMPLATES: "OrderedDict[str, _Template]" = OrderedDict()
 _TEMPLATES_LOCK = threading.Lock()
 
 
-def _module_copy(module: Any) -> Any:
+class _Slot(NamedTuple):
+    """Where a state-dict entry of a template lives: the path of its module (attribute
+    names from the root), the entry's name there, whether it is a parameter (else a
+    persistent buffer), the parameter's ``requires_grad``, and its shape."""
+
+    path: Tuple[str, ...]
+    name: str
+    parameter: bool
+    requires_grad: bool
+    shape: Tuple[int, ...]
+
+
+def _module_copy(module: Any, training: Optional[bool] = None) -> Any:
     """A copy of an ``nn.Module`` tree whose modules, and their parameter, buffer, hook
     and other dicts, sets and lists, are its own, while its tensors are still the
-    original's: ``load_state_dict(..., assign=True)`` then gives it its own tensors
-    without copying any. A bricked file builds a model per brick, and ``copy.deepcopy``
-    (hundreds of Python calls per model, and a clone of every tensor that the load then
-    overwrites) took most of a cold query's model builds. The template is never evaluated,
-    so it holds no caches to share."""
-    new = module.__class__.__new__(module.__class__)
-    state = {}
-    for key, value in module.__dict__.items():
-        if key == "_modules":
-            value = {name: None if child is None else _module_copy(child)
-                     for name, child in value.items()}
-        elif isinstance(value, (dict, set, list)):
-            value = value.copy()            # keeps the type (OrderedDict hooks)
-        state[key] = value
-    new.__dict__.update(state)
-    return new
+    original's: :func:`_assign` then gives it its own tensors without copying any. A
+    bricked file builds a model per brick, and ``copy.deepcopy`` (hundreds of Python calls
+    per model, and a clone of every tensor that the load then overwrites) took most of a
+    cold query's model builds. The template is never evaluated, so it holds no caches to
+    share. ``training``: the copies' mode (``module.eval()`` without another walk), or
+    the original's. (:func:`_copier` makes such copies of one module repeatedly.)"""
+    return _copier(module)(training)
 
 
-def _model_template(arch: str, config: ModelConfig) -> Any:
-    """A freshly built CPU model of ``arch`` and ``config``, kept for the next bricks of
-    that config (:data:`MODEL_TEMPLATES`, :data:`MODEL_TEMPLATE_BYTES`); never evaluated or
-    changed, only copied."""
+def _copier(module: Any) -> Callable[[Optional[bool]], Any]:
+    """A function making :func:`_module_copy`'s copies of ``module``: which attributes
+    are containers to copy and which are shared is worked out once, not per copy."""
+    cls = module.__class__
+    # (name, value, copied?) in the attributes' order; the children are copiers.
+    entries = [(key, value, isinstance(value, (dict, set, list)))
+               for key, value in module.__dict__.items() if key != "_modules"]
+    children = [(name, None if child is None else _copier(child))
+                for name, child in module.__dict__["_modules"].items()]
+
+    def copy(training: Optional[bool] = None) -> Any:
+        new = cls.__new__(cls)
+        state = new.__dict__
+        for key, value, copied in entries:
+            state[key] = value.copy() if copied else value   # keeps the type (OrderedDict hooks)
+        state["_modules"] = {name: None if make is None else make(training)
+                             for name, make in children}
+        if training is not None:
+            state["training"] = training
+        return new
+
+    return copy
+
+
+def _slots(model: Any) -> Dict[str, _Slot]:
+    """The state-dict entries of ``model`` by name (:class:`_Slot`)."""
+    slots = {}
+    for prefix, module in model.named_modules():
+        path = tuple(prefix.split(".")) if prefix else ()
+        dot = prefix + "." if prefix else ""
+        for name, p in module._parameters.items():
+            if p is not None:
+                slots[dot + name] = _Slot(path, name, True, p.requires_grad, tuple(p.shape))
+        for name, b in module._buffers.items():
+            if b is not None and name not in module._non_persistent_buffers_set:
+                slots[dot + name] = _Slot(path, name, False, False, tuple(b.shape))
+    return slots
+
+
+def _assign(model: Any, slots: Mapping[str, _Slot], tensors: Mapping[str, Any]) -> bool:
+    """``model.load_state_dict(tensors, assign=True)`` for a copy of a template whose
+    slots are ``slots``, without its per-module Python machinery (a bricked file loads a
+    model per brick): each tensor becomes its slot's parameter (with the template's
+    ``requires_grad``) or buffer, uncopied. False, with nothing assigned, when the names
+    or shapes are not the slots' (the caller then lets ``load_state_dict`` explain)."""
+    if tensors.keys() != slots.keys() or any(
+            tuple(tensors[n].shape) != s.shape for n, s in slots.items()):
+        return False
+    from torch.nn import Parameter
+
+    for n, s in slots.items():
+        owner = model
+        for part in s.path:
+            owner = owner._modules[part]
+        if s.parameter:
+            owner._parameters[s.name] = Parameter(tensors[n], requires_grad=s.requires_grad)
+        else:
+            owner._buffers[s.name] = tensors[n]
+    return True
+
+
+class _Template(NamedTuple):
+    """A template model, its state-dict slots (:func:`_slots`), its copier
+    (:func:`_copier`) and its parameter bytes."""
+
+    model: Any
+    slots: Dict[str, "_Slot"]
+    copy: Callable[[Optional[bool]], Any]
+    nbytes: int
+
+
+def _model_template(arch: str, config: ModelConfig) -> Tuple[Any, Dict[str, "_Slot"],
+                                                              Callable[[Optional[bool]], Any]]:
+    """A freshly built CPU model of ``arch`` and ``config``, its slots (:func:`_slots`) and
+    its copier (:func:`_copier`), kept for the next bricks of that config
+    (:data:`MODEL_TEMPLATES`, :data:`MODEL_TEMPLATE_BYTES`); never evaluated or changed,
+    only copied."""
     from .model_limits import tensor_budget
     from .models import get_architecture
 
@@ -198,17 +288,18 @@ def _model_template(arch: str, config: ModelConfig) -> Any:
         hit = _TEMPLATES.get(key)
         if hit is not None:
             _TEMPLATES.move_to_end(key)
-            return hit[0]
+            return hit.model, hit.slots, hit.copy
     with tensor_budget():
         model = get_architecture(arch).build(config)
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    entry = _Template(model, _slots(model), _copier(model), nbytes)
     with _TEMPLATES_LOCK:
-        _TEMPLATES[key] = (model, nbytes)
-        total = sum(n for _, n in _TEMPLATES.values())
+        _TEMPLATES[key] = entry
+        total = sum(e.nbytes for e in _TEMPLATES.values())
         while len(_TEMPLATES) > 1 and (len(_TEMPLATES) > MODEL_TEMPLATES
                                        or total > MODEL_TEMPLATE_BYTES):
-            total -= _TEMPLATES.popitem(last=False)[1][1]
-    return model
+            total -= _TEMPLATES.popitem(last=False)[1].nbytes
+    return entry.model, entry.slots, entry.copy
 
 
 def _float32(points: np.ndarray) -> np.ndarray:

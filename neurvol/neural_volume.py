@@ -76,6 +76,9 @@ QUERY_CELLS = 32
 BRICK_QUERY_CELLS = 8
 #: Fewer points than this are evaluated in their order (sorting would not pay).
 SPATIAL_MIN_POINTS = 4096
+#: Bricked queries of at most this many points decode their cold bricks before evaluating
+#: any, then evaluate them on one query thread (:meth:`NeuralVolume._query_bricked`).
+FEW_POINTS = 4096
 #: Codecs this reader decodes (header key "codec": {"name", "version"}).
 SUPPORTED_CODECS = {("kmeans-zstd", 1), ("neurvol", 2)}
 
@@ -545,7 +548,9 @@ class NeuralVolume(ClosesOnExit):
         threads (:class:`~neurvol.ensemble.routing.RoutedQuery`), sorted by brick and cell
         in one pass, and each touched brick is evaluated on all of its points in a few
         tasks of up to :data:`BRICK_TASK` entries on the same threads (which decode the
-        bricks not in the cache side by side); then the values are summed per point."""
+        bricks not in the cache side by side, longest payload first; a query of at most
+        :data:`FEW_POINTS` points decodes them all first, then evaluates on one thread);
+        then the values are summed per point."""
         assert self._router is not None
         n = p.shape[0]
         with self._backend.scope(), self._query_pool() as pool:
@@ -576,10 +581,48 @@ class NeuralVolume(ClosesOnExit):
                     for a in range(s + ROUTE_CHUNK, n, ROUTE_CHUNK):
                         n_outside += _normalized(p[a:a + ROUTE_CHUNK], index, scale)[1]
                     return n_outside, first
-                run(lambda task: routed.run(task, self._evaluate_brick), routed.tasks(BRICK_TASK))
+                tasks = self._cold_first(routed.tasks(BRICK_TASK))
+                cold = self._decode_first(tasks) if pool is not None and m <= FEW_POINTS else []
+                if pool is not None and cold:
+                    # A few points over cold bricks: the bricks are decoded side by side
+                    # first, then evaluated one after another on one query thread. (Each
+                    # brick gets a few points, a few dozen short tensor calls; evaluated
+                    # beside the other thread's decoding, each call lets that thread take
+                    # the GIL for its decode's Python before this one may go on.)
+                    run(self._brick_model, cold)
+                    pool.submit(lambda: [routed.run(task, self._evaluate_brick)
+                                         for task in tasks]).result()
+                else:
+                    run(lambda task: routed.run(task, self._evaluate_brick), tasks)
                 part_out = out[s:s + m]
                 run(lambda a: routed.combine(a, part_out[a:a + ROUTE_PIECE]), pieces)
         return 0, None
+
+    def _cold_first(self, tasks: List[Any]) -> List[Any]:
+        """Brick tasks ``(brick, ...)`` in the order the query threads take them: when
+        some bricks are not in the cache, those first, longest payload first (decoding
+        dominates a cold brick's task, and it grows with the payload), so the threads do
+        not end waiting on one large brick taken last; else as given."""
+        with self._lock:
+            missing = {b for b, _ in tasks if b not in self._models}
+        if not missing:
+            return tasks
+        return sorted(tasks, key=lambda t: -self._reader.brick_length(t[0])
+                      if t[0] in missing else 0)
+
+    def _decode_first(self, tasks: List[Any]) -> List[int]:
+        """The bricks of ``tasks`` not in the cache, to decode before any is evaluated;
+        none when fewer than two, or when they would not all fit in the cache beside
+        the cached ones (decoded ones would then be evicted before their evaluation)."""
+        bricks = list(dict.fromkeys(b for b, _ in tasks))
+        with self._lock:
+            missing = [b for b in bricks if b not in self._models]
+            count, nbytes = len(self._models), self._cache_bytes
+        if len(missing) < 2 or count + len(missing) > self._cache_size:
+            return []
+        if nbytes + sum(self._brick_bytes(b) for b in missing) > MAX_CACHE_BYTES:
+            return []
+        return missing
 
     @contextlib.contextmanager
     def _query_pool(self) -> Iterator[Optional[Executor]]:

@@ -298,3 +298,126 @@ def test_training_forward_matches_module_mlp_and_honours_hooks():
         base = feats[:, 0].sum(0) / cover.sum(0).clamp(min=COVERAGE_FLOOR)
     assert not torch.allclose(zeroed, columns)
     torch.testing.assert_close(zeroed.detach(), base + model.mlp[-1].bias, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("grids,grid", [(3, (5, 6, 7)), (8, (9, 4, 6)), (1, (2, 3, 2))])
+def test_few_points_evaluate_without_the_table_bit_for_bit(grids, grid):
+    """Up to DIRECT_MAX_POINTS points on a model without its vertex table gather from the
+    grids themselves (a cold bricked query evaluates many fresh bricks on a few points
+    each): the same values, bit for bit, as the padded table's path, for points inside,
+    in the fade band and far outside the grids, and for batch sizes that leave lanes
+    over in torch's vector loops."""
+    import copy
+
+    from neurvol.models.amgsrn import DIRECT_MAX_POINTS
+
+    torch.manual_seed(grids)
+    cfg = AMGSRNConfig(grids=grids, grid=grid, channels=1, width=8, hidden_layers=2)
+    model = AMGSRN(cfg).eval()
+    with torch.no_grad():
+        model.grids.normal_()
+        model.grids.view(-1)[::7] = -0.0          # signed zeros travel through unchanged
+        for p in model.mlp.parameters():
+            p.normal_(0, 0.5)
+        for g in range(model.anchor_count(), grids):
+            model.transforms[g].copy_(torch.eye(3, 4) * 2.5 + 0.4 * torch.randn(3, 4))
+    rng = np.random.default_rng(grids)
+    for n in (1, 2, 7, 13, 100, DIRECT_MAX_POINTS):
+        pts = torch.from_numpy(rng.uniform(-1.4, 1.4, (n, 3)).astype(np.float32))
+        fresh = copy.deepcopy(model)
+        with torch.inference_mode():
+            direct = fresh(pts)
+            assert not fresh._has_table()                   # no table for a few points
+            fresh._vertex_table()
+            table = fresh(pts)
+        assert direct.dtype == table.dtype == torch.float32
+        assert direct.numpy().tobytes() == table.numpy().tobytes()
+    # Points beyond every grid's fade band: all features exactly 0, the MLP of zeros.
+    far = torch.full((5, 3), 40.0)
+    with torch.no_grad():
+        direct = copy.deepcopy(model)(far)
+        torch.testing.assert_close(direct, model.mlp(torch.zeros(5, grids))[:, 0])
+
+
+def test_a_large_batch_builds_the_vertex_table_and_later_calls_use_it():
+    from neurvol.models.amgsrn import DIRECT_MAX_POINTS
+
+    torch.manual_seed(0)
+    model = AMGSRN(AMGSRNConfig(grids=4, grid=(6, 6, 6), channels=1, width=8)).eval()
+    few = torch.rand(10, 3) * 2 - 1
+    many = torch.rand(DIRECT_MAX_POINTS + 1, 3) * 2 - 1
+    with torch.no_grad():
+        cold = model(few)
+        assert not model._has_table()
+        model(many)
+        assert model._has_table()
+        assert torch.equal(model(few), cold)
+        with torch.no_grad():
+            model.grids.add_(1.0)                          # a change of the grids drops it
+        assert not model._has_table()
+
+
+@pytest.mark.parametrize("grids,grid", [(3, (5, 6, 7)), (8, (9, 4, 6)), (1, (2, 3, 2))])
+def test_numpy_few_points_evaluate_without_the_table_bit_for_bit(grids, grid):
+    """The torch-free evaluation takes the same two paths: a few points on a model whose
+    table is not built gather from the grids, with the table path's values bit for bit;
+    a batch over DIRECT_MAX_POINTS builds the table."""
+    from neurvol.models.numpy_eval import get_numpy_architecture
+    from neurvol.models.numpy_eval.amgsrn import DIRECT_MAX_POINTS
+
+    torch.manual_seed(grids)
+    cfg = AMGSRNConfig(grids=grids, grid=grid, channels=1, width=8, hidden_layers=2)
+    model = AMGSRN(cfg)
+    with torch.no_grad():
+        model.grids.normal_()
+        model.grids.view(-1)[::7] = -0.0
+        for p in model.mlp.parameters():
+            p.normal_(0, 0.5)
+        for g in range(model.anchor_count(), grids):
+            model.transforms[g].copy_(torch.eye(3, 4) * 2.5 + 0.4 * torch.randn(3, 4))
+    arrays = {n: t.detach().numpy().copy() for n, t in model.state_dict().items()}
+    arch = get_numpy_architecture("amgsrn")
+    rng = np.random.default_rng(grids)
+    for n in (1, 2, 7, 13, 100, DIRECT_MAX_POINTS):
+        pts = rng.uniform(-1.4, 1.4, (n, 3)).astype(np.float32)
+        fresh = arch.build(cfg, arrays)
+        direct = fresh(pts)
+        assert fresh._table is None                          # no table for a few points
+        fresh.table
+        table = fresh(pts)
+        assert direct.dtype == table.dtype == np.float32
+        assert direct.tobytes() == table.tobytes()
+    fresh = arch.build(cfg, arrays)
+    fresh(rng.uniform(-1, 1, (DIRECT_MAX_POINTS + 1, 3)).astype(np.float32))
+    assert fresh._table is not None and fresh._grids is None   # the table holds the grids
+    few = rng.uniform(-1.4, 1.4, (7, 3)).astype(np.float32)
+    assert fresh(few).tobytes() == arch.build(cfg, arrays)(few).tobytes()
+
+
+@pytest.mark.parametrize("sides", [(5, 6, 7), (2, 3, 2), (1, 4, 1), (40, 40, 39)])
+def test_direct_corners_compiled_matches_numpy(sides):
+    """The compiled kernel of the table-free lookup and its numpy form give the same bits:
+    fractions, coverage and corner values (exact zeros outside a grid), for points inside,
+    on vertices and faces (including -0.0), in the fade band and far outside."""
+    from neurvol.compress import jit
+    from neurvol.models.numpy_eval.amgsrn import _corners_numpy, direct_corners
+
+    if not jit.available():
+        pytest.skip("numba is not installed (pip install 'neurvol[fast]')")
+    rng = np.random.default_rng(sum(sides))
+    m, n = 3, 211
+    grids = rng.normal(size=m * int(np.prod(sides))).astype(np.float32)
+    grids[::5] = -0.0
+    side = np.asarray(sides, dtype=np.float32).reshape(3, 1, 1)
+    u = rng.uniform(-3, 1, (3, m, n)).astype(np.float32) * (side + 2)
+    u[:, :, :40] = np.round(u[:, :, :40])                  # on vertices and faces
+    u[:, :, 40:50] = -0.0
+    u[:, :, 50:60] = side - 1
+    u[:, :, 60:70] = side
+    u[:, :, 70:80] = rng.uniform(-1e6, 1e6, (3, m, 10))
+    got = direct_corners(u.copy(), sides, grids)
+    want = _corners_numpy(u.copy(), sides, grids)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+    assert (want[2] == 0).any() and (want[1] == 0).any() and (want[1] == 1).any()

@@ -177,6 +177,82 @@ def test_touched_bricks_are_decoded_side_by_side_each_once(files, monkeypatch):
         np.testing.assert_allclose(got, nv.query(pts), rtol=0, atol=_atol(nv))
 
 
+def test_cold_bricks_are_taken_longest_payload_first(files, monkeypatch):
+    """The query threads take the bricks a cold query touches longest payload first (a
+    large brick taken last would leave the other threads idle), cached bricks after them;
+    the values do not depend on the order."""
+    monkeypatch.setattr(neural_volume, "QUERY_THREADS", 1)
+    calls = []
+    load = NeuralVolume._load_brick
+
+    def logged_load(self, b):
+        calls.append(b)
+        return load(self, b)
+
+    monkeypatch.setattr(NeuralVolume, "_load_brick", logged_load)
+    with NeuralVolume(NvolReader(files["blend"]), backend="numpy") as nv:
+        lengths = [nv._reader.brick_length(b) for b in range(nv.brick_count)]
+        assert len(set(lengths)) > 1
+        pts = _points(nv.shape, 1000)
+        nv.query(pts[:10])                     # a few bricks cached
+        cached = list(calls)
+        got = nv.query(pts)
+        cold = calls[len(cached):]
+        assert sorted(cold) == sorted(set(range(nv.brick_count)) - set(cached))
+        assert [lengths[b] for b in cold] == sorted((lengths[b] for b in cold), reverse=True)
+        tasks = [(b, None) for b in range(nv.brick_count)]
+        assert nv._cold_first(tasks) == tasks  # all cached: the routing order
+    with NeuralVolume(NvolReader(files["blend"]), backend="numpy") as nv:
+        assert nv.query(pts).tobytes() == got.tobytes()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_few_points_decode_cold_bricks_first_then_evaluate_on_one_thread(files, backend,
+                                                                            monkeypatch):
+    """A cold query of at most FEW_POINTS points decodes the bricks it touches (side by
+    side) before evaluating any, then evaluates them all on one query thread; a larger
+    query, or one whose bricks would not all fit in the cache, evaluates each brick as
+    it is decoded. The values are the same either way, bit for bit."""
+    pytest.importorskip(backend)
+    monkeypatch.setattr(neural_volume, "QUERY_THREADS", 2)
+    events = []
+    load, evaluate = NeuralVolume._load_brick, NeuralVolume._evaluate_brick
+
+    def logged_load(self, b):
+        events.append(("load", threading.current_thread().name))
+        return load(self, b)
+
+    def logged_evaluate(self, b, norm):
+        events.append(("eval", threading.current_thread().name))
+        return evaluate(self, b, norm)
+
+    monkeypatch.setattr(NeuralVolume, "_load_brick", logged_load)
+    monkeypatch.setattr(NeuralVolume, "_evaluate_brick", logged_evaluate)
+
+    def cold_query(pts):
+        events.clear()
+        with NeuralVolume(NvolReader(files["blend"]), backend=backend) as nv:
+            return nv.query(pts), nv.brick_count
+
+    with NeuralVolume(NvolReader(files["blend"]), backend=backend) as nv:
+        pts = _points(nv.shape, 1000)
+    few, count = cold_query(pts)
+    kinds = [k for k, _ in events]
+    assert kinds.count("load") == count and kinds.index("eval") == count   # loads first
+    eval_threads = {t for k, t in events if k == "eval"}
+    assert len(eval_threads) == 1 and threading.current_thread().name not in eval_threads
+    # Streaming: a larger query (here: the threshold lowered), or a cache too small.
+    monkeypatch.setattr(neural_volume, "FEW_POINTS", 10)
+    streamed, _ = cold_query(pts)
+    assert [k for k, _ in events].index("eval") < count
+    assert streamed.tobytes() == few.tobytes()
+    monkeypatch.setattr(neural_volume, "FEW_POINTS", 1 << 20)
+    monkeypatch.setattr(neural_volume, "MAX_CACHE_BYTES", 1)
+    small_cache, _ = cold_query(pts)
+    assert [k for k, _ in events].index("eval") < count
+    assert small_cache.tobytes() == few.tobytes()
+
+
 def test_side_by_side_decodes_keep_the_cache_cap(files, monkeypatch):
     """With a cap below the touched bricks' bytes, a cold query still decodes each brick
     once and the cache never holds more than the cap."""

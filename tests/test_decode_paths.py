@@ -184,11 +184,11 @@ def test_torch_bricks_copied_from_a_template_equal_fresh_builds():
 
     ptrs = {t.data_ptr() for _, state in loaded for t in state.values()}
     assert B._TEMPLATES
-    for template, _ in B._TEMPLATES.values():
+    for template, *_ in B._TEMPLATES.values():
         assert not any(t.data_ptr() in ptrs for t in template.state_dict().values())
     # The copies share no module, and no dict, set or list of one (parameters, buffers,
     # hooks), with a template or with each other; the templates stay in training mode.
-    templates = [t for t, _ in B._TEMPLATES.values()]
+    templates = [t for t, *_ in B._TEMPLATES.values()]
     assert all(m.training for t in templates for m in t.modules())
     seen = {id(x) for t in templates for m in t.modules()
             for x in [m, *(v for v in vars(m).values() if isinstance(v, (dict, set, list)))]}
@@ -229,3 +229,30 @@ def test_bricked_queries_evaluate_bricks_on_the_query_threads(monkeypatch):
         warm = nv.query(pts)
         assert len(where) > 1 and all(n.startswith("neurvol-query") for n in where)
     np.testing.assert_array_equal(cold, warm)
+
+
+def test_torch_load_assigns_the_templates_slots_or_lets_load_state_dict_refuse():
+    """A brick's tensors are assigned to its template copy's slots directly; tensors that
+    do not fit the slots (names or shapes) are not assigned, and the load falls back to
+    ``load_state_dict``, whose error names them."""
+    torch = pytest.importorskip("torch")
+    from neurvol import backend as B
+    from neurvol.models.amgsrn import AMGSRNConfig
+
+    config = AMGSRNConfig(grids=2, grid=(3, 4, 5), channels=1, width=8, hidden_layers=1)
+    template, slots, _ = B._model_template("amgsrn", config)
+    arrays = {n: np.full(s.shape, i, dtype=np.float32) for i, (n, s) in enumerate(slots.items())}
+    model = B.TorchBackend().load("amgsrn", config, arrays)
+    for name, tensor in model.state_dict().items():
+        assert tensor.data_ptr() == arrays[name].ctypes.data       # the arrays, uncopied
+    assert [p.requires_grad for p in model.parameters()] == \
+        [p.requires_grad for p in template.parameters()]
+    copy = B._module_copy(template, training=False)
+    wrong = dict(arrays, grids=np.zeros((2, 1, 3, 4, 6), np.float32))
+    assert not B._assign(copy, slots, wrong)
+    assert copy.grids is template.grids                                # nothing assigned
+    with pytest.raises(RuntimeError, match="grids"):
+        B.TorchBackend().load("amgsrn", config, wrong)
+    missing = {n: a for n, a in arrays.items() if n != "transforms.1"}
+    with pytest.raises(RuntimeError, match="transforms.1"):
+        B.TorchBackend().load("amgsrn", config, missing)

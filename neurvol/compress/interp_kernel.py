@@ -6,9 +6,14 @@ millions of values; numpy's pass-by-pass reconstruction costs a few nanoseconds 
 in array operations and holds the GIL between them. One compiled loop that unzigzags
 each symbol, predicts its point and stores it does the same binary64 operations in the
 same order (the same bits: tests compare the two) at a fraction of that, and releases the
-GIL, so a reader's threads rebuild bricks side by side."""
+GIL, so a reader's threads rebuild bricks side by side.
+
+Every array index in the kernels is cast to unsigned (:func:`_at`): numba wraps a negative
+signed index around the array's end, a test and a branch on every access of these loops,
+and the indices here are never negative (each pass reads only points that exist)."""
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import numpy as np
@@ -20,11 +25,14 @@ from .jit import available, jit
 #: divisions by 2 and 16 (powers of two).
 HALF = 0.5
 SIXTEENTH = 0.0625
+#: Grid shapes whose pass tables are kept (a bricked file's bricks have tens of shapes).
+PASS_TABLES = 256
 
 
+@functools.lru_cache(maxsize=PASS_TABLES)
 def _pass_table(shape3: Tuple[int, int, int]) -> np.ndarray:
     """The passes of a grid of ``shape3``: rows ``(axis, h, start_z, stride_z, start_y,
-    stride_y, start_x, stride_x)``."""
+    stride_y, start_x, stride_x)`` (read-only: shared by every grid of that shape)."""
     rows = []
     for axis, h, sel in prediction_passes((1,) + tuple(shape3)):
         row = [axis, h]
@@ -32,14 +40,29 @@ def _pass_table(shape3: Tuple[int, int, int]) -> np.ndarray:
             s = sel[1 + b]
             row += [h, 2 * h] if b == axis else [0, s.step or 1]
         rows.append(row)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 8)
+    table = np.asarray(rows, dtype=np.int64).reshape(-1, 8)
+    table.flags.writeable = False
+    return table
+
+
+@jit(nogil=True, cache=True, inline="always", error_model="numpy")
+def _at(i):
+    """Index ``i`` (never negative) as unsigned: no wraparound test on the access."""
+    return np.uint64(i)
 
 
 @jit(nogil=True, cache=True, inline="always", error_model="numpy")
 def _scaled(z, pos, step):
     """``float64(unzigzag(z[pos])) * step``."""
-    s = np.int64(z[pos])
+    s = np.int64(z[_at(pos)])
     return np.float64((s >> 1) ^ -(s & 1)) * step
+
+
+@jit(nogil=True, cache=True, inline="always", error_model="numpy")
+def _cubic(rec, p, da):
+    """The cubic prediction at ``p`` from its neighbours ``da`` and ``3 da`` apart."""
+    return (9.0 * (rec[_at(p - da)] + rec[_at(p + da)])
+            - (rec[_at(p - 3 * da)] + rec[_at(p + 3 * da)])) * SIXTEENTH
 
 
 @jit(nogil=True, cache=True, inline="always", error_model="numpy")
@@ -49,10 +72,9 @@ def _predict(rec, p, c, h, da, na):
     one does, else the left one."""
     if c + h <= na - 1:
         if c - 3 * h >= 0 and c + 3 * h <= na - 1:
-            return (9.0 * (rec[p - da] + rec[p + da])
-                    - (rec[p - 3 * da] + rec[p + 3 * da])) * SIXTEENTH
-        return (rec[p - da] + rec[p + da]) * HALF
-    return rec[p - da]
+            return _cubic(rec, p, da)
+        return (rec[_at(p - da)] + rec[_at(p + da)]) * HALF
+    return rec[_at(p - da)]
 
 
 @jit(nogil=True, cache=True, error_model="numpy")
@@ -61,14 +83,15 @@ def _reconstruct(z, step, lead, d, hh, w, passes, out):
     ``out`` (float32, flat): the anchors, then pass by pass, each pass over all grids in
     C order, ``rec = prediction + float64(code) * step``. A row of a pass along z or y
     has one kernel throughout (its index along the axis is fixed), so it runs as one
-    tight loop; a row along x has the cubic kernel between its first and last few points."""
+    tight loop; a row along x runs as three: the points before the cubic range, the cubic
+    ones, the points after it."""
     npts = d * hh * w
     rec = np.empty(lead * npts, dtype=np.float64)
     dims = np.array([d, hh, w], dtype=np.int64)
     mul = np.array([hh * w, w, 1], dtype=np.int64)
     pos = 0
     for g in range(lead):                     # the anchors: prediction 0
-        rec[g * npts] = 0.0 + _scaled(z, pos, step)
+        rec[_at(g * npts)] = 0.0 + _scaled(z, pos, step)
         pos += 1
     for ip in range(passes.shape[0]):
         axis = passes[ip, 0]
@@ -84,38 +107,42 @@ def _reconstruct(z, step, lead, d, hh, w, passes, out):
                     row = base + zz * mul[0] + yy * mul[1]
                     if axis == 2:
                         # x in [x0, w) by sx (= 2h): cubic for 3h <= x <= w - 1 - 3h.
-                        lo_c = 3 * h
-                        hi_c = w - 1 - 3 * h
-                        for xx in range(x0, w, sx):
+                        xx = x0
+                        while xx < w and xx < 3 * h:
                             p = row + xx
-                            if lo_c <= xx <= hi_c:
-                                pred = (9.0 * (rec[p - da] + rec[p + da])
-                                        - (rec[p - 3 * da] + rec[p + 3 * da])) * SIXTEENTH
-                            else:
-                                pred = _predict(rec, p, xx, h, da, na)
-                            rec[p] = pred + _scaled(z, pos, step)
+                            rec[_at(p)] = _predict(rec, p, xx, h, da, na) + _scaled(z, pos, step)
                             pos += 1
+                            xx += sx
+                        while xx <= w - 1 - 3 * h:
+                            p = row + xx
+                            rec[_at(p)] = _cubic(rec, p, da) + _scaled(z, pos, step)
+                            pos += 1
+                            xx += sx
+                        while xx < w:
+                            p = row + xx
+                            rec[_at(p)] = _predict(rec, p, xx, h, da, na) + _scaled(z, pos, step)
+                            pos += 1
+                            xx += sx
                     else:
                         c = zz if axis == 0 else yy
                         if c + h <= na - 1 and c - 3 * h >= 0 and c + 3 * h <= na - 1:
                             for xx in range(x0, w, sx):
                                 p = row + xx
-                                pred = (9.0 * (rec[p - da] + rec[p + da])
-                                        - (rec[p - 3 * da] + rec[p + 3 * da])) * SIXTEENTH
-                                rec[p] = pred + _scaled(z, pos, step)
+                                rec[_at(p)] = _cubic(rec, p, da) + _scaled(z, pos, step)
                                 pos += 1
                         elif c + h <= na - 1:
                             for xx in range(x0, w, sx):
                                 p = row + xx
-                                rec[p] = (rec[p - da] + rec[p + da]) * HALF + _scaled(z, pos, step)
+                                rec[_at(p)] = ((rec[_at(p - da)] + rec[_at(p + da)]) * HALF
+                                               + _scaled(z, pos, step))
                                 pos += 1
                         else:
                             for xx in range(x0, w, sx):
                                 p = row + xx
-                                rec[p] = rec[p - da] + _scaled(z, pos, step)
+                                rec[_at(p)] = rec[_at(p - da)] + _scaled(z, pos, step)
                                 pos += 1
     for i in range(rec.size):
-        out[i] = rec[i]
+        out[_at(i)] = rec[_at(i)]
 
 
 def reconstruct_symbols(z: np.ndarray, shape: Tuple[int, ...], step: float) -> np.ndarray:

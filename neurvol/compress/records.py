@@ -106,7 +106,7 @@ def decode_record(take: Take, shape: Sequence[int], name: str) -> Tuple[np.ndarr
         full = np.zeros(n, np.float32)
         full[keep] = values
         values = full
-    if not np.all(np.isfinite(values)):
+    if not np.isfinite(values).all():
         raise NeurvolFormatError(f"tensor {name!r} holds non-finite values")
     stats = RecordStats(name, method.name, coder, counter.count, book_bytes, mask_bytes)
     return values.reshape(tuple(shape)), stats

@@ -187,6 +187,8 @@ class _Registry:
         # returns at once, as the table it sees is being filled by its own thread).
         self._lock = threading.RLock()
         self._importing = False
+        # all()'s tuple, rebuilt after a registration (readers ask for it per stream).
+        self._all: Optional[Tuple[type, ...]] = None
 
     def register(self, cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
@@ -199,6 +201,7 @@ class _Registry:
                                  f"({table[key].__name__}); ids and names are never reused")
         self.by_id[cls.id] = cls
         self.by_name[cls.name] = cls
+        self._all = None
         return cls
 
     def load(self) -> None:
@@ -236,7 +239,10 @@ class _Registry:
 
     def all(self) -> Tuple[type, ...]:
         self.load()
-        return tuple(self.by_id[i] for i in sorted(self.by_id))
+        entries = self._all
+        if entries is None:
+            entries = self._all = tuple(self.by_id[i] for i in sorted(self.by_id))
+        return entries
 
 
 _METHODS = _Registry("record method", RecordMethod, "neurvol.compress.methods")

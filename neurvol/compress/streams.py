@@ -96,6 +96,8 @@ def decode_stream(take: Callable[[int, str], bytes], n: int, what: str,
     data = take(length, what)
     coder = read_coder(coder_id, what)
     out = coder.decode(data, n, _DTYPES[width], what)
-    if max_symbol is not None and out.size and int(out.max()) > max_symbol:
+    # A width whose largest symbol is within max_symbol needs no scan of the symbols.
+    if (max_symbol is not None and out.size and (1 << 8 * out.dtype.itemsize) - 1 > max_symbol
+            and int(out.max()) > max_symbol):
         raise NeurvolFormatError(f"{what}: symbol {int(out.max())} out of range (max {max_symbol})")
     return out, coder.name

@@ -35,6 +35,7 @@ import copy
 import math
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,8 +47,11 @@ from .fvsrn import proportional_grid
 from .mlp import make_mlp, mlp_param_count, run_mlp_columns
 from .trilinear import atlas_axes, sample_atlas, slice_atlas
 # The config (and the numpy evaluation readers use without torch) live in the torch-free half.
-from .numpy_eval.amgsrn import (COVERAGE_FLOOR, MAX_GRID_SIDE,  # noqa: F401
-                                MAX_GRIDS, MAX_WIDTH, AMGSRNConfig)
+# DIRECT_MAX_POINTS: the most points evaluated without the vertex table (the numpy
+# evaluation takes the same two paths).
+from .numpy_eval.amgsrn import (COVERAGE_FLOOR, DIRECT_MAX_POINTS,  # noqa: F401
+                                MAX_GRID_SIDE, MAX_GRIDS, MAX_WIDTH, AMGSRNConfig,
+                                direct_corners)
 
 # Training schedule of the transforms, as fractions of the fit's steps: they move only in
 # [TRANSFORM_START, TRANSFORM_STOP) and are frozen before and after.
@@ -312,6 +316,9 @@ class AMGSRN(VolumeModel):
         amgsrn.py`` (the torch-free reader) takes the same steps."""
         cfg = self.config
         m, c, n = cfg.grids, cfg.channels, coords.shape[0]
+        if (c == 1 and n <= DIRECT_MAX_POINTS and coords.device.type == "cpu"
+                and coords.dtype == torch.float32 and not self._has_table()):
+            return self._evaluate_direct(coords)
         table, offsets, strides = self._vertex_table()      # table (V, C), or (V,) for C = 1
         t = self._vertex_map(coords.dtype)
         u_all = torch.addmm(t[:, 3:], t[:, :3], coords.t()).view(3, m, n)
@@ -335,18 +342,58 @@ class AMGSRN(VolumeModel):
         y = run_mlp_columns(self.mlp, feats)
         return y[0].add_(base)
 
+    def _evaluate_direct(self, coords: torch.Tensor) -> torch.Tensor:
+        """:meth:`_evaluate` of a one-channel model on the CPU without its vertex table,
+        for a few points (:data:`DIRECT_MAX_POINTS`): the same values bit for bit.
+
+        The eight corners of every point's cell in every grid are gathered from the grids
+        themselves, an exact 0 where a corner lies outside its grid (the padded table's
+        value there), by :func:`~.numpy_eval.amgsrn.direct_corners` with the coverage and
+        the fractions: steps that only move, compare or round values once, so numpy (or
+        its compiled kernel) gives torch's bits, at a fraction of torch's per-call cost
+        on a few points. The steps whose bits depend on torch's kernels (the affine
+        product, lerps, sums and the MLP) stay torch's, each on all the corner pairs it
+        blends, in the table path's order."""
+        cfg = self.config
+        m, n = cfg.grids, coords.shape[0]
+        t = self._vertex_map(coords.dtype)
+        u = torch.addmm(t[:, 3:], t[:, :3], coords.t()).numpy().reshape(3, m, n)
+        frac_np, cover_np, vals = direct_corners(u, cfg.grid,
+                                                 self.grids.detach().numpy().reshape(-1))
+        frac = torch.from_numpy(frac_np)
+        cover = torch.from_numpy(cover_np)
+        corners = torch.from_numpy(vals)
+        along_x = corners[0].lerp(corners[1], frac[2])                      # (dy, dz, M, N)
+        along_y = along_x[0].lerp(along_x[1], frac[1])                      # (dz, M, N)
+        feats = along_y[0].lerp(along_y[1], frac[0])                        # (M, N)
+        base = feats.sum(0).div_(cover.sum(0).clamp_(min=COVERAGE_FLOOR))
+        y = run_mlp_columns(self.mlp, feats)
+        return y[0].add_(base)
+
+    def _has_table(self) -> bool:
+        """Whether the vertex table of the current grids is built (:meth:`_vertex_table`)."""
+        return getattr(self, "_table_key", None) == self._table_key_now()
+
+    def _table_key_now(self) -> Tuple[int, int, torch.device]:
+        return (self.grids.data_ptr(), self.grids._version, self.grids.device)
+
     def _vertex_map(self, dtype: torch.dtype) -> torch.Tensor:
         """``(3M, 4)`` in ``dtype``: the affine maps from global coordinates to each grid's
         continuous vertex coordinates ``u = (l + 1) / 2 * (n - 1)``, axis-major rows (all
-        grids' z, then y, then x), folded in float64. Cached until a transform changes."""
-        key = (tuple((p.data_ptr(), p._version) for p in self.transforms), dtype)
+        grids' z, then y, then x), folded in float64. Cached until a transform changes.
+        (Folded in numpy: the same binary64 products and sums as torch's, in a handful of
+        calls; the model is built per brick of a bricked file.)"""
+        # The list's own dict: indexing a ParameterList costs a few Python calls a grid.
+        transforms = list(self.transforms._parameters.values())
+        key = (tuple((p.data_ptr(), p._version) for p in transforms), dtype)
         if getattr(self, "_map_key", None) != key:
             cfg = self.config
-            t = self.transform_matrix().detach().double()                 # (M, 3, 4)
-            half = (torch.tensor(cfg.grid, dtype=torch.float64, device=t.device) - 1) / 2
-            t = (t * half[None, :, None]).transpose(0, 1)                  # (3, M, 4)
+            t = torch.stack(transforms).detach().cpu().numpy().astype(np.float64)
+            half = (np.asarray(cfg.grid, dtype=np.float64) - 1) / 2
+            t = (t * half[None, :, None]).transpose(1, 0, 2)               # (3, M, 4)
             t[:, :, 3] += half[:, None]
-            self._map_cache = t.reshape(3 * cfg.grids, 4).to(dtype)
+            self._map_cache = torch.from_numpy(t.reshape(3 * cfg.grids, 4)).to(
+                device=self.grids.device, dtype=dtype)
             self._map_key = key
         return self._map_cache
 
@@ -355,7 +402,7 @@ class AMGSRN(VolumeModel):
         one vertex, vertex-major ``(M * (D'+2)(H'+2)(W'+2), C)``; the row of each grid's
         vertex (0, 0, 0), ``(M, 1)``; and the rows per vertex step along z, y, x. Cached
         until the grids change (torch bumps a tensor's version on every in-place write)."""
-        key = (self.grids.data_ptr(), self.grids._version, self.grids.device)
+        key = self._table_key_now()
         if getattr(self, "_table_key", None) != key:
             m, c, d, h, w = self.grids.shape
             padded = F.pad(self.grids.detach(), (1, 1, 1, 1, 1, 1))
