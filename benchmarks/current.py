@@ -27,8 +27,9 @@ Parts:
     masked  ``benchmarks/run_masked.py``: a NaN-masked CT volume against the unmasked one
     fit_seeds ``benchmarks/run_fit_seeds.py``: the default encode of the three 128^3
             volumes over seeds 0-2: mean / min / max PSNR and seconds (issue 26's fit line)
-    large   ``benchmarks/run_large.py``: 1024^3 float32 out of core (a partial encode): peak
+    large   ``benchmarks/run_large.py``: 512^3 float32 out of core (its 4 hardest bricks): peak
             memory of the process tree, PSNR, brick PSNR spread, 1 -> 2 workers, Dask
+    large1024 the same on the 1024^3 volume's 4 largest bricks (a full encode takes hours)
 
 Run it alone on the machine: two torch processes on two cores slow each other many times.
 """
@@ -187,6 +188,11 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
                                          "--workers", "1,2", "--dask"),
                         "Out of core: 512^3 float32, memory of the encoding process tree "
                         "on its hardest bricks"),
+    # The 1024^3 volume's 4 largest bricks of 512 (the full encode takes hours here).
+    "large1024": ScriptPart("run_large.py", ("--size", "1024", "--max-bricks", "4", "--largest",
+                                             "--workers", "1,2", "--dask"),
+                            "Out of core: 1024^3 float32, memory of the encoding process tree "
+                            "on its largest bricks"),
 }
 
 
