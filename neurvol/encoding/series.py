@@ -490,25 +490,23 @@ def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int,
         values[mask] = 0.0
         FILL_METHODS[DEFAULT_FILL](values, mask)
         valid = torch.from_numpy(~mask)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = tarch.build(config)
-        trained = set(model.grid_tensors) or {n for n, _ in specs}
-        params = dict(model.named_parameters())
-        pulled = [params[n] for n in sorted(trained) if n in params]
-        reference = [torch.from_numpy(prev[n]).clone() for n in sorted(trained) if n in params]
-        regularizer = _PullTowards(pulled, reference, DELTA_L1)
-        fitting = Fitting(model, data, fit, seed=seed, device=dev, regularizer=regularizer,
-                          valid=valid)
-        with torch.no_grad():   # the predecessor's decoded weights, not the data-driven init
-            model.load_state_dict({n: torch.from_numpy(prev[n]) for n, _ in specs})
-        # Only the grids learn: placement (and anything an architecture trains in phases)
-        # stays the key's.
-        model.on_step = lambda step, total: None     # type: ignore[method-assign]
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in trained)
-        fitting.run()
-        fitting.finish()
+    model = tarch.seeded_build(config, seed)
+    trained = set(model.grid_tensors) or {n for n, _ in specs}
+    params = dict(model.named_parameters())
+    pulled = [params[n] for n in sorted(trained) if n in params]
+    reference = [torch.from_numpy(prev[n]).clone() for n in sorted(trained) if n in params]
+    regularizer = _PullTowards(pulled, reference, DELTA_L1)
+    fitting = Fitting(model, data, fit, seed=seed, device=dev, regularizer=regularizer,
+                      valid=valid)
+    with torch.no_grad():   # the predecessor's decoded weights, not the data-driven init
+        model.load_state_dict({n: torch.from_numpy(prev[n]) for n, _ in specs})
+    # Only the grids learn: placement (and anything an architecture trains in phases)
+    # stays the key's.
+    model.on_step = lambda step, total: None     # type: ignore[method-assign]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trained)
+    fitting.run()
+    fitting.finish()
     new = {n: t.detach().cpu().numpy() for n, t in model.state_dict().items()}
     coded = [n for n, _ in specs if n in trained]
 

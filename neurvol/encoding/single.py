@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import threading
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -32,10 +31,6 @@ from .plan import CODEC, FINETUNE_LR, FIT_JITTER, FIT_PLACEHOLDER
 
 log = logging.getLogger("neurvol")
 
-#: Torch's global RNG (model initialisation draws from it) is shared by the threads of a
-#: process: models are built one at a time.
-_INIT_LOCK = threading.Lock()
-
 
 @dataclasses.dataclass
 class ModelFit:
@@ -50,7 +45,6 @@ class ModelFit:
     data: torch.Tensor          # the normalized values it is fitted to
     seed: int
     device: torch.device
-    rng_state: torch.Tensor     # its private stream of torch's global RNG
     valid: Optional[torch.Tensor] = None   # a masked volume's valid voxels (spec/mask.md)
 
 
@@ -58,17 +52,16 @@ def start_fit(architecture: Architecture, config: ModelConfig, settings: FitSett
               codec: CodecSettings, data: torch.Tensor, seed: int,
               device: torch.device, valid: Optional[torch.Tensor] = None) -> ModelFit:
     """Build ``architecture``'s model of ``config`` and start fitting it to ``data`` (no
-    steps run yet; ``valid``: a masked volume's valid voxels, the only ones fitted). The model is initialised from a private, seeded copy of torch's global
-    RNG, so the same seed gives the same file in any process or thread."""
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = architecture.build(config)
-        state = torch.get_rng_state()
+    steps run yet; ``valid``: a masked volume's valid voxels, the only ones fitted). The
+    model is initialised by :meth:`~neurvol.models.base.Architecture.seeded_build` and the
+    fit draws from generators of its own, so the same seed gives the same file in any
+    process or thread."""
+    model = architecture.seeded_build(config, seed)
     regularizer = fit_regularizer(model, codec, settings.steps)
     fitting = Fitting(model, data, settings, seed=seed, device=device, regularizer=regularizer,
                       valid=valid)
     return ModelFit(codec, architecture, config, settings, model, fitting, data, seed, device,
-                    state, valid)
+                    valid)
 
 
 def advance(run: ModelFit, until: Optional[int] = None, *,
@@ -76,10 +69,7 @@ def advance(run: ModelFit, until: Optional[int] = None, *,
             stop: Optional[Callable[[int, float], bool]] = None) -> None:
     """Fit ``run`` on to step ``until`` (None: the end); ``progress`` and ``stop`` as for
     :func:`neurvol.fit.fit`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.set_rng_state(run.rng_state)
-        run.fitting.run(until, progress=progress, stop=stop)
-        run.rng_state = torch.get_rng_state()
+    run.fitting.run(until, progress=progress, stop=stop)
 
 
 def advance_with_bar(run: ModelFit, until: Optional[int], quiet: bool, desc: str) -> None:
@@ -107,10 +97,9 @@ def compress_fitted(run: ModelFit, *, file_size: Callable[[bytes], int], budget:
 
     def finetune(trainable: Callable[[str], bool], regularizer: Any = None) -> None:
         if tune_steps > 0:
-            with torch.random.fork_rng(devices=[]):
-                _finetune(model, run.data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
-                          trainable=trainable, batch=settings.batch, seed=run.seed,
-                          device=run.device, regularizer=regularizer, valid=run.valid)
+            _finetune(model, run.data, steps=tune_steps, lr=settings.lr * FINETUNE_LR,
+                      trainable=trainable, batch=settings.batch, seed=run.seed,
+                      device=run.device, regularizer=regularizer, valid=run.valid)
             model.cpu()
 
     model.cpu()

@@ -10,6 +10,7 @@ Models never do I/O and never see the byte format.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
@@ -119,7 +120,25 @@ class Architecture:
         return validated_options(self.solver(shape, n_params, options), options)
 
     def build(self, config: ModelConfig) -> VolumeModel:
-        return self.model_cls(config)
+        """A model of ``config``, randomly initialised without touching torch's global RNG
+        (see :func:`seeded_build`; a reader overwrites the tensors anyway)."""
+        with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+            return self.model_cls(config)
+
+    def seeded_build(self, config: ModelConfig, seed: int) -> VolumeModel:
+        """A model of ``config`` initialised from torch's global RNG seeded with ``seed``.
+
+        Module constructors draw from torch's one global RNG, so the builds of a process
+        take turns and leave the global state as they found it, and nothing else in
+        neurvol sets that state (fits and fine-tunes draw from generators of their own).
+        Before, another thread's build, or a fit restoring the state it had forked,
+        could land between this build's seeding and its draws (a reader's model, a
+        sizing trial, a brick job on a dask thread): the initialisation changed, hence
+        the fit and the file's bytes."""
+        with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.model_cls(config)
+
 
     def option_type(self, name: str) -> type:
         """``int`` or ``float``: the type of sizing option ``name`` (that of the config
@@ -130,6 +149,8 @@ class Architecture:
         return int
 
 
+#: Builds run one at a time (see :meth:`Architecture.seeded_build`).
+_BUILD_LOCK = threading.Lock()
 _REGISTRY: NameRegistry[Architecture] = NameRegistry("architecture")
 #: Add an architecture to the registry (names are unique).
 register = _REGISTRY.add
