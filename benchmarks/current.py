@@ -30,6 +30,8 @@ Parts:
     large   ``benchmarks/run_large.py``: 512^3 float32 out of core (its 4 hardest bricks): peak
             memory of the process tree, PSNR, brick PSNR spread, 1 -> 2 workers, Dask
     large1024 the same on the 1024^3 volume's 4 largest bricks (a full encode takes hours)
+    large1024_full the full 1024^3 encode, 2 local workers (hours on 2 cores): total time,
+            PSNR and max abs error over every voxel, peak memory, brick PSNR spread
 
 Run it alone on the machine: two torch processes on two cores slow each other many times.
 """
@@ -183,7 +185,7 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
     "masked": ScriptPart("run_masked.py", (), "Masked volumes: NaN regions as a lossless mask"),
     "fit_seeds": ScriptPart("run_fit_seeds.py", (),
                             "Encode time and PSNR over seeds: 128^3 at ratio 100"),
-    # 8 of the 1024^3 volume's 512 bricks (a full encode takes hours on 2 cores).
+    # 4 of the 512^3 volume's 64 bricks.
     "large": ScriptPart("run_large.py", ("--size", "512", "--max-bricks", "4", "--largest",
                                          "--workers", "1,2", "--dask"),
                         "Out of core: 512^3 float32, memory of the encoding process tree "
@@ -193,6 +195,9 @@ SCRIPT_PARTS: Dict[str, ScriptPart] = {
                                              "--workers", "1,2", "--dask"),
                             "Out of core: 1024^3 float32, memory of the encoding process tree "
                             "on its largest bricks"),
+    "large1024_full": ScriptPart("run_large.py", ("--size", "1024", "--workers", "2",
+                                                  "--progress"),
+                                 "Out of core: the full 1024^3 float32 encode"),
 }
 
 

@@ -27,6 +27,7 @@ takes hours on 2 cores.
     python benchmarks/run_large.py --size 512 --max-bricks 4 --largest  # the peak bricks
     python benchmarks/run_large.py --size 1024 --max-bricks 4 --dask  # + a Dask LocalCluster
     python benchmarks/run_large.py --size 512                         # full 512^3 (~15 min)
+    python benchmarks/run_large.py --size 1024 --workers 2 --progress # full 1024^3 (hours)
 """
 from __future__ import annotations
 
@@ -184,10 +185,12 @@ def child(args: argparse.Namespace) -> None:
         if args.max_bricks:
             with partial_bricks(args.max_bricks, largest=args.largest):
                 nv = neurvol.encode(vol, ratio=RATIO, brick=args.brick, workers=args.workers,
-                                    executor=client, steps=args.steps, codec=codec, quiet=True)
+                                    executor=client, steps=args.steps, codec=codec,
+                                    quiet=not args.progress)
         else:
             nv = neurvol.encode(vol, ratio=RATIO, brick=args.brick, workers=args.workers,
-                                executor=client, steps=args.steps, codec=codec, quiet=True)
+                                executor=client, steps=args.steps, codec=codec,
+                                quiet=not args.progress)
     finally:
         if client is not None:
             client.close()
@@ -248,6 +251,8 @@ def measure(path: str, executor: str, workers: int, args: argparse.Namespace) ->
             cmd += ["--largest"]
         if args.no_rate:
             cmd += ["--no-rate"]
+        if args.progress:
+            cmd += ["--progress"]
         proc = subprocess.Popen(cmd)
         with TreeSampler(proc.pid, args.sample) as s:
             rc = proc.wait()
@@ -315,6 +320,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=DEFAULT_DATA)
     p.add_argument("--sample", type=float, default=0.5, help="memory sampling interval, s")
     p.add_argument("--json", default=None)
+    p.add_argument("--progress", action="store_true",
+                   help="the encodes' progress bar of bricks on stderr (a full 1024^3 run takes hours)")
     # The child's arguments (internal).
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--path", default=None, help=argparse.SUPPRESS)
