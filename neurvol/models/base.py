@@ -149,8 +149,9 @@ class Architecture:
         return int
 
 
-#: Builds run one at a time (see :meth:`Architecture.seeded_build`).
-_BUILD_LOCK = threading.Lock()
+#: Builds run one at a time (see :meth:`Architecture.seeded_build`); reentrant, so that a
+#: model may build a part of itself through another architecture.
+_BUILD_LOCK = threading.RLock()
 _REGISTRY: NameRegistry[Architecture] = NameRegistry("architecture")
 #: Add an architecture to the registry (names are unique).
 register = _REGISTRY.add
