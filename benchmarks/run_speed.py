@@ -163,11 +163,14 @@ def run_volume(label: str, name: str, sub: int, tmp: str) -> Dict[str, Any]:
 def baseline_throughput(vol: np.ndarray, nbytes: int) -> Dict[str, Dict[str, Any]]:
     """The classical coders at neurvol's bytes: encode and decode MB of input per second
     (their bound search excluded: one timed encode at the chosen setting), ratio, PSNR."""
-    from neurvol.bench.baselines import BaselineUnavailable, get_baseline
+    from neurvol.bench.baselines import BaselineUnavailable, get_baseline, zfp_floor_bytes
     out: Dict[str, Dict[str, Any]] = {}
     for name in THROUGHPUT_BASELINES:
+        # ZFP's fixed rate cannot go as low as ratio 100 on 8-bit data: it is timed at its
+        # lowest rate instead (the ratio it reaches is shown beside its speed).
+        budget = max(nbytes, zfp_floor_bytes(vol.shape, vol.dtype)) if name == "zfp" else nbytes
         try:
-            res = get_baseline(name)(vol, nbytes)
+            res = get_baseline(name)(vol, budget)
         except BaselineUnavailable as exc:
             out[name] = {"unavailable": str(exc)}
             continue
@@ -299,8 +302,9 @@ def throughput_markdown(rows: List[Dict[str, Any]]) -> List[str]:
     names = list(rows[0]["baselines"])
     lines = ["", "Throughput in MB of input per second at neurvol's bytes (ratio 100); the "
              "classical coders' bound search is not counted (one timed run at the chosen "
-             "setting). ZFP's fixed-rate mode cannot go below ~0.16 bits per value: its ratio "
-             "is the one it reached.", "",
+             "setting). ZFP's fixed-rate mode cannot go below ~0.16 bits per value: where "
+             "neurvol's bytes are fewer, ZFP runs at that floor and its ratio is the one it "
+             "reached.", "",
              "| volume | neurvol encode / decode MB/s | "
              + " | ".join(f"{n} encode / decode MB/s (ratio, dB)" for n in names) + " |",
              "|---|---|" + "---|" * len(names)]

@@ -98,6 +98,13 @@ def test_zfp(sample):
     assert r.stored_bytes <= budget and neurvol.metrics.psnr(v, r.reconstruction) > 15
     with pytest.raises(B.BaselineUnavailable):   # below zfpy's safe rate: refused, not a segfault
         B.get_baseline("zfp")(sample, B.budget_for(sample, 400))
+    # ... and its floor is the smallest budget it takes: the ratio ZFP reaches at its lowest rate
+    floor = B.zfp_floor_bytes(sample.shape, sample.dtype)
+    assert B.budget_for(sample, 400) < floor
+    at_floor = B.get_baseline("zfp")(sample, floor)
+    assert at_floor.stored_bytes <= floor and at_floor.params["rate_bits_per_value"] == 10 / 64
+    with pytest.raises(B.BaselineUnavailable):
+        B.get_baseline("zfp")(sample, floor - 1)
 
 
 def test_sz3(sample):

@@ -302,6 +302,19 @@ def _codec_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype.itemsize <= 2 else np.dtype(np.float64)
 
 
+#: zfpy's full header is a few bytes; run_zfp's loop checks the real size.
+_ZFP_HEADER = 24
+
+
+def zfp_floor_bytes(shape: Tuple[int, ...], dtype: Any) -> int:
+    """The smallest budget :func:`run_zfp` accepts for a volume of ``shape`` and ``dtype``:
+    ZFP's fixed-rate floor (its lowest safe bits per 4^3 block) plus the header. Where a
+    budget is below it, a caller can still time ZFP here, at the ratio it reaches."""
+    cdt = _codec_dtype(np.dtype(dtype))
+    blocks = math.prod(-(-int(n) // 4) for n in shape)
+    return _ZFP_HEADER + -(-blocks * _ZFP_MIN_BLOCK_BITS[cdt.itemsize] // 8)
+
+
 @register("zfp", requires="zfpy")
 def run_zfp(volume: Any, budget_bytes: int) -> BaselineResult:
     """ZFP fixed-rate, rate = budget bits per value (rounded down to whole bits per 4^3 block)."""
@@ -311,7 +324,7 @@ def run_zfp(volume: Any, budget_bytes: int) -> BaselineResult:
     cdt = _codec_dtype(dtype)
     arr = np.ascontiguousarray(volume, dtype=cdt)
     blocks = math.prod(-(-n // 4) for n in shape)
-    header = 24  # zfpy's full header is a few bytes; the loop below checks the real size
+    header = _ZFP_HEADER
     bits = int((int(budget_bytes) - header) * 8 // blocks)
     nominal = 8.0 * budget_bytes / math.prod(shape)
     min_bits = _ZFP_MIN_BLOCK_BITS[cdt.itemsize]
