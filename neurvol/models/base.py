@@ -121,7 +121,7 @@ class Architecture:
 
     def build(self, config: ModelConfig) -> VolumeModel:
         """A model of ``config``, randomly initialised without touching torch's global RNG
-        (see :func:`seeded_build`; a reader overwrites the tensors anyway)."""
+        (see :meth:`seeded_build`; a reader overwrites the tensors anyway)."""
         with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
             return self.model_cls(config)
 
