@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from ..ensemble.job import torch_threads
 from ..errors import NeurvolBudgetError, NeurvolInputError
 from ..models.base import resolve_device
 from ..neural_volume import NeuralVolume
@@ -19,6 +20,7 @@ from .plan import (AUTO_ARCH, CONSTANT_BRICK_PSNR, brick_grid, candidates_for, c
                    first_solvable, fit_settings_for, normalized_tensor, triple,
                    volume_header)
 from .pilot import rate_candidates, rate_is_default, rate_pilot
+from .beside import SideFit, SideWork
 from .hybrid import Candidate, predictor_candidate, split_codec
 from .search import encode_to_psnr
 from .single import ModelFit, advance_with_bar, constant_file, pack_file, start_fit
@@ -105,19 +107,25 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
     # arch="auto" lets neurvol choose the model, and no model at all is one choice: a pure
     # predictor file, first (numpy, no fit); the model is fitted whenever one fits.
     # Masked volumes stay model-only: error-bounded files do not combine with masks.
-    pred = (_predictor(volume, lo, hi, ratio, spacing_t, origin_t)
-            if hybrid and arch == AUTO_ARCH and masked is None else None)
-    # One model chooses its rate by default (a pilot, not a second encode).
-    try:
-        nv = _encode_single(volume, lo, hi, ratio=ratio, candidates=candidates,
-                            arch_options=arch_options, seed=seed, dev=dev, steps=steps,
-                            bits=bits, spacing=spacing_t, origin=origin_t,
-                            fit_settings=fit_settings, codec=codec,
-                            auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet,
-                            masked=masked)
-    except NeurvolBudgetError:
+    # It is made on a side thread while the model fits (.beside).
+    with SideWork(enabled=dev.type == "cpu") as side:
+        pending = (side.submit(_predictor, volume, lo, hi, ratio, spacing_t, origin_t)
+                   if hybrid and arch == AUTO_ARCH and masked is None else None)
+        # One model chooses its rate by default (a pilot, not a second encode).
+        try:
+            nv: Optional[NeuralVolume] = _encode_single(
+                volume, lo, hi, ratio=ratio, candidates=candidates,
+                arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
+                spacing=spacing_t, origin=origin_t, fit_settings=fit_settings, codec=codec,
+                auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet,
+                masked=masked, side=side)
+            budget_error: Optional[NeurvolBudgetError] = None
+        except NeurvolBudgetError as exc:
+            nv, budget_error = None, exc
+        pred = None if pending is None else pending.result()
+    if budget_error is not None:
         if pred is None:
-            raise
+            raise budget_error
         model_psnr, nv = None, pred.volume    # no model fits this budget; the predictor does
     else:
         model_psnr = nv.fit_psnr
@@ -151,8 +159,11 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
                    steps: Optional[int], bits: int, spacing: Sequence[float],
                    origin: Sequence[float], fit_settings: Optional[Dict[str, Any]],
                    codec: Optional[Dict[str, Any]], auto_rate: bool, quiet: bool,
-                   masked: Optional[MaskedInput] = None) -> NeuralVolume:
-    """One model of the whole volume (a format 1.0 file; 1.3 with a mask)."""
+                   masked: Optional[MaskedInput] = None,
+                   side: Optional[SideWork] = None) -> NeuralVolume:
+    """One model of the whole volume (a format 1.0 file; 1.3 with a mask). ``side``: where
+    work beside the fit goes (the default candidate's fit during the rate pilot); the fit
+    takes the other threads."""
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
     budget = int(math.prod(shape) * dtype.itemsize // ratio)
@@ -180,19 +191,28 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
                  sum(p.numel() for p in run.model.parameters()), fit.steps, dev)
         return run
 
-    if auto_rate:
-        default_codec, rate_codec = rate_candidates({"rate": "auto", **(codec or {})})
-        # The default's refusals (budget, options) come first, as without auto.
-        first_solvable(candidates, header, tuple(data.shape), budget, bits, arch_options,
-                       codec_settings(default_codec))
-        try:
-            rated: Optional[ModelFit] = start(rate_codec)
-        except (NeurvolInputError, NeurvolBudgetError):
-            rated = None     # an architecture without feature grids: the default it is
-        run = start(default_codec) if rated is None else rate_pilot(
-            rated, lambda: start(default_codec), volume, header, budget, k0, quiet, masked)
-    else:
-        run = start(codec)
-    advance_with_bar(run, None, quiet, "fitting")
+    side = side if side is not None else SideWork(enabled=False)
+    with torch_threads(side.fit_threads()):
+        if auto_rate:
+            default_codec, rate_codec = rate_candidates({"rate": "auto", **(codec or {})})
+            # The default's refusals (budget, options) come first, as without auto.
+            first_solvable(candidates, header, tuple(data.shape), budget, bits, arch_options,
+                           codec_settings(default_codec))
+            try:
+                rated: Optional[ModelFit] = start(rate_codec)
+            except (NeurvolInputError, NeurvolBudgetError):
+                rated = None     # an architecture without feature grids: the default it is
+            if rated is None:
+                run = start(default_codec)
+            else:
+                default = SideFit(side, lambda: start(default_codec))
+                try:
+                    run = rate_pilot(rated, default.take, volume, header, budget, k0, quiet,
+                                     masked)
+                finally:
+                    default.drop()
+        else:
+            run = start(codec)
+        advance_with_bar(run, None, quiet, "fitting")
     result = run.fitting.finish()
     return pack_file(run, dict(header), volume, budget, k0, steps=result.steps, masked=masked)
