@@ -33,6 +33,7 @@ import torch
 
 from .compress import TensorPlan, default_plan
 from .compress.kmeans import kmeans_quantize
+from .compress.codebook import stored_book
 from .compress.payload import KIND_RECORDS
 from .errors import NeurvolInputError
 from .compress.records import DEFAULT_CODERS, encode_record, grid_method
@@ -549,7 +550,9 @@ class _FakeQuant(torch.nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         q = self.book[torch.bucketize(w.detach(), self.mids)]
-        return w + (q - w).detach()
+        # Exactly q (w - w is 0), the gradient 1: the values left when the block ends are
+        # codebook values, which the record then stores as they are.
+        return q + (w - w.detach())
 
 
 class _LearnedVQ(torch.nn.Module):
@@ -614,8 +617,12 @@ def _learned_codebooks(model: VolumeModel, grids: Tuple[str, ...], k: int, decay
 def _fake_quantized(model: VolumeModel, plans: Mapping[str, TensorPlan],
                     arrays: Mapping[str, np.ndarray]):
     """Within the block, every k-means tensor of ``model`` acts as its k-means-quantized
-    self (codebooks from ``arrays`` at the plan's k, held fixed), so fine-tuning optimises
-    the network as it will be stored; the float weights it trains are k-means-coded after."""
+    self (codebooks from ``arrays`` at the plan's k, held fixed, at the precision the record
+    stores them), so fine-tuning optimises the network as it will be stored. When the block
+    ends each such tensor keeps the quantized values of the last step: at most k codebook
+    values, which the k-means record stores exactly. (Re-quantizing the float weights the
+    straight-through gradient moved instead gave a network the fine-tune never saw, and
+    lost up to 1.4 dB: BENCHMARKS.md, "fine-tuned weights stored as trained".)"""
     from torch.nn.utils import parametrize
 
     done = []
@@ -626,13 +633,14 @@ def _fake_quantized(model: VolumeModel, plans: Mapping[str, TensorPlan],
         module = model.get_submodule(owner) if owner else model
         names = list(module._parameters)
         parametrize.register_parametrization(
-            module, attr, _FakeQuant(kmeans_quantize(arrays[name], plan.k)[0]))
+            module, attr, _FakeQuant(stored_book(kmeans_quantize(arrays[name], plan.k)[0])[1]))
         done.append((module, attr, names))
     try:
         yield
     finally:
         for module, attr, names in reversed(done):
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            with torch.no_grad():
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
             _restore_order(module, names)
 
 

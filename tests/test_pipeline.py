@@ -197,6 +197,40 @@ def test_finetune_sees_the_k_means_quantized_network():
     assert 2 <= seen["levels"] <= 8 and seen["grad"]
 
 
+def test_finetune_stores_the_quantized_weights_it_trained_with():
+    """After quantization-aware fine-tuning the file stores each k-means tensor as the
+    forward pass saw it in the last fine-tune step (its codebook values), not a new k-means
+    of the float weights the straight-through gradient moved: a re-quantization lost up to
+    1.4 dB of a 256^3 file's PSNR (BENCHMARKS.md, "fine-tuned weights stored as trained")."""
+    from neurvol.compress.payload import decode_payload
+    from neurvol.models import get_architecture
+    from neurvol.pipeline import compress_model
+
+    a = get_architecture("fvsrn")
+    torch.manual_seed(0)
+    config = a.config_cls(grid=(6, 6, 6), channels=4, width=16, hidden_layers=2)
+    model = a.build(config)
+    with torch.no_grad():
+        model.grid.normal_()
+    seen = {}
+
+    def train(trainable):
+        params = [p for n, p in model.named_parameters() if trainable(n)]
+        opt = torch.optim.SGD(params, lr=0.05)
+        x = torch.rand(256, 3) * 2 - 1
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        seen["w"] = model.mlp[2].weight.detach().clone()     # as the last step saw it
+
+    packed = compress_model(model, len, 6000, 8, CodecSettings(), finetune=train,
+                            score=lambda payload: 0.0)
+    stored = decode_payload(packed.payload, config.tensor_specs())
+    assert torch.equal(torch.from_numpy(stored["mlp.2.weight"]), seen["w"])
+    assert torch.equal(model.mlp[2].weight.detach(), seen["w"])
+
+
 def test_vq_learned_codebook_meets_budget_and_round_trips(small_volume):
     pytest.importorskip("vector_quantize_pytorch")
     nv = neurvol.encode(small_volume, ratio=6, steps=20, arch="fvsrn", quiet=True,
