@@ -105,9 +105,9 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                 ) from exc
             raise
     # arch="auto" lets neurvol choose the model, and no model at all is one choice: a pure
-    # predictor file, first (numpy, no fit); the model is fitted whenever one fits.
-    # Masked volumes stay model-only: error-bounded files do not combine with masks.
-    # It is made on a side thread while the model fits (.beside).
+    # predictor file (numpy, no fit), made on a side thread while the model fits (.beside);
+    # the model is fitted whenever one fits. Masked volumes stay model-only: error-bounded
+    # files do not combine with masks.
     with SideWork(enabled=dev.type == "cpu") as side:
         pending = (side.submit(_predictor, volume, lo, hi, ratio, spacing_t, origin_t)
                    if hybrid and arch == AUTO_ARCH and masked is None else None)
@@ -162,8 +162,8 @@ def _encode_single(volume: Any, lo: float, hi: float, *, ratio: float, candidate
                    masked: Optional[MaskedInput] = None,
                    side: Optional[SideWork] = None) -> NeuralVolume:
     """One model of the whole volume (a format 1.0 file; 1.3 with a mask). ``side``: where
-    work beside the fit goes (the default candidate's fit during the rate pilot); the fit
-    takes the other threads."""
+    work beside the fit goes (the default candidate's fit during the rate pilot); the fits
+    run on its :meth:`~.beside.SideWork.fit_threads`."""
     shape = tuple(int(s) for s in volume.shape)
     dtype = np.dtype(volume.dtype)
     budget = int(math.prod(shape) * dtype.itemsize // ratio)
