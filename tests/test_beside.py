@@ -111,12 +111,8 @@ def test_an_encode_with_work_beside_its_fit_writes_the_sequential_file(
     monkeypatch.setattr(beside, "SIDE_FIT_CHUNK", 5)
     kw = dict(ratio=8, steps=60, quiet=True, seed=0, device="cpu")
     with_side = neurvol.encode(small_volume, **kw).to_bytes()
-    monkeypatch.setattr(SideWork, "__init__", _disabled_init)
+    enabled_init = SideWork.__init__
+    monkeypatch.setattr(SideWork, "__init__", lambda self, enabled: enabled_init(self, False))
     monkeypatch.setattr(SideWork, "fit_threads", lambda self: beside.SIDE_FIT_THREADS)
     assert neurvol.encode(small_volume, **kw).to_bytes() == with_side
 
-
-def _disabled_init(self, enabled):
-    self.threads = torch.get_num_threads()
-    self.enabled = False
-    self._pool = None

@@ -139,7 +139,6 @@ class Architecture:
             torch.manual_seed(seed)
             return self.model_cls(config)
 
-
     def option_type(self, name: str) -> type:
         """``int`` or ``float``: the type of sizing option ``name`` (that of the config
         field of the same name, else ``int``: counts such as layers or levels)."""
