@@ -22,7 +22,7 @@ from .container import NvolReader
 from .encoding.series import encode_series
 from .errors import NeurvolInputError
 from .neural_volume import NeuralVolume
-from .series import (MAX_GROUP_STEPS, MAX_NAME, MAX_STEPS, MAX_VARIABLES, NeuralSeries,
+from .series import (MAX_CORRECTION_STEPS, MAX_GROUP_STEPS, MAX_NAME, MAX_STEPS, MAX_VARIABLES, NeuralSeries,
                      open_any)
 
 __all__ = ["encode", "open", "sample_volume", "AUTO_ARCH", "AUTO_BRICK", "AUTO_BRICK_VOXELS",
@@ -169,7 +169,8 @@ def encode(
             fill_value=fill_value, attrs=attrs, time_attrs=time_attrs, arch=arch,
             seed=seed, device=device, steps=steps, bits=bits, spacing=spacing, origin=origin,
             fit_settings=fit_settings, codec=codec, quiet=quiet,
-            limits=(MAX_STEPS, MAX_VARIABLES, MAX_GROUP_STEPS, MAX_NAME), **arch_options)
+            limits=(MAX_STEPS, MAX_VARIABLES, MAX_GROUP_STEPS, MAX_NAME, MAX_CORRECTION_STEPS),
+            **arch_options)
         series = NeuralSeries(NvolReader(data), device=device)
         series.encode_seconds = seconds
         return series

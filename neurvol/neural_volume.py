@@ -528,7 +528,7 @@ class NeuralVolume(ClosesOnExit):
         query threads; the count of points outside the volume and the first of them (then,
         without ``clamp``, nothing is evaluated)."""
         def evaluate_chunk(s: int, loader: Optional[Executor]) -> Tuple[int, Optional[List[float]]]:
-            norm, count, first = _normalized(p[s:s + QUERY_CHUNK], index, scale)
+            norm, count, first = normalized_points(p[s:s + QUERY_CHUNK], index, scale)
             if count and not clamp:
                 return count, first                # will raise
             out[s:s + QUERY_CHUNK] = self._evaluate(norm, loader, spatial=True)
@@ -566,7 +566,7 @@ class NeuralVolume(ClosesOnExit):
                                      BRICK_QUERY_CELLS if m >= SPATIAL_MIN_POINTS else 1)
 
                 def route(a: int) -> Tuple[int, Optional[List[float]]]:
-                    norm, count, first = _normalized(part[a:a + ROUTE_PIECE], index, scale)
+                    norm, count, first = normalized_points(part[a:a + ROUTE_PIECE], index, scale)
                     if count and not clamp:
                         return count, first        # will raise
                     routed.add(a, norm)
@@ -579,7 +579,7 @@ class NeuralVolume(ClosesOnExit):
                     first = next(f for count, f in checks if count)
                     # The whole query's count for the message; nothing more is evaluated.
                     for a in range(s + ROUTE_CHUNK, n, ROUTE_CHUNK):
-                        n_outside += _normalized(p[a:a + ROUTE_CHUNK], index, scale)[1]
+                        n_outside += normalized_points(p[a:a + ROUTE_CHUNK], index, scale)[1]
                     return n_outside, first
                 tasks = self._cold_first(routed.tasks(BRICK_TASK))
                 cold = self._decode_first(tasks) if pool is not None and m <= FEW_POINTS else []
@@ -1043,7 +1043,7 @@ class NeuralVolume(ClosesOnExit):
         return to_dask(self, chunks)
 
 
-def _normalized(chunk: np.ndarray, index: bool, scale: np.ndarray
+def normalized_points(chunk: np.ndarray, index: bool, scale: np.ndarray
                 ) -> Tuple[np.ndarray, int, Optional[List[float]]]:
     """``(norm, n_outside, first_outside)``: the points ``chunk`` (index space when
     ``index``, with ``scale = 2 / (shape - 1)``, else normalized) as float64 normalized

@@ -133,7 +133,8 @@ def test_golden_generator_never_overwrites():
     make_golden = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_golden)
     modes = ["1.0", "1.1", "codec2", "codec2-interp", "codec2-configs", "1.2", "1.3-mask",
-             "1.3-mask-rows", "1.4", "1.3-series", "1.3-series-masked", "1.5"]
+             "1.3-mask-rows", "1.4", "1.3-series", "1.3-series-masked", "1.5",
+             "1.3-series-correction"]
     goldens = sorted(f for f in os.listdir(here) if f.endswith((".nvol", ".npy")))
     assert sorted(f for m in modes for f in make_golden.outputs(m)) == goldens
 
@@ -200,6 +201,32 @@ def test_series_golden_decodes_as_recorded(path):
             got = nv[name].decode(dtype=np.float32)
             span = float(expected[i].max() - expected[i].min()) or 1.0
             np.testing.assert_allclose(got, expected[i], rtol=0, atol=2e-5 * span)
+        with open(path, "rb") as f:
+            assert nv.to_bytes() == f.read()
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_series_correction_golden_decodes_within_its_bounds(backend):
+    """Series version 2 (spec/series.md §2.1): every group of both variables is a
+    correction group; every step decodes as recorded with either backend, a step's
+    region read and voxel queries agree with its decode, and re-writing keeps the bytes."""
+    path = os.path.join(GOLDEN, "series_correction_v1.3.nvol")
+    expected = np.load(path.replace(".nvol", ".expected.npy"))
+    with neurvol.open(path, backend=backend) as nv:
+        assert isinstance(nv, neurvol.NeuralSeries)
+        assert nv.header["series"]["version"] == 2 and nv.variables == ["density", "scaled"]
+        assert nv["density"].dtype == np.uint8
+        for i, name in enumerate(nv.variables):
+            var = nv[name]
+            groups = nv.header["series"]["variables"][i]["groups"]
+            assert [g["model"] for g in groups] == [None, None]
+            for k in range(nv.steps):
+                # Exactly: a correction member's decode is numpy arithmetic, no model.
+                assert np.array_equal(var.step(k).decode(dtype=np.float32), expected[i, k])
+                assert var.step(k).max_error == groups[k // 3]["max_error"][k % 3]
+            assert np.array_equal(var[4, 3:9, 2, 5:11], expected[i, 4, 3:9, 2, 5:11])
+            vox = np.array([[0, 0, 0], [19, 19, 19], [7, 11, 3]], dtype=np.float64)
+            assert np.array_equal(var.query(vox, t=5), expected[i, 5][tuple(vox.T.astype(int))])
         with open(path, "rb") as f:
             assert nv.to_bytes() == f.read()
 

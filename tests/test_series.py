@@ -362,7 +362,7 @@ _set = F.set_at
 
 
 HOSTILE = {
-    "version": _set(["series", "version"], 2),
+    "version": _set(["series", "version"], 3),
     "steps huge": _set(["series", "steps"], 10 ** 12),
     "steps str": _set(["series", "steps"], "5"),
     "shape": _set(["series", "shape"], [16, 16]),
@@ -529,6 +529,10 @@ def test_docs_timeseries_example_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "(6, 24, 24, 24) ['density', 'speed']" in out
     assert "'members_decoded': 5" in out and "m/s {'solver': 'demo'}" in out
+    code = re.search(r"## Example: a smooth run.*?```python\n(.*?)```", text, flags=re.S).group(1)
+    exec(compile(code, "docs/timeseries.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "correction group" in out and out.count(" True") == 2, out
 
 
 # ---------------------------------------------------------------------- command line

@@ -60,12 +60,15 @@ class Corrections:
     then need the base only at the voxels a query interpolates.
 
     Decoded blocks live in a pool of ``B^3`` slots (values, and float64 corrections for
-    blocks coded against the base) of at most :data:`BLOCK_CACHE_BYTES`, least recently
-    used evicted first, so a query reads every voxel it needs with one gather."""
+    blocks coded against the base) of at most ``cache_bytes`` (default
+    :data:`BLOCK_CACHE_BYTES`),
+    least recently used evicted first, so a query reads every voxel it needs with one
+    gather."""
 
     def __init__(self, data: bytes, shape: Sequence[int], dtype: np.dtype, max_error: float,
                  evaluate_base: Callable[[Tuple[slice, slice, slice]], np.ndarray],
-                 base_at: Callable[[np.ndarray], np.ndarray]):
+                 base_at: Callable[[np.ndarray], np.ndarray],
+                 cache_bytes: Optional[int] = None):
         self.stream = CorrectionStream(data, shape, dtype)
         if self.stream.max_error != max_error:
             raise NeurvolFormatError(
@@ -78,7 +81,8 @@ class Corrections:
         self._base_at = base_at
         B = self.stream.block
         slot_bytes = B ** 3 * (self.dtype.itemsize + np.dtype(np.float64).itemsize)
-        self._nslots = int(min(self.stream.nblocks, max(1, BLOCK_CACHE_BYTES // slot_bytes)))
+        cache = BLOCK_CACHE_BYTES if cache_bytes is None else cache_bytes
+        self._nslots = int(min(self.stream.nblocks, max(1, cache // slot_bytes)))
         self._slot_of = np.full(self.stream.nblocks, -1, dtype=np.int64)
         self._has_corr = np.zeros(self.stream.nblocks, dtype=bool)
         self._lru: "OrderedDict[int, int]" = OrderedDict()     # block -> slot, oldest first
@@ -225,6 +229,10 @@ class Corrections:
         corr *= wx[:, None, None, :]
         out[between] += corr.reshape(-1, 8).sum(axis=1)
         return out
+
+    def values_at(self, v: np.ndarray) -> np.ndarray:
+        """Decoded values (float64) at integer voxels ``v`` (N, 3) inside the volume."""
+        return self._lookup(np.asarray(v, dtype=np.int64).reshape(-1, 3), corrections=False)
 
     def _lookup(self, v: np.ndarray, corrections: bool) -> np.ndarray:
         with self._lock:

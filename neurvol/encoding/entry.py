@@ -105,20 +105,33 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
                 ) from exc
             raise
     # arch="auto" lets neurvol choose the model, and no model at all is one choice: a pure
-    # predictor file (numpy, no fit), made on a side thread while the model fits (.beside);
-    # the model is fitted whenever one fits. Masked volumes stay model-only: error-bounded
-    # files do not combine with masks.
+    # predictor file (numpy, no fit). Masked volumes stay model-only: error-bounded files
+    # do not combine with masks.
+    nv = encode_single_or_predictor(
+        volume, lo, hi, ratio=ratio, predictor=hybrid and arch == AUTO_ARCH and masked is None,
+        candidates=candidates, arch_options=arch_options, seed=seed, dev=dev, steps=steps,
+        bits=bits, spacing=spacing_t, origin=origin_t, fit_settings=fit_settings, codec=codec,
+        auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet, masked=masked)
+    # Timings vary run to run, so they live on the object, not in the (deterministic) file.
+    nv.encode_seconds = time.perf_counter() - t_start
+    return nv
+
+
+def encode_single_or_predictor(volume: Any, lo: float, hi: float, *, ratio: float,
+                               predictor: bool, dev: torch.device, spacing: Sequence[float],
+                               origin: Sequence[float], **single: Any) -> NeuralVolume:
+    """One model of the whole volume (:func:`_encode_single`, ``single`` its other
+    arguments) and, when ``predictor``, the pure predictor file at the same budget, made on
+    a side thread while the model fits (:mod:`.beside`): the one with the better PSNR (the
+    predictor where no model fits the budget). Its ``hybrid_candidates`` say what each
+    scored."""
     with SideWork(enabled=dev.type == "cpu") as side:
-        pending = (side.submit(_predictor, volume, lo, hi, ratio, spacing_t, origin_t)
-                   if hybrid and arch == AUTO_ARCH and masked is None else None)
-        # One model chooses its rate by default (a pilot, not a second encode).
+        pending = (side.submit(_predictor, volume, lo, hi, ratio, spacing, origin)
+                   if predictor else None)
         try:
             nv: Optional[NeuralVolume] = _encode_single(
-                volume, lo, hi, ratio=ratio, candidates=candidates,
-                arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
-                spacing=spacing_t, origin=origin_t, fit_settings=fit_settings, codec=codec,
-                auto_rate=explicit_auto_rate or rate_is_default(codec), quiet=quiet,
-                masked=masked, side=side)
+                volume, lo, hi, ratio=ratio, dev=dev, spacing=spacing, origin=origin,
+                side=side, **single)
             budget_error: Optional[NeurvolBudgetError] = None
         except NeurvolBudgetError as exc:
             nv, budget_error = None, exc
@@ -128,6 +141,7 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
             raise budget_error
         model_psnr, nv = None, pred.volume    # no model fits this budget; the predictor does
     else:
+        assert nv is not None
         model_psnr = nv.fit_psnr
         if pred is not None and pred.psnr > model_psnr:
             log.info("encode: the pure predictor (%.2f dB) beats the model (%.2f dB)",
@@ -136,8 +150,6 @@ def encode_volume(volume: Any, ratio: float, *, psnr: Optional[float], arch: str
     if pred is not None:
         nv.hybrid_candidates = {"model": model_psnr, "predictor": pred.psnr,
                                 "predictor_max_error": pred.volume.max_error}
-    # Timings vary run to run, so they live on the object, not in the (deterministic) file.
-    nv.encode_seconds = time.perf_counter() - t_start
     return nv
 
 

@@ -1,7 +1,7 @@
 """Encoding time series and several variables into one file (``spec/series.md``).
 
 Each variable's steps are cut into groups of ``group`` consecutive steps. A group's first
-step (its *key*) is a single-model encode (:func:`.entry._encode_single`) at a larger
+step (its *key*) is a single-volume encode (:func:`.entry.encode_single_or_predictor`) at a larger
 budget than an average step; every following step warm-starts from its predecessor's
 *decoded* weights, fine-tunes the feature grids only (the decoder MLP and the grid
 placement are the key's) for a fraction of the fit's steps, with an L1 pull towards the
@@ -10,6 +10,13 @@ difference from the predecessor's decoded grids (:mod:`neurvol.compress.delta`).
 quantization step is searched so that the delta fits its share of the budget. Because
 each delta is taken against what the decoder has, errors do not accumulate along the chain,
 and decoding step ``k`` needs only the members of its group up to ``k``.
+
+Where the key's own encode keeps the pure predictor (a smooth field, as for a single
+volume: :func:`.entry.encode_single_or_predictor`), the group is a *correction group*
+instead: the key is that predictor's correction stream, and every following step is a
+correction stream against the previous step's decoded values (SZ3-style prediction in
+time, then in space), its error bound searched to fit its share; no model is fitted after
+the key's, and every step of the group has a pointwise bound.
 
 Budget: the whole file (header included) is at most the original bytes / ``ratio``. Each
 member has a nominal share (a key :data:`KEY_WORTH` steps' worth, the deltas the rest of
@@ -29,6 +36,10 @@ import numpy as np
 import torch
 
 from ..compress import TensorPlan, decode_payload, encode_constant, encode_records
+from ..compress.bound import SECTION_CORRECTION
+from ..compress.correction import BoundTooSmallError, decode_correction, encode_correction
+from ..compress.correction.layout import integer_bound
+from ..compress.correction.levels import OBJECTIVE_QUALITY
 from ..compress.delta import decode_delta, encode_delta
 from ..container import NvolReader, serialize_nvol
 from ..errors import NeurvolBudgetError, NeurvolFormatError, NeurvolInputError
@@ -41,16 +52,22 @@ from ..neural_volume import NeuralVolume, config_of, tensor_specs
 from ..compress.mask import encode_mask
 from ..masking import MASK_KEY
 from ..volume_checks import check_masked_volume, check_ratio
-from .entry import _encode_single
+from .entry import encode_single_or_predictor
+from .hybrid import MAX_REL_BOUND, MIN_REL_BOUND, ORDER_TRIAL_BOUND, order_for, split_codec
 from .masked import DEFAULT_FILL, FILL_METHODS, masked_input
 from .pilot import rate_is_default
-from .plan import (CODEC, FIT_PLACEHOLDER, WRITER, candidates_for, check_int,
+from .plan import (AUTO_ARCH, CODEC, FIT_PLACEHOLDER, WRITER, candidates_for, check_int,
                    fit_settings_for, normalized_tensor, triple)
 
 log = logging.getLogger("neurvol")
 
 #: Format minor version of time-series files (spec/nvol.md §6).
 SERIES_MINOR = 3
+#: ``series.version`` written (spec/series.md §3): 1 without correction groups, so every
+#: 1.3 reader reads the file; 2 with them. (The reader's are neurvol.series.layout's, a
+#: part beside this one; tests/test_series_correction.py checks they agree.)
+SERIES_VERSION = 1
+CORRECTION_SERIES_VERSION = 2
 #: Default steps per group (a key and its deltas).
 DEFAULT_GROUP = 8
 #: Name of the variable of an encode given one array or a list of steps.
@@ -86,6 +103,15 @@ _SLACK = 64
 _DELTA_CODER_CHOICES: Tuple[Optional[Tuple[str, ...]], ...] = (None, ("raw", "zstd"))
 #: Header bytes reserved before the first group's model entry is known.
 _UNKNOWN_MODEL_BYTES = 2048
+#: A bound as the header may write it, at its longest (the reservation's placeholder).
+_WIDEST_BOUND = 1.2345678901234567e-300
+#: A correction member's bound search (:func:`_fill_bound`): at most this many stream
+#: encodes, the first step this long in log(bound), stopping within this fraction below
+#: the member's target; bounds closer than _SAME_BOUND in log(bound) count as one.
+_FILL_TRIALS = 12
+_FIRST_MOVE = 0.5
+_FILL_TOLERANCE = 0.03
+_SAME_BOUND = 2e-3
 #: Most distinct masks one file stores (one container section each, spec/nvol.md's
 #: section table holds at most 1024 entries).
 MAX_MASK_SECTIONS = 1000
@@ -293,7 +319,7 @@ def build_series_header(shape: Sequence[int], spacing: List[float], origin: List
                         time_attrs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The header of a series file (``spec/series.md`` §3); empty attributes are left
     out (files without them read as before)."""
-    series: Dict[str, Any] = {"version": 1, "shape": list(shape), "spacing": spacing,
+    series: Dict[str, Any] = {"version": SERIES_VERSION, "shape": list(shape), "spacing": spacing,
                               "origin": origin, "steps": steps, "time": time_axis,
                               "variables": variables}
     if attrs:
@@ -315,15 +341,16 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
                   arch: str, seed: int, device: Any, steps: Optional[int], bits: int,
                   spacing: Optional[Sequence[float]], origin: Optional[Sequence[float]],
                   fit_settings: Optional[Dict[str, Any]], codec: Optional[Dict[str, Any]],
-                  quiet: bool, limits: Tuple[int, int, int, int],
+                  quiet: bool, limits: Tuple[int, int, int, int, int],
                   **arch_options: Any) -> Tuple[bytes, float]:
     """The bytes of the series file of ``data`` (see :func:`neurvol.encode`) and the
-    seconds it took. ``limits``: the reader's most steps, variables, steps per group and
-    characters of a name (:mod:`neurvol.series.layout`), refused before anything is fitted."""
+    seconds it took. ``limits``: the reader's most steps, variables, steps per group,
+    characters of a name (refused before anything is fitted) and steps per correction
+    group (longer groups whose key is the predictor are cut) (:mod:`neurvol.series.layout`)."""
     t_start = time.perf_counter()
     ratio = check_ratio(ratio)
     group = DEFAULT_GROUP if group is None else group
-    max_steps, max_variables, max_group, max_name = limits
+    max_steps, max_variables, max_group, max_name, max_correction = limits
     check_int(group, "group", 1, max_group)
     check_int(seed, "seed", 0, what="a non-negative int")
     variables = series_inputs(data, metadata, max_name, fill_value)
@@ -369,24 +396,44 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
             e[MASK_KEY] = m
     payloads: Dict[Tuple[int, int], bytes] = {}
 
+    hybrid, codec = split_codec(codec)
+    # Groups whose key may be the pure predictor (then a correction group): as for a
+    # single volume, arch="auto" with the hybrid choice on, and no masked member.
+    may_correct = [[hybrid and arch == AUTO_ARCH and var.lo != var.hi
+                    and all(var.masks[t] is None for t in range(s, e))
+                    for s, e in var_groups[vi]] for vi, var in enumerate(variables)]
+
     def reserve() -> int:
         """Header bytes of the final file: the groups still unknown assumed like the
-        first known one, psnr values at their widest."""
-        known = next((g for e in var_entries for g in e["groups"]), None)
+        first known model group (and with a bound per step where they may be correction
+        groups), psnr values and bounds at their widest."""
+        known = next((g for e in var_entries for g in e["groups"] if g["model"] is not None),
+                     None)
+        unknown_model = False
         entries = []
-        for e, groups in zip(var_entries, var_groups):
-            gs = list(e["groups"])
-            for s, stop in groups[len(gs):]:
-                gs.append({"start": s, "stop": stop,
-                           "model": known["model"] if known else None,
-                           "codec": known["codec"] if known else None})
+        for vi, (e, groups) in enumerate(zip(var_entries, var_groups)):
+            gs = []
+            for gi, (s, stop) in enumerate(groups):
+                if gi < len(e["groups"]):
+                    g = dict(e["groups"][gi])
+                    if "max_error" in g:         # in progress: the bounds still to come
+                        g["max_error"] = g["max_error"] + [_WIDEST_BOUND] * (
+                            stop - s - len(g["max_error"]))
+                    gs.append(g)
+                    continue
+                unknown_model = unknown_model or known is None
+                g = {"start": s, "stop": stop, "model": known["model"] if known else None,
+                     "codec": known["codec"] if known else None}
+                if may_correct[vi][gi]:
+                    g["max_error"] = [_WIDEST_BOUND] * (stop - s)
+                gs.append(g)
             entries.append(dict(e, groups=gs))
         header = build_series_header(shape, spacing_t, origin_t, n_steps, time_axis, entries,
                                      ratio, budget, attrs_d, time_attrs_d)
         size = len(serialize_nvol(header, [b""] * (len(variables) * n_steps), sections,
                                   minor=SERIES_MINOR))
         return size + _SLACK + _SLACK_PER_GROUP * sum(map(len, var_groups)) + (
-            0 if known else _UNKNOWN_MODEL_BYTES)
+            _UNKNOWN_MODEL_BYTES if unknown_model else 0)
 
     used = 0
     plan_pos = 0
@@ -403,7 +450,7 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
                 var_entries[vi]["groups"].append({"start": s, "stop": e, "model": None,
                                                   "codec": None})
                 continue
-            # The key: a single-model encode to its share of what is left.
+            # The key: a single-volume encode to its share of what is left.
             share = plan[plan_pos][2]
             available = budget - reserve() - used
             key_budget = int(available * share / nominal_left)
@@ -416,12 +463,51 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
             key_mask = masked_input(var.masks[s], var.fill)
             file_budget = key_budget + (0 if key_mask is None else
                                         len(key_mask.section) + _MASK_ENTRY_BYTES)
-            key_file = _encode_single(
+            key_file = encode_single_or_predictor(
                 var.steps[s], var.lo, var.hi, ratio=voxels * var.dtype.itemsize / file_budget,
-                candidates=candidates, arch_options=arch_options, seed=seed, dev=dev,
-                steps=steps, bits=bits, spacing=spacing_t, origin=origin_t,
-                fit_settings=fit_settings, codec=codec, auto_rate=rate_is_default(codec),
-                quiet=True, masked=key_mask)
+                predictor=may_correct[vi][gi], candidates=candidates,
+                arch_options=arch_options, seed=seed, dev=dev, steps=steps, bits=bits,
+                spacing=spacing_t, origin=origin_t, fit_settings=fit_settings, codec=codec,
+                auto_rate=rate_is_default(codec), quiet=True, masked=key_mask)
+            if key_file.max_error is not None:
+                # The pure predictor won the key: a correction group, cut where the
+                # reader's chains end (the rest a group of its own, its key next).
+                if e - s > max_correction:
+                    var_groups[vi][gi:gi + 1] = [(s, s + max_correction),
+                                                 (s + max_correction, e)]
+                    may_correct[vi][gi:gi + 1] = [True, True]
+                    e = s + max_correction
+                key_stream = NvolReader(key_file.to_bytes()).read_section(SECTION_CORRECTION)
+                payloads[(vi, s)] = key_stream
+                used += len(key_stream)
+                nominal_left -= share
+                plan_pos += 1
+                bounds = [float(key_file.max_error)]
+                var_entries[vi]["groups"].append({"start": s, "stop": e, "model": None,
+                                                  "codec": None, "max_error": bounds})
+                var_entries[vi]["psnr"][s] = key_file.fit_psnr
+                log.info("series: %s group %d: predictor key %d bytes, %.2f dB", var.name, gi,
+                         len(key_stream), key_file.fit_psnr)
+                key_values = np.asarray(var.steps[s])
+                decoded = decode_correction(key_stream, shape, var.dtype)
+                order = order_for(key_values, ORDER_TRIAL_BOUND * (var.hi - var.lo))
+                for t in range(s + 1, e):
+                    share = plan[plan_pos][2]
+                    available = budget - reserve() - used
+                    target = int(available * share / nominal_left)
+                    values = np.asarray(var.steps[t])
+                    stream, bound, decoded = correction_member(
+                        values, decoded, target, bounds[-1], order, var.hi - var.lo)
+                    payloads[(vi, t)] = stream
+                    used += len(stream)
+                    nominal_left -= share
+                    plan_pos += 1
+                    bounds.append(bound)
+                    var_entries[vi]["psnr"][t] = psnr(values, decoded)
+                    log.info("series: %s step %d: correction %d of %d bytes, max_error %g, "
+                             "%.2f dB", var.name, t, len(stream), target, bound,
+                             var_entries[vi]["psnr"][t])
+                continue
             key_payload = NvolReader(key_file.to_bytes()).read_brick(0)
             payloads[(vi, s)] = key_payload
             used += len(key_payload)
@@ -467,6 +553,8 @@ def encode_series(data: Any, ratio: float, *, time_axis: Optional[Sequence[float
                      for p in e["psnr"]]
     header = build_series_header(shape, spacing_t, origin_t, n_steps, time_axis, var_entries,
                                  ratio, budget, attrs_d, time_attrs_d)
+    if any("max_error" in g for e in var_entries for g in e["groups"]):
+        header["series"]["version"] = CORRECTION_SERIES_VERSION
     bricks = [payloads[(vi, t)] for vi in range(len(variables)) for t in range(n_steps)]
     out = serialize_nvol(header, bricks, sections, minor=SERIES_MINOR)
     if len(out) > budget:
@@ -530,6 +618,83 @@ def _delta_member(tarch: Any, config: Any, specs: Sequence[Tuple[str, Tuple[int,
             continue
         return best
     return keep_predecessor
+
+
+def correction_member(values: np.ndarray, previous: np.ndarray, target: int, start: float,
+                      order: int, data_range: float) -> Tuple[bytes, float, np.ndarray]:
+    """``(stream, bound, decoded)``: one step of a correction group coded against the
+    previous step's decoded values ``previous`` (spec/series.md §2.1), with the smallest
+    error bound found whose stream fits ``target`` bytes (searched from ``start``, the
+    previous step's bound: consecutive steps land near each other) and the axis order
+    ``order``; each trial chooses its level-wise bins for the best PSNR per byte (on a
+    chain of residuals they are worth several dB over one bin width: BENCHMARKS.md, "time
+    series"). Where no bound fits, the largest searched (the smallest stream there is)."""
+    base = np.asarray(previous, dtype=np.float64)
+    integer = values.dtype.kind in "iu"
+    streams: Dict[float, Tuple[bytes, float]] = {}
+
+    def stream_at(e: float) -> Optional[bytes]:
+        # Integers: ``e`` is the bins' half width, the bound the integer it guarantees.
+        bound, half = integer_bound(e) if integer else (e, None)
+        if e not in streams:
+            try:
+                streams[e] = (encode_correction(values, bound, base, levels=OBJECTIVE_QUALITY,
+                                                bin_bound=half, order=order)[0], bound)
+            except BoundTooSmallError:
+                return None
+        return streams[e][0]
+
+    span = max(data_range, float(np.abs(values).max()), 1e-30)
+    e = _fill_bound(stream_at, target, start, span * MIN_REL_BOUND, span * MAX_REL_BOUND)
+    if stream_at(e) is None:
+        raise AssertionError("a bound of the whole range always codes")
+    stream, bound = streams[e]
+    return stream, bound, decode_correction(stream, values.shape, values.dtype, base)
+
+
+def _fill_bound(stream_at: Any, target: int, start: float, lo: float, hi: float) -> float:
+    """The smallest bound in ``[lo, hi]`` found whose ``stream_at(bound)`` fits ``target``
+    bytes (``hi`` where none does), in log(bound): from ``start``, steps that double in
+    length until the target is bracketed (residual streams' sizes can fall ten times slower
+    with the bound than a volume's), then regula falsi on log(size), halving where it
+    stalls; stops within :data:`_FILL_TOLERANCE` below the target."""
+    lo_t, hi_t = math.log(lo), math.log(hi)
+    t = min(max(math.log(start), lo_t), hi_t) if start > 0 else hi_t
+    fit: Optional[Tuple[float, float]] = None       # (log bound, log size) that fits
+    over: Optional[Tuple[float, float]] = None      # ... and one below it that does not
+    goal = math.log(target * (1.0 - _FILL_TOLERANCE / 2)) if target > 0 else -math.inf
+    move = _FIRST_MOVE
+    last_side: Optional[bool] = None
+    for _ in range(_FILL_TRIALS):
+        data = stream_at(math.exp(t))
+        size = math.log(len(data)) if data is not None else math.inf
+        fits = data is not None and len(data) <= target
+        if fits:
+            if fit is None or t < fit[0]:
+                fit = (t, size)
+            if len(data) >= target * (1.0 - _FILL_TOLERANCE):
+                break
+        elif over is None or t > over[0]:
+            over = (t, size)
+        if fit is not None and over is not None and over[0] < fit[0]:
+            if fit[0] - over[0] < _SAME_BOUND:
+                break
+            (t1, s1), (t2, s2) = over, fit
+            t = (t2 + (goal - s2) * (t1 - t2) / (s1 - s2)
+                 if math.isfinite(s1) and s1 != s2 else 0.5 * (t1 + t2))
+            # Stay inside the bracket's middle 80 %, and halve it where two trials in a
+            # row moved the same end (regula falsi stalling on a curved size curve).
+            width = t2 - t1
+            t = min(max(t, t1 + 0.1 * width), t2 - 0.1 * width)
+            if last_side is fits:
+                t = 0.5 * (t1 + t2)
+            last_side = fits
+            continue
+        if fit is None and t >= hi_t:
+            break                         # even the largest bound is over the target
+        t = min(max(t + (move if fit is None else -move), lo_t), hi_t)
+        move *= 2.0
+    return math.exp(fit[0]) if fit is not None else hi
 
 
 def _search_step(code: Any, best: Tuple[bytes, Dict[str, np.ndarray]], target: int,

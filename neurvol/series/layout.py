@@ -18,14 +18,23 @@ from ..volume_checks import FLOAT32_MAX, MAX_AXIS, MAX_VOXELS
 
 #: Header key of a time-series file.
 KEY_SERIES = "series"
-#: The version of the ``series`` object this reader knows.
+#: The version of the ``series`` object of files without correction groups (readers of
+#: version 1 read them).
 SERIES_VERSION = 1
+#: The version of files with correction groups (spec/series.md §2.1); readers of version 1
+#: refuse them at the header instead of misreading them.
+CORRECTION_SERIES_VERSION = 2
+#: The versions this reader knows.
+SERIES_VERSIONS = (SERIES_VERSION, CORRECTION_SERIES_VERSION)
 #: Most time steps a file may declare.
 MAX_STEPS = 1 << 16
 #: Most variables a file may declare.
 MAX_VARIABLES = 256
 #: Longest chain of a group: decoding one step decodes at most this many members.
 MAX_GROUP_STEPS = 256
+#: Longest chain of a correction group (spec/series.md §2.1): a region read or query of a
+#: step goes through every member before it, one nested call each.
+MAX_CORRECTION_STEPS = 64
 #: Longest variable name and units string.
 MAX_NAME = 256
 #: Longest name of a member's mask section (spec/series.md §3.1).
@@ -54,12 +63,20 @@ class VariableMask:
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """Steps ``[start, stop)`` of one variable: a key member, then deltas against it."""
+    """Steps ``[start, stop)`` of one variable: a key member, then members coded against
+    their predecessors (weight deltas of a model group, corrections of a correction group)."""
 
     start: int
     stop: int
-    model: Optional[Dict[str, Any]]      # None: every member of the group is a constant
+    model: Optional[Dict[str, Any]]      # None: a constant or a correction group
     codec: Optional[Dict[str, Any]]
+    #: A correction group's bound per step (spec/series.md §2.1); None for other groups.
+    max_error: Optional[Tuple[float, ...]] = None
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the group's members are correction streams (no model)."""
+        return self.max_error is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +168,7 @@ def _dtype(v: Any, what: str) -> np.dtype:
     return dt
 
 
-def _groups(v: Any, what: str, steps: int) -> Tuple[Group, ...]:
+def _groups(v: Any, what: str, steps: int, version: int) -> Tuple[Group, ...]:
     if not isinstance(v, list) or not 1 <= len(v) <= steps:
         raise _fail(what, v, f"a list of 1 to {steps} groups")
     out: List[Group] = []
@@ -172,7 +189,25 @@ def _groups(v: Any, what: str, steps: int) -> Tuple[Group, ...]:
         if (model is None) != (codec is None) or not (
                 model is None or isinstance(model, dict) and isinstance(codec, dict)):
             raise _fail(w, g, "an object with 'model' and 'codec' objects (or both null)")
-        out.append(Group(start, stop, model, codec))
+        bounds = g.get("max_error")
+        if bounds is not None:
+            if version < CORRECTION_SERIES_VERSION:
+                raise NeurvolFormatError(
+                    f"header 'series.{w}' is a correction group, which 'series.version' "
+                    f"{version} does not have; the file is corrupted")
+            if model is not None:
+                raise _fail(w, g, "a correction group (with 'max_error') whose 'model' and "
+                            "'codec' are null")
+            if not (isinstance(bounds, list) and len(bounds) == stop - start):
+                raise _fail(f"{w}.max_error", bounds, f"a list of {stop - start} numbers")
+            if stop - start > MAX_CORRECTION_STEPS:
+                raise NeurvolFormatError(
+                    f"header 'series.{w}' is a correction group of {stop - start} steps; "
+                    f"they are at most {MAX_CORRECTION_STEPS} long; the file is corrupted")
+            bounds = tuple(_number(e, f"{w}.max_error") for e in bounds)
+            if min(bounds) < 0:
+                raise _fail(f"{w}.max_error", list(bounds), "numbers >= 0")
+        out.append(Group(start, stop, model, codec, bounds))
     if expected != steps:
         raise NeurvolFormatError(
             f"header 'series.{what}' covers steps up to {expected}, not all {steps}; the "
@@ -230,7 +265,7 @@ def _attrs(v: Any, what: str) -> Dict[str, Any]:
     return v
 
 
-def _variable(v: Any, i: int, steps: int, voxels: int) -> Variable:
+def _variable(v: Any, i: int, steps: int, voxels: int, version: int) -> Variable:
     what = f"variables[{i}]"
     if not isinstance(v, dict):
         raise _fail(what, v, "an object")
@@ -255,10 +290,17 @@ def _variable(v: Any, i: int, steps: int, voxels: int) -> Variable:
     for p in psnr:
         if p is not None:
             _number(p, f"{what}.psnr")
-    return Variable(name, dt, lo, hi, units, attrs, _groups(v.get("groups"), f"{what}.groups",
-                                                             steps),
-                    tuple(None if p is None else float(p) for p in psnr),
-                    _mask(v.get("mask"), f"{what}.mask", steps, voxels, dt))
+    groups = _groups(v.get("groups"), f"{what}.groups", steps, version)
+    mask = _mask(v.get("mask"), f"{what}.mask", steps, voxels, dt)
+    for g in groups:
+        if g.corrected and mask is not None and any(
+                mask.steps[t] is not None for t in range(g.start, g.stop)):
+            raise NeurvolFormatError(
+                f"header 'series.{what}' has masked steps in the correction group "
+                f"[{g.start}, {g.stop}) (spec/series.md §2.1: correction groups are not "
+                "masked); the file is corrupted")
+    return Variable(name, dt, lo, hi, units, attrs, groups,
+                    tuple(None if p is None else float(p) for p in psnr), mask)
 
 
 def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int],
@@ -272,10 +314,11 @@ def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int],
         raise NeurvolFormatError(
             "header has both 'series' and 'volume' (spec/series.md §1: a series file has no "
             "'volume'); the file is corrupted")
-    if s.get("version") != SERIES_VERSION or type(s.get("version")) is not int:
+    version = s.get("version")
+    if type(version) is not int or version not in SERIES_VERSIONS:
         raise NeurvolFormatError(
-            f"header 'series.version' is {brief(s.get('version'))}; this neurvol reads "
-            f"version {SERIES_VERSION}; upgrade neurvol (pip install -U neurvol)")
+            f"header 'series.version' is {brief(version)}; this neurvol reads versions "
+            f"{list(SERIES_VERSIONS)}; upgrade neurvol (pip install -U neurvol)")
     shape = s.get("shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int for n in shape)
             and min(shape) >= 2 and max(shape) <= MAX_AXIS and math.prod(shape) <= MAX_VOXELS):
@@ -291,7 +334,8 @@ def parse_series(header: Dict[str, Any], grid: Tuple[int, int, int],
     variables = s.get("variables")
     if not (isinstance(variables, list) and 1 <= len(variables) <= MAX_VARIABLES):
         raise _fail("variables", variables, f"a list of 1 to {MAX_VARIABLES} variables")
-    parsed = tuple(_variable(v, i, steps, math.prod(shape)) for i, v in enumerate(variables))
+    parsed = tuple(_variable(v, i, steps, math.prod(shape), version)
+                   for i, v in enumerate(variables))
     for v in parsed:
         for m in (v.mask.steps if v.mask is not None else ()):
             if m is not None and m.section not in section_names:

@@ -4,8 +4,11 @@
 Each member is evaluated by a :class:`~neurvol.neural_volume.NeuralVolume` of its own
 (:class:`MemberVolume`), so a step behaves exactly as a single-volume file; only where its
 weights come from differs: a key member's payload is a single-volume payload, a delta
-member's payload is added to its predecessor's decoded weights. Decoding step ``k``
-decodes the members of its group from the key up to ``k`` and nothing else.
+member's payload is added to its predecessor's decoded weights. A member of a correction
+group (:class:`CorrectionMember`) reads as an error-bounded file whose base is its
+predecessor's decoded values (zero for the key). Decoding step ``k`` decodes the members
+of its group from the key up to ``k`` and nothing else (a region or query: only the
+blocks it touches, in each of them).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 
 from .._closing import ClosesOnExit
 from ..compress import decode_payload
+from ..compress.bound import KEY_BOUND, SECTION_CORRECTION, Corrections, resample_linear
 from ..compress.delta import KIND_DELTA, decode_delta
 from ..compress.payload import max_payload_bytes
 from ..container import NvolReader, serialize_nvol, write_nvol
@@ -27,7 +31,8 @@ from ..compress.mask import MASK_SECTION
 from ..errors import NeurvolFormatError, NeurvolInputError, brief
 from ..masking import MASK_KEY, MASK_MINOR
 from ..model_limits import check_model_cost
-from ..neural_volume import NeuralVolume, config_of, existing_file, tensor_specs
+from ..neural_volume import (NeuralVolume, config_of, existing_file, normalized_points,
+                              tensor_specs)
 from .layout import KEY_SERIES, SeriesLayout, Variable, parse_series
 
 #: Most bytes of decoded member weights kept for later steps of a chain.
@@ -40,6 +45,9 @@ _CONSTANT_PAYLOAD = 9
 _CONSTANT_CODEC = {"name": "neurvol", "version": 2}
 #: Per tensor of a delta payload beyond 4 bytes a code: flag, step, stream head.
 _DELTA_TENSOR_OVERHEAD = 16
+#: Decoded correction blocks one member keeps for region reads and queries: every member
+#: kept (:data:`MAX_MEMBER_VOLUMES`) together hold at most :data:`MAX_CHAIN_CACHE_BYTES`.
+MEMBER_BLOCK_CACHE_BYTES = MAX_CHAIN_CACHE_BYTES // MAX_MEMBER_VOLUMES
 
 Key = Tuple[int, int]      # (variable, step)
 
@@ -68,6 +76,77 @@ class MemberVolume(NeuralVolume):
     def stats(self) -> Dict[str, int]:
         """The series' counters (members decoded, bytes read)."""
         return self._series.stats
+
+
+class CorrectionMember(MemberVolume):
+    """A member of a correction group (spec/series.md §2.1): an error-bounded volume whose
+    correction stream is the member's payload and whose base is the previous step's
+    decoded values (zeros for the group's key), so every voxel is within the member's
+    ``max_error`` of the original. Between voxel centres a query is the previous step's
+    query there plus the trilinear interpolation of this member's corrections, as an
+    error-bounded file's is its model's plus them (spec/correction.md §3)."""
+
+    def __init__(self, series: "NeuralSeries", variable: int, step: int,
+                 header: Dict[str, Any], backend: Optional[str], device: Any) -> None:
+        super().__init__(series, variable, step, header, backend, device,
+                         {SECTION_CORRECTION: b""})
+        self._is_key = step == series.layout.group_of(variable, step).start
+
+    def _load_brick(self, b: int) -> Tuple[Any, int]:
+        # No brick: the base is the predecessor's values (every path that would evaluate
+        # one, decodes, regions and queries, is overridden here).
+        raise AssertionError("a correction member has no model to evaluate")
+
+    def _previous(self) -> "CorrectionMember":
+        variable, step = self._key
+        prev = self._series.member_volume(variable, step - 1)
+        assert isinstance(prev, CorrectionMember)
+        return prev
+
+    def _correction_stream(self) -> Corrections:
+        with self._lock:
+            if self._corrections is None:
+                data = self._series.member_stream(*self._key)
+                self._corrections = Corrections(
+                    data, self._shape, self._dtype, float(self._bound["max_error"]),
+                    self._base_block, self._base_voxels, cache_bytes=MEMBER_BLOCK_CACHE_BYTES)
+            return self._corrections
+
+    def _base_block(self, sl: Tuple[slice, ...]) -> np.ndarray:
+        shape = [s.stop - s.start for s in sl]
+        if self._is_key:
+            return np.zeros(shape)
+        idx = [np.arange(s.start, s.stop) for s in sl]
+        return self._previous()._correction_stream().region(idx).astype(np.float64)
+
+    def _base_voxels(self, zyx: np.ndarray) -> np.ndarray:
+        if self._is_key:
+            return np.zeros(len(zyx))
+        return self._previous()._correction_stream().values_at(zyx)
+
+    def _decode_bounded(self, target: Tuple[int, int, int]) -> np.ndarray:
+        values = self._series.member_grid(*self._key)
+        if target == self._shape:
+            return values
+        if self._is_key:
+            return resample_linear(values, target)
+        prev = self._previous()
+        base = self._series.member_grid(*prev._key).astype(np.float64)
+        return prev._decode_bounded(target) + resample_linear(values - base, target)
+
+    def _query_model(self, p: np.ndarray, index: bool, scale: np.ndarray, clamp: bool,
+                     out: np.ndarray) -> Tuple[int, Optional[List[float]]]:
+        """The base at the points (then :meth:`query` adds the corrections): zeros for the
+        key, else the previous step's query (in the caller's space, so its voxel centres
+        are this one's)."""
+        _, n_outside, first = normalized_points(p, index, scale)
+        if n_outside and not clamp:
+            return n_outside, first
+        if self._is_key:
+            out[:] = 0.0
+        else:
+            out[:] = self._previous().query(p, "index" if index else "normalized", clamp=True)
+        return n_outside, first
 
 
 class SeriesVariable:
@@ -253,6 +332,10 @@ class NeuralSeries(ClosesOnExit):
             for g in v.groups:
                 if g.model is not None:
                     self._group_specs(g.model)
+                if g.corrected and v.lo == v.hi:
+                    raise NeurvolFormatError(
+                        f"variable {v.name!r} is constant but has a correction group; the "
+                        "file is corrupted")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -407,6 +490,14 @@ class NeuralSeries(ClosesOnExit):
                     del header["volume"]["spacing"]
                 if header["volume"]["origin"] is None:
                     del header["volume"]["origin"]
+                if group.corrected:
+                    assert group.max_error is not None
+                    header[KEY_BOUND] = {"max_error": group.max_error[step - group.start],
+                                         "rel_error": None, "section": SECTION_CORRECTION}
+                    hit = CorrectionMember(self, variable, step, header, self._backend,
+                                           self._device)
+                    self._keep_member((variable, step), hit)
+                    return hit
                 if group.model is not None:
                     header["model"] = group.model
                 sections = None
@@ -419,18 +510,57 @@ class NeuralSeries(ClosesOnExit):
                     sections = {MASK_SECTION: self._reader.read_section(member_mask.section)}
                 hit = MemberVolume(self, variable, step, header, self._backend, self._device,
                                    sections)
-                self._members[(variable, step)] = hit
-                while len(self._members) > MAX_MEMBER_VOLUMES:
-                    self._members.popitem(last=False)
+                self._keep_member((variable, step), hit)
             else:
                 self._members.move_to_end((variable, step))
             return hit
 
-    def member_weights(self, variable: int, step: int) -> Union[float, Dict[str, np.ndarray]]:
-        """The decoded weights (or constant) of one member: its group's chain is decoded
-        from the nearest decoded predecessor (at worst the key) up to ``step``."""
+    def _keep_member(self, key: Key, member: MemberVolume) -> None:
+        self._members[key] = member
+        while len(self._members) > MAX_MEMBER_VOLUMES:
+            self._members.popitem(last=False)
+
+    def member_stream(self, variable: int, step: int) -> bytes:
+        """The correction stream of a member of a correction group (its payload, read now:
+        the decode counters count it)."""
+        with self._lock:
+            payload = self._reader.read_brick(self.layout.member(variable, step))
+            self._decoded += 1
+            return payload
+
+    def member_grid(self, variable: int, step: int) -> np.ndarray:
+        """The decoded voxels (the variable's dtype) of a member of a correction group:
+        its group's chain decoded from the nearest decoded predecessor (at worst the key),
+        each member against the one before (spec/series.md §2.1). Kept for later steps
+        where they fit :data:`MAX_CHAIN_CACHE_BYTES`; treat as read-only."""
         with self._lock:
             group = self.layout.group_of(variable, step)
+            start = step
+            while start > group.start and (variable, start) not in self._weights:
+                start -= 1
+            hit = self._weights.get((variable, start))
+            values = None if hit is None else hit[0]
+            first = start if values is None else start + 1
+            for k in range(first, step + 1):
+                member = self.member_volume(variable, k)
+                assert isinstance(member, CorrectionMember)
+                base = (np.zeros(self.layout.shape) if k == group.start
+                        else values.astype(np.float64))
+                values = member._correction_stream().decode(base)
+                self._remember((variable, k), values)
+            if (variable, step) in self._weights:
+                self._weights.move_to_end((variable, step))
+            assert values is not None
+            return values
+
+    def member_weights(self, variable: int, step: int) -> Union[float, Dict[str, np.ndarray]]:
+        """The decoded weights (or constant) of one member of a model or constant group:
+        its group's chain is decoded from the nearest decoded predecessor (at worst the
+        key) up to ``step``."""
+        with self._lock:
+            group = self.layout.group_of(variable, step)
+            if group.corrected:
+                raise AssertionError("a correction group's members have no weights")
             start = step
             while start > group.start and (variable, start) not in self._weights:
                 start -= 1
@@ -491,7 +621,12 @@ class NeuralSeries(ClosesOnExit):
         return weights
 
     def _remember(self, key: Key, weights: Any) -> None:
-        nbytes = 0 if isinstance(weights, float) else sum(a.nbytes for a in weights.values())
+        if isinstance(weights, np.ndarray):      # a correction member's decoded voxels
+            nbytes = weights.nbytes
+            if nbytes > MAX_CHAIN_CACHE_BYTES:
+                return       # decoded again when asked: a volume that large is not kept
+        else:
+            nbytes = 0 if isinstance(weights, float) else sum(a.nbytes for a in weights.values())
         old = self._weights.pop(key, None)
         if old is not None:
             self._cache_bytes -= old[1]

@@ -13,6 +13,8 @@ versions); to add a configuration, add a mode with new file names.
     python tests/golden/make_golden.py 1.2     # error-bounded files (spec/correction.md)
     python tests/golden/make_golden.py 1.3-series  # time series, two variables (spec/series.md)
     python tests/golden/make_golden.py 1.3-series-masked  # + masked members (series.md §3.1)
+    python tests/golden/make_golden.py 1.3-series-correction  # series version 2: correction
+                                               # groups (series.md §2.1)
     python tests/golden/make_golden.py 1.3-mask  # masked volumes (spec/mask.md)
     python tests/golden/make_golden.py 1.3-mask-rows  # + a rows-coded mask
     python tests/golden/make_golden.py 1.4     # compact header (spec/nvol.md §3.3)
@@ -54,6 +56,8 @@ def outputs(mode: str) -> List[str]:
         return _pair("series_v1.3")
     if mode == "1.3-series-masked":
         return _pair("series_masked_v1.3")
+    if mode == "1.3-series-correction":
+        return _pair("series_correction_v1.3")
     if mode == "1.3-mask":
         return [f for name in MASKED_CASES for f in _pair(name)]
     if mode == "1.3-mask-rows":
@@ -235,6 +239,29 @@ def write_series_masked() -> None:
         np.save(f, expected)
 
 
+def write_series_correction() -> None:
+    # Format 1.3, series version 2: correction groups (spec/series.md §2.1). 6 steps
+    # blending two crops of the sample (consecutive steps close, as a simulation's are),
+    # groups of 3, a uint8 variable and a float32 one; at ratio 8 with a short fit the
+    # pure predictor wins every key, so every group is a correction group (a predictor
+    # key, then streams against the step before).
+    import neurvol
+
+    vol = neurvol.sample_volume().astype(np.float32)
+    a, b = vol[20:40, 22:42, 22:42], vol[24:44, 22:42, 22:42]
+    blend = np.stack([a + (b - a) * np.float32(t / 20) for t in range(6)])
+    data = {"density": np.ascontiguousarray(np.rint(blend).astype(np.uint8)),
+            "scaled": np.ascontiguousarray(blend * np.float32(0.37))}
+    nv = neurvol.encode(data, ratio=8, group=3, steps=40, seed=0, quiet=True)
+    for v in nv.header["series"]["variables"]:
+        assert all("max_error" in g for g in v["groups"]), v["groups"]
+    with open(os.path.join(HERE, "series_correction_v1.3.nvol"), "xb") as f:
+        f.write(nv.to_bytes())
+    expected = np.stack([nv[name].decode(dtype=np.float32) for name in data])
+    with open(os.path.join(HERE, "series_correction_v1.3.expected.npy"), "xb") as f:
+        np.save(f, expected)
+
+
 def write_masked() -> None:
     # Format 1.3: masked volumes. A float32 crop whose first 4 slices are NaN (a runs-coded
     # mask starting with a masked voxel), and a uint16 crop whose fill value 0 marks a
@@ -288,7 +315,8 @@ WRITERS: Dict[str, Callable[[], None]] = {
     "codec2-configs": write_codec2_configs, "1.2": write_bounded, "1.5": write_bounded_v15,
     "1.3-mask": write_masked,
     "1.3-mask-rows": write_masked_rows, "1.3-series": write_series,
-    "1.3-series-masked": write_series_masked}
+    "1.3-series-masked": write_series_masked,
+    "1.3-series-correction": write_series_correction}
 
 
 def main(argv: List[str]) -> int:
