@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..models import VolumeModel
 from ..models.adam import FUSED_DEVICES, Adam, LambdaSchedule
+from .prefetch import Prefetch
 from .sampling import ErrorSampler, VoxelSampler
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ def warmup_cosine(steps: int, warmup: float, floor: float = 0.01) -> Callable[[i
 
     return factor
 
+
+#: Draw each batch on a thread of its own during the step before (:mod:`.prefetch`): the
+#: same batches, off the step's critical path.
+PREFETCH = True
 
 #: Devices whose Adam has a fused kernel: one pass over each parameter per step instead of
 #: a dozen small ops (the per-step cost of many small tensors, e.g. amgsrn's transforms).
@@ -151,11 +156,21 @@ class Fitting:
             factor = warmup_cosine(settings.steps, settings.warmup)
         self.sched = lr_schedule(self.opt, factor)
         self.batch = min(settings.batch, self.sampler.voxels)
+        self._next: Optional[Prefetch[Any]] = Prefetch(self._draw, enabled=PREFETCH)
         #: Steps run so far.
         self.step = 0
         self.stopped = False
         self.seconds = 0.0
         self.loss = math.nan
+
+    def _draw(self) -> Any:
+        """One batch of this fit's kind: ``(coords, values)``, plus the target's gradients
+        (gradient loss) or the weights and blocks (error-driven sampling)."""
+        if self.settings.grad_lambda > 0:
+            return self.sampler.sample_with_gradient(self.batch)
+        if self.weighted:
+            return self.sampler.sample_weighted(self.batch)
+        return self.sampler.sample(self.batch)
 
     @property
     def done(self) -> bool:
@@ -175,14 +190,16 @@ class Fitting:
         while not self.stopped and self.step < last:
             step = self.step
             grad_target = weights = None
+            assert self._next is not None
+            batch = self._next.take()
             if settings.grad_lambda > 0:
-                coords, target, grad_target = sampler.sample_with_gradient(self.batch)
+                coords, target, grad_target = batch
                 grad_target = grad_target.to(device)
             elif self.weighted:
-                coords, target, weights, blocks = sampler.sample_weighted(self.batch)
+                coords, target, weights, blocks = batch
                 weights = weights.to(device)
             else:
-                coords, target = sampler.sample(self.batch)
+                coords, target = batch
             model.on_step(step, settings.steps)
             coords, target = coords.to(device), target.to(device)
             if grad_target is not None:
@@ -196,6 +213,9 @@ class Fitting:
                 # A masked volume's invalid draws (weight 0) carry no error.
                 counted = None if sampler.valid is None else weights.detach().cpu() > 0
                 sampler.record_error(blocks, sq_err.detach().cpu(), counted)
+            if step + 1 < settings.steps:
+                # The next batch depends on nothing after this point (errors recorded).
+                self._next.ahead()
             if regularizer is not None:
                 loss = loss + regularizer.penalty(loss.detach())
             if grad_target is not None:
@@ -231,6 +251,9 @@ class Fitting:
         state and the sampler are dropped (the model is coded next, beside them otherwise);
         the fit cannot be run on."""
         log.debug("fit: %d steps in %.1fs, final loss %.3g", self.step, self.seconds, self.loss)
+        if self._next is not None:
+            self._next.close()
+            self._next = None
         self.model.eval()
         if self.regularizer is not None:
             self.regularizer.eval()
