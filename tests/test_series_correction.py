@@ -224,3 +224,25 @@ def test_the_reader_refuses_longer_chains():
     long = [{"start": 0, "stop": n, "model": None, "codec": None, "max_error": [1.0] * n}]
     with pytest.raises(NeurvolFormatError, match="at most"):
         layout._groups(long, "g", n, 2)
+
+
+def test_steps_read_from_several_threads(path):
+    """Region reads, queries and decodes of several steps side by side (as dask and xarray
+    read) finish and agree with a single-threaded decode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with neurvol.open(path) as nv:
+        want = nv.decode()
+    with neurvol.open(path) as nv:
+        def read(k):
+            if k % 3 == 0:
+                return nv.step(k).decode()
+            if k % 3 == 1:
+                return nv[k, :, :, :]
+            vox = np.argwhere(np.ones((20, 20, 20), dtype=bool)).astype(np.float64)
+            return nv.query(vox, t=k).reshape(20, 20, 20)
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(read, list(range(STEPS)) * 2))
+    for i, g in enumerate(got):
+        assert np.array_equal(g, want[i % STEPS].astype(g.dtype))

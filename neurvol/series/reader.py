@@ -104,13 +104,17 @@ class CorrectionMember(MemberVolume):
         return prev
 
     def _correction_stream(self) -> Corrections:
-        with self._lock:
-            if self._corrections is None:
-                data = self._series.member_stream(*self._key)
-                self._corrections = Corrections(
-                    data, self._shape, self._dtype, float(self._bound["max_error"]),
-                    self._base_block, self._base_voxels, cache_bytes=MEMBER_BLOCK_CACHE_BYTES)
-            return self._corrections
+        if self._corrections is None:
+            # Read outside this member's lock: the series' lock is taken first elsewhere
+            # (a chain's decode holds it while it asks each member for its stream).
+            data = self._series.member_stream(*self._key)
+            with self._lock:
+                if self._corrections is None:
+                    self._corrections = Corrections(
+                        data, self._shape, self._dtype, float(self._bound["max_error"]),
+                        self._base_block, self._base_voxels,
+                        cache_bytes=MEMBER_BLOCK_CACHE_BYTES)
+        return self._corrections
 
     def _base_block(self, sl: Tuple[slice, ...]) -> np.ndarray:
         shape = [s.stop - s.start for s in sl]
