@@ -97,3 +97,25 @@ def test_the_default_encode_writes_the_same_bytes(monkeypatch):
     plain = neurvol.encode(vol, **kw).to_bytes()
     monkeypatch.setattr(trainer, "PREFETCH", True)
     assert neurvol.encode(vol, **kw).to_bytes() == plain
+
+
+def test_brick_fits_draw_ahead_only_with_the_machine_to_themselves(monkeypatch):
+    """One local worker: its fits draw ahead (a core is idle beside them); several
+    workers or an executor: they do not (the draw would compete with the other fits)."""
+    from neurvol.encoding import bricked
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(jobs, *args, **kwargs):
+        seen.append({j.prefetch for j in jobs})
+        raise Stop
+
+    monkeypatch.setattr(bricked, "run_jobs", record)
+    vol = _volume(48).numpy()
+    for workers in (1, 2):
+        with pytest.raises(Stop):
+            neurvol.encode(vol, ratio=2, brick=24, steps=10, quiet=True, workers=workers)
+    assert seen == [{True}, {False}]

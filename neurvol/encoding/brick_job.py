@@ -175,7 +175,7 @@ def _start(job: BrickJob, arch_name: str, config_dict: Dict[str, Any],
     settings = FitSettings(**fit_dict)
     run = start_fit(arch, arch.config_cls.from_dict(config_dict), settings,
                     codec_settings(codec), torch.from_numpy(target), seed,
-                    torch.device(job.device))
+                    torch.device(job.device), prefetch=job.prefetch)
     return run, (Plateau(settings.steps) if job.plateau else None)
 
 

@@ -240,6 +240,8 @@ def encode_bricked(volume: Any, *, ratio: float, grid: Tuple[int, int, int], gho
                  len(model_bricks))
     if workers is None:
         workers = len(devs) if devices else 1
+    for job in jobs:
+        job.prefetch = executor is None and workers == 1
     t_jobs = time.perf_counter()
     results = run_jobs(fit_order(jobs), with_data, fn=run_brick_job, workers=workers,
                        executor=executor, retries=retries, quiet=quiet)

@@ -50,16 +50,17 @@ class ModelFit:
 
 def start_fit(architecture: Architecture, config: ModelConfig, settings: FitSettings,
               codec: CodecSettings, data: torch.Tensor, seed: int,
-              device: torch.device, valid: Optional[torch.Tensor] = None) -> ModelFit:
+              device: torch.device, valid: Optional[torch.Tensor] = None,
+              prefetch: Optional[bool] = None) -> ModelFit:
     """Build ``architecture``'s model of ``config`` and start fitting it to ``data`` (no
     steps run yet; ``valid``: a masked volume's valid voxels, the only ones fitted). The
     model is initialised by :meth:`~neurvol.models.base.Architecture.seeded_build` and the
     fit draws from generators of its own, so the same seed gives the same file in any
-    process or thread."""
+    process or thread. ``prefetch``: as :class:`~neurvol.fit.Fitting` takes it."""
     model = architecture.seeded_build(config, seed)
     regularizer = fit_regularizer(model, codec, settings.steps)
     fitting = Fitting(model, data, settings, seed=seed, device=device, regularizer=regularizer,
-                      valid=valid)
+                      valid=valid, prefetch=prefetch)
     return ModelFit(codec, architecture, config, settings, model, fitting, data, seed, device,
                     valid)
 

@@ -48,6 +48,9 @@ class BrickJob:
     data: Optional[np.ndarray] = None
     device: str = "cpu"
     threads: int = 1
+    # Draw each batch beside the step before (neurvol.fit.prefetch): only where the fit has
+    # the machine to itself (one local worker); beside other workers it competes for cores.
+    prefetch: bool = False
     plateau: bool = True
     # (arch, config, fit) fitted in turn, each with another seed, while the best fit so far
     # has failed (see FALLBACK_MARGIN_DB); the brick keeps the model with the smallest error.

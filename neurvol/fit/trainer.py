@@ -129,7 +129,7 @@ class Fitting:
     def __init__(self, model: VolumeModel, volume: torch.Tensor, settings: FitSettings, *,
                  seed: int = 0, device: torch.device = torch.device("cpu"),
                  regularizer: Optional["Regularizer"] = None,
-                 valid: Optional[torch.Tensor] = None):
+                 valid: Optional[torch.Tensor] = None, prefetch: Optional[bool] = None):
         # A model built with training options (e.g. neurcomp's grad_lambda) carries them here.
         overrides = getattr(model, "fit_overrides", None)
         if overrides:
@@ -156,7 +156,10 @@ class Fitting:
             factor = warmup_cosine(settings.steps, settings.warmup)
         self.sched = lr_schedule(self.opt, factor)
         self.batch = min(settings.batch, self.sampler.voxels)
-        self._next: Optional[Prefetch[Any]] = Prefetch(self._draw, enabled=PREFETCH)
+        # ``prefetch``: draw each batch beside the step before (None: :data:`PREFETCH`);
+        # worth it where a core is idle beside the fit, not where others fit beside it.
+        self._next: Optional[Prefetch[Any]] = Prefetch(
+            self._draw, enabled=PREFETCH if prefetch is None else bool(prefetch) and PREFETCH)
         #: Steps run so far.
         self.step = 0
         self.stopped = False
