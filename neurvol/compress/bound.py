@@ -166,9 +166,9 @@ class Corrections:
                 self._slot_of[i] = slot
                 self._lru[i] = slot
 
-    def decode(self, base: np.ndarray) -> np.ndarray:
-        """The whole volume given the whole base (no cache)."""
-        return self.stream.decode(np.asarray(base, dtype=np.float64))
+    def decode(self, base: Optional[np.ndarray]) -> np.ndarray:
+        """The whole volume given the whole base (``None``: zeros; no cache)."""
+        return self.stream.decode(None if base is None else np.asarray(base, dtype=np.float64))
 
     def region(self, idx: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded values at the outer product of per-axis voxel indices."""

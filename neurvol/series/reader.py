@@ -548,9 +548,8 @@ class NeuralSeries(ClosesOnExit):
             for k in range(first, step + 1):
                 member = self.member_volume(variable, k)
                 assert isinstance(member, CorrectionMember)
-                base = (np.zeros(self.layout.shape) if k == group.start
-                        else values.astype(np.float64))
-                values = member._correction_stream().decode(base)
+                values = member._correction_stream().decode(
+                    None if k == group.start else values)
                 self._remember((variable, k), values)
             if (variable, step) in self._weights:
                 self._weights.move_to_end((variable, step))
